@@ -1,0 +1,41 @@
+# vaegrid — every target works on a fresh clone: `make test` installs what it needs.
+PY      ?= python3
+VENV    := .venv
+BIN     := $(VENV)/bin
+STAMP   := $(VENV)/.installed
+STUDY   ?= studies/seed.toml
+RESULTS ?= results
+export VAEGRID_DATA ?= data
+
+.PHONY: install test test-all lint bench grid clean
+
+# Re-runs only when pyproject.toml is newer than the last successful install.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+# The fast suite (the README's test command); `make test-all` adds the slow end-to-end tests.
+test: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-all: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check vaegrid tests bench
+	$(BIN)/ruff format --check vaegrid tests bench
+	$(BIN)/mypy
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench_trial.py
+
+# Sweep the seed study (resuming whatever is already there), then rank, test and export.
+grid: $(STAMP)
+	$(BIN)/vaegrid run $(STUDY) --results $(RESULTS)
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

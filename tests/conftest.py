@@ -1,0 +1,82 @@
+"""Shared fixtures: tiny synthetic MNIST in torchvision's layout, and study files.
+
+Nothing here downloads. Every synthetic image carries its own index in its first
+two pixels, so tests can tell exactly which images landed in which split.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+N_TRAIN, N_TEST = 400, 100
+
+
+def write_idx(path: Path, array: np.ndarray) -> None:
+    """An uncompressed IDX file (http://yann.lecun.com/exdb/mnist/): magic, dims, bytes."""
+    magic = {3: 0x00000803, 1: 0x00000801}[array.ndim]
+    with path.open("wb") as f:
+        f.write(struct.pack(">I", magic))
+        f.write(struct.pack(f">{array.ndim}I", *array.shape))
+        f.write(array.astype(np.uint8).tobytes())
+
+
+def synthetic_images(n: int, offset: int, rng: np.random.Generator) -> np.ndarray:
+    """Blurry strokes on black, like digits in spirit; pixels 0-1 encode the image's index."""
+    images = np.zeros((n, 28, 28), dtype=np.uint8)
+    for i in range(n):
+        r, c = rng.integers(6, 22, size=2)
+        images[i, r - 4 : r + 4, c - 1 : c + 2] = 255  # a vertical bar
+        images[i, r - 1 : r + 1, c - 5 : c + 5] = rng.integers(128, 256)  # a cross stroke
+        index = offset + i
+        images[i, 0, 0], images[i, 0, 1] = index // 256, index % 256
+    return images
+
+
+def make_mnist(root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
+    raw = root / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    write_idx(raw / "train-images-idx3-ubyte", synthetic_images(n_train, 0, rng))
+    write_idx(raw / "train-labels-idx1-ubyte", rng.integers(0, 10, n_train))
+    write_idx(raw / "t10k-images-idx3-ubyte", synthetic_images(n_test, n_train, rng))
+    write_idx(raw / "t10k-labels-idx1-ubyte", rng.integers(0, 10, n_test))
+    return root
+
+
+@pytest.fixture(scope="session")
+def mnist_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A data root with 400 training and 100 test synthetic images."""
+    return make_mnist(tmp_path_factory.mktemp("data"))
+
+
+TINY_STUDY = """
+name = "{name}"
+seed = 0
+[data]
+fractions = [0.6, 0.2, 0.2]
+[train]
+epochs = {epochs}
+batch_size = 50
+[grid]
+hidden = [32]
+latent = [4, 8]
+lr = [1e-2]
+clip = [1.0, 0.5]
+"""
+
+
+@pytest.fixture
+def write_study(tmp_path: Path) -> Callable[..., Path]:
+    """Write a study file: the tiny 2 x 2 study by default, or any text."""
+
+    def write(text: str | None = None, name: str = "tiny", epochs: int = 2, file: str = "study.toml") -> Path:
+        path = tmp_path / file
+        path.write_text(text if text is not None else TINY_STUDY.format(name=name, epochs=epochs))
+        return path
+
+    return write

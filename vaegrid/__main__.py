@@ -1,0 +1,3 @@
+from vaegrid.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,77 @@
+"""Command line: ``vaegrid plan|run|status|report``. Thin: parses, calls one stage, maps errors.
+
+Bad input of any kind is an :class:`InputError`: one line on stderr, exit code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from vaegrid.errors import InputError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # type: ignore[override]
+        # argparse prints usage + message and exits 2; one line is what every other error gets.
+        raise InputError(f"{self.prog}: {message}")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="vaegrid", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    plan = sub.add_parser("plan", help="print the expanded grid with each trial's key")
+    plan.add_argument("study", help="a study file, e.g. studies/seed.toml")
+
+    run = sub.add_parser("run", help="sweep a study (resumes whatever is already done)")
+    run.add_argument("study", help="a study file, e.g. studies/seed.toml")
+    run.add_argument("--results", default="results", help="results folder (default: results/)")
+    run.add_argument("--devices", default="auto", help="auto, cpu, or a list such as cuda:0,cuda:1")
+    run.add_argument("--workers-per-device", type=int, default=None, metavar="K",
+                     help="trials at once per device (default: cores on CPU, 2 on CUDA)")  # fmt: skip
+    run.add_argument("--data-dir", default=None, help="MNIST root (default: $VAEGRID_DATA, else data/)")
+    run.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+
+    status = sub.add_parser("status", help="progress of a study, from its database")
+    status.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return _dispatch(args)
+    except InputError as e:
+        print(f"vaegrid: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    from vaegrid.study import expand, load_study
+
+    if args.command == "plan":
+        study = load_study(args.study)
+        trials = expand(study)
+        print(f"{'key':<12}  {'hidden':>6}  {'latent':>6}  {'lr':>8}  {'clip':>8}")
+        for t in trials:
+            print(f"{t.key:<12}  {t.hidden:>6}  {t.latent:>6}  {t.lr:>8g}  {t.clip:>8g}")
+        print(f"{len(trials)} trials")
+        return 0
+    if args.command == "run":
+        from vaegrid.data import data_dir
+        from vaegrid.driver import make_pool, run_study
+
+        study = load_study(args.study)
+        pool = make_pool(args.devices, args.workers_per_device)
+        return run_study(study, Path(args.results), pool, data_dir(args.data_dir),
+                         retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
+    if args.command == "status":
+        from vaegrid.driver import status_line
+
+        print(status_line(Path(args.study_dir)))
+        return 0
+    raise AssertionError(args.command)

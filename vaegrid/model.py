@@ -1,0 +1,65 @@
+"""The seed study's fully-linear VAE, with its bugs fixed, and its loss in nats per image.
+
+Kingma & Welling, "Auto-Encoding Variational Bayes" (https://arxiv.org/abs/1312.6114):
+the encoder gives q(z|x) = N(mu, diag(exp(logvar))), z = mu + sigma * eps, the decoder
+gives Bernoulli logits over the 784 pixels. The seed put a ReLU and a BatchNorm on the
+mu / log-variance heads, which pins mu >= 0 and sigma >= 1; here the heads are plain
+linear layers.
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from vaegrid.data import PIXELS
+
+
+class Terms(NamedTuple):
+    """Per-image loss terms, each ``[batch]``, in nats."""
+
+    recon: torch.Tensor  # Bernoulli negative log-likelihood of x given z
+    kl: torch.Tensor  # KL(q(z|x) || N(0, I)), analytic
+
+    @property
+    def elbo(self) -> torch.Tensor:
+        """The negative ELBO (lower is better): recon + kl."""
+        return self.recon + self.kl
+
+
+class VAE(nn.Module):
+    """Linear(784, H) -> BatchNorm -> LeakyReLU -> two Linear(H, Z) heads; mirrored decoder."""
+
+    def __init__(self, hidden: int, latent: int, pixels: int = PIXELS) -> None:
+        super().__init__()
+        self.latent = latent
+        self.encoder = nn.Sequential(nn.Linear(pixels, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU())
+        self.mu = nn.Linear(hidden, latent)
+        self.logvar = nn.Linear(hidden, latent)
+        self.decoder = nn.Sequential(
+            nn.Linear(latent, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(), nn.Linear(hidden, pixels)
+        )
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.encoder(x)
+        return self.mu(h), self.logvar(h)
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        """Bernoulli logits of the 784 pixels."""
+        return self.decoder(z)
+
+    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Terms:
+        """Loss terms of ``x`` with the reparameterised sample z = mu + exp(logvar / 2) * eps."""
+        mu, logvar = self.encode(x)
+        z = mu + torch.exp(0.5 * logvar) * eps
+        return loss_terms(x, self.decode(z), mu, logvar)
+
+
+def loss_terms(x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> Terms:
+    """Per-image reconstruction NLL and KL (Kingma & Welling 2014, appendix B)."""
+    recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
+    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
+    return Terms(recon, kl)

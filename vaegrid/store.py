@@ -1,0 +1,355 @@
+"""The study database: one SQLite file that is an Optuna storage and holds vaegrid's tables.
+
+Optuna's tables make ``optuna.load_study`` and optuna-dashboard read a sweep as-is
+(params hidden/latent/lr/clip, value = final validation elbo, intermediate values =
+per-epoch validation elbo, the trial key as user attribute ``key``). vaegrid's own
+tables (``vg_*``) hold what Optuna has no place for: per-epoch train and validation
+metrics, every run of a trial with its device and timing, test results.
+
+Concurrency: WAL journal (readers never block the writer), a 60 s busy timeout, and
+every transaction opened with ``BEGIN IMMEDIATE`` so a read-then-write never fails with
+"database is locked" when another worker committed in between (SQLite's
+SQLITE_BUSY_SNAPSHOT). Transactions are one epoch's rows at most.
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import sqlite3
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.distributions import CategoricalDistribution
+from optuna.storages import RDBStorage
+from optuna.trial import FrozenTrial, TrialState
+from sqlalchemy import Engine, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+
+from vaegrid.errors import InputError
+from vaegrid.study import Study, TrialConfig
+from vaegrid.train import EpochRecord, Metrics, TrialResult
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+DB_NAME = "study.db"
+BUSY_TIMEOUT_S = 60
+# Trial statuses. "running" and "interrupted" resume from their checkpoint.
+PENDING, RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED = (
+    "pending", "running", "completed", "diverged", "failed", "interrupted",
+)  # fmt: skip
+FINISHED = (COMPLETED, DIVERGED)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class StudyRow(Base):
+    __tablename__ = "vg_study"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(Text)  # JSON of the fixed settings
+    source: Mapped[str] = mapped_column(Text)  # the study file it was last run from
+    slots: Mapped[int] = mapped_column(Integer, default=1)  # trials at once in the last run
+
+
+class TrialRow(Base):
+    __tablename__ = "vg_trial"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    config: Mapped[str] = mapped_column(Text)  # TrialConfig JSON
+    hidden: Mapped[int] = mapped_column(Integer)
+    latent: Mapped[int] = mapped_column(Integer)
+    lr: Mapped[float] = mapped_column(Float)
+    clip: Mapped[float] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String, default=PENDING)
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    optuna_trial_id: Mapped[int | None] = mapped_column(Integer)
+    cause: Mapped[str | None] = mapped_column(Text)  # diverged: what and where; failed: the error
+    diverged_epoch: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)  # training time, all runs
+
+
+class RunRow(Base):
+    __tablename__ = "vg_run"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), index=True)
+    device: Mapped[str] = mapped_column(String)
+    worker: Mapped[int] = mapped_column(Integer)  # pid
+    started: Mapped[float] = mapped_column(Float)  # unix time
+    ended: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String, default=RUNNING)
+    error: Mapped[str | None] = mapped_column(Text)  # traceback of a failed run
+    max_rss_mb: Mapped[float | None] = mapped_column(Float)  # worker's peak resident memory so far
+
+
+class EpochRow(Base):
+    __tablename__ = "vg_epoch"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    split: Mapped[str] = mapped_column(String, primary_key=True)  # "train" or "val"
+    elbo: Mapped[float] = mapped_column(Float)
+    recon: Mapped[float] = mapped_column(Float)
+    kl: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """A trial's row, as the driver and the report read it."""
+
+    key: str
+    config: TrialConfig
+    status: str
+    epochs_done: int
+    optuna_trial_id: int | None
+    cause: str | None
+
+
+def db_path(study_dir: Path) -> Path:
+    return study_dir / DB_NAME
+
+
+def _harden(engine: Engine) -> Engine:
+    """WAL, busy timeout and BEGIN IMMEDIATE on every connection of ``engine``."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi: sqlite3.Connection, _record: object) -> None:
+        dbapi.isolation_level = None  # let the "begin" hook below open transactions
+        dbapi.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        dbapi.execute("PRAGMA journal_mode = WAL")
+        # Safe against a killed process in WAL mode; only a power cut can lose the last commit.
+        dbapi.execute("PRAGMA synchronous = NORMAL")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks must not be reused
+    return engine
+
+
+class Store:
+    """Read and write one study database (one process may hold one Store per file)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        url = f"sqlite:///{path}"
+        self.engine = _harden(create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S}))
+        Base.metadata.create_all(self.engine)
+        self.optuna = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}})
+        _harden(self.optuna.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+        self.optuna.engine.dispose()
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        with Session(self.engine) as s, s.begin():
+            yield s
+
+    # -- the driver's side ---------------------------------------------------------------
+
+    @staticmethod
+    def check_compatible(path: Path, study: Study) -> None:
+        """Refuse, without writing, a database made by a study with other fixed settings.
+
+        Raises:
+            InputError: ``path`` is not a vaegrid study database, or its fixed settings differ.
+        """
+        if not path.exists():
+            return
+        try:
+            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            try:
+                row = con.execute("SELECT name, fingerprint FROM vg_study").fetchone()
+            finally:
+                con.close()
+        except sqlite3.DatabaseError as e:
+            raise InputError(f"{path}: not a vaegrid study database ({e})") from None
+        if row is None:
+            return
+        name, stored = row[0], json.loads(row[1])
+        new = study.fingerprint()
+        if name != study.name or stored != new:
+            diffs = [f"name: stored {name!r}, study file {study.name!r}"] if name != study.name else []
+            diffs += _diff(stored, new)
+            raise InputError(
+                f"{path} was made by a study with other fixed settings ({'; '.join(diffs)}); "
+                f"only the grid may change between runs: use another --results folder or "
+                f"study name for the new settings"
+            )
+
+    def sync_study(self, study: Study, trials: Sequence[TrialConfig], slots: int) -> None:
+        """Record the study and add the grid's new trials as pending (existing keys are kept)."""
+        with self.session() as s:
+            row = s.get(StudyRow, study.name)
+            if row is None:
+                s.add(StudyRow(name=study.name, fingerprint=json.dumps(study.fingerprint()),
+                               source=study.source, slots=slots))  # fmt: skip
+            else:
+                row.source, row.slots = study.source, slots
+            known = set(s.scalars(select(TrialRow.key)))
+            for cfg in trials:
+                if cfg.key not in known:
+                    s.add(TrialRow(key=cfg.key, config=cfg.to_json(), status=PENDING, epochs_done=0,
+                                   seconds=0.0, **cfg.params))  # fmt: skip
+            # Runs left open by a driver that died are over.
+            for run in s.scalars(select(RunRow).where(RunRow.status == RUNNING)):
+                run.status = INTERRUPTED
+            for t in s.scalars(select(TrialRow).where(TrialRow.status == RUNNING)):
+                t.status = INTERRUPTED
+        optuna.create_study(storage=self.optuna, study_name=study.name, direction="minimize",
+                            load_if_exists=True)  # fmt: skip
+
+    def trials(self) -> list[TrialInfo]:
+        """Every trial in the database."""
+        with self.session() as s:
+            rows = s.scalars(select(TrialRow)).all()
+            return [
+                TrialInfo(r.key, TrialConfig.from_json(r.config), r.status, r.epochs_done,
+                          r.optuna_trial_id, r.cause)  # fmt: skip
+                for r in rows
+            ]
+
+    def start_trial(self, study: Study, cfg: TrialConfig) -> int:
+        """Mark a trial running and return its Optuna trial id (a new one if it has none
+        or its old one is finished, as for a retried failure)."""
+        with self.session() as s:
+            row = s.get(TrialRow, cfg.key)
+            assert row is not None
+            trial_id = row.optuna_trial_id
+        if trial_id is None or self.optuna.get_trial(trial_id).state.is_finished():
+            trial_id = self._new_optuna_trial(study, cfg)
+        with self.session() as s:
+            row = s.get(TrialRow, cfg.key)
+            assert row is not None
+            row.status, row.optuna_trial_id, row.cause = RUNNING, trial_id, None
+        return trial_id
+
+    def _new_optuna_trial(self, study: Study, cfg: TrialConfig) -> int:
+        g = study.grid
+        choices = {"hidden": g.hidden, "latent": g.latent, "lr": g.lr, "clip": g.clip}
+        template = FrozenTrial(
+            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
+            datetime_complete=None, params=cfg.params,
+            distributions={k: CategoricalDistribution(choices[k]) for k in cfg.params},
+            user_attrs={"key": cfg.key}, system_attrs={}, intermediate_values={}, trial_id=-1,
+        )  # fmt: skip
+        study_id = self.optuna.get_study_id_from_name(study.name)
+        return self.optuna.create_new_trial(study_id, template_trial=template)
+
+    def mark(self, keys: Sequence[str], status: str, cause: str | None = None) -> None:
+        """Set the status of trials (and close their open runs) from the driver."""
+        with self.session() as s:
+            for key in keys:
+                row = s.get(TrialRow, key)
+                if row is not None and row.status == RUNNING:
+                    row.status, row.cause = status, cause
+                for run in s.scalars(select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)):
+                    run.status, run.ended, run.error = status, time.time(), cause
+        if status == FAILED:
+            for key in keys:
+                self._finish_optuna(key, TrialState.FAIL, None, {"error": cause})
+
+    # -- the worker's side ---------------------------------------------------------------
+
+    def begin_run(self, key: str, device: str, worker: int) -> int:
+        with self.session() as s:
+            run = RunRow(key=key, device=device, worker=worker, started=time.time(), status=RUNNING)
+            s.add(run)
+            s.flush()
+            return run.id
+
+    def record_epoch(self, key: str, optuna_trial_id: int, record: EpochRecord) -> None:
+        """Commit one epoch's train and validation rows (idempotent), then its Optuna value."""
+        with self.session() as s:
+            for split, m in (("train", record.train), ("val", record.val)):
+                if s.get(EpochRow, (key, record.epoch, split)) is None:
+                    s.add(EpochRow(key=key, epoch=record.epoch, split=split, elbo=m.elbo,
+                                   recon=m.recon, kl=m.kl, seconds=record.seconds))  # fmt: skip
+            row = s.get(TrialRow, key)
+            assert row is not None
+            if record.epoch > row.epochs_done:
+                row.epochs_done = record.epoch
+                row.seconds += record.seconds
+        if not self.optuna.get_trial(optuna_trial_id).state.is_finished():
+            self.optuna.set_trial_intermediate_value(optuna_trial_id, record.epoch, record.val.elbo)
+
+    def finish_run(self, key: str, run_id: int, result: TrialResult | None, error: str | None) -> str:
+        """Record how a run ended: the trial's result, or the traceback of a crash."""
+        if result is None:
+            # The cause of a failure is the traceback's last line ("ValueError: ...").
+            status, cause_text, epoch = FAILED, (error or "error").strip().splitlines()[-1], None
+        else:
+            status, cause_text, epoch = result.status, result.cause, result.diverged_epoch
+        # Optuna first: if we die in between, the resumed run finds Optuna done and skips it.
+        if status == COMPLETED:
+            assert result is not None
+            self._finish_optuna(key, TrialState.COMPLETE, result.history[-1].val.elbo, {})
+        else:
+            self._finish_optuna(key, TrialState.FAIL, None, {"status": status, "cause": cause_text})
+        with self.session() as s:
+            row = s.get(TrialRow, key)
+            assert row is not None
+            row.status, row.cause, row.diverged_epoch = status, cause_text, epoch
+            run = s.get(RunRow, run_id)
+            assert run is not None
+            run.status, run.ended, run.error = status, time.time(), error
+            run.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        return status
+
+    def _finish_optuna(self, key: str, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+        with self.session() as s:
+            row = s.get(TrialRow, key)
+            trial_id = row.optuna_trial_id if row is not None else None
+        if trial_id is None or self.optuna.get_trial(trial_id).state.is_finished():
+            return
+        for name, attr in attrs.items():
+            self.optuna.set_trial_user_attr(trial_id, name, attr)
+        self.optuna.set_trial_state_values(trial_id, state, None if value is None else [value])
+
+    # -- readers -------------------------------------------------------------------------
+
+    def runs(self) -> list[dict[str, Any]]:
+        with self.session() as s:
+            return [
+                {c.name: getattr(r, c.name) for c in RunRow.__table__.columns}
+                for r in s.scalars(select(RunRow).order_by(RunRow.id))
+            ]
+
+    def epochs(self, key: str | None = None) -> list[dict[str, Any]]:
+        stmt = select(EpochRow).order_by(EpochRow.key, EpochRow.epoch, EpochRow.split)
+        if key is not None:
+            stmt = stmt.where(EpochRow.key == key)
+        with self.session() as s:
+            return [{c.name: getattr(r, c.name) for c in EpochRow.__table__.columns} for r in s.scalars(stmt)]
+
+    def study_row(self) -> tuple[str, int]:
+        with self.session() as s:
+            row = s.scalars(select(StudyRow)).first()
+            if row is None:
+                raise InputError(f"{self.path}: holds no vaegrid study")
+            return row.name, row.slots
+
+
+def metrics_of(rows: Sequence[dict[str, Any]], split: str) -> dict[int, Metrics]:
+    """Per-epoch metrics of one split from ``Store.epochs`` rows."""
+    return {r["epoch"]: Metrics(r["elbo"], r["recon"], r["kl"]) for r in rows if r["split"] == split}
+
+
+def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
+    out = []
+    for k in sorted(set(old) | set(new)):
+        a, b = old.get(k), new.get(k)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _diff(a, b, f"{prefix}{k}.")
+        elif a != b:
+            out.append(f"{prefix}{k}: stored {json.dumps(a)}, study file {json.dumps(b)}")
+    return out

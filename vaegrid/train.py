@@ -1,0 +1,248 @@
+"""One trial: train one config on one device into its folder, epoch by epoch, resumably.
+
+The folder holds ``config.json``, ``checkpoint.pt`` (rewritten atomically at the end of
+every epoch: model, optimizer and the metrics so far, enough to continue bit-for-bit),
+``weights.pt`` (final model) and ``log.txt``. Every random draw (init, shuffling, z)
+comes from a generator seeded by (study seed, trial key, purpose, epoch), so a trial
+gives the same metrics whatever ran before it in the process and whether or not it
+was interrupted.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from vaegrid.model import VAE
+from vaegrid.study import TrialConfig
+
+CONFIG, CHECKPOINT, WEIGHTS, LOG = "config.json", "checkpoint.pt", "weights.pt", "log.txt"
+EVAL_CHUNK = 10_000  # images per forward pass when evaluating a whole split
+
+
+@dataclass(frozen=True)
+class Metrics:
+    """Mean per-image loss terms over a split, in nats (lower is better)."""
+
+    elbo: float  # negative ELBO = recon + kl
+    recon: float  # Bernoulli negative log-likelihood, summed over the 784 pixels
+    kl: float  # KL(q(z|x) || N(0, I))
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """What one finished epoch reports."""
+
+    epoch: int  # 1-based
+    train: Metrics  # mean over the epoch's training batches (train mode)
+    val: Metrics  # validation split in eval mode, one z per image from a fixed seed
+    seconds: float  # wall time of the epoch, training and validation
+
+
+@dataclass(frozen=True)
+class TrialResult:
+    """How a trial ended: ``completed`` or ``diverged`` (a result, not an error)."""
+
+    status: Literal["completed", "diverged"]
+    history: list[EpochRecord]  # every finished epoch, resumed ones included
+    cause: str | None = None  # for diverged: what went non-finite, where
+    diverged_epoch: int | None = None
+
+
+OnEpoch = Callable[[EpochRecord], None]
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes and platforms."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def build_model(cfg: TrialConfig, device: torch.device | str) -> VAE:
+    """The trial's model with its seeded initial weights, on ``device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(derive_seed(cfg.seed, cfg.key, "init"))
+        model = VAE(cfg.hidden, cfg.latent)
+    return model.to(device)
+
+
+@torch.inference_mode()
+def evaluate(model: VAE, x: torch.Tensor, seed: int) -> Metrics:
+    """Mean loss terms of ``x`` in eval mode, with one z per image drawn from ``seed``."""
+    was_training = model.training
+    model.eval()
+    g = torch.Generator(x.device).manual_seed(seed)
+    eps = torch.randn(len(x), model.latent, generator=g, device=x.device)
+    recon = x.new_zeros(())
+    kl = x.new_zeros(())
+    for start in range(0, len(x), EVAL_CHUNK):
+        terms = model(x[start : start + EVAL_CHUNK], eps[start : start + EVAL_CHUNK])
+        recon += terms.recon.sum()
+        kl += terms.kl.sum()
+    model.train(was_training)
+    r, k = (recon / len(x)).item(), (kl / len(x)).item()
+    return Metrics(r + k, r, k)
+
+
+def run_trial(
+    cfg: TrialConfig,
+    train_x: torch.Tensor,
+    val_x: torch.Tensor,
+    trial_dir: Path,
+    on_epoch: OnEpoch | None = None,
+) -> TrialResult:
+    """Train ``cfg`` on the device that holds ``train_x``, continuing from a checkpoint if any.
+
+    Args:
+        cfg: The trial.
+        train_x: Training split, ``[n, 784]`` in [0, 1], on the trial's device.
+        val_x: Validation split, same layout and device.
+        trial_dir: The trial's folder (created if missing).
+        on_epoch: Called after each epoch's checkpoint is on disk. On resume it is first
+            called again for the epochs restored from the checkpoint, so it must be
+            idempotent: a store that missed the last commit catches up.
+
+    Returns:
+        ``completed`` with the history, or ``diverged`` with the epoch and cause.
+
+    Raises:
+        ValueError: ``trial_dir`` holds another config's checkpoint.
+    """
+    trial_dir.mkdir(parents=True, exist_ok=True)
+    _write_config(cfg, trial_dir)
+    device = train_x.device
+    model = build_model(cfg, device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    history = _restore(trial_dir, model, optimizer, device)
+    for record in history:
+        if on_epoch:
+            on_epoch(record)
+    val_seed = derive_seed(cfg.seed, "val")
+    log = (trial_dir / LOG).open("a", encoding="utf-8")
+    try:
+        for epoch in range(len(history) + 1, cfg.train.epochs + 1):
+            started = time.perf_counter()
+            train, cause = _train_epoch(model, optimizer, train_x, cfg, epoch)
+            val = evaluate(model, val_x, val_seed) if cause is None else None
+            if cause is None and val is not None and not math.isfinite(val.elbo):
+                cause = "non-finite validation loss"
+            if cause is not None:
+                log.write(f"epoch {epoch}: diverged: {cause}\n")
+                return TrialResult("diverged", history, f"{cause} in epoch {epoch}", epoch)
+            assert train is not None and val is not None
+            record = EpochRecord(epoch, train, val, time.perf_counter() - started)
+            history.append(record)
+            _save_checkpoint(trial_dir, model, optimizer, history)
+            log.write(
+                f"epoch {epoch}/{cfg.train.epochs} train elbo {train.elbo:.3f} val elbo "
+                f"{val.elbo:.3f} recon {val.recon:.3f} kl {val.kl:.3f} ({record.seconds:.2f}s)\n"
+            )
+            log.flush()
+            if on_epoch:
+                on_epoch(record)
+        if not (trial_dir / WEIGHTS).exists():
+            _atomic_save(model.state_dict(), trial_dir / WEIGHTS)
+        return TrialResult("completed", history)
+    finally:
+        log.close()
+
+
+def _train_epoch(
+    model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, cfg: TrialConfig, epoch: int
+) -> tuple[Metrics | None, str | None]:
+    """One pass over ``x``; returns the train metrics, or the cause of a divergence.
+
+    Nothing here waits for the device: losses and gradient norms stay tensors and are
+    checked for finiteness once, at the end of the epoch.
+    """
+    model.train()
+    device = x.device
+    g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, cfg.key, "epoch", epoch))
+    perm = torch.randperm(len(x), generator=g, device=device)
+    batch = cfg.train.batch_size
+    params = [p for p in model.parameters()]
+    losses, norms, sums = [], [], []
+    # A last batch of one image is dropped: BatchNorm cannot normalise a single sample.
+    for start in range(0, len(x) - 1, batch):
+        xb = x.index_select(0, perm[start : start + batch])
+        eps = torch.randn(len(xb), model.latent, generator=g, device=device)
+        terms = model(xb, eps)
+        loss = terms.elbo.mean()
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
+        optimizer.step()
+        losses.append(loss.detach())
+        sums.append(torch.stack([terms.recon.detach().sum(), terms.kl.detach().sum()]))
+    bad_loss = _first_nonfinite(losses)
+    bad_norm = _first_nonfinite(norms)
+    if bad_loss is not None and (bad_norm is None or bad_loss <= bad_norm):
+        return None, f"non-finite loss at batch {bad_loss + 1}"
+    if bad_norm is not None:
+        return None, f"non-finite gradient norm at batch {bad_norm + 1}"
+    n = sum(min(batch, len(x) - s) for s in range(0, len(x) - 1, batch))
+    recon, kl = (torch.stack(sums).sum(0) / n).tolist()
+    return Metrics(recon + kl, recon, kl), None
+
+
+def _first_nonfinite(values: Sequence[torch.Tensor]) -> int | None:
+    finite = torch.isfinite(torch.stack(list(values)))
+    if bool(finite.all()):
+        return None
+    return int((~finite).nonzero()[0, 0])
+
+
+def _write_config(cfg: TrialConfig, trial_dir: Path) -> None:
+    path = trial_dir / CONFIG
+    if path.exists():
+        if TrialConfig.from_json(path.read_text()).key != cfg.key:
+            raise ValueError(f"{trial_dir} holds another trial's files")
+        return
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
+    os.replace(tmp, path)
+
+
+def _restore(trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, device: torch.device) -> list[EpochRecord]:
+    path = trial_dir / CHECKPOINT
+    if not path.exists():
+        return []
+    state = torch.load(path, map_location=device, weights_only=True)
+    model.load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return [_record(r) for r in state["history"]]
+
+
+def _save_checkpoint(trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, history: list[EpochRecord]) -> None:
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "history": [dataclasses.asdict(r) for r in history],
+    }
+    _atomic_save(state, trial_dir / CHECKPOINT)
+
+
+def _atomic_save(obj: Any, path: Path) -> None:
+    # Write then rename: a kill at any moment leaves the old file or the new one, never half.
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _record(raw: dict[str, Any]) -> EpochRecord:
+    return EpochRecord(raw["epoch"], Metrics(**raw["train"]), Metrics(**raw["val"]), raw["seconds"])
+
+
+def finalize(trial_dir: Path) -> None:
+    """Drop the resume checkpoint of a trial whose end is committed: weights are what stays."""
+    (trial_dir / CHECKPOINT).unlink(missing_ok=True)
