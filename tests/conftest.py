@@ -74,7 +74,9 @@ clip = [1.0, 0.5]
 def write_study(tmp_path: Path) -> Callable[..., Path]:
     """Write a study file: the tiny 2 x 2 study by default, or any text."""
 
-    def write(text: str | None = None, name: str = "tiny", epochs: int = 2, file: str = "study.toml") -> Path:
+    def write(
+        text: str | None = None, name: str = "tiny", epochs: int = 2, file: str = "study.toml"
+    ) -> Path:
         path = tmp_path / file
         path.write_text(text if text is not None else TINY_STUDY.format(name=name, epochs=epochs))
         return path

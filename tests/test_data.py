@@ -5,8 +5,8 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import N_TEST, N_TRAIN
+
 from vaegrid.data import _CACHE, data_dir, load_splits
 from vaegrid.errors import InputError
 from vaegrid.study import DataSpec
@@ -26,7 +26,7 @@ def test_holdout_pools_all_images_and_cuts_80_10_10(mnist_root: Path) -> None:
     assert sorted(ids) == list(range(n))  # disjoint, and every image of both files is used
     assert max(index_of(s.test)) >= N_TRAIN or max(index_of(s.val)) >= N_TRAIN  # pooled
     assert s.train.dtype == torch.float32 and s.train.shape[1] == 784
-    assert 0.0 <= float(s.train.min()) and float(s.train.max()) == 1.0
+    assert float(s.train.min()) >= 0.0 and float(s.train.max()) == 1.0
 
 
 def test_split_is_the_same_on_every_load_and_changes_with_the_seed(mnist_root: Path) -> None:
@@ -59,14 +59,18 @@ def test_official_split_keeps_the_official_test_images(mnist_root: Path) -> None
     assert sorted(index_of(s.train) + index_of(s.val)) == list(range(N_TRAIN))
 
 
-def test_missing_files_say_where_to_put_them(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_missing_files_say_where_to_put_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torchvision.datasets
 
     def offline(*args: object, **kwargs: object) -> None:
         raise OSError("no network")
 
     monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)  # never download in tests
-    with pytest.raises(InputError, match=r"MNIST not found in .*MNIST/raw .* put train-images-idx3-ubyte"):
+    with pytest.raises(
+        InputError, match=r"MNIST not found in .*MNIST/raw .* put train-images-idx3-ubyte"
+    ):
         load_splits(tmp_path, DataSpec(), seed=0, device="cpu")
     assert list(tmp_path.iterdir()) == [] or not any((tmp_path / "MNIST" / "raw").iterdir())
 

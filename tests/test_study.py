@@ -48,15 +48,27 @@ def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
     ("raw", "match"),
     [
         ({"epochs": 3}, r"unknown key 'epochs'; allowed keys: data, description, grid"),
-        ({"train": {"epoch": 3}}, r"unknown key 'train\.epoch'; allowed keys in \[train\]: batch_size"),
+        (
+            {"train": {"epoch": 3}},
+            r"unknown key 'train\.epoch'; allowed keys in \[train\]: batch_size",
+        ),
         ({"grid": {"dropout": [0.1]}}, r"unknown key 'grid\.dropout'"),
-        ({"train": {"epochs": "15"}}, r'train\.epochs = "15" is not allowed; expected a positive integer'),
+        (
+            {"train": {"epochs": "15"}},
+            r'train\.epochs = "15" is not allowed; expected a positive integer',
+        ),
         ({"train": {"epochs": 1.5}}, r"train\.epochs = 1\.5 .* a positive integer"),
         ({"train": {"epochs": True}}, r"train\.epochs = true"),
         ({"train": "fast"}, r'train = "fast" .* a table \[train\]'),
-        ({"grid": {"hidden": []}}, r"grid\.hidden = \[\] .* non-empty list of distinct positive integers"),
+        (
+            {"grid": {"hidden": []}},
+            r"grid\.hidden = \[\] .* non-empty list of distinct positive integers",
+        ),
         ({"grid": {"hidden": 400}}, r"grid\.hidden = 400 .* non-empty list"),
-        ({"grid": {"latent": [100, 100]}}, r"grid\.latent = \[100, 100\] .* \(100 is listed twice\)"),
+        (
+            {"grid": {"latent": [100, 100]}},
+            r"grid\.latent = \[100, 100\] .* \(100 is listed twice\)",
+        ),
         ({"grid": {"lr": [1, 1.0]}}, r"grid\.lr = \[1, 1\.0\] .* \(1\.0 is listed twice\)"),
         ({"grid": {"hidden": [400.5]}}, r"grid\.hidden = 400\.5 .* positive integers"),
         ({"grid": {"lr": ["fast"]}}, r'grid\.lr = "fast" .* positive numbers'),
@@ -66,12 +78,24 @@ def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
         ({"grid": {"latent": [-2]}}, r"grid\.latent = -2"),
         ({"grid": {"lr": [0.0]}}, r"grid\.lr = 0\.0 .* positive numbers"),
         ({"grid": {"clip": [-1.0]}}, r"grid\.clip = -1\.0 .* positive numbers"),
-        ({"data": {"fractions": [0.8, 0.1, 0.2]}}, r"data\.fractions = \[0\.8, 0\.1, 0\.2\] .* sum to 1"),
+        (
+            {"data": {"fractions": [0.8, 0.1, 0.2]}},
+            r"data\.fractions = \[0\.8, 0\.1, 0\.2\] .* sum to 1",
+        ),
         ({"data": {"fractions": [0.8, 0.2]}}, r"data\.fractions .* three numbers"),
-        ({"data": {"fractions": [0.99999, 0.000005, 0.000005]}}, r"data\.fractions = .* expected shares that leave no split empty"),
+        (
+            {"data": {"fractions": [0.99999, 0.000005, 0.000005]}},
+            r"data\.fractions = .* expected shares that leave no split empty",
+        ),
         ({"data": {"fractions": [1.0, 0.0, 0.0]}}, r"data\.fractions .* in \(0, 1\)"),
-        ({"train": {"batch_size": 56_001}}, r"train\.batch_size = 56001 .* at most the 56000 images"),
-        ({"data": {"limit": 100}, "train": {"batch_size": 100}}, r"train\.batch_size = 100 .* at most the 80 images"),
+        (
+            {"train": {"batch_size": 56_001}},
+            r"train\.batch_size = 56001 .* at most the 56000 images",
+        ),
+        (
+            {"data": {"limit": 100}, "train": {"batch_size": 100}},
+            r"train\.batch_size = 100 .* at most the 80 images",
+        ),
         ({"train": {"optimizer": "sgd"}}, r'train\.optimizer = "sgd" .* one of "adam"'),
         ({"data": {"dataset": "cifar10"}}, r'data\.dataset = "cifar10" .* one of "mnist"'),
         ({"data": {"split": "random"}}, r'data\.split = "random" .* one of "holdout", "official"'),
@@ -80,7 +104,9 @@ def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
         ({"name": "my study!"}, r'name = "my study!"'),
     ],
 )
-def test_validator_rejects_bad_values_naming_file_key_value_and_allowed(raw: dict, match: str) -> None:  # type: ignore[type-arg]
+def test_validator_rejects_bad_values_naming_file_key_value_and_allowed(
+    raw: dict, match: str
+) -> None:  # type: ignore[type-arg]
     with pytest.raises(InputError, match=r"^s\.toml: " + match):
         parse(raw)
 
@@ -128,7 +154,9 @@ def test_cli_bad_study_is_one_line_and_exit_2(
         assert err.startswith(f"vaegrid: error: {path}: ")
 
 
-def test_cli_missing_file_and_bad_arguments_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_cli_missing_file_and_bad_arguments_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     assert main(["plan", str(tmp_path / "missing.toml")]) == 2
     assert "missing.toml: study file not found" in capsys.readouterr().err
     assert main(["run", str(STUDIES / "smoke.toml"), "--workers-per-device", "zero"]) == 2

@@ -40,7 +40,9 @@ def test_short_trial_lowers_validation_elbo_and_writes_its_folder(splits, tmp_pa
     assert not (tmp_path / "t" / CHECKPOINT).exists()
 
 
-def test_same_config_twice_gives_identical_metrics_whatever_ran_before(splits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+def test_same_config_twice_gives_identical_metrics_whatever_ran_before(
+    splits, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
     a = run_trial(config(), splits.train, splits.val, tmp_path / "a")
     torch.manual_seed(123)  # disturb the global RNG: trials must not read it
     run_trial(config(lr=3e-2, latent=4), splits.train, splits.val, tmp_path / "other")
@@ -63,7 +65,9 @@ def test_stop_and_continue_gives_identical_metrics(splits, tmp_path: Path) -> No
     with pytest.raises(Stop):
         run_trial(config(), splits.train, splits.val, tmp_path / "cut", on_epoch=stop_after_2)
     replayed: list[EpochRecord] = []
-    resumed = run_trial(config(), splits.train, splits.val, tmp_path / "cut", on_epoch=replayed.append)
+    resumed = run_trial(
+        config(), splits.train, splits.val, tmp_path / "cut", on_epoch=replayed.append
+    )
     assert metrics(resumed.history) == metrics(whole.history)
     # the restored epochs are reported again first, then only the new ones run
     assert [r.epoch for r in replayed] == [1, 2, 3, 4]
@@ -76,7 +80,10 @@ def test_huge_learning_rate_diverges_as_a_result_not_an_exception(splits, tmp_pa
     result = run_trial(config(lr=1e3, epochs=6), splits.train, splits.val, tmp_path / "d")
     assert result.status == "diverged"
     assert result.diverged_epoch is not None and result.cause is not None
-    assert result.cause.startswith("non-finite") and f"in epoch {result.diverged_epoch}" in result.cause
+    assert (
+        result.cause.startswith("non-finite")
+        and f"in epoch {result.diverged_epoch}" in result.cause
+    )
     assert len(result.history) == result.diverged_epoch - 1
     assert not (tmp_path / "d" / WEIGHTS).exists()
 

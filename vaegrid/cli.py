@@ -30,9 +30,16 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("study", help="a study file, e.g. studies/seed.toml")
     run.add_argument("--results", default="results", help="results folder (default: results/)")
     run.add_argument("--devices", default="auto", help="auto, cpu, or a list such as cuda:0,cuda:1")
-    run.add_argument("--workers-per-device", type=int, default=None, metavar="K",
-                     help="trials at once per device (default: cores on CPU, 2 on CUDA)")  # fmt: skip
-    run.add_argument("--data-dir", default=None, help="MNIST root (default: $VAEGRID_DATA, else data/)")
+    run.add_argument(
+        "--workers-per-device",
+        type=int,
+        default=None,
+        metavar="K",
+        help="trials at once per device (default: cores on CPU, 2 on CUDA)",
+    )
+    run.add_argument(
+        "--data-dir", default=None, help="MNIST root (default: $VAEGRID_DATA, else data/)"
+    )
     run.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
@@ -67,8 +74,14 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         study = load_study(args.study)
         pool = make_pool(args.devices, args.workers_per_device)
-        return run_study(study, Path(args.results), pool, data_dir(args.data_dir),
-                         retry_failed=args.retry_failed, progress=not args.no_progress)  # fmt: skip
+        return run_study(
+            study,
+            Path(args.results),
+            pool,
+            data_dir(args.data_dir),
+            retry_failed=args.retry_failed,
+            progress=not args.no_progress,
+        )
     if args.command == "status":
         from vaegrid.driver import status_line
 

@@ -14,6 +14,7 @@ from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from joblib.externals.loky import get_reusable_executor
 from joblib.externals.loky.process_executor import BrokenProcessPool
@@ -69,11 +70,15 @@ def make_pool(devices: str = "auto", per_device: int | None = None) -> Pool:
             )
             if not ok:
                 visible = ", ".join(["cpu", *(f"cuda:{i}" for i in range(n_cuda))])
-                raise InputError(f"--devices: {name!r} is not a device here; visible: {visible} (or auto)")
+                raise InputError(
+                    f"--devices: {name!r} is not a device here; visible: {visible} (or auto)"
+                )
         if len(set(names)) != len(names):
             raise InputError(f"--devices: {devices!r} names a device twice")
     if per_device is not None and per_device < 1:
-        raise InputError(f"--workers-per-device: {per_device} is not allowed; expected an integer >= 1")
+        raise InputError(
+            f"--workers-per-device: {per_device} is not allowed; expected an integer >= 1"
+        )
     gpu = any(n.startswith("cuda") for n in names)
     k = per_device or (2 if gpu else cores)
     threads = max(1, cores // (len(names) * k)) if gpu else 1
@@ -172,9 +177,15 @@ def run_study(
 
 class _Sweep:
     def __init__(
-        self, study: Study, study_dir: Path, store: Store, pool: Pool, data_root: Path,
-        retry_failed: bool, progress: bool,
-    ) -> None:  # fmt: skip
+        self,
+        study: Study,
+        study_dir: Path,
+        store: Store,
+        pool: Pool,
+        data_root: Path,
+        retry_failed: bool,
+        progress: bool,
+    ) -> None:
         self.study, self.study_dir, self.store, self.pool = study, study_dir, store, pool
         self.data_root = data_root.resolve()
         self.grid = {cfg.key: cfg for cfg in expand(study)}
@@ -184,14 +195,25 @@ class _Sweep:
         self.counts = Counter(status[k] for k in self.grid if status[k] not in redo)
         self.counts[PENDING] = len(self.queue)
         self.deaths: Counter[str] = Counter()
-        self.bar = tqdm(total=len(self.grid), initial=len(self.grid) - len(self.queue),
-                        desc=study.name, unit="trial", disable=not progress, dynamic_ncols=True)  # fmt: skip
+        self.bar = tqdm(
+            total=len(self.grid),
+            initial=len(self.grid) - len(self.queue),
+            desc=study.name,
+            unit="trial",
+            disable=not progress,
+            dynamic_ncols=True,
+        )
 
-    def _executor(self):  # type: ignore[no-untyped-def]
+    def _executor(self) -> Any:
         return get_reusable_executor(
-            max_workers=self.pool.slots, timeout=60, initializer=init_worker,
-            env={"OMP_NUM_THREADS": str(self.pool.threads), "MKL_NUM_THREADS": str(self.pool.threads)},
-        )  # fmt: skip
+            max_workers=self.pool.slots,
+            timeout=60,
+            initializer=init_worker,
+            env={
+                "OMP_NUM_THREADS": str(self.pool.threads),
+                "MKL_NUM_THREADS": str(self.pool.threads),
+            },
+        )
 
     def run(self) -> int:
         running: dict[Future[str], tuple[str, str]] = {}
@@ -220,29 +242,37 @@ class _Sweep:
             executor.shutdown(wait=False, kill_workers=True)
             self.store.mark([k for k, _ in running.values()], INTERRUPTED)
             self.bar.close()
-            print(f"interrupted: {len(running)} running trials keep their last finished epoch; "
-                  "run the same command again to continue")  # fmt: skip
+            print(
+                f"interrupted: {len(running)} running trials keep their last finished epoch; "
+                "run the same command again to continue"
+            )
             return 130
         self.bar.close()
         return 1 if self.counts[FAILED] else 0
 
-    def _submit(self, executor, key: str, device: str) -> Future[str]:  # type: ignore[no-untyped-def]
+    def _submit(self, executor: Any, key: str, device: str) -> Future[str]:
         cfg = self.grid[key]
         task = Task(
-            config=cfg.to_json(), optuna_trial_id=self.store.start_trial(self.study, cfg),
-            device=device, threads=self.pool.threads, db=str(db_path(self.study_dir).resolve()),
+            config=cfg.to_json(),
+            optuna_trial_id=self.store.start_trial(self.study, cfg),
+            device=device,
+            threads=self.pool.threads,
+            db=str(db_path(self.study_dir).resolve()),
             trial_dir=str((self.study_dir / "trials" / key).resolve()),
-            data_root=str(self.data_root), driver_pid=os.getpid(),
-        )  # fmt: skip
-        return executor.submit(execute, task)  # type: ignore[no-any-return]
+            data_root=str(self.data_root),
+            driver_pid=os.getpid(),
+        )
+        future: Future[str] = executor.submit(execute, task)
+        return future
 
     def _move(self, old: str, new: str) -> None:
         self.counts[old] -= 1
         self.counts[new] += 1
         self.bar.set_postfix_str(
             f"running {self.counts[RUNNING]}, diverged {self.counts[DIVERGED]}, "
-            f"failed {self.counts[FAILED]}", refresh=False,
-        )  # fmt: skip
+            f"failed {self.counts[FAILED]}",
+            refresh=False,
+        )
 
     def _worker_died(self, key: str, error: BaseException) -> None:
         """A worker process died (killed, out of memory): resume the trial, or give up."""
@@ -265,7 +295,9 @@ def status_line(study_dir: Path) -> str:
     """
     path = db_path(study_dir)
     if not path.is_file():
-        raise InputError(f"{study_dir}: not a vaegrid study folder (no {path.name}); expected RESULTS_DIR/STUDY")
+        raise InputError(
+            f"{study_dir}: not a vaegrid study folder (no {path.name}); expected RESULTS_DIR/STUDY"
+        )
     store = Store(path)
     try:
         name, slots = store.study_row()
@@ -275,7 +307,11 @@ def status_line(study_dir: Path) -> str:
         if pid is None:  # no live driver: what was running is only interrupted
             counts[INTERRUPTED] += counts.pop(RUNNING, 0)
         line = f"{name}: {summary(counts, len(trials))}"
-        finished = [r for r in store.runs() if r["ended"] is not None and r["status"] in (COMPLETED, DIVERGED)]
+        finished = [
+            r
+            for r in store.runs()
+            if r["ended"] is not None and r["status"] in (COMPLETED, DIVERGED)
+        ]
         left = counts[PENDING] + counts[INTERRUPTED] + counts[RUNNING]
         if finished and left:
             mean = sum(r["ended"] - r["started"] for r in finished) / len(finished)

@@ -36,11 +36,16 @@ class VAE(nn.Module):
     def __init__(self, hidden: int, latent: int, pixels: int = PIXELS) -> None:
         super().__init__()
         self.latent = latent
-        self.encoder = nn.Sequential(nn.Linear(pixels, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU())
+        self.encoder = nn.Sequential(
+            nn.Linear(pixels, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU()
+        )
         self.mu = nn.Linear(hidden, latent)
         self.logvar = nn.Linear(hidden, latent)
         self.decoder = nn.Sequential(
-            nn.Linear(latent, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(), nn.Linear(hidden, pixels)
+            nn.Linear(latent, hidden),
+            nn.BatchNorm1d(hidden),
+            nn.LeakyReLU(),
+            nn.Linear(hidden, pixels),
         )
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -58,7 +63,9 @@ class VAE(nn.Module):
         return loss_terms(x, self.decode(z), mu, logvar)
 
 
-def loss_terms(x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> Terms:
+def loss_terms(
+    x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
+) -> Terms:
     """Per-image reconstruction NLL and KL (Kingma & Welling 2014, appendix B)."""
     recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
     kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)

@@ -26,10 +26,20 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-from optuna.distributions import CategoricalDistribution
+from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import Engine, Float, ForeignKey, Integer, String, Text, create_engine, event, select
+from sqlalchemy import (
+    Engine,
+    Float,
+    ForeignKey,
+    Integer,
+    String,
+    Text,
+    create_engine,
+    event,
+    select,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from vaegrid.errors import InputError
@@ -42,9 +52,22 @@ DB_NAME = "study.db"
 BUSY_TIMEOUT_S = 60
 # Trial statuses. "running" and "interrupted" resume from their checkpoint.
 PENDING, RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED = (
-    "pending", "running", "completed", "diverged", "failed", "interrupted",
-)  # fmt: skip
+    "pending",
+    "running",
+    "completed",
+    "diverged",
+    "failed",
+    "interrupted",
+)
 FINISHED = (COMPLETED, DIVERGED)
+# Fixed, wide ranges rather than the grid's values: Optuna refuses a categorical whose
+# choices change, and a study's grid may grow between runs. Log scale suits all four.
+PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
+    "hidden": IntDistribution(1, 1 << 20, log=True),
+    "latent": IntDistribution(1, 1 << 20, log=True),
+    "lr": FloatDistribution(1e-12, 1e6, log=True),
+    "clip": FloatDistribution(1e-12, 1e12, log=True),
+}
 
 
 class Base(DeclarativeBase):
@@ -166,7 +189,11 @@ class Store:
         if not path.exists():
             return
         try:
-            con = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=BUSY_TIMEOUT_S)
+            # A cleanly closed WAL database has no -wal file: read it as immutable, which
+            # creates no -shm/-wal files either. After a crash the -wal holds commits: use it.
+            clean = not path.with_name(path.name + "-wal").exists()
+            mode = "ro&immutable=1" if clean else "ro"
+            con = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_S)
             try:
                 row = con.execute("SELECT name, fingerprint FROM vg_study").fetchone()
             finally:
@@ -176,9 +203,11 @@ class Store:
         if row is None:
             return
         name, stored = row[0], json.loads(row[1])
-        new = study.fingerprint()
+        new = json.loads(json.dumps(study.fingerprint()))  # tuples as stored: lists
         if name != study.name or stored != new:
-            diffs = [f"name: stored {name!r}, study file {study.name!r}"] if name != study.name else []
+            diffs = (
+                [f"name: stored {name!r}, study file {study.name!r}"] if name != study.name else []
+            )
             diffs += _diff(stored, new)
             raise InputError(
                 f"{path} was made by a study with other fixed settings ({'; '.join(diffs)}); "
@@ -191,30 +220,51 @@ class Store:
         with self.session() as s:
             row = s.get(StudyRow, study.name)
             if row is None:
-                s.add(StudyRow(name=study.name, fingerprint=json.dumps(study.fingerprint()),
-                               source=study.source, slots=slots))  # fmt: skip
+                s.add(
+                    StudyRow(
+                        name=study.name,
+                        fingerprint=json.dumps(study.fingerprint()),
+                        source=study.source,
+                        slots=slots,
+                    )
+                )
             else:
                 row.source, row.slots = study.source, slots
             known = set(s.scalars(select(TrialRow.key)))
             for cfg in trials:
                 if cfg.key not in known:
-                    s.add(TrialRow(key=cfg.key, config=cfg.to_json(), status=PENDING, epochs_done=0,
-                                   seconds=0.0, **cfg.params))  # fmt: skip
+                    s.add(
+                        TrialRow(
+                            key=cfg.key,
+                            config=cfg.to_json(),
+                            status=PENDING,
+                            epochs_done=0,
+                            seconds=0.0,
+                            **cfg.params,
+                        )
+                    )
             # Runs left open by a driver that died are over.
             for run in s.scalars(select(RunRow).where(RunRow.status == RUNNING)):
                 run.status = INTERRUPTED
             for t in s.scalars(select(TrialRow).where(TrialRow.status == RUNNING)):
                 t.status = INTERRUPTED
-        optuna.create_study(storage=self.optuna, study_name=study.name, direction="minimize",
-                            load_if_exists=True)  # fmt: skip
+        optuna.create_study(
+            storage=self.optuna, study_name=study.name, direction="minimize", load_if_exists=True
+        )
 
     def trials(self) -> list[TrialInfo]:
         """Every trial in the database."""
         with self.session() as s:
             rows = s.scalars(select(TrialRow)).all()
             return [
-                TrialInfo(r.key, TrialConfig.from_json(r.config), r.status, r.epochs_done,
-                          r.optuna_trial_id, r.cause)  # fmt: skip
+                TrialInfo(
+                    r.key,
+                    TrialConfig.from_json(r.config),
+                    r.status,
+                    r.epochs_done,
+                    r.optuna_trial_id,
+                    r.cause,
+                )
                 for r in rows
             ]
 
@@ -234,14 +284,19 @@ class Store:
         return trial_id
 
     def _new_optuna_trial(self, study: Study, cfg: TrialConfig) -> int:
-        g = study.grid
-        choices = {"hidden": g.hidden, "latent": g.latent, "lr": g.lr, "clip": g.clip}
         template = FrozenTrial(
-            number=-1, state=TrialState.RUNNING, value=None, datetime_start=datetime.now(),
-            datetime_complete=None, params=cfg.params,
-            distributions={k: CategoricalDistribution(choices[k]) for k in cfg.params},
-            user_attrs={"key": cfg.key}, system_attrs={}, intermediate_values={}, trial_id=-1,
-        )  # fmt: skip
+            number=-1,
+            state=TrialState.RUNNING,
+            value=None,
+            datetime_start=datetime.now(),
+            datetime_complete=None,
+            params=cfg.params,
+            distributions=PARAM_DISTRIBUTIONS,
+            user_attrs={"key": cfg.key},
+            system_attrs={},
+            intermediate_values={},
+            trial_id=-1,
+        )
         study_id = self.optuna.get_study_id_from_name(study.name)
         return self.optuna.create_new_trial(study_id, template_trial=template)
 
@@ -252,7 +307,9 @@ class Store:
                 row = s.get(TrialRow, key)
                 if row is not None and row.status == RUNNING:
                     row.status, row.cause = status, cause
-                for run in s.scalars(select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)):
+                for run in s.scalars(
+                    select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)
+                ):
                     run.status, run.ended, run.error = status, time.time(), cause
         if status == FAILED:
             for key in keys:
@@ -272,8 +329,17 @@ class Store:
         with self.session() as s:
             for split, m in (("train", record.train), ("val", record.val)):
                 if s.get(EpochRow, (key, record.epoch, split)) is None:
-                    s.add(EpochRow(key=key, epoch=record.epoch, split=split, elbo=m.elbo,
-                                   recon=m.recon, kl=m.kl, seconds=record.seconds))  # fmt: skip
+                    s.add(
+                        EpochRow(
+                            key=key,
+                            epoch=record.epoch,
+                            split=split,
+                            elbo=m.elbo,
+                            recon=m.recon,
+                            kl=m.kl,
+                            seconds=record.seconds,
+                        )
+                    )
             row = s.get(TrialRow, key)
             assert row is not None
             if record.epoch > row.epochs_done:
@@ -282,11 +348,16 @@ class Store:
         if not self.optuna.get_trial(optuna_trial_id).state.is_finished():
             self.optuna.set_trial_intermediate_value(optuna_trial_id, record.epoch, record.val.elbo)
 
-    def finish_run(self, key: str, run_id: int, result: TrialResult | None, error: str | None) -> str:
+    def finish_run(
+        self, key: str, run_id: int, result: TrialResult | None, error: str | None
+    ) -> str:
         """Record how a run ended: the trial's result, or the traceback of a crash."""
+        status: str = FAILED
+        cause_text: str | None = None
+        epoch: int | None = None
         if result is None:
             # The cause of a failure is the traceback's last line ("ValueError: ...").
-            status, cause_text, epoch = FAILED, (error or "error").strip().splitlines()[-1], None
+            cause_text = (error or "error").strip().splitlines()[-1]
         else:
             status, cause_text, epoch = result.status, result.cause, result.diverged_epoch
         # Optuna first: if we die in between, the resumed run finds Optuna done and skips it.
@@ -305,7 +376,9 @@ class Store:
             run.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         return status
 
-    def _finish_optuna(self, key: str, state: TrialState, value: float | None, attrs: dict[str, Any]) -> None:
+    def _finish_optuna(
+        self, key: str, state: TrialState, value: float | None, attrs: dict[str, Any]
+    ) -> None:
         with self.session() as s:
             row = s.get(TrialRow, key)
             trial_id = row.optuna_trial_id if row is not None else None
@@ -329,7 +402,10 @@ class Store:
         if key is not None:
             stmt = stmt.where(EpochRow.key == key)
         with self.session() as s:
-            return [{c.name: getattr(r, c.name) for c in EpochRow.__table__.columns} for r in s.scalars(stmt)]
+            return [
+                {c.name: getattr(r, c.name) for c in EpochRow.__table__.columns}
+                for r in s.scalars(stmt)
+            ]
 
     def study_row(self) -> tuple[str, int]:
         with self.session() as s:
@@ -341,7 +417,9 @@ class Store:
 
 def metrics_of(rows: Sequence[dict[str, Any]], split: str) -> dict[int, Metrics]:
     """Per-epoch metrics of one split from ``Store.epochs`` rows."""
-    return {r["epoch"]: Metrics(r["elbo"], r["recon"], r["kl"]) for r in rows if r["split"] == split}
+    return {
+        r["epoch"]: Metrics(r["elbo"], r["recon"], r["kl"]) for r in rows if r["split"] == split
+    }
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

@@ -226,7 +226,11 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
 def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float]:
     value = d.get("fractions", DataSpec.fractions)
     allowed = "three numbers in (0, 1) for train, validation, test that sum to 1"
-    if not isinstance(value, list | tuple) or len(value) != 3 or not all(_is_number(f) for f in value):
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 3
+        or not all(_is_number(f) for f in value)
+    ):
         v.fail("data.fractions", value, allowed)
     fractions = (float(value[0]), float(value[1]), float(value[2]))
     if not all(0 < f < 1 for f in fractions) or not math.isclose(sum(fractions), 1.0):
@@ -248,14 +252,17 @@ class _Validator:
         self.source = source
 
     def fail(self, key: str, value: object, allowed: str) -> None:
-        raise InputError(f"{self.source}: {key} = {_show(value)} is not allowed; expected {allowed}")
+        raise InputError(
+            f"{self.source}: {key} = {_show(value)} is not allowed; expected {allowed}"
+        )
 
     def known(self, table: Mapping[str, Any], prefix: str, keys: set[str]) -> None:
         for key in table:
             if key not in keys:
+                where = f" in [{prefix.rstrip('.')}]" if prefix else ""
                 raise InputError(
-                    f"{self.source}: unknown key '{prefix}{key}'; allowed keys"
-                    f"{' in [' + prefix.rstrip('.') + ']' if prefix else ''}: {', '.join(sorted(keys))}"
+                    f"{self.source}: unknown key '{prefix}{key}'; "
+                    f"allowed keys{where}: {', '.join(sorted(keys))}"
                 )
 
     def table(self, raw: Mapping[str, Any], name: str, spec: type) -> Mapping[str, Any]:
@@ -265,20 +272,26 @@ class _Validator:
         self.known(table, name + ".", {f.name for f in dataclasses.fields(spec)})
         return table
 
-    def integer(self, t: Mapping[str, Any], prefix: str, key: str, default: int, minimum: int) -> int:
+    def integer(
+        self, t: Mapping[str, Any], prefix: str, key: str, default: int, minimum: int
+    ) -> int:
         value = t.get(key, default)
         if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
             kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
             self.fail(prefix + key, value, kind)
         return int(value)
 
-    def choice(self, t: Mapping[str, Any], prefix: str, key: str, default: str, allowed: tuple[str, ...]) -> str:
+    def choice(
+        self, t: Mapping[str, Any], prefix: str, key: str, default: str, allowed: tuple[str, ...]
+    ) -> str:
         value = t.get(key, default)
         if value not in allowed:
             self.fail(prefix + key, value, "one of " + ", ".join(f'"{a}"' for a in allowed))
         return str(value)
 
-    def values(self, grid: Mapping[str, Any], key: str, default: tuple[Any, ...], kind: type) -> tuple[Any, ...]:
+    def values(
+        self, grid: Mapping[str, Any], key: str, default: tuple[Any, ...], kind: type
+    ) -> tuple[Any, ...]:
         value = grid.get(key, list(default))
         what = "positive integers" if kind is int else "positive numbers"
         allowed = f"a non-empty list of distinct {what}"

@@ -213,7 +213,9 @@ def _write_config(cfg: TrialConfig, trial_dir: Path) -> None:
     os.replace(tmp, path)
 
 
-def _restore(trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, device: torch.device) -> list[EpochRecord]:
+def _restore(
+    trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, device: torch.device
+) -> list[EpochRecord]:
     path = trial_dir / CHECKPOINT
     if not path.exists():
         return []
@@ -223,7 +225,9 @@ def _restore(trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, devi
     return [_record(r) for r in state["history"]]
 
 
-def _save_checkpoint(trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, history: list[EpochRecord]) -> None:
+def _save_checkpoint(
+    trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, history: list[EpochRecord]
+) -> None:
     state = {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),

@@ -65,9 +65,12 @@ def execute(task: Task) -> str:
         try:
             splits = load_splits(Path(task.data_root), cfg.data, cfg.seed, task.device)
             result = run_trial(
-                cfg, splits.train, splits.val, trial_dir,
+                cfg,
+                splits.train,
+                splits.val,
+                trial_dir,
                 on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r),
-            )  # fmt: skip
+            )
         except Exception:
             return store.finish_run(cfg.key, run_id, None, traceback.format_exc())
         status = store.finish_run(cfg.key, run_id, result, None)

@@ -1,0 +1,341 @@
+from __future__ import annotations
+
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import optuna
+import pytest
+from conftest import make_mnist
+
+from vaegrid.cli import main
+from vaegrid.driver import DriverLock, make_pool
+from vaegrid.errors import InputError
+from vaegrid.store import Store
+from vaegrid.study import expand, load_study
+from vaegrid.train import CHECKPOINT, CONFIG, WEIGHTS
+
+
+def run(study: Path, results: Path, data: Path, *extra: str) -> int:
+    return main(
+        [
+            "run",
+            str(study),
+            "--results",
+            str(results),
+            "--data-dir",
+            str(data),
+            "--no-progress",
+            *extra,
+        ]
+    )
+
+
+def metric_rows(db: Path) -> list[tuple[object, ...]]:
+    store = Store(db)
+    try:
+        return [
+            (r["key"], r["epoch"], r["split"], r["elbo"], r["recon"], r["kl"])
+            for r in store.epochs()
+        ]
+    finally:
+        store.close()
+
+
+def runs(db: Path) -> list[dict[str, object]]:
+    store = Store(db)
+    try:
+        return store.runs()
+    finally:
+        store.close()
+
+
+def test_sweep_commits_every_epoch_and_optuna_reads_the_study(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = write_study()
+    assert run(study, tmp_path / "r", mnist_root, "--workers-per-device", "2") == 0
+    db = tmp_path / "r" / "tiny" / "study.db"
+    rows = metric_rows(db)
+    assert len(rows) == 4 * 2 * 2 and len(set(r[:3] for r in rows)) == len(rows)
+    df = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials_dataframe()
+    assert len(df) == 4 and set(df["state"]) == {"COMPLETE"}
+    assert {"params_hidden", "params_latent", "params_lr", "params_clip", "user_attrs_key"} <= set(
+        df.columns
+    )
+    keys = {t.key for t in expand(load_study(study))}
+    assert set(df["user_attrs_key"]) == keys
+    trial = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials[0]
+    val = {r[1]: r[3] for r in rows if r[0] == trial.user_attrs["key"] and r[2] == "val"}
+    assert trial.intermediate_values == val and trial.value == val[2]
+    for key in keys:  # a finished trial keeps its weights, not its resume checkpoint
+        files = {p.name for p in (tmp_path / "r" / "tiny" / "trials" / key).iterdir()}
+        assert {CONFIG, WEIGHTS} <= files and CHECKPOINT not in files
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "r" / "tiny")]) == 0
+    assert capsys.readouterr().out.startswith("tiny: 4/4 done (4 completed, 0 diverged, 0 failed)")
+    # the same command again has nothing left to do
+    assert run(study, tmp_path / "r", mnist_root) == 0
+    assert len(runs(db)) == 4
+
+
+def test_second_driver_is_refused_naming_the_live_one(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    with DriverLock(tmp_path / "r" / "tiny"):
+        assert run(write_study(), tmp_path / "r", mnist_root) == 2
+    err = capsys.readouterr().err
+    assert (
+        f"another driver (pid {os.getpid()}) is running this study" in err and err.count("\n") == 1
+    )
+    assert not (tmp_path / "r" / "tiny" / "study.db").exists()
+
+
+def test_lock_of_a_dead_driver_is_taken_over(tmp_path: Path) -> None:
+    (tmp_path / "driver.lock").write_text("999999\n")  # left behind by a killed driver
+    assert DriverLock.holder(tmp_path) is None
+    with DriverLock(tmp_path):
+        assert DriverLock.holder(tmp_path) == os.getpid()
+
+
+def test_changed_fixed_setting_is_refused_and_nothing_written(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = load_study(write_study(epochs=2))
+    db = tmp_path / "r" / "tiny" / "study.db"
+    db.parent.mkdir(parents=True)
+    store = Store(db)
+    store.sync_study(study, expand(study), 1)
+    store.close()
+    before = {p.name: p.read_bytes() for p in db.parent.iterdir()}
+    assert run(write_study(epochs=3), tmp_path / "r", mnist_root) == 2
+    err = capsys.readouterr().err
+    assert (
+        "other fixed settings (train.epochs: stored 2, study file 3)" in err
+        and err.count("\n") == 1
+    )
+    assert {p.name: p.read_bytes() for p in db.parent.iterdir()} == before
+
+
+def test_grid_change_keeps_trials_by_key_and_adds_the_new_ones(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+) -> None:
+    assert run(write_study(epochs=1), tmp_path / "r", mnist_root) == 0
+    db = tmp_path / "r" / "tiny" / "study.db"
+    first = metric_rows(db)
+    wider = (
+        write_study().read_text().replace("epochs = 2", "epochs = 1").replace("[4, 8]", "[8, 4, 2]")
+    )
+    assert run(write_study(wider), tmp_path / "r", mnist_root) == 0
+    assert len(runs(db)) == 6  # 4 old trials kept, 2 new ones run
+    assert set(first) < set(metric_rows(db))
+
+
+def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+) -> None:
+    study_path = write_study()
+    a, b = expand(load_study(study_path))[:2]
+    broken = tmp_path / "r" / "tiny" / "trials" / a.key
+    broken.mkdir(parents=True)
+    (broken / CONFIG).write_text(b.to_json())  # another trial's files: run_trial raises
+    assert run(study_path, tmp_path / "r", mnist_root) == 1
+    db = tmp_path / "r" / "tiny" / "study.db"
+    by_status = {r["key"]: r for r in runs(db)}
+    assert by_status[a.key]["status"] == "failed"
+    assert "Traceback" in str(by_status[a.key]["error"]) and "another trial's files" in str(
+        by_status[a.key]["error"]
+    )
+    assert sum(r["status"] == "completed" for r in runs(db)) == 3
+    (broken / CONFIG).unlink()
+    assert run(study_path, tmp_path / "r", mnist_root) == 1  # failed trials stay failed...
+    assert run(study_path, tmp_path / "r", mnist_root, "--retry-failed") == 0  # ...until retried
+    df = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials_dataframe()
+    assert sorted(df["state"]) == ["COMPLETE"] * 4 + ["FAIL"]
+
+
+def test_pool_defaults_to_one_thread_per_cpu_trial_and_rejects_bad_devices() -> None:
+    pool = make_pool("cpu")
+    assert (
+        pool.devices == ("cpu",) and pool.per_device == (os.cpu_count() or 1) and pool.threads == 1
+    )
+    assert make_pool("auto", 3).slots == 3 or make_pool("auto", 3).devices[0].startswith("cuda")
+    with pytest.raises(InputError, match=r"--devices: 'cuda:7' is not a device here; visible: cpu"):
+        make_pool("cuda:7")
+    with pytest.raises(InputError, match="names a device twice"):
+        make_pool("cpu,cpu")
+    with pytest.raises(InputError, match=r"--workers-per-device: 0 is not allowed"):
+        make_pool("cpu", 0)
+
+
+def test_missing_data_is_refused_before_anything_is_written(
+    write_study: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import torchvision.datasets
+
+    monkeypatch.setattr(
+        torchvision.datasets.MNIST, "download", lambda self: (_ for _ in ()).throw(OSError())
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert run(write_study(), tmp_path / "r", empty) == 2
+    assert "MNIST not found in" in capsys.readouterr().err
+    assert not (tmp_path / "r").exists()
+
+
+# -- slow: real driver processes -------------------------------------------------------------
+
+BIG_STUDY = """
+name = "big"
+[data]
+fractions = [0.8, 0.1, 0.1]
+[train]
+epochs = 6
+batch_size = 50
+[grid]
+hidden = [256]
+latent = [16]
+lr = [1e-3]
+clip = [1.0, 0.5, 0.25]
+"""
+
+
+@pytest.fixture(scope="module")
+def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_mnist(tmp_path_factory.mktemp("big"), n_train=6000, n_test=1000)
+
+
+def driver(study: Path, results: Path, data: Path, *extra: str) -> subprocess.Popen[bytes]:
+    cmd = [
+        sys.executable,
+        "-m",
+        "vaegrid",
+        "run",
+        str(study),
+        "--results",
+        str(results),
+        "--data-dir",
+        str(data),
+        "--no-progress",
+        *extra,
+    ]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+
+@pytest.mark.slow
+def test_kill_9_of_the_driver_then_resume_equals_an_uninterrupted_run(
+    write_study: Callable[..., Path], big_root: Path, tmp_path: Path
+) -> None:
+    study = write_study(BIG_STUDY)
+    whole = driver(study, tmp_path / "whole", big_root, "--workers-per-device", "2")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read() if whole.stderr else ""
+
+    cut = driver(study, tmp_path / "cut", big_root, "--workers-per-device", "2")
+    db = tmp_path / "cut" / "big" / "study.db"
+    deadline = time.time() + 120
+    while time.time() < deadline:  # kill once a trial is half-way through
+        time.sleep(0.2)
+        if db.exists() and _max_epoch(db) >= 3:
+            break
+    os.kill(cut.pid, signal.SIGKILL)
+    cut.wait()
+    workers = [int(str(r["worker"])) for r in runs(db)]
+    deadline = time.time() + 10
+    while any(_alive(p) for p in workers) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(p) for p in workers), "orphan workers outlived their driver"
+    before = {r[:3]: r for r in metric_rows(db)}
+    interrupted = {r["key"] for r in runs(db) if r["status"] == "running"}
+    assert interrupted, "the kill should have caught a trial mid-way"
+
+    resumed = driver(study, tmp_path / "cut", big_root, "--workers-per-device", "2")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read() if resumed.stderr else ""
+    after = metric_rows(db)
+    assert all(
+        before[r[:3]] == r for r in after if r[:3] in before
+    )  # nothing committed was lost or changed
+    assert after == metric_rows(
+        tmp_path / "whole" / "big" / "study.db"
+    )  # same numbers as uninterrupted
+    all_runs = runs(db)
+    completed_first = {
+        r["key"] for r in all_runs if r["status"] == "completed" and r["key"] not in interrupted
+    }
+    for key in completed_first:  # no completed trial ran again
+        assert sum(r["key"] == key for r in all_runs) == 1
+    for key in interrupted:  # interrupted ones continued from their last finished epoch
+        log = (tmp_path / "cut" / "big" / "trials" / key / "log.txt").read_text().splitlines()
+        assert [line.split()[1] for line in log] == [f"{e}/6" for e in range(1, 7)]
+
+
+def _max_epoch(db: Path) -> int:
+    """The highest committed epoch, read without writing (the driver may be creating tables)."""
+    try:
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+        try:
+            return con.execute("SELECT coalesce(max(epoch), 0) FROM vg_epoch").fetchone()[0]
+        finally:
+            con.close()
+    except sqlite3.Error:
+        return 0
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as f:  # a zombie is dead, only not yet reaped
+        return f.read().split()[2] != "Z"
+
+
+def _max_overlap(rows: list[dict[str, object]], device: str) -> int:
+    events = sorted(
+        [(float(str(r["started"])), 1) for r in rows if r["device"] == device]
+        + [(float(str(r["ended"])), -1) for r in rows if r["device"] == device]
+    )
+    now = peak = 0
+    for _, step in events:
+        now += step
+        peak = max(peak, now)
+    return peak
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("k", [4, 2])
+def test_k_workers_never_exceed_k_per_device_and_never_lock(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path, k: int
+) -> None:
+    text = write_study().read_text().replace("[1.0, 0.5]", "[1.0, 0.5, 0.25, 0.125]")
+    assert run(write_study(text), tmp_path / "r", mnist_root, "--workers-per-device", str(k)) == 0
+    rows = runs(tmp_path / "r" / "tiny" / "study.db")
+    assert len(rows) == 8 and {r["status"] for r in rows} == {"completed"}
+    assert 1 < _max_overlap(rows, "cpu") <= k
+
+
+@pytest.mark.slow
+def test_one_and_two_workers_give_identical_metrics(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+) -> None:
+    study = write_study()
+    assert run(study, tmp_path / "one", mnist_root, "--workers-per-device", "1") == 0
+    assert run(study, tmp_path / "two", mnist_root, "--workers-per-device", "2") == 0
+    one = metric_rows(tmp_path / "one" / "tiny" / "study.db")
+    assert one == metric_rows(tmp_path / "two" / "tiny" / "study.db") and len(one) == 16
