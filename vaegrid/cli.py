@@ -43,6 +43,22 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
+    report = sub.add_parser("report", help="rank, test the winners, export CSV, figures, report.md")
+    report.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
+    report.add_argument("--top", type=int, default=1, metavar="K", help="winners per criterion (1)")
+    report.add_argument(
+        "--nll-samples",
+        type=int,
+        default=1000,
+        metavar="k",
+        help="importance samples per test image (1000)",
+    )
+    report.add_argument("--force", action="store_true", help="evaluate the winners on test again")
+    report.add_argument(
+        "--data-dir", default=None, help="MNIST root (default: $VAEGRID_DATA, else data/)"
+    )
+    report.add_argument("--device", default="cpu", help="where to evaluate: cpu or cuda:N (cpu)")
+
     status = sub.add_parser("status", help="progress of a study, from its database")
     status.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
     return p
@@ -82,6 +98,22 @@ def _dispatch(args: argparse.Namespace) -> int:
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
         )
+    if args.command == "report":
+        from vaegrid.data import data_dir
+        from vaegrid.driver import make_pool
+        from vaegrid.report import make_report
+
+        device = make_pool(args.device).devices[0]  # validates the device name
+        done = make_report(
+            Path(args.study_dir), data_dir(args.data_dir), top=args.top,
+            nll_samples=args.nll_samples, force=args.force, device=device,
+        )  # fmt: skip
+        reused = len(done.test["key"].unique()) - len(done.evaluated)
+        print(
+            f"{done.folder / 'report.md'}: {len(done.ranking)} trials ranked, "
+            f"{len(done.evaluated)} winners tested, {reused} reused, in {done.seconds:.1f} s"
+        )
+        return 0
     if args.command == "status":
         from vaegrid.driver import status_line
 

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import optuna
+import pandas as pd
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -44,7 +45,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from vaegrid.errors import InputError
 from vaegrid.study import Study, TrialConfig
-from vaegrid.train import EpochRecord, Metrics, TrialResult
+from vaegrid.train import EpochRecord, TrialResult
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -122,6 +123,18 @@ class EpochRow(Base):
     seconds: Mapped[float] = mapped_column(Float)
 
 
+class TestRow(Base):
+    __tablename__ = "vg_test"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    elbo: Mapped[float] = mapped_column(Float)  # test metrics, as validation's: one z per image
+    recon: Mapped[float] = mapped_column(Float)
+    kl: Mapped[float] = mapped_column(Float)
+    nll: Mapped[float] = mapped_column(Float)  # importance-sampled -log p(x), nats per image
+    nll_samples: Mapped[int] = mapped_column(Integer)  # k, importance samples per image
+    seconds: Mapped[float] = mapped_column(Float)  # time the evaluation took
+    evaluated: Mapped[float] = mapped_column(Float)  # unix time
+
+
 @dataclass(frozen=True)
 class TrialInfo:
     """A trial's row, as the driver and the report read it."""
@@ -189,15 +202,8 @@ class Store:
         if not path.exists():
             return
         try:
-            # A cleanly closed WAL database has no -wal file: read it as immutable, which
-            # creates no -shm/-wal files either. After a crash the -wal holds commits: use it.
-            clean = not path.with_name(path.name + "-wal").exists()
-            mode = "ro&immutable=1" if clean else "ro"
-            con = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_S)
-            try:
+            with read_only(path) as con:
                 row = con.execute("SELECT name, fingerprint FROM vg_study").fetchone()
-            finally:
-                con.close()
         except sqlite3.DatabaseError as e:
             raise InputError(f"{path}: not a vaegrid study database ({e})") from None
         if row is None:
@@ -407,6 +413,18 @@ class Store:
                 for r in s.scalars(stmt)
             ]
 
+    def frame(self, table: str) -> pd.DataFrame:
+        """A whole vaegrid table (``vg_trial``, ``vg_epoch``, ``vg_run``, ``vg_test``)."""
+        if table not in Base.metadata.tables:
+            raise KeyError(table)
+        with self.engine.connect() as con:
+            return pd.read_sql_table(table, con)
+
+    def save_test(self, row: dict[str, Any]) -> None:
+        """Store (or replace) a winner's test result."""
+        with self.session() as s:
+            s.merge(TestRow(**row))
+
     def study_row(self) -> tuple[str, int]:
         with self.session() as s:
             row = s.scalars(select(StudyRow)).first()
@@ -415,11 +433,18 @@ class Store:
             return row.name, row.slots
 
 
-def metrics_of(rows: Sequence[dict[str, Any]], split: str) -> dict[int, Metrics]:
-    """Per-epoch metrics of one split from ``Store.epochs`` rows."""
-    return {
-        r["epoch"]: Metrics(r["elbo"], r["recon"], r["kl"]) for r in rows if r["split"] == split
-    }
+@contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A connection that writes nothing, not even SQLite's -shm/-wal files where avoidable."""
+    # A cleanly closed WAL database has no -wal file: read it as immutable, which creates
+    # no -shm/-wal files either. After a crash the -wal holds commits: read through it.
+    clean = not path.with_name(path.name + "-wal").exists()
+    mode = "ro&immutable=1" if clean else "ro"
+    con = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_S)
+    try:
+        yield con
+    finally:
+        con.close()
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

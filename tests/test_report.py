@@ -1,0 +1,236 @@
+from __future__ import annotations
+
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+from PIL import Image
+
+from vaegrid.cli import main
+from vaegrid.data import load_splits
+from vaegrid.model import importance_nll
+from vaegrid.report import make_report, rank
+from vaegrid.store import Store
+from vaegrid.study import DataSpec, TrainSpec, TrialConfig, expand, load_study
+from vaegrid.train import evaluate, run_trial
+
+STUDY = """
+name = "rep"
+[data]
+fractions = [0.6, 0.2, 0.2]
+[train]
+epochs = 3
+batch_size = 50
+[grid]
+hidden = [32]
+latent = [4, 8]
+lr = [1e-2, 1e3]
+clip = [1.0]
+"""
+
+
+@pytest.fixture(scope="module")
+def swept(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
+    """A finished 4-trial study: 2 completed, 2 diverged (lr = 1e3)."""
+    root = tmp_path_factory.mktemp("swept")
+    (root / "s.toml").write_text(STUDY)
+    args = [
+        "run",
+        str(root / "s.toml"),
+        "--results",
+        str(root / "r"),
+        "--data-dir",
+        str(mnist_root),
+    ]
+    assert main([*args, "--no-progress"]) == 0
+    return root / "r" / "rep"
+
+
+@pytest.fixture
+def study_dir(swept: Path, tmp_path: Path) -> Path:
+    return Path(shutil.copytree(swept, tmp_path / "rep"))
+
+
+def frames(
+    statuses: list[str], val_elbo: list[float], val_recon: list[float]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    keys = [f"k{i}" for i in range(len(statuses))]
+    trials = pd.DataFrame(
+        {"key": keys, "hidden": 8, "latent": 2, "lr": 0.1, "clip": 1.0, "status": statuses,
+         "epochs_done": 2, "seconds": 1.0, "cause": None}
+    )  # fmt: skip
+    rows = []
+    for key, elbo, recon in zip(keys, val_elbo, val_recon, strict=True):
+        for split in ("train", "val"):
+            rows.append(
+                {
+                    "key": key,
+                    "epoch": 1,
+                    "split": split,
+                    "elbo": elbo + 50,
+                    "recon": recon + 40,
+                    "kl": 10.0,
+                }
+            )
+            rows.append(
+                {
+                    "key": key,
+                    "epoch": 2,
+                    "split": split,
+                    "elbo": elbo,
+                    "recon": recon,
+                    "kl": elbo - recon,
+                }
+            )
+    return trials, pd.DataFrame(rows)
+
+
+def test_ties_share_the_lowest_rank_and_unfinished_trials_rank_last() -> None:
+    trials, epochs = frames(
+        ["completed", "diverged", "completed", "completed", "failed", "completed"],
+        [100.0, 90.0, 95.0, 100.0, 80.0, 120.0],
+        [70.0, 60.0, 75.0, 70.0, 50.0, 69.0],
+    )
+    ranked = rank(trials, epochs).set_index("key")
+    assert ranked["rank_val_elbo"].to_dict() == {
+        "k2": 1,
+        "k0": 2,
+        "k3": 2,
+        "k5": 4,
+        "k1": 5,
+        "k4": 5,
+    }
+    assert ranked["rank_val_recon"].to_dict() == {
+        "k5": 1,
+        "k0": 2,
+        "k3": 2,
+        "k2": 4,
+        "k1": 5,
+        "k4": 5,
+    }
+    assert ranked.loc[["k1", "k4"], ["val_elbo", "train_recon", "best_val_elbo"]].isna().all().all()
+    assert list(ranked.index[-2:]) == ["k1", "k4"]  # last rows of ranking.csv
+    assert ranked.loc["k0", "best_epoch"] == 2 and ranked.loc["k0", "val_kl"] == 30.0
+
+
+def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: Path) -> None:
+    done = make_report(study_dir, mnist_root, top=1, nll_samples=20)
+    ranking = pd.read_csv(study_dir / "ranking.csv")
+    assert list(ranking.columns) == [
+        "key", "hidden", "latent", "lr", "clip", "status",
+        "train_elbo", "train_recon", "train_kl", "val_elbo", "val_recon", "val_kl",
+        "best_val_elbo", "best_epoch", "seconds", "rank_val_elbo", "rank_val_recon",
+        "epochs_done", "cause",
+    ]  # fmt: skip
+    assert len(ranking) == 4 and list(ranking["rank_val_elbo"]) == [1, 2, 3, 3]
+    assert (
+        list(ranking["status"][-2:]) == ["diverged", "diverged"]
+        and ranking["val_elbo"][2:].isna().all()
+    )
+    epochs = pd.read_csv(study_dir / "epochs.csv")
+    store = Store(study_dir / "study.db")
+    n_rows = len(store.frame("vg_epoch"))
+    store.close()
+    assert len(epochs) == n_rows >= 2 * 3 * 2  # both completed trials, 3 epochs, train + val
+    assert list(epochs.columns) == [
+        "key",
+        "hidden",
+        "latent",
+        "lr",
+        "clip",
+        "epoch",
+        "split",
+        "elbo",
+        "recon",
+        "kl",
+        "seconds",
+    ]
+    test = pd.read_csv(study_dir / "test.csv")
+    assert list(test["criterion"]) == ["val_elbo", "val_recon"] and len(test) == 2
+    assert {"test_elbo", "test_recon", "test_kl", "test_nll", "nll_samples"} <= set(test.columns)
+    assert (abs(test["test_elbo"] - test["test_recon"] - test["test_kl"]) < 1e-3).all()
+    md = (study_dir / "report.md").read_text()
+    assert "## Top 10 by validation elbo" in md and "2 completed, 2 diverged, 0 failed" in md
+    assert "- lr 1000: 0 of 2 completed, 2 diverged." in md
+    sizes = {p.name: Image.open(p).size for p in (study_dir / "figures").iterdir()}
+    assert sizes.pop("curves.png") == (800, 500)
+    for key in set(test["key"]):
+        assert sizes[f"{key}_reconstructions.png"] == (
+            16 * 30 + 2,
+            4 * 30 + 2,
+        )  # 32 pairs, 28 px + padding
+        assert sizes[f"{key}_samples.png"] == (8 * 30 + 2, 8 * 30 + 2)
+    assert done.evaluated == list(dict.fromkeys(test["key"]))
+
+
+def test_only_winners_touch_test_and_only_once_and_report_is_idempotent(
+    study_dir: Path, mnist_root: Path
+) -> None:
+    first = make_report(study_dir, mnist_root, top=2, nll_samples=10)
+    winners = set(first.test["key"])
+    assert len(winners) == 2 and sorted(first.evaluated) == sorted(
+        winners
+    )  # both completed win something
+    files = {
+        name: (study_dir / name).read_bytes() for name in ("ranking.csv", "epochs.csv", "test.csv")
+    }
+    again = make_report(study_dir, mnist_root, top=2, nll_samples=10)
+    assert again.evaluated == []  # stored results are reused
+    assert {name: (study_dir / name).read_bytes() for name in files} == files
+    store = Store(study_dir / "study.db")
+    tested = store.frame("vg_test")
+    store.close()
+    assert set(tested["key"]) == winners  # nothing but winners was ever evaluated on test
+    forced = make_report(study_dir, mnist_root, top=2, nll_samples=10, force=True)
+    assert sorted(forced.evaluated) == sorted(winners)
+    # evaluated again, from the same weights and seeds: the same numbers
+    assert forced.test["test_nll"].tolist() == first.test["test_nll"].tolist()
+
+
+def test_bad_report_input_is_one_line_and_exit_2(
+    study_dir: Path, mnist_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+    write_study: Callable[..., Path],
+) -> None:  # fmt: skip
+    assert main(["report", str(tmp_path / "nothing"), "--data-dir", str(mnist_root)]) == 2
+    assert "not a vaegrid study folder" in capsys.readouterr().err
+    for top in ("0", "3"):
+        assert main(["report", str(study_dir), "--top", top, "--data-dir", str(mnist_root)]) == 2
+        err = capsys.readouterr().err
+        assert (
+            f"--top: {top} is not allowed; expected 1 to 2 (completed trials)" in err
+            and err.count("\n") == 1
+        )
+    assert not (study_dir / "ranking.csv").exists()
+    empty = load_study(write_study())
+    db = tmp_path / "r" / "tiny" / "study.db"
+    db.parent.mkdir(parents=True)
+    store = Store(db)
+    store.sync_study(empty, expand(empty), 1)
+    store.close()
+    assert main(["report", str(db.parent), "--data-dir", str(mnist_root)]) == 2
+    assert "no completed trial to rank yet" in capsys.readouterr().err
+
+
+def test_importance_sampled_nll_is_below_the_elbo_and_tightens_with_k(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    data = DataSpec(fractions=(0.6, 0.2, 0.2))
+    splits = load_splits(mnist_root, data, seed=0, device="cpu")
+    cfg = TrialConfig(0, data, TrainSpec(epochs=5, batch_size=50), 64, 8, 1e-2, 1.0)
+    run_trial(cfg, splits.train, splits.val, tmp_path / "t")
+    from vaegrid.model import VAE
+
+    model = VAE(cfg.hidden, cfg.latent)
+    model.load_state_dict(torch.load(tmp_path / "t" / "weights.pt", weights_only=True))
+    model.eval()
+    elbo = evaluate(model, splits.test, seed=1).elbo
+    nll = {
+        k: float(importance_nll(model, splits.test, k, torch.Generator().manual_seed(2)).mean())
+        for k in (1, 10, 100)
+    }
+    assert abs(nll[1] - elbo) < 0.02 * elbo  # k = 1 is a one-sample ELBO
+    assert nll[100] < nll[10] < nll[1]
+    assert nll[100] <= elbo

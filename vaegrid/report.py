@@ -1,0 +1,311 @@
+"""Rank a sweep's trials, test the winners, export CSV tables, pictures and report.md.
+
+Everything is built from the study database with pandas. Only the winners (top K by
+validation elbo and top K by validation reconstruction, as the seed study picked them)
+are ever evaluated on the test split, once each: their results are stored and reused.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pandas as pd
+import torch
+
+from vaegrid.data import load_splits
+from vaegrid.errors import InputError
+from vaegrid.model import VAE, importance_nll
+from vaegrid.store import COMPLETED, DIVERGED, FAILED, Store, db_path, read_only
+from vaegrid.study import TrialConfig
+from vaegrid.train import WEIGHTS, derive_seed, evaluate
+
+# Ranking criteria: column of ranking.csv -> what it ranks by (lower is better).
+CRITERIA = {"val_elbo": "validation elbo", "val_recon": "validation reconstruction"}
+METRICS = ("elbo", "recon", "kl")
+PARAMS = ["hidden", "latent", "lr", "clip"]
+FIGURES = "figures"
+
+
+@dataclass(frozen=True)
+class Report:
+    """What ``make_report`` wrote."""
+
+    folder: Path  # results/<study>
+    ranking: pd.DataFrame
+    test: pd.DataFrame
+    evaluated: list[str]  # keys evaluated on the test split in this call (not reused)
+    seconds: float
+
+
+def make_report(
+    study_dir: Path,
+    data_root: Path,
+    top: int = 1,
+    nll_samples: int = 1000,
+    force: bool = False,
+    device: str = "cpu",
+) -> Report:
+    """Rank, test the winners, and write the CSVs, figures and ``report.md`` into ``study_dir``.
+
+    Args:
+        study_dir: ``RESULTS_DIR/STUDY``, as ``vaegrid run`` made it.
+        data_root: MNIST root, for the test split.
+        top: Winners per criterion.
+        nll_samples: Importance samples per test image for the NLL estimate.
+        force: Evaluate the winners on the test split again even if stored.
+        device: Where to evaluate.
+
+    Raises:
+        InputError: not a study folder, no completed trial, ``top`` or ``nll_samples`` out
+            of range, or a winner's weights are missing. Nothing is written then.
+    """
+    started = time.perf_counter()
+    completed = _check(study_dir, top, nll_samples)
+    store = Store(db_path(study_dir))
+    try:
+        trials, epochs = store.frame("vg_trial"), store.frame("vg_epoch")
+        ranking = rank(trials, epochs)
+        winners = pick_winners(ranking, top)
+        keys = list(dict.fromkeys(winners["key"]))
+        configs = {k: TrialConfig.from_json(trials.set_index("key").loc[k, "config"]) for k in keys}
+        for key in keys:
+            if not (study_dir / "trials" / key / WEIGHTS).is_file():
+                raise InputError(
+                    f"{study_dir / 'trials' / key / WEIGHTS}: a winner's weights are missing"
+                )
+        # The test split, for the winners only.
+        test_x = load_splits(data_root, configs[keys[0]].data, configs[keys[0]].seed, device).test
+        models = {k: _load_model(configs[k], study_dir, test_x.device) for k in keys}
+        stored = store.frame("vg_test").set_index("key")
+        todo = [
+            k for k in keys
+            if force or k not in stored.index or stored.loc[k, "nll_samples"] != nll_samples
+        ]  # fmt: skip
+        for key in todo:
+            store.save_test(_evaluate(configs[key], models[key], test_x, nll_samples))
+        tests = store.frame("vg_test").set_index("key").drop(columns="evaluated")
+    finally:
+        store.close()
+    test = winners.join(tests.add_prefix("test_"), on="key")
+    test = test.rename(columns={"test_nll_samples": "nll_samples"})
+    _write_tables(study_dir, ranking, epochs, trials, test)
+    _draw(study_dir, epochs, ranking, test, models, configs, test_x)
+    seconds = time.perf_counter() - started
+    (study_dir / "report.md").write_text(markdown(ranking, test, completed, seconds))
+    return Report(study_dir, ranking, test, todo, seconds)
+
+
+def _check(study_dir: Path, top: int, nll_samples: int) -> int:
+    path = db_path(study_dir)
+    if not path.is_file():
+        raise InputError(
+            f"{study_dir}: not a vaegrid study folder (no {path.name}); expected RESULTS_DIR/STUDY"
+        )
+    try:
+        with read_only(path) as con:
+            (completed,) = con.execute(
+                "SELECT count(*) FROM vg_trial WHERE status = ?", (COMPLETED,)
+            ).fetchone()
+    except Exception as e:
+        raise InputError(f"{path}: not a vaegrid study database ({e})") from None
+    if completed == 0:
+        raise InputError(f"{study_dir}: no completed trial to rank yet; run `vaegrid run` first")
+    if not 1 <= top <= completed:
+        raise InputError(
+            f"--top: {top} is not allowed; expected 1 to {completed} (completed trials)"
+        )
+    if nll_samples < 1:
+        raise InputError(f"--nll-samples: {nll_samples} is not allowed; expected an integer >= 1")
+    return int(completed)
+
+
+def rank(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+    """One row per trial: config, status, final and best metrics, ranks.
+
+    Ranks follow scikit-learn's rule (``rankdata(method="min")``: ties share the lowest
+    rank); trials that did not complete rank last, together, with empty metrics.
+    """
+    done = trials["status"] == COMPLETED
+    last = epochs.sort_values("epoch").groupby(["key", "split"]).tail(1)
+    finals = last.pivot(index="key", columns="split", values=list(METRICS))
+    finals.columns = [f"{col[1]}_{col[0]}" for col in finals.columns]  # ("elbo", "val") -> val_elbo
+    val = epochs[epochs["split"] == "val"]
+    best = val.loc[val.groupby("key")["elbo"].idxmin(), ["key", "elbo", "epoch"]]
+    best = best.set_index("key").rename(columns={"elbo": "best_val_elbo", "epoch": "best_epoch"})
+    out = trials[["key", *PARAMS, "status", "epochs_done", "seconds", "cause"]].join(
+        finals, on="key"
+    )
+    out = out.join(best, on="key")
+    metric_cols = [*finals.columns, "best_val_elbo", "best_epoch"]
+    out.loc[~done.to_numpy(), metric_cols] = math.nan
+    for column in CRITERIA:
+        ranks = out.loc[done.to_numpy(), column].rank(method="min")
+        out["rank_" + column] = ranks.reindex(out.index).fillna(done.sum() + 1).astype(int)
+    out["best_epoch"] = out["best_epoch"].astype("Int64")
+    order = ["key", *PARAMS, "status", *[f"{s}_{m}" for s in ("train", "val") for m in METRICS]]
+    order += ["best_val_elbo", "best_epoch", "seconds", "rank_val_elbo", "rank_val_recon"]
+    order += ["epochs_done", "cause"]
+    return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
+
+
+def pick_winners(ranking: pd.DataFrame, top: int) -> pd.DataFrame:
+    """The top ``top`` completed trials of each criterion (ties broken by key)."""
+    rows = []
+    for column, _ in CRITERIA.items():
+        best = (
+            ranking[ranking["status"] == COMPLETED].sort_values(["rank_" + column, "key"]).head(top)
+        )
+        rows.append(best.assign(criterion=column, rank=best["rank_" + column]))
+    cols = ["criterion", "rank", "key", *PARAMS, "val_elbo", "val_recon", "val_kl"]
+    return pd.concat(rows)[cols].reset_index(drop=True)
+
+
+def _load_model(cfg: TrialConfig, study_dir: Path, device: torch.device) -> VAE:
+    model = VAE(cfg.hidden, cfg.latent)
+    path = study_dir / "trials" / cfg.key / WEIGHTS
+    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return model.to(device).eval()
+
+
+def _evaluate(cfg: TrialConfig, model: VAE, test_x: torch.Tensor, k: int) -> dict[str, object]:
+    """A winner on the test split: metrics as for validation, plus the IS estimate of the NLL."""
+    started = time.perf_counter()
+    metrics = evaluate(model, test_x, derive_seed(cfg.seed, "test"))
+    g = torch.Generator(test_x.device).manual_seed(derive_seed(cfg.seed, "test-nll"))
+    nll = float(importance_nll(model, test_x, k, g).mean())
+    return {
+        "key": cfg.key, "elbo": metrics.elbo, "recon": metrics.recon, "kl": metrics.kl, "nll": nll,
+        "nll_samples": k, "seconds": time.perf_counter() - started, "evaluated": time.time(),
+    }  # fmt: skip
+
+
+def _write_tables(
+    study_dir: Path,
+    ranking: pd.DataFrame,
+    epochs: pd.DataFrame,
+    trials: pd.DataFrame,
+    test: pd.DataFrame,
+) -> None:
+    ranking.to_csv(study_dir / "ranking.csv", index=False)
+    long = epochs.merge(trials[["key", *PARAMS]], on="key")
+    cols = ["key", *PARAMS, "epoch", "split", *METRICS, "seconds"]
+    long[cols].sort_values(["key", "epoch", "split"]).to_csv(study_dir / "epochs.csv", index=False)
+    test.to_csv(study_dir / "test.csv", index=False)
+
+
+def _draw(
+    study_dir: Path,
+    epochs: pd.DataFrame,
+    ranking: pd.DataFrame,
+    test: pd.DataFrame,
+    models: dict[str, VAE],
+    configs: dict[str, TrialConfig],
+    test_x: torch.Tensor,
+) -> None:
+    from vaegrid import figures  # matplotlib loads only when pictures are drawn
+
+    folder = study_dir / FIGURES
+    folder.mkdir(exist_ok=True)
+    figures.curves(epochs, ranking, test, folder / "curves.png")
+    for key, model in models.items():
+        figures.reconstructions(model, test_x, folder / f"{key}_reconstructions.png")
+        g = torch.Generator(test_x.device).manual_seed(derive_seed(configs[key].seed, "samples"))
+        figures.samples(model, g, folder / f"{key}_samples.png")
+
+
+def markdown(ranking: pd.DataFrame, test: pd.DataFrame, completed: int, seconds: float) -> str:
+    """report.md: rankings, test table, figures, counts, and the seed study's conclusions."""
+    counts = ranking["status"].value_counts()
+    diverged, failed = counts.get(DIVERGED, 0), counts.get(FAILED, 0)
+    lines = [
+        "# vaegrid report",
+        "",
+        f"{len(ranking)} trials: {completed} completed, {diverged} diverged, {failed} failed, "
+        f"{len(ranking) - completed - diverged - failed} not finished. Metrics are per image, "
+        f"in nats (lower is better); elbo is the negative ELBO. Report made in {seconds:.1f} s.",
+        "",
+    ]
+    show = ["key", *PARAMS, "val_elbo", "val_recon", "val_kl", "best_val_elbo", "best_epoch"]
+    for column, title in CRITERIA.items():
+        top10 = ranking.sort_values(["rank_" + column, "key"]).head(10)
+        lines += [f"## Top 10 by {title}", "", _table(top10[["rank_" + column, *show]]), ""]
+    test_cols = ["criterion", "rank", "key", *PARAMS, "val_elbo", "val_recon"]
+    test_cols += ["test_elbo", "test_recon", "test_kl", "test_nll", "nll_samples"]
+    lines += [
+        "## Winners on the test split",
+        "",
+        "Each winner is evaluated once with its final weights; `test_nll` is the importance-"
+        "sampled estimate of -log p(x) with `nll_samples` samples per image (Burda et al. 2015), "
+        "comparable with published MNIST VAE results.",
+        "",
+        _table(test[test_cols]),
+        "",
+        "## Figures",
+        "",
+        f"![validation elbo per epoch]({FIGURES}/curves.png)",
+        "",
+    ]
+    for key in dict.fromkeys(test["key"]):
+        lines += [
+            f"`{key}`: test digits (odd rows) and their reconstructions (even rows); "
+            "64 samples from the prior.",
+            "",
+            f"![reconstructions]({FIGURES}/{key}_reconstructions.png) "
+            f"![samples]({FIGURES}/{key}_samples.png)",
+            "",
+        ]
+    lines += ["## Against the seed study", "", *_seed_comparison(ranking, test), ""]
+    return "\n".join(lines)
+
+
+def _seed_comparison(ranking: pd.DataFrame, test: pd.DataFrame) -> list[str]:
+    out = []
+    done = ranking[ranking["status"] == COMPLETED]
+    best = done["val_elbo"].min()
+    by_lr = ranking.groupby("lr")
+    for lr, group in by_lr:
+        ok = group[group["status"] == COMPLETED]
+        n_diverged = (group["status"] == DIVERGED).sum()
+        line = f"- lr {lr:g}: {len(ok)} of {len(group)} completed, {n_diverged} diverged"
+        if len(ok):
+            low = ok["val_elbo"].min()
+            line += f"; best validation elbo {low:.2f} ({low - best:+.2f} vs the overall best)"
+        out.append(line + ".")
+    slow = ranking[(ranking["lr"] == 1e-5) & (ranking["status"] == COMPLETED)]
+    if len(slow):
+        gap = slow["val_elbo"].min() - best
+        verdict = "agrees" if gap > 0.05 * best else "does not confirm it"
+        out.append(
+            f"- The seed found lr 1e-5 too slow in 15 epochs: here its best validation elbo is "
+            f"{gap:.1f} nats ({gap / best:.0%}) behind the winner, which {verdict}."
+        )
+    first = test.groupby("criterion").head(1).set_index("criterion")["key"]
+    if {"val_elbo", "val_recon"} <= set(first.index):
+        same = first["val_elbo"] == first["val_recon"]
+        elbo_key, recon_key = first["val_elbo"], first["val_recon"]
+        here = (
+            f"one config (`{elbo_key}`) wins both."
+            if same
+            else f"they differ too (`{elbo_key}` by elbo, `{recon_key}` by reconstruction)."
+        )
+        out.append(
+            "- The seed picked one winner for reconstruction and another for ELBO: here " + here
+        )
+    return out
+
+
+def _table(df: pd.DataFrame) -> str:
+    """A GitHub markdown table (pandas' to_markdown needs the tabulate package)."""
+
+    def cell(v: object) -> str:
+        if isinstance(v, float):
+            return "" if math.isnan(v) else f"{v:.4g}" if abs(v) < 0.01 else f"{v:.2f}"
+        return str(v)
+
+    head = "| " + " | ".join(map(str, df.columns)) + " |"
+    rule = "|" + "|".join("---" for _ in df.columns) + "|"
+    body = ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join([head, rule, *body])
