@@ -7,7 +7,7 @@ STUDY   ?= studies/seed.toml
 RESULTS ?= results
 export VAEGRID_DATA ?= data
 
-.PHONY: install test test-all lint bench grid clean
+.PHONY: install test test-slow test-all lint bench grid clean
 
 # Re-runs only when pyproject.toml is newer than the last successful install.
 $(STAMP): pyproject.toml
@@ -22,6 +22,10 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q
 
+# The slow end-to-end tests: kill -9 and resume, K workers per device, 1 vs 2 workers.
+test-slow: $(STAMP)
+	$(BIN)/python -m pytest -m slow -q
+
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
 
@@ -34,8 +38,10 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_trial.py
 
 # Sweep the seed study (resuming whatever is already there), then rank, test and export.
+# A sweep with failed trials exits 1: the report is still made from what completed.
 grid: $(STAMP)
-	$(BIN)/vaegrid run $(STUDY) --results $(RESULTS)
+	$(BIN)/vaegrid run $(STUDY) --results $(RESULTS) || [ $$? -eq 1 ]
+	$(BIN)/vaegrid report $(RESULTS)/$(notdir $(basename $(STUDY)))
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -3,6 +3,9 @@
 Pixels are scaled to [0, 1] once and each split is one ``[n, 784]`` tensor on the trial's
 device, so training takes batches as slices of a permutation: no DataLoader, no
 per-sample transform (see bench/ for what that costs).
+
+torch is imported inside the functions that need it: the sweep driver checks the data
+folder with ``ensure_mnist`` and must stay small (it never holds a tensor).
 """
 
 from __future__ import annotations
@@ -10,11 +13,13 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from vaegrid.errors import InputError
 from vaegrid.study import DataSpec, split_sizes
+
+if TYPE_CHECKING:
+    import torch
 
 RAW_FILES = (
     "train-images-idx3-ubyte",
@@ -83,6 +88,8 @@ def load_splits(root: Path, spec: DataSpec, seed: int, device: str | torch.devic
     Raises:
         InputError: the MNIST files are missing and cannot be downloaded.
     """
+    import torch
+
     cache_key = (str(root.resolve()), spec, seed, str(torch.device(device)))
     if cache_key not in _CACHE:
         ensure_mnist(root)
@@ -94,6 +101,8 @@ def load_splits(root: Path, spec: DataSpec, seed: int, device: str | torch.devic
 def _split(
     train_images: torch.Tensor, test_images: torch.Tensor, spec: DataSpec, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    import torch
+
     g = torch.Generator().manual_seed(seed)
 
     def scaled(images: torch.Tensor) -> torch.Tensor:

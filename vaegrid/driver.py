@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import fcntl
 import os
+import subprocess
+import sys
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass
@@ -56,9 +58,7 @@ def make_pool(devices: str = "auto", per_device: int | None = None) -> Pool:
     Raises:
         InputError: an unknown or unavailable device, a repeated one, or K < 1.
     """
-    import torch  # device_count() asks the driver library; it creates no CUDA context
-
-    n_cuda = torch.cuda.device_count()
+    n_cuda = cuda_device_count() if devices == "auto" or "cuda" in devices else 0
     cores = os.cpu_count() or 1
     if devices == "auto":
         names = tuple(f"cuda:{i}" for i in range(n_cuda)) or ("cpu",)
@@ -83,6 +83,17 @@ def make_pool(devices: str = "auto", per_device: int | None = None) -> Pool:
     k = per_device or (2 if gpu else cores)
     threads = max(1, cores // (len(names) * k)) if gpu else 1
     return Pool(names, k, threads)
+
+
+def cuda_device_count() -> int:
+    """Visible CUDA devices, counted in a child process.
+
+    The driver never imports torch: it would cost it 500 MB of memory, and CUDA state in
+    a parent process is a hazard for its workers.
+    """
+    probe = "import torch; print(torch.cuda.device_count())"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
+    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else 0
 
 
 class DriverLock:
@@ -307,15 +318,11 @@ def status_line(study_dir: Path) -> str:
         if pid is None:  # no live driver: what was running is only interrupted
             counts[INTERRUPTED] += counts.pop(RUNNING, 0)
         line = f"{name}: {summary(counts, len(trials))}"
-        finished = [
-            r
-            for r in store.runs()
-            if r["ended"] is not None and r["status"] in (COMPLETED, DIVERGED)
-        ]
+        # Diverged runs end early: the completed ones say how long a trial takes.
+        took = [r["ended"] - r["started"] for r in store.runs() if r["status"] == COMPLETED]
         left = counts[PENDING] + counts[INTERRUPTED] + counts[RUNNING]
-        if finished and left:
-            mean = sum(r["ended"] - r["started"] for r in finished) / len(finished)
-            line += f", ETA {_duration(mean * left / max(1, slots))}"
+        if took and left:
+            line += f", ETA {_duration(sum(took) / len(took) * left / max(1, slots))}"
         line += f"; driver pid {pid}" if pid else "; no driver running"
         return line
     finally:

@@ -23,10 +23,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
-import pandas as pd
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -45,7 +44,11 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 
 from vaegrid.errors import InputError
 from vaegrid.study import Study, TrialConfig
-from vaegrid.train import EpochRecord, TrialResult
+
+if TYPE_CHECKING:  # the driver imports this module and never loads torch
+    import pandas as pd
+
+    from vaegrid.train import EpochRecord, TrialResult
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -415,6 +418,8 @@ class Store:
 
     def frame(self, table: str) -> pd.DataFrame:
         """A whole vaegrid table (``vg_trial``, ``vg_epoch``, ``vg_run``, ``vg_test``)."""
+        import pandas as pd
+
         if table not in Base.metadata.tables:
             raise KeyError(table)
         with self.engine.connect() as con:

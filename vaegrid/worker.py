@@ -16,12 +16,8 @@ import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
-from vaegrid.data import load_splits
 from vaegrid.store import FAILED, Store
 from vaegrid.study import TrialConfig
-from vaegrid.train import finalize, run_trial
 
 
 @dataclass(frozen=True)
@@ -54,6 +50,12 @@ def execute(task: Task) -> str:
     sweep goes on. Only the death of this process (or of the driver) interrupts a trial,
     and then the checkpoint of its last finished epoch is where it resumes.
     """
+    # Here, not at the top: the driver imports this module and must not load torch.
+    import torch
+
+    from vaegrid.data import load_splits
+    from vaegrid.train import finalize, run_trial
+
     _watch(task.driver_pid)
     torch.set_num_threads(task.threads)
     cfg = TrialConfig.from_json(task.config)
