@@ -285,6 +285,55 @@ def test_kill_9_of_the_driver_then_resume_equals_an_uninterrupted_run(
         assert [line.split()[1] for line in log] == [f"{e}/6" for e in range(1, 7)]
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_cleanly_and_the_rerun_finishes(
+    write_study: Callable[..., Path], big_root: Path, tmp_path: Path, sig: signal.Signals
+) -> None:
+    study = write_study(BIG_STUDY)
+    cmd = [sys.executable, "-m", "vaegrid", "run", str(study), "--results", str(tmp_path / "r"),
+           "--data-dir", str(big_root), "--no-progress", "--workers-per-device", "2"]  # fmt: skip
+    # Ctrl-C reaches the whole process group, as from a terminal; SIGINT must not be ignored.
+    p = subprocess.Popen(
+        cmd,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    db = tmp_path / "r" / "big" / "study.db"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (db.exists() and _max_epoch(db) >= 2):
+        time.sleep(0.2)
+    if sig == signal.SIGINT:
+        os.killpg(p.pid, sig)
+    else:
+        p.send_signal(sig)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert b"running trials keep their last finished epoch" in out
+    rows = runs(db)
+    assert "interrupted" in {r["status"] for r in rows} and "running" not in {
+        r["status"] for r in rows
+    }
+    assert "failed" not in {r["status"] for r in rows}
+    assert (
+        main(
+            [
+                "run",
+                str(study),
+                "--results",
+                str(tmp_path / "r"),
+                "--data-dir",
+                str(big_root),
+                "--no-progress",
+            ]
+        )
+        == 0
+    )
+    assert {r["status"] for r in runs(db)} <= {"interrupted", "completed"}
+
+
 def _max_epoch(db: Path) -> int:
     """The highest committed epoch, read without writing (the driver may be creating tables)."""
     try:

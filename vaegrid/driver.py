@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import signal
 import subprocess
 import sys
 from collections import Counter, deque
@@ -179,11 +180,18 @@ def run_study(
     grid = expand(study)
     with DriverLock(study_dir):
         store = Store(db_path(study_dir))
+        previous = signal.signal(signal.SIGTERM, _stop)
         try:
             store.sync_study(study, grid, pool.slots)
             return _Sweep(study, study_dir, store, pool, data_root, retry_failed, progress).run()
         finally:
+            signal.signal(signal.SIGTERM, previous)
             store.close()
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM stops a sweep as cleanly as Ctrl-C does."""
+    raise KeyboardInterrupt
 
 
 class _Sweep:
