@@ -39,6 +39,15 @@ def vaegrid_trial(train: torch.Tensor, val: torch.Tensor, epochs: int) -> float:
         return time.perf_counter() - start
 
 
+def train_step(model: VAE, opt: torch.optim.Optimizer, x: torch.Tensor) -> None:
+    """The step every variant takes, as pytorch/examples writes it."""
+    loss = model(x, torch.randn(len(x), LATENT)).elbo.mean()
+    opt.zero_grad()
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
+    opt.step()
+
+
 def bare_loop(train: torch.Tensor, val: torch.Tensor, epochs: int) -> float:
     start = time.perf_counter()
     model = VAE(HIDDEN, LATENT)
@@ -47,12 +56,7 @@ def bare_loop(train: torch.Tensor, val: torch.Tensor, epochs: int) -> float:
         model.train()
         perm = torch.randperm(len(train))
         for i in range(0, len(train), BATCH):
-            x = train[perm[i : i + BATCH]]
-            loss = model(x, torch.randn(len(x), LATENT)).elbo.mean()
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-            opt.step()
+            train_step(model, opt, train[perm[i : i + BATCH]])
         model.eval()
         with torch.no_grad():
             model(val, torch.randn(len(val), LATENT)).elbo.mean().item()
@@ -68,12 +72,7 @@ def examples_style(root: Path, holdout: list[Subset], epochs: int) -> float:  # 
     for _ in range(epochs):
         model.train()
         for x, _y in train_loader:
-            x = x.view(-1, 784)
-            loss = model(x, torch.randn(len(x), LATENT)).elbo.mean()
-            opt.zero_grad()
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), CLIP)
-            opt.step()
+            train_step(model, opt, x.view(-1, 784))
         model.eval()
         with torch.no_grad():
             for x, _y in val_loader:

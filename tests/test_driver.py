@@ -21,19 +21,22 @@ from vaegrid.study import expand, load_study
 from vaegrid.train import CHECKPOINT, CONFIG, WEIGHTS
 
 
+def run_args(study: Path, results: Path, data: Path, *extra: str) -> list[str]:
+    """``vaegrid run`` arguments for a study, results folder and data root."""
+    return [
+        "run",
+        str(study),
+        "--results",
+        str(results),
+        "--data-dir",
+        str(data),
+        "--no-progress",
+        *extra,
+    ]
+
+
 def run(study: Path, results: Path, data: Path, *extra: str) -> int:
-    return main(
-        [
-            "run",
-            str(study),
-            "--results",
-            str(results),
-            "--data-dir",
-            str(data),
-            "--no-progress",
-            *extra,
-        ]
-    )
+    return main(run_args(study, results, data, *extra))
 
 
 def metric_rows(db: Path) -> list[tuple[object, ...]]:
@@ -223,19 +226,7 @@ def big_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def driver(study: Path, results: Path, data: Path, *extra: str) -> subprocess.Popen[bytes]:
-    cmd = [
-        sys.executable,
-        "-m",
-        "vaegrid",
-        "run",
-        str(study),
-        "--results",
-        str(results),
-        "--data-dir",
-        str(data),
-        "--no-progress",
-        *extra,
-    ]
+    cmd = [sys.executable, "-m", "vaegrid", *run_args(study, results, data, *extra)]
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
 
 
@@ -291,8 +282,8 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_the_rerun_finishes(
     write_study: Callable[..., Path], big_root: Path, tmp_path: Path, sig: signal.Signals
 ) -> None:
     study = write_study(BIG_STUDY)
-    cmd = [sys.executable, "-m", "vaegrid", "run", str(study), "--results", str(tmp_path / "r"),
-           "--data-dir", str(big_root), "--no-progress", "--workers-per-device", "2"]  # fmt: skip
+    cmd = [sys.executable, "-m", "vaegrid"]
+    cmd += run_args(study, tmp_path / "r", big_root, "--workers-per-device", "2")
     # Ctrl-C reaches the whole process group, as from a terminal; SIGINT must not be ignored.
     p = subprocess.Popen(
         cmd,
@@ -317,20 +308,7 @@ def test_ctrl_c_or_sigterm_stops_cleanly_and_the_rerun_finishes(
         r["status"] for r in rows
     }
     assert "failed" not in {r["status"] for r in rows}
-    assert (
-        main(
-            [
-                "run",
-                str(study),
-                "--results",
-                str(tmp_path / "r"),
-                "--data-dir",
-                str(big_root),
-                "--no-progress",
-            ]
-        )
-        == 0
-    )
+    assert run(study, tmp_path / "r", big_root) == 0
     assert {r["status"] for r in runs(db)} <= {"interrupted", "completed"}
 
 
