@@ -53,13 +53,14 @@ def ensure_mnist(root: Path) -> None:
     raw = root / "MNIST" / "raw"
     if all((raw / f).is_file() for f in RAW_FILES):
         return
-    existed = raw.exists()
+    missing = [p for p in (root, root / "MNIST", raw) if not p.exists()]
     try:
         _mnist(root, train=True)
         _mnist(root, train=False)
     except Exception as e:  # no network, a proxy, a checksum: all mean "put the files there"
-        if not existed and raw.is_dir() and not any(raw.iterdir()):
-            raw.rmdir()  # leave nothing behind for a failed download
+        for folder in reversed(missing):  # leave nothing behind for a failed download
+            if folder.is_dir() and not any(folder.iterdir()):
+                folder.rmdir()
         raise InputError(
             f"MNIST not found in {raw} and could not be downloaded ({type(e).__name__}); "
             f"put {', '.join(RAW_FILES)} there, or point --data-dir / VAEGRID_DATA at a folder "
