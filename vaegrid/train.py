@@ -116,7 +116,7 @@ def run_trial(
         ``completed`` with the history, or ``diverged`` with the epoch and cause.
 
     Raises:
-        ValueError: ``trial_dir`` holds another config's checkpoint.
+        ValueError: ``trial_dir`` holds another trial's files.
     """
     trial_dir.mkdir(parents=True, exist_ok=True)
     _write_config(cfg, trial_dir)
@@ -132,14 +132,14 @@ def run_trial(
     try:
         for epoch in range(len(history) + 1, cfg.train.epochs + 1):
             started = time.perf_counter()
-            train, cause = _train_epoch(model, optimizer, train_x, cfg, epoch)
-            val = evaluate(model, val_x, val_seed) if cause is None else None
-            if cause is None and val is not None and not math.isfinite(val.elbo):
-                cause = "non-finite validation loss"
-            if cause is not None:
-                log.write(f"epoch {epoch}: diverged: {cause}\n")
-                return TrialResult("diverged", history, f"{cause} in epoch {epoch}", epoch)
-            assert train is not None and val is not None
+            try:
+                train = _train_epoch(model, optimizer, train_x, cfg, epoch)
+                val = evaluate(model, val_x, val_seed)
+                if not math.isfinite(val.elbo):
+                    raise _Diverged("non-finite validation loss")
+            except _Diverged as d:
+                log.write(f"epoch {epoch}: diverged: {d}\n")
+                return TrialResult("diverged", history, f"{d} in epoch {epoch}", epoch)
             record = EpochRecord(epoch, train, val, time.perf_counter() - started)
             history.append(record)
             _save_checkpoint(trial_dir, model, optimizer, history)
@@ -157,10 +157,17 @@ def run_trial(
         log.close()
 
 
+class _Diverged(Exception):
+    """A non-finite loss or gradient norm: the trial's result, raised only inside this module."""
+
+
 def _train_epoch(
     model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, cfg: TrialConfig, epoch: int
-) -> tuple[Metrics | None, str | None]:
-    """One pass over ``x``; returns the train metrics, or the cause of a divergence.
+) -> Metrics:
+    """One pass over ``x``, returning the train metrics.
+
+    Raises:
+        _Diverged: a loss or gradient norm was not finite (the first one is named).
 
     Nothing here waits for the device: losses and gradient norms stay tensors and are
     checked for finiteness once, at the end of the epoch.
@@ -170,7 +177,7 @@ def _train_epoch(
     g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, cfg.key, "epoch", epoch))
     perm = torch.randperm(len(x), generator=g, device=device)
     batch = cfg.train.batch_size
-    params = [p for p in model.parameters()]
+    params = list(model.parameters())
     losses, norms, sums = [], [], []
     # A last batch of one image is dropped: BatchNorm cannot normalise a single sample.
     for start in range(0, len(x) - 1, batch):
@@ -187,12 +194,12 @@ def _train_epoch(
     bad_loss = _first_nonfinite(losses)
     bad_norm = _first_nonfinite(norms)
     if bad_loss is not None and (bad_norm is None or bad_loss <= bad_norm):
-        return None, f"non-finite loss at batch {bad_loss + 1}"
+        raise _Diverged(f"non-finite loss at batch {bad_loss + 1}")
     if bad_norm is not None:
-        return None, f"non-finite gradient norm at batch {bad_norm + 1}"
+        raise _Diverged(f"non-finite gradient norm at batch {bad_norm + 1}")
     n = sum(min(batch, len(x) - s) for s in range(0, len(x) - 1, batch))
     recon, kl = (torch.stack(sums).sum(0) / n).tolist()
-    return Metrics(recon + kl, recon, kl), None
+    return Metrics(recon + kl, recon, kl)
 
 
 def _first_nonfinite(values: Sequence[torch.Tensor]) -> int | None:
