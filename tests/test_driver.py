@@ -277,6 +277,26 @@ def test_kill_9_of_the_driver_then_resume_equals_an_uninterrupted_run(
 
 
 @pytest.mark.slow
+def test_a_killed_worker_is_replaced_and_its_trial_resumed(
+    write_study: Callable[..., Path], big_root: Path, tmp_path: Path
+) -> None:
+    study = write_study(BIG_STUDY)
+    p = driver(study, tmp_path / "r", big_root, "--workers-per-device", "2")
+    db = tmp_path / "r" / "big" / "study.db"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (db.exists() and _max_epoch(db) >= 2):
+        time.sleep(0.2)
+    victim = next(r for r in runs(db) if r["status"] == "running")
+    os.kill(int(str(victim["worker"])), signal.SIGKILL)  # as the out-of-memory killer would
+    assert p.wait(timeout=300) == 0, p.stderr.read() if p.stderr else ""
+    rows = runs(db)
+    assert [r["status"] for r in rows if r["key"] == victim["key"]] == ["interrupted", "completed"]
+    log = (tmp_path / "r" / "big" / "trials" / str(victim["key"]) / "log.txt").read_text()
+    assert [line.split()[1] for line in log.splitlines()] == [f"{e}/6" for e in range(1, 7)]
+    assert {r["status"] for r in rows} <= {"interrupted", "completed"}
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_or_sigterm_stops_cleanly_and_the_rerun_finishes(
     write_study: Callable[..., Path], big_root: Path, tmp_path: Path, sig: signal.Signals

@@ -13,10 +13,12 @@ import signal
 import threading
 import time
 import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from vaegrid.store import FAILED, Store
+from vaegrid.store import Store
 from vaegrid.study import TrialConfig
 
 
@@ -59,7 +61,9 @@ def execute(task: Task) -> str:
     _watch(task.driver_pid)
     torch.set_num_threads(task.threads)
     cfg = TrialConfig.from_json(task.config)
-    store = _STORES.get(task.db) or _STORES.setdefault(task.db, Store(Path(task.db)))
+    if task.db not in _STORES:
+        _STORES[task.db] = Store(Path(task.db))
+    store = _STORES[task.db]
     trial_dir = Path(task.trial_dir)
     trial_dir.mkdir(parents=True, exist_ok=True)
     with _exclusive(trial_dir / ".lock"):
@@ -76,24 +80,20 @@ def execute(task: Task) -> str:
         except Exception:
             return store.finish_run(cfg.key, run_id, None, traceback.format_exc())
         status = store.finish_run(cfg.key, run_id, result, None)
-        if status != FAILED:
-            finalize(trial_dir)
+        finalize(trial_dir)  # its end is committed: the resume checkpoint can go
         return status
 
 
-class _exclusive:
-    """An flock on ``path``: a trial never runs in two processes at once. The kernel
-    drops it when its holder dies, so a killed worker never blocks a resumed run."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-
-    def __enter__(self) -> None:
-        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
-        fcntl.flock(self.fd, fcntl.LOCK_EX)  # waits for an orphan to notice its driver died
-
-    def __exit__(self, *exc: object) -> None:
-        os.close(self.fd)
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An flock on ``path``: a trial never runs in two processes at once. The kernel drops
+    it when its holder dies, so this waits only for an orphan to notice its driver died."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
 
 
 def _watch(driver_pid: int) -> None:
