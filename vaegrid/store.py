@@ -209,24 +209,15 @@ class Store:
                 row = con.execute("SELECT name, fingerprint FROM vg_study").fetchone()
         except sqlite3.DatabaseError as e:
             raise InputError(f"{path}: not a vaegrid study database ({e})") from None
-        if row is None:
-            return
-        name, stored = row[0], json.loads(row[1])
-        new = json.loads(json.dumps(study.fingerprint()))  # tuples as stored: lists
-        if name != study.name or stored != new:
-            diffs = (
-                [f"name: stored {name!r}, study file {study.name!r}"] if name != study.name else []
-            )
-            diffs += _diff(stored, new)
-            raise InputError(
-                f"{path} was made by a study with other fixed settings ({'; '.join(diffs)}); "
-                f"only the grid may change between runs: use another --results folder or "
-                f"study name for the new settings"
-            )
+        if row is not None:
+            _refuse_mismatch(path, row[0], row[1], study)
 
     def sync_study(self, study: Study, trials: Sequence[TrialConfig], slots: int) -> None:
         """Record the study and add the grid's new trials as pending (existing keys are kept)."""
         with self.session() as s:
+            stored = s.scalars(select(StudyRow)).first()
+            if stored is not None:  # checked before the lock too; now under it
+                _refuse_mismatch(self.path, stored.name, stored.fingerprint, study)
             row = s.get(StudyRow, study.name)
             if row is None:
                 s.add(
@@ -450,6 +441,21 @@ def read_only(path: Path) -> Iterator[sqlite3.Connection]:
         yield con
     finally:
         con.close()
+
+
+def _refuse_mismatch(path: Path, name: str, fingerprint: str, study: Study) -> None:
+    """Raise InputError if the stored study (name, fingerprint JSON) is not ``study``'s."""
+    stored = json.loads(fingerprint)
+    new = json.loads(json.dumps(study.fingerprint()))  # tuples as stored: lists
+    if name == study.name and stored == new:
+        return
+    diffs = [f"name: stored {name!r}, study file {study.name!r}"] if name != study.name else []
+    diffs += _diff(stored, new)
+    raise InputError(
+        f"{path} was made by a study with other fixed settings ({'; '.join(diffs)}); "
+        "only the grid may change between runs: use another --results folder or "
+        "study name for the new settings"
+    )
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
