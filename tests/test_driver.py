@@ -164,6 +164,7 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(
         by_status[a.key]["error"]
     )
     assert sum(r["status"] == "completed" for r in runs(db)) == 3
+    assert "another trial's files" in (broken / "log.txt").read_text()  # the trial's own log too
     (broken / CONFIG).unlink()
     assert run(study_path, tmp_path / "r", mnist_root) == 1  # failed trials stay failed...
     assert run(study_path, tmp_path / "r", mnist_root, "--retry-failed") == 0  # ...until retried

@@ -56,7 +56,7 @@ def execute(task: Task) -> str:
     import torch
 
     from vaegrid.data import load_splits
-    from vaegrid.train import finalize, run_trial
+    from vaegrid.train import LOG, finalize, run_trial
 
     _watch(task.driver_pid)
     torch.set_num_threads(task.threads)
@@ -78,7 +78,10 @@ def execute(task: Task) -> str:
                 on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r),
             )
         except Exception:
-            return store.finish_run(cfg.key, run_id, None, traceback.format_exc())
+            error = traceback.format_exc()
+            with (trial_dir / LOG).open("a", encoding="utf-8") as log:
+                log.write(f"failed on {task.device} (pid {os.getpid()}):\n{error}")
+            return store.finish_run(cfg.key, run_id, None, error)
         status = store.finish_run(cfg.key, run_id, result, None)
         finalize(trial_dir)  # its end is committed: the resume checkpoint can go
         return status
