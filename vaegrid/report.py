@@ -154,7 +154,7 @@ def rank(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
 def pick_winners(ranking: pd.DataFrame, top: int) -> pd.DataFrame:
     """The top ``top`` completed trials of each criterion (ties broken by key)."""
     rows = []
-    for column, _ in CRITERIA.items():
+    for column in CRITERIA:
         best = (
             ranking[ranking["status"] == COMPLETED].sort_values(["rank_" + column, "key"]).head(top)
         )
