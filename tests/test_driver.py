@@ -105,6 +105,33 @@ def test_second_driver_is_refused_naming_the_live_one(
     assert not (tmp_path / "r" / "tiny" / "study.db").exists()
 
 
+def test_status_shows_running_trials_while_a_driver_lives(
+    write_study: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = load_study(write_study(epochs=2))
+    study_dir = tmp_path / "r" / "tiny"
+    study_dir.mkdir(parents=True)
+    store = Store(study_dir / "study.db")
+    store.sync_study(study, expand(study), 2)
+    cfg = expand(study)[0]
+    store.start_trial(study, cfg)
+    store.begin_run(cfg.key, "cpu", 4242)
+    store.close()
+    with DriverLock(study_dir):
+        assert main(["status", str(study_dir)]) == 0
+    first, running = capsys.readouterr().out.splitlines()
+    summary = "tiny: 0/4 done (0 completed, 0 diverged, 0 failed), 1 running, 3 waiting"
+    assert first == f"{summary}; driver pid {os.getpid()}"
+    assert (
+        running
+        == f"  running {cfg.key} (hidden 32, latent 4, lr 0.01, clip 1): epoch 0/2 done, on cpu"
+    )
+    assert main(["status", str(study_dir)]) == 0  # the driver is gone: nothing is running
+    assert capsys.readouterr().out.endswith("0 running, 4 waiting; no driver running\n")
+    assert main(["status", str(tmp_path)]) == 2
+    assert "not a vaegrid study folder" in capsys.readouterr().err
+
+
 def test_lock_of_a_dead_driver_is_taken_over(tmp_path: Path) -> None:
     (tmp_path / "driver.lock").write_text("999999\n")  # left behind by a killed driver
     assert DriverLock.holder(tmp_path) is None

@@ -25,7 +25,17 @@ from tqdm import tqdm
 
 from vaegrid.data import ensure_mnist
 from vaegrid.errors import InputError
-from vaegrid.store import COMPLETED, DIVERGED, FAILED, INTERRUPTED, PENDING, RUNNING, Store, db_path
+from vaegrid.store import (
+    COMPLETED,
+    DIVERGED,
+    FAILED,
+    INTERRUPTED,
+    PENDING,
+    RUNNING,
+    Store,
+    db_path,
+    existing_db,
+)
 from vaegrid.study import Study, expand
 from vaegrid.worker import Task, execute, init_worker
 
@@ -307,34 +317,42 @@ class _Sweep:
 
 
 def status_line(study_dir: Path) -> str:
-    """``vaegrid status``: the progress line of a study, read from its database.
+    """``vaegrid status``: a study's progress read from its database, then one line per
+    running trial with its epoch and device.
 
     Raises:
         InputError: ``study_dir`` holds no study database.
     """
-    path = db_path(study_dir)
-    if not path.is_file():
-        raise InputError(
-            f"{study_dir}: not a vaegrid study folder (no {path.name}); expected RESULTS_DIR/STUDY"
-        )
-    store = Store(path)
+    store = Store(existing_db(study_dir))
     try:
         name, slots = store.study_row()
         trials = store.trials()
-        counts = Counter(t.status for t in trials)
-        pid = DriverLock.holder(study_dir)
-        if pid is None:  # no live driver: what was running is only interrupted
-            counts[INTERRUPTED] += counts.pop(RUNNING, 0)
-        line = f"{name}: {summary(counts, len(trials))}"
-        # Diverged runs end early: the completed ones say how long a trial takes.
-        took = [r["ended"] - r["started"] for r in store.runs() if r["status"] == COMPLETED]
-        left = counts[PENDING] + counts[INTERRUPTED] + counts[RUNNING]
-        if took and left:
-            line += f", ETA {_duration(sum(took) / len(took) * left / max(1, slots))}"
-        line += f"; driver pid {pid}" if pid else "; no driver running"
-        return line
+        runs = store.runs()
     finally:
         store.close()
+    counts = Counter(t.status for t in trials)
+    pid = DriverLock.holder(study_dir)
+    if pid is None:  # no live driver: what was running is only interrupted
+        counts[INTERRUPTED] += counts.pop(RUNNING, 0)
+    line = f"{name}: {summary(counts, len(trials))}"
+    # Diverged runs end early: the completed ones say how long a trial takes.
+    took = [r["ended"] - r["started"] for r in runs if r["status"] == COMPLETED]
+    left = counts[PENDING] + counts[INTERRUPTED] + counts[RUNNING]
+    if took and left:
+        line += f", ETA {_duration(sum(took) / len(took) * left / max(1, slots))}"
+    if not pid:
+        return line + "; no driver running"
+    device = {r["key"]: r["device"] for r in runs if r["status"] == RUNNING}
+    lines = [line + f"; driver pid {pid}"]
+    for t in trials:
+        if t.status == RUNNING:
+            c = t.config
+            lines.append(
+                f"  running {t.key} (hidden {c.hidden}, latent {c.latent}, lr {c.lr:g}, "
+                f"clip {c.clip:g}): epoch {t.epochs_done}/{c.train.epochs} done, "
+                f"on {device.get(t.key, '?')}"
+            )
+    return "\n".join(lines)
 
 
 def _duration(seconds: float) -> str:

@@ -18,7 +18,7 @@ import torch
 from vaegrid.data import load_splits
 from vaegrid.errors import InputError
 from vaegrid.model import VAE, importance_nll
-from vaegrid.store import COMPLETED, DIVERGED, FAILED, Store, db_path, read_only
+from vaegrid.store import COMPLETED, DIVERGED, FAILED, Store, db_path, existing_db, read_only
 from vaegrid.study import TrialConfig
 from vaegrid.train import WEIGHTS, derive_seed, evaluate
 
@@ -99,11 +99,7 @@ def make_report(
 
 
 def _check(study_dir: Path, top: int, nll_samples: int) -> int:
-    path = db_path(study_dir)
-    if not path.is_file():
-        raise InputError(
-            f"{study_dir}: not a vaegrid study folder (no {path.name}); expected RESULTS_DIR/STUDY"
-        )
+    path = existing_db(study_dir)
     try:
         with read_only(path) as con:
             (completed,) = con.execute(

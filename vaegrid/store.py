@@ -154,6 +154,20 @@ def db_path(study_dir: Path) -> Path:
     return study_dir / DB_NAME
 
 
+def existing_db(study_dir: Path) -> Path:
+    """The database of an existing study folder.
+
+    Raises:
+        InputError: ``study_dir`` holds no study database.
+    """
+    path = db_path(study_dir)
+    if not path.is_file():
+        raise InputError(
+            f"{study_dir}: not a vaegrid study folder (no {path.name}); expected RESULTS_DIR/STUDY"
+        )
+    return path
+
+
 def _harden(engine: Engine) -> Engine:
     """WAL, busy timeout and BEGIN IMMEDIATE on every connection of ``engine``."""
 
