@@ -16,6 +16,7 @@ matrix-multiply peak measured here. Real MNIST: set VAEGRID_DATA.
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,6 +25,7 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from vaegrid.data import data_dir, load_splits
+from vaegrid.errors import InputError
 from vaegrid.model import VAE
 from vaegrid.study import DataSpec, TrainSpec, TrialConfig
 from vaegrid.train import run_trial
@@ -139,4 +141,9 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except InputError as e:  # no MNIST here: say where to put it, as the CLI does
+        raise SystemExit(
+            f"bench: error: {e} (make bench needs real MNIST: set VAEGRID_DATA)"
+        ) from None
