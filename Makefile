@@ -5,7 +5,6 @@ BIN     := $(VENV)/bin
 STAMP   := $(VENV)/.installed
 STUDY   ?= studies/seed.toml
 RESULTS ?= results
-export VAEGRID_DATA ?= data
 
 .PHONY: install test test-slow test-all lint bench grid clean
 
