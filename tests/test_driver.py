@@ -42,12 +42,12 @@ def run(study: Path, results: Path, data: Path, *extra: str) -> int:
 def metric_rows(db: Path) -> list[tuple[object, ...]]:
     store = Store(db)
     try:
-        return [
-            (r["key"], r["epoch"], r["split"], r["elbo"], r["recon"], r["kl"])
-            for r in store.epochs()
-        ]
+        frame = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
     finally:
         store.close()
+    return list(
+        frame[["key", "epoch", "split", "elbo", "recon", "kl"]].itertuples(index=False, name=None)
+    )
 
 
 def runs(db: Path) -> list[dict[str, object]]:

@@ -63,7 +63,6 @@ PENDING, RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED = (
     "failed",
     "interrupted",
 )
-FINISHED = (COMPLETED, DIVERGED)
 # Fixed, wide ranges rather than the grid's values: Optuna refuses a categorical whose
 # choices change, and a study's grid may grow between runs. Log scale suits all four.
 PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
@@ -146,8 +145,6 @@ class TrialInfo:
     config: TrialConfig
     status: str
     epochs_done: int
-    optuna_trial_id: int | None
-    cause: str | None
 
 
 def db_path(study_dir: Path) -> Path:
@@ -271,14 +268,7 @@ class Store:
         with self.session() as s:
             rows = s.scalars(select(TrialRow)).all()
             return [
-                TrialInfo(
-                    r.key,
-                    TrialConfig.from_json(r.config),
-                    r.status,
-                    r.epochs_done,
-                    r.optuna_trial_id,
-                    r.cause,
-                )
+                TrialInfo(r.key, TrialConfig.from_json(r.config), r.status, r.epochs_done)
                 for r in rows
             ]
 
@@ -409,16 +399,6 @@ class Store:
             return [
                 {c.name: getattr(r, c.name) for c in RunRow.__table__.columns}
                 for r in s.scalars(select(RunRow).order_by(RunRow.id))
-            ]
-
-    def epochs(self, key: str | None = None) -> list[dict[str, Any]]:
-        stmt = select(EpochRow).order_by(EpochRow.key, EpochRow.epoch, EpochRow.split)
-        if key is not None:
-            stmt = stmt.where(EpochRow.key == key)
-        with self.session() as s:
-            return [
-                {c.name: getattr(r, c.name) for c in EpochRow.__table__.columns}
-                for r in s.scalars(stmt)
             ]
 
     def frame(self, table: str) -> pd.DataFrame:
