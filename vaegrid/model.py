@@ -75,7 +75,7 @@ def loss_terms(
 
 @torch.inference_mode()
 def importance_nll(
-    model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, max_rows: int = 20_000
+    model: VAE, x: torch.Tensor, k: int, generator: torch.Generator, max_rows: int = 1_000
 ) -> torch.Tensor:
     """Importance-sampled estimate of -log p(x) per image, in nats, with ``k`` samples of q(z|x).
 
@@ -87,7 +87,9 @@ def importance_nll(
     model.eval()
     log2pi = math.log(2 * math.pi)
     out = []
-    chunk = max(1, max_rows // k)  # images per pass: k * chunk decoder rows at most
+    # Images per pass. Small passes stay in cache: on 2 CPU cores, 1,000 rows per pass took
+    # 27 s for 7,000 test images at k = 1000, 20,000 rows 61 s.
+    chunk = max(1, max_rows // k)
     for start in range(0, len(x), chunk):
         xb = x[start : start + chunk]
         mu, logvar = model.encode(xb)
