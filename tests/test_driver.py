@@ -82,7 +82,9 @@ def test_sweep_commits_every_epoch_and_optuna_reads_the_study(
     for key in keys:  # a finished trial keeps its weights, not its resume checkpoint
         files = {p.name for p in (tmp_path / "r" / "tiny" / "trials" / key).iterdir()}
         assert {CONFIG, WEIGHTS} <= files and CHECKPOINT not in files
-    capsys.readouterr()
+    lines = capsys.readouterr().out.splitlines()  # --no-progress: one line per finished trial
+    assert sorted(line.split()[0] for line in lines) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
+    assert all(line.endswith(": completed") and line.split()[1] in keys for line in lines)
     assert main(["status", str(tmp_path / "r" / "tiny")]) == 0
     assert capsys.readouterr().out.startswith("tiny: 4/4 done (4 completed, 0 diverged, 0 failed)")
     # the same command again has nothing left to do

@@ -261,8 +261,7 @@ class _Sweep:
                     key, device = running.pop(future)
                     free[device] += 1
                     try:
-                        self._move(RUNNING, future.result())
-                        self.bar.update(1)
+                        self._finished(key, future.result())
                     except BrokenProcessPool as e:
                         self._worker_died(key, e)
                         executor = self._executor()
@@ -294,6 +293,18 @@ class _Sweep:
         future: Future[str] = executor.submit(execute, task)
         return future
 
+    def _finished(self, key: str, status: str) -> None:
+        self._move(RUNNING, status)
+        self.bar.update(1)
+        if self.bar.disable:  # no live bar (logs, --no-progress): one line per trial instead
+            c = self.grid[key]
+            done = self.counts[COMPLETED] + self.counts[DIVERGED] + self.counts[FAILED]
+            print(
+                f"[{done}/{len(self.grid)}] {key} (hidden {c.hidden}, latent {c.latent}, "
+                f"lr {c.lr:g}, clip {c.clip:g}): {status}",
+                flush=True,
+            )
+
     def _move(self, old: str, new: str) -> None:
         self.counts[old] -= 1
         self.counts[new] += 1
@@ -308,8 +319,7 @@ class _Sweep:
         self.deaths[key] += 1
         if self.deaths[key] >= MAX_WORKER_DEATHS:
             self.store.mark([key], FAILED, f"worker process died {self.deaths[key]} times: {error}")
-            self._move(RUNNING, FAILED)
-            self.bar.update(1)
+            self._finished(key, FAILED)
         else:
             self.store.mark([key], INTERRUPTED)
             self.queue.appendleft(key)
