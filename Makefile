@@ -40,7 +40,8 @@ bench: $(STAMP)
 # A sweep with failed trials exits 1: the report is still made from what completed.
 grid: $(STAMP)
 	$(BIN)/vaegrid run $(STUDY) --results $(RESULTS) || [ $$? -eq 1 ]
-	$(BIN)/vaegrid report $(RESULTS)/$(notdir $(basename $(STUDY)))
+	$(BIN)/vaegrid report $(RESULTS)/$$($(BIN)/python -c \
+	  "from vaegrid.study import load_study; print(load_study('$(STUDY)').name)")
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
