@@ -2,9 +2,8 @@
 
 Kingma & Welling, "Auto-Encoding Variational Bayes" (https://arxiv.org/abs/1312.6114):
 the encoder gives q(z|x) = N(mu, diag(exp(logvar))), z = mu + sigma * eps, the decoder
-gives Bernoulli logits over the 784 pixels. The seed put a ReLU and a BatchNorm on the
-mu / log-variance heads, which pins mu >= 0 and sigma >= 1; here the heads are plain
-linear layers.
+gives Bernoulli logits over the 784 pixels. The seed put a ReLU on the mu and sigma
+heads, so mu could never be negative; here the heads are plain linear layers.
 """
 
 from __future__ import annotations
