@@ -35,8 +35,9 @@ from vaegrid.store import (
     Store,
     db_path,
     existing_db,
+    trial_dir,
 )
-from vaegrid.study import Study, expand
+from vaegrid.study import Study, TrialConfig, expand
 from vaegrid.worker import Task, execute, init_worker
 
 LOCK_NAME = "driver.lock"
@@ -193,7 +194,8 @@ def run_study(
         previous = signal.signal(signal.SIGTERM, _stop)
         try:
             store.sync_study(study, grid, pool.slots)
-            return _Sweep(study, study_dir, store, pool, data_root, retry_failed, progress).run()
+            sweep = _Sweep(study, grid, study_dir, store, pool, data_root, retry_failed, progress)
+            return sweep.run()
         finally:
             signal.signal(signal.SIGTERM, previous)
             store.close()
@@ -208,6 +210,7 @@ class _Sweep:
     def __init__(
         self,
         study: Study,
+        grid: list[TrialConfig],
         study_dir: Path,
         store: Store,
         pool: Pool,
@@ -217,7 +220,7 @@ class _Sweep:
     ) -> None:
         self.study, self.study_dir, self.store, self.pool = study, study_dir, store, pool
         self.data_root = data_root.resolve()
-        self.grid = {cfg.key: cfg for cfg in expand(study)}
+        self.grid = {cfg.key: cfg for cfg in grid}
         status = {t.key: t.status for t in store.trials() if t.key in self.grid}
         redo = {PENDING, INTERRUPTED} | ({FAILED} if retry_failed else set())
         self.queue = deque(k for k in self.grid if status[k] in redo)
@@ -286,7 +289,7 @@ class _Sweep:
             device=device,
             threads=self.pool.threads,
             db=str(db_path(self.study_dir).resolve()),
-            trial_dir=str((self.study_dir / "trials" / key).resolve()),
+            trial_dir=str(trial_dir(self.study_dir, key).resolve()),
             data_root=str(self.data_root),
             driver_pid=os.getpid(),
         )

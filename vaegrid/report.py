@@ -18,7 +18,16 @@ import torch
 from vaegrid.data import load_splits
 from vaegrid.errors import InputError
 from vaegrid.model import VAE, importance_nll
-from vaegrid.store import COMPLETED, DIVERGED, FAILED, Store, db_path, existing_db, read_only
+from vaegrid.store import (
+    COMPLETED,
+    DIVERGED,
+    FAILED,
+    Store,
+    db_path,
+    existing_db,
+    read_only,
+    trial_dir,
+)
 from vaegrid.study import TrialConfig
 from vaegrid.train import WEIGHTS, derive_seed, evaluate
 
@@ -70,12 +79,11 @@ def make_report(
         ranking = rank(trials, epochs)
         winners = pick_winners(ranking, top)
         keys = list(dict.fromkeys(winners["key"]))
-        configs = {k: TrialConfig.from_json(trials.set_index("key").loc[k, "config"]) for k in keys}
+        config_json = trials.set_index("key")["config"]
+        configs = {k: TrialConfig.from_json(config_json[k]) for k in keys}
         for key in keys:
-            if not (study_dir / "trials" / key / WEIGHTS).is_file():
-                raise InputError(
-                    f"{study_dir / 'trials' / key / WEIGHTS}: a winner's weights are missing"
-                )
+            if not (weights := trial_dir(study_dir, key) / WEIGHTS).is_file():
+                raise InputError(f"{weights}: a winner's weights are missing")
         # The test split, for the winners only.
         test_x = load_splits(data_root, configs[keys[0]].data, configs[keys[0]].seed, device).test
         models = {k: _load_model(configs[k], study_dir, test_x.device) for k in keys}
@@ -161,7 +169,7 @@ def pick_winners(ranking: pd.DataFrame, top: int) -> pd.DataFrame:
 
 def _load_model(cfg: TrialConfig, study_dir: Path, device: torch.device) -> VAE:
     model = VAE(cfg.hidden, cfg.latent)
-    path = study_dir / "trials" / cfg.key / WEIGHTS
+    path = trial_dir(study_dir, cfg.key) / WEIGHTS
     model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
     return model.to(device).eval()
 

@@ -19,7 +19,7 @@ import resource
 import sqlite3
 import time
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
@@ -149,6 +150,11 @@ class TrialInfo:
 
 def db_path(study_dir: Path) -> Path:
     return study_dir / DB_NAME
+
+
+def trial_dir(study_dir: Path, key: str) -> Path:
+    """A trial's folder: config, log, checkpoint, weights."""
+    return study_dir / "trials" / key
 
 
 def existing_db(study_dir: Path) -> Path:
@@ -349,7 +355,9 @@ class Store:
             if record.epoch > row.epochs_done:
                 row.epochs_done = record.epoch
                 row.seconds += record.seconds
-        if not self.optuna.get_trial(optuna_trial_id).state.is_finished():
+        # A replayed epoch of a trial whose end Optuna already has is refused by Optuna itself:
+        # no second read of the whole trial each epoch to check first.
+        with suppress(UpdateFinishedTrialError):
             self.optuna.set_trial_intermediate_value(optuna_trial_id, record.epoch, record.val.elbo)
 
     def finish_run(

@@ -179,9 +179,11 @@ def _train_epoch(
     batch = cfg.train.batch_size
     params = list(model.parameters())
     losses, norms, sums = [], [], []
+    n = 0  # images seen
     # A last batch of one image is dropped: BatchNorm cannot normalise a single sample.
     for start in range(0, len(x) - 1, batch):
         xb = x.index_select(0, perm[start : start + batch])
+        n += len(xb)
         eps = torch.randn(len(xb), model.latent, generator=g, device=device)
         terms = model(xb, eps)
         loss = terms.elbo.mean()
@@ -197,7 +199,6 @@ def _train_epoch(
         raise _Diverged(f"non-finite loss at batch {bad_loss + 1}")
     if bad_norm is not None:
         raise _Diverged(f"non-finite gradient norm at batch {bad_norm + 1}")
-    n = sum(min(batch, len(x) - s) for s in range(0, len(x) - 1, batch))
     recon, kl = (torch.stack(sums).sum(0) / n).tolist()
     return Metrics(recon + kl, recon, kl)
 
