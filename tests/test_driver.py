@@ -11,14 +11,17 @@ from pathlib import Path
 
 import optuna
 import pytest
+import torch
 from conftest import make_mnist
 
 from vaegrid.cli import main
-from vaegrid.driver import DriverLock, make_pool
+from vaegrid.driver import DriverLock
+from vaegrid.data import load_splits
+from vaegrid.pool import CudaProbe, make_pool, memory_limit_mb
 from vaegrid.errors import InputError
 from vaegrid.store import Store
 from vaegrid.study import expand, load_study
-from vaegrid.train import CHECKPOINT, CONFIG, WEIGHTS
+from vaegrid.train import CHECKPOINT, CONFIG, WEIGHTS, run_trial
 
 
 def run_args(study: Path, results: Path, data: Path, *extra: str) -> list[str]:
@@ -31,6 +34,7 @@ def run_args(study: Path, results: Path, data: Path, *extra: str) -> list[str]:
         "--data-dir",
         str(data),
         "--no-progress",
+        *(() if "--devices" in extra else ("--devices", "cpu")),
         *extra,
     ]
 
@@ -68,7 +72,23 @@ def test_sweep_commits_every_epoch_and_optuna_reads_the_study(
     assert run(study, tmp_path / "r", mnist_root, "--workers-per-device", "2") == 0
     db = tmp_path / "r" / "tiny" / "study.db"
     rows = metric_rows(db)
-    assert len(rows) == 4 * 2 * 2 and len(set(r[:3] for r in rows)) == len(rows)
+    grid = expand(load_study(study))
+    # every trial's every epoch, and the numbers are the trial's own: the same config run
+    # here in-process, outside the pool, gives the same validation elbo per epoch
+    assert [r[:3] for r in rows] == sorted(
+        (cfg.key, e, split) for cfg in grid for e in (1, 2) for split in ("train", "val")
+    )
+    cfg = grid[1]
+    splits = load_splits(mnist_root, cfg.data, cfg.seed, "cpu")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as a CPU worker runs: a trial's numbers depend on it
+    try:
+        alone = run_trial(cfg, splits.train, splits.val, tmp_path / "alone")
+    finally:
+        torch.set_num_threads(threads)
+    assert [r[3] for r in rows if r[0] == cfg.key and r[2] == "val"] == [
+        h.val.elbo for h in alone.history
+    ]
     df = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials_dataframe()
     assert len(df) == 4 and set(df["state"]) == {"COMPLETE"}
     assert {"params_hidden", "params_latent", "params_lr", "params_clip", "user_attrs_key"} <= set(
@@ -82,14 +102,18 @@ def test_sweep_commits_every_epoch_and_optuna_reads_the_study(
     for key in keys:  # a finished trial keeps its weights, not its resume checkpoint
         files = {p.name for p in (tmp_path / "r" / "tiny" / "trials" / key).iterdir()}
         assert {CONFIG, WEIGHTS} <= files and CHECKPOINT not in files
-    lines = capsys.readouterr().out.splitlines()  # --no-progress: one line per finished trial
+    devices, *lines = capsys.readouterr().out.splitlines()  # --no-progress: a line per trial
+    assert devices == "devices: cpu; 2 trials at once per device"
     assert sorted(line.split()[0] for line in lines) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
     assert all(line.endswith(": completed") and line.split()[1] in keys for line in lines)
     assert main(["status", str(tmp_path / "r" / "tiny")]) == 0
     assert capsys.readouterr().out.startswith("tiny: 4/4 done (4 completed, 0 diverged, 0 failed)")
-    # the same command again has nothing left to do
+    # the same command again has nothing left to do, and says so
     assert run(study, tmp_path / "r", mnist_root) == 0
     assert len(runs(db)) == 4
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        "tiny: nothing to do: 4/4 done (4 completed, 0 diverged, 0 failed), 0 running, 0 waiting"
+    )
 
 
 def test_second_driver_is_refused_naming_the_live_one(
@@ -117,7 +141,7 @@ def test_status_shows_running_trials_while_a_driver_lives(
     store.sync_study(study, expand(study), 2)
     cfg = expand(study)[0]
     store.start_trial(study, cfg)
-    store.begin_run(cfg.key, "cpu", 4242)
+    store.begin_run(cfg.key, "cpu", 4242, "cpu / torch 2", "host", {})
     store.close()
     with DriverLock(study_dir):
         assert main(["status", str(study_dir)]) == 0
@@ -134,8 +158,23 @@ def test_status_shows_running_trials_while_a_driver_lives(
     assert "not a vaegrid study folder" in capsys.readouterr().err
 
 
-def test_lock_of_a_dead_driver_is_taken_over(tmp_path: Path) -> None:
-    (tmp_path / "driver.lock").write_text("999999\n")  # left behind by a killed driver
+def test_lock_of_a_killed_driver_is_taken_over(tmp_path: Path) -> None:
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from vaegrid.driver import DriverLock\n"
+            f"with DriverLock(Path({str(tmp_path)!r})):\n"
+            "    print('locked', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+    )
+    assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
+    assert DriverLock.holder(tmp_path) == holder.pid  # alive: it holds the lock
+    with pytest.raises(InputError, match=f"another driver \\(pid {holder.pid}\\)"):
+        DriverLock(tmp_path).__enter__()
+    holder.kill()  # kill -9: no cleanup runs, the kernel drops its flock
+    holder.wait()
     assert DriverLock.holder(tmp_path) is None
     with DriverLock(tmp_path):
         assert DriverLock.holder(tmp_path) == os.getpid()
@@ -202,17 +241,33 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(
 
 
 def test_pool_defaults_to_one_thread_per_cpu_trial_and_rejects_bad_devices() -> None:
-    pool = make_pool("cpu")
-    assert (
-        pool.devices == ("cpu",) and pool.per_device == (os.cpu_count() or 1) and pool.threads == 1
-    )
-    assert make_pool("auto", 3).slots == 3 or make_pool("auto", 3).devices[0].startswith("cuda")
+    none = CudaProbe(reason="torch (CUDA 13.0) sees no CUDA device")
+    pool = make_pool("cpu", probe=none, cores=6, memory_mb=64_000)
+    assert (pool.devices, pool.per_device, pool.threads, pool.slots) == (("cpu",), 6, 1, 6)
+    auto = make_pool("auto", 3, probe=none, cores=6, memory_mb=64_000)
+    assert (auto.devices, auto.slots) == (("cpu",), 3)
+    assert auto.found == "cpu (torch (CUDA 13.0) sees no CUDA device)"  # says why no GPU
+    two = CudaProbe(["NVIDIA H100", "NVIDIA H100"])
+    gpus = make_pool("auto", probe=two, cores=16, memory_mb=64_000)
+    assert (gpus.devices, gpus.per_device, gpus.threads) == (("cuda:0", "cuda:1"), 2, 4)
+    assert gpus.found == "cuda:0 (NVIDIA H100), cuda:1 (NVIDIA H100)"
+    assert gpus.kind("cuda:1").startswith("NVIDIA H100 / torch ")
+    assert make_pool("cuda:1", probe=two, memory_mb=64_000).devices == ("cuda:1",)
     with pytest.raises(InputError, match=r"--devices: 'cuda:7' is not a device here; visible: cpu"):
-        make_pool("cuda:7")
+        make_pool("cuda:7", probe=none)
     with pytest.raises(InputError, match="names a device twice"):
         make_pool("cpu,cpu")
     with pytest.raises(InputError, match=r"--workers-per-device: 0 is not allowed"):
         make_pool("cpu", 0)
+
+
+def test_workers_per_device_respect_the_memory_the_process_may_use() -> None:
+    # 1.4 GB a worker: 4 GB holds 2 of them, whatever the number of cores
+    assert make_pool("cpu", cores=8, memory_mb=4_000).per_device == 2
+    assert make_pool("cpu", cores=8, memory_mb=1_000).per_device == 1  # one always runs
+    with pytest.raises(InputError, match=r"--workers-per-device: 10000 is not allowed; .*at most 17"):
+        make_pool("cpu", 10_000, cores=2, memory_mb=24_000)
+    assert memory_limit_mb() > 0
 
 
 def test_missing_data_is_refused_before_anything_is_written(

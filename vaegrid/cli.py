@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vaegrid.errors import InputError
+from vaegrid.pool import MAX_WORKER_DEATHS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -41,6 +42,13 @@ def _parser() -> argparse.ArgumentParser:
         "--data-dir", default=None, help="MNIST root (default: $VAEGRID_DATA, else data/)"
     )
     run.add_argument("--retry-failed", action="store_true", help="run failed trials again")
+    run.add_argument(
+        "--max-deaths",
+        type=int,
+        default=MAX_WORKER_DEATHS,
+        metavar="N",
+        help=f"fail a trial whose worker process dies N times (default {MAX_WORKER_DEATHS})",
+    )
     run.add_argument("--no-progress", action="store_true", help="no live progress bar")
 
     report = sub.add_parser("report", help="rank, test the winners, export CSV, figures, report.md")
@@ -86,10 +94,16 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         from vaegrid.data import data_dir
-        from vaegrid.driver import make_pool, run_study
+        from vaegrid.driver import run_study
+        from vaegrid.pool import make_pool
 
         study = load_study(args.study)
+        if not 1 <= args.max_deaths <= 100:
+            raise InputError(
+                f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"
+            )
         pool = make_pool(args.devices, args.workers_per_device)
+        print(f"devices: {pool.found}; {pool.per_device} trials at once per device", flush=True)
         return run_study(
             study,
             Path(args.results),
@@ -97,10 +111,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             data_dir(args.data_dir),
             retry_failed=args.retry_failed,
             progress=not args.no_progress,
+            max_deaths=args.max_deaths,
         )
     if args.command == "report":
         from vaegrid.data import data_dir
-        from vaegrid.driver import make_pool
+        from vaegrid.pool import make_pool
         from vaegrid.report import make_report
 
         device = make_pool(args.device).devices[0]  # validates the device name

@@ -1,9 +1,10 @@
-"""The sweep driver: reconcile a study with its database, dispatch trials to a worker pool.
+"""The sweep driver: reconcile a study with its database, dispatch trials to slots.
 
 One driver per study (an flock that dies with its holder). Pending, interrupted and
-(with ``retry_failed``) failed trials go to a loky process pool of devices x K
-workers; a trial is submitted only when its device has a free slot, so no device
-ever runs more than K trials and every trial runs on exactly one device.
+(with ``retry_failed``) failed trials go to the executor's slots (pool.py): a trial is
+submitted only to a free slot, so no device ever runs more than K trials, every trial
+runs on exactly one device, and a trial that has started only ever continues on a device
+of the kind it started on. A worker's death costs only the trial it was running.
 """
 
 from __future__ import annotations
@@ -11,24 +12,25 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
-import subprocess
-import sys
+import traceback
 from collections import Counter, deque
 from concurrent.futures import FIRST_COMPLETED, Future, wait
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from joblib.externals.loky import get_reusable_executor
 from joblib.externals.loky.process_executor import BrokenProcessPool
+from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
+from vaegrid import provenance
 from vaegrid.data import ensure_mnist
 from vaegrid.errors import InputError
+from vaegrid.paths import check_study_dir, ensure_dir, open_fd
+from vaegrid.pool import MAX_WORKER_DEATHS, Executor, LocalExecutor, Pool, Slot
 from vaegrid.store import (
     COMPLETED,
     DIVERGED,
     FAILED,
+    FINAL,
     INTERRUPTED,
     PENDING,
     RUNNING,
@@ -41,78 +43,14 @@ from vaegrid.study import Study, TrialConfig, expand
 from vaegrid.worker import Task, execute, init_worker
 
 LOCK_NAME = "driver.lock"
-# A trial whose worker process dies this often (segfault, out of memory) is marked failed.
-MAX_WORKER_DEATHS = 2
-
-
-@dataclass(frozen=True)
-class Pool:
-    """Where trials run: each device takes at most ``per_device`` trials at once."""
-
-    devices: tuple[str, ...]  # "cpu" or "cuda:N", each once
-    per_device: int  # K
-    threads: int  # torch threads of each trial
-
-    @property
-    def slots(self) -> int:
-        return len(self.devices) * self.per_device
-
-
-def make_pool(devices: str = "auto", per_device: int | None = None) -> Pool:
-    """Resolve ``--devices`` and ``--workers-per-device`` into a pool.
-
-    ``auto`` is every visible CUDA device, else the CPU. On the CPU a trial runs on one
-    thread and K defaults to the number of cores: a trial's numbers depend on its thread
-    count (reductions split differently), so fixing it keeps results identical whatever
-    K is, and 2 one-thread trials beat 1 two-thread trial by 16% on a 2-core machine
-    (README, Performance). On CUDA, K defaults to 2 and threads are shared out.
-
-    Raises:
-        InputError: an unknown or unavailable device, a repeated one, or K < 1.
-    """
-    n_cuda = cuda_device_count() if devices == "auto" or "cuda" in devices else 0
-    cores = os.cpu_count() or 1
-    if devices == "auto":
-        names = tuple(f"cuda:{i}" for i in range(n_cuda)) or ("cpu",)
-    else:
-        names = tuple(d.strip() for d in devices.split(","))
-        for name in names:
-            ok = name == "cpu" or (
-                name.startswith("cuda:") and name[5:].isdigit() and int(name[5:]) < n_cuda
-            )
-            if not ok:
-                visible = ", ".join(["cpu", *(f"cuda:{i}" for i in range(n_cuda))])
-                raise InputError(
-                    f"--devices: {name!r} is not a device here; visible: {visible} (or auto)"
-                )
-        if len(set(names)) != len(names):
-            raise InputError(f"--devices: {devices!r} names a device twice")
-    if per_device is not None and per_device < 1:
-        raise InputError(
-            f"--workers-per-device: {per_device} is not allowed; expected an integer >= 1"
-        )
-    gpu = any(n.startswith("cuda") for n in names)
-    k = per_device or (2 if gpu else cores)
-    threads = max(1, cores // (len(names) * k)) if gpu else 1
-    return Pool(names, k, threads)
-
-
-def cuda_device_count() -> int:
-    """Visible CUDA devices, counted in a child process.
-
-    The driver never imports torch: it would cost it 500 MB of memory, and CUDA state in
-    a parent process is a hazard for its workers.
-    """
-    probe = "import torch; print(torch.cuda.device_count())"
-    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=False)
-    return int(out.stdout.strip()) if out.returncode == 0 and out.stdout.strip().isdigit() else 0
 
 
 class DriverLock:
     """An exclusive flock on ``<study>/driver.lock`` holding the driver's pid.
 
     The kernel releases it when the driver dies, however it dies, so a crashed driver's
-    lock is taken over by the next one without any stale-lock guessing.
+    lock is taken over by the next one without any stale-lock guessing. The lock file is
+    opened without following links.
     """
 
     def __init__(self, study_dir: Path) -> None:
@@ -120,12 +58,12 @@ class DriverLock:
         self.fd: int | None = None
 
     def __enter__(self) -> DriverLock:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        ensure_dir(self.path.parent)
+        fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            pid = os.read(fd, 32).decode().strip() or "?"
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
             raise InputError(
                 f"{self.path.parent}: another driver (pid {pid}) is running this study; "
@@ -142,15 +80,15 @@ class DriverLock:
 
     @staticmethod
     def holder(study_dir: Path) -> int | None:
-        """The pid of the live driver of ``study_dir``, or None."""
+        """The pid of the live driver of ``study_dir`` (-1 if unreadable), or None."""
         path = study_dir / LOCK_NAME
-        if not path.exists():
+        if not path.exists() and not path.is_symlink():
             return None
-        fd = os.open(path, os.O_RDONLY)
+        fd = open_fd(path, os.O_RDONLY)
         try:
             fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
         except BlockingIOError:
-            text = os.read(fd, 32).decode().strip()
+            text = os.read(fd, 32).decode(errors="replace").strip()
             return int(text) if text.isdigit() else -1
         finally:
             os.close(fd)
@@ -174,18 +112,26 @@ def run_study(
     data_root: Path,
     retry_failed: bool = False,
     progress: bool = True,
+    max_deaths: int = MAX_WORKER_DEATHS,
+    executor: Executor | None = None,
 ) -> int:
     """Sweep ``study`` to its end, resuming whatever ``results/<study>`` already holds.
 
+    Args:
+        executor: Where trials run; default a :class:`LocalExecutor` over ``pool``.
+
     Returns:
-        0 when every trial completed or diverged, 1 when any failed (tracebacks in the
-        database), 130 when stopped by Ctrl-C (running trials keep their last epoch).
+        0 when every trial completed or diverged; 1 when any failed (tracebacks in the
+        database) or waits for a kind of device the pool lacks; 130 when stopped by
+        Ctrl-C or SIGTERM (running trials keep their last finished epoch).
 
     Raises:
-        InputError: missing data, a live driver on the study, or a database made by a
-            study with other fixed settings. Nothing is written then.
+        InputError: missing or corrupt data, a results or study folder that is not a plain
+            folder (a file, a link, on /proc...), a live driver on the study, an unwritable
+            database, or one made by a study with other fixed settings. Nothing is written.
     """
     study_dir = results / study.name
+    check_study_dir(results, study_dir)
     ensure_mnist(data_root)
     Store.check_compatible(db_path(study_dir), study)
     grid = expand(study)
@@ -194,8 +140,16 @@ def run_study(
         previous = signal.signal(signal.SIGTERM, _stop)
         try:
             store.sync_study(study, grid, pool.slots)
-            sweep = _Sweep(study, grid, study_dir, store, pool, data_root, retry_failed, progress)
-            return sweep.run()
+            executor = executor or LocalExecutor(pool, initializer=init_worker)
+            sweep = _Sweep(study, grid, study_dir, store, pool, data_root, executor, max_deaths)
+            return sweep.run(retry_failed, progress)
+        except SQLAlchemyError as e:
+            reason = str(getattr(e, "orig", None) or e).splitlines()[0]
+            print(
+                f"vaegrid: the study database failed ({reason}); what was committed is kept: "
+                "run the same command again to continue"
+            )
+            return 1
         finally:
             signal.signal(signal.SIGTERM, previous)
             store.close()
@@ -207,6 +161,8 @@ def _stop(signum: int, frame: object) -> None:
 
 
 class _Sweep:
+    """One driver's pass over the study: the queue, the slots, the counts."""
+
     def __init__(
         self,
         study: Study,
@@ -215,62 +171,50 @@ class _Sweep:
         store: Store,
         pool: Pool,
         data_root: Path,
-        retry_failed: bool,
-        progress: bool,
+        executor: Executor,
+        max_deaths: int,
     ) -> None:
         self.study, self.study_dir, self.store, self.pool = study, study_dir, store, pool
         self.data_root = data_root.resolve()
+        self.executor, self.max_deaths = executor, max_deaths
         self.grid = {cfg.key: cfg for cfg in grid}
-        status = {t.key: t.status for t in store.trials() if t.key in self.grid}
-        redo = {PENDING, INTERRUPTED} | ({FAILED} if retry_failed else set())
-        self.queue = deque(k for k in self.grid if status[k] in redo)
-        self.counts = Counter(status[k] for k in self.grid if status[k] not in redo)
-        self.counts[PENDING] = len(self.queue)
+        self.bound = store.trial_devices()  # key -> the device kind it started on
         self.deaths: Counter[str] = Counter()
+        self.versions = tuple(sorted(provenance.versions().items()))
+
+    def run(self, retry_failed: bool, progress: bool) -> int:
+        status = {t.key: t.status for t in self.store.trials() if t.key in self.grid}
+        redo = {PENDING, INTERRUPTED} | ({FAILED} if retry_failed else set())
+        queue = [k for k in self.grid if status[k] in redo]
+        kinds = set(self.pool.kinds)
+        self.stranded = [k for k in queue if k in self.bound and self.bound[k] not in kinds]
+        self.queue = deque(k for k in queue if k not in self.stranded)
+        self.counts = Counter(status[k] for k in self.grid if status[k] not in redo)
+        self.counts[PENDING] = len(queue)
+        if not self.queue:
+            print(f"{self.study.name}: nothing to do: {summary(self.counts, len(self.grid))}")
+            return self._exit_code()
         self.bar = tqdm(
             total=len(self.grid),
-            initial=len(self.grid) - len(self.queue),
-            desc=study.name,
+            initial=len(self.grid) - len(queue),
+            desc=self.study.name,
             unit="trial",
             disable=not progress,
             dynamic_ncols=True,
         )
-
-    def _executor(self) -> Any:
-        return get_reusable_executor(
-            max_workers=self.pool.slots,
-            timeout=60,
-            initializer=init_worker,
-            env={
-                "OMP_NUM_THREADS": str(self.pool.threads),
-                "MKL_NUM_THREADS": str(self.pool.threads),
-            },
-        )
-
-    def run(self) -> int:
-        running: dict[Future[str], tuple[str, str]] = {}
-        free = dict.fromkeys(self.pool.devices, self.pool.per_device)
-        executor = self._executor()
+        running: dict[Future[str], tuple[str, Slot]] = {}
+        free = self.pool.slot_list()
         try:
             while self.queue or running:
-                while self.queue and max(free.values()) > 0:
-                    device = max(free, key=lambda d: free[d])  # the least busy device
-                    key = self.queue.popleft()
-                    running[self._submit(executor, key, device)] = (key, device)
-                    free[device] -= 1
-                    self._move(PENDING, RUNNING)
+                self._dispatch(free, running)
                 done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
                 for future in done:
-                    key, device = running.pop(future)
-                    free[device] += 1
-                    try:
-                        self._finished(key, future.result())
-                    except BrokenProcessPool as e:
-                        self._worker_died(key, e)
-                        executor = self._executor()
+                    key, slot = running.pop(future)
+                    free.append(slot)
+                    self._collect(key, slot, future)
                 self.bar.refresh()
         except KeyboardInterrupt:
-            executor.shutdown(wait=False, kill_workers=True)
+            self.executor.shutdown(kill=True)
             self.store.mark([k for k, _ in running.values()], INTERRUPTED)
             self.bar.close()
             print(
@@ -278,23 +222,73 @@ class _Sweep:
                 "run the same command again to continue"
             )
             return 130
+        self.executor.shutdown(kill=False)
         self.bar.close()
-        return 1 if self.counts[FAILED] else 0
+        return self._exit_code()
 
-    def _submit(self, executor: Any, key: str, device: str) -> Future[str]:
+    def _exit_code(self) -> int:
+        for kind, n in Counter(self.bound[k] for k in self.stranded).items():
+            print(
+                f"{n} trials started on {kind} and only continue on that kind of device; "
+                f"this pool has {', '.join(sorted(set(self.pool.kinds)))}: run again with "
+                "--devices naming such a device"
+            )
+        return 1 if self.counts[FAILED] or self.stranded else 0
+
+    def _dispatch(self, free: list[Slot], running: dict[Future[str], tuple[str, Slot]]) -> None:
+        """Fill free slots, least busy device first, each with the first queued trial that
+        may run there (a started trial only on the kind of device it started on)."""
+        busy = Counter(slot.device for _, slot in running.values())
+        candidates = list(free)
+        while candidates and self.queue:
+            slot = min(candidates, key=lambda s: (busy[s.device], s.device, s.index))
+            candidates.remove(slot)
+            kind = self.pool.kind(slot.device)
+            key = next((k for k in self.queue if self.bound.get(k, kind) == kind), None)
+            if key is None:
+                continue
+            self.queue.remove(key)
+            free.remove(slot)
+            busy[slot.device] += 1
+            self._move(PENDING, RUNNING)
+            try:
+                running[self._submit(key, slot)] = (key, slot)
+            except BrokenProcessPool as e:  # the slot's worker died while idle
+                free.append(slot)
+                self.executor.reset(slot)
+                self._worker_died(key, e)
+
+    def _submit(self, key: str, slot: Slot) -> Future[str]:
         cfg = self.grid[key]
         task = Task(
             config=cfg.to_json(),
             optuna_trial_id=self.store.start_trial(self.study, cfg),
-            device=device,
+            device=slot.device,
             threads=self.pool.threads,
             db=str(db_path(self.study_dir).resolve()),
             trial_dir=str(trial_dir(self.study_dir, key).resolve()),
             data_root=str(self.data_root),
             driver_pid=os.getpid(),
+            versions=self.versions,
         )
-        future: Future[str] = executor.submit(execute, task)
+        future: Future[str] = self.executor.submit(slot, execute, task)
         return future
+
+    def _collect(self, key: str, slot: Slot, future: Future[str]) -> None:
+        """A trial's future ended: its status, its worker's death, or an unrecorded error."""
+        try:
+            status = future.result()
+        except BrokenProcessPool as e:  # the worker process died (killed, out of memory)
+            self.executor.reset(slot)
+            self._worker_died(key, e)
+            return
+        except Exception as e:  # the worker could not even record its own failure
+            self.store.fail(key, "".join(traceback.format_exception(e)))
+            status = FAILED
+        if status not in FINAL:  # never expected; recorded rather than trusted
+            self.store.fail(key, f"worker returned status {status!r}")
+            status = FAILED
+        self._finished(key, status)
 
     def _finished(self, key: str, status: str) -> None:
         self._move(RUNNING, status)
@@ -318,10 +312,17 @@ class _Sweep:
         )
 
     def _worker_died(self, key: str, error: BaseException) -> None:
-        """A worker process died (killed, out of memory): resume the trial, or give up."""
+        """The worker running ``key`` died: the trial ended (if its end was committed first),
+        resumes, or after ``max_deaths`` deaths fails."""
+        self.bound = self.store.trial_devices()  # its first epoch may have bound it
+        status = self.store.status_of(key)
+        if status in FINAL:
+            self._finished(key, status)
+            return
         self.deaths[key] += 1
-        if self.deaths[key] >= MAX_WORKER_DEATHS:
-            self.store.mark([key], FAILED, f"worker process died {self.deaths[key]} times: {error}")
+        if self.deaths[key] >= self.max_deaths:
+            cause = f"worker process died {self.deaths[key]} times: {error}"
+            self.store.mark([key], FAILED, cause)
             self._finished(key, FAILED)
         else:
             self.store.mark([key], INTERRUPTED)
@@ -331,12 +332,12 @@ class _Sweep:
 
 def status_line(study_dir: Path) -> str:
     """``vaegrid status``: a study's progress read from its database, then one line per
-    running trial with its epoch and device.
+    running trial with its epoch and device. Opens the database read-only.
 
     Raises:
-        InputError: ``study_dir`` holds no study database.
+        InputError: ``study_dir`` holds no vaegrid study database.
     """
-    store = Store(existing_db(study_dir))
+    store = Store.reader(existing_db(study_dir))
     try:
         name, slots = store.study_row()
         trials = store.trials()
@@ -374,4 +375,4 @@ def _duration(seconds: float) -> str:
     return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
 
 
-__all__ = ["DriverLock", "Pool", "make_pool", "run_study", "status_line", "summary"]
+__all__ = ["DriverLock", "run_study", "status_line", "summary"]

@@ -15,6 +15,7 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid, save_image
 
 from vaegrid.model import VAE
+from vaegrid.paths import save_with
 
 SIDE = 28
 PAIRS = 32  # test digits shown beside their reconstructions
@@ -48,7 +49,7 @@ def curves(epochs: pd.DataFrame, ranking: pd.DataFrame, test: pd.DataFrame, path
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="upper right")
     fig.tight_layout()
-    fig.savefig(path)
+    save_with(path, fig.savefig, format="png")
     plt.close(fig)
 
 
@@ -62,7 +63,7 @@ def reconstructions(model: VAE, test_x: torch.Tensor, path: Path) -> None:
     for start in range(0, PAIRS, ROW):
         rows += [x[start : start + ROW], recon[start : start + ROW]]
     images = torch.cat(rows).reshape(-1, 1, SIDE, SIDE).cpu()
-    save_image(make_grid(images, nrow=ROW, pad_value=0.5), path)
+    save_with(path, save_image, make_grid(images, nrow=ROW, pad_value=0.5), format="png")
 
 
 @torch.inference_mode()
@@ -71,4 +72,4 @@ def samples(model: VAE, generator: torch.Generator, path: Path, n: int = 64) -> 
     device = next(model.parameters()).device
     z = torch.randn(n, model.latent, generator=generator, device=device)
     images = torch.sigmoid(model.decode(z)).reshape(-1, 1, SIDE, SIDE).cpu()
-    save_image(make_grid(images, nrow=8, pad_value=0.5), path)
+    save_with(path, save_image, make_grid(images, nrow=8, pad_value=0.5), format="png")

@@ -7,6 +7,7 @@ are ever evaluated on the test split, once each: their results are stored and re
 
 from __future__ import annotations
 
+import io
 import math
 import time
 from dataclasses import dataclass
@@ -18,14 +19,13 @@ import torch
 from vaegrid.data import load_splits
 from vaegrid.errors import InputError
 from vaegrid.model import VAE, importance_nll
+from vaegrid.paths import check_study_dir, ensure_dir, read_bytes, save_with, write_atomic
 from vaegrid.store import (
     COMPLETED,
     DIVERGED,
     FAILED,
     Store,
-    db_path,
     existing_db,
-    read_only,
     trial_dir,
 )
 from vaegrid.study import TrialConfig
@@ -72,49 +72,63 @@ def make_report(
             of range, or a winner's weights are missing. Nothing is written then.
     """
     started = time.perf_counter()
-    completed = _check(study_dir, top, nll_samples)
-    store = Store(db_path(study_dir))
+    check_study_dir(study_dir.parent, study_dir)
+    reader = Store.reader(existing_db(study_dir))  # nothing is written before every check
     try:
-        trials, epochs = store.frame("vg_trial"), store.frame("vg_epoch")
-        ranking = rank(trials, epochs)
-        winners = pick_winners(ranking, top)
-        keys = list(dict.fromkeys(winners["key"]))
-        config_json = trials.set_index("key")["config"]
-        configs = {k: TrialConfig.from_json(config_json[k]) for k in keys}
-        for key in keys:
-            if not (weights := trial_dir(study_dir, key) / WEIGHTS).is_file():
-                raise InputError(f"{weights}: a winner's weights are missing")
-        # The test split, for the winners only.
-        test_x = load_splits(data_root, configs[keys[0]].data, configs[keys[0]].seed, device).test
-        models = {k: _load_model(configs[k], study_dir, test_x.device) for k in keys}
-        stored = store.frame("vg_test").set_index("key")
-        todo = [
-            k for k in keys
-            if force or k not in stored.index or stored.loc[k, "nll_samples"] != nll_samples
-        ]  # fmt: skip
-        for key in todo:
-            store.save_test(_evaluate(configs[key], models[key], test_x, nll_samples))
-        tests = store.frame("vg_test").set_index("key").drop(columns="evaluated")
+        completed = _check(reader, study_dir, top, nll_samples)
+        configs_all = {t.key: t.config for t in reader.trials()}  # validated against keys
+        trials, epochs = reader.frame("vg_trial"), reader.frame("vg_epoch")
+        stored = reader.frame("vg_test").set_index("key")
+        runs = reader.runs()
     finally:
-        store.close()
+        reader.close()
+    ranking = rank(trials, epochs)
+    winners = pick_winners(ranking, top)
+    keys = list(dict.fromkeys(winners["key"]))
+    configs = {k: configs_all[k] for k in keys}
+    # The test split, for the winners only.
+    test_x = load_splits(data_root, configs[keys[0]].data, configs[keys[0]].seed, device).test
+    models = {k: _load_model(configs[k], study_dir, test_x.device) for k in keys}
+    todo = [
+        k for k in keys
+        if force or k not in stored.index or stored.loc[k, "nll_samples"] != nll_samples
+    ]  # fmt: skip
+    if todo:
+        store = Store(existing_db(study_dir))
+        try:
+            for key in todo:
+                store.save_test(_evaluate(configs[key], models[key], test_x, nll_samples))
+            tests = store.frame("vg_test").set_index("key").drop(columns="evaluated")
+        finally:
+            store.close()
+    else:
+        tests = stored.drop(columns="evaluated")
     test = winners.join(tests.add_prefix("test_"), on="key")
     test = test.rename(columns={"test_nll_samples": "nll_samples"})
     _write_tables(study_dir, ranking, epochs, trials, test)
     _draw(study_dir, epochs, ranking, test, models, configs, test_x)
     seconds = time.perf_counter() - started
-    (study_dir / "report.md").write_text(markdown(ranking, test, completed, seconds))
+    text = markdown(ranking, test, completed, seconds, _versions_used(runs))
+    write_atomic(study_dir / "report.md", text)
     return Report(study_dir, ranking, test, todo, seconds)
 
 
-def _check(study_dir: Path, top: int, nll_samples: int) -> int:
-    path = existing_db(study_dir)
-    try:
-        with read_only(path) as con:
-            (completed,) = con.execute(
-                "SELECT count(*) FROM vg_trial WHERE status = ?", (COMPLETED,)
-            ).fetchone()
-    except Exception as e:
-        raise InputError(f"{path}: not a vaegrid study database ({e})") from None
+def _versions_used(runs: list[dict[str, object]]) -> list[str]:
+    """Each distinct (device kind, host, versions) the study's runs computed with."""
+    seen: dict[str, int] = {}
+    for run in runs:
+        versions = run.get("versions")
+        if not isinstance(versions, dict):
+            continue
+        libs = ", ".join(f"{k} {v}" for k, v in sorted(versions.items()))
+        line = f"{run.get('device_kind')} on {run.get('host')}: {libs}"
+        seen[line] = seen.get(line, 0) + 1
+    return [f"- {n} runs: {line}" for line, n in seen.items()]
+
+
+def _check(reader: Store, study_dir: Path, top: int, nll_samples: int) -> int:
+    trials = reader.trials()
+    completed = sum(t.status == COMPLETED for t in trials)
     if completed == 0:
         raise InputError(f"{study_dir}: no completed trial to rank yet; run `vaegrid run` first")
     if not 1 <= top <= completed:
@@ -168,9 +182,19 @@ def pick_winners(ranking: pd.DataFrame, top: int) -> pd.DataFrame:
 
 
 def _load_model(cfg: TrialConfig, study_dir: Path, device: torch.device) -> VAE:
+    """A winner's final weights, refused in one line if they are not this config's model."""
     model = VAE(cfg.hidden, cfg.latent)
     path = trial_dir(study_dir, cfg.key) / WEIGHTS
-    model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    if not path.is_file():
+        raise InputError(f"{path}: a winner's weights are missing")
+    try:
+        state = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except InputError:
+        raise
+    except Exception as e:  # truncated, not a torch file, other shapes: all the same to a user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
     return model.to(device).eval()
 
 
@@ -193,11 +217,12 @@ def _write_tables(
     trials: pd.DataFrame,
     test: pd.DataFrame,
 ) -> None:
-    ranking.to_csv(study_dir / "ranking.csv", index=False)
+    save_with(study_dir / "ranking.csv", ranking.to_csv, index=False)
     long = epochs.merge(trials[["key", *PARAMS]], on="key")
     cols = ["key", *PARAMS, "epoch", "split", *METRICS, "seconds"]
-    long[cols].sort_values(["key", "epoch", "split"]).to_csv(study_dir / "epochs.csv", index=False)
-    test.to_csv(study_dir / "test.csv", index=False)
+    long = long[cols].sort_values(["key", "epoch", "split"])
+    save_with(study_dir / "epochs.csv", long.to_csv, index=False)
+    save_with(study_dir / "test.csv", test.to_csv, index=False)
 
 
 def _draw(
@@ -211,8 +236,7 @@ def _draw(
 ) -> None:
     from vaegrid import figures  # matplotlib loads only when pictures are drawn
 
-    folder = study_dir / FIGURES
-    folder.mkdir(exist_ok=True)
+    folder = ensure_dir(study_dir / FIGURES)
     figures.curves(epochs, ranking, test, folder / "curves.png")
     for key, model in models.items():
         figures.reconstructions(model, test_x, folder / f"{key}_reconstructions.png")
@@ -220,7 +244,13 @@ def _draw(
         figures.samples(model, g, folder / f"{key}_samples.png")
 
 
-def markdown(ranking: pd.DataFrame, test: pd.DataFrame, completed: int, seconds: float) -> str:
+def markdown(
+    ranking: pd.DataFrame,
+    test: pd.DataFrame,
+    completed: int,
+    seconds: float,
+    versions: list[str] | None = None,
+) -> str:
     """report.md: rankings, test table, figures, counts, and the seed study's conclusions."""
     counts = ranking["status"].value_counts()
     diverged, failed = counts.get(DIVERGED, 0), counts.get(FAILED, 0)
@@ -262,6 +292,16 @@ def markdown(ranking: pd.DataFrame, test: pd.DataFrame, completed: int, seconds:
             "",
         ]
     lines += ["## Against the seed study", "", *_seed_comparison(ranking, test), ""]
+    if versions:
+        lines += [
+            "## Computed with",
+            "",
+            "Numbers are bit-identical on one machine with one set of libraries, not across "
+            "CPUs, GPUs or torch releases; the runs of this study used:",
+            "",
+            *versions,
+            "",
+        ]
     return "\n".join(lines)
 
 

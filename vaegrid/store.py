@@ -7,23 +7,35 @@ tables (``vg_*``) hold what Optuna has no place for: per-epoch train and validat
 metrics, every run of a trial with its device and timing, test results.
 
 Concurrency: WAL journal (readers never block the writer), a 60 s busy timeout, and
-every transaction opened with ``BEGIN IMMEDIATE`` so a read-then-write never fails with
-"database is locked" when another worker committed in between (SQLite's
-SQLITE_BUSY_SNAPSHOT). Transactions are one epoch's rows at most.
+every write transaction opened with ``BEGIN IMMEDIATE`` so a read-then-write never fails
+with "database is locked" when another worker committed in between (SQLite's
+SQLITE_BUSY_SNAPSHOT). Reads take no write lock: ``Store.reader`` opens the file in
+SQLite's read-only mode and writes nothing, so ``status``, ``report`` and
+optuna-dashboard never block a sweep. Transactions are one epoch's rows at most.
+
+Consistency: vaegrid's tables are the truth and Optuna's ledger follows them. Every
+write of a trial's life goes to ``vg_*`` first, then to Optuna, and ``sync_study``
+repairs whatever a kill between the two left behind (an Optuna trial created but not
+recorded is adopted, one not finished is finished), so a resumed sweep never holds two
+Optuna trials for one key.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import resource
 import sqlite3
 import time
+import warnings
+from collections import defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
@@ -41,9 +53,12 @@ from sqlalchemy import (
     event,
     select,
 )
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
+from sqlalchemy.pool import NullPool
 
 from vaegrid.errors import InputError
+from vaegrid.paths import refuse_link
 from vaegrid.study import Study, TrialConfig
 
 if TYPE_CHECKING:  # the driver imports this module and never loads torch
@@ -64,6 +79,9 @@ PENDING, RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED = (
     "failed",
     "interrupted",
 )
+FINAL = frozenset({COMPLETED, DIVERGED, FAILED})  # a trial in one of these never runs again
+KEY_PATTERN = re.compile(r"[0-9a-f]{12}")  # TrialConfig.key: anything else is not ours
+METRIC_NAME = "val_elbo"  # what Optuna's value is, as optuna-dashboard shows it
 # Fixed, wide ranges rather than the grid's values: Optuna refuses a categorical whose
 # choices change, and a study's grid may grow between runs. Log scale suits all four.
 PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
@@ -113,6 +131,25 @@ class RunRow(Base):
     status: Mapped[str] = mapped_column(String, default=RUNNING)
     error: Mapped[str | None] = mapped_column(Text)  # traceback of a failed run
     max_rss_mb: Mapped[float | None] = mapped_column(Float)  # worker's peak resident memory so far
+
+
+class ProvenanceRow(Base):
+    """What a run computed with. A table of its own, so older study databases gain it."""
+
+    __tablename__ = "vg_provenance"
+    run_id: Mapped[int] = mapped_column(ForeignKey("vg_run.id"), primary_key=True)
+    device_kind: Mapped[str] = mapped_column(String)  # provenance.device_kind
+    host: Mapped[str] = mapped_column(String)
+    versions: Mapped[str] = mapped_column(Text)  # JSON: python, vaegrid, git, torch, cuda, ...
+    peak_device_mb: Mapped[float | None] = mapped_column(Float)  # CUDA: max allocated
+
+
+class TrialDeviceRow(Base):
+    """The kind of device a trial's first epoch ran on: it only ever continues on that kind."""
+
+    __tablename__ = "vg_trial_device"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    device_kind: Mapped[str] = mapped_column(String)
 
 
 class EpochRow(Base):
@@ -172,7 +209,7 @@ def existing_db(study_dir: Path) -> Path:
 
 
 def _harden(engine: Engine) -> Engine:
-    """WAL, busy timeout and BEGIN IMMEDIATE on every connection of ``engine``."""
+    """WAL, busy timeout and BEGIN IMMEDIATE on every connection of a writer's ``engine``."""
 
     @event.listens_for(engine, "connect")
     def _connect(dbapi: sqlite3.Connection, _record: object) -> None:
@@ -191,22 +228,66 @@ def _harden(engine: Engine) -> Engine:
 
 
 class Store:
-    """Read and write one study database (one process may hold one Store per file)."""
+    """Read and write one study database (one process may hold one Store per file).
 
-    def __init__(self, path: Path) -> None:
+    ``Store(path)`` is a writer: it creates missing tables. ``Store.reader(path)`` writes
+    nothing, takes no lock, and refuses a file that is not a vaegrid study.
+    """
+
+    def __init__(self, path: Path, *, readonly: bool = False) -> None:
         self.path = path
+        self.readonly = readonly
+        self._optuna: RDBStorage | None = None
+        refuse_link(path)
+        if readonly:
+            self.engine = create_engine(
+                "sqlite://", creator=lambda: _connect_read_only(path), poolclass=NullPool
+            )
+            return
         url = f"sqlite:///{path}"
         self.engine = _harden(create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S}))
-        Base.metadata.create_all(self.engine)
-        self.optuna = RDBStorage(url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}})
-        _harden(self.optuna.engine)
+        try:
+            Base.metadata.create_all(self.engine)
+        except SQLAlchemyError as e:
+            self.engine.dispose()
+            raise InputError(f"{path}: cannot write the study database ({_reason(e)})") from None
+
+    @classmethod
+    def reader(cls, path: Path) -> Store:
+        """A read-only view of an existing study database.
+
+        Raises:
+            InputError: ``path`` is missing, a link, or not a vaegrid study database.
+        """
+        store = cls(path, readonly=True)
+        try:
+            store.study_row()
+        except (SQLAlchemyError, InputError) as e:
+            store.close()
+            reason = e if isinstance(e, InputError) else _reason(e)
+            raise InputError(f"{path}: not a vaegrid study database ({reason})") from None
+        return store
+
+    @property
+    def optuna(self) -> RDBStorage:
+        """Optuna's storage on the same file, opened on first use (readers never need it)."""
+        assert not self.readonly, "a reader never writes Optuna's ledger"
+        if self._optuna is None:
+            url = f"sqlite:///{self.path}"
+            self._optuna = RDBStorage(
+                url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}}
+            )
+            _harden(self._optuna.engine)
+        return self._optuna
 
     def close(self) -> None:
         self.engine.dispose()
-        self.optuna.engine.dispose()
+        if self._optuna is not None:
+            self._optuna.engine.dispose()
 
     @contextmanager
     def session(self) -> Iterator[Session]:
+        """One transaction: committed at the end of the block, rolled back on any error."""
         with Session(self.engine) as s, s.begin():
             yield s
 
@@ -219,18 +300,35 @@ class Store:
         Raises:
             InputError: ``path`` is not a vaegrid study database, or its fixed settings differ.
         """
+        refuse_link(path)
         if not path.exists():
             return
+        if not path.is_file():
+            raise InputError(f"{path}: is not a file; expected a vaegrid study database")
         try:
             with read_only(path) as con:
                 row = con.execute("SELECT name, fingerprint FROM vg_study").fetchone()
-        except sqlite3.DatabaseError as e:
+        except sqlite3.Error as e:
             raise InputError(f"{path}: not a vaegrid study database ({e})") from None
         if row is not None:
             _refuse_mismatch(path, row[0], row[1], study)
 
     def sync_study(self, study: Study, trials: Sequence[TrialConfig], slots: int) -> None:
-        """Record the study and add the grid's new trials as pending (existing keys are kept)."""
+        """Record the study, add the grid's new trials as pending (existing keys are kept),
+        close what a dead driver left running, and bring Optuna's ledger in line.
+
+        Raises:
+            InputError: the stored study has other fixed settings, or the file is not
+                writable (read-only file or folder, full disk).
+        """
+        try:
+            self._sync(study, trials, slots)
+        except SQLAlchemyError as e:
+            raise InputError(
+                f"{self.path}: cannot write the study database ({_reason(e)})"
+            ) from None
+
+    def _sync(self, study: Study, trials: Sequence[TrialConfig], slots: int) -> None:
         with self.session() as s:
             stored = s.scalars(select(StudyRow)).first()
             if stored is not None:  # checked before the lock too; now under it
@@ -265,27 +363,67 @@ class Store:
                 run.status = INTERRUPTED
             for t in s.scalars(select(TrialRow).where(TrialRow.status == RUNNING)):
                 t.status = INTERRUPTED
-        optuna.create_study(
+        created = optuna.create_study(
             storage=self.optuna, study_name=study.name, direction="minimize", load_if_exists=True
         )
+        if created.metric_names != [METRIC_NAME]:
+            with warnings.catch_warnings():  # "experimental": the API, not our use of it
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                created.set_metric_names([METRIC_NAME])
+        self._reconcile_optuna(study.name)
+
+    def _reconcile_optuna(self, study_name: str) -> None:
+        """Repair what a kill between a ``vg_*`` write and its Optuna write left behind."""
+        study_id = self.optuna.get_study_id_from_name(study_name)
+        by_key: dict[str, list[FrozenTrial]] = defaultdict(list)
+        for t in self.optuna.get_all_trials(study_id, deepcopy=False):
+            by_key[str(t.user_attrs.get("key"))].append(t)
+        with self.session() as s:
+            rows = list(s.scalars(select(TrialRow)))
+            finals = {}
+            for row in rows:
+                ledger = {t._trial_id: t for t in by_key.get(row.key, [])}
+                current = ledger.get(row.optuna_trial_id) if row.optuna_trial_id else None
+                unfinished = [t for t in ledger.values() if not t.state.is_finished()]
+                if (
+                    row.status not in FINAL
+                    and unfinished
+                    and (current is None or current.state.is_finished())
+                ):
+                    row.optuna_trial_id = unfinished[-1]._trial_id  # created, never recorded
+                elif (
+                    row.status in FINAL and current is not None and not current.state.is_finished()
+                ):
+                    finals[row.key] = (row.status, row.cause)  # recorded, never finished
+        for key, (status, cause) in finals.items():
+            self._finish_optuna(key, status, cause)
 
     def trials(self) -> list[TrialInfo]:
-        """Every trial in the database."""
+        """Every trial in the database, each checked: a key of ours, a config that hashes to it.
+
+        Raises:
+            InputError: a row was edited by hand (or by anything but vaegrid).
+        """
         with self.session() as s:
             rows = s.scalars(select(TrialRow)).all()
             return [
-                TrialInfo(r.key, TrialConfig.from_json(r.config), r.status, r.epochs_done)
+                TrialInfo(r.key, _config(self.path, r.key, r.config), r.status, r.epochs_done)
                 for r in rows
             ]
 
+    def trial_devices(self) -> dict[str, str]:
+        """The device kind each started trial is bound to (see :class:`TrialDeviceRow`)."""
+        with self.session() as s:
+            return {r.key: r.device_kind for r in s.scalars(select(TrialDeviceRow))}
+
     def start_trial(self, study: Study, cfg: TrialConfig) -> int:
         """Mark a trial running and return its Optuna trial id (a new one if it has none
-        or its old one is finished, as for a retried failure)."""
+        or its old one failed, as for a retried failure)."""
         with self.session() as s:
             row = s.get(TrialRow, cfg.key)
             assert row is not None
             trial_id = row.optuna_trial_id
-        if trial_id is None or self.optuna.get_trial(trial_id).state.is_finished():
+        if trial_id is None or self.optuna.get_trial(trial_id).state == TrialState.FAIL:
             trial_id = self._new_optuna_trial(study, cfg)
         with self.session() as s:
             row = s.get(TrialRow, cfg.key)
@@ -311,31 +449,57 @@ class Store:
         return self.optuna.create_new_trial(study_id, template_trial=template)
 
     def mark(self, keys: Sequence[str], status: str, cause: str | None = None) -> None:
-        """Set the status of trials (and close their open runs) from the driver."""
+        """Set the status of running trials (and close their open runs) from the driver."""
+        changed = []
         with self.session() as s:
             for key in keys:
                 row = s.get(TrialRow, key)
                 if row is not None and row.status == RUNNING:
                     row.status, row.cause = status, cause
+                    changed.append(key)
                 for run in s.scalars(
                     select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)
                 ):
                     run.status, run.ended, run.error = status, time.time(), cause
-        if status == FAILED:
-            for key in keys:
-                self._finish_optuna(key, TrialState.FAIL, None, {"error": cause})
+        if status in FINAL:
+            for key in changed:
+                self._finish_optuna(key, status, cause)
+
+    def status_of(self, key: str) -> str:
+        with self.session() as s:
+            row = s.get(TrialRow, key)
+            assert row is not None
+            return row.status
 
     # -- the worker's side ---------------------------------------------------------------
 
-    def begin_run(self, key: str, device: str, worker: int) -> int:
+    def begin_run(
+        self, key: str, device: str, worker: int, kind: str, host: str, versions: dict[str, str]
+    ) -> int | None:
+        """Open a run of ``key`` with its provenance; None if the trial already ended (its
+        end was committed but the driver did not learn it: nothing to run)."""
         with self.session() as s:
+            trial = s.get(TrialRow, key)
+            assert trial is not None
+            if trial.status in FINAL:
+                return None
             run = RunRow(key=key, device=device, worker=worker, started=time.time(), status=RUNNING)
             s.add(run)
             s.flush()
+            s.add(
+                ProvenanceRow(
+                    run_id=run.id, device_kind=kind, host=host, versions=json.dumps(versions)
+                )
+            )
             return run.id
 
-    def record_epoch(self, key: str, optuna_trial_id: int, record: EpochRecord) -> None:
-        """Commit one epoch's train and validation rows (idempotent), then its Optuna value."""
+    def record_epoch(
+        self, key: str, optuna_trial_id: int, record: EpochRecord, kind: str | None = None
+    ) -> None:
+        """Commit one epoch's train and validation rows (idempotent), then its Optuna value.
+
+        The first epoch also binds the trial to ``kind``, the kind of device it runs on.
+        """
         with self.session() as s:
             for split, m in (("train", record.train), ("val", record.val)):
                 if s.get(EpochRow, (key, record.epoch, split)) is None:
@@ -355,29 +519,31 @@ class Store:
             if record.epoch > row.epochs_done:
                 row.epochs_done = record.epoch
                 row.seconds += record.seconds
+            if kind is not None and s.get(TrialDeviceRow, key) is None:
+                s.add(TrialDeviceRow(key=key, device_kind=kind))
         # A replayed epoch of a trial whose end Optuna already has is refused by Optuna itself:
         # no second read of the whole trial each epoch to check first.
         with suppress(UpdateFinishedTrialError):
             self.optuna.set_trial_intermediate_value(optuna_trial_id, record.epoch, record.val.elbo)
 
     def finish_run(
-        self, key: str, run_id: int, result: TrialResult | None, error: str | None
+        self,
+        key: str,
+        run_id: int,
+        result: TrialResult | None,
+        error: str | None,
+        peak_device_mb: float | None = None,
     ) -> str:
         """Record how a run ended: the trial's result, or the traceback of a crash."""
         status: str = FAILED
         cause_text: str | None = None
         epoch: int | None = None
         if result is None:
-            # The cause of a failure is the traceback's last line ("ValueError: ...").
-            cause_text = (error or "error").strip().splitlines()[-1]
+            cause_text = _cause(error)
         else:
             status, cause_text, epoch = result.status, result.cause, result.diverged_epoch
-        # Optuna first: if we die in between, the resumed run finds Optuna done and skips it.
-        if status == COMPLETED:
-            assert result is not None
-            self._finish_optuna(key, TrialState.COMPLETE, result.history[-1].val.elbo, {})
-        else:
-            self._finish_optuna(key, TrialState.FAIL, None, {"status": status, "cause": cause_text})
+        # vaegrid's tables first: they are the truth. A kill before the Optuna write below
+        # is repaired by the next driver's sync_study.
         with self.session() as s:
             row = s.get(TrialRow, key)
             assert row is not None
@@ -386,28 +552,60 @@ class Store:
             assert run is not None
             run.status, run.ended, run.error = status, time.time(), error
             run.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            prov = s.get(ProvenanceRow, run_id)
+            if prov is not None:
+                prov.peak_device_mb = peak_device_mb
+        self._finish_optuna(key, status, cause_text)
         return status
 
-    def _finish_optuna(
-        self, key: str, state: TrialState, value: float | None, attrs: dict[str, Any]
-    ) -> None:
+    def fail(self, key: str, error: str) -> None:
+        """The driver's record of a trial whose worker could not record its own end."""
+        with self.session() as s:
+            row = s.get(TrialRow, key)
+            assert row is not None
+            row.status, row.cause = FAILED, _cause(error)
+            for run in s.scalars(select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)):
+                run.status, run.ended, run.error = FAILED, time.time(), error
+        self._finish_optuna(key, FAILED, _cause(error))
+
+    def _finish_optuna(self, key: str, status: str, cause: str | None) -> None:
+        """Finish the trial's Optuna trial as vaegrid's tables say it ended."""
         with self.session() as s:
             row = s.get(TrialRow, key)
             trial_id = row.optuna_trial_id if row is not None else None
+            val = {
+                e.epoch: e.elbo
+                for e in s.scalars(
+                    select(EpochRow).where(EpochRow.key == key, EpochRow.split == "val")
+                )
+            }
         if trial_id is None or self.optuna.get_trial(trial_id).state.is_finished():
             return
-        for name, attr in attrs.items():
-            self.optuna.set_trial_user_attr(trial_id, name, attr)
-        self.optuna.set_trial_state_values(trial_id, state, None if value is None else [value])
+        if status == COMPLETED:
+            for epoch, elbo in val.items():  # idempotent: fills any a kill left out
+                self.optuna.set_trial_intermediate_value(trial_id, epoch, elbo)
+            self.optuna.set_trial_state_values(trial_id, TrialState.COMPLETE, [val[max(val)]])
+            return
+        self.optuna.set_trial_user_attr(trial_id, "status", status)
+        self.optuna.set_trial_user_attr(trial_id, "cause", cause)
+        self.optuna.set_trial_state_values(trial_id, TrialState.FAIL, None)
 
     # -- readers -------------------------------------------------------------------------
 
     def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first, with its provenance (device_kind, host, versions)."""
         with self.session() as s:
-            return [
-                {c.name: getattr(r, c.name) for c in RunRow.__table__.columns}
-                for r in s.scalars(select(RunRow).order_by(RunRow.id))
-            ]
+            prov = {p.run_id: p for p in s.scalars(select(ProvenanceRow))}
+            out = []
+            for r in s.scalars(select(RunRow).order_by(RunRow.id)):
+                row = {c.name: getattr(r, c.name) for c in RunRow.__table__.columns}
+                p = prov.get(r.id)
+                row["device_kind"] = p.device_kind if p else None
+                row["host"] = p.host if p else None
+                row["versions"] = _json_or_none(p.versions) if p else None
+                row["peak_device_mb"] = p.peak_device_mb if p else None
+                out.append(row)
+            return out
 
     def frame(self, table: str) -> pd.DataFrame:
         """A whole vaegrid table (``vg_trial``, ``vg_epoch``, ``vg_run``, ``vg_test``)."""
@@ -416,6 +614,8 @@ class Store:
         if table not in Base.metadata.tables:
             raise KeyError(table)
         with self.engine.connect() as con:
+            if not self.engine.dialect.has_table(con, table):  # an older database
+                return pd.DataFrame(columns=[c.name for c in Base.metadata.tables[table].columns])
             return pd.read_sql_table(table, con)
 
     def save_test(self, row: dict[str, Any]) -> None:
@@ -431,14 +631,60 @@ class Store:
             return row.name, row.slots
 
 
-@contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    """A connection that writes nothing, not even SQLite's -shm/-wal files where avoidable."""
+def _config(path: Path, key: str, text: str) -> TrialConfig:
+    """A stored trial's config, refused unless it is well-formed and hashes to its key."""
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise InputError(f"{path}: vg_trial holds a key {key!r} that vaegrid never makes")
+    try:
+        cfg = TrialConfig.from_json(text)
+        ok = cfg.key == key
+    except Exception as e:  # anything a hand-edited JSON can raise
+        raise InputError(f"{path}: trial {key}: stored config is not valid ({e})") from None
+    if not ok:
+        raise InputError(f"{path}: trial {key}: stored config does not hash to its key (edited?)")
+    return cfg
+
+
+def _cause(error: str | None) -> str:
+    """The cause of a failure: the traceback's last line ("ValueError: ...")."""
+    lines = (error or "error").strip().splitlines()
+    return lines[-1] if lines else "error"
+
+
+def _json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None
+
+
+def _reason(e: SQLAlchemyError) -> str:
+    """The database's own words ("attempt to write a readonly database"), not SQLAlchemy's."""
+    orig = getattr(e, "orig", None)
+    return str(orig or e).splitlines()[0]
+
+
+def _connect_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection that writes nothing, not even SQLite's -shm/-wal files
+    where avoidable (see :func:`read_only`)."""
+    refuse_link(path)
+    if not path.is_file():
+        raise sqlite3.OperationalError("no such file")
     # A cleanly closed WAL database has no -wal file: read it as immutable, which creates
-    # no -shm/-wal files either. After a crash the -wal holds commits: read through it.
+    # no -shm/-wal files either. After a crash, or while a sweep writes, the -wal holds
+    # commits: read through it.
     clean = not path.with_name(path.name + "-wal").exists()
     mode = "ro&immutable=1" if clean else "ro"
-    con = sqlite3.connect(f"file:{path}?mode={mode}", uri=True, timeout=BUSY_TIMEOUT_S)
+    uri = f"file:{quote(str(path.resolve()))}?mode={mode}"
+    con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+    return con
+
+
+@contextmanager
+def read_only(path: Path) -> Iterator[sqlite3.Connection]:
+    """A read-only connection to ``path`` (see :func:`_connect_read_only`)."""
+    con = _connect_read_only(path)
     try:
         yield con
     finally:

@@ -12,9 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -23,8 +23,11 @@ from typing import Any, Literal
 
 import torch
 
+from vaegrid import provenance
+from vaegrid.errors import InputError
 from vaegrid.model import VAE
-from vaegrid.study import TrialConfig
+from vaegrid.paths import ensure_dir, open_file, read_bytes, save_with, write_atomic
+from vaegrid.study import MODEL, TrialConfig
 
 CONFIG, CHECKPOINT, WEIGHTS, LOG = "config.json", "checkpoint.pt", "weights.pt", "log.txt"
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating a whole split
@@ -66,6 +69,20 @@ def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts, stable across processes and platforms."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
+
+
+def device_kind(device: torch.device) -> str:
+    """What a trial's numbers depend on besides its config: the device model and torch.
+
+    Two kinds of device (or two torch releases) give different floating-point results for
+    the same draws, so a trial is never continued on another kind than it started on.
+    """
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return provenance.device_kind(name)
+
+
+class DeviceMismatch(Exception):
+    """A checkpoint made on another kind of device (or torch) than the one resuming it."""
 
 
 def build_model(cfg: TrialConfig, device: torch.device | str) -> VAE:
@@ -117,19 +134,21 @@ def run_trial(
 
     Raises:
         ValueError: ``trial_dir`` holds another trial's files.
+        DeviceMismatch: its checkpoint was made on another kind of device or torch.
+        InputError: a file of the trial's folder is a symbolic link.
     """
-    trial_dir.mkdir(parents=True, exist_ok=True)
+    ensure_dir(trial_dir)
     _write_config(cfg, trial_dir)
     device = train_x.device
     model = build_model(cfg, device)
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
-    history = _restore(trial_dir, model, optimizer, device)
+    identity = {"key": cfg.key, "model": MODEL, "device": device_kind(device)}
+    history = _restore(trial_dir, model, optimizer, device, identity)
     for record in history:
         if on_epoch:
             on_epoch(record)
     val_seed = derive_seed(cfg.seed, "val")
-    log = (trial_dir / LOG).open("a", encoding="utf-8")
-    try:
+    with open_file(trial_dir / LOG, "a") as log:
         for epoch in range(len(history) + 1, cfg.train.epochs + 1):
             started = time.perf_counter()
             try:
@@ -142,7 +161,7 @@ def run_trial(
                 return TrialResult("diverged", history, f"{d} in epoch {epoch}", epoch)
             record = EpochRecord(epoch, train, val, time.perf_counter() - started)
             history.append(record)
-            _save_checkpoint(trial_dir, model, optimizer, history)
+            _save_checkpoint(trial_dir, model, optimizer, history, identity)
             log.write(
                 f"epoch {epoch}/{cfg.train.epochs} train elbo {train.elbo:.3f} val elbo "
                 f"{val.elbo:.3f} recon {val.recon:.3f} kl {val.kl:.3f} ({record.seconds:.2f}s)\n"
@@ -151,10 +170,8 @@ def run_trial(
             if on_epoch:
                 on_epoch(record)
         if not (trial_dir / WEIGHTS).exists():
-            _atomic_save(model.state_dict(), trial_dir / WEIGHTS)
+            save_with(trial_dir / WEIGHTS, torch.save, model.state_dict())
         return TrialResult("completed", history)
-    finally:
-        log.close()
 
 
 class _Diverged(Exception):
@@ -212,43 +229,65 @@ def _first_nonfinite(values: Sequence[torch.Tensor]) -> int | None:
 
 def _write_config(cfg: TrialConfig, trial_dir: Path) -> None:
     path = trial_dir / CONFIG
-    if path.exists():
-        if TrialConfig.from_json(path.read_text()).key != cfg.key:
+    if path.exists() or path.is_symlink():
+        try:
+            stored = TrialConfig.from_json(read_bytes(path).decode()).key
+        except (ValueError, TypeError, KeyError, UnicodeDecodeError):
+            stored = None  # unreadable: certainly not this trial's
+        if stored != cfg.key:
             raise ValueError(f"{trial_dir} holds another trial's files")
         return
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
 
 
 def _restore(
-    trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, device: torch.device
+    trial_dir: Path,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    device: torch.device,
+    identity: dict[str, str],
 ) -> list[EpochRecord]:
     path = trial_dir / CHECKPOINT
-    if not path.exists():
+    if not path.exists() and not path.is_symlink():
         return []
-    state = torch.load(path, map_location=device, weights_only=True)
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    return [_record(r) for r in state["history"]]
+    try:
+        state = torch.load(io.BytesIO(read_bytes(path)), map_location=device, weights_only=True)
+        stored = state["identity"]
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        history = [_record(r) for r in state["history"]]
+    except InputError:
+        raise
+    except Exception as e:  # truncated, not a checkpoint, another shape: never half-loaded
+        raise ValueError(f"{path}: not a readable checkpoint of this trial ({e})") from None
+    for field in ("key", "model", "device"):
+        if stored.get(field) != identity[field]:
+            if field == "device":
+                raise DeviceMismatch(
+                    f"{path} was made on {stored.get(field)}, this worker is {identity[field]}: "
+                    "a trial never continues on another kind of device or torch (its numbers "
+                    "would mix two computations); run it with --devices naming such a device"
+                )
+            raise ValueError(
+                f"{path}: made for {field} {stored.get(field)!r}, not {identity[field]!r}"
+            )
+    return history
 
 
 def _save_checkpoint(
-    trial_dir: Path, model: VAE, optimizer: torch.optim.Optimizer, history: list[EpochRecord]
+    trial_dir: Path,
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    history: list[EpochRecord],
+    identity: dict[str, str],
 ) -> None:
     state = {
+        "identity": identity,  # what it belongs to, checked on resume (as nanoGPT's config)
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "history": [dataclasses.asdict(r) for r in history],
     }
-    _atomic_save(state, trial_dir / CHECKPOINT)
-
-
-def _atomic_save(obj: Any, path: Path) -> None:
-    # Write then rename: a kill at any moment leaves the old file or the new one, never half.
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
+    save_with(trial_dir / CHECKPOINT, torch.save, state)
 
 
 def _record(raw: dict[str, Any]) -> EpochRecord:

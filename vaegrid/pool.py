@@ -1,0 +1,278 @@
+"""Where trials run: devices, slots, and the executors that run one trial per slot.
+
+A pool is N devices x K slots. The driver loop (driver.py) is written once over the small
+:class:`Executor` interface: submit a trial to a slot, learn when it ends, replace a slot
+whose worker died. :class:`LocalExecutor` gives every slot its own single-worker loky
+process pool (joblib's), started with ``CUDA_VISIBLE_DEVICES`` set to the slot's one GPU
+(or to nothing, for the CPU), so
+
+- a worker never opens a CUDA context, nor caches MNIST, on another device than its own;
+- a worker that dies (out of memory, segfault, ``kill -9``) breaks only its own pool, so
+  only the trial it was running is affected; the slot gets a fresh worker.
+
+Nothing here imports torch: CUDA devices are counted by a child process.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from vaegrid import provenance
+from vaegrid.errors import InputError
+
+# Peak resident memory of one worker on the seed study, measured: 1,306-1,338 MB (torch's
+# CUDA build 527 MB, libraries 200 MB, MNIST 220 MB plus loading). With a margin.
+WORKER_MEMORY_MB = 1400
+# A trial whose worker process dies this often (segfault, out of memory) is marked failed.
+MAX_WORKER_DEATHS = 2
+# CUDA trials share a GPU two at a time by default (each leaves it idle while it logs).
+CUDA_DEFAULT_K = 2
+# cuBLAS needs a fixed workspace to be deterministic (PyTorch "Reproducibility" notes).
+CUBLAS_WORKSPACE = ":4096:8"
+
+
+@dataclass(frozen=True)
+class Slot:
+    """One place a trial can run: a device and the index of one of its K workers."""
+
+    device: str  # "cpu" or "cuda:N"
+    index: int
+
+
+@dataclass(frozen=True)
+class Pool:
+    """Where trials run: each device takes at most ``per_device`` trials at once."""
+
+    devices: tuple[str, ...]  # "cpu" or "cuda:N", each once
+    per_device: int  # K
+    threads: int  # torch threads of each trial
+    kinds: tuple[str, ...] = ()  # provenance.device_kind of each device, same order
+    found: str = ""  # what `--devices auto` found, and why, for the user
+
+    @property
+    def slots(self) -> int:
+        return len(self.devices) * self.per_device
+
+    def slot_list(self) -> list[Slot]:
+        return [Slot(d, i) for d in self.devices for i in range(self.per_device)]
+
+    def kind(self, device: str) -> str:
+        return self.kinds[self.devices.index(device)]
+
+
+@dataclass(frozen=True)
+class CudaProbe:
+    """What a child process saw of CUDA."""
+
+    names: list[str] = field(default_factory=list)  # device names, by index
+    reason: str = ""  # why there are none (no CUDA build, no device, the probe failed)
+
+
+def probe_cuda() -> CudaProbe:
+    """Visible CUDA devices and their names, from a child process.
+
+    The driver never imports torch: it would cost it 500 MB of memory, and CUDA state in
+    a parent process is a hazard for its workers.
+    """
+    code = (
+        "import json, torch\n"
+        "n = torch.cuda.device_count() if torch.cuda.is_available() else 0\n"
+        "print(json.dumps({'names': [torch.cuda.get_device_name(i) for i in range(n)],"
+        " 'cuda': torch.version.cuda}))"
+    )
+    try:
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired) as e:
+        return CudaProbe(reason=f"the CUDA probe failed: {e}")
+    if out.returncode != 0:
+        last = (out.stderr.strip().splitlines() or ["no output"])[-1]
+        return CudaProbe(reason=f"the CUDA probe failed: {last}")
+    try:
+        seen = json.loads(out.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        return CudaProbe(reason="the CUDA probe printed nothing readable")
+    names = [str(n) for n in seen["names"]]
+    if names:
+        return CudaProbe(names)
+    if seen.get("cuda") is None:
+        return CudaProbe(reason="this torch is a CPU-only build")
+    return CudaProbe(reason=f"torch (CUDA {seen['cuda']}) sees no CUDA device")
+
+
+def memory_limit_mb() -> int:
+    """Memory this process may use: the machine's, or its cgroup's limit if lower."""
+    limits = [os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")]
+    for path in _cgroup_memory_files():
+        try:
+            text = path.read_text().strip()
+        except OSError:
+            continue
+        if text.isdigit():
+            limits.append(int(text))
+    return min(limits) // (1 << 20)
+
+
+def _cgroup_memory_files() -> list[Path]:
+    """cgroup v2 ``memory.max`` of this process's group and its ancestors, and v1's limit."""
+    files = [Path("/sys/fs/cgroup/memory/memory.limit_in_bytes")]
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return files
+    for line in lines:
+        if line.startswith("0::"):
+            group = Path("/sys/fs/cgroup") / line[3:].lstrip("/")
+            while True:
+                files.append(group / "memory.max")
+                if group == Path("/sys/fs/cgroup"):
+                    break
+                group = group.parent
+    return files
+
+
+def make_pool(
+    devices: str = "auto",
+    per_device: int | None = None,
+    *,
+    probe: CudaProbe | None = None,
+    memory_mb: int | None = None,
+    cores: int | None = None,
+) -> Pool:
+    """Resolve ``--devices`` and ``--workers-per-device`` into a pool.
+
+    ``auto`` is every visible CUDA device, else the CPU, and ``found`` says which and why.
+    On the CPU a trial runs on one thread (a trial's numbers depend on its thread count, so
+    fixing it keeps results identical whatever K is) and K defaults to the number of cores,
+    as far as memory allows :data:`WORKER_MEMORY_MB` per worker. On CUDA, K defaults to
+    :data:`CUDA_DEFAULT_K` and the cores are shared out as threads.
+
+    Args:
+        devices: ``auto``, ``cpu``, or a comma-separated list such as ``cuda:0,cuda:1``.
+        per_device: K, or None for the default.
+        probe, memory_mb, cores: what the machine has (measured when None).
+
+    Raises:
+        InputError: an unknown or unavailable device, a repeated one, K < 1, or more
+            workers than the memory this process may use can hold.
+    """
+    wants_cuda = devices == "auto" or "cuda" in devices
+    probe = probe if probe is not None else (probe_cuda() if wants_cuda else CudaProbe())
+    cores = cores or os.cpu_count() or 1
+    memory_mb = memory_mb or memory_limit_mb()
+    n_cuda = len(probe.names)
+    if devices == "auto":
+        names = tuple(f"cuda:{i}" for i in range(n_cuda)) or ("cpu",)
+        found = (
+            ", ".join(f"{n} ({probe.names[int(n[5:])]})" for n in names)
+            if n_cuda
+            else f"cpu ({probe.reason})"
+        )
+    else:
+        names = tuple(d.strip() for d in devices.split(","))
+        for name in names:
+            ok = name == "cpu" or (
+                name.startswith("cuda:") and name[5:].isdigit() and int(name[5:]) < n_cuda
+            )
+            if not ok:
+                visible = ", ".join(["cpu", *(f"cuda:{i}" for i in range(n_cuda))])
+                why = f" ({probe.reason})" if not n_cuda and probe.reason else ""
+                raise InputError(
+                    f"--devices: {name!r} is not a device here; visible: {visible}{why} (or auto)"
+                )
+        if len(set(names)) != len(names):
+            raise InputError(f"--devices: {devices!r} names a device twice")
+        found = ", ".join(names)
+    gpu = any(n.startswith("cuda") for n in names)
+    fit = max(1, memory_mb // WORKER_MEMORY_MB // len(names))  # workers per device memory holds
+    if per_device is None:
+        k = min(CUDA_DEFAULT_K if gpu else cores, fit)
+    elif per_device < 1:
+        raise InputError(
+            f"--workers-per-device: {per_device} is not allowed; expected an integer >= 1"
+        )
+    elif per_device > fit:
+        raise InputError(
+            f"--workers-per-device: {per_device} is not allowed; {per_device * len(names)} "
+            f"workers need about {per_device * len(names) * WORKER_MEMORY_MB:,} MB "
+            f"({WORKER_MEMORY_MB} MB each, measured) and this process may use {memory_mb:,} MB: "
+            f"at most {fit}"
+        )
+    else:
+        k = per_device
+    threads = max(1, cores // (len(names) * k)) if gpu else 1
+    kinds = tuple(
+        provenance.device_kind("cpu" if n == "cpu" else probe.names[int(n[5:])]) for n in names
+    )
+    return Pool(names, k, threads, kinds, found)
+
+
+class Executor(Protocol):
+    """Runs one trial per slot. The driver loop is the same for every implementation."""
+
+    def submit(self, slot: Slot, fn: Any, arg: Any) -> Future[Any]:
+        """Start ``fn(arg)`` on ``slot`` (which is free); the future ends when it returns."""
+        ...
+
+    def reset(self, slot: Slot) -> None:
+        """The slot's worker died: give the slot a fresh one."""
+        ...
+
+    def shutdown(self, kill: bool) -> None:
+        """Stop every worker (``kill``: at once, abandoning what they run)."""
+        ...
+
+
+class LocalExecutor:
+    """One single-worker loky process pool per slot, pinned to the slot's device."""
+
+    def __init__(self, pool: Pool, initializer: Any = None) -> None:
+        self.pool = pool
+        self.initializer = initializer
+        self._executors: dict[Slot, Any] = {}
+        # loky's resource tracker (started with the first pool) warns about "leaked
+        # semlock objects" when a killed driver's tracker cleans up: nothing a user can act
+        # on. It inherits this filter from the driver's environment.
+        os.environ.setdefault(
+            "PYTHONWARNINGS", "ignore::UserWarning:joblib.externals.loky.backend.resource_tracker"
+        )
+
+    def _env(self, slot: Slot) -> dict[str, str]:
+        threads = str(self.pool.threads)
+        return {
+            # A CPU worker sees no GPU at all; a CUDA worker sees only its own, as cuda:0.
+            "CUDA_VISIBLE_DEVICES": slot.device[5:] if slot.device.startswith("cuda:") else "",
+            "CUBLAS_WORKSPACE_CONFIG": CUBLAS_WORKSPACE,
+            "OMP_NUM_THREADS": threads,
+            "MKL_NUM_THREADS": threads,
+        }
+
+    def _executor(self, slot: Slot) -> Any:
+        if slot not in self._executors:
+            from joblib.externals.loky.process_executor import ProcessPoolExecutor
+
+            self._executors[slot] = ProcessPoolExecutor(
+                max_workers=1, initializer=self.initializer, env=self._env(slot)
+            )
+        return self._executors[slot]
+
+    def submit(self, slot: Slot, fn: Any, arg: Any) -> Future[Any]:
+        future: Future[Any] = self._executor(slot).submit(fn, arg)
+        return future
+
+    def reset(self, slot: Slot) -> None:
+        old = self._executors.pop(slot, None)
+        if old is not None:
+            old.shutdown(wait=False, kill_workers=True)
+
+    def shutdown(self, kill: bool) -> None:
+        for slot in list(self._executors):
+            self._executors.pop(slot).shutdown(wait=not kill, kill_workers=kill)
