@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from concurrent.futures import Future
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -82,3 +84,26 @@ def write_study(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+class InlineExecutor:
+    """An :class:`vaegrid.pool.Executor` that runs each trial in this process, at submit.
+
+    What a trial raises, a BaseException included, leaves through ``submit`` and so
+    through the driver: a test can crash any write of a trial's life in-process.
+    """
+
+    def __init__(self) -> None:
+        self.submitted: list[tuple[Any, Any]] = []  # (slot, task), in order
+
+    def submit(self, slot: Any, fn: Callable[[Any], Any], arg: Any) -> Future[Any]:
+        self.submitted.append((slot, arg))
+        future: Future[Any] = Future()
+        future.set_result(fn(arg))
+        return future
+
+    def reset(self, slot: Any) -> None:
+        pass
+
+    def shutdown(self, kill: bool) -> None:
+        pass

@@ -307,6 +307,8 @@ class Store:
             raise InputError(f"{path}: is not a file; expected a vaegrid study database")
         try:
             with read_only(path) as con:
+                if con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
+                    return  # empty: a first run killed before its tables were made
                 row = con.execute("SELECT name, fingerprint FROM vg_study").fetchone()
         except sqlite3.Error as e:
             raise InputError(f"{path}: not a vaegrid study database ({e})") from None

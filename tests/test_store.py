@@ -1,0 +1,246 @@
+"""The study database: crash safety at every write, read-only readers, hostile rows."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import shutil
+import sqlite3
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+import torch
+from conftest import InlineExecutor
+from sqlalchemy import Engine, event
+
+from vaegrid import worker
+from vaegrid.cli import main
+from vaegrid.driver import run_study
+from vaegrid.errors import InputError
+from vaegrid.pool import make_pool
+from vaegrid.store import Store
+from vaegrid.study import expand, load_study
+
+ONE_TRIAL = """
+name = "one"
+[data]
+fractions = [0.6, 0.2, 0.2]
+[train]
+epochs = 2
+batch_size = 100
+[grid]
+hidden = [16]
+latent = [2]
+lr = [1e-2]
+clip = [1.0]
+"""
+
+
+class Crash(BaseException):
+    """What kill -9 does to a process, in-process: nothing after it runs, no commit."""
+
+
+@pytest.fixture
+def one_thread() -> Iterator[None]:
+    threads = torch.get_num_threads()
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
+def commits() -> Iterator[dict[str, int]]:
+    """Counts every commit of every SQLAlchemy engine (vaegrid's and Optuna's) and raises
+    :class:`Crash` instead of the commit numbered ``crash_at``."""
+    state = {"seen": 0, "crash_at": 0}
+
+    def on_commit(conn: Any) -> None:
+        state["seen"] += 1
+        if state["seen"] == state["crash_at"]:
+            raise Crash
+
+    event.listen(Engine, "commit", on_commit)
+    yield state
+    event.remove(Engine, "commit", on_commit)
+
+
+def _sweep(study: Path, results: Path, data: Path) -> int:
+    """One driver, trials run in this process (so a Crash reaches any of their writes)."""
+    try:
+        pool = make_pool("cpu", 1)
+        return run_study(
+            load_study(study), results, pool, data, progress=False, executor=InlineExecutor()
+        )
+    finally:  # a dead process's connections die with it, committed or not
+        worker._STORES.clear()
+        for obj in gc.get_objects():
+            if type(obj) is sqlite3.Connection:
+                obj.close()  # rolls back what was not committed, as the kernel would
+
+
+def _ledger(db: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[str]]:
+    """(per-epoch rows, Optuna trials as (key, state, value, intermediates), vg statuses)."""
+    store = Store.reader(db)
+    try:
+        epochs = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
+        rows = list(epochs[["key", "epoch", "split", "elbo", "recon", "kl"]].itertuples(False))
+        statuses = [t.status for t in store.trials()]
+    finally:
+        store.close()
+    trials = optuna.load_study(study_name="one", storage=f"sqlite:///{db}").trials
+    ledger = [
+        (t.user_attrs["key"], t.state.name, t.value, t.intermediate_values) for t in trials
+    ]
+    return [tuple(r) for r in rows], ledger, statuses
+
+
+def test_a_crash_at_any_write_of_a_trial_resumes_to_one_optuna_trial_and_the_same_rows(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    commits: dict[str, int],
+    one_thread: None,
+) -> None:
+    study = write_study(ONE_TRIAL)
+    assert _sweep(study, tmp_path / "whole", mnist_root) == 0
+    total = commits["seen"]
+    want = _ledger(tmp_path / "whole" / "one" / "study.db")
+    (key,) = [t.key for t in expand(load_study(study))]
+    assert [k for k, *_ in want[1]] == [key] and want[2] == ["completed"]
+    assert total > 10  # the study, the trial's start, each epoch, its end: many write points
+    for n in range(1, total + 1):
+        results = tmp_path / f"crash{n}"
+        commits["crash_at"], commits["seen"] = n, 0
+        with pytest.raises(Crash):
+            _sweep(study, results, mnist_root)
+        commits["crash_at"] = 0
+        assert _sweep(study, results, mnist_root) == 0, f"resume after a crash at write {n}"
+        got = _ledger(results / "one" / "study.db")
+        assert got == want, f"after a crash at write {n} of {total}"
+        shutil.rmtree(results)
+
+
+def _foreign_db(path: Path) -> bytes:
+    con = sqlite3.connect(path)
+    con.execute("CREATE TABLE notes (id INTEGER PRIMARY KEY, text TEXT)")
+    con.execute("INSERT INTO notes (text) VALUES ('mine')")
+    con.commit()
+    con.close()
+    return path.read_bytes()
+
+
+def test_a_foreign_database_is_refused_byte_for_byte_unchanged(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study_dir = tmp_path / "r" / "tiny"
+    study_dir.mkdir(parents=True)
+    before = _foreign_db(study_dir / "study.db")
+    for argv in (
+        ["status", str(study_dir)],
+        ["report", str(study_dir), "--data-dir", str(mnist_root)],
+        ["run", str(write_study()), "--results", str(tmp_path / "r"), "--devices", "cpu",
+         "--data-dir", str(mnist_root)],
+    ):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert "not a vaegrid study database" in err and err.count("\n") == 1, err
+    assert (study_dir / "study.db").read_bytes() == before
+    assert sorted(p.name for p in study_dir.iterdir()) == ["study.db"]  # no -wal, -shm, lock
+
+
+def test_readers_never_wait_for_a_sweep_that_is_writing(
+    write_study: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = load_study(write_study())
+    study_dir = tmp_path / "r" / "tiny"
+    study_dir.mkdir(parents=True)
+    store = Store(study_dir / "study.db")
+    store.sync_study(study, expand(study), 1)
+    store.close()
+    writer = sqlite3.connect(study_dir / "study.db", isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # a worker in the middle of an epoch's commit
+    writer.execute("UPDATE vg_trial SET epochs_done = 1")
+    try:
+        started = time.perf_counter()
+        assert main(["status", str(study_dir)]) == 0
+        assert time.perf_counter() - started < 5  # the busy timeout is 60 s
+        assert "0/4 done" in capsys.readouterr().out
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+
+
+def test_hand_edited_rows_are_refused_in_one_line(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    path = write_study()
+    study = load_study(path)
+    study_dir = tmp_path / "r" / "tiny"
+    study_dir.mkdir(parents=True)
+    store = Store(study_dir / "study.db")
+    store.sync_study(study, expand(study), 1)
+    store.close()
+    key = expand(study)[0].key
+    edits = {
+        "not json": "{",
+        "json of another shape": json.dumps({"seed": 0}),
+        "a config of another trial": expand(study)[1].to_json(),
+        "a config that escapes": expand(study)[0].to_json().replace('"hidden": 32', '"hidden": "x"'),
+    }
+    for what, text in edits.items():
+        con = sqlite3.connect(study_dir / "study.db")
+        con.execute("UPDATE vg_trial SET config = ? WHERE key = ?", (text, key))
+        con.commit()
+        con.close()
+        with pytest.raises(InputError, match=f"trial {key}: stored config"):
+            Store.reader(study_dir / "study.db").trials()
+        for argv in (
+            ["status", str(study_dir)],
+            ["run", str(path), "--results", str(tmp_path / "r"), "--devices", "cpu",
+             "--data-dir", str(mnist_root)],
+        ):  # fmt: skip
+            assert main(argv) == 2, (what, argv)
+            err = capsys.readouterr().err
+            assert f"trial {key}: stored config" in err and err.count("\n") == 1, (what, err)
+    con = sqlite3.connect(study_dir / "study.db")
+    con.execute("UPDATE vg_trial SET key = '../../etc' WHERE key = ?", (key,))
+    con.commit()
+    con.close()
+    with pytest.raises(InputError, match="a key '../../etc' that vaegrid never makes"):
+        Store.reader(study_dir / "study.db").trials()
+
+
+def test_runs_record_provenance_and_optuna_names_the_objective(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path, one_thread: None
+) -> None:
+    study = write_study(ONE_TRIAL)
+    assert _sweep(study, tmp_path / "r", mnist_root) == 0
+    db = tmp_path / "r" / "one" / "study.db"
+    assert optuna.load_study(study_name="one", storage=f"sqlite:///{db}").metric_names == [
+        "val_elbo"
+    ]
+    store = Store.reader(db)
+    try:
+        (run,) = store.runs()
+        devices = store.trial_devices()
+    finally:
+        store.close()
+    versions = run["versions"]
+    assert versions["torch"] == torch.__version__.split("+")[0]
+    assert versions["cuda"] == (torch.version.cuda or "none")
+    assert {"python", "vaegrid", "torchvision", "optuna", "numpy"} <= set(versions)
+    assert run["host"] == os.uname().nodename
+    assert run["device_kind"] == f"cpu / torch {versions['torch']}"
+    assert devices == {run["key"]: run["device_kind"]}  # the trial is bound to that kind
+    report = (tmp_path / "r" / "one" / "trials" / run["key"] / "log.txt").read_text()
+    assert "epoch 2/2" in report
