@@ -1,7 +1,9 @@
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
@@ -10,7 +12,10 @@ from vaegrid.cli import main
 from vaegrid.errors import InputError
 from vaegrid.model import VAE
 from vaegrid.study import (
+    DataSpec,
     GridSpec,
+    TrainSpec,
+    TrialConfig,
     expand,
     load_study,
     parameter_count,
@@ -41,10 +46,59 @@ def test_keys_do_not_depend_on_the_order_of_values() -> None:
     assert sorted(t.key for t in expand(a)) == sorted(t.key for t in expand(b))  # type: ignore[arg-type]
 
 
-def test_keys_change_with_any_fixed_setting() -> None:
+BASE = TrialConfig(0, DataSpec(), TrainSpec(), 400, 100, 1e-3, 1.0)
+
+# One change of every setting a trial computes from: nested fields by their dotted name.
+CHANGED = {
+    "seed": replace(BASE, seed=1),
+    "data.dataset": replace(BASE, data=replace(BASE.data, dataset="emnist")),
+    "data.split": replace(BASE, data=replace(BASE.data, split="official")),
+    "data.fractions": replace(BASE, data=replace(BASE.data, fractions=(0.7, 0.15, 0.15))),
+    "data.limit": replace(BASE, data=replace(BASE.data, limit=6000)),
+    "train.epochs": replace(BASE, train=replace(BASE.train, epochs=3)),
+    "train.batch_size": replace(BASE, train=replace(BASE.train, batch_size=500)),
+    "train.optimizer": replace(BASE, train=replace(BASE.train, optimizer="sgd")),
+    "model": replace(BASE, model="linear-vae-2"),
+    "hidden": replace(BASE, hidden=600),
+    "latent": replace(BASE, latent=200),
+    "lr": replace(BASE, lr=3e-2),
+    "clip": replace(BASE, clip=2e-4),
+}
+
+
+def test_the_key_test_changes_every_field_of_a_trial_config() -> None:
+    # A field added to TrialConfig, DataSpec or TrainSpec must get its line in CHANGED.
+    nested = {"data": DataSpec, "train": TrainSpec}
+    names = set()
+    for f in fields(TrialConfig):
+        inner = nested.get(f.name)
+        names |= {f"{f.name}.{g.name}" for g in fields(inner)} if inner else {f.name}
+    assert set(CHANGED) == names
+
+
+@pytest.mark.parametrize("setting", CHANGED)
+def test_keys_change_with_any_setting(setting: str) -> None:
+    changed = CHANGED[setting]
+    assert changed != BASE and changed.key != BASE.key
+    others = {c.key for name, c in CHANGED.items() if name != setting}
+    assert changed.key not in others
+
+
+def test_keys_change_with_fixed_settings_of_a_study_file() -> None:
     base = {t.key for t in expand(parse({}))}  # type: ignore[arg-type]
     for raw in ({"seed": 1}, {"train": {"epochs": 3}}, {"data": {"fractions": [0.7, 0.15, 0.15]}}):
         assert base.isdisjoint(t.key for t in expand(parse(raw)))  # type: ignore[arg-type]
+
+
+def test_keys_of_the_shipped_studies_are_unchanged() -> None:
+    # Hashes of every key, as computed before the bounds were added: results stay findable.
+    for name, first, digest in (
+        ("seed", "9cb346a38c3c", "25897f9f8b92ba1b"),
+        ("smoke", "c63f23748277", "f774e0e7eab0c3f8"),
+    ):
+        keys = [t.key for t in expand(load_study(STUDIES / f"{name}.toml"))]
+        assert keys[0] == first
+        assert hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16] == digest
 
 
 def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
