@@ -1,13 +1,17 @@
 from __future__ import annotations
 
+import errno
 import os
+from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from conftest import N_TEST, N_TRAIN
+from conftest import N_TEST, N_TRAIN, make_mnist, write_idx
 
-from vaegrid.data import _CACHE, data_dir, load_splits
+from vaegrid.cli import main
+from vaegrid.data import _CACHE, check_limit, check_mnist, data_dir, ensure_mnist, load_splits
 from vaegrid.errors import InputError
 from vaegrid.study import DataSpec
 
@@ -90,3 +94,188 @@ def test_real_mnist_holdout_is_56000_7000_7000() -> None:
     assert (len(s.train), len(s.val), len(s.test)) == (56_000, 7_000, 7_000)
     pool_mean = (s.train.sum() + s.val.sum() + s.test.sum()) / (70_000 * 784)
     assert abs(float(pool_mean) * 255 - 33.3) < 0.5  # MNIST's mean pixel, both files together
+
+
+# -- the IDX files: checked from their headers and sizes, once, before any trial ------------
+
+RAW = Path("MNIST") / "raw"
+
+
+def small_mnist(tmp_path: Path) -> Path:
+    """A throwaway copy to corrupt: 20 training and 5 test synthetic images."""
+    return make_mnist(tmp_path / "data", n_train=20, n_test=5)
+
+
+def rewrite(path: Path, edit: Callable[[bytearray], bytes | bytearray]) -> None:
+    path.write_bytes(edit(bytearray(path.read_bytes())))
+
+
+def set_byte(index: int, value: int) -> Callable[[bytearray], bytearray]:
+    def edit(data: bytearray) -> bytearray:
+        data[index] = value
+        return data
+
+    return edit
+
+
+def replace_with_dir(path: Path) -> None:
+    path.unlink()
+    path.mkdir()
+
+
+def replace_with_loop(path: Path) -> None:
+    path.unlink()
+    path.symlink_to(path.name)  # a link to itself: stat() fails with ELOOP
+
+
+CORRUPTIONS = {
+    "truncated": (
+        "train-images-idx3-ubyte",
+        lambda p: rewrite(p, lambda d: d[:-1]),
+        r"15695 bytes, expected 15696 \(the 16-byte header, then 20 x 28 x 28 bytes\): "
+        r"the file is truncated or padded",
+    ),
+    "padded": (
+        "t10k-labels-idx1-ubyte",
+        lambda p: rewrite(p, lambda d: d + b"\0"),
+        r"14 bytes, expected 13 \(the 8-byte header, then 5 bytes\): the file is truncated or",
+    ),
+    "gzip, not extracted": (
+        "train-images-idx3-ubyte",
+        lambda p: rewrite(p, lambda d: b"\x1f\x8b" + d[2:]),
+        r"not an IDX file: magic number 0x1f8b0803, expected 0x00000803",
+    ),
+    "float pixels": (
+        "t10k-images-idx3-ubyte",
+        lambda p: rewrite(p, set_byte(2, 0x0D)),
+        r"IDX type code 0x0d in magic number 0x00000d03, expected 0x08 \(unsigned byte\)",
+    ),
+    "labels with 3 dimensions": (
+        "train-labels-idx1-ubyte",
+        lambda p: rewrite(p, set_byte(3, 3)),
+        r"3 dimensions in magic number 0x00000803, expected 1 \(labels\)",
+    ),
+    "27 x 28 images": (
+        "train-images-idx3-ubyte",
+        lambda p: write_idx(p, np.zeros((20, 27, 28))),
+        r"images of 27x28 pixels, expected 28x28",
+    ),
+    "no images": (
+        "t10k-images-idx3-ubyte",
+        lambda p: write_idx(p, np.zeros((0, 28, 28))),
+        r"0 images, expected at least 1",
+    ),
+    "a label short": (
+        "train-labels-idx1-ubyte",
+        lambda p: write_idx(p, np.zeros(19)),
+        r"19 labels, expected 20, one for each image of train-images-idx3-ubyte",
+    ),
+    "empty": (
+        "t10k-labels-idx1-ubyte",
+        lambda p: p.write_bytes(b""),
+        r"0 bytes, shorter than its 8-byte IDX header",
+    ),
+    "a directory": (
+        "t10k-images-idx3-ubyte",
+        replace_with_dir,
+        r"a directory, expected an MNIST IDX file",
+    ),
+    "a link to itself": (
+        "train-labels-idx1-ubyte",
+        replace_with_loop,
+        r"cannot read MNIST file: Too many levels of symbolic links",
+    ),
+    "missing": ("t10k-labels-idx1-ubyte", lambda p: p.unlink(), r"MNIST file not found"),
+}
+
+
+def test_a_sound_set_passes_and_gives_its_image_counts(tmp_path: Path, mnist_root: Path) -> None:
+    assert check_mnist(small_mnist(tmp_path)) == (20, 5)
+    assert check_mnist(mnist_root) == (N_TRAIN, N_TEST)
+    assert ensure_mnist(mnist_root, DataSpec(limit=N_TRAIN + N_TEST)) == (N_TRAIN, N_TEST)
+
+
+@pytest.mark.parametrize("corruption", CORRUPTIONS)
+def test_a_corrupt_idx_file_is_refused_naming_it(tmp_path: Path, corruption: str) -> None:
+    file, corrupt, message = CORRUPTIONS[corruption]
+    root = small_mnist(tmp_path)
+    corrupt(root / RAW / file)
+    path = str(root / RAW / file).replace(".", r"\.")
+    with pytest.raises(InputError, match=f"^{path}: {message}") as caught:
+        check_mnist(root)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unreadable_file_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    root = small_mnist(tmp_path)
+    path = root / RAW / "train-labels-idx1-ubyte"
+    path.chmod(0)
+    if os.geteuid() == 0:  # root reads whatever the mode says: make open() refuse as it would
+
+        def refusing(file: Path, *args: object, **kwargs: object) -> object:
+            if Path(file) == path:
+                raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
+            return open(file, *args, **kwargs)  # type: ignore[call-overload]
+
+        monkeypatch.setattr("vaegrid.data.open", refusing, raising=False)
+    with pytest.raises(InputError, match=r"idx1-ubyte: cannot read MNIST file: Permission denied"):
+        check_mnist(root)
+
+
+def no_download(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torchvision.datasets
+
+    def offline(*args: object, **kwargs: object) -> None:
+        raise OSError("no network")
+
+    monkeypatch.setattr(torchvision.datasets.MNIST, "download", offline)
+
+
+@pytest.mark.parametrize("corruption", ["truncated", "a directory"])
+def test_ensure_mnist_refuses_corrupt_files_in_place_without_downloading(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, corruption: str
+) -> None:
+    no_download(monkeypatch)  # a download attempt would fail with "could not be downloaded"
+    file, corrupt, message = CORRUPTIONS[corruption]
+    root = small_mnist(tmp_path)
+    corrupt(root / RAW / file)
+    with pytest.raises(InputError, match=f"{file}: {message}"):
+        ensure_mnist(root)
+    with pytest.raises(InputError, match=f"{file}: {message}"):
+        load_splits(root, DataSpec(), seed=0, device="cpu")
+
+
+def test_cli_run_refuses_corrupt_data_with_exit_2_before_writing(
+    tmp_path: Path,
+    write_study: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    root = small_mnist(tmp_path)
+    rewrite(root / RAW / "t10k-images-idx3-ubyte", lambda d: d[:-100])
+    results = tmp_path / "results"
+    argv = ["run", str(write_study()), "--data-dir", str(root), "--results", str(results)]
+    assert main([*argv, "--devices", "cpu", "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "t10k-images-idx3-ubyte: 3836 bytes, expected 3936" in err
+    assert not results.exists()
+
+
+def test_a_limit_beyond_the_images_found_is_refused(tmp_path: Path, mnist_root: Path) -> None:
+    pool = N_TRAIN + N_TEST
+    raw = str(mnist_root / RAW).replace(".", r"\.")
+    message = rf"^data\.limit = {pool + 1} exceeds the {pool} images found in {raw}; expected at"
+    with pytest.raises(InputError, match=message):
+        check_limit(DataSpec(limit=pool + 1), (N_TRAIN, N_TEST), mnist_root)
+    check_limit(DataSpec(limit=pool), (N_TRAIN, N_TEST), mnist_root)
+    check_limit(DataSpec(limit=0), (N_TRAIN, N_TEST), mnist_root)
+    with pytest.raises(InputError, match=message):
+        ensure_mnist(mnist_root, DataSpec(limit=pool + 1))
+    with pytest.raises(InputError, match=message):  # it was silently cut to the pool
+        load_splits(mnist_root, DataSpec(limit=pool + 1), seed=0, device="cpu")
+
+
+def test_the_checks_leave_the_data_folder_as_it_was(tmp_path: Path) -> None:
+    root = small_mnist(tmp_path)
+    before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
+    ensure_mnist(root, DataSpec(limit=25))
+    assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before

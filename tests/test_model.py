@@ -2,9 +2,11 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F
 
-from vaegrid.model import VAE, loss_terms
+from vaegrid.model import VAE, importance_nll, loss_terms
 
 
 def test_loss_matches_a_hand_computation() -> None:
@@ -35,8 +37,63 @@ def test_heads_are_plain_linear_so_mu_can_be_negative_and_sigma_small() -> None:
     assert isinstance(model.mu, torch.nn.Linear) and isinstance(model.logvar, torch.nn.Linear)
 
 
-def test_forward_gives_per_image_terms() -> None:
-    model = VAE(hidden=16, latent=4)
-    terms = model(torch.rand(5, 784), torch.zeros(5, 4))
+def prior_encoder_and_constant_decoder(hidden: int = 16, latent: int = 4) -> VAE:
+    """A VAE with q(z|x) = N(0, I) for every x and logits that do not depend on z."""
+    torch.manual_seed(0)
+    model = VAE(hidden, latent)
+    with torch.no_grad():
+        for head in (model.mu, model.logvar):
+            head.weight.zero_()
+            head.bias.zero_()
+        model.decoder[0].weight.zero_()  # its bias, BatchNorm and last layer still shape x
+    return model.eval()  # BatchNorm on its running statistics: no image depends on another
+
+
+def test_forward_terms_of_a_batch_are_each_images_own() -> None:
+    torch.manual_seed(0)
+    model = VAE(hidden=16, latent=4).double().eval()
+    x = torch.rand(5, 784, dtype=torch.float64)
+    eps = torch.randn(5, 4, dtype=torch.float64)
+    terms = model(x, eps)
     assert terms.recon.shape == terms.kl.shape == (5,)
-    assert (terms.kl >= 0).all() and (terms.recon > 0).all()
+    for i in range(5):
+        alone = model(x[i : i + 1], eps[i : i + 1])
+        assert torch.allclose(alone.recon, terms.recon[i], rtol=1e-12, atol=0)
+        assert torch.allclose(alone.kl, terms.kl[i], rtol=1e-12, atol=0)
+
+
+def test_forward_samples_z_from_q_and_decodes_it() -> None:
+    # recon is the Bernoulli NLL of x under the decoder at z = mu + sigma * eps, by hand.
+    torch.manual_seed(0)
+    model = VAE(hidden=16, latent=4).double().eval()
+    x = torch.rand(5, 784, dtype=torch.float64)
+    eps = torch.randn(5, 4, dtype=torch.float64)
+    terms = model(x, eps)
+    mu, logvar = model.encode(x)
+    p = torch.sigmoid(model.decode(mu + torch.exp(0.5 * logvar) * eps))
+    recon = -(x * torch.log(p) + (1 - x) * torch.log(1 - p)).sum(dim=1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(dim=1)
+    assert torch.allclose(terms.recon, recon, rtol=1e-10, atol=0)
+    assert torch.allclose(terms.kl, kl, rtol=1e-10, atol=0)
+    assert not torch.allclose(model(x, torch.zeros_like(eps)).recon, terms.recon)  # eps is used
+
+
+def test_kl_is_exactly_zero_when_q_is_the_prior() -> None:
+    model = prior_encoder_and_constant_decoder()
+    terms = model(torch.rand(3, 784), torch.randn(3, 4))
+    assert torch.equal(terms.kl, torch.zeros(3))
+
+
+@pytest.mark.parametrize("k", [1, 7, 100])
+def test_importance_nll_is_exact_when_q_is_the_prior_and_the_decoder_ignores_z(k: int) -> None:
+    # Every importance weight p(x|z) p(z) / q(z|x) is then p(x), so for every k the estimate
+    # logsumexp(k weights) - log k is exactly log p(x) = -BCE(x, logits): it tests the - log k.
+    model = prior_encoder_and_constant_decoder()
+    x = torch.rand(6, 784)
+    logits = model.decode(torch.zeros(1, 4)).expand_as(x)
+    exact = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
+    assert exact.min() > 100  # a real likelihood, far from the log k of a dropped term
+    nll = importance_nll(model, x, k, torch.Generator().manual_seed(k))
+    assert torch.allclose(nll, exact, rtol=0, atol=1e-3)
+    elbo = model(x, torch.randn(6, 4)).elbo  # and the ELBO is exact too: KL = 0
+    assert torch.allclose(elbo, exact, rtol=0, atol=1e-3)

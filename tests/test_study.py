@@ -1,13 +1,27 @@
 from __future__ import annotations
 
+import hashlib
+import time
 from collections.abc import Callable
+from dataclasses import fields, replace
 from pathlib import Path
 
 import pytest
 
 from vaegrid.cli import main
 from vaegrid.errors import InputError
-from vaegrid.study import GridSpec, expand, load_study, parse_study, split_sizes
+from vaegrid.model import VAE
+from vaegrid.study import (
+    DataSpec,
+    GridSpec,
+    TrainSpec,
+    TrialConfig,
+    expand,
+    load_study,
+    parameter_count,
+    parse_study,
+    split_sizes,
+)
 
 STUDIES = Path(__file__).parent.parent / "studies"
 
@@ -32,10 +46,59 @@ def test_keys_do_not_depend_on_the_order_of_values() -> None:
     assert sorted(t.key for t in expand(a)) == sorted(t.key for t in expand(b))  # type: ignore[arg-type]
 
 
-def test_keys_change_with_any_fixed_setting() -> None:
+BASE = TrialConfig(0, DataSpec(), TrainSpec(), 400, 100, 1e-3, 1.0)
+
+# One change of every setting a trial computes from: nested fields by their dotted name.
+CHANGED = {
+    "seed": replace(BASE, seed=1),
+    "data.dataset": replace(BASE, data=replace(BASE.data, dataset="emnist")),
+    "data.split": replace(BASE, data=replace(BASE.data, split="official")),
+    "data.fractions": replace(BASE, data=replace(BASE.data, fractions=(0.7, 0.15, 0.15))),
+    "data.limit": replace(BASE, data=replace(BASE.data, limit=6000)),
+    "train.epochs": replace(BASE, train=replace(BASE.train, epochs=3)),
+    "train.batch_size": replace(BASE, train=replace(BASE.train, batch_size=500)),
+    "train.optimizer": replace(BASE, train=replace(BASE.train, optimizer="sgd")),
+    "model": replace(BASE, model="linear-vae-2"),
+    "hidden": replace(BASE, hidden=600),
+    "latent": replace(BASE, latent=200),
+    "lr": replace(BASE, lr=3e-2),
+    "clip": replace(BASE, clip=2e-4),
+}
+
+
+def test_the_key_test_changes_every_field_of_a_trial_config() -> None:
+    # A field added to TrialConfig, DataSpec or TrainSpec must get its line in CHANGED.
+    nested = {"data": DataSpec, "train": TrainSpec}
+    names = set()
+    for f in fields(TrialConfig):
+        inner = nested.get(f.name)
+        names |= {f"{f.name}.{g.name}" for g in fields(inner)} if inner else {f.name}
+    assert set(CHANGED) == names
+
+
+@pytest.mark.parametrize("setting", CHANGED)
+def test_keys_change_with_any_setting(setting: str) -> None:
+    changed = CHANGED[setting]
+    assert changed != BASE and changed.key != BASE.key
+    others = {c.key for name, c in CHANGED.items() if name != setting}
+    assert changed.key not in others
+
+
+def test_keys_change_with_fixed_settings_of_a_study_file() -> None:
     base = {t.key for t in expand(parse({}))}  # type: ignore[arg-type]
     for raw in ({"seed": 1}, {"train": {"epochs": 3}}, {"data": {"fractions": [0.7, 0.15, 0.15]}}):
         assert base.isdisjoint(t.key for t in expand(parse(raw)))  # type: ignore[arg-type]
+
+
+def test_keys_of_the_shipped_studies_are_unchanged() -> None:
+    # Hashes of every key, as computed before the bounds were added: results stay findable.
+    for name, first, digest in (
+        ("seed", "9cb346a38c3c", "25897f9f8b92ba1b"),
+        ("smoke", "c63f23748277", "f774e0e7eab0c3f8"),
+    ):
+        keys = [t.key for t in expand(load_study(STUDIES / f"{name}.toml"))]
+        assert keys[0] == first
+        assert hashlib.sha256(" ".join(keys).encode()).hexdigest()[:16] == digest
 
 
 def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
@@ -165,3 +228,202 @@ def test_cli_missing_file_and_bad_arguments_exit_2(
     assert main(["run", str(STUDIES / "smoke.toml"), "--devices", "tpu:0"]) == 2
     assert "'tpu:0' is not a device here; visible: cpu" in capsys.readouterr().err
     assert not (tmp_path / "results").exists()
+
+
+# -- bounds: every value from outside is refused beyond what later stages can take -------
+
+FOLDER_NAME = r"expected a folder name of at most 100 characters: a letter or digit, then"
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"seed": 2**63}, r"seed = 9223372036854775808 .* an integer >= 0 and < 2\*\*63"),
+        ({"seed": 2**64}, r"seed = 18446744073709551616 .* an integer of at most 64 bits"),
+        ({"seed": 10**400}, r"seed = <an integer of 1329 bits> .* at most 64 bits"),
+        ({"data": {"limit": 2**70}}, r"data\.limit = 1180591620717411303424 .* 64 bits"),
+        ({"data": {"fractions": [10**30, 0.1, 0.1]}}, r"data\.fractions = 10{30} .* 64 bits"),
+        ({"grid": {"lr": [10**400]}}, r"grid\.lr = <an integer of 1329 bits> .* 64 bits"),
+        ({"grid": {"hidden": [-(2**64)]}}, r"grid\.hidden = -18446744073709551616 .* 64 bits"),
+        ({"bogus": {"x": 2**64}}, r"bogus\.x = 18446744073709551616 .* 64 bits"),
+        ({"data": {"fractions": [2**63, 0.1, 0.1]}}, r"data\.fractions = .* three numbers"),
+        ({"grid": {"lr": [2**63]}}, r"grid\.lr = 9223372036854775808 .* from 1e-12 to 1e\+06"),
+        ({"name": "."}, r'name = "\." .* ' + FOLDER_NAME),
+        ({"name": ".."}, r'name = "\.\." .* ' + FOLDER_NAME),
+        ({"name": ".hidden"}, r'name = "\.hidden"'),
+        ({"name": "a/b"}, r'name = "a/b"'),
+        ({"name": ""}, r'name = ""'),
+        ({"name": "a" * 101}, r'name = "a{101}" .* at most 100 characters'),
+        ({"name": "caf\u00e9"}, r'name = "caf\\u00e9"'),
+        ({"name": "a\nb"}, r'name = "a\\nb"'),
+        ({"name": 7}, r"name = 7 is not allowed"),
+        ({"description": 5}, r"description = 5 .* a string of at most 10000 characters"),
+        ({"description": "x" * 10_001}, r'description = "x{199}\.\.\. \(10003 characters\) is not'),
+        ({"train": {"epochs": 10_001}}, r"train\.epochs = 10001 .* a positive integer up to 10000"),
+        ({"data": {"limit": 70_001}}, r"data\.limit = 70001 .* at most 70000, the images of MNIST"),
+        ({"grid": {"hidden": [16_385]}}, r"grid\.hidden = 16385 .* integers from 1 to 16384"),
+        ({"grid": {"latent": [4_097]}}, r"grid\.latent = 4097 .* integers from 1 to 4096"),
+        ({"grid": {"lr": [1e-13]}}, r"grid\.lr = 1e-13 .* numbers from 1e-12 to 1e\+06"),
+        ({"grid": {"lr": [2e6]}}, r"grid\.lr = 2000000\.0 .* from 1e-12 to 1e\+06"),
+        ({"grid": {"lr": [float("inf")]}}, r"grid\.lr = inf .* positive numbers"),
+        ({"grid": {"clip": [1e-13]}}, r"grid\.clip = 1e-13 .* from 1e-12 to 1e\+12"),
+        ({"grid": {"clip": [2e12]}}, r"grid\.clip = 2000000000000\.0 .* from 1e-12 to 1e\+12"),
+        (
+            {"grid": {"hidden": list(range(1, 1002))}},
+            r"grid\.hidden = \[1, 2, .*\.\.\. \(\d+ characters\) .* at most 1000 of them",
+        ),
+        (
+            {"grid": {"hidden": list(range(1, 12)), "latent": list(range(1, 1001))}},
+            r"grid = 11 x 1000 x 3 x 2 .* = 66000 trials is not allowed; expected at most 10000",
+        ),
+        (
+            {"grid": {"hidden": [400, 8_000], "latent": [10, 2_000]}},
+            r"grid\.hidden = 8000 with grid\.latent = 2000 gives a VAE of 60596784 parameters; "
+            r"expected at most 50000000",
+        ),
+        ({"a" * 20: {"b": 1}, "x\ny": 1}, r"unknown key 'a{20}'"),
+        ({"x\ny": 1}, r"""unknown key '"x\\ny"'"""),
+    ],
+)
+def test_validator_refuses_values_beyond_the_bounds(raw: dict, match: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InputError, match=r"^s\.toml: " + match) as caught:
+        parse(raw)
+    assert "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [
+        {"seed": 2**63 - 1, "name": "a" * 100, "description": "x" * 10_000},
+        {"name": "0.v1_final-B"},
+        {"train": {"epochs": 10_000}},
+        {"data": {"limit": 70_000}},
+        {"grid": {"lr": [1e-12, 1e6], "clip": [1e-12, 1e12, 1]}},
+        {"grid": {"hidden": [16_384], "latent": [1]}},
+        {"grid": {"hidden": [1], "latent": [4_096]}},
+        {
+            "grid": {
+                "hidden": [*range(1, 11)],
+                "latent": [*range(1, 501)],
+                "lr": [1, 2],
+                "clip": [1],
+            }
+        },
+        {"grid": {"hidden": [*range(1, 1001)], "latent": [*range(1, 11)], "lr": [1], "clip": [1]}},
+    ],
+)
+def test_validator_accepts_values_at_the_bounds(raw: dict) -> None:  # type: ignore[type-arg]
+    assert 1 <= len(expand(parse(raw))) <= 10_000  # type: ignore[arg-type]
+
+
+def test_the_grid_size_is_refused_before_the_grid_is_expanded() -> None:
+    # 10**12 trials: expanding them would exhaust memory long before an answer.
+    values = {
+        "hidden": list(range(1, 1001)),
+        "latent": list(range(1, 1001)),
+        "lr": [i * 1e-3 for i in range(1, 1001)],
+        "clip": [i * 1e-3 for i in range(1, 1001)],
+    }
+    start = time.perf_counter()
+    with pytest.raises(InputError, match=r"grid = 1000 x 1000 x 1000 x 1000 .* 10{12} trials"):
+        parse({"grid": values})
+    assert time.perf_counter() - start < 1.0
+
+
+@pytest.mark.parametrize(("hidden", "latent"), [(1, 1), (32, 4), (400, 100), (800, 400)])
+def test_parameter_count_is_the_models(hidden: int, latent: int) -> None:
+    model = VAE(hidden, latent)
+    assert parameter_count(hidden, latent) == sum(p.numel() for p in model.parameters())
+
+
+def nested_dict(depth: int) -> dict:  # type: ignore[type-arg]
+    """{"a": {"a": ... {"a": 1}}}, built without recursion."""
+    inner: dict = {"a": 1}  # type: ignore[type-arg]
+    for _ in range(depth - 1):
+        inner = {"a": inner}
+    return inner
+
+
+def test_validator_refuses_nesting_deeper_than_any_study_needs() -> None:
+    with pytest.raises(InputError, match=r"^s\.toml: grid\.a\.a\.a\.a\.a\.a\.a\.a is nested too"):
+        parse({"grid": nested_dict(100_000)})
+    with pytest.raises(InputError, match=r"^s\.toml: data\.fractions is nested too deeply"):
+        parse({"data": {"fractions": [[[[[[[[[[1]]]]]]]]]]}})
+
+
+# -- the file itself: bytes, size, encoding, TOML that tomllib cannot take -----------------
+
+TOO_DEEP = r"not valid TOML for a study: nested too deeply; expected tables and lists"
+
+
+def test_a_utf8_byte_order_mark_is_accepted(write_study: Callable[..., Path]) -> None:
+    path = write_study()
+    path.write_bytes(b"\xef\xbb\xbf" + path.read_bytes())
+    study = load_study(path)
+    assert study.name == "tiny" and len(expand(study)) == 4
+
+
+def test_a_study_file_of_exactly_1_mib_is_read(write_study: Callable[..., Path]) -> None:
+    path = write_study()
+    text = path.read_bytes()
+    path.write_bytes(text + b"#" * ((1 << 20) - len(text)))
+    assert load_study(path).name == "tiny"
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        (b"seed = 0\nname = 'ab\xffc'\n", r"not UTF-8 text \(byte 19\); expected a TOML file"),
+        (b"\xef\xbb\xbfseed = 0\n\x80", r"not UTF-8 text \(byte 12\)"),
+        (b"\xff\xfes\x00e\x00", r"not UTF-8 text \(byte 0\)"),  # UTF-16
+        (b"#" * (1 << 20) + b"\n", r"study file is larger than 1048576 bytes \(1 MiB\)"),
+        (
+            b"a = " + b"[" * 5000 + b"]" * 5000,
+            TOO_DEEP,
+        ),
+        (
+            b"a = " + b"{b = " * 5000 + b"1" + b"}" * 5000,
+            TOO_DEEP,
+        ),
+        (b"[grid.a" + b".a" * 20 + b"]\nx = 1\n", r"grid\.a\.a\.a\.a\.a\.a\.a\.a is nested too"),
+        (b"a" + b".a" * 50_000 + b" = 1\n", r"line 1 holds 50000 '\.' characters; expected at"),
+        (b"seed = " + b"1" * 5000, r"not valid TOML for a study: an integer has too many digits"),
+        (b"seed = 0x" + b"f" * 5000, r"seed = <an integer of 20000 bits> .* at most 64 bits"),
+        (b"seed = 18446744073709551616\n", r"seed = 18446744073709551616 .* at most 64 bits"),
+        (
+            b"[data]\nfractions = [" + b"9" * 400 + b", 0.1, 0.1]",
+            r"data\.fractions = <an integer of 1329",
+        ),
+        (b"[grid]\nlr = [1" + b"0" * 400 + b"]", r"grid\.lr = <an integer of 1329 bits>"),
+    ],
+)
+def test_hostile_study_files_are_one_line_and_exit_2(
+    write_study: Callable[..., Path],
+    capsys: pytest.CaptureFixture[str],
+    content: bytes,
+    message: str,
+) -> None:
+    path = write_study("")
+    path.write_bytes(content)
+    start = time.perf_counter()
+    with pytest.raises(InputError, match="^" + str(path).replace(".", r"\.") + ": " + message):
+        load_study(path)
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"vaegrid: error: {path}: ")
+    assert time.perf_counter() - start < 2.0  # refused before tomllib takes its time
+
+
+def test_a_name_from_the_file_name_says_how_to_set_one(
+    write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_study("seed = 0\n", file="...toml")  # its stem is ".."
+    with pytest.raises(
+        InputError,
+        match=r'name = "\.\." .* \(this name comes from the file name; a name = "\.\.\." key',
+    ):
+        load_study(path)
+    assert main(["plan", str(path)]) == 2
+    assert 'a name = "..." key sets another' in capsys.readouterr().err
+    path.write_text('name = "dots"\n')
+    assert load_study(path).name == "dots"

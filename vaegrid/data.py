@@ -10,7 +10,10 @@ folder with ``ensure_mnist`` and must stay small (it never holds a tensor).
 
 from __future__ import annotations
 
+import math
 import os
+import stat
+import struct
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -28,6 +31,9 @@ RAW_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 PIXELS = 28 * 28
+IMAGE_SHAPE = (28, 28)
+# IDX type code of unsigned bytes, the only one MNIST uses (http://yann.lecun.com/exdb/mnist/).
+IDX_UBYTE = 0x08
 
 
 @dataclass(frozen=True)
@@ -44,15 +50,38 @@ def data_dir(arg: str | os.PathLike[str] | None = None) -> Path:
     return Path(arg or os.environ.get("VAEGRID_DATA") or "data")
 
 
-def ensure_mnist(root: Path) -> None:
-    """Make sure the four MNIST IDX files are under ``root/MNIST/raw``, downloading if possible.
+def ensure_mnist(root: Path, spec: DataSpec | None = None) -> tuple[int, int]:
+    """Make sure the four MNIST IDX files are under ``root/MNIST/raw`` and sound.
+
+    Downloads them when any is missing, then checks every file's header and size
+    (:func:`check_mnist`) and, given ``spec``, that its ``limit`` fits the images found
+    (:func:`check_limit`). Reads no pixels: the sweep driver calls it once, before any
+    trial starts, so bad data is refused once rather than by every trial.
+
+    Args:
+        root: The MNIST root (``--data-dir``).
+        spec: The study's data settings, to check against the files; None checks the files.
+
+    Returns:
+        The number of training and of test images.
 
     Raises:
-        InputError: they are missing and could not be downloaded.
+        InputError: files are missing and could not be downloaded, a file is not an MNIST
+            IDX file of the right size, or ``spec.limit`` exceeds the images found.
     """
     raw = root / "MNIST" / "raw"
-    if all((raw / f).is_file() for f in RAW_FILES):
-        return
+    # Any path there, even a directory or a truncated file, is checked rather than downloaded
+    # again: check_mnist says what is wrong with it.
+    if not all((raw / f).exists() for f in RAW_FILES):
+        _download(root)
+    counts = check_mnist(root)
+    if spec is not None:
+        check_limit(spec, counts, root)
+    return counts
+
+
+def _download(root: Path) -> None:
+    raw = root / "MNIST" / "raw"
     missing = [p for p in (root, root / "MNIST", raw) if not p.exists()]
     try:
         _mnist(root, train=True)
@@ -66,6 +95,114 @@ def ensure_mnist(root: Path) -> None:
             f"put {', '.join(RAW_FILES)} there, or point --data-dir / VAEGRID_DATA at a folder "
             "that has MNIST/raw/"
         ) from None
+
+
+def check_mnist(root: Path) -> tuple[int, int]:
+    """Check the four MNIST IDX files under ``root/MNIST/raw`` from their headers and sizes.
+
+    Each must be an IDX file of unsigned bytes (magic 0x00000803 for images, 0x00000801
+    for labels), images N x 28 x 28 with N >= 1, exactly as long as its header says (so
+    a truncated or padded file is refused), with one label per image. Any number of
+    images is accepted: tests use small synthetic files.
+
+    Args:
+        root: The MNIST root (``--data-dir``).
+
+    Returns:
+        The number of training and of test images.
+
+    Raises:
+        InputError: naming the file, what was found and what was expected.
+    """
+    raw = root / "MNIST" / "raw"
+    counts = []
+    for prefix in ("train", "t10k"):
+        images_file = raw / f"{prefix}-images-idx3-ubyte"
+        labels_file = raw / f"{prefix}-labels-idx1-ubyte"
+        n_images = _idx_count(images_file, IMAGE_SHAPE, "images")
+        n_labels = _idx_count(labels_file, (), "labels")
+        if n_labels != n_images:
+            raise InputError(
+                f"{labels_file}: {n_labels} labels, expected {n_images}, one for each image "
+                f"of {images_file.name}"
+            )
+        counts.append(n_images)
+    return counts[0], counts[1]
+
+
+def check_limit(spec: DataSpec, counts: tuple[int, int], root: Path) -> None:
+    """Refuse a ``data.limit`` larger than the pool of images actually found.
+
+    Without it the pool is silently cut short while the trial key records the nominal limit.
+
+    Args:
+        spec: The study's data settings.
+        counts: Training and test images found, as :func:`check_mnist` returns them.
+        root: The MNIST root, to name in the message.
+
+    Raises:
+        InputError: ``spec.limit`` exceeds the images of both files together.
+    """
+    pool = counts[0] + counts[1]
+    if spec.limit > pool:
+        raise InputError(
+            f"data.limit = {spec.limit} exceeds the {pool} images found in "
+            f"{root / 'MNIST' / 'raw'}; expected at most {pool}, or 0 for all"
+        )
+
+
+def _idx_count(path: Path, item_shape: tuple[int, ...], what: str) -> int:
+    """The item count of an IDX file of unsigned bytes with items of ``item_shape``."""
+    ndim = 1 + len(item_shape)
+    header_size = 4 + 4 * ndim  # magic, then one big-endian uint32 per dimension
+    header, size = _read_header(path, header_size)
+    if len(header) < header_size:
+        raise InputError(f"{path}: {size} bytes, shorter than its {header_size}-byte IDX header")
+    magic = f"0x{header[:4].hex()}"
+    expected_magic = f"0x0000{IDX_UBYTE:02x}{ndim:02x}"
+    if header[:2] != b"\0\0":
+        raise InputError(
+            f"{path}: not an IDX file: magic number {magic}, expected {expected_magic}"
+        )
+    if header[2] != IDX_UBYTE:
+        raise InputError(
+            f"{path}: IDX type code 0x{header[2]:02x} in magic number {magic}, "
+            f"expected 0x{IDX_UBYTE:02x} (unsigned byte)"
+        )
+    if header[3] != ndim:
+        raise InputError(
+            f"{path}: {header[3]} dimensions in magic number {magic}, expected {ndim} ({what})"
+        )
+    dims = struct.unpack(f">{ndim}I", header[4:])
+    if dims[1:] != item_shape:
+        found, wanted = "x".join(map(str, dims[1:])), "x".join(map(str, item_shape))
+        raise InputError(f"{path}: {what} of {found} pixels, expected {wanted}")
+    if dims[0] < 1:
+        raise InputError(f"{path}: 0 {what}, expected at least 1")
+    expected = header_size + math.prod(dims)
+    if size != expected:
+        shape = " x ".join(map(str, dims))
+        raise InputError(
+            f"{path}: {size} bytes, expected {expected} (the {header_size}-byte header, then "
+            f"{shape} bytes): the file is truncated or padded"
+        )
+    return int(dims[0])
+
+
+def _read_header(path: Path, header_size: int) -> tuple[bytes, int]:
+    """The first ``header_size`` bytes of a regular file, and its size."""
+    try:
+        info = os.stat(path)
+        if not stat.S_ISREG(info.st_mode):
+            kind = "a directory" if stat.S_ISDIR(info.st_mode) else "not a regular file"
+            raise InputError(f"{path}: {kind}, expected an MNIST IDX file")
+        with open(path, "rb") as f:
+            return f.read(header_size), info.st_size
+    except FileNotFoundError:
+        raise InputError(f"{path}: MNIST file not found") from None
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise InputError(f"{path}: cannot read MNIST file: {reason}") from None
 
 
 def _mnist(root: Path, train: bool) -> torch.Tensor:
@@ -87,13 +224,14 @@ def load_splits(root: Path, spec: DataSpec, seed: int, device: str | torch.devic
     The same on every run and every worker.
 
     Raises:
-        InputError: the MNIST files are missing and cannot be downloaded.
+        InputError: the MNIST files are missing and cannot be downloaded, are not sound
+            (:func:`check_mnist`), or hold fewer images than ``spec.limit``.
     """
     import torch
 
     cache_key = (str(root.resolve()), spec, seed, str(torch.device(device)))
     if cache_key not in _CACHE:
-        ensure_mnist(root)
+        ensure_mnist(root, spec)
         splits = _split(_mnist(root, True), _mnist(root, False), spec, seed)
         _CACHE[cache_key] = Splits(*(s.to(device) for s in splits))
     return _CACHE[cache_key]

@@ -8,16 +8,18 @@ file, the key, the value and what is allowed.
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import itertools
 import json
 import math
+import re
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from vaegrid.errors import InputError
 
@@ -30,6 +32,50 @@ MNIST_TEST_IMAGES = 10_000
 SPLITS = ("holdout", "official")
 DATASETS = ("mnist",)
 OPTIMIZERS = ("adam",)
+
+# Bounds on a study file. Everything in it comes from outside: each bound keeps a bad
+# value from crashing, exhausting or silently misleading a later stage.
+
+# Largest study file read: a study is a few lines of TOML; read at most this + 1 byte.
+STUDY_FILE_MAX_BYTES = 1 << 20
+# Most '.' on one line: tomllib's time grows with the square of a dotted key's length
+# (50,000 parts: 40 s); 1,000 grid values of one dot each still fit.
+DOTS_PER_LINE_MAX = 2_000
+# Deepest nesting of tables and lists: a study needs 2 ([data] fractions = [...]).
+NESTING_MAX = 8
+# Integers anywhere in the file hold at most this many bits (sign apart).
+INT_BITS_MAX = 64
+# seed: 0 <= seed < SEED_END (torch and numpy take 64-bit seeds; SQLite stores signed ones).
+SEED_END = 2**63
+# name: a plain folder name under the results folder (no "/", not ".", "..", ".hidden").
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# name: at most this many characters.
+NAME_MAX_CHARS = 100
+# description: a string of at most this many characters.
+DESCRIPTION_MAX_CHARS = 10_000
+# grid.hidden: widths 1..HIDDEN_MAX.
+HIDDEN_MAX = 16_384
+# grid.latent: latent dimensions 1..LATENT_MAX.
+LATENT_MAX = 4_096
+# grid.lr: learning rates in this closed range (Optuna's stored distribution, store.py).
+LR_RANGE = (1e-12, 1e6)
+# grid.clip: gradient-norm limits in this closed range (Optuna's stored distribution).
+CLIP_RANGE = (1e-12, 1e12)
+# Each grid list holds at most this many values.
+GRID_VALUES_MAX = 1_000
+# The grid holds at most this many trials (product of the list lengths).
+TRIALS_MAX = 10_000
+# Every (hidden, latent) pair gives a VAE of at most this many parameters (200 MB float32).
+MODEL_PARAMETERS_MAX = 50_000_000
+# train.epochs: 1..EPOCHS_MAX.
+EPOCHS_MAX = 10_000
+# data.limit: 0 (all) or up to the MNIST pool, 60,000 + 10,000 images.
+LIMIT_MAX = MNIST_TRAIN_IMAGES + MNIST_TEST_IMAGES
+# Longest value quoted in a message: a 1 MiB value would not be one readable line.
+SHOWN_MAX_CHARS = 200
+
+# Pixels per MNIST image; data.PIXELS too (data imports study, not the reverse).
+_PIXELS = 28 * 28
 
 
 @dataclass(frozen=True)
@@ -148,30 +194,97 @@ def expand(study: Study) -> list[TrialConfig]:
     ]
 
 
+def parameter_count(hidden: int, latent: int, pixels: int = _PIXELS) -> int:
+    """Trainable parameters of ``model.VAE(hidden, latent)``, without building it.
+
+    Encoder Linear(P, H) + BatchNorm(H), heads 2 x Linear(H, Z), decoder Linear(Z, H) +
+    BatchNorm(H) + Linear(H, P); a BatchNorm has a weight and a bias per feature.
+
+    Args:
+        hidden: Width H of the hidden layers.
+        latent: Dimension Z of the latent code.
+        pixels: Pixels P per image.
+
+    Returns:
+        The number of parameters (running statistics of BatchNorm are buffers, not counted).
+    """
+    encoder = pixels * hidden + hidden + 2 * hidden
+    heads = 2 * (hidden * latent + latent)
+    decoder = latent * hidden + hidden + 2 * hidden + hidden * pixels + pixels
+    return encoder + heads + decoder
+
+
 def load_study(path: str | Path) -> Study:
     """Read and validate a study file.
 
     Args:
-        path: A TOML study file.
+        path: A TOML study file, UTF-8 (with or without a byte order mark), at most 1 MiB.
 
     Returns:
         The validated study.
 
     Raises:
-        InputError: the file is missing, is not TOML, or holds an unknown key or bad value.
+        InputError: the file is missing, unreadable, too large, not UTF-8, not TOML, nested
+            too deeply, or holds an unknown key or bad value.
     """
     path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise InputError(f"{path}: study file not found") from None
-    except OSError as e:
-        raise InputError(f"{path}: cannot read study file: {e.strerror}") from None
+    text = _read_text(path)
+    _check_lines(path, text)
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:
         raise InputError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per level of [ or {
+        raise InputError(
+            f"{path}: not valid TOML for a study: nested too deeply; "
+            f"expected tables and lists at most {NESTING_MAX} deep"
+        ) from None
+    except ValueError:  # tomllib lets int() refuse a literal of over 4300 digits itself
+        raise InputError(
+            f"{path}: not valid TOML for a study: an integer has too many digits; "
+            f"expected integers of at most {INT_BITS_MAX} bits"
+        ) from None
     return parse_study(raw, source=str(path), default_name=path.stem)
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: at most STUDY_FILE_MAX_BYTES of UTF-8, a leading BOM dropped."""
+    try:
+        with path.open("rb") as f:
+            # One byte more than allowed tells "too large" without reading a huge file.
+            data = f.read(STUDY_FILE_MAX_BYTES + 1)
+    except FileNotFoundError:
+        raise InputError(f"{path}: study file not found") from None
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise InputError(f"{path}: cannot read study file: {reason}") from None
+    if len(data) > STUDY_FILE_MAX_BYTES:
+        raise InputError(
+            f"{path}: study file is larger than {STUDY_FILE_MAX_BYTES} bytes (1 MiB); "
+            "expected a few lines of TOML"
+        )
+    # Editors on Windows save UTF-8 with a BOM; tomllib would call it an "Invalid statement".
+    bom = codecs.BOM_UTF8 if data.startswith(codecs.BOM_UTF8) else b""
+    try:
+        return data[len(bom) :].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = len(bom) + e.start  # counted from 0 at the file's first byte, as od/xxd do
+        raise InputError(
+            f"{path}: not UTF-8 text (byte {offset}); expected a TOML file saved as UTF-8"
+        ) from None
+
+
+def _check_lines(path: Path, text: str) -> None:
+    """Refuse a line with more than DOTS_PER_LINE_MAX dots, before tomllib reads it."""
+    # A dotted key lies on one line (TOML separates its parts by spaces and tabs only),
+    # so its parts are at most the dots of its line + 1. TOML ends lines with "\n" only.
+    for number, line in enumerate(text.split("\n"), start=1):
+        dots = line.count(".")
+        if dots > DOTS_PER_LINE_MAX:
+            raise InputError(
+                f"{path}: line {number} holds {dots} '.' characters; expected at most "
+                f"{DOTS_PER_LINE_MAX} on a line (dotted keys that long take minutes to read)"
+            )
 
 
 _TOP_KEYS = {"name", "description", "seed", "data", "train", "grid"}
@@ -180,47 +293,123 @@ _TOP_KEYS = {"name", "description", "seed", "data", "train", "grid"}
 def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study:
     """Validate the parsed TOML of a study file (pure: no I/O).
 
+    Args:
+        raw: The parsed TOML (tables as dicts, arrays as lists).
+        source: The file it came from, to name in messages.
+        default_name: The study's name when ``raw`` has no ``name`` (the file's stem).
+
+    Returns:
+        The validated study.
+
     Raises:
         InputError: naming ``source``, the key, the bad value and what is allowed.
     """
     v = _Validator(source)
+    _check_structure(v, raw)
     v.known(raw, "", _TOP_KEYS)
-    name = raw.get("name", default_name)
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        v.fail("name", name, "a non-empty name of letters, digits, '-', '_' and '.'")
-    if "description" in raw and not isinstance(raw["description"], str):
-        v.fail("description", raw["description"], "a string")
-    seed = v.integer(raw, "", "seed", 0, minimum=0)
+    name = _name(v, raw, default_name)
+    description = raw.get("description", "")
+    if not isinstance(description, str) or len(description) > DESCRIPTION_MAX_CHARS:
+        v.fail(
+            "description", description, f"a string of at most {DESCRIPTION_MAX_CHARS} characters"
+        )
+    seed = v.integer(raw, "", "seed", 0, 0, SEED_END - 1, "an integer >= 0 and < 2**63")
+    data = _data(v, raw)
+    train = _train(v, raw, data)
+    grid = _grid(v, raw)
+    return Study(name, seed, data, train, grid, source)
 
+
+def _check_structure(v: _Validator, raw: Mapping[str, Any]) -> None:
+    """Refuse nesting deeper than NESTING_MAX and integers of more than INT_BITS_MAX bits.
+
+    Iterative, so that TOML dotted keys thousands deep (which tomllib builds without
+    recursing) cannot exhaust the stack here or later in repr() of a message.
+    """
+    stack: list[tuple[object, str, int]] = [(raw, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if isinstance(value, dict | list | tuple):
+            if depth > NESTING_MAX:
+                raise InputError(
+                    f"{v.source}: {key} is nested too deeply; "
+                    f"expected tables and lists at most {NESTING_MAX} deep"
+                )
+            if isinstance(value, dict):
+                prefix = key + "." if key else ""
+                stack.extend((item, prefix + _key(k), depth + 1) for k, item in value.items())
+            else:  # a list element is named by its list's key, as the validators name it
+                stack.extend((item, key, depth + 1) for item in value)
+        elif isinstance(value, int) and value.bit_length() > INT_BITS_MAX:
+            v.fail(key, value, f"an integer of at most {INT_BITS_MAX} bits")
+
+
+def _name(v: _Validator, raw: Mapping[str, Any], default_name: str) -> str:
+    name = raw.get("name", default_name)
+    if isinstance(name, str) and len(name) <= NAME_MAX_CHARS and re.fullmatch(NAME_PATTERN, name):
+        return name
+    allowed = (
+        f"a folder name of at most {NAME_MAX_CHARS} characters: a letter or digit, "
+        "then letters, digits, '-', '_' or '.'"
+    )
+    if "name" not in raw:
+        allowed += ' (this name comes from the file name; a name = "..." key sets another)'
+    v.fail("name", name, allowed)
+
+
+def _data(v: _Validator, raw: Mapping[str, Any]) -> DataSpec:
     d = v.table(raw, "data", DataSpec)
     dataset = v.choice(d, "data.", "dataset", DataSpec.dataset, DATASETS)
     split = v.choice(d, "data.", "split", DataSpec.split, SPLITS)
     fractions = _fractions(v, d)
-    limit = v.integer(d, "data.", "limit", DataSpec.limit, minimum=0)
+    limit = v.integer(
+        d, "data.", "limit", DataSpec.limit, 0, LIMIT_MAX,
+        f"0 (all images) or at most {LIMIT_MAX}, the images of MNIST",
+    )  # fmt: skip
     if split == "official" and ("fractions" in d or limit):
         key = "fractions" if "fractions" in d else "limit"
         v.fail(f"data.{key}", d[key], 'nothing: it applies to split = "holdout" only')
     data = DataSpec(dataset, split, fractions, limit)
     if limit and min(split_sizes(data)) < 2:
         v.fail("data.limit", limit, "enough images that each split holds at least 2")
+    return data
 
+
+def _train(v: _Validator, raw: Mapping[str, Any], data: DataSpec) -> TrainSpec:
     t = v.table(raw, "train", TrainSpec)
-    epochs = v.integer(t, "train.", "epochs", TrainSpec.epochs, minimum=1)
-    batch = v.integer(t, "train.", "batch_size", TrainSpec.batch_size, minimum=2)
+    epochs = v.integer(t, "train.", "epochs", TrainSpec.epochs, 1, EPOCHS_MAX)
+    batch = v.integer(t, "train.", "batch_size", TrainSpec.batch_size, 2, None)
     optimizer = v.choice(t, "train.", "optimizer", TrainSpec.optimizer, OPTIMIZERS)
     n_train = split_sizes(data)[0]
     if batch > n_train:
         v.fail("train.batch_size", batch, f"at most the {n_train} images of the training split")
-    train = TrainSpec(epochs, batch, optimizer)
+    return TrainSpec(epochs, batch, optimizer)
 
+
+def _grid(v: _Validator, raw: Mapping[str, Any]) -> GridSpec:
     gr = v.table(raw, "grid", GridSpec)
     grid = GridSpec(
-        hidden=v.values(gr, "hidden", GridSpec.hidden, int),
-        latent=v.values(gr, "latent", GridSpec.latent, int),
-        lr=v.values(gr, "lr", GridSpec.lr, float),
-        clip=v.values(gr, "clip", GridSpec.clip, float),
+        hidden=v.values(gr, "hidden", GridSpec.hidden, int, 1, HIDDEN_MAX),
+        latent=v.values(gr, "latent", GridSpec.latent, int, 1, LATENT_MAX),
+        lr=v.values(gr, "lr", GridSpec.lr, float, *LR_RANGE),
+        clip=v.values(gr, "clip", GridSpec.clip, float, *CLIP_RANGE),
     )
-    return Study(name, seed, data, train, grid, source)
+    # The product of the lengths, not len(expand(...)): a huge grid must not be built.
+    sizes = [len(grid.hidden), len(grid.latent), len(grid.lr), len(grid.clip)]
+    if math.prod(sizes) > TRIALS_MAX:
+        raise InputError(
+            f"{v.source}: grid = {' x '.join(map(str, sizes))} values of hidden, latent, lr, "
+            f"clip = {math.prod(sizes)} trials is not allowed; expected at most {TRIALS_MAX} trials"
+        )
+    # The parameter count grows with both, so the largest pair is the one to check.
+    hidden, latent = max(grid.hidden), max(grid.latent)
+    count = parameter_count(hidden, latent)
+    if count > MODEL_PARAMETERS_MAX:
+        raise InputError(
+            f"{v.source}: grid.hidden = {hidden} with grid.latent = {latent} gives a VAE of "
+            f"{count} parameters; expected at most {MODEL_PARAMETERS_MAX} for every pair"
+        )
+    return grid
 
 
 def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float]:
@@ -229,11 +418,11 @@ def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float
     if (
         not isinstance(value, list | tuple)
         or len(value) != 3
-        or not all(_is_number(f) for f in value)
+        or not all(_is_number(f) and 0 < f < 1 for f in value)  # before float(): 10**400
     ):
         v.fail("data.fractions", value, allowed)
     fractions = (float(value[0]), float(value[1]), float(value[2]))
-    if not all(0 < f < 1 for f in fractions) or not math.isclose(sum(fractions), 1.0):
+    if not math.isclose(sum(fractions), 1.0):
         v.fail("data.fractions", value, allowed)
     data = DataSpec(fractions=fractions)
     if min(split_sizes(data)) < 1:
@@ -242,7 +431,10 @@ def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float
 
 
 def _is_number(x: object) -> bool:
-    return isinstance(x, int | float) and not isinstance(x, bool) and math.isfinite(x)
+    # An int is finite however large; math.isfinite(10**400) would raise OverflowError.
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    return isinstance(x, int) or math.isfinite(x)
 
 
 class _Validator:
@@ -251,7 +443,7 @@ class _Validator:
     def __init__(self, source: str) -> None:
         self.source = source
 
-    def fail(self, key: str, value: object, allowed: str) -> None:
+    def fail(self, key: str, value: object, allowed: str) -> NoReturn:
         raise InputError(
             f"{self.source}: {key} = {_show(value)} is not allowed; expected {allowed}"
         )
@@ -261,7 +453,7 @@ class _Validator:
             if key not in keys:
                 where = f" in [{prefix.rstrip('.')}]" if prefix else ""
                 raise InputError(
-                    f"{self.source}: unknown key '{prefix}{key}'; "
+                    f"{self.source}: unknown key '{prefix}{_key(key)}'; "
                     f"allowed keys{where}: {', '.join(sorted(keys))}"
                 )
 
@@ -273,12 +465,22 @@ class _Validator:
         return table
 
     def integer(
-        self, t: Mapping[str, Any], prefix: str, key: str, default: int, minimum: int
+        self,
+        t: Mapping[str, Any],
+        prefix: str,
+        key: str,
+        default: int,
+        minimum: int,
+        maximum: int | None,
+        allowed: str | None = None,
     ) -> int:
         value = t.get(key, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
-            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-            self.fail(prefix + key, value, kind)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        if not ok or (maximum is not None and value > maximum):
+            if allowed is None:
+                allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+                allowed += f" up to {maximum}" if maximum is not None else ""
+            self.fail(prefix + key, value, allowed)
         return int(value)
 
     def choice(
@@ -290,17 +492,30 @@ class _Validator:
         return str(value)
 
     def values(
-        self, grid: Mapping[str, Any], key: str, default: tuple[Any, ...], kind: type
+        self,
+        grid: Mapping[str, Any],
+        key: str,
+        default: tuple[Any, ...],
+        kind: type,
+        low: float,
+        high: float,
     ) -> tuple[Any, ...]:
         value = grid.get(key, list(default))
         what = "positive integers" if kind is int else "positive numbers"
         allowed = f"a non-empty list of distinct {what}"
         if not isinstance(value, list) or not value:
             self.fail("grid." + key, value, allowed)
+        if len(value) > GRID_VALUES_MAX:
+            self.fail("grid." + key, value, f"{allowed}, at most {GRID_VALUES_MAX} of them")
         for item in value:
             ok = isinstance(item, int) if kind is int else _is_number(item)
-            if isinstance(item, bool) or not ok or item <= 0:
-                self.fail("grid." + key, item, f"{what} in a non-empty list of distinct values")
+            # Compared before kind(item): float(10**400) would raise OverflowError.
+            if isinstance(item, bool) or not ok or not low <= item <= high:
+                self.fail(
+                    "grid." + key,
+                    item,
+                    f"{what} from {low:g} to {high:g} in a non-empty list of distinct values",
+                )
         out = tuple(kind(item) for item in value)
         if len(set(out)) != len(out):
             dup = next(x for x in out if out.count(x) > 1)
@@ -308,11 +523,26 @@ class _Validator:
         return out
 
 
+def _key(key: str) -> str:
+    """A TOML key as the file spells it: bare, else quoted (so no newline reaches a message)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _show(key)
+
+
 def _show(value: object) -> str:
+    """A value as TOML-ish text on one line, cut to SHOWN_MAX_CHARS."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"  # repr() refuses > 4300 digits
     if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, tuple):
-        value = list(value)
-    return repr(value)
+        text = json.dumps(value)
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, tuple):
+        text = repr(list(value))
+    else:
+        try:
+            text = repr(value)
+        except ValueError:  # an integer of > 4300 digits inside a list or table
+            text = f"<a {type(value).__name__} too large to show>"
+    if len(text) > SHOWN_MAX_CHARS:
+        text = f"{text[:SHOWN_MAX_CHARS]}... ({len(text)} characters)"
+    return text
