@@ -6,16 +6,30 @@ STAMP   := $(VENV)/.installed
 STUDY   ?= studies/seed.toml
 RESULTS ?= results
 
-.PHONY: install test test-slow test-all lint bench grid clean
+LOCK    := requirements.lock
 
-# Re-runs only when pyproject.toml is newer than the last successful install.
-$(STAMP): pyproject.toml
+.PHONY: install lock test test-slow test-all lint bench grid clean
+
+# Exact versions of every package from the checked-in lock, then vaegrid itself (editable,
+# no dependencies of its own): two fresh installs compute with the same libraries.
+# Re-runs only when pyproject.toml or the lock is newer than the last successful install.
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -r $(LOCK)
+	$(BIN)/python -m pip install --quiet --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)
+
+# Refresh the lock: resolve pyproject.toml's ranges in a fresh venv and freeze every version.
+lock:
+	rm -rf .lock-venv && $(PY) -m venv .lock-venv
+	.lock-venv/bin/python -m pip install --quiet '.[dev]'
+	{ echo "# Made by 'make lock' on $$(uname -sm), Python $$(.lock-venv/bin/python -V | cut -d' ' -f2)."; \
+	  echo "# PyPI's torch for Linux x86_64 is the CUDA build: it runs on the CPU too, so this one"; \
+	  echo "# lock serves CPU and CUDA machines. Refresh it with 'make lock'."; \
+	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^vaegrid'; } > $(LOCK)
+	rm -rf .lock-venv
 
 # The fast suite (the README's test command); `make test-all` adds the slow end-to-end tests.
 test: $(STAMP)
@@ -44,4 +58,4 @@ grid: $(STAMP)
 	  "from vaegrid.study import load_study; print(load_study('$(STUDY)').name)")
 
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache

@@ -12,15 +12,15 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import make_mnist
+from conftest import InlineExecutor, make_mnist
 
 from vaegrid.cli import main
-from vaegrid.driver import DriverLock
 from vaegrid.data import load_splits
-from vaegrid.pool import CudaProbe, make_pool, memory_limit_mb
+from vaegrid.driver import DriverLock, run_study
 from vaegrid.errors import InputError
-from vaegrid.store import Store
-from vaegrid.study import expand, load_study
+from vaegrid.pool import CudaProbe, make_pool, memory_limit_mb
+from vaegrid.store import Store, TrialDeviceRow
+from vaegrid.study import TrialConfig, expand, load_study
 from vaegrid.train import CHECKPOINT, CONFIG, WEIGHTS, run_trial
 
 
@@ -240,6 +240,61 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(
     assert sorted(df["state"]) == ["COMPLETE"] * 4 + ["FAIL"]
 
 
+def test_a_fault_in_a_trials_bookkeeping_fails_only_that_trial(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+) -> None:
+    study_path = write_study()
+    a = expand(load_study(study_path))[0]
+    # its worker cannot even take the trial's lock: nothing of the run reaches the database
+    (tmp_path / "r" / "tiny" / "trials" / a.key / ".lock").mkdir(parents=True)
+    assert run(study_path, tmp_path / "r", mnist_root, "--workers-per-device", "2") == 1
+    db = tmp_path / "r" / "tiny" / "study.db"
+    store = Store.reader(db)
+    try:
+        status = {t.key: t.status for t in store.trials()}
+        cause = store.frame("vg_trial").set_index("key").loc[a.key, "cause"]
+    finally:
+        store.close()
+    assert status.pop(a.key) == "failed" and set(status.values()) == {"completed"}
+    assert ".lock: is a folder, expected a file" in cause
+    df = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials_dataframe()
+    assert sorted(df["state"]) == ["COMPLETE"] * 3 + ["FAIL"]
+    (tmp_path / "r" / "tiny" / "trials" / a.key / ".lock").rmdir()
+    assert run(study_path, tmp_path / "r", mnist_root, "--retry-failed") == 0
+
+
+def test_a_started_trial_continues_only_on_the_kind_of_device_it_started_on(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = load_study(write_study())
+    a, *others = expand(study)
+    study_dir = tmp_path / "r" / "tiny"
+    study_dir.mkdir(parents=True)
+    store = Store(study_dir / "study.db")
+    store.sync_study(study, expand(study), 1)
+    gpu = "NVIDIA H100 80GB HBM3 / torch 2.14.1"
+    with store.session() as s:  # as if its first epoch had run on a GPU
+        s.add(TrialDeviceRow(key=a.key, device_kind=gpu))
+    store.close()
+    executor = InlineExecutor()
+    pool = make_pool("cpu", 1, probe=CudaProbe(reason="none here"))
+    threads = torch.get_num_threads()
+    try:
+        code = run_study(study, tmp_path / "r", pool, mnist_root, False, False, executor=executor)
+    finally:
+        torch.set_num_threads(threads)
+    assert code == 1
+    ran = [TrialConfig.from_json(task.config).key for _, task in executor.submitted]
+    assert sorted(ran) == sorted(c.key for c in others) and a.key not in ran
+    assert capsys.readouterr().out.splitlines()[-1] == (
+        f"1 trials started on {gpu} and only continue on that kind of device; this pool has "
+        f"{pool.kinds[0]}: run again with --devices naming such a device"
+    )
+
+
 def test_pool_defaults_to_one_thread_per_cpu_trial_and_rejects_bad_devices() -> None:
     none = CudaProbe(reason="torch (CUDA 13.0) sees no CUDA device")
     pool = make_pool("cpu", probe=none, cores=6, memory_mb=64_000)
@@ -265,7 +320,9 @@ def test_workers_per_device_respect_the_memory_the_process_may_use() -> None:
     # 1.4 GB a worker: 4 GB holds 2 of them, whatever the number of cores
     assert make_pool("cpu", cores=8, memory_mb=4_000).per_device == 2
     assert make_pool("cpu", cores=8, memory_mb=1_000).per_device == 1  # one always runs
-    with pytest.raises(InputError, match=r"--workers-per-device: 10000 is not allowed; .*at most 17"):
+    with pytest.raises(
+        InputError, match=r"--workers-per-device: 10000 is not allowed; .*at most 17"
+    ):
         make_pool("cpu", 10_000, cores=2, memory_mb=24_000)
     assert memory_limit_mb() > 0
 

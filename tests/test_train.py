@@ -7,7 +7,17 @@ import torch
 
 from vaegrid.data import load_splits
 from vaegrid.study import DataSpec, TrainSpec, TrialConfig
-from vaegrid.train import CHECKPOINT, CONFIG, LOG, WEIGHTS, EpochRecord, finalize, run_trial
+from vaegrid.train import (
+    CHECKPOINT,
+    CONFIG,
+    LOG,
+    WEIGHTS,
+    DeviceMismatch,
+    EpochRecord,
+    device_kind,
+    finalize,
+    run_trial,
+)
 
 DATA = DataSpec(fractions=(0.6, 0.2, 0.2))
 
@@ -92,3 +102,47 @@ def test_folder_of_another_config_is_refused(splits, tmp_path: Path) -> None:  #
     run_trial(config(epochs=1), splits.train, splits.val, tmp_path / "t")
     with pytest.raises(ValueError, match="another trial's files"):
         run_trial(config(epochs=1, hidden=16), splits.train, splits.val, tmp_path / "t")
+
+
+def test_a_checkpoint_from_another_kind_of_device_is_refused_not_continued(
+    splits,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    cfg = config(epochs=3)
+    seen: list[EpochRecord] = []
+
+    def stop_after_one(record: EpochRecord) -> None:
+        seen.append(record)
+        raise KeyboardInterrupt  # as a kill after the first epoch's checkpoint
+
+    with pytest.raises(KeyboardInterrupt):
+        run_trial(cfg, splits.train, splits.val, tmp_path / "t", on_epoch=stop_after_one)
+    state = torch.load(tmp_path / "t" / CHECKPOINT, weights_only=True)
+    assert state["identity"] == {
+        "key": cfg.key, "model": "linear-vae-1", "device": device_kind(torch.device("cpu"))
+    }  # fmt: skip
+    state["identity"]["device"] = "NVIDIA H100 80GB HBM3 / torch 2.14.1"
+    torch.save(state, tmp_path / "t" / CHECKPOINT)
+    with pytest.raises(DeviceMismatch, match=r"was made on NVIDIA H100 80GB HBM3 / torch 2\.14\.1"):
+        run_trial(cfg, splits.train, splits.val, tmp_path / "t")
+    assert len(torch.load(tmp_path / "t" / CHECKPOINT, weights_only=True)["history"]) == 1
+    (tmp_path / "t" / CHECKPOINT).write_bytes(b"not a checkpoint")  # truncated, overwritten
+    with pytest.raises(ValueError, match="not a readable checkpoint of this trial"):
+        run_trial(cfg, splits.train, splits.val, tmp_path / "t")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_the_same_trial_twice_on_one_gpu_gives_identical_numbers(tmp_path: Path) -> None:
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    x = torch.rand(400, 784, generator=torch.Generator().manual_seed(0)).cuda()
+    runs = [
+        run_trial(config(epochs=3, hidden=256, latent=16), x[:300], x[300:], tmp_path / str(i))
+        for i in range(2)
+    ]
+    assert metrics(runs[0].history) == metrics(runs[1].history)
+    assert runs[0].history[-1].val.elbo < runs[0].history[0].val.elbo

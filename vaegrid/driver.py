@@ -132,7 +132,7 @@ def run_study(
     """
     study_dir = results / study.name
     check_study_dir(results, study_dir)
-    ensure_mnist(data_root)
+    ensure_mnist(data_root, study.data)
     Store.check_compatible(db_path(study_dir), study)
     grid = expand(study)
     with DriverLock(study_dir):

@@ -1,0 +1,192 @@
+"""Nothing outside --results, no symbolic link followed, filesystem faults in one line."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vaegrid.cli import main
+from vaegrid.errors import InputError
+from vaegrid.paths import check_study_dir, mount_type, open_fd, write_atomic
+from vaegrid.store import Store
+from vaegrid.study import expand, load_study
+
+
+def run(study: Path, results: Path, data: Path) -> int:
+    argv = ["run", str(study), "--results", str(results), "--data-dir", str(data)]
+    return main([*argv, "--devices", "cpu", "--no-progress"])
+
+
+def one_line(capsys: pytest.CaptureFixture[str], *expected: str) -> None:
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    for text in expected:
+        assert text in err, err
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    """A file outside the results folder that a planted link points at."""
+    path = tmp_path / "precious.txt"
+    path.write_text("do not touch\n")
+    return path
+
+
+def test_a_planted_driver_lock_link_is_refused_and_its_target_untouched(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    victim: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study_dir = tmp_path / "r" / "tiny"
+    study_dir.mkdir(parents=True)
+    (study_dir / "driver.lock").symlink_to(victim)
+    assert run(write_study(), tmp_path / "r", mnist_root) == 2
+    one_line(capsys, "driver.lock: is a symbolic link")
+    assert victim.read_text() == "do not touch\n"
+    assert sorted(p.name for p in study_dir.iterdir()) == ["driver.lock"]
+    # and the lock itself opens without following one, should a link appear after the check
+    with pytest.raises(InputError, match="is a symbolic link"):
+        open_fd(study_dir / "driver.lock", os.O_RDWR | os.O_CREAT)
+    assert victim.read_text() == "do not touch\n"
+
+
+@pytest.mark.parametrize("name", ["checkpoint.pt", "log.txt", "weights.pt", "config.json"])
+def test_a_link_in_a_trial_folder_is_refused_before_anything_runs(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    victim: Path,
+    capsys: pytest.CaptureFixture[str],
+    name: str,
+) -> None:
+    path = write_study()
+    key = expand(load_study(path))[0].key
+    folder = tmp_path / "r" / "tiny" / "trials" / key
+    folder.mkdir(parents=True)
+    (folder / name).symlink_to(victim)
+    assert run(path, tmp_path / "r", mnist_root) == 2
+    one_line(capsys, f"{key}/{name}: is a symbolic link")
+    assert victim.read_text() == "do not touch\n"
+    assert not (tmp_path / "r" / "tiny" / "study.db").exists()
+
+
+def test_a_study_folder_that_is_a_link_out_of_results_is_refused(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "tiny").symlink_to(elsewhere)
+    assert run(write_study(), tmp_path / "r", mnist_root) == 2
+    one_line(capsys, "tiny: is a symbolic link")
+    assert list(elsewhere.iterdir()) == []
+    with pytest.raises(InputError, match="resolves outside --results"):
+        check_study_dir(tmp_path / "r", tmp_path / "r" / ".." / "elsewhere")
+
+
+def test_filesystem_misfits_are_one_line_and_exit_2(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = write_study()
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    assert run(study, a_file, mnist_root) == 2
+    one_line(capsys, f"--results: {a_file} is not a folder")
+    assert run(study, Path("/proc/self/vaegrid-results"), mnist_root) == 2
+    one_line(capsys, "is on a proc filesystem")
+    assert not Path("/proc/self/vaegrid-results").exists()
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "tiny").write_text("a file where the study folder goes")
+    assert run(study, tmp_path / "r", mnist_root) == 2
+    one_line(capsys, "tiny: is a file, not a study folder")
+    (tmp_path / "r" / "tiny").unlink()
+    (tmp_path / "r" / "tiny" / "driver.lock").mkdir(parents=True)
+    assert run(study, tmp_path / "r", mnist_root) == 2
+    one_line(capsys, "driver.lock: is a folder, expected a file")
+    assert sorted(p.name for p in (tmp_path / "r" / "tiny").iterdir()) == ["driver.lock"]
+    assert mount_type(tmp_path) not in ("", "proc")
+
+
+def test_report_refuses_a_link_among_its_outputs(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    victim: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = load_study(write_study())
+    study_dir = tmp_path / "r" / "tiny"
+    study_dir.mkdir(parents=True)
+    store = Store(study_dir / "study.db")
+    store.sync_study(study, expand(study), 1)
+    store.close()
+    (study_dir / "ranking.csv").symlink_to(victim)
+    assert main(["report", str(study_dir), "--data-dir", str(mnist_root)]) == 2
+    one_line(capsys, "ranking.csv: is a symbolic link")
+    assert victim.read_text() == "do not touch\n"
+
+
+def test_atomic_writes_replace_a_link_and_never_write_through_it(
+    tmp_path: Path, victim: Path
+) -> None:
+    (tmp_path / "out.csv").symlink_to(victim)
+    (tmp_path / "out.csv.tmp").symlink_to(victim)  # a planted temporary file too
+    write_atomic(tmp_path / "out.csv", "new\n")
+    assert victim.read_text() == "do not touch\n"
+    assert not (tmp_path / "out.csv").is_symlink()
+    assert (tmp_path / "out.csv").read_text() == "new\n"
+    assert not (tmp_path / "out.csv.tmp").exists()
+
+
+def _immutable(path: Path, on: bool) -> bool:
+    """chattr +i / -i: not even root may write the file or folder (False if unsupported)."""
+    if shutil.which("chattr") is None:
+        return False
+    flag = "+i" if on else "-i"
+    return subprocess.run(["chattr", flag, str(path)], capture_output=True).returncode == 0
+
+
+def test_unwritable_results_and_read_only_database_are_one_line_and_exit_2(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = write_study()
+    results = tmp_path / "r"
+    results.mkdir()
+    if not _immutable(results, True):
+        pytest.skip("chattr +i is not supported here")
+    try:
+        assert run(study, results, mnist_root) == 2
+        one_line(capsys, "tiny: cannot create folder (Operation not permitted)")
+    finally:
+        _immutable(results, False)
+    assert list(results.iterdir()) == []
+    loaded = load_study(study)
+    (results / "tiny").mkdir()
+    store = Store(results / "tiny" / "study.db")
+    store.sync_study(loaded, expand(loaded), 1)
+    store.close()
+    db = results / "tiny" / "study.db"
+    before = db.read_bytes()
+    _immutable(db, True)
+    try:
+        assert run(study, results, mnist_root) == 2
+        one_line(capsys, "study.db: cannot write the study database")
+    finally:
+        _immutable(db, False)
+    assert db.read_bytes() == before
