@@ -44,7 +44,7 @@ def run(study: Path, results: Path, data: Path, *extra: str) -> int:
 
 
 def metric_rows(db: Path) -> list[tuple[object, ...]]:
-    store = Store(db)
+    store = Store.reader(db)
     try:
         frame = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
     finally:
@@ -55,7 +55,7 @@ def metric_rows(db: Path) -> list[tuple[object, ...]]:
 
 
 def runs(db: Path) -> list[dict[str, object]]:
-    store = Store(db)
+    store = Store.reader(db)
     try:
         return store.runs()
     finally:
@@ -189,7 +189,7 @@ def test_changed_fixed_setting_is_refused_and_nothing_written(
     study = load_study(write_study(epochs=2))
     db = tmp_path / "r" / "tiny" / "study.db"
     db.parent.mkdir(parents=True)
-    store = Store(db)
+    store = Store.reader(db)
     store.sync_study(study, expand(study), 1)
     store.close()
     before = {p.name: p.read_bytes() for p in db.parent.iterdir()}
@@ -389,24 +389,19 @@ def test_kill_9_of_the_driver_then_resume_equals_an_uninterrupted_run(
             break
     os.kill(cut.pid, signal.SIGKILL)
     cut.wait()
+    _, err = cut.communicate(timeout=30)  # whatever the dead driver's helpers printed
+    assert b"leaked" not in err and b"Traceback" not in err, err
     workers = [int(str(r["worker"])) for r in runs(db)]
     deadline = time.time() + 10
     while any(_alive(p) for p in workers) and time.time() < deadline:
         time.sleep(0.1)
     assert not any(_alive(p) for p in workers), "orphan workers outlived their driver"
-    before = {r[:3]: r for r in metric_rows(db)}
     interrupted = {r["key"] for r in runs(db) if r["status"] == "running"}
     assert interrupted, "the kill should have caught a trial mid-way"
 
     resumed = driver(study, tmp_path / "cut", big_root, "--workers-per-device", "2")
     assert resumed.wait(timeout=300) == 0, resumed.stderr.read() if resumed.stderr else ""
-    after = metric_rows(db)
-    assert all(
-        before[r[:3]] == r for r in after if r[:3] in before
-    )  # nothing committed was lost or changed
-    assert after == metric_rows(
-        tmp_path / "whole" / "big" / "study.db"
-    )  # same numbers as uninterrupted
+    assert metric_rows(db) == metric_rows(tmp_path / "whole" / "big" / "study.db")
     all_runs = runs(db)
     completed_first = {
         r["key"] for r in all_runs if r["status"] == "completed" and r["key"] not in interrupted
@@ -419,23 +414,39 @@ def test_kill_9_of_the_driver_then_resume_equals_an_uninterrupted_run(
 
 
 @pytest.mark.slow
-def test_a_killed_worker_is_replaced_and_its_trial_resumed(
-    write_study: Callable[..., Path], big_root: Path, tmp_path: Path
+@pytest.mark.parametrize("max_deaths", [2, 1])
+def test_a_killed_worker_costs_only_its_own_trial(
+    write_study: Callable[..., Path], big_root: Path, tmp_path: Path, max_deaths: int
 ) -> None:
     study = write_study(BIG_STUDY)
-    p = driver(study, tmp_path / "r", big_root, "--workers-per-device", "2")
+    extra = ("--workers-per-device", "2", "--max-deaths", str(max_deaths))
+    p = driver(study, tmp_path / "r", big_root, *extra)
     db = tmp_path / "r" / "big" / "study.db"
     deadline = time.time() + 120
-    while time.time() < deadline and not (db.exists() and _max_epoch(db) >= 2):
+    while time.time() < deadline:  # both slots busy, one trial half-way
         time.sleep(0.2)
-    victim = next(r for r in runs(db) if r["status"] == "running")
+        if db.exists() and _max_epoch(db) >= 2 and len(_open_runs(db)) == 2:
+            break
+    victim, innocent = _open_runs(db)
     os.kill(int(str(victim["worker"])), signal.SIGKILL)  # as the out-of-memory killer would
-    assert p.wait(timeout=300) == 0, p.stderr.read() if p.stderr else ""
+    code = p.wait(timeout=300)
     rows = runs(db)
-    assert [r["status"] for r in rows if r["key"] == victim["key"]] == ["interrupted", "completed"]
+    # the trial that shared the pool with the dead worker ran once, untouched
+    assert [r["status"] for r in rows if r["key"] == innocent["key"]] == ["completed"]
+    victim_runs = [r["status"] for r in rows if r["key"] == victim["key"]]
+    if max_deaths == 1:  # its one allowed death: failed, the others complete
+        assert code == 1 and victim_runs == ["failed"]
+        assert {r["status"] for r in rows if r["key"] != victim["key"]} == {"completed"}
+        return
+    assert code == 0, p.stderr.read() if p.stderr else ""
+    assert victim_runs == ["interrupted", "completed"]
     log = (tmp_path / "r" / "big" / "trials" / str(victim["key"]) / "log.txt").read_text()
     assert [line.split()[1] for line in log.splitlines()] == [f"{e}/6" for e in range(1, 7)]
     assert {r["status"] for r in rows} <= {"interrupted", "completed"}
+
+
+def _open_runs(db: Path) -> list[dict[str, object]]:
+    return [r for r in runs(db) if r["status"] == "running"] if db.exists() else []
 
 
 @pytest.mark.slow
