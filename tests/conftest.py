@@ -93,6 +93,8 @@ class InlineExecutor:
     through the driver: a test can crash any write of a trial's life in-process.
     """
 
+    watch = "parent"
+
     def __init__(self) -> None:
         self.submitted: list[tuple[Any, Any]] = []  # (slot, task), in order
 
@@ -101,6 +103,12 @@ class InlineExecutor:
         future: Future[Any] = Future()
         future.set_result(fn(arg))
         return future
+
+    def wait(self, futures: list[Any], timeout: float) -> list[Any]:
+        return futures  # every future is done when submit returns
+
+    def is_death(self, error: BaseException) -> bool:
+        return False
 
     def reset(self, slot: Any) -> None:
         pass

@@ -1,6 +1,8 @@
 """The sweep driver: reconcile a study with its database, dispatch trials to slots.
 
-One driver per study (an flock that dies with its holder). Pending, interrupted and
+One driver per study: an flock that dies with its holder (SQLite), or PostgreSQL's
+advisory lock on the driver's own connection, which the server drops when the driver
+dies (a server database). Pending, interrupted and
 (with ``retry_failed``) failed trials go to the executor's slots (pool.py): a trial is
 submitted only to a free slot, so no device ever runs more than K trials, every trial
 runs on exactly one device, and a trial that has started only ever continues on a device
@@ -12,10 +14,14 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import threading
 import traceback
+import uuid
 from collections import Counter, deque
-from concurrent.futures import FIRST_COMPLETED, Future, wait
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
+from typing import Any
 
 from joblib.externals.loky.process_executor import BrokenProcessPool
 from sqlalchemy.exc import SQLAlchemyError
@@ -24,8 +30,17 @@ from tqdm import tqdm
 from vaegrid import provenance
 from vaegrid.data import ensure_mnist
 from vaegrid.errors import InputError
-from vaegrid.paths import check_study_dir, ensure_dir, open_fd
-from vaegrid.pool import MAX_WORKER_DEATHS, Executor, LocalExecutor, Pool, Slot
+from vaegrid.paths import check_study_dir, ensure_dir, open_fd, write_atomic
+from vaegrid.pool import (
+    ANY_KIND,
+    MAX_WORKER_DEATHS,
+    ClusterGone,
+    Executor,
+    LocalExecutor,
+    Pool,
+    Slot,
+)
+from vaegrid.storage import Database, pg_advisory_lock
 from vaegrid.store import (
     COMPLETED,
     DIVERGED,
@@ -35,14 +50,15 @@ from vaegrid.store import (
     PENDING,
     RUNNING,
     Store,
-    db_path,
     existing_db,
     trial_dir,
 )
 from vaegrid.study import Study, TrialConfig, expand
-from vaegrid.worker import Task, execute, init_worker
+from vaegrid.worker import DRIVER_TIMEOUT_S, TOKEN_FILE, Task, execute, init_worker
 
 LOCK_NAME = "driver.lock"
+HEARTBEAT_S = 4.0  # the driver's heartbeat (servers, clusters); workers allow DRIVER_TIMEOUT_S
+EXIT_CLUSTER_GONE = 3
 
 
 class DriverLock:
@@ -114,35 +130,46 @@ def run_study(
     progress: bool = True,
     max_deaths: int = MAX_WORKER_DEATHS,
     executor: Executor | None = None,
+    storage: str | None = None,
 ) -> int:
-    """Sweep ``study`` to its end, resuming whatever ``results/<study>`` already holds.
+    """Sweep ``study`` to its end, resuming whatever its database and folder already hold.
 
     Args:
         executor: Where trials run; default a :class:`LocalExecutor` over ``pool``.
+        storage: The database URL; default ``sqlite:///<results>/<study>/study.db``.
 
     Returns:
         0 when every trial completed or diverged; 1 when any failed (tracebacks in the
-        database) or waits for a kind of device the pool lacks; 130 when stopped by
-        Ctrl-C or SIGTERM (running trials keep their last finished epoch).
+        database) or waits for a kind of device the pool lacks; 3 when the cluster's
+        scheduler went away; 130 when stopped by Ctrl-C or SIGTERM (running trials keep
+        their last finished epoch).
 
     Raises:
         InputError: missing or corrupt data, a results or study folder that is not a plain
-            folder (a file, a link, on /proc...), a live driver on the study, an unwritable
-            database, or one made by a study with other fixed settings. Nothing is written.
+            folder (a file, a link, on /proc...), a bad or unreachable database, a live
+            driver on the study, an unwritable database, or one made by a study with other
+            fixed settings. Nothing is written then.
     """
     study_dir = results / study.name
     check_study_dir(results, study_dir)
+    db = Database.for_study(study_dir, storage)
+    db.check_location()
     ensure_mnist(data_root, study.data)
-    Store.check_compatible(db_path(study_dir), study)
+    Store.check_compatible(db, study)
     grid = expand(study)
-    with DriverLock(study_dir):
-        store = Store(db_path(study_dir))
+    token = uuid.uuid4().hex
+    with _driver_lock(db, study_dir, study.name):
+        store = Store(db)
         previous = signal.signal(signal.SIGTERM, _stop)
+        executor = executor or LocalExecutor(pool, initializer=init_worker)
+        beating = executor.watch == "heartbeat" or not db.is_sqlite
         try:
             store.sync_study(study, grid, pool.slots)
-            executor = executor or LocalExecutor(pool, initializer=init_worker)
-            sweep = _Sweep(study, grid, study_dir, store, pool, data_root, executor, max_deaths)
-            return sweep.run(retry_failed, progress)
+            write_atomic(study_dir / TOKEN_FILE, token + "\n")  # proof a worker sees it
+            with _heartbeat(store, study.name, token, beating):
+                sweep = _Sweep(study, grid, study_dir, store, pool, data_root, executor, max_deaths)
+                sweep.token = token
+                return sweep.run(retry_failed, progress)
         except SQLAlchemyError as e:
             reason = str(getattr(e, "orig", None) or e).splitlines()[0]
             print(
@@ -153,6 +180,60 @@ def run_study(
         finally:
             signal.signal(signal.SIGTERM, previous)
             store.close()
+
+
+@contextmanager
+def _driver_lock(db: Database, study_dir: Path, name: str) -> Iterator[None]:
+    """One driver per study: the flock on SQLite, the server's advisory lock otherwise."""
+    if db.is_sqlite:
+        with DriverLock(study_dir):
+            yield
+        return
+    ensure_dir(study_dir)  # trial folders live there, whatever the database
+    try:
+        lock = pg_advisory_lock(db, name)
+        held = lock.__enter__()
+    except Exception as e:  # unreachable, refused, bad credentials: one line
+        raise InputError(f"{db}: cannot connect ({str(e).strip().splitlines()[0]})") from None
+    try:
+        if not held:
+            reader = Store.reader(db)
+            try:
+                live = reader.live_driver(DRIVER_TIMEOUT_S * 3)
+            finally:
+                reader.close()
+            who = f"pid {live.pid} on {live.host}" if live else "pid ?"
+            raise InputError(
+                f"{db}: another driver ({who}) is running study {name!r}; "
+                "wait for it, or stop it and run again"
+            )
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+@contextmanager
+def _heartbeat(store: Store, study: str, token: str, on: bool) -> Iterator[None]:
+    """While the block runs, tell the database every few seconds that this driver lives."""
+    if not on:
+        yield
+        return
+    host, pid = provenance.host(), os.getpid()
+    store.driver_beat(study, token, pid, host)
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            with suppress(SQLAlchemyError):  # a passing fault: workers allow DRIVER_TIMEOUT_S
+                store.driver_beat(study, token, pid, host)
+
+    thread = threading.Thread(target=beat, name="vaegrid-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -181,6 +262,7 @@ class _Sweep:
         self.bound = store.trial_devices()  # key -> the device kind it started on
         self.deaths: Counter[str] = Counter()
         self.versions = tuple(sorted(provenance.versions().items()))
+        self.token = ""
 
     def run(self, retry_failed: bool, progress: bool) -> int:
         status = {t.key: t.status for t in self.store.trials() if t.key in self.grid}
@@ -202,13 +284,12 @@ class _Sweep:
             disable=not progress,
             dynamic_ncols=True,
         )
-        running: dict[Future[str], tuple[str, Slot]] = {}
+        running: dict[Any, tuple[str, Slot]] = {}
         free = self.pool.slot_list()
         try:
             while self.queue or running:
                 self._dispatch(free, running)
-                done, _ = wait(running, timeout=1.0, return_when=FIRST_COMPLETED)
-                for future in done:
+                for future in self.executor.wait(list(running), 1.0):
                     key, slot = running.pop(future)
                     free.append(slot)
                     self._collect(key, slot, future)
@@ -222,6 +303,15 @@ class _Sweep:
                 "run the same command again to continue"
             )
             return 130
+        except ClusterGone as e:
+            self.executor.shutdown(kill=True)
+            self.store.mark([k for k, _ in running.values()], INTERRUPTED)
+            self.bar.close()
+            print(
+                f"vaegrid: {e}; {len(running)} running trials keep their last finished "
+                "epoch: run the same command again once it is back"
+            )
+            return EXIT_CLUSTER_GONE
         self.executor.shutdown(kill=False)
         self.bar.close()
         return self._exit_code()
@@ -235,7 +325,7 @@ class _Sweep:
             )
         return 1 if self.counts[FAILED] or self.stranded else 0
 
-    def _dispatch(self, free: list[Slot], running: dict[Future[str], tuple[str, Slot]]) -> None:
+    def _dispatch(self, free: list[Slot], running: dict[Any, tuple[str, Slot]]) -> None:
         """Fill free slots, least busy device first, each with the first queued trial that
         may run there (a started trial only on the kind of device it started on)."""
         busy = Counter(slot.device for _, slot in running.values())
@@ -244,7 +334,10 @@ class _Sweep:
             slot = min(candidates, key=lambda s: (busy[s.device], s.device, s.index))
             candidates.remove(slot)
             kind = self.pool.kind(slot.device)
-            key = next((k for k in self.queue if self.bound.get(k, kind) == kind), None)
+            key = next(
+                (k for k in self.queue if kind == ANY_KIND or self.bound.get(k, kind) == kind),
+                None,
+            )
             if key is None:
                 continue
             self.queue.remove(key)
@@ -253,38 +346,46 @@ class _Sweep:
             self._move(PENDING, RUNNING)
             try:
                 running[self._submit(key, slot)] = (key, slot)
-            except BrokenProcessPool as e:  # the slot's worker died while idle
+            except BrokenProcessPool as e:  # the slot's (local) worker died while idle
                 free.append(slot)
                 self.executor.reset(slot)
                 self._worker_died(key, e)
 
-    def _submit(self, key: str, slot: Slot) -> Future[str]:
+    def _submit(self, key: str, slot: Slot) -> Any:
         cfg = self.grid[key]
+        db = self.store.db
+        url = str(db.path.resolve()) if db.path else db.url.render_as_string(hide_password=False)
         task = Task(
             config=cfg.to_json(),
             optuna_trial_id=self.store.start_trial(self.study, cfg),
-            device=slot.device,
+            device="auto" if slot.device == "cluster" else slot.device,
             threads=self.pool.threads,
-            db=str(db_path(self.study_dir).resolve()),
+            db=f"sqlite:///{url}" if db.path else url,
             trial_dir=str(trial_dir(self.study_dir, key).resolve()),
             data_root=str(self.data_root),
             driver_pid=os.getpid(),
             versions=self.versions,
+            watch=self.executor.watch,
+            driver_token=self.token,
         )
-        future: Future[str] = self.executor.submit(slot, execute, task)
-        return future
+        return self.executor.submit(slot, execute, task)
 
-    def _collect(self, key: str, slot: Slot, future: Future[str]) -> None:
+    def _collect(self, key: str, slot: Slot, future: Any) -> None:
         """A trial's future ended: its status, its worker's death, or an unrecorded error."""
         try:
             status = future.result()
-        except BrokenProcessPool as e:  # the worker process died (killed, out of memory)
-            self.executor.reset(slot)
-            self._worker_died(key, e)
-            return
-        except Exception as e:  # the worker could not even record its own failure
+        except Exception as e:
+            if self.executor.is_death(e):  # the worker process died (killed, out of memory)
+                self.executor.reset(slot)
+                self._worker_died(key, e)
+                return
+            # the worker could not even record its own failure
             self.store.fail(key, "".join(traceback.format_exception(e)))
             status = FAILED
+        if status == INTERRUPTED:  # its lease was lost, or it saw a stale heartbeat: again
+            self.queue.appendleft(key)
+            self._move(RUNNING, PENDING)
+            return
         if status not in FINAL:  # never expected; recorded rather than trusted
             self.store.fail(key, f"worker returned status {status!r}")
             status = FAILED
@@ -330,22 +431,26 @@ class _Sweep:
             self._move(RUNNING, PENDING)
 
 
-def status_line(study_dir: Path) -> str:
+def status_line(study_dir: Path, storage: str | None = None) -> str:
     """``vaegrid status``: a study's progress read from its database, then one line per
     running trial with its epoch and device. Opens the database read-only.
 
     Raises:
-        InputError: ``study_dir`` holds no vaegrid study database.
+        InputError: ``study_dir`` holds no vaegrid study database, or ``storage`` is bad.
     """
-    store = Store.reader(existing_db(study_dir))
+    db = existing_db(study_dir, storage)
+    store = Store.reader(db)
     try:
         name, slots = store.study_row()
         trials = store.trials()
         runs = store.runs()
+        live = None if db.is_sqlite else store.live_driver(DRIVER_TIMEOUT_S)
     finally:
         store.close()
     counts = Counter(t.status for t in trials)
-    pid = DriverLock.holder(study_dir)
+    pid: int | str | None = DriverLock.holder(study_dir) if db.is_sqlite else None
+    if live is not None:
+        pid = f"{live.pid} on {live.host}"
     if pid is None:  # no live driver: what was running is only interrupted
         counts[INTERRUPTED] += counts.pop(RUNNING, 0)
     line = f"{name}: {summary(counts, len(trials))}"

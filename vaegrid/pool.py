@@ -19,7 +19,7 @@ import json
 import os
 import subprocess
 import sys
-from concurrent.futures import Future
+from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -30,6 +30,8 @@ from vaegrid.errors import InputError
 # Peak resident memory of one worker on the seed study, measured: 1,306-1,338 MB (torch's
 # CUDA build 527 MB, libraries 200 MB, MNIST 220 MB plus loading). With a margin.
 WORKER_MEMORY_MB = 1400
+# A pool whose workers check a started trial's device kind themselves (a cluster's).
+ANY_KIND = "any"
 # A trial whose worker process dies this often (segfault, out of memory) is marked failed.
 MAX_WORKER_DEATHS = 2
 # CUDA trials share a GPU two at a time by default (each leaves it idle while it logs).
@@ -218,8 +220,21 @@ def make_pool(
 class Executor(Protocol):
     """Runs one trial per slot. The driver loop is the same for every implementation."""
 
-    def submit(self, slot: Slot, fn: Any, arg: Any) -> Future[Any]:
-        """Start ``fn(arg)`` on ``slot`` (which is free); the future ends when it returns."""
+    # "parent": workers are the driver's children and die with it; "heartbeat": workers
+    # elsewhere watch the driver's heartbeat in the database (worker.py).
+    watch: str
+
+    def submit(self, slot: Slot, fn: Any, arg: Any) -> Any:
+        """Start ``fn(arg)`` on ``slot`` (which is free); returns a future of its result."""
+        ...
+
+    def wait(self, futures: list[Any], timeout: float) -> list[Any]:
+        """The futures among ``futures`` that are done, waiting up to ``timeout`` seconds
+        for the first. Raises :class:`ClusterGone` if the executor itself is gone."""
+        ...
+
+    def is_death(self, error: BaseException) -> bool:
+        """Whether ``error`` (from a future) means the worker process died."""
         ...
 
     def reset(self, slot: Slot) -> None:
@@ -231,8 +246,14 @@ class Executor(Protocol):
         ...
 
 
+class ClusterGone(Exception):
+    """The executor's scheduler went away: the driver stops, keeping what was committed."""
+
+
 class LocalExecutor:
     """One single-worker loky process pool per slot, pinned to the slot's device."""
+
+    watch = "parent"
 
     def __init__(self, pool: Pool, initializer: Any = None) -> None:
         self.pool = pool
@@ -267,6 +288,15 @@ class LocalExecutor:
     def submit(self, slot: Slot, fn: Any, arg: Any) -> Future[Any]:
         future: Future[Any] = self._executor(slot).submit(fn, arg)
         return future
+
+    def wait(self, futures: list[Any], timeout: float) -> list[Any]:
+        done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
+        return list(done)
+
+    def is_death(self, error: BaseException) -> bool:
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        return isinstance(error, BrokenProcessPool)
 
     def reset(self, slot: Slot) -> None:
         old = self._executors.pop(slot, None)

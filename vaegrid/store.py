@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 import resource
-import sqlite3
 import time
 import warnings
 from collections import defaultdict
@@ -35,7 +34,6 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import quote
 
 import optuna
 from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
@@ -43,22 +41,24 @@ from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import (
-    Engine,
     Float,
     ForeignKey,
     Integer,
     String,
     Text,
-    create_engine,
-    event,
+    delete,
+    inspect,
+    or_,
     select,
+    update,
 )
+from sqlalchemy.engine import CursorResult
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
-from sqlalchemy.pool import NullPool
 
 from vaegrid.errors import InputError
 from vaegrid.paths import refuse_link
+from vaegrid.storage import DB_NAME, Database, insert_if_absent
 from vaegrid.study import Study, TrialConfig
 
 if TYPE_CHECKING:  # the driver imports this module and never loads torch
@@ -68,8 +68,6 @@ if TYPE_CHECKING:  # the driver imports this module and never loads torch
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-DB_NAME = "study.db"
-BUSY_TIMEOUT_S = 60
 # Trial statuses. "running" and "interrupted" resume from their checkpoint.
 PENDING, RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED = (
     "pending",
@@ -144,6 +142,26 @@ class ProvenanceRow(Base):
     peak_device_mb: Mapped[float | None] = mapped_column(Float)  # CUDA: max allocated
 
 
+class DriverRow(Base):
+    """The live driver of the study (servers and clusters: workers watch its heartbeat)."""
+
+    __tablename__ = "vg_driver"
+    study: Mapped[str] = mapped_column(String, primary_key=True)
+    token: Mapped[str] = mapped_column(String)  # this driver run's id, sent with every task
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String)
+    beat: Mapped[float] = mapped_column(Float)  # unix time of its last heartbeat
+
+
+class ClaimRow(Base):
+    """Who runs a trial (servers): a lease its worker renews; a dead worker's expires."""
+
+    __tablename__ = "vg_claim"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    owner: Mapped[str] = mapped_column(String)  # host:pid:thread of the worker
+    expires: Mapped[float] = mapped_column(Float)  # unix time
+
+
 class TrialDeviceRow(Base):
     """The kind of device a trial's first epoch ran on: it only ever continues on that kind."""
 
@@ -194,37 +212,19 @@ def trial_dir(study_dir: Path, key: str) -> Path:
     return study_dir / "trials" / key
 
 
-def existing_db(study_dir: Path) -> Path:
-    """The database of an existing study folder.
+def existing_db(study_dir: Path, storage: str | None = None) -> Database:
+    """The database of an existing study: ``--storage``, else the folder's ``study.db``.
 
     Raises:
-        InputError: ``study_dir`` holds no study database.
+        InputError: a bad ``storage`` URL, or ``study_dir`` holds no study database.
     """
-    path = db_path(study_dir)
-    if not path.is_file():
+    db = Database.for_study(study_dir, storage)
+    if db.path is not None and not db.path.is_file():
         raise InputError(
-            f"{study_dir}: not a vaegrid study folder (no {path.name}); expected RESULTS_DIR/STUDY"
+            f"{study_dir}: not a vaegrid study folder (no {db.path.name}); "
+            "expected RESULTS_DIR/STUDY"
         )
-    return path
-
-
-def _harden(engine: Engine) -> Engine:
-    """WAL, busy timeout and BEGIN IMMEDIATE on every connection of a writer's ``engine``."""
-
-    @event.listens_for(engine, "connect")
-    def _connect(dbapi: sqlite3.Connection, _record: object) -> None:
-        dbapi.isolation_level = None  # let the "begin" hook below open transactions
-        dbapi.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-        dbapi.execute("PRAGMA journal_mode = WAL")
-        # Safe against a killed process in WAL mode; only a power cut can lose the last commit.
-        dbapi.execute("PRAGMA synchronous = NORMAL")
-
-    @event.listens_for(engine, "begin")
-    def _begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
-
-    engine.dispose()  # connections opened before the hooks must not be reused
-    return engine
+    return db
 
 
 class Store:
@@ -234,50 +234,48 @@ class Store:
     nothing, takes no lock, and refuses a file that is not a vaegrid study.
     """
 
-    def __init__(self, path: Path, *, readonly: bool = False) -> None:
-        self.path = path
+    def __init__(self, db: Database | Path, *, readonly: bool = False) -> None:
+        self.db = db if isinstance(db, Database) else Database.sqlite(db)
+        self.path = str(self.db)  # where, for messages (never the password)
         self.readonly = readonly
         self._optuna: RDBStorage | None = None
-        refuse_link(path)
+        if self.db.path is not None:
+            refuse_link(self.db.path)
+        self.engine = self.db.engine(readonly)
         if readonly:
-            self.engine = create_engine(
-                "sqlite://", creator=lambda: _connect_read_only(path), poolclass=NullPool
-            )
             return
-        url = f"sqlite:///{path}"
-        self.engine = _harden(create_engine(url, connect_args={"timeout": BUSY_TIMEOUT_S}))
         try:
             Base.metadata.create_all(self.engine)
         except SQLAlchemyError as e:
             self.engine.dispose()
-            raise InputError(f"{path}: cannot write the study database ({_reason(e)})") from None
+            raise InputError(
+                f"{self.path}: cannot write the study database ({_reason(e)})"
+            ) from None
 
     @classmethod
-    def reader(cls, path: Path) -> Store:
+    def reader(cls, db: Database | Path) -> Store:
         """A read-only view of an existing study database.
 
         Raises:
-            InputError: ``path`` is missing, a link, or not a vaegrid study database.
+            InputError: missing, a link, unreachable, or not a vaegrid study database.
         """
-        store = cls(path, readonly=True)
+        store = cls(db, readonly=True)
         try:
             store.study_row()
         except (SQLAlchemyError, InputError) as e:
             store.close()
             reason = e if isinstance(e, InputError) else _reason(e)
-            raise InputError(f"{path}: not a vaegrid study database ({reason})") from None
+            raise InputError(f"{store.path}: not a vaegrid study database ({reason})") from None
         return store
 
     @property
     def optuna(self) -> RDBStorage:
-        """Optuna's storage on the same file, opened on first use (readers never need it)."""
+        """Optuna's storage on the same database, opened on first use (readers never do)."""
         assert not self.readonly, "a reader never writes Optuna's ledger"
         if self._optuna is None:
-            url = f"sqlite:///{self.path}"
-            self._optuna = RDBStorage(
-                url, engine_kwargs={"connect_args": {"timeout": BUSY_TIMEOUT_S}}
-            )
-            _harden(self._optuna.engine)
+            url = self.db.url.render_as_string(hide_password=False)
+            self._optuna = RDBStorage(url, engine_kwargs=self.db.optuna_engine_kwargs())
+            self.db.harden_optuna(self._optuna.engine)
         return self._optuna
 
     def close(self) -> None:
@@ -294,26 +292,38 @@ class Store:
     # -- the driver's side ---------------------------------------------------------------
 
     @staticmethod
-    def check_compatible(path: Path, study: Study) -> None:
+    def check_compatible(db: Database | Path, study: Study) -> None:
         """Refuse, without writing, a database made by a study with other fixed settings.
 
+        An empty database (a new server database, or a first run killed before its
+        tables were made) is compatible.
+
         Raises:
-            InputError: ``path`` is not a vaegrid study database, or its fixed settings differ.
+            InputError: unreachable, not a vaegrid study database, or its fixed settings
+                differ.
         """
-        refuse_link(path)
-        if not path.exists():
-            return
-        if not path.is_file():
-            raise InputError(f"{path}: is not a file; expected a vaegrid study database")
+        db = db if isinstance(db, Database) else Database.sqlite(db)
+        if db.path is not None:
+            refuse_link(db.path)
+            if not db.path.exists():
+                return
+            if not db.path.is_file():
+                raise InputError(f"{db.path}: is not a file; expected a vaegrid study database")
+        engine = db.engine(readonly=True)
         try:
-            with read_only(path) as con:
-                if con.execute("SELECT count(*) FROM sqlite_master").fetchone()[0] == 0:
-                    return  # empty: a first run killed before its tables were made
-                row = con.execute("SELECT name, fingerprint FROM vg_study").fetchone()
-        except sqlite3.Error as e:
-            raise InputError(f"{path}: not a vaegrid study database ({e})") from None
+            with engine.connect() as con:
+                tables = inspect(con).get_table_names()
+                if not tables:
+                    return
+                if StudyRow.__tablename__ not in tables:
+                    raise InputError(f"{db}: not a vaegrid study database (no vg_study table)")
+                row = con.execute(select(StudyRow.name, StudyRow.fingerprint)).first()
+        except SQLAlchemyError as e:
+            raise InputError(f"{db}: cannot read the study database ({_reason(e)})") from None
+        finally:
+            engine.dispose()
         if row is not None:
-            _refuse_mismatch(path, row[0], row[1], study)
+            _refuse_mismatch(str(db), row[0], row[1], study)
 
     def sync_study(self, study: Study, trials: Sequence[TrialConfig], slots: int) -> None:
         """Record the study, add the grid's new trials as pending (existing keys are kept),
@@ -347,19 +357,12 @@ class Store:
                 )
             else:
                 row.source, row.slots = study.source, slots
-            known = set(s.scalars(select(TrialRow.key)))
-            for cfg in trials:
-                if cfg.key not in known:
-                    s.add(
-                        TrialRow(
-                            key=cfg.key,
-                            config=cfg.to_json(),
-                            status=PENDING,
-                            epochs_done=0,
-                            seconds=0.0,
-                            **cfg.params,
-                        )
-                    )
+            new = [
+                {"key": c.key, "config": c.to_json(), "status": PENDING, "epochs_done": 0,
+                 "seconds": 0.0, **c.params}
+                for c in trials
+            ]  # fmt: skip
+            insert_if_absent(s, TrialRow, new)  # existing keys keep their rows
             # Runs left open by a driver that died are over.
             for run in s.scalars(select(RunRow).where(RunRow.status == RUNNING)):
                 run.status = INTERRUPTED
@@ -473,7 +476,42 @@ class Store:
             assert row is not None
             return row.status
 
+    def driver_beat(self, study: str, token: str, pid: int, host: str) -> None:
+        """The driver is alive (written every few seconds while a sweep runs)."""
+        with self.session() as s:
+            row = s.get(DriverRow, study)
+            if row is None:
+                s.add(DriverRow(study=study, token=token, pid=pid, host=host, beat=time.time()))
+            else:
+                row.token, row.pid, row.host, row.beat = token, pid, host, time.time()
+
+    def live_driver(self, timeout: float) -> DriverRow | None:
+        """The driver whose heartbeat is younger than ``timeout`` seconds, if any."""
+        with self.session() as s:
+            row = s.scalars(select(DriverRow)).first()
+            if row is None or time.time() - row.beat > timeout:
+                return None
+            s.expunge(row)
+            return row
+
     # -- the worker's side ---------------------------------------------------------------
+
+    def claim(self, key: str, owner: str, ttl: float) -> bool:
+        """Take (or renew) the lease on ``key`` for ``ttl`` seconds; False if another
+        worker holds a lease that has not expired."""
+        now = time.time()
+        with self.session() as s:
+            insert_if_absent(s, ClaimRow, [{"key": key, "owner": owner, "expires": now + ttl}])
+            taken: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(ClaimRow)
+                .where(ClaimRow.key == key, or_(ClaimRow.owner == owner, ClaimRow.expires < now))
+                .values(owner=owner, expires=now + ttl)
+            )
+            return bool(taken.rowcount == 1)
+
+    def release(self, key: str, owner: str) -> None:
+        with self.session() as s:
+            s.execute(delete(ClaimRow).where(ClaimRow.key == key, ClaimRow.owner == owner))
 
     def begin_run(
         self, key: str, device: str, worker: int, kind: str, host: str, versions: dict[str, str]
@@ -485,6 +523,10 @@ class Store:
             assert trial is not None
             if trial.status in FINAL:
                 return None
+            # Runs of this trial still open belong to a worker that died: this one holds the
+            # trial's lock (or lease) now, so they are over.
+            for old in s.scalars(select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)):
+                old.status, old.ended = INTERRUPTED, time.time()
             run = RunRow(key=key, device=device, worker=worker, started=time.time(), status=RUNNING)
             s.add(run)
             s.flush()
@@ -503,26 +545,19 @@ class Store:
         The first epoch also binds the trial to ``kind``, the kind of device it runs on.
         """
         with self.session() as s:
-            for split, m in (("train", record.train), ("val", record.val)):
-                if s.get(EpochRow, (key, record.epoch, split)) is None:
-                    s.add(
-                        EpochRow(
-                            key=key,
-                            epoch=record.epoch,
-                            split=split,
-                            elbo=m.elbo,
-                            recon=m.recon,
-                            kl=m.kl,
-                            seconds=record.seconds,
-                        )
-                    )
+            rows = [
+                {"key": key, "epoch": record.epoch, "split": split, "elbo": m.elbo,
+                 "recon": m.recon, "kl": m.kl, "seconds": record.seconds}
+                for split, m in (("train", record.train), ("val", record.val))
+            ]  # fmt: skip
+            insert_if_absent(s, EpochRow, rows)  # a replayed epoch keeps what was committed
             row = s.get(TrialRow, key)
             assert row is not None
             if record.epoch > row.epochs_done:
                 row.epochs_done = record.epoch
                 row.seconds += record.seconds
-            if kind is not None and s.get(TrialDeviceRow, key) is None:
-                s.add(TrialDeviceRow(key=key, device_kind=kind))
+            if kind is not None:
+                insert_if_absent(s, TrialDeviceRow, [{"key": key, "device_kind": kind}])
         # A replayed epoch of a trial whose end Optuna already has is refused by Optuna itself:
         # no second read of the whole trial each epoch to check first.
         with suppress(UpdateFinishedTrialError):
@@ -549,7 +584,8 @@ class Store:
         with self.session() as s:
             row = s.get(TrialRow, key)
             assert row is not None
-            row.status, row.cause, row.diverged_epoch = status, cause_text, epoch
+            if row.status not in FINAL:  # a trial's end is written once
+                row.status, row.cause, row.diverged_epoch = status, cause_text, epoch
             run = s.get(RunRow, run_id)
             assert run is not None
             run.status, run.ended, run.error = status, time.time(), error
@@ -557,7 +593,8 @@ class Store:
             prov = s.get(ProvenanceRow, run_id)
             if prov is not None:
                 prov.peak_device_mb = peak_device_mb
-        self._finish_optuna(key, status, cause_text)
+        if status in FINAL:
+            self._finish_optuna(key, status, cause_text)
         return status
 
     def fail(self, key: str, error: str) -> None:
@@ -633,7 +670,7 @@ class Store:
             return row.name, row.slots
 
 
-def _config(path: Path, key: str, text: str) -> TrialConfig:
+def _config(path: str, key: str, text: str) -> TrialConfig:
     """A stored trial's config, refused unless it is well-formed and hashes to its key."""
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise InputError(f"{path}: vg_trial holds a key {key!r} that vaegrid never makes")
@@ -666,34 +703,7 @@ def _reason(e: SQLAlchemyError) -> str:
     return str(orig or e).splitlines()[0]
 
 
-def _connect_read_only(path: Path) -> sqlite3.Connection:
-    """A read-only connection that writes nothing, not even SQLite's -shm/-wal files
-    where avoidable (see :func:`read_only`)."""
-    refuse_link(path)
-    if not path.is_file():
-        raise sqlite3.OperationalError("no such file")
-    # A cleanly closed WAL database has no -wal file: read it as immutable, which creates
-    # no -shm/-wal files either. After a crash, or while a sweep writes, the -wal holds
-    # commits: read through it.
-    clean = not path.with_name(path.name + "-wal").exists()
-    mode = "ro&immutable=1" if clean else "ro"
-    uri = f"file:{quote(str(path.resolve()))}?mode={mode}"
-    con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
-    con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
-    return con
-
-
-@contextmanager
-def read_only(path: Path) -> Iterator[sqlite3.Connection]:
-    """A read-only connection to ``path`` (see :func:`_connect_read_only`)."""
-    con = _connect_read_only(path)
-    try:
-        yield con
-    finally:
-        con.close()
-
-
-def _refuse_mismatch(path: Path, name: str, fingerprint: str, study: Study) -> None:
+def _refuse_mismatch(path: str, name: str, fingerprint: str, study: Study) -> None:
     """Raise InputError if the stored study (name, fingerprint JSON) is not ``study``'s."""
     stored = json.loads(fingerprint)
     new = json.loads(json.dumps(study.fingerprint()))  # tuples as stored: lists

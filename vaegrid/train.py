@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -54,9 +55,10 @@ class EpochRecord:
 
 @dataclass(frozen=True)
 class TrialResult:
-    """How a trial ended: ``completed`` or ``diverged`` (a result, not an error)."""
+    """How a run of a trial ended: ``completed`` or ``diverged`` (a result, not an error),
+    or ``interrupted`` (asked to stop: it continues from its last epoch next time)."""
 
-    status: Literal["completed", "diverged"]
+    status: Literal["completed", "diverged", "interrupted"]
     history: list[EpochRecord]  # every finished epoch, resumed ones included
     cause: str | None = None  # for diverged: what went non-finite, where
     diverged_epoch: int | None = None
@@ -117,6 +119,7 @@ def run_trial(
     val_x: torch.Tensor,
     trial_dir: Path,
     on_epoch: OnEpoch | None = None,
+    stop: threading.Event | None = None,
 ) -> TrialResult:
     """Train ``cfg`` on the device that holds ``train_x``, continuing from a checkpoint if any.
 
@@ -128,6 +131,8 @@ def run_trial(
         on_epoch: Called after each epoch's checkpoint is on disk. On resume it is first
             called again for the epochs restored from the checkpoint, so it must be
             idempotent: a store that missed the last commit catches up.
+        stop: Set by another thread to end the run at the next batch (its driver is gone,
+            its lease lost): ``interrupted``, with the epochs finished so far.
 
     Returns:
         ``completed`` with the history, or ``diverged`` with the epoch and cause.
@@ -152,13 +157,16 @@ def run_trial(
         for epoch in range(len(history) + 1, cfg.train.epochs + 1):
             started = time.perf_counter()
             try:
-                train = _train_epoch(model, optimizer, train_x, cfg, epoch)
+                train = _train_epoch(model, optimizer, train_x, cfg, epoch, stop)
                 val = evaluate(model, val_x, val_seed)
                 if not math.isfinite(val.elbo):
                     raise _Diverged("non-finite validation loss")
             except _Diverged as d:
                 log.write(f"epoch {epoch}: diverged: {d}\n")
                 return TrialResult("diverged", history, f"{d} in epoch {epoch}", epoch)
+            except _Stopped:
+                log.write(f"epoch {epoch}: stopped (driver gone or lease lost)\n")
+                return TrialResult("interrupted", history)
             record = EpochRecord(epoch, train, val, time.perf_counter() - started)
             history.append(record)
             _save_checkpoint(trial_dir, model, optimizer, history, identity)
@@ -178,8 +186,17 @@ class _Diverged(Exception):
     """A non-finite loss or gradient norm: the trial's result, raised only inside this module."""
 
 
+class _Stopped(Exception):
+    """The run was asked to stop (``run_trial``'s ``stop``); raised only inside this module."""
+
+
 def _train_epoch(
-    model: VAE, optimizer: torch.optim.Optimizer, x: torch.Tensor, cfg: TrialConfig, epoch: int
+    model: VAE,
+    optimizer: torch.optim.Optimizer,
+    x: torch.Tensor,
+    cfg: TrialConfig,
+    epoch: int,
+    stop: threading.Event | None = None,
 ) -> Metrics:
     """One pass over ``x``, returning the train metrics.
 
@@ -199,6 +216,8 @@ def _train_epoch(
     n = 0  # images seen
     # A last batch of one image is dropped: BatchNorm cannot normalise a single sample.
     for start in range(0, len(x) - 1, batch):
+        if stop is not None and stop.is_set():  # a flag read: nothing waits for the device
+            raise _Stopped
         xb = x.index_select(0, perm[start : start + batch])
         n += len(xb)
         eps = torch.randn(len(xb), model.latent, generator=g, device=device)

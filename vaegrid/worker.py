@@ -1,9 +1,13 @@
 """What runs inside a pool worker: one trial on one device, recorded as it goes.
 
-Workers are processes started by an executor (pool.py) with their device pinned: a CUDA
-worker sees only its own GPU, as ``cuda:0``. Each one caps its threads, ignores Ctrl-C
-(the driver decides what stops), and exits at once if its driver dies, so a killed sweep
-leaves no orphan that could write a trial a new driver is running.
+Workers are processes started by an executor with their device pinned: a CUDA worker sees
+only its own GPU, as ``cuda:0`` (the local pool sets ``CUDA_VISIBLE_DEVICES``; so does
+dask-cuda). A trial runs only while its worker holds the trial: an flock beside the trial
+on SQLite, a lease in the database on a server (renewed every few seconds; a dead
+worker's lease expires). And only while its driver lives: a local worker exits at once
+when its parent driver dies; a cluster worker stops its trial at the next batch when the
+driver's heartbeat in the database is older than :data:`DRIVER_TIMEOUT_S`. Either way no
+orphan writes a trial that a new driver may be running.
 """
 
 from __future__ import annotations
@@ -15,18 +19,23 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaegrid import provenance
-from vaegrid.paths import ensure_dir, open_fd, open_file
-from vaegrid.store import Store
+from vaegrid.errors import InputError
+from vaegrid.paths import ensure_dir, open_fd, open_file, read_bytes
+from vaegrid.storage import Database
+from vaegrid.store import FINAL, Store
 from vaegrid.study import TrialConfig
 
 if TYPE_CHECKING:
     from vaegrid.train import TrialResult
+
+if TYPE_CHECKING:
+    pass
 
 
 @dataclass(frozen=True)
@@ -40,8 +49,18 @@ class Task:
     db: str  # the study database
     trial_dir: str  # results/<study>/trials/<key>
     data_root: str  # MNIST root (holds MNIST/raw)
-    driver_pid: int  # the worker exits when this process is gone
+    driver_pid: int  # local workers exit when this process is gone
     versions: tuple[tuple[str, str], ...] = ()  # the driver's provenance.versions()
+    watch: str = "parent"  # "parent" (local pool) or "heartbeat" (cluster)
+    driver_token: str = ""  # the driver's id: in the study folder and its heartbeat row
+
+
+# A cluster worker stops a trial whose driver's heartbeat is older than this.
+DRIVER_TIMEOUT_S = 20.0
+# A server lease on a trial lasts this long; its worker renews it every third of it.
+LEASE_S = 30.0
+# The file in the study folder that proves a worker sees the driver's folder.
+TOKEN_FILE = ".vaegrid-driver"
 
 
 _STORES: dict[str, Store] = {}
@@ -54,34 +73,39 @@ def init_worker() -> None:
 
 
 def execute(task: Task) -> str:
-    """Run one trial to its end (or its next failure) and return its final status.
+    """Run one trial to its end (or its next failure) and return its status.
 
     Whatever goes wrong inside, in the trial or in its bookkeeping (the store, the trial's
     lock, a full disk), is recorded with its traceback against this trial alone, never
     raised: the sweep goes on. If even that record cannot be written, the exception goes
-    back to the driver, which records it. Only the death of this process (or of the
-    driver) interrupts a trial, and then its last finished epoch is where it resumes.
+    back to the driver, which records it. A trial whose driver is gone, or whose lease was
+    lost, stops at the next batch as ``interrupted``; its last finished epoch is where it
+    resumes.
     """
     cfg = TrialConfig.from_json(task.config)
     trial_dir = Path(task.trial_dir)
-    _watch(task.driver_pid)
-    store = _store(task.db)
+    if task.watch == "parent":
+        _watch(task.driver_pid)
+    store = _store(task.db, trial_dir.parent.parent)
     run_id: int | None = None
     try:
+        _check_study_folder(trial_dir.parent.parent, task.driver_token)
         ensure_dir(trial_dir)
-        with _exclusive(trial_dir / ".lock"):
+        with _hold(task, store, cfg.key, trial_dir) as stop:
             torch_device, kind = _setup_device(task)
             versions = dict(task.versions) | _cuda_version()
+            device = task.device if task.device != "auto" else torch_device
             run_id = store.begin_run(
-                cfg.key, task.device, os.getpid(), kind, provenance.host(), versions
+                cfg.key, device, os.getpid(), kind, provenance.host(), versions
             )
             if run_id is None:  # its end was committed before the driver learned it
                 return store.status_of(cfg.key)
-            result = _train(task, cfg, store, torch_device, kind)
+            result = _train(task, cfg, store, torch_device, kind, stop)
             status = store.finish_run(cfg.key, run_id, result, None, _peak_device_mb(kind))
-        from vaegrid.train import finalize
+        if status in FINAL:
+            from vaegrid.train import finalize
 
-        finalize(trial_dir)  # its end is committed: the resume checkpoint can go
+            finalize(trial_dir)  # its end is committed: the resume checkpoint can go
         return status
     except Exception:
         error = f"failed on {task.device} (pid {os.getpid()}):\n{traceback.format_exc()}"
@@ -97,20 +121,98 @@ def execute(task: Task) -> str:
         return store.finish_run(cfg.key, run_id, None, error)
 
 
-def _store(db: str) -> Store:
-    if db not in _STORES:
-        _STORES[db] = Store(Path(db))
-    return _STORES[db]
+def _store(url: str, study_dir: Path) -> Store:
+    if url not in _STORES:
+        _STORES[url] = Store(Database.for_study(study_dir, url))
+    return _STORES[url]
+
+
+def _check_study_folder(study_dir: Path, token: str) -> None:
+    """The worker must see the very folder its driver writes (a shared filesystem)."""
+    if not token:
+        return
+    try:
+        seen = read_bytes(study_dir / TOKEN_FILE).decode(errors="replace").strip()
+    except InputError:
+        seen = ""
+    if seen != token:
+        raise InputError(
+            f"{study_dir}: this worker ({provenance.host()}) does not see the driver's study "
+            "folder; trial folders must be on a filesystem every worker sees, at the same path"
+        )
+
+
+@contextmanager
+def _hold(task: Task, store: Store, key: str, trial_dir: Path) -> Iterator[threading.Event]:
+    """Hold the trial for this worker while the block runs; yields the trial's stop flag.
+
+    SQLite: an flock beside the trial (the kernel drops it when its holder dies). A server:
+    a lease in the database, waited for while another worker's is live, renewed by a
+    watcher thread that also sets the stop flag when the lease is lost or the driver's
+    heartbeat is older than :data:`DRIVER_TIMEOUT_S`.
+    """
+    stop = threading.Event()
+    done = threading.Event()
+    owner = f"{provenance.host()}:{os.getpid()}:{threading.get_ident()}"
+    server = not store.db.is_sqlite
+    if server:
+        while not store.claim(key, owner, LEASE_S):
+            if done.wait(2.0):
+                break
+    watcher = threading.Thread(
+        target=_watch_trial,
+        args=(task, store, key, owner, server, stop, done),
+        name=f"vaegrid-watch-{key}",
+        daemon=True,
+    )
+    try:
+        with _exclusive(trial_dir / ".lock") if not server else nullcontext():
+            watcher.start()
+            yield stop
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join()
+        if server:
+            store.release(key, owner)
+
+
+def _watch_trial(
+    task: Task,
+    store: Store,
+    key: str,
+    owner: str,
+    server: bool,
+    stop: threading.Event,
+    done: threading.Event,
+) -> None:
+    every = min(LEASE_S / 3, DRIVER_TIMEOUT_S / 4)
+    while not done.wait(every):
+        try:
+            if server and not store.claim(key, owner, LEASE_S):
+                stop.set()  # another worker took it over: never two runs at once
+            if task.watch == "heartbeat":
+                live = store.live_driver(DRIVER_TIMEOUT_S)
+                if live is None or live.token != task.driver_token:
+                    stop.set()  # the driver died (or a new one took over): stop, resume later
+        except Exception:  # the database is unreachable: the lease will lapse, stop now
+            stop.set()
+        if stop.is_set():
+            return
 
 
 def _setup_device(task: Task) -> tuple[str, str]:
-    """torch settings for this trial's device; returns (torch device, device kind)."""
+    """torch settings for this trial's device; returns (torch device, device kind).
+
+    ``auto`` (cluster workers) is the worker's GPU if it has one, else its CPU.
+    """
     import torch  # here, not at the top: the driver imports this module
 
     from vaegrid.train import device_kind
 
     torch.set_num_threads(task.threads)
-    if not task.device.startswith("cuda"):
+    cuda = task.device.startswith("cuda") or (task.device == "auto" and torch.cuda.is_available())
+    if not cuda:
         return "cpu", device_kind(torch.device("cpu"))
     # Deterministic CUDA: the same trial twice on one GPU gives the same numbers. The
     # executor pinned this worker to one GPU, so it is cuda:0 here.
@@ -123,7 +225,9 @@ def _setup_device(task: Task) -> tuple[str, str]:
     return "cuda:0", device_kind(device)
 
 
-def _train(task: Task, cfg: TrialConfig, store: Store, device: str, kind: str) -> TrialResult:
+def _train(
+    task: Task, cfg: TrialConfig, store: Store, device: str, kind: str, stop: threading.Event
+) -> TrialResult:
     from vaegrid.data import load_splits
     from vaegrid.train import run_trial
 
@@ -134,6 +238,7 @@ def _train(task: Task, cfg: TrialConfig, store: Store, device: str, kind: str) -
         splits.val,
         Path(task.trial_dir),
         on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r, kind),
+        stop=stop,
     )
 
 

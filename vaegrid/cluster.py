@@ -1,0 +1,103 @@
+"""The Dask executor: the same sweep on a Dask distributed cluster.
+
+The driver connects to a scheduler the user started (``dask scheduler``), whose workers
+the user started with Dask's own tools (``dask worker``, ``dask cuda worker``,
+dask-jobqueue on Slurm or PBS). A worker offers trial slots as a Dask *resource*
+(``--resources vaegrid=K``); every trial asks for one unit of it, so Dask's scheduler
+never runs more than K trials on a worker, and only workers that offer the resource get
+trials. Dask moves the tasks; the study database keeps every bit of state (claims,
+heartbeat, results), so nothing here is a scheduler, a queue or an RPC of vaegrid's own.
+
+A worker killed mid-trial: Dask runs the task again on another worker, which takes the
+trial over once the dead worker's lease has lapsed and continues from the last
+checkpoint. Dask gives up after ``distributed.scheduler.allowed-failures`` deaths of one
+task (``KilledWorker``), which the driver counts as a death of the trial.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from typing import Any
+
+from vaegrid.errors import InputError
+from vaegrid.pool import ANY_KIND, ClusterGone, Pool, Slot
+
+CONNECT_TIMEOUT_S = 10
+
+
+class DaskExecutor:
+    """Submits trials to a Dask scheduler; each asks for one unit of ``resource``."""
+
+    watch = "heartbeat"
+
+    def __init__(self, address: str, resource: str = "vaegrid") -> None:
+        """Connect to the scheduler at ``address`` (``tcp://HOST:8786``).
+
+        Raises:
+            InputError: the scheduler cannot be reached within 10 s.
+        """
+        from distributed import Client
+
+        self.address, self.resource = address, resource
+        try:
+            self.client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except (OSError, TimeoutError, ValueError) as e:
+            raise InputError(
+                f"--cluster: cannot reach a Dask scheduler at {address} "
+                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}); "
+                "start one with `dask scheduler` and workers with "
+                f"`dask worker {address} --resources {resource}=K`"
+            ) from None
+
+    def pool(self) -> Pool:
+        """A pool of one device, "cluster", with a slot per unit of the resource offered.
+
+        Raises:
+            InputError: no worker offers the resource.
+        """
+        workers = self.client.scheduler_info()["workers"]
+        slots = sum(int(w.get("resources", {}).get(self.resource, 0)) for w in workers.values())
+        if slots == 0:
+            self.close()
+            raise InputError(
+                f"--cluster: none of the {len(workers)} workers of {self.address} offers the "
+                f"resource {self.resource!r}; start workers with "
+                f"`dask worker {self.address} --resources {self.resource}=K` (K trials each)"
+            )
+        found = f"{self.address}: {len(workers)} workers, {slots} offer {self.resource!r} slots"
+        return Pool(("cluster",), slots, 1, (ANY_KIND,), found)
+
+    def submit(self, slot: Slot, fn: Any, arg: Any) -> Any:
+        return self.client.submit(fn, arg, resources={self.resource: 1}, pure=False)
+
+    def wait(self, futures: list[Any], timeout: float) -> list[Any]:
+        from distributed import wait
+
+        if self.client.status not in ("running", "connecting"):
+            raise ClusterGone(f"the Dask scheduler at {self.address} is gone")
+        if not futures:
+            return []
+        try:
+            done, _ = wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            return []
+        if self.client.status not in ("running", "connecting") or any(
+            f.status == "lost" for f in futures
+        ):
+            raise ClusterGone(f"the Dask scheduler at {self.address} is gone")
+        return list(done)
+
+    def is_death(self, error: BaseException) -> bool:
+        from distributed import KilledWorker
+
+        return isinstance(error, KilledWorker)
+
+    def reset(self, slot: Slot) -> None:
+        pass  # Dask replaces dead workers' tasks itself
+
+    def shutdown(self, kill: bool) -> None:
+        self.close()
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.close(timeout=CONNECT_TIMEOUT_S)

@@ -1,0 +1,251 @@
+"""Where a study's database lives: a URL, SQLite (embedded, the default) or PostgreSQL.
+
+Everything dialect-specific is here: parsing and checking the URL, making engines, the
+insert-if-absent upsert, and the driver's lock on a server. The rest of vaegrid speaks
+SQLAlchemy and Optuna's RDB storage over whatever :class:`Database` gives it.
+
+Connections. A sweep on a cluster has hundreds of worker processes, and PostgreSQL allows
+100 connections by default (Optuna's users meet this: optuna/optuna#1347). So vaegrid
+holds a server connection only for the length of a transaction (SQLAlchemy's NullPool):
+a worker commits one epoch every few seconds at most, so connections in use at once are
+the transactions in flight, not the workers. A connection refused because the server is
+full ("too many clients") is retried with jittered back-off for up to a minute instead
+of failing the trial. Past a few hundred workers, put PgBouncer in front (README, Scale).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import random
+import sqlite3
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.engine import URL, make_url
+from sqlalchemy.exc import ArgumentError
+from sqlalchemy.orm import Session
+from sqlalchemy.pool import NullPool
+
+from vaegrid.errors import InputError
+from vaegrid.paths import mount_type, refuse_link
+
+DB_NAME = "study.db"
+BUSY_TIMEOUT_S = 60  # SQLite: how long a writer waits for another's commit
+CONNECT_TIMEOUT_S = 5  # PostgreSQL: an unreachable server is refused within this
+FULL_SERVER_RETRY_S = 60  # PostgreSQL: how long "too many clients" is retried
+# Filesystems on which SQLite's locking cannot be trusted (SQLite FAQ 5, "How To Corrupt").
+NETWORK_FILESYSTEMS = frozenset(
+    [
+        "nfs", "nfs4", "cifs", "smb3", "smbfs", "ceph", "fuse.ceph", "glusterfs",
+        "fuse.glusterfs", "lustre", "gpfs", "beegfs", "9p", "afs", "fuse.sshfs",
+        "fuse.s3fs", "fuse.gcsfuse", "fuse.juicefs", "fuse.rclone",
+    ]
+)  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Database:
+    """A checked storage URL."""
+
+    url: URL  # with the password, for connecting
+    path: Path | None  # SQLite: the file
+
+    @property
+    def dialect(self) -> str:
+        return self.url.get_backend_name()
+
+    @property
+    def is_sqlite(self) -> bool:
+        return self.dialect == "sqlite"
+
+    def __str__(self) -> str:
+        """What messages show: the SQLite file, or the URL without its password."""
+        return str(self.path) if self.path else self.url.render_as_string(hide_password=True)
+
+    @classmethod
+    def sqlite(cls, path: Path) -> Database:
+        return cls(make_url(f"sqlite:///{path}"), path)
+
+    @classmethod
+    def for_study(cls, study_dir: Path, storage: str | None = None) -> Database:
+        """``--storage URL``, or by default ``sqlite:///<study_dir>/study.db``.
+
+        Raises:
+            InputError: not a URL, a dialect other than SQLite and PostgreSQL (psycopg 3),
+                an in-memory SQLite database.
+        """
+        if storage is None:
+            return cls.sqlite(study_dir / DB_NAME)
+        try:
+            url = make_url(storage)
+        except ArgumentError:
+            raise InputError(
+                f"--storage: {storage!r} is not a database URL; expected sqlite:///PATH "
+                "or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+            ) from None
+        backend, driver = url.get_backend_name(), url.get_driver_name()
+        if backend == "sqlite":
+            if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+                raise InputError(
+                    f"--storage: {storage!r} is not a file; expected sqlite:///PATH/study.db"
+                )
+            return cls(url, Path(url.database))
+        if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg2", ""):
+            # The same server whatever driver the URL names: vaegrid speaks psycopg 3.
+            return cls(url.set(drivername="postgresql+psycopg"), None)
+        raise InputError(
+            f"--storage: {url.drivername!r} is not supported; expected sqlite:///PATH or "
+            "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        )
+
+    def check_location(self) -> None:
+        """Refuse a SQLite file on a network filesystem (its locks do not hold there).
+
+        Raises:
+            InputError: naming the filesystem and what to use instead.
+        """
+        if not self.is_sqlite or self.path is None:
+            return
+        existing = self.path.parent
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        kind = mount_type(existing)
+        if kind in NETWORK_FILESYSTEMS:
+            raise InputError(
+                f"{self.path}: is on a {kind} filesystem, where SQLite's locks do not hold "
+                "across machines; keep the study database on a local disk, or use "
+                "--storage postgresql://USER:PASSWORD@HOST/DATABASE"
+            )
+
+    def engine(self, readonly: bool = False) -> Engine:
+        """An engine for vaegrid's tables (writers) or for reading only (no lock, no write)."""
+        if self.is_sqlite:
+            assert self.path is not None
+            if readonly:
+                path = self.path
+                return create_engine(
+                    "sqlite://", creator=lambda: connect_sqlite_read_only(path), poolclass=NullPool
+                )
+            return _harden_sqlite(create_engine(self.url, connect_args={"timeout": BUSY_TIMEOUT_S}))
+        return create_engine(
+            self.url, poolclass=NullPool, creator=_pg_connector(self.url, readonly)
+        )
+
+    def optuna_engine_kwargs(self) -> dict[str, Any]:
+        """What Optuna's RDBStorage needs to connect the same way."""
+        if self.is_sqlite:
+            return {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
+        return {"poolclass": NullPool, "creator": _pg_connector(self.url, False)}
+
+    def harden_optuna(self, engine: Engine) -> None:
+        if self.is_sqlite:
+            _harden_sqlite(engine)
+
+    def exists(self) -> bool:
+        """Whether there is a database to check (a server always is; it may be empty)."""
+        return self.path is None or self.path.exists() or self.path.is_symlink()
+
+
+def insert_if_absent(session: Session, model: Any, rows: Sequence[dict[str, Any]]) -> None:
+    """INSERT ... ON CONFLICT DO NOTHING: the one upsert vaegrid needs, in both dialects."""
+    if not rows:
+        return
+    from sqlalchemy.dialects import postgresql, sqlite
+
+    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
+    session.execute(dialect.insert(model).values(list(rows)).on_conflict_do_nothing())
+
+
+def _harden_sqlite(engine: Engine) -> Engine:
+    """WAL, busy timeout and BEGIN IMMEDIATE on every connection of a SQLite writer."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi: sqlite3.Connection, _record: object) -> None:
+        dbapi.isolation_level = None  # let the "begin" hook below open transactions
+        dbapi.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+        dbapi.execute("PRAGMA journal_mode = WAL")
+        # Safe against a killed process in WAL mode; only a power cut can lose the last commit.
+        dbapi.execute("PRAGMA synchronous = NORMAL")
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        # A read-then-write never fails with SQLITE_BUSY_SNAPSHOT when another worker
+        # committed in between: the write lock is taken at BEGIN.
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+    engine.dispose()  # connections opened before the hooks must not be reused
+    return engine
+
+
+def connect_sqlite_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection that writes nothing, not even SQLite's -shm/-wal files
+    where avoidable."""
+    refuse_link(path)
+    if not path.is_file():
+        raise sqlite3.OperationalError("no such file")
+    # A cleanly closed WAL database has no -wal file: read it as immutable, which creates
+    # no -shm/-wal files either. After a crash, or while a sweep writes, the -wal holds
+    # commits: read through it (SQLite may then create an empty -shm beside it).
+    clean = not path.with_name(path.name + "-wal").exists()
+    mode = "ro&immutable=1" if clean else "ro"
+    uri = f"file:{quote(str(path.resolve()))}?mode={mode}"
+    con = sqlite3.connect(uri, uri=True, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+    con.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_S * 1000}")
+    return con
+
+
+def _pg_connector(url: URL, readonly: bool) -> Callable[[], Any]:
+    """psycopg 3 connections to ``url``: a short connect timeout, read-only if asked,
+    and "too many clients" retried with jittered back-off rather than failed."""
+    import psycopg
+
+    params: dict[str, Any] = {
+        k: v
+        for k, v in url.translate_connect_args(username="user", database="dbname").items()
+        if v is not None
+    }
+    params.update(url.query)
+    params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
+    params.setdefault("application_name", "vaegrid")
+    if readonly:
+        params["options"] = "-c default_transaction_read_only=on"
+
+    def connect() -> Any:
+        deadline = time.monotonic() + FULL_SERVER_RETRY_S
+        delay = 0.05
+        while True:
+            try:
+                return psycopg.connect(**params)
+            except psycopg.OperationalError as e:
+                full = "too many clients" in str(e) or "starting up" in str(e)
+                if not full or time.monotonic() > deadline:
+                    raise
+                time.sleep(delay * (1 + random.random()))
+                delay = min(delay * 2, 2.0)
+
+    return connect
+
+
+@contextmanager
+def pg_advisory_lock(db: Database, name: str) -> Iterator[bool]:
+    """Try PostgreSQL's session advisory lock for ``name``; yields whether it is held.
+
+    The lock lives on one dedicated connection for the whole block: the server releases
+    it when that connection ends, however the driver dies (no stale lock to guess about).
+    """
+    key = int.from_bytes(
+        hashlib.sha256(f"vaegrid:{name}".encode()).digest()[:8], "big", signed=True
+    )
+    con = _pg_connector(db.url, False)()
+    try:
+        con.autocommit = True
+        held = bool(con.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])
+        yield held
+    finally:
+        con.close()  # releases the lock with the session
