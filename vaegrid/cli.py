@@ -43,6 +43,18 @@ def _parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--retry-failed", action="store_true", help="run failed trials again")
     run.add_argument(
+        "--cluster",
+        default=None,
+        metavar="ADDRESS",
+        help="run trials on a Dask scheduler (tcp://HOST:8786) instead of the local pool",
+    )
+    run.add_argument(
+        "--resource",
+        default="vaegrid",
+        metavar="NAME",
+        help="the Dask worker resource a trial takes one unit of (default: vaegrid)",
+    )
+    run.add_argument(
         "--max-deaths",
         type=int,
         default=MAX_WORKER_DEATHS,
@@ -69,6 +81,13 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="progress of a study, from its database")
     status.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
+    for command in (run, report, status):
+        command.add_argument(
+            "--storage",
+            default=None,
+            metavar="URL",
+            help="the study database URL (default: sqlite:///RESULTS_DIR/STUDY/study.db)",
+        )
     return p
 
 
@@ -102,17 +121,31 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"
             )
-        pool = make_pool(args.devices, args.workers_per_device)
-        print(f"devices: {pool.found}; {pool.per_device} trials at once per device", flush=True)
-        return run_study(
-            study,
-            Path(args.results),
-            pool,
-            data_dir(args.data_dir),
-            retry_failed=args.retry_failed,
-            progress=not args.no_progress,
-            max_deaths=args.max_deaths,
-        )
+        executor = None
+        if args.cluster:
+            from vaegrid.cluster import DaskExecutor
+
+            executor = DaskExecutor(args.cluster, args.resource)
+            pool = executor.pool()
+            print(f"cluster: {pool.found}", flush=True)
+        else:
+            pool = make_pool(args.devices, args.workers_per_device)
+            print(f"devices: {pool.found}; {pool.per_device} trials at once per device", flush=True)
+        try:
+            return run_study(
+                study,
+                Path(args.results),
+                pool,
+                data_dir(args.data_dir),
+                retry_failed=args.retry_failed,
+                progress=not args.no_progress,
+                max_deaths=args.max_deaths,
+                executor=executor,
+                storage=args.storage,
+            )
+        finally:
+            if executor is not None:
+                executor.close()
     if args.command == "report":
         from vaegrid.data import data_dir
         from vaegrid.pool import make_pool
@@ -121,7 +154,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         device = make_pool(args.device).devices[0]  # validates the device name
         done = make_report(
             Path(args.study_dir), data_dir(args.data_dir), top=args.top,
-            nll_samples=args.nll_samples, force=args.force, device=device,
+            nll_samples=args.nll_samples, force=args.force, device=device, storage=args.storage,
         )  # fmt: skip
         reused = len(done.test["key"].unique()) - len(done.evaluated)
         print(
@@ -132,6 +165,6 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "status":
         from vaegrid.driver import status_line
 
-        print(status_line(Path(args.study_dir)))
+        print(status_line(Path(args.study_dir), args.storage))
         return 0
     raise AssertionError(args.command)

@@ -17,6 +17,7 @@ task (``KilledWorker``), which the driver counts as a death of the trial.
 from __future__ import annotations
 
 import contextlib
+import time
 from typing import Any
 
 from vaegrid.errors import InputError
@@ -64,28 +65,32 @@ class DaskExecutor:
                 f"resource {self.resource!r}; start workers with "
                 f"`dask worker {self.address} --resources {self.resource}=K` (K trials each)"
             )
-        found = f"{self.address}: {len(workers)} workers, {slots} offer {self.resource!r} slots"
+        offering = sum(1 for w in workers.values() if w.get("resources", {}).get(self.resource))
+        found = (
+            f"{self.address}: {len(workers)} workers, {offering} of them offer "
+            f"{slots} {self.resource!r} slots"
+        )
         return Pool(("cluster",), slots, 1, (ANY_KIND,), found)
 
     def submit(self, slot: Slot, fn: Any, arg: Any) -> Any:
         return self.client.submit(fn, arg, resources={self.resource: 1}, pure=False)
 
     def wait(self, futures: list[Any], timeout: float) -> list[Any]:
-        from distributed import wait
-
-        if self.client.status not in ("running", "connecting"):
-            raise ClusterGone(f"the Dask scheduler at {self.address} is gone")
-        if not futures:
-            return []
-        try:
-            done, _ = wait(futures, timeout=timeout, return_when="FIRST_COMPLETED")
-        except TimeoutError:
-            return []
-        if self.client.status not in ("running", "connecting") or any(
-            f.status == "lost" for f in futures
-        ):
-            raise ClusterGone(f"the Dask scheduler at {self.address} is gone")
-        return list(done)
+        # Polled: distributed.wait needs a process-wide default client, which a driver
+        # that may hold other clients must not set.
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.client.status not in ("running", "connecting", "newly-created"):
+                raise ClusterGone(f"the Dask scheduler at {self.address} is gone")
+            done = [f for f in futures if f.done()]
+            if any(f.status in ("cancelled", "lost") for f in done):
+                # vaegrid never cancels a trial's future: the scheduler lost them
+                raise ClusterGone(
+                    f"the Dask scheduler at {self.address} is gone (it lost its tasks)"
+                )
+            if done or time.monotonic() >= deadline:
+                return done
+            time.sleep(0.05)
 
     def is_death(self, error: BaseException) -> bool:
         from distributed import KilledWorker

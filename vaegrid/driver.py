@@ -234,6 +234,8 @@ def _heartbeat(store: Store, study: str, token: str, on: bool) -> Iterator[None]
     finally:
         done.set()
         thread.join()
+        with suppress(SQLAlchemyError):
+            store.driver_gone(study, token)
 
 
 def _stop(signum: int, frame: object) -> None:
@@ -269,7 +271,9 @@ class _Sweep:
         redo = {PENDING, INTERRUPTED} | ({FAILED} if retry_failed else set())
         queue = [k for k in self.grid if status[k] in redo]
         kinds = set(self.pool.kinds)
-        self.stranded = [k for k in queue if k in self.bound and self.bound[k] not in kinds]
+        self.stranded = [  # a cluster's workers ("any" kind) check the kind themselves
+            k for k in queue if k in self.bound and not {ANY_KIND, self.bound[k]} & kinds
+        ]
         self.queue = deque(k for k in queue if k not in self.stranded)
         self.counts = Counter(status[k] for k in self.grid if status[k] not in redo)
         self.counts[PENDING] = len(queue)

@@ -56,6 +56,7 @@ def make_report(
     nll_samples: int = 1000,
     force: bool = False,
     device: str = "cpu",
+    storage: str | None = None,
 ) -> Report:
     """Rank, test the winners, and write the CSVs, figures and ``report.md`` into ``study_dir``.
 
@@ -66,6 +67,7 @@ def make_report(
         nll_samples: Importance samples per test image for the NLL estimate.
         force: Evaluate the winners on the test split again even if stored.
         device: Where to evaluate.
+        storage: The study database URL (default: the folder's study.db).
 
     Raises:
         InputError: not a study folder, no completed trial, ``top`` or ``nll_samples`` out
@@ -73,7 +75,8 @@ def make_report(
     """
     started = time.perf_counter()
     check_study_dir(study_dir.parent, study_dir)
-    reader = Store.reader(existing_db(study_dir))  # nothing is written before every check
+    db = existing_db(study_dir, storage)
+    reader = Store.reader(db)  # nothing is written before every check
     try:
         completed = _check(reader, study_dir, top, nll_samples)
         configs_all = {t.key: t.config for t in reader.trials()}  # validated against keys
@@ -94,7 +97,7 @@ def make_report(
         if force or k not in stored.index or stored.loc[k, "nll_samples"] != nll_samples
     ]  # fmt: skip
     if todo:
-        store = Store(existing_db(study_dir))
+        store = Store(db)
         try:
             for key in todo:
                 store.save_test(_evaluate(configs[key], models[key], test_x, nll_samples))

@@ -89,7 +89,7 @@ class Database:
                 f"--storage: {storage!r} is not a database URL; expected sqlite:///PATH "
                 "or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
             ) from None
-        backend, driver = url.get_backend_name(), url.get_driver_name()
+        backend, _, driver = url.drivername.partition("+")  # no dialect loaded to look
         if backend == "sqlite":
             if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
                 raise InputError(

@@ -485,6 +485,15 @@ class Store:
             else:
                 row.token, row.pid, row.host, row.beat = token, pid, host, time.time()
 
+    def driver_gone(self, study: str, token: str) -> None:
+        """The driver ended: its heartbeat row says so at once (no timeout to wait out)."""
+        with self.session() as s:
+            s.execute(
+                update(DriverRow)
+                .where(DriverRow.study == study, DriverRow.token == token)
+                .values(beat=0.0)
+            )
+
     def live_driver(self, timeout: float) -> DriverRow | None:
         """The driver whose heartbeat is younger than ``timeout`` seconds, if any."""
         with self.session() as s:

@@ -58,7 +58,7 @@ class Task:
 # A cluster worker stops a trial whose driver's heartbeat is older than this.
 DRIVER_TIMEOUT_S = 20.0
 # A server lease on a trial lasts this long; its worker renews it every third of it.
-LEASE_S = 30.0
+LEASE_S = 15.0
 # The file in the study folder that proves a worker sees the driver's folder.
 TOKEN_FILE = ".vaegrid-driver"
 

@@ -1,0 +1,114 @@
+"""Storage by URL, leases and the driver's heartbeat, without servers (fast)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vaegrid import storage
+from vaegrid.cli import main
+from vaegrid.errors import InputError
+from vaegrid.storage import Database
+from vaegrid.store import Store
+from vaegrid.study import expand, load_study
+
+
+def test_storage_urls_are_checked_and_messages_never_show_the_password(tmp_path: Path) -> None:
+    default = Database.for_study(tmp_path / "seed")
+    assert default.is_sqlite and default.path == tmp_path / "seed" / "study.db"
+    pg = Database.for_study(tmp_path, "postgresql://me:s3cret@db.lab:5433/sweeps")
+    assert pg.url.drivername == "postgresql+psycopg" and pg.path is None
+    assert str(pg) == "postgresql+psycopg://me:***@db.lab:5433/sweeps"
+    assert Database.for_study(tmp_path, "postgres://me@db/x").url.drivername == (
+        "postgresql+psycopg"
+    )
+    refused = {
+        "not a url": "is not a database URL",
+        "mysql://me@db/x": "'mysql' is not supported",
+        "sqlite://": "is not a file",
+        "sqlite:///:memory:": "is not a file",
+    }
+    for url, message in refused.items():
+        with pytest.raises(InputError, match=message):
+            Database.for_study(tmp_path, url)
+
+
+def test_an_unreachable_server_is_one_line_exit_2_within_10_s(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    url = "postgresql://me:s3cret@127.0.0.1:1/sweeps"  # nothing listens on port 1
+    argv = ["run", str(write_study()), "--results", str(tmp_path / "r"), "--devices", "cpu"]
+    started = time.perf_counter()
+    assert main([*argv, "--data-dir", str(mnist_root), "--storage", url]) == 2
+    assert time.perf_counter() - started < 10
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "127.0.0.1:1/sweeps" in err and "s3cret" not in err, err
+    assert "Connection refused" in err
+    assert not (tmp_path / "r").exists()
+    assert main(["status", str(tmp_path / "r" / "tiny"), "--storage", url]) == 2
+    assert "s3cret" not in capsys.readouterr().err
+
+
+def test_sqlite_on_a_network_filesystem_is_refused_pointing_to_postgres(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(storage, "mount_type", lambda path: "nfs4")
+    argv = ["run", str(write_study()), "--results", str(tmp_path / "r"), "--devices", "cpu"]
+    assert main([*argv, "--data-dir", str(mnist_root)]) == 2
+    err = capsys.readouterr().err
+    assert "is on a nfs4 filesystem" in err and "--storage postgresql://" in err
+    assert err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
+
+
+def _store(write_study: Callable[..., Path], tmp_path: Path) -> tuple[Store, str]:
+    study = load_study(write_study())
+    store = Store(tmp_path / "study.db")
+    store.sync_study(study, expand(study), 1)
+    return store, expand(study)[0].key
+
+
+def test_a_lease_is_held_renewed_and_taken_over_only_once_it_lapses(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    store, key = _store(write_study, tmp_path)
+    try:
+        assert store.claim(key, "a", ttl=0.5)
+        assert not store.claim(key, "b", ttl=0.5)  # a's lease is live
+        assert store.claim(key, "a", ttl=0.5)  # renewed by its holder
+        time.sleep(0.6)
+        assert store.claim(key, "b", ttl=30)  # a died: its lease lapsed
+        assert not store.claim(key, "a", ttl=30)  # and a, back, does not get it again
+        store.release(key, "a")  # releasing what one does not hold changes nothing
+        assert not store.claim(key, "c", ttl=30)
+        store.release(key, "b")
+        assert store.claim(key, "c", ttl=30)
+    finally:
+        store.close()
+
+
+def test_the_driver_heartbeat_says_who_lives_and_ends_with_it(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    store, _ = _store(write_study, tmp_path)
+    try:
+        assert store.live_driver(20) is None
+        store.driver_beat("tiny", "t1", 42, "node7")
+        live = store.live_driver(20)
+        assert live is not None and (live.token, live.pid, live.host) == ("t1", 42, "node7")
+        store.driver_gone("tiny", "another driver's token")
+        assert store.live_driver(20) is not None
+        store.driver_gone("tiny", "t1")
+        assert store.live_driver(20) is None
+    finally:
+        store.close()
