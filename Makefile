@@ -8,7 +8,7 @@ RESULTS ?= results
 
 LOCK    := requirements.lock
 
-.PHONY: install lock test test-slow test-all lint bench grid clean
+.PHONY: install lock test test-slow test-all lint bench bench-store grid clean
 
 # Exact versions of every package from the checked-in lock, then vaegrid itself (editable,
 # no dependencies of its own): two fresh installs compute with the same libraries.
@@ -49,6 +49,10 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trial.py
+
+# Load test of the study database (SQLite, PostgreSQL 15) and the driver's overhead per trial.
+bench-store: $(STAMP)
+	$(BIN)/python bench/load_store.py
 
 # Sweep the seed study (resuming whatever is already there), then rank, test and export.
 # A sweep with failed trials exits 1: the report is still made from what completed.

@@ -18,7 +18,7 @@ from vaegrid.cli import main
 from vaegrid.data import load_splits
 from vaegrid.driver import DriverLock, run_study
 from vaegrid.errors import InputError
-from vaegrid.pool import CudaProbe, make_pool, memory_limit_mb
+from vaegrid.pool import CudaProbe, LocalExecutor, make_pool, memory_limit_mb
 from vaegrid.store import Store, TrialDeviceRow
 from vaegrid.study import TrialConfig, expand, load_study
 from vaegrid.train import CHECKPOINT, CONFIG, WEIGHTS, run_trial
@@ -314,6 +314,22 @@ def test_pool_defaults_to_one_thread_per_cpu_trial_and_rejects_bad_devices() -> 
         make_pool("cpu,cpu")
     with pytest.raises(InputError, match=r"--workers-per-device: 0 is not allowed"):
         make_pool("cpu", 0)
+
+
+def test_each_slot_has_its_own_worker_pinned_to_its_device() -> None:
+    pool = make_pool("cpu,cuda:1", 1, probe=CudaProbe(["GPU A", "GPU B"]), memory_mb=64_000)
+    executor = LocalExecutor(pool)
+    try:  # os.getenv runs in the worker (os.environ.get would carry the driver's mapping)
+        seen = {
+            slot.device: executor.submit(slot, os.getenv, "CUDA_VISIBLE_DEVICES").result()
+            for slot in pool.slot_list()
+        }
+        threads = executor.submit(pool.slot_list()[0], os.getenv, "OMP_NUM_THREADS").result()
+    finally:
+        executor.shutdown(kill=True)
+    # a CPU worker sees no GPU; a CUDA worker sees only its own, so it never opens another
+    assert seen == {"cpu": "", "cuda:1": "1"}
+    assert threads == str(pool.threads)
 
 
 def test_workers_per_device_respect_the_memory_the_process_may_use() -> None:

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import importlib.metadata
+import os
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -11,7 +13,7 @@ from PIL import Image
 
 from vaegrid.cli import main
 from vaegrid.data import load_splits
-from vaegrid.model import importance_nll
+from vaegrid.model import VAE, importance_nll
 from vaegrid.report import make_report, rank
 from vaegrid.store import Store
 from vaegrid.study import DataSpec, TrainSpec, TrialConfig, expand, load_study
@@ -45,7 +47,7 @@ def swept(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
         "--data-dir",
         str(mnist_root),
     ]
-    assert main([*args, "--no-progress"]) == 0
+    assert main([*args, "--no-progress", "--devices", "cpu"]) == 0
     return root / "r" / "rep"
 
 
@@ -155,6 +157,10 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     md = (study_dir / "report.md").read_text()
     assert "## Top 10 by validation elbo" in md and "2 completed, 2 diverged, 0 failed" in md
     assert "- lr 1000: 0 of 2 completed, 2 diverged." in md
+    torch_version = importlib.metadata.version("torch")
+    computed = md.split("## Computed with", 1)[1]  # the versions its 4 runs used
+    assert f"- 4 runs: cpu / torch {torch_version} on {os.uname().nodename}:" in computed
+    assert f"torch {torch_version}" in computed and "optuna " in computed
     sizes = {p.name: Image.open(p).size for p in (study_dir / "figures").iterdir()}
     assert sizes.pop("curves.png") == (800, 500)
     for key in set(test["key"]):
@@ -212,6 +218,33 @@ def test_bad_report_input_is_one_line_and_exit_2(
     store.close()
     assert main(["report", str(db.parent), "--data-dir", str(mnist_root)]) == 2
     assert "no completed trial to rank yet" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "damage", [b"", b"PK\x03\x04 not a zip", b"\x80\x02}q\x00.", "another model's"]
+)
+def test_a_corrupt_winner_weights_file_is_one_line_and_exit_2(
+    study_dir: Path, mnist_root: Path, capsys: pytest.CaptureFixture[str], damage: bytes | str
+) -> None:
+    ranking_key = _winner(study_dir)
+    weights = study_dir / "trials" / ranking_key / "weights.pt"
+    if isinstance(damage, str):  # a real state dict, of another shape
+        torch.save(VAE(8, 2).state_dict(), weights)
+    else:
+        weights.write_bytes(damage)
+    assert main(["report", str(study_dir), "--data-dir", str(mnist_root)]) == 2
+    err = capsys.readouterr().err
+    assert f"{weights}: not this trial's weights (" in err and err.count("\n") == 1, err
+    assert not (study_dir / "ranking.csv").exists() and not (study_dir / "report.md").exists()
+
+
+def _winner(study_dir: Path) -> str:
+    store = Store.reader(study_dir / "study.db")
+    try:
+        ranking = rank(store.frame("vg_trial"), store.frame("vg_epoch"))
+    finally:
+        store.close()
+    return str(ranking["key"].iloc[0])
 
 
 def test_importance_sampled_nll_is_below_the_elbo_and_tightens_with_k(

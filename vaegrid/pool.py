@@ -278,10 +278,16 @@ class LocalExecutor:
 
     def _executor(self, slot: Slot) -> Any:
         if slot not in self._executors:
+            from joblib.externals.loky.backend.context import get_context
             from joblib.externals.loky.process_executor import ProcessPoolExecutor
 
+            # loky's own start method: the only one that passes `env` to the worker
+            # (tests/test_driver.py checks that each slot's worker sees its device).
             self._executors[slot] = ProcessPoolExecutor(
-                max_workers=1, initializer=self.initializer, env=self._env(slot)
+                max_workers=1,
+                context=get_context("loky"),
+                initializer=self.initializer,
+                env=self._env(slot),
             )
         return self._executors[slot]
 
