@@ -87,7 +87,7 @@ class Spec:
     epoch_s: float  # seconds of "training" before each record_epoch
     study_dir: str
     storage: str | None  # None: study.db in study_dir
-    deadline: float  # unix time after which writers stop starting anything new
+    deadline: float  # unix time after which writers abandon their trials (as if killed)
 
     @property
     def writers(self) -> int:
@@ -101,12 +101,14 @@ class Stats:
     latency: dict[str, list[float]] = field(default_factory=dict)  # op -> seconds
     commits: list[float] = field(default_factory=list)  # unix time each record_epoch returned
     errors: list[str] = field(default_factory=list)  # "op: Type: first line"
+    abandoned: int = 0  # trials cut off by the configuration's time limit
 
     def merge(self, other: Stats) -> None:
         for op, values in other.latency.items():
             self.latency.setdefault(op, []).extend(values)
         self.commits.extend(other.commits)
         self.errors.extend(other.errors)
+        self.abandoned += other.abandoned
 
     def timed(self, op: str, fn: Callable[..., T], *args: Any) -> T | None:
         """``fn(*args)`` timed under ``op``; an exception is recorded and gives None."""
@@ -166,8 +168,8 @@ def _writer(
     time.sleep(rng.uniform(0, spec.epoch_s))  # real workers do not start in lockstep
     for cfg in cfgs:
         if time.time() > spec.deadline:
-            stats.errors.append("bench: deadline passed before the trial started")
-            return stats
+            stats.abandoned += 1
+            continue
         trial_id = stats.timed("start_trial", store.start_trial, study, cfg)
         if trial_id is None:
             continue
@@ -185,7 +187,8 @@ def _writer(
             history = []
             for epoch in range(1, EPOCHS + 1):
                 if time.time() > spec.deadline:
-                    stats.errors.append("bench: deadline passed mid-trial")
+                    stats.abandoned += 1
+                    run_id = None  # dropped, as by a killed worker: no finish_run
                     break
                 time.sleep(spec.epoch_s * rng.uniform(0.95, 1.05))
                 record = fake_epoch(epoch, spec.epoch_s, rng)
@@ -323,7 +326,7 @@ def run_config(spec: Spec, pg_url: str | None) -> Outcome:
         t0 = time.time()
         start.wait(timeout=120)
         for _ in procs:  # before join: a child blocks on a full queue until it is read
-            remaining = max(1.0, spec.deadline + 60 - time.time())
+            remaining = max(1.0, spec.deadline + 75 - time.time())  # + in-flight retries
             try:
                 stats.merge(out.get(timeout=remaining))
             except Exception as e:
@@ -369,14 +372,89 @@ def _new_database(server: str, name: str) -> str:
     return server.rsplit("/", 1)[0] + "/" + name
 
 
+@dataclass
+class OpCost:
+    """One operation of a trial's life, alone: one writer, nothing else running."""
+
+    calls: int = 0
+    transactions: int = 0  # BEGINs on vaegrid's and Optuna's engines
+    connections: int = 0  # new DBAPI connections (PostgreSQL, NullPool: one per transaction)
+    seconds: float = 0.0
+
+
+def probe(backend: str, study_dir: Path, storage: str | None) -> dict[str, OpCost]:
+    """The baseline: what each operation of one trial costs on an idle database."""
+    from sqlalchemy import event
+
+    study = bench_study(1)
+    cfg = expand(study)[0]
+    store = Store(Database.for_study(study_dir, storage))
+    store.sync_study(study, [cfg], 1)
+    costs: dict[str, OpCost] = {}
+    current = [""]
+
+    def on_begin(*_: object) -> None:
+        costs[current[0]].transactions += 1
+
+    def on_connect(*_: object) -> None:
+        costs[current[0]].connections += 1
+
+    for engine in (store.engine, store.optuna.engine):
+        event.listen(engine, "begin", on_begin)
+        event.listen(engine, "connect", on_connect)
+
+    def op(name: str, fn: Callable[..., T], *args: Any) -> T:
+        current[0] = name
+        cost = costs.setdefault(name, OpCost())
+        start = time.perf_counter()
+        try:
+            return fn(*args)
+        finally:
+            cost.seconds += time.perf_counter() - start
+            cost.calls += 1
+
+    rng, owner = random.Random(0), "probe"
+    trial_id = op("start_trial", store.start_trial, study, cfg)
+    if backend != "sqlite":
+        op("claim", store.claim, cfg.key, owner, LEASE_S)
+        op("live_driver", store.live_driver, DRIVER_TIMEOUT_S)
+    run_id = op("begin_run", store.begin_run, cfg.key, "cpu", os.getpid(), "fake", "h", {})
+    history = [fake_epoch(e, 0.0, rng) for e in range(1, EPOCHS + 1)]
+    for record in history:
+        op("record_epoch", store.record_epoch, cfg.key, trial_id, record, "fake")
+    assert run_id is not None
+    op("finish_run", store.finish_run, cfg.key, run_id, TrialResult("completed", history), None)
+    if backend != "sqlite":
+        op("release", store.release, cfg.key, owner)
+    store.close()
+    return costs
+
+
+def print_probe(backend: str, costs: dict[str, OpCost]) -> None:
+    print(f"\n{backend}, one writer alone (the baseline): per call")
+    print(f"  {'op':<13} {'calls':>5} {'transactions':>12} {'connections':>11} {'ms':>7}")
+    for name, c in costs.items():
+        print(
+            f"  {name:<13} {c.calls:>5} {c.transactions / c.calls:>12.1f} "
+            f"{c.connections / c.calls:>11.1f} {c.seconds / c.calls * 1000:>7.1f}"
+        )
+    total = sum(c.transactions for c in costs.values())
+    print(f"  one {EPOCHS}-epoch trial: {total} transactions")
+
+
 def store_section(args: argparse.Namespace) -> list[Outcome]:
     layouts = [
         LAYOUTS[i] for i in range(len(LAYOUTS)) if LAYOUTS[i][0] * LAYOUTS[i][1] in args.writers
     ]
-    budget = args.trials * EPOCHS * args.epoch_s * 1.05 + 90  # per configuration
+    budget = args.trials * EPOCHS * (args.epoch_s * 1.05 + 0.1) + 30  # per configuration
     outcomes: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="vaegrid-load-") as tmp, postgres() as server:
         for backend in ("sqlite", "postgresql"):
+            probe_dir = Path(tmp) / f"{backend}-probe" / "load"
+            probe_dir.mkdir(parents=True)
+            url = _new_database(server, "probe") if backend == "postgresql" else None
+            print_probe(backend, probe(backend, probe_dir, url))
+            print(flush=True)
             for n, (procs, threads) in enumerate(layouts):
                 study_dir = Path(tmp) / f"{backend}{n}" / "load"
                 study_dir.mkdir(parents=True)
@@ -409,7 +487,8 @@ def print_store(outcomes: Sequence[Outcome], epoch_s: float) -> None:
     head = (
         f"{'backend':<10} {'writers':>7} {'PxT':>5} {'offered':>8} {'rows/s':>7} "
         f"{'p50':>6} {'p99':>6} {'max':>6} {'start p50':>9} {'start p99':>9} "
-        f"{'errors':>6} {'lost':>5} {'peak conn':>9} {'refused':>7} {'load':>9}"
+        f"{'errors':>6} {'cut':>4} {'missing':>7} {'lost':>4} {'peak conn':>9} {'refused':>7} "
+        f"{'load':>9}"
     )
     print(head)
     print("-" * len(head))
@@ -423,13 +502,17 @@ def print_store(outcomes: Sequence[Outcome], epoch_s: float) -> None:
             f"{s.backend:<10} {s.writers:>7} {f'{s.processes}x{s.threads}':>5} {offered:>8.0f} "
             f"{o.rows_per_s():>7.0f} {ms(percentile(rec, 50)):>6} {ms(percentile(rec, 99)):>6} "
             f"{ms(max(rec, default=math.nan)):>6} {ms(percentile(start, 50)):>9} "
-            f"{ms(percentile(start, 99)):>9} {len(o.stats.errors):>6} "
-            f"{o.expected - o.rows:>5} {peak:>9} {refused:>7} "
+            f"{ms(percentile(start, 99)):>9} {len(o.stats.errors):>6} {o.stats.abandoned:>4} "
+            f"{o.expected - o.rows:>7} {max(0, 2 * len(o.stats.commits) - o.rows):>4} "
+            f"{peak:>9} {refused:>7} "
             f"{f'{o.load[0]:.1f}-{o.load[1]:.1f}':>9}"
         )
     print(
-        "peak conn: vaegrid's / all client backends (the monitor's own included), "
-        "sampled every 0.2 s; refused: 'too many clients' in the server log (retried)"
+        "offered: rows/s the writers would commit at zero latency; cut: trials abandoned at the\n"
+        "time limit; missing: rows expected minus rows in vg_epoch; lost: rows of epochs whose\n"
+        "record_epoch returned without error but are not in vg_epoch (must be 0); peak conn:\n"
+        "vaegrid's / all client backends (the monitor's own included), sampled every 0.2 s;\n"
+        "refused: 'too many clients' in the server log (each retried by vaegrid)"
     )
     by = {(o.spec.backend, o.spec.writers): o for o in outcomes}
     print("\nPostgreSQL / SQLite")

@@ -138,6 +138,18 @@ def test_dask_and_postgres_give_the_local_rows_bit_for_bit_and_optuna_reads_them
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4
     assert all(len(t.intermediate_values) == 5 for t in trials)
     assert main(["status", str(tmp_path / "r" / "cl"), "--storage", pg_url]) == 0
+    report = ["report", str(tmp_path / "r" / "cl"), "--storage", pg_url, "--data-dir", str(data)]
+    assert main([*report, "--nll-samples", "10"]) == 0  # test results go to PostgreSQL too
+    assert (tmp_path / "r" / "cl" / "report.md").exists()
+    store = Store.reader(Database.for_study(tmp_path, pg_url))
+    try:
+        assert len(store.frame("vg_test")) == 1
+    finally:
+        store.close()
+    # the database holds this study: another one (other fixed settings) is refused
+    (tmp_path / "other.toml").write_text(STUDY.replace("epochs = 5", "epochs = 6"))
+    other = ["run", str(tmp_path / "other.toml"), "--results", str(tmp_path / "r2")]
+    assert main([*other, "--storage", pg_url, "--data-dir", str(data), "--devices", "cpu"]) == 2
 
 
 def test_only_workers_offering_the_resource_get_trials(

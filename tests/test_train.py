@@ -14,6 +14,7 @@ from vaegrid.train import (
     WEIGHTS,
     DeviceMismatch,
     EpochRecord,
+    build_model,
     device_kind,
     finalize,
     run_trial,
@@ -146,3 +147,26 @@ def test_the_same_trial_twice_on_one_gpu_gives_identical_numbers(tmp_path: Path)
     ]
     assert metrics(runs[0].history) == metrics(runs[1].history)
     assert runs[0].history[-1].val.elbo < runs[0].history[0].val.elbo
+
+
+def test_trials_started_at_once_in_threads_of_one_process_get_their_own_weights() -> None:
+    # a Dask worker runs K trials in threads of one process: their inits must not mix
+    import threading
+
+    configs = [config(hidden=64 + i, latent=4) for i in range(8)]
+    alone = {c.key: build_model(c, "cpu").state_dict() for c in configs}
+    start = threading.Barrier(len(configs))
+    together: dict[str, dict[str, torch.Tensor]] = {}
+
+    def build(c: TrialConfig) -> None:
+        start.wait()
+        for _ in range(20):  # many overlapping inits
+            together[c.key] = build_model(c, "cpu").state_dict()
+
+    threads = [threading.Thread(target=build, args=(c,)) for c in configs]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for key, state in alone.items():
+        assert all(torch.equal(state[name], together[key][name]) for name in state), key

@@ -87,9 +87,15 @@ class DeviceMismatch(Exception):
     """A checkpoint made on another kind of device (or torch) than the one resuming it."""
 
 
+# torch's layers draw their initial weights from the process-wide generator. Trials that
+# share a process (a Dask worker runs K of them in threads) must not reseed it under each
+# other's feet: found by the cluster test, where two inits overlapped under load.
+_INIT_LOCK = threading.Lock()
+
+
 def build_model(cfg: TrialConfig, device: torch.device | str) -> VAE:
     """The trial's model with its seeded initial weights, on ``device``."""
-    with torch.random.fork_rng(devices=[]):
+    with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, cfg.key, "init"))
         model = VAE(cfg.hidden, cfg.latent)
     return model.to(device)
