@@ -17,7 +17,12 @@ to the last committed epoch) next to the rate offered; p50 / p99 / max wall time
 every exception, by message; lost rows (rows expected minus rows in ``vg_epoch`` at the
 end); on PostgreSQL the peak of open ``vaegrid`` connections (``pg_stat_activity``
 sampled every 0.2 s by a monitor thread) and the connections the server refused with
-"too many clients" (counted in its log; vaegrid retries those for up to 60 s).
+"too many clients" (counted in its log; vaegrid retries those for up to 60 s). The
+baseline, in the same run: one writer alone on an idle database, each operation's wall
+time and its transactions (on PostgreSQL, with NullPool, each one a new connection).
+A configuration has a time limit (15 epochs at ``--epoch-s`` plus 30 s): writers still
+running then abandon their trials as a killed worker would (no ``finish_run``), and the
+table counts them as "cut".
 
 Section 2, the driver. A study of many tiny 1-epoch trials on synthetic MNIST
 (``tests/conftest.py``'s ``make_mnist``) runs once with the local pool (2 loky workers,
@@ -539,7 +544,7 @@ def print_store(outcomes: Sequence[Outcome], epoch_s: float) -> None:
                     f"  {o.spec.backend} {o.spec.writers}: {op} p99 "
                     f"{ms(percentile(values, 99))} ms, max {ms(max(values))} ms"
                 )
-        for text, n in Counter(o.stats.errors).most_common(5):
+        for text, n in Counter(o.stats.errors).most_common(10):
             print(f"  {o.spec.backend} {o.spec.writers} error x{n}: {text}")
 
 

@@ -8,9 +8,10 @@ Connections. A sweep on a cluster has hundreds of worker processes, and PostgreS
 100 connections by default (Optuna's users meet this: optuna/optuna#1347). So vaegrid
 holds a server connection only for the length of a transaction (SQLAlchemy's NullPool):
 a worker commits one epoch every few seconds at most, so connections in use at once are
-the transactions in flight, not the workers. A connection refused because the server is
-full ("too many clients") is retried with jittered back-off for up to a minute instead
-of failing the trial. Past a few hundred workers, put PgBouncer in front (README, Scale).
+the transactions in flight, not the workers. A writer's connection that fails (a full
+server's "too many clients", a timeout under load) is retried with jittered back-off for
+up to a minute instead of failing the trial. Past about a hundred busy workers, put
+PgBouncer in front (README, Scale).
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from vaegrid.paths import mount_type, refuse_link
 DB_NAME = "study.db"
 BUSY_TIMEOUT_S = 60  # SQLite: how long a writer waits for another's commit
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: an unreachable server is refused within this
-FULL_SERVER_RETRY_S = 60  # PostgreSQL: how long "too many clients" is retried
+RETRY_S = 60  # PostgreSQL: how long a writer retries a connection (full, slow, restarting)
 # Filesystems on which SQLite's locking cannot be trusted (SQLite FAQ 5, "How To Corrupt").
 NETWORK_FILESYSTEMS = frozenset(
     [
@@ -124,7 +125,12 @@ class Database:
             )
 
     def engine(self, readonly: bool = False) -> Engine:
-        """An engine for vaegrid's tables (writers) or for reading only (no lock, no write)."""
+        """An engine for vaegrid's tables (writers) or for reading only (no lock, no write).
+
+        A server writer's connections are retried for :data:`RETRY_S` (a full or slow
+        server must not fail a trial); a reader's are not: first contact with a server
+        that is down must be one line within seconds.
+        """
         if self.is_sqlite:
             assert self.path is not None
             if readonly:
@@ -133,15 +139,16 @@ class Database:
                     "sqlite://", creator=lambda: connect_sqlite_read_only(path), poolclass=NullPool
                 )
             return _harden_sqlite(create_engine(self.url, connect_args={"timeout": BUSY_TIMEOUT_S}))
+        retry = 0.0 if readonly else RETRY_S
         return create_engine(
-            self.url, poolclass=NullPool, creator=_pg_connector(self.url, readonly)
+            self.url, poolclass=NullPool, creator=_pg_connector(self.url, readonly, retry)
         )
 
     def optuna_engine_kwargs(self) -> dict[str, Any]:
         """What Optuna's RDBStorage needs to connect the same way."""
         if self.is_sqlite:
             return {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
-        return {"poolclass": NullPool, "creator": _pg_connector(self.url, False)}
+        return {"poolclass": NullPool, "creator": _pg_connector(self.url, False, RETRY_S)}
 
     def harden_optuna(self, engine: Engine) -> None:
         if self.is_sqlite:
@@ -200,9 +207,11 @@ def connect_sqlite_read_only(path: Path) -> sqlite3.Connection:
     return con
 
 
-def _pg_connector(url: URL, readonly: bool) -> Callable[[], Any]:
-    """psycopg 3 connections to ``url``: a short connect timeout, read-only if asked,
-    and "too many clients" retried with jittered back-off rather than failed."""
+def _pg_connector(url: URL, readonly: bool, retry_s: float) -> Callable[[], Any]:
+    """psycopg 3 connections to ``url``: a short connect timeout, read-only if asked, and
+    any failure to connect (a full server's "too many clients", a timeout under load, a
+    restart) retried with jittered back-off for ``retry_s`` seconds rather than failed.
+    The load test (bench/load_store.py) saw all three at 256 writers."""
     import psycopg
 
     params: dict[str, Any] = {
@@ -217,14 +226,13 @@ def _pg_connector(url: URL, readonly: bool) -> Callable[[], Any]:
         params["options"] = "-c default_transaction_read_only=on"
 
     def connect() -> Any:
-        deadline = time.monotonic() + FULL_SERVER_RETRY_S
+        deadline = time.monotonic() + retry_s
         delay = 0.05
         while True:
             try:
                 return psycopg.connect(**params)
-            except psycopg.OperationalError as e:
-                full = "too many clients" in str(e) or "starting up" in str(e)
-                if not full or time.monotonic() > deadline:
+            except psycopg.OperationalError:
+                if time.monotonic() > deadline:
                     raise
                 time.sleep(delay * (1 + random.random()))
                 delay = min(delay * 2, 2.0)
@@ -242,7 +250,7 @@ def pg_advisory_lock(db: Database, name: str) -> Iterator[bool]:
     key = int.from_bytes(
         hashlib.sha256(f"vaegrid:{name}".encode()).digest()[:8], "big", signed=True
     )
-    con = _pg_connector(db.url, False)()
+    con = _pg_connector(db.url, False, 0.0)()  # first contact: refuse at once
     try:
         con.autocommit = True
         held = bool(con.execute("SELECT pg_try_advisory_lock(%s)", (key,)).fetchone()[0])

@@ -25,6 +25,7 @@ from __future__ import annotations
 import json
 import re
 import resource
+import threading
 import time
 import warnings
 from collections import defaultdict
@@ -239,6 +240,7 @@ class Store:
         self.path = str(self.db)  # where, for messages (never the password)
         self.readonly = readonly
         self._optuna: RDBStorage | None = None
+        self._lock = threading.Lock()
         if self.db.path is not None:
             refuse_link(self.db.path)
         self.engine = self.db.engine(readonly)
@@ -272,10 +274,11 @@ class Store:
     def optuna(self) -> RDBStorage:
         """Optuna's storage on the same database, opened on first use (readers never do)."""
         assert not self.readonly, "a reader never writes Optuna's ledger"
-        if self._optuna is None:
-            url = self.db.url.render_as_string(hide_password=False)
-            self._optuna = RDBStorage(url, engine_kwargs=self.db.optuna_engine_kwargs())
-            self.db.harden_optuna(self._optuna.engine)
+        with self._lock:  # K trials of one Dask worker share this store
+            if self._optuna is None:
+                url = self.db.url.render_as_string(hide_password=False)
+                self._optuna = RDBStorage(url, engine_kwargs=self.db.optuna_engine_kwargs())
+                self.db.harden_optuna(self._optuna.engine)
         return self._optuna
 
     def close(self) -> None:
@@ -627,11 +630,16 @@ class Store:
                     select(EpochRow).where(EpochRow.key == key, EpochRow.split == "val")
                 )
             }
-        if trial_id is None or self.optuna.get_trial(trial_id).state.is_finished():
+        if trial_id is None:
+            return
+        trial = self.optuna.get_trial(trial_id)
+        if trial.state.is_finished():
             return
         if status == COMPLETED:
-            for epoch, elbo in val.items():  # idempotent: fills any a kill left out
-                self.optuna.set_trial_intermediate_value(trial_id, epoch, elbo)
+            for epoch in sorted(set(val) - set(trial.intermediate_values)):
+                self.optuna.set_trial_intermediate_value(
+                    trial_id, epoch, val[epoch]
+                )  # a kill's gap
             self.optuna.set_trial_state_values(trial_id, TrialState.COMPLETE, [val[max(val)]])
             return
         self.optuna.set_trial_user_attr(trial_id, "status", status)

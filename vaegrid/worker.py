@@ -19,7 +19,7 @@ import threading
 import time
 import traceback
 from collections.abc import Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -57,13 +57,15 @@ class Task:
 
 # A cluster worker stops a trial whose driver's heartbeat is older than this.
 DRIVER_TIMEOUT_S = 20.0
-# A server lease on a trial lasts this long; its worker renews it every third of it.
-LEASE_S = 15.0
+# A server lease on a trial lasts this long; its worker renews it every few seconds. Long
+# enough to outlast a slow server (renewals took up to 29 s at 256 writers on 2 cores).
+LEASE_S = 45.0
 # The file in the study folder that proves a worker sees the driver's folder.
 TOKEN_FILE = ".vaegrid-driver"
 
 
 _STORES: dict[str, Store] = {}
+_STORES_LOCK = threading.Lock()
 _WATCHED: set[int] = set()
 
 
@@ -122,9 +124,11 @@ def execute(task: Task) -> str:
 
 
 def _store(url: str, study_dir: Path) -> Store:
-    if url not in _STORES:
-        _STORES[url] = Store(Database.for_study(study_dir, url))
-    return _STORES[url]
+    """One store per database and process, shared by the trials of a threaded worker."""
+    with _STORES_LOCK:
+        if url not in _STORES:
+            _STORES[url] = Store(Database.for_study(study_dir, url))
+        return _STORES[url]
 
 
 def _check_study_folder(study_dir: Path, token: str) -> None:
@@ -186,17 +190,28 @@ def _watch_trial(
     stop: threading.Event,
     done: threading.Event,
 ) -> None:
-    every = min(LEASE_S / 3, DRIVER_TIMEOUT_S / 4)
+    """Renew the lease and watch the driver; set ``stop`` when the trial must stop.
+
+    A failed check is retried at the next tick: only a lease taken by another worker, a
+    lease that has lapsed (its last renewal older than :data:`LEASE_S`), or a driver
+    whose heartbeat is stale or replaced stops the trial.
+    """
+    every = min(5.0, DRIVER_TIMEOUT_S / 4)
+    renewed = time.monotonic()
     while not done.wait(every):
-        try:
-            if server and not store.claim(key, owner, LEASE_S):
-                stop.set()  # another worker took it over: never two runs at once
-            if task.watch == "heartbeat":
+        if server:
+            try:
+                if not store.claim(key, owner, LEASE_S):
+                    stop.set()  # another worker took it over: never two runs at once
+                renewed = time.monotonic()
+            except Exception:  # a slow or unreachable server: retried at the next tick
+                if time.monotonic() - renewed > LEASE_S:
+                    stop.set()  # our lease has lapsed: another worker may take it now
+        if task.watch == "heartbeat":
+            with suppress(Exception):  # an unreachable database: the lease covers it
                 live = store.live_driver(DRIVER_TIMEOUT_S)
                 if live is None or live.token != task.driver_token:
                     stop.set()  # the driver died (or a new one took over): stop, resume later
-        except Exception:  # the database is unreachable: the lease will lapse, stop now
-            stop.set()
         if stop.is_set():
             return
 
