@@ -86,6 +86,21 @@ def write_study(tmp_path: Path) -> Callable[..., Path]:
     return write
 
 
+def synced_study_db(study_path: Path, study_dir: Path, slots: int = 1) -> Path:
+    """A study database as a driver leaves it before any trial runs; returns its path."""
+    from vaegrid.store import Store
+    from vaegrid.study import expand, load_study
+
+    study = load_study(study_path)
+    study_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(study_dir / "study.db")
+    try:
+        store.sync_study(study, expand(study), slots)
+    finally:
+        store.close()
+    return study_dir / "study.db"
+
+
 class InlineExecutor:
     """An :class:`vaegrid.pool.Executor` that runs each trial in this process, at submit.
 

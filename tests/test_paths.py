@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from conftest import synced_study_db
 
 from vaegrid.cli import main
 from vaegrid.errors import InputError
@@ -127,12 +128,8 @@ def test_report_refuses_a_link_among_its_outputs(
     victim: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    study = load_study(write_study())
     study_dir = tmp_path / "r" / "tiny"
-    study_dir.mkdir(parents=True)
-    store = Store(study_dir / "study.db")
-    store.sync_study(study, expand(study), 1)
-    store.close()
+    synced_study_db(write_study(), study_dir)
     (study_dir / "ranking.csv").symlink_to(victim)
     assert main(["report", str(study_dir), "--data-dir", str(mnist_root)]) == 2
     one_line(capsys, "ranking.csv: is a symbolic link")

@@ -9,6 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from conftest import synced_study_db
 from PIL import Image
 
 from vaegrid.cli import main
@@ -16,7 +17,7 @@ from vaegrid.data import load_splits
 from vaegrid.model import VAE, importance_nll
 from vaegrid.report import make_report, rank
 from vaegrid.store import Store
-from vaegrid.study import DataSpec, TrainSpec, TrialConfig, expand, load_study
+from vaegrid.study import DataSpec, TrainSpec, TrialConfig
 from vaegrid.train import evaluate, run_trial
 
 STUDY = """
@@ -210,12 +211,7 @@ def test_bad_report_input_is_one_line_and_exit_2(
             and err.count("\n") == 1
         )
     assert not (study_dir / "ranking.csv").exists()
-    empty = load_study(write_study())
-    db = tmp_path / "r" / "tiny" / "study.db"
-    db.parent.mkdir(parents=True)
-    store = Store(db)
-    store.sync_study(empty, expand(empty), 1)
-    store.close()
+    db = synced_study_db(write_study(), tmp_path / "r" / "tiny")
     assert main(["report", str(db.parent), "--data-dir", str(mnist_root)]) == 2
     assert "no completed trial to rank yet" in capsys.readouterr().err
 

@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from conftest import InlineExecutor
+from conftest import InlineExecutor, synced_study_db
 from sqlalchemy import Engine, event
 
 from vaegrid import worker
@@ -157,12 +157,8 @@ def test_a_foreign_database_is_refused_byte_for_byte_unchanged(
 def test_readers_never_wait_for_a_sweep_that_is_writing(
     write_study: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    study = load_study(write_study())
     study_dir = tmp_path / "r" / "tiny"
-    study_dir.mkdir(parents=True)
-    store = Store(study_dir / "study.db")
-    store.sync_study(study, expand(study), 1)
-    store.close()
+    synced_study_db(write_study(), study_dir)
     writer = sqlite3.connect(study_dir / "study.db", isolation_level=None)
     writer.execute("BEGIN IMMEDIATE")  # a worker in the middle of an epoch's commit
     writer.execute("UPDATE vg_trial SET epochs_done = 1")
@@ -185,10 +181,7 @@ def test_hand_edited_rows_are_refused_in_one_line(
     path = write_study()
     study = load_study(path)
     study_dir = tmp_path / "r" / "tiny"
-    study_dir.mkdir(parents=True)
-    store = Store(study_dir / "study.db")
-    store.sync_study(study, expand(study), 1)
-    store.close()
+    synced_study_db(path, study_dir)
     key = expand(study)[0].key
     edits = {
         "not json": "{",

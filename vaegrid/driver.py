@@ -299,26 +299,21 @@ class _Sweep:
                     self._collect(key, slot, future)
                 self.bar.refresh()
         except KeyboardInterrupt:
-            self.executor.shutdown(kill=True)
-            self.store.mark([k for k, _ in running.values()], INTERRUPTED)
-            self.bar.close()
-            print(
-                f"interrupted: {len(running)} running trials keep their last finished epoch; "
-                "run the same command again to continue"
-            )
-            return 130
+            return self._abandon(running, "interrupted", "run the same command again", 130)
         except ClusterGone as e:
-            self.executor.shutdown(kill=True)
-            self.store.mark([k for k, _ in running.values()], INTERRUPTED)
-            self.bar.close()
-            print(
-                f"vaegrid: {e}; {len(running)} running trials keep their last finished "
-                "epoch: run the same command again once it is back"
-            )
-            return EXIT_CLUSTER_GONE
+            then = "run the same command again once it is back"
+            return self._abandon(running, f"vaegrid: {e}", then, EXIT_CLUSTER_GONE)
         self.executor.shutdown(kill=False)
         self.bar.close()
         return self._exit_code()
+
+    def _abandon(self, running: dict[Any, tuple[str, Slot]], why: str, then: str, code: int) -> int:
+        """Stop every worker now; running trials keep their last epoch (interrupted)."""
+        self.executor.shutdown(kill=True)
+        self.store.mark([k for k, _ in running.values()], INTERRUPTED)
+        self.bar.close()
+        print(f"{why}: {len(running)} running trials keep their last finished epoch; {then}")
+        return code
 
     def _exit_code(self) -> int:
         for kind, n in Counter(self.bound[k] for k in self.stranded).items():
