@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING
 
 from vaegrid import provenance
 from vaegrid.paths import ensure_dir, open_fd, open_file
-from vaegrid.store import Store
+from vaegrid.store import FINAL, Store
 from vaegrid.study import TrialConfig
 
 if TYPE_CHECKING:
@@ -42,6 +42,7 @@ class Task:
     data_root: str  # MNIST root (holds MNIST/raw)
     driver_pid: int  # the worker exits when this process is gone
     versions: tuple[tuple[str, str], ...] = ()  # the driver's provenance.versions()
+    stop_at: int | None = None  # halving: train only to this epoch (a rung), then pause
 
 
 _STORES: dict[str, Store] = {}
@@ -54,7 +55,8 @@ def init_worker() -> None:
 
 
 def execute(task: Task) -> str:
-    """Run one trial to its end (or its next failure) and return its final status.
+    """Run one trial to its end (or its next failure, or ``task.stop_at``) and return its
+    status: final, or ``paused`` at a halving rung.
 
     Whatever goes wrong inside, in the trial or in its bookkeeping (the store, the trial's
     lock, a full disk), is recorded with its traceback against this trial alone, never
@@ -79,9 +81,10 @@ def execute(task: Task) -> str:
                 return store.status_of(cfg.key)
             result = _train(task, cfg, store, torch_device, kind)
             status = store.finish_run(cfg.key, run_id, result, None, _peak_device_mb(kind))
-        from vaegrid.train import finalize
+        if status in FINAL:  # a trial paused at a rung goes on from its checkpoint later
+            from vaegrid.train import finalize
 
-        finalize(trial_dir)  # its end is committed: the resume checkpoint can go
+            finalize(trial_dir)  # its end is committed: the resume checkpoint can go
         return status
     except Exception:
         error = f"failed on {task.device} (pid {os.getpid()}):\n{traceback.format_exc()}"
@@ -134,6 +137,7 @@ def _train(task: Task, cfg: TrialConfig, store: Store, device: str, kind: str) -
         splits.val,
         Path(task.trial_dir),
         on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r, kind),
+        stop_at=task.stop_at,
     )
 
 
