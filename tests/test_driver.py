@@ -189,7 +189,7 @@ def test_changed_fixed_setting_is_refused_and_nothing_written(
     study = load_study(write_study(epochs=2))
     db = tmp_path / "r" / "tiny" / "study.db"
     db.parent.mkdir(parents=True)
-    store = Store.reader(db)
+    store = Store(db)
     store.sync_study(study, expand(study), 1)
     store.close()
     before = {p.name: p.read_bytes() for p in db.parent.iterdir()}
