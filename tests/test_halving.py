@@ -191,12 +191,19 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def sweep(study: Path, results: Path, data: Path, executor: Any = None, slots: int = 1) -> int:
+def sweep(
+    study: Path,
+    results: Path,
+    data: Path,
+    executor: Any = None,
+    slots: int = 1,
+    retry: bool = False,
+) -> int:
     """One driver, trials run in this process; its connections die with it, as in a kill."""
     try:
         return run_study(
-            load_study(study), results, make_pool("cpu", slots), data, progress=False,
-            executor=executor or InlineExecutor(),
+            load_study(study), results, make_pool("cpu", slots), data, retry_failed=retry,
+            progress=False, executor=executor or InlineExecutor(),
         )  # fmt: skip
     finally:
         worker._STORES.clear()
@@ -445,6 +452,37 @@ def test_a_trial_completed_before_the_grid_grew_stays_completed_and_stopped_ones
         ]
         states = [s for k, s, *_ in got["optuna"] if k == key]
         assert "PRUNED" in states and len(states) == 2  # Optuna never revives a pruned trial
+
+
+def test_a_failed_trial_is_the_worst_of_its_rung_until_retried_then_all_is_decided_again(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+) -> None:
+    from vaegrid.train import CONFIG
+
+    study = write_study(study_text(), file="h.toml")
+    a, b = [t for t in expand(load_study(study)) if t.lr == 1e-2][:2]
+    broken = tmp_path / "r" / "h" / "trials" / a.key
+    broken.mkdir(parents=True)
+    (broken / CONFIG).write_text(b.to_json())  # another trial's files: its run fails
+    assert sweep(study, tmp_path / "r", mnist_root) == 1  # decided without it, exit 1
+    db = tmp_path / "r" / "h" / "study.db"
+    failed = tables(db)
+    assert dict((k, s) for k, s, *_ in failed["trials"])[a.key] == "failed"
+    (broken / CONFIG).unlink()
+    executor = InlineExecutor()
+    assert sweep(study, tmp_path / "r", mnist_root, executor, retry=True) == 0
+    # it ran to rung 1 first, alone, before any trial went on from there
+    assert stop_ats(executor)[0] == (a.key, 1)
+    assert sweep(study, tmp_path / "fresh", mnist_root) == 0
+    got, fresh = tables(db), tables(tmp_path / "fresh" / "h" / "study.db")
+    # a fresh run's end, but for what had completed without it: completed it stays
+    kept = {k for k, s, *_ in failed["trials"] if s == "completed"}
+    assert kept - {k for k, s, *_ in fresh["trials"] if s == "completed"}  # one such trial
+    assert [(k, s, c) for k, s, _, c in got["trials"] if k not in kept] == [
+        (k, s, c) for k, s, _, c in fresh["trials"] if k not in kept
+    ]
+    assert {k for k, s, *_ in got["trials"] if s == "completed"} >= kept
+    assert set(fresh["epochs"]) <= set(got["epochs"])
 
 
 def test_the_report_says_what_each_rung_stopped_and_what_it_saved(
