@@ -5,6 +5,10 @@ One driver per study (an flock that dies with its holder). Pending, interrupted 
 submitted only to a free slot, so no device ever runs more than K trials, every trial
 runs on exactly one device, and a trial that has started only ever continues on a device
 of the kind it started on. A worker's death costs only the trial it was running.
+
+A study with ``[halving]`` runs rung by rung: trials are sent only as far as the rungs
+decided so far allow (halving.py, re-derived from the database after every result), wait
+``paused`` at an undecided rung, and are ``stopped`` when a decided rung drops them.
 """
 
 from __future__ import annotations
@@ -253,8 +257,8 @@ class _Sweep:
         self.targets = applied.plan.targets
         for rung in applied.plan.decided[self.decided :]:
             tqdm.write(
-                f"rung {rung.epoch}: {len(rung.survivors)} of {len(rung.ranked)} trials go on "
-                f"(best by {self.study.halving.metric} at epoch {rung.epoch})"
+                f"rung {rung.epoch}: the best {len(rung.survivors)} of {len(rung.ranked)} "
+                f"trials by {self.study.halving.metric} at epoch {rung.epoch} are kept"
             )
         self.decided = len(applied.plan.decided)
         return applied

@@ -246,7 +246,7 @@ def _cause(found: Plan, key: str, rung: int, spec: HalvingSpec) -> str:
     shown = f"{value:.2f}" if math.isfinite(value) else "none"
     return (
         f"stopped at rung {rung}: {spec.metric} {shown}, rank {place} of "
-        f"{len(decision.ranked)}; the best {len(decision.survivors)} went on"
+        f"{len(decision.ranked)}; the best {len(decision.survivors)} were kept"
     )
 
 
