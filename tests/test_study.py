@@ -187,13 +187,13 @@ def test_halving_is_opt_in_and_changes_no_key() -> None:
     seed = load_study(STUDIES / "seed.toml")
     halving = load_study(STUDIES / "seed-halving.toml")
     assert seed.halving is None and json.dumps(seed.fingerprint()) == SEED_FINGERPRINT
-    assert halving.halving == HalvingSpec((1, 5), 0.3333, "val_elbo")
+    assert halving.halving == HalvingSpec((1, 3), 0.3333, "val_elbo")
     # the same trials, key by key: a halving study's results compare with the full sweep's
     assert [t.key for t in expand(halving)] == [t.key for t in expand(seed)]
     # its settings are fixed settings: a stored study is not resumed with other ones
     assert halving.fingerprint() == {
         **seed.fingerprint(),
-        "halving": {"rungs": (1, 5), "keep": 0.3333, "metric": "val_elbo"},
+        "halving": {"rungs": (1, 3), "keep": 0.3333, "metric": "val_elbo"},
     }
     small = parse({"train": {"epochs": 4}, "halving": {"rungs": [3], "keep": 0.5}})
     assert small.halving == HalvingSpec((3,), 0.5, "val_elbo")  # type: ignore[attr-defined]
@@ -253,12 +253,12 @@ def test_a_bad_halving_table_is_one_line_exit_2_and_nothing_written(
     write_study: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     path = write_study(
-        (STUDIES / "seed-halving.toml").read_text().replace("rungs = [1, 5]", "rungs = [5, 1]")
+        (STUDIES / "seed-halving.toml").read_text().replace("rungs = [1, 3]", "rungs = [3, 1]")
     )
     args = ["run", str(path), "--results", str(tmp_path / "r"), "--devices", "cpu"]
     assert main(args) == 2
     err = capsys.readouterr().err
-    assert "halving.rungs = [5, 1] is not allowed" in err and err.count("\n") == 1
+    assert "halving.rungs = [3, 1] is not allowed" in err and err.count("\n") == 1
     assert not (tmp_path / "r").exists()
 
 
