@@ -119,6 +119,38 @@ def test_ties_share_the_lowest_rank_and_unfinished_trials_rank_last() -> None:
     assert ranked.loc["k0", "best_epoch"] == 2 and ranked.loc["k0", "val_kl"] == 30.0
 
 
+def test_completed_trials_rank_first_then_stopped_ones_by_their_last_values() -> None:
+    trials, epochs = frames(
+        ["stopped", "completed", "diverged", "stopped", "completed", "pending"],
+        [90.0, 100.0, 80.0, 95.0, 120.0, 70.0],
+        [60.0, 70.0, 50.0, 75.0, 69.0, 40.0],
+    )
+    stops = pd.DataFrame({"key": ["k0", "k3"], "rung": [1, 2]})
+    ranked = rank(trials, epochs, stops).set_index("key")
+    # a stopped trial beats no completed one, however good its last epoch looked
+    assert ranked["rank_val_elbo"].to_dict() == {
+        "k1": 1,
+        "k4": 2,
+        "k0": 3,
+        "k3": 4,
+        "k2": 5,
+        "k5": 5,
+    }
+    assert ranked["rank_val_recon"].to_dict() == {
+        "k4": 1,
+        "k1": 2,
+        "k0": 3,
+        "k3": 4,
+        "k2": 5,
+        "k5": 5,
+    }
+    assert list(ranked.index) == ["k1", "k4", "k0", "k3", "k2", "k5"]
+    assert ranked.loc["k0", "val_elbo"] == 90.0 and ranked.loc["k3", "best_val_elbo"] == 95.0
+    assert ranked.loc[["k2", "k5"], "val_elbo"].isna().all()  # no metrics, as before
+    assert list(ranked["rung"].fillna(0)) == [0, 0, 1, 2, 0, 0]  # where each stopped
+    assert "rung" not in rank(trials, epochs).columns  # a study without halving: as before
+
+
 def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: Path) -> None:
     done = make_report(study_dir, mnist_root, top=1, nll_samples=20)
     ranking = pd.read_csv(study_dir / "ranking.csv")

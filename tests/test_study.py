@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import time
 from collections.abc import Callable
 from dataclasses import fields, replace
@@ -14,6 +15,7 @@ from vaegrid.model import VAE
 from vaegrid.study import (
     DataSpec,
     GridSpec,
+    HalvingSpec,
     TrainSpec,
     TrialConfig,
     expand,
@@ -172,6 +174,92 @@ def test_validator_rejects_bad_values_naming_file_key_value_and_allowed(
 ) -> None:  # type: ignore[type-arg]
     with pytest.raises(InputError, match=r"^s\.toml: " + match):
         parse(raw)
+
+
+SEED_FINGERPRINT = (
+    '{"model": "linear-vae-1", "seed": 0, "data": {"dataset": "mnist", "split": "holdout", '
+    '"fractions": [0.8, 0.1, 0.1], "limit": 0}, "train": {"epochs": 15, "batch_size": 1000, '
+    '"optimizer": "adam"}}'
+)
+
+
+def test_halving_is_opt_in_and_changes_no_key() -> None:
+    seed = load_study(STUDIES / "seed.toml")
+    halving = load_study(STUDIES / "seed-halving.toml")
+    assert seed.halving is None and json.dumps(seed.fingerprint()) == SEED_FINGERPRINT
+    assert halving.halving == HalvingSpec((1, 3), 0.3333, "val_elbo")
+    # the same trials, key by key: a halving study's results compare with the full sweep's
+    assert [t.key for t in expand(halving)] == [t.key for t in expand(seed)]
+    # its settings are fixed settings: a stored study is not resumed with other ones
+    assert halving.fingerprint() == {
+        **seed.fingerprint(),
+        "halving": {"rungs": (1, 3), "keep": 0.3333, "metric": "val_elbo"},
+    }
+    small = parse({"train": {"epochs": 4}, "halving": {"rungs": [3], "keep": 0.5}})
+    assert small.halving == HalvingSpec((3,), 0.5, "val_elbo")  # type: ignore[attr-defined]
+    recon = {"rungs": [1, 2], "keep": 0.25, "metric": "val_recon"}
+    assert parse({"halving": recon}).halving.metric == "val_recon"  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize(
+    ("halving", "match"),
+    [
+        ({"keep": 0.5}, r"halving\.rungs is missing; \[halving\] needs rungs and keep"),
+        ({"rungs": [1]}, r"halving\.keep is missing"),
+        (
+            {"rungs": [], "keep": 0.5},
+            r"halving\.rungs = \[\] .* strictly increasing integers from 1 to 14",
+        ),
+        ({"rungs": [3, 3], "keep": 0.5}, r"halving\.rungs = \[3, 3\] .* strictly increasing"),
+        ({"rungs": [5, 2], "keep": 0.5}, r"halving\.rungs = \[5, 2\]"),
+        ({"rungs": [0, 2], "keep": 0.5}, r"halving\.rungs = \[0, 2\] .* from 1 to 14"),
+        (
+            {"rungs": [1, 15], "keep": 0.5},
+            r"halving\.rungs = \[1, 15\] .* \(epochs before the last",
+        ),
+        ({"rungs": [1.0], "keep": 0.5}, r"halving\.rungs = \[1\.0\]"),
+        ({"rungs": [True], "keep": 0.5}, r"halving\.rungs = \[True\]"),
+        ({"rungs": 3, "keep": 0.5}, r"halving\.rungs = 3 .* a non-empty list"),
+        ({"rungs": [1], "keep": 1}, r"halving\.keep = 1 .* between 0 and 1, exclusive"),
+        ({"rungs": [1], "keep": 0}, r"halving\.keep = 0 "),
+        ({"rungs": [1], "keep": 1.5}, r"halving\.keep = 1\.5 "),
+        ({"rungs": [1], "keep": float("nan")}, r"halving\.keep = nan "),
+        ({"rungs": [1], "keep": "1/3"}, r'halving\.keep = "1/3" '),
+        ({"rungs": [1], "keep": True}, r"halving\.keep = true "),
+        (
+            {"rungs": [1], "keep": 0.5, "metric": "train_elbo"},
+            r'halving\.metric = "train_elbo" .* one of "val_elbo", "val_recon"',
+        ),
+        (
+            {"rungs": [1], "keep": 0.5, "eta": 3},
+            r"unknown key 'halving\.eta'; allowed keys in \[halving\]: keep, metric, rungs",
+        ),
+        ("fast", r'halving = "fast" .* a table \[halving\]'),
+    ],
+)
+def test_bad_halving_is_refused_naming_key_value_and_allowed(halving: object, match: str) -> None:
+    with pytest.raises(InputError, match=r"^s\.toml: " + match):
+        parse({"halving": halving})
+
+
+def test_halving_needs_an_epoch_before_the_last() -> None:
+    with pytest.raises(
+        InputError, match=r"halving\.rungs = \[1\] .* train\.epochs = 1 leaves no epoch"
+    ):
+        parse({"train": {"epochs": 1}, "halving": {"rungs": [1], "keep": 0.5}})
+
+
+def test_a_bad_halving_table_is_one_line_exit_2_and_nothing_written(
+    write_study: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = write_study(
+        (STUDIES / "seed-halving.toml").read_text().replace("rungs = [1, 3]", "rungs = [3, 1]")
+    )
+    args = ["run", str(path), "--results", str(tmp_path / "r"), "--devices", "cpu"]
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "halving.rungs = [3, 1] is not allowed" in err and err.count("\n") == 1
+    assert not (tmp_path / "r").exists()
 
 
 def test_toml_syntax_error_names_the_line(write_study: Callable[..., Path]) -> None:

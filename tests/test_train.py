@@ -87,6 +87,28 @@ def test_stop_and_continue_gives_identical_metrics(splits, tmp_path: Path) -> No
     assert [line.split()[1] for line in log] == ["1/4", "2/4", "3/4", "4/4"]
 
 
+def test_paused_at_rungs_then_continued_gives_the_uninterrupted_numbers(
+    splits, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    whole = run_trial(config(), splits.train, splits.val, tmp_path / "whole")
+    cut = tmp_path / "cut"
+    first = run_trial(config(), splits.train, splits.val, cut, stop_at=1)
+    assert first.status == "paused" and [r.epoch for r in first.history] == [1]
+    # paused: the checkpoint stays for the next rung, no final weights yet
+    assert (cut / CHECKPOINT).exists() and not (cut / WEIGHTS).exists()
+    again = run_trial(config(), splits.train, splits.val, cut, stop_at=1)  # already there
+    assert again.status == "paused" and metrics(again.history) == metrics(first.history)
+    second = run_trial(config(), splits.train, splits.val, cut, stop_at=3)
+    assert second.status == "paused" and [r.epoch for r in second.history] == [1, 2, 3]
+    last = run_trial(config(), splits.train, splits.val, cut, stop_at=None)
+    assert last.status == "completed" and metrics(last.history) == metrics(whole.history)
+    assert (cut / WEIGHTS).read_bytes() == (tmp_path / "whole" / WEIGHTS).read_bytes()
+    log = (cut / LOG).read_text().splitlines()
+    assert [line.split()[1] for line in log] == ["1/4", "2/4", "3/4", "4/4"]
+    beyond = run_trial(config(), splits.train, splits.val, tmp_path / "b", stop_at=99)
+    assert beyond.status == "completed" and metrics(beyond.history) == metrics(whole.history)
+
+
 def test_huge_learning_rate_diverges_as_a_result_not_an_exception(splits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     result = run_trial(config(lr=1e3, epochs=6), splits.train, splits.val, tmp_path / "d")
     assert result.status == "diverged"

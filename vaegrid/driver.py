@@ -7,6 +7,10 @@ dies (a server database). Pending, interrupted and
 submitted only to a free slot, so no device ever runs more than K trials, every trial
 runs on exactly one device, and a trial that has started only ever continues on a device
 of the kind it started on. A worker's death costs only the trial it was running.
+
+A study with ``[halving]`` runs rung by rung: trials are sent only as far as the rungs
+decided so far allow (halving.py, re-derived from the database after every result), wait
+``paused`` at an undecided rung, and are ``stopped`` when a decided rung drops them.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ from joblib.externals.loky.process_executor import BrokenProcessPool
 from sqlalchemy.exc import SQLAlchemyError
 from tqdm import tqdm
 
-from vaegrid import provenance
+from vaegrid import halving, provenance
 from vaegrid.data import ensure_mnist
 from vaegrid.errors import InputError
 from vaegrid.paths import check_study_dir, ensure_dir, open_fd, write_atomic
@@ -47,8 +51,10 @@ from vaegrid.store import (
     FAILED,
     FINAL,
     INTERRUPTED,
+    PAUSED,
     PENDING,
     RUNNING,
+    STOPPED,
     Store,
     existing_db,
     trial_dir,
@@ -112,12 +118,18 @@ class DriverLock:
 
 
 def summary(counts: Counter[str], total: int) -> str:
-    """One line of progress, the same for the live bar and ``vaegrid status``."""
-    done = counts[COMPLETED] + counts[DIVERGED] + counts[FAILED]
+    """One line of progress, the same for the live bar and ``vaegrid status``.
+
+    Halving studies add their stopped trials (done) and their trials paused at a rung
+    (waiting for its decision) once there are any.
+    """
+    done = sum(counts[s] for s in FINAL)
     waiting = counts[PENDING] + counts[INTERRUPTED]
+    stopped = f", {counts[STOPPED]} stopped" if counts[STOPPED] else ""
+    paused = f", {counts[PAUSED]} paused at a rung" if counts[PAUSED] else ""
     return (
         f"{done}/{total} done ({counts[COMPLETED]} completed, {counts[DIVERGED]} diverged, "
-        f"{counts[FAILED]} failed), {counts[RUNNING]} running, {waiting} waiting"
+        f"{counts[FAILED]} failed{stopped}), {counts[RUNNING]} running, {waiting} waiting{paused}"
     )
 
 
@@ -265,17 +277,25 @@ class _Sweep:
         self.deaths: Counter[str] = Counter()
         self.versions = tuple(sorted(provenance.versions().items()))
         self.token = ""
+        self.targets: dict[str, int] = {}  # halving: trial -> the epoch it may run to now
+        self.retry: set[str] = set()  # halving: failed trials this driver has yet to rerun
+        self.decided = 0  # halving: rungs decided so far
 
     def run(self, retry_failed: bool, progress: bool) -> int:
         status = {t.key: t.status for t in self.store.trials() if t.key in self.grid}
         redo = {PENDING, INTERRUPTED} | ({FAILED} if retry_failed else set())
         queue = [k for k in self.grid if status[k] in redo]
+        if self.study.halving is not None:  # only as far as the rungs decided so far allow
+            self.retry = {k for k in queue if status[k] == FAILED}
+            status = self._decide().statuses
+            queue = [k for k in self.grid if k in self.targets and status[k] in redo | {PAUSED}]
         kinds = set(self.pool.kinds)
         self.stranded = [  # a cluster's workers ("any" kind) check the kind themselves
             k for k in queue if k in self.bound and not {ANY_KIND, self.bound[k]} & kinds
         ]
         self.queue = deque(k for k in queue if k not in self.stranded)
-        self.counts = Counter(status[k] for k in self.grid if status[k] not in redo)
+        queued = set(queue)
+        self.counts = Counter(status[k] for k in self.grid if k not in queued)
         self.counts[PENDING] = len(queue)
         if not self.queue:
             print(f"{self.study.name}: nothing to do: {summary(self.counts, len(self.grid))}")
@@ -293,10 +313,13 @@ class _Sweep:
         try:
             while self.queue or running:
                 self._dispatch(free, running)
-                for future in self.executor.wait(list(running), 1.0):
+                done = self.executor.wait(list(running), 1.0)
+                for future in done:
                     key, slot = running.pop(future)
                     free.append(slot)
                     self._collect(key, slot, future)
+                if done and self.study.halving is not None:
+                    self._advance({k for k, _ in running.values()})
                 self.bar.refresh()
         except KeyboardInterrupt:
             return self._abandon(running, "interrupted", "run the same command again", 130)
@@ -314,6 +337,65 @@ class _Sweep:
         self.bar.close()
         print(f"{why}: {len(running)} running trials keep their last finished epoch; {then}")
         return code
+
+    def _decide(self) -> halving.Applied:
+        """Halving: take and record every rung decision the database allows (halving.py)."""
+        assert self.study.halving is not None
+        applied = halving.update(
+            self.store, list(self.grid), self.study.halving, self.study.train.epochs, self.retry
+        )
+        self.targets = applied.plan.targets
+        for rung in applied.plan.decided[self.decided :]:
+            tqdm.write(
+                f"rung {rung.epoch}: the best {len(rung.survivors)} of {len(rung.ranked)} "
+                f"trials by {self.study.halving.metric} at epoch {rung.epoch} are kept"
+            )
+        self.decided = len(applied.plan.decided)
+        return applied
+
+    def _advance(self, running: set[str]) -> None:
+        """Halving, after results came in: decide what can be decided, queue what may run
+        now, and count every trial as the database has it."""
+        applied = self._decide()
+        status = applied.statuses
+        pending = set(self.queue) | set(self.stranded)
+        kinds = set(self.pool.kinds)
+        may_run = {PENDING, INTERRUPTED, PAUSED}
+        for key in self.grid:
+            if (
+                key in self.targets
+                and key not in pending | running
+                and (status[key] in may_run or key in self.retry)
+            ):
+                if key in self.bound and self.bound[key] not in kinds:
+                    self.stranded.append(key)
+                else:
+                    self.queue.append(key)
+                pending.add(key)
+        self.counts = Counter(status[k] for k in self.grid if k not in pending)
+        self.counts[PENDING] = len(pending)
+        done = sum(self.counts[s] for s in FINAL)
+        first = done - len(applied.stopped) + 1  # numbered as _finished numbers trials
+        for n, key in enumerate(applied.stopped, start=first):
+            rung = applied.plan.stopped[key]
+            self._say(f"[{n}/{len(self.grid)}] {self._describe(key)}: stopped at rung {rung}")
+        for key in applied.reopened:
+            self._say(f"{self._describe(key)}: goes on (its rung was decided again)")
+        self.bar.n = done
+        self._postfix()
+
+    def _paused(self, key: str) -> None:
+        self._move(RUNNING, PAUSED)
+        self._say(f"{self._describe(key)}: paused at epoch {self.targets.get(key)}")
+
+    def _say(self, line: str) -> None:
+        """One line per event when there is no live bar (logs, --no-progress)."""
+        if self.bar.disable:
+            print(line, flush=True)
+
+    def _describe(self, key: str) -> str:
+        c = self.grid[key]
+        return f"{key} (hidden {c.hidden}, latent {c.latent}, lr {c.lr:g}, clip {c.clip:g})"
 
     def _exit_code(self) -> int:
         for kind, n in Counter(self.bound[k] for k in self.stranded).items():
@@ -340,6 +422,7 @@ class _Sweep:
             if key is None:
                 continue
             self.queue.remove(key)
+            self.retry.discard(key)
             free.remove(slot)
             busy[slot.device] += 1
             self._move(PENDING, RUNNING)
@@ -366,8 +449,14 @@ class _Sweep:
             versions=self.versions,
             watch=self.executor.watch,
             driver_token=self.token,
+            stop_at=self._stop_at(key),
         )
         return self.executor.submit(slot, execute, task)
+
+    def _stop_at(self, key: str) -> int | None:
+        """Halving: the rung a trial may run to now; None: to its last epoch."""
+        target = self.targets.get(key)
+        return target if target is not None and target < self.study.train.epochs else None
 
     def _collect(self, key: str, slot: Slot, future: Any) -> None:
         """A trial's future ended: its status, its worker's death, or an unrecorded error."""
@@ -385,6 +474,9 @@ class _Sweep:
             self.queue.appendleft(key)
             self._move(RUNNING, PENDING)
             return
+        if status == PAUSED and self.study.halving is not None:
+            self._paused(key)
+            return
         if status not in FINAL:  # never expected; recorded rather than trusted
             self.store.fail(key, f"worker returned status {status!r}")
             status = FAILED
@@ -393,21 +485,23 @@ class _Sweep:
     def _finished(self, key: str, status: str) -> None:
         self._move(RUNNING, status)
         self.bar.update(1)
-        if self.bar.disable:  # no live bar (logs, --no-progress): one line per trial instead
-            c = self.grid[key]
-            done = self.counts[COMPLETED] + self.counts[DIVERGED] + self.counts[FAILED]
-            print(
-                f"[{done}/{len(self.grid)}] {key} (hidden {c.hidden}, latent {c.latent}, "
-                f"lr {c.lr:g}, clip {c.clip:g}): {status}",
-                flush=True,
-            )
+        done = sum(self.counts[s] for s in FINAL)
+        self._say(f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}")
 
     def _move(self, old: str, new: str) -> None:
         self.counts[old] -= 1
         self.counts[new] += 1
+        self._postfix()
+
+    def _postfix(self) -> None:
+        halving = (
+            f", paused {self.counts[PAUSED]}, stopped {self.counts[STOPPED]}"
+            if self.study.halving is not None
+            else ""
+        )
         self.bar.set_postfix_str(
             f"running {self.counts[RUNNING]}, diverged {self.counts[DIVERGED]}, "
-            f"failed {self.counts[FAILED]}",
+            f"failed {self.counts[FAILED]}{halving}",
             refresh=False,
         )
 
@@ -416,6 +510,9 @@ class _Sweep:
         resumes, or after ``max_deaths`` deaths fails."""
         self.bound = self.store.trial_devices()  # its first epoch may have bound it
         status = self.store.status_of(key)
+        if status == PAUSED and self.study.halving is not None:  # its pause was committed
+            self._paused(key)
+            return
         if status in FINAL:
             self._finished(key, status)
             return

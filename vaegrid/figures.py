@@ -38,7 +38,7 @@ def curves(epochs: pd.DataFrame, ranking: pd.DataFrame, test: pd.DataFrame, path
         config = f"H {row['hidden']}, Z {row['latent']}, lr {row['lr']:g}, clip {row['clip']:g}"
         label = f"{key} ({config}): {roles}"
         ax.plot(trial["epoch"], trial["elbo"], linewidth=2.2, marker="o", markersize=3, label=label)
-    finals = ranking["val_elbo"].dropna()
+    finals = ranking.loc[ranking["status"] == "completed", "val_elbo"].dropna()
     if len(finals):  # keep the interesting range: slow and bad starts would flatten the rest
         low, high = val["elbo"].min(), max(finals.quantile(0.9), finals.min() * 1.1)
         ax.set_ylim(low - 0.02 * abs(low), high + 0.05 * abs(high))

@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 import torch
 
+from vaegrid import halving
 from vaegrid.data import load_splits
 from vaegrid.errors import InputError
 from vaegrid.model import VAE, importance_nll
@@ -24,11 +25,12 @@ from vaegrid.store import (
     COMPLETED,
     DIVERGED,
     FAILED,
+    STOPPED,
     Store,
     existing_db,
     trial_dir,
 )
-from vaegrid.study import TrialConfig
+from vaegrid.study import HalvingSpec, TrialConfig
 from vaegrid.train import WEIGHTS, derive_seed, evaluate
 
 # Ranking criteria: column of ranking.csv -> what it ranks by (lower is better).
@@ -83,9 +85,12 @@ def make_report(
         trials, epochs = reader.frame("vg_trial"), reader.frame("vg_epoch")
         stored = reader.frame("vg_test").set_index("key")
         runs = reader.runs()
+        fingerprint = reader.fingerprint()
+        stops = reader.frame("vg_stop")
     finally:
         reader.close()
-    ranking = rank(trials, epochs)
+    spec = halving.spec_from_fingerprint(fingerprint)
+    ranking = rank(trials, epochs, stops if spec is not None else None)
     winners = pick_winners(ranking, top)
     keys = list(dict.fromkeys(winners["key"]))
     configs = {k: configs_all[k] for k in keys}
@@ -111,7 +116,10 @@ def make_report(
     _write_tables(study_dir, ranking, epochs, trials, test)
     _draw(study_dir, epochs, ranking, test, models, configs, test_x)
     seconds = time.perf_counter() - started
-    text = markdown(ranking, test, completed, seconds, _versions_used(runs))
+    early = None
+    if spec is not None:
+        early = halving_lines(spec, int(fingerprint["train"]["epochs"]), trials, epochs, stops)
+    text = markdown(ranking, test, completed, seconds, _versions_used(runs), early)
     write_atomic(study_dir / "report.md", text)
     return Report(study_dir, ranking, test, todo, seconds)
 
@@ -143,13 +151,22 @@ def _check(reader: Store, study_dir: Path, top: int, nll_samples: int) -> int:
     return int(completed)
 
 
-def rank(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
+def rank(
+    trials: pd.DataFrame, epochs: pd.DataFrame, stops: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """One row per trial: config, status, final and best metrics, ranks.
 
     Ranks follow scikit-learn's rule (``rankdata(method="min")``: ties share the lowest
-    rank); trials that did not complete rank last, together, with empty metrics.
+    rank). Completed trials rank first; then trials a halving rung stopped, by their last
+    validation metrics (those of the epoch they stopped at), which they keep; then every
+    other trial (diverged, failed, unfinished), last, together, with empty metrics.
+
+    Args:
+        stops: ``vg_stop`` of a halving study: adds the column ``rung``, where each stopped
+            trial was stopped. None (a study without halving): no such column.
     """
     done = trials["status"] == COMPLETED
+    stopped = (trials["status"] == STOPPED).to_numpy()
     last = epochs.sort_values("epoch").groupby(["key", "split"]).tail(1)
     finals = last.pivot(index="key", columns="split", values=list(METRICS))
     finals.columns = [f"{col[1]}_{col[0]}" for col in finals.columns]  # ("elbo", "val") -> val_elbo
@@ -161,14 +178,20 @@ def rank(trials: pd.DataFrame, epochs: pd.DataFrame) -> pd.DataFrame:
     )
     out = out.join(best, on="key")
     metric_cols = [*finals.columns, "best_val_elbo", "best_epoch"]
-    out.loc[~done.to_numpy(), metric_cols] = math.nan
+    out.loc[~(done.to_numpy() | stopped), metric_cols] = math.nan
+    n_done = int(done.sum())
     for column in CRITERIA:
         ranks = out.loc[done.to_numpy(), column].rank(method="min")
-        out["rank_" + column] = ranks.reindex(out.index).fillna(done.sum() + 1).astype(int)
+        after = out.loc[stopped, column].rank(method="min") + n_done  # behind every completed
+        ranks = pd.concat([ranks, after]).reindex(out.index)
+        out["rank_" + column] = ranks.fillna(n_done + int(stopped.sum()) + 1).astype(int)
     out["best_epoch"] = out["best_epoch"].astype("Int64")
     order = ["key", *PARAMS, "status", *[f"{s}_{m}" for s in ("train", "val") for m in METRICS]]
     order += ["best_val_elbo", "best_epoch", "seconds", "rank_val_elbo", "rank_val_recon"]
     order += ["epochs_done", "cause"]
+    if stops is not None:
+        out["rung"] = out["key"].map(stops.set_index("key")["rung"]).astype("Int64")
+        order.append("rung")
     return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
 
 
@@ -253,18 +276,29 @@ def markdown(
     completed: int,
     seconds: float,
     versions: list[str] | None = None,
+    early: list[str] | None = None,
 ) -> str:
-    """report.md: rankings, test table, figures, counts, and the seed study's conclusions."""
+    """report.md: rankings, test table, figures, counts, and the seed study's conclusions.
+
+    Args:
+        early: A halving study's section (:func:`halving_lines`); None without halving.
+    """
     counts = ranking["status"].value_counts()
     diverged, failed = counts.get(DIVERGED, 0), counts.get(FAILED, 0)
+    stopped = counts.get(STOPPED, 0) if early is not None else 0
     lines = [
         "# vaegrid report",
         "",
-        f"{len(ranking)} trials: {completed} completed, {diverged} diverged, {failed} failed, "
-        f"{len(ranking) - completed - diverged - failed} not finished. Metrics are per image, "
-        f"in nats (lower is better); elbo is the negative ELBO. Report made in {seconds:.1f} s.",
+        f"{len(ranking)} trials: {completed} completed, "
+        + (f"{stopped} stopped early, " if early is not None else "")
+        + f"{diverged} diverged, {failed} failed, "
+        f"{len(ranking) - completed - stopped - diverged - failed} not finished. Metrics are "
+        "per image, in nats (lower is better); elbo is the negative ELBO. "
+        f"Report made in {seconds:.1f} s.",
         "",
     ]
+    if early is not None:
+        lines += early
     show = ["key", *PARAMS, "val_elbo", "val_recon", "val_kl", "best_val_elbo", "best_epoch"]
     for column, title in CRITERIA.items():
         top10 = ranking.sort_values(["rank_" + column, "key"]).head(10)
@@ -317,6 +351,8 @@ def _seed_comparison(ranking: pd.DataFrame, test: pd.DataFrame) -> list[str]:
         ok = group[group["status"] == COMPLETED]
         n_diverged = (group["status"] == DIVERGED).sum()
         line = f"- lr {lr:g}: {len(ok)} of {len(group)} completed, {n_diverged} diverged"
+        n_stopped = (group["status"] == STOPPED).sum()
+        line += f", {n_stopped} stopped early" if n_stopped else ""
         if len(ok):
             low = ok["val_elbo"].min()
             line += f"; best validation elbo {low:.2f} ({low - best:+.2f} vs the overall best)"
@@ -342,6 +378,83 @@ def _seed_comparison(ranking: pd.DataFrame, test: pd.DataFrame) -> list[str]:
             "- The seed picked one winner for reconstruction and another for ELBO: here " + here
         )
     return out
+
+
+def halving_lines(
+    spec: HalvingSpec,
+    epochs: int,
+    trials: pd.DataFrame,
+    epoch_rows: pd.DataFrame,
+    stops: pd.DataFrame,
+) -> list[str]:
+    """report.md's section on a halving study: each rung's decision, and the compute saved.
+
+    The full grid's cost is partly an estimate: a stopped trial is counted as if it had run
+    all its epochs (it might have diverged later) at the completed trials' mean training
+    seconds per epoch.
+
+    Args:
+        spec: The study's ``[halving]``.
+        epochs: The study's ``train.epochs``.
+        trials, epoch_rows, stops: ``vg_trial``, ``vg_epoch``, ``vg_stop``.
+    """
+    column = {"val_elbo": "elbo", "val_recon": "recon"}[spec.metric]
+    val = epoch_rows[(epoch_rows["split"] == "val") & epoch_rows["epoch"].isin(spec.rungs)]
+    values: dict[str, dict[int, float]] = {}
+    for key, epoch, value in val[["key", "epoch", column]].itertuples(index=False):
+        values.setdefault(str(key), {})[int(epoch)] = float(value)
+    standings = {
+        key: halving.Standing(
+            key, int(done), status in (DIVERGED, FAILED), values.get(key, {}), status == COMPLETED
+        )
+        for key, status, done in zip(
+            trials["key"].astype(str),
+            trials["status"].astype(str),
+            trials["epochs_done"].astype(int),
+            strict=True,
+        )
+    }
+    found = halving.plan(standings, spec, epochs)
+    at = stops["rung"].value_counts() if len(stops) else pd.Series(dtype=int)
+    rows = []
+    for r in found.decided:
+        gone = sum(standings[k].ended and standings[k].epochs_done < r.epoch for k in r.ranked)
+        went_on = sum(not standings[k].ended for k in r.survivors)
+        rows.append((r.epoch, len(r.ranked), gone, went_on, int(at.get(r.epoch, 0))))
+    table = pd.DataFrame(
+        rows, columns=["rung (epoch)", "compared", "ended before it", "went on", "stopped here"]
+    )
+    lines = [
+        "## Early stopping (synchronous halving)",
+        "",
+        f"Trials were compared by {spec.metric} at epochs {', '.join(map(str, spec.rungs))}; "
+        f"at each rung the best max(1, ceil({spec.keep:g} * n)) of its n trials went on (ties "
+        "by key; diverged trials count as the worst), decided once the whole rung was in.",
+        "",
+        _table(table),
+        "",
+    ]
+    if found.open_rung is not None:
+        lines += [f"Rung {found.open_rung} is not decided yet.", ""]
+    done = trials["epochs_done"].astype(int)
+    ended = trials["status"].isin([DIVERGED, FAILED]).to_numpy()
+    full_epochs = int(done[ended].sum()) + epochs * int((~ended).sum())
+    ran = int(done.sum())
+    completed = trials[trials["status"] == COMPLETED]
+    per_epoch = completed["seconds"].sum() / max(1, completed["epochs_done"].sum())
+    ran_s = float(trials["seconds"].sum())
+    full_s = ran_s + float((epochs - done[~ended]).sum()) * per_epoch
+    lines += [
+        f"Compute: {ran:,} trial-epochs run of {full_epochs:,} for the full grid "
+        f"({1 - ran / max(1, full_epochs):.0%} saved); {ran_s:,.1f} s of training against an "
+        f"estimated {full_s:,.1f} s for the full grid ({1 - ran_s / max(1.0, full_s):.0%} "
+        "saved). The full grid's figures are estimates: every trial that did not end (diverge "
+        "or fail) is counted for all its epochs, and the epochs it did not run at the "
+        f"completed trials' mean of {per_epoch:.2f} s per epoch. Seconds are training time "
+        "summed over trials, not wall time.",
+        "",
+    ]
+    return lines
 
 
 def _table(df: pd.DataFrame) -> str:

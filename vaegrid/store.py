@@ -29,7 +29,7 @@ import threading
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import datetime
@@ -78,7 +78,16 @@ PENDING, RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED = (
     "failed",
     "interrupted",
 )
-FINAL = frozenset({COMPLETED, DIVERGED, FAILED})  # a trial in one of these never runs again
+# Halving studies only (halving.py): "paused" = reached the epoch it was sent to (a rung),
+# checkpoint kept, until the rung is decided; "stopped" = a decided rung dropped it (its
+# rung is in vg_stop, its checkpoint kept in case a grown grid brings it back).
+PAUSED, STOPPED = "paused", "stopped"
+FINAL = frozenset({COMPLETED, DIVERGED, FAILED, STOPPED})  # never runs again (for this grid)
+# Who moves a trial where (every move is a method of Store):
+#   pending/interrupted/paused/failed(retried)/stopped(reopened) -> running: start_trial
+#   running -> completed/diverged/failed/paused: finish_run (the worker), fail (the driver)
+#   running -> interrupted/failed: mark (the driver: Ctrl-C, worker deaths), sync_study
+#   paused/interrupted/pending -> stopped: stop; stopped -> paused: reopen (halving.update)
 KEY_PATTERN = re.compile(r"[0-9a-f]{12}")  # TrialConfig.key: anything else is not ours
 METRIC_NAME = "val_elbo"  # what Optuna's value is, as optuna-dashboard shows it
 # Fixed, wide ranges rather than the grid's values: Optuna refuses a categorical whose
@@ -180,6 +189,15 @@ class EpochRow(Base):
     recon: Mapped[float] = mapped_column(Float)
     kl: Mapped[float] = mapped_column(Float)
     seconds: Mapped[float] = mapped_column(Float)
+
+
+class StopRow(Base):
+    """The rung that stopped a ``stopped`` trial (halving). A table of its own, so older
+    study databases gain it."""
+
+    __tablename__ = "vg_stop"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    rung: Mapped[int] = mapped_column(Integer)  # the epoch it was compared at, and stopped
 
 
 class TestRow(Base):
@@ -431,7 +449,12 @@ class Store:
             row = s.get(TrialRow, cfg.key)
             assert row is not None
             trial_id = row.optuna_trial_id
-        if trial_id is None or self.optuna.get_trial(trial_id).state == TrialState.FAIL:
+        # Optuna never reopens a finished trial: a retried failure, or a stopped trial that a
+        # grown grid brings back (halving), goes on in a new one.
+        if trial_id is None or self.optuna.get_trial(trial_id).state in (
+            TrialState.FAIL,
+            TrialState.PRUNED,
+        ):
             trial_id = self._new_optuna_trial(study, cfg)
         with self.session() as s:
             row = s.get(TrialRow, cfg.key)
@@ -472,6 +495,59 @@ class Store:
         if status in FINAL:
             for key in changed:
                 self._finish_optuna(key, status, cause)
+
+    def stop(self, rungs: Mapping[str, int], causes: Mapping[str, str]) -> None:
+        """Stop waiting trials at the rung that dropped them (halving), then prune their
+        Optuna trials. A trial that is running or has ended otherwise is left as it is."""
+        changed = []
+        with self.session() as s:
+            for key, rung in rungs.items():
+                row = s.get(TrialRow, key)
+                if row is None or row.status not in (PAUSED, INTERRUPTED, PENDING, STOPPED):
+                    continue
+                row.status, row.cause = STOPPED, causes.get(key)
+                s.merge(StopRow(key=key, rung=rung))
+                changed.append(key)
+        for key in changed:
+            self._finish_optuna(key, STOPPED, causes.get(key))
+
+    def reopen(self, keys: Sequence[str]) -> None:
+        """Stopped trials go on (a grown grid re-decided their rung): paused at their last
+        epoch, checkpoint kept. Their pruned Optuna trial stays; start_trial opens a new one."""
+        with self.session() as s:
+            for key in keys:
+                row = s.get(TrialRow, key)
+                if row is not None and row.status == STOPPED:
+                    row.status, row.cause = PAUSED, None
+                    stop = s.get(StopRow, key)
+                    if stop is not None:
+                        s.delete(stop)
+
+    def stopped_rungs(self) -> dict[str, int]:
+        """The rung each stopped trial was stopped at."""
+        with self.session() as s:
+            return {r.key: r.rung for r in s.scalars(select(StopRow))}
+
+    def rung_values(
+        self, metric: str, epochs: Sequence[int]
+    ) -> tuple[dict[str, tuple[str, int, str | None]], dict[str, dict[int, float]]]:
+        """What the halving rule reads: every trial's (status, epochs_done, cause), and its
+        validation ``metric`` ("val_elbo" or "val_recon") at each of ``epochs``."""
+        column = {"val_elbo": EpochRow.elbo, "val_recon": EpochRow.recon}[metric]
+        with self.session() as s:
+            rows = {
+                key: (status, done, cause)
+                for key, status, done, cause in s.execute(
+                    select(TrialRow.key, TrialRow.status, TrialRow.epochs_done, TrialRow.cause)
+                )
+            }
+            values: dict[str, dict[int, float]] = defaultdict(dict)
+            query = select(EpochRow.key, EpochRow.epoch, column).where(
+                EpochRow.split == "val", EpochRow.epoch.in_(list(epochs))
+            )
+            for key, epoch, value in s.execute(query):
+                values[key][epoch] = value
+        return rows, dict(values)
 
     def status_of(self, key: str) -> str:
         with self.session() as s:
@@ -630,20 +706,25 @@ class Store:
                     select(EpochRow).where(EpochRow.key == key, EpochRow.split == "val")
                 )
             }
-        if trial_id is None:
+        if status not in FINAL or trial_id is None:  # paused at a rung: its trial runs on
             return
         trial = self.optuna.get_trial(trial_id)
         if trial.state.is_finished():
             return
+        if status in (COMPLETED, STOPPED):
+            for epoch in sorted(set(val) - set(trial.intermediate_values)):  # a kill's gap
+                self.optuna.set_trial_intermediate_value(trial_id, epoch, val[epoch])
         if status == COMPLETED:
-            for epoch in sorted(set(val) - set(trial.intermediate_values)):
-                self.optuna.set_trial_intermediate_value(
-                    trial_id, epoch, val[epoch]
-                )  # a kill's gap
             self.optuna.set_trial_state_values(trial_id, TrialState.COMPLETE, [val[max(val)]])
             return
         self.optuna.set_trial_user_attr(trial_id, "status", status)
         self.optuna.set_trial_user_attr(trial_id, "cause", cause)
+        if status == STOPPED:
+            # As Optuna's own pruning does (study/_tell.py): the last intermediate value
+            # becomes the value of the pruned trial.
+            last = [val[max(val)]] if val else None
+            self.optuna.set_trial_state_values(trial_id, TrialState.PRUNED, last)
+            return
         self.optuna.set_trial_state_values(trial_id, TrialState.FAIL, None)
 
     # -- readers -------------------------------------------------------------------------
@@ -678,6 +759,14 @@ class Store:
         """Store (or replace) a winner's test result."""
         with self.session() as s:
             s.merge(TestRow(**row))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The stored study's fixed settings (its ``[halving]`` among them, if any)."""
+        with self.session() as s:
+            row = s.scalars(select(StudyRow)).first()
+            if row is None:
+                raise InputError(f"{self.path}: holds no vaegrid study")
+            return _json_or_none(row.fingerprint) or {}
 
     def study_row(self) -> tuple[str, int]:
         with self.session() as s:

@@ -32,6 +32,8 @@ MNIST_TEST_IMAGES = 10_000
 SPLITS = ("holdout", "official")
 DATASETS = ("mnist",)
 OPTIMIZERS = ("adam",)
+# [halving] metric: the validation metric trials are compared by at a rung (lower is better).
+HALVING_METRICS = ("val_elbo", "val_recon")
 
 # Bounds on a study file. Everything in it comes from outside: each bound keeps a bad
 # value from crashing, exhausting or silently misleading a later stage.
@@ -120,6 +122,24 @@ class GridSpec:
 
 
 @dataclass(frozen=True)
+class HalvingSpec:
+    """Synchronous successive halving: which trials go on at each rung (halving.py).
+
+    Opt-in: a study without a ``[halving]`` table runs its full grid. Trial keys never
+    depend on it: a trial that goes on to the end computes exactly what it computes in
+    the full grid.
+    """
+
+    # The epochs at which trials are compared: strictly increasing, each in 1 .. epochs - 1.
+    rungs: tuple[int, ...]
+    # The share that goes on at each rung: the best max(1, ceil(keep x n)) of the n trials
+    # compared, keep taken as the decimal the file writes (0.1 x 30 = 3, not 3.0000000000000004).
+    keep: float
+    # What trials are compared by at a rung: their validation metric at that epoch.
+    metric: str = "val_elbo"
+
+
+@dataclass(frozen=True)
 class Study:
     """A validated study: fixed settings plus the grid."""
 
@@ -129,15 +149,23 @@ class Study:
     train: TrainSpec
     grid: GridSpec
     source: str  # the file it was loaded from, for messages
+    halving: HalvingSpec | None = None  # None: every trial runs all its epochs
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fixed settings: a stored study is only resumed by a study with the same ones."""
-        return {
+        """The fixed settings: a stored study is only resumed by a study with the same ones.
+
+        ``halving`` is in it only when the study has a ``[halving]`` table, so the
+        fingerprint of a study without one is what it always was.
+        """
+        out: dict[str, Any] = {
             "model": MODEL,
             "seed": self.seed,
             "data": dataclasses.asdict(self.data),
             "train": dataclasses.asdict(self.train),
         }
+        if self.halving is not None:
+            out["halving"] = dataclasses.asdict(self.halving)
+        return out
 
 
 @dataclass(frozen=True)
@@ -287,7 +315,7 @@ def _check_lines(path: Path, text: str) -> None:
             )
 
 
-_TOP_KEYS = {"name", "description", "seed", "data", "train", "grid"}
+_TOP_KEYS = {"name", "description", "seed", "data", "train", "grid", "halving"}
 
 
 def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study:
@@ -317,7 +345,8 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
     data = _data(v, raw)
     train = _train(v, raw, data)
     grid = _grid(v, raw)
-    return Study(name, seed, data, train, grid, source)
+    halving = _halving(v, raw, train) if "halving" in raw else None
+    return Study(name, seed, data, train, grid, source, halving)
 
 
 def _check_structure(v: _Validator, raw: Mapping[str, Any]) -> None:
@@ -410,6 +439,39 @@ def _grid(v: _Validator, raw: Mapping[str, Any]) -> GridSpec:
             f"{count} parameters; expected at most {MODEL_PARAMETERS_MAX} for every pair"
         )
     return grid
+
+
+def _halving(v: _Validator, raw: Mapping[str, Any], train: TrainSpec) -> HalvingSpec:
+    h = v.table(raw, "halving", HalvingSpec)
+    last = train.epochs - 1  # a rung at the last epoch would stop nothing
+    allowed = (
+        f"a non-empty list of strictly increasing integers from 1 to {last} "
+        f"(epochs before the last of train.epochs = {train.epochs})"
+    )
+    if last < 1:
+        allowed = f"nothing: train.epochs = {train.epochs} leaves no epoch to stop at"
+    for key in ("rungs", "keep"):  # no default fits every study: both are spelled out
+        if key not in h:
+            raise InputError(
+                f"{v.source}: halving.{key} is missing; [halving] needs rungs and keep"
+            )
+    rungs = h["rungs"]
+    if (
+        not isinstance(rungs, list)
+        or not rungs
+        or not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= last for r in rungs)
+        or any(a >= b for a, b in itertools.pairwise(rungs))
+    ):
+        v.fail("halving.rungs", rungs, allowed)
+    keep = h["keep"]
+    if not _is_number(keep) or not 0 < keep < 1:  # _is_number refuses bools and nan
+        v.fail(
+            "halving.keep",
+            keep,
+            "a number between 0 and 1, exclusive: the share of trials that goes on at a rung",
+        )
+    metric = v.choice(h, "halving.", "metric", HalvingSpec.metric, HALVING_METRICS)
+    return HalvingSpec(tuple(int(r) for r in rungs), float(keep), metric)
 
 
 def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float]:

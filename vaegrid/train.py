@@ -56,9 +56,10 @@ class EpochRecord:
 @dataclass(frozen=True)
 class TrialResult:
     """How a run of a trial ended: ``completed`` or ``diverged`` (a result, not an error),
-    or ``interrupted`` (asked to stop: it continues from its last epoch next time)."""
+    or ``interrupted`` (asked to stop: it continues from its last epoch next time),
+    or ``paused`` at the epoch it was asked to stop at (its checkpoint kept to go on)."""
 
-    status: Literal["completed", "diverged", "interrupted"]
+    status: Literal["completed", "diverged", "interrupted", "paused"]
     history: list[EpochRecord]  # every finished epoch, resumed ones included
     cause: str | None = None  # for diverged: what went non-finite, where
     diverged_epoch: int | None = None
@@ -126,6 +127,7 @@ def run_trial(
     trial_dir: Path,
     on_epoch: OnEpoch | None = None,
     stop: threading.Event | None = None,
+    stop_at: int | None = None,
 ) -> TrialResult:
     """Train ``cfg`` on the device that holds ``train_x``, continuing from a checkpoint if any.
 
@@ -139,9 +141,14 @@ def run_trial(
             idempotent: a store that missed the last commit catches up.
         stop: Set by another thread to end the run at the next batch (its driver is gone,
             its lease lost): ``interrupted``, with the epochs finished so far.
+        stop_at: Train only up to this epoch (a halving rung) and return ``paused`` with
+            the checkpoint kept; None (or ``cfg.train.epochs`` or more) trains to the end.
+            Stopping and going on later computes exactly what one run would.
 
     Returns:
-        ``completed`` with the history, or ``diverged`` with the epoch and cause.
+        ``completed`` with the history, ``diverged`` with the epoch and cause, or ``paused``
+        when ``stop_at`` comes before the last epoch (also when the checkpoint is already
+        at or past it).
 
     Raises:
         ValueError: ``trial_dir`` holds another trial's files.
@@ -159,8 +166,9 @@ def run_trial(
         if on_epoch:
             on_epoch(record)
     val_seed = derive_seed(cfg.seed, "val")
+    last = cfg.train.epochs if stop_at is None else min(stop_at, cfg.train.epochs)
     with open_file(trial_dir / LOG, "a") as log:
-        for epoch in range(len(history) + 1, cfg.train.epochs + 1):
+        for epoch in range(len(history) + 1, last + 1):
             started = time.perf_counter()
             try:
                 train = _train_epoch(model, optimizer, train_x, cfg, epoch, stop)
@@ -183,6 +191,8 @@ def run_trial(
             log.flush()
             if on_epoch:
                 on_epoch(record)
+        if len(history) < cfg.train.epochs:  # stopped at a rung: no final weights yet
+            return TrialResult("paused", history)
         if not (trial_dir / WEIGHTS).exists():
             save_with(trial_dir / WEIGHTS, torch.save, model.state_dict())
         return TrialResult("completed", history)

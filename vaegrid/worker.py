@@ -53,6 +53,7 @@ class Task:
     versions: tuple[tuple[str, str], ...] = ()  # the driver's provenance.versions()
     watch: str = "parent"  # "parent" (local pool) or "heartbeat" (cluster)
     driver_token: str = ""  # the driver's id: in the study folder and its heartbeat row
+    stop_at: int | None = None  # halving: train only to this epoch (a rung), then pause
 
 
 # A cluster worker stops a trial whose driver's heartbeat is older than this.
@@ -75,7 +76,8 @@ def init_worker() -> None:
 
 
 def execute(task: Task) -> str:
-    """Run one trial to its end (or its next failure) and return its status.
+    """Run one trial to its end (or its next failure, or ``task.stop_at``) and return its
+    status: final, or ``paused`` at a halving rung.
 
     Whatever goes wrong inside, in the trial or in its bookkeeping (the store, the trial's
     lock, a full disk), is recorded with its traceback against this trial alone, never
@@ -104,7 +106,7 @@ def execute(task: Task) -> str:
                 return store.status_of(cfg.key)
             result = _train(task, cfg, store, torch_device, kind, stop)
             status = store.finish_run(cfg.key, run_id, result, None, _peak_device_mb(kind))
-        if status in FINAL:
+        if status in FINAL:  # a trial paused at a rung goes on from its checkpoint later
             from vaegrid.train import finalize
 
             finalize(trial_dir)  # its end is committed: the resume checkpoint can go
@@ -254,6 +256,7 @@ def _train(
         Path(task.trial_dir),
         on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r, kind),
         stop=stop,
+        stop_at=task.stop_at,
     )
 
 
