@@ -7,7 +7,7 @@ two pixels, so tests can tell exactly which images landed in which split.
 from __future__ import annotations
 
 import struct
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,28 @@ def write_study(tmp_path: Path) -> Callable[..., Path]:
         return path
 
     return write
+
+
+class Crash(BaseException):
+    """What kill -9 does to a process, in-process: nothing after it runs, no commit."""
+
+
+@pytest.fixture
+def commits() -> Iterator[dict[str, int]]:
+    """Counts every commit of every SQLAlchemy engine (vaegrid's and Optuna's) and raises
+    :class:`Crash` instead of the commit numbered ``crash_at``."""
+    from sqlalchemy import Engine, event
+
+    state = {"seen": 0, "crash_at": 0}
+
+    def on_commit(conn: Any) -> None:
+        state["seen"] += 1
+        if state["seen"] == state["crash_at"]:
+            raise Crash
+
+    event.listen(Engine, "commit", on_commit)
+    yield state
+    event.remove(Engine, "commit", on_commit)
 
 
 def synced_study_db(study_path: Path, study_dir: Path, slots: int = 1) -> Path:

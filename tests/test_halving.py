@@ -14,7 +14,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from conftest import InlineExecutor
+from conftest import Crash, InlineExecutor
 
 from vaegrid import worker
 from vaegrid.cli import main
@@ -177,10 +177,6 @@ LR = "[1e-2, 1e-4, 1e3]"  # 1e3 diverges in epoch 1, 1e-4 is far behind 1e-2
 
 def study_text(lr: str = LR, halving_table: str = RUNGS, name: str = "h") -> str:
     return HALVING.format(name=name, lr=lr, halving=halving_table)
-
-
-class Crash(BaseException):
-    """What kill -9 does to a process, in-process: nothing after it runs, no commit."""
 
 
 @pytest.fixture(autouse=True)
@@ -509,24 +505,6 @@ def test_the_report_says_what_each_rung_stopped_and_what_it_saved(
 
 
 # -- slow: every write killed, and real worker processes ----------------------------------------
-
-
-@pytest.fixture
-def commits() -> Iterator[dict[str, int]]:
-    """Counts every commit of every SQLAlchemy engine (vaegrid's and Optuna's) and raises
-    :class:`Crash` instead of the commit numbered ``crash_at``."""
-    from sqlalchemy import Engine, event
-
-    state = {"seen": 0, "crash_at": 0}
-
-    def on_commit(conn: Any) -> None:
-        state["seen"] += 1
-        if state["seen"] == state["crash_at"]:
-            raise Crash
-
-    event.listen(Engine, "commit", on_commit)
-    yield state
-    event.remove(Engine, "commit", on_commit)
 
 
 @pytest.mark.slow

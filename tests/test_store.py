@@ -16,8 +16,7 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from conftest import InlineExecutor, synced_study_db
-from sqlalchemy import Engine, event
+from conftest import Crash, InlineExecutor, synced_study_db
 
 from vaegrid import worker
 from vaegrid.cli import main
@@ -42,31 +41,11 @@ clip = [1.0]
 """
 
 
-class Crash(BaseException):
-    """What kill -9 does to a process, in-process: nothing after it runs, no commit."""
-
-
 @pytest.fixture
 def one_thread() -> Iterator[None]:
     threads = torch.get_num_threads()
     yield
     torch.set_num_threads(threads)
-
-
-@pytest.fixture
-def commits() -> Iterator[dict[str, int]]:
-    """Counts every commit of every SQLAlchemy engine (vaegrid's and Optuna's) and raises
-    :class:`Crash` instead of the commit numbered ``crash_at``."""
-    state = {"seen": 0, "crash_at": 0}
-
-    def on_commit(conn: Any) -> None:
-        state["seen"] += 1
-        if state["seen"] == state["crash_at"]:
-            raise Crash
-
-    event.listen(Engine, "commit", on_commit)
-    yield state
-    event.remove(Engine, "commit", on_commit)
 
 
 def _sweep(study: Path, results: Path, data: Path) -> int:
