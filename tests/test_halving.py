@@ -572,3 +572,61 @@ def test_one_and_two_worker_processes_give_identical_tables(
     assert one == two
     statuses = sorted(s for _, s, *_ in one["trials"])
     assert statuses.count("stopped") == 5 and statuses.count("completed") == 3
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_halving_driver_after_a_decision_then_resume_with_other_k(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import make_mnist
+
+    data = make_mnist(tmp_path / "data", n_train=6000, n_test=1000)  # epochs long enough to hit
+    text = (
+        study_text().replace("hidden = [32]", "hidden = [256]").replace("epochs = 3", "epochs = 4")
+    )
+    study = write_study(text.replace("fractions = [0.6, 0.2, 0.2]", "fractions = [0.8, 0.1, 0.1]"))
+
+    def driver(results: Path, k: str) -> subprocess.Popen[bytes]:
+        args = ["run", str(study), "--results", str(results), "--data-dir", str(data)]
+        args += ["--devices", "cpu", "--workers-per-device", k, "--no-progress"]
+        cmd = [sys.executable, "-m", "vaegrid", *args]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    whole = driver(tmp_path / "whole", "2")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read() if whole.stderr else ""
+    cut = driver(tmp_path / "cut", "2")
+    db = tmp_path / "cut" / "h" / "study.db"
+    deadline = time.time() + 120
+    decided = False
+    while time.time() < deadline and not decided:  # kill once rung 1 is decided
+        time.sleep(0.1)
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                decided = con.execute("SELECT count(*) FROM vg_stop").fetchone()[0] > 0
+            finally:
+                con.close()
+        except sqlite3.Error:
+            pass
+    assert decided
+    os.kill(cut.pid, signal.SIGKILL)
+    cut.wait()
+    cut.communicate(timeout=30)
+    time.sleep(1)  # its workers exit within 0.2 s of their driver's death
+    store = Store.reader(db)
+    try:
+        left = [
+            t.key for t in store.trials() if t.status not in ("completed", "diverged", "stopped")
+        ]
+    finally:
+        store.close()
+    assert left, "the kill should have caught the sweep between rung 1 and its end"
+    resumed = driver(tmp_path / "cut", "1")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read() if resumed.stderr else ""
+    assert tables(db) == tables(tmp_path / "whole" / "h" / "study.db")
