@@ -8,6 +8,7 @@ import random
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -235,16 +236,38 @@ def stop_ats(executor: InlineExecutor) -> list[tuple[str, int | None]]:
     return [(TrialConfig.from_json(t.config).key, t.stop_at) for _, t in executor.submitted]
 
 
+@dataclass(frozen=True)
+class Whole:
+    """The halving study of :func:`study_text`, swept once, uninterrupted."""
+
+    folder: Path  # results/h
+    tables: dict[str, Any]
+    sent: list[tuple[str, int | None]]  # (key, stop_at) of every task, in order
+
+
+@pytest.fixture(scope="module")
+def whole(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Whole:
+    root = tmp_path_factory.mktemp("whole")
+    (root / "h.toml").write_text(study_text())
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as one_thread does: before it, for the whole module
+    try:
+        executor = InlineExecutor()
+        assert sweep(root / "h.toml", root / "r", mnist_root, executor) == 0
+    finally:
+        torch.set_num_threads(threads)
+    folder = root / "r" / "h"
+    return Whole(folder, tables(folder / "study.db"), stop_ats(executor))
+
+
 def test_a_halving_sweep_stops_losers_and_its_survivors_compute_the_full_grids_numbers(
-    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path, whole: Whole
 ) -> None:
     full = write_study(study_text(halving_table="", name="full"), file="full.toml")
     assert sweep(full, tmp_path / "r", mnist_root) == 0
     ref = tables(tmp_path / "r" / "full" / "study.db", "full")
     study = write_study(study_text(), file="h.toml")
-    executor = InlineExecutor()
-    assert sweep(study, tmp_path / "r", mnist_root, executor) == 0
-    got = tables(tmp_path / "r" / "h" / "study.db")
+    got = whole.tables
     # the decisions, derived by hand from the full grid's own validation elbos
     val = {(k, e): elbo for k, e, split, elbo, *_ in ref["epochs"] if split == "val"}
     keys = [t.key for t in expand(load_study(study))]
@@ -269,7 +292,7 @@ def test_a_halving_sweep_stops_losers_and_its_survivors_compute_the_full_grids_n
     for key, rung in got["stops"].items():
         assert {r[1] for r in got["epochs"] if r[0] == key} == set(range(1, rung + 1))
     # no trial was sent past a rung before the whole rung was in
-    order = [math.inf if s is None else s for _, s in stop_ats(executor)]
+    order = [math.inf if s is None else s for _, s in whole.sent]
     assert order == sorted(order) and order.count(1) == len(keys)
     # Optuna: stopped trials are PRUNED with their intermediate values, their last as value
     ledger = {k: (state, value, dict(inter)) for k, state, value, inter in got["optuna"]}
@@ -280,7 +303,7 @@ def test_a_halving_sweep_stops_losers_and_its_survivors_compute_the_full_grids_n
         assert value == val[(key, rung)]
     assert {ledger[k][0] for k in go2} == {"COMPLETE"}
     # a stopped trial keeps its checkpoint (a grown grid may bring it back), no weights
-    folder = tmp_path / "r" / "h" / "trials"
+    folder = whole.folder / "trials"
     for key in got["stops"]:
         assert (folder / key / CHECKPOINT).exists() and not (folder / key / WEIGHTS).exists()
     for key in go2:
@@ -312,10 +335,9 @@ def test_status_counts_stopped_and_paused_trials(
 
 
 def test_survivors_do_not_depend_on_the_order_trials_run_in_or_the_number_of_slots(
-    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path, whole: Whole
 ) -> None:
     study = write_study(study_text(), file="h.toml")
-    assert sweep(study, tmp_path / "a", mnist_root) == 0
     # the grid's values reversed: the same keys, dispatched in the opposite order, 2 slots
     text = (
         study_text(lr="[1e3, 1e-4, 1e-2]")
@@ -326,7 +348,7 @@ def test_survivors_do_not_depend_on_the_order_trials_run_in_or_the_number_of_slo
     executor = InlineExecutor()
     assert sweep(reversed_study, tmp_path / "b", mnist_root, executor, slots=2) == 0
     assert stop_ats(executor)[0][0] != expand(load_study(study))[0].key  # another order indeed
-    assert tables(tmp_path / "a" / "h" / "study.db") == tables(tmp_path / "b" / "h" / "study.db")
+    assert tables(tmp_path / "b" / "h" / "study.db") == whole.tables
 
 
 class StopAfter(InlineExecutor):
@@ -347,10 +369,10 @@ def test_a_kill_between_a_rungs_last_result_and_its_decision_resumes_to_the_same
     mnist_root: Path,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
+    whole: Whole,
 ) -> None:
     study = write_study(study_text(), file="h.toml")
-    assert sweep(study, tmp_path / "whole", mnist_root) == 0
-    want = tables(tmp_path / "whole" / "h" / "study.db")
+    want = whole.tables
     # killed as the driver records rung 1's decision: every rung-1 result is committed,
     # no decision is; then killed between the stop's vaegrid write and its Optuna write
     for target, where in ((Store, "stop"), (Store, "_finish_optuna")):
@@ -482,14 +504,13 @@ def test_a_failed_trial_is_the_worst_of_its_rung_until_retried_then_all_is_decid
 
 
 def test_the_report_says_what_each_rung_stopped_and_what_it_saved(
-    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+    mnist_root: Path, tmp_path: Path, whole: Whole
 ) -> None:
     import pandas as pd
 
     from vaegrid.report import make_report
 
-    study = write_study(study_text(), file="h.toml")
-    assert sweep(study, tmp_path / "r", mnist_root) == 0
+    shutil.copytree(whole.folder, tmp_path / "r" / "h")
     make_report(tmp_path / "r" / "h", mnist_root, top=1, nll_samples=5)
     md = (tmp_path / "r" / "h" / "report.md").read_text()
     assert "12 trials: 3 completed, 5 stopped early, 4 diverged, 0 failed, 0 not finished." in md
@@ -550,3 +571,61 @@ def test_one_and_two_worker_processes_give_identical_tables(
     assert one == two
     statuses = sorted(s for _, s, *_ in one["trials"])
     assert statuses.count("stopped") == 5 and statuses.count("completed") == 3
+
+
+@pytest.mark.slow
+def test_kill_9_of_a_halving_driver_after_a_decision_then_resume_with_other_k(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from conftest import make_mnist
+
+    data = make_mnist(tmp_path / "data", n_train=6000, n_test=1000)  # epochs long enough to hit
+    text = (
+        study_text().replace("hidden = [32]", "hidden = [256]").replace("epochs = 3", "epochs = 4")
+    )
+    study = write_study(text.replace("fractions = [0.6, 0.2, 0.2]", "fractions = [0.8, 0.1, 0.1]"))
+
+    def driver(results: Path, k: str) -> subprocess.Popen[bytes]:
+        args = ["run", str(study), "--results", str(results), "--data-dir", str(data)]
+        args += ["--devices", "cpu", "--workers-per-device", k, "--no-progress"]
+        cmd = [sys.executable, "-m", "vaegrid", *args]
+        return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    whole = driver(tmp_path / "whole", "2")
+    assert whole.wait(timeout=300) == 0, whole.stderr.read() if whole.stderr else ""
+    cut = driver(tmp_path / "cut", "2")
+    db = tmp_path / "cut" / "h" / "study.db"
+    deadline = time.time() + 120
+    decided = False
+    while time.time() < deadline and not decided:  # kill once rung 1 is decided
+        time.sleep(0.1)
+        try:
+            con = sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=5)
+            try:
+                decided = con.execute("SELECT count(*) FROM vg_stop").fetchone()[0] > 0
+            finally:
+                con.close()
+        except sqlite3.Error:
+            pass
+    assert decided
+    os.kill(cut.pid, signal.SIGKILL)
+    cut.wait()
+    cut.communicate(timeout=30)
+    time.sleep(1)  # its workers exit within 0.2 s of their driver's death
+    store = Store.reader(db)
+    try:
+        left = [
+            t.key for t in store.trials() if t.status not in ("completed", "diverged", "stopped")
+        ]
+    finally:
+        store.close()
+    assert left, "the kill should have caught the sweep between rung 1 and its end"
+    resumed = driver(tmp_path / "cut", "1")
+    assert resumed.wait(timeout=300) == 0, resumed.stderr.read() if resumed.stderr else ""
+    assert tables(db) == tables(tmp_path / "whole" / "h" / "study.db")

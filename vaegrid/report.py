@@ -442,16 +442,20 @@ def halving_lines(
     ran = int(done.sum())
     completed = trials[trials["status"] == COMPLETED]
     per_epoch = completed["seconds"].sum() / max(1, completed["epochs_done"].sum())
+    # A trial's epochs cost what its own did (a wide model's are dearer than the winners'),
+    # else, for one that ran none, the completed trials' mean.
+    own = (trials["seconds"] / done.where(done > 0)).fillna(per_epoch).to_numpy()
+    left = (epochs - done).where(~ended, 0).to_numpy()
     ran_s = float(trials["seconds"].sum())
-    full_s = ran_s + float((epochs - done[~ended]).sum()) * per_epoch
+    full_s = ran_s + float((left * own).sum())
     lines += [
         f"Compute: {ran:,} trial-epochs run of {full_epochs:,} for the full grid "
         f"({1 - ran / max(1, full_epochs):.0%} saved); {ran_s:,.1f} s of training against an "
         f"estimated {full_s:,.1f} s for the full grid ({1 - ran_s / max(1.0, full_s):.0%} "
         "saved). The full grid's figures are estimates: every trial that did not end (diverge "
-        "or fail) is counted for all its epochs, and the epochs it did not run at the "
-        f"completed trials' mean of {per_epoch:.2f} s per epoch. Seconds are training time "
-        "summed over trials, not wall time.",
+        "or fail) is counted for all its epochs, each epoch it did not run at its own mean "
+        f"seconds per epoch so far (the completed trials' mean, {per_epoch:.2f} s, for one "
+        "that ran none). Seconds are training time summed over trials, not wall time.",
         "",
     ]
     return lines
