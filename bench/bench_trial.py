@@ -27,14 +27,14 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 from vaegrid.data import data_dir, load_splits
 from vaegrid.errors import InputError
 from vaegrid.model import VAE
-from vaegrid.study import DataSpec, TrainSpec, TrialConfig
+from vaegrid.study import DataSpec, TrialConfig
 from vaegrid.train import run_trial
 
 HIDDEN, LATENT, BATCH, LR, CLIP = 400, 100, 1000, 1e-3, 1.0
 
 
 def vaegrid_trial(train: torch.Tensor, val: torch.Tensor, epochs: int) -> float:
-    cfg = TrialConfig(0, DataSpec(), TrainSpec(epochs, BATCH), HIDDEN, LATENT, LR, CLIP)
+    cfg = TrialConfig(0, DataSpec(), HIDDEN, LATENT, LR, CLIP, epochs=epochs, batch_size=BATCH)
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         run_trial(cfg, train, val, Path(tmp))

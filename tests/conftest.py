@@ -39,10 +39,12 @@ def synthetic_images(n: int, offset: int, rng: np.random.Generator) -> np.ndarra
     return images
 
 
-def make_mnist(root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST) -> Path:
-    raw = root / "MNIST" / "raw"
+def make_mnist(
+    root: Path, n_train: int = N_TRAIN, n_test: int = N_TEST, folder: str = "MNIST", seed: int = 0
+) -> Path:
+    raw = root / folder / "raw"
     raw.mkdir(parents=True)
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     write_idx(raw / "train-images-idx3-ubyte", synthetic_images(n_train, 0, rng))
     write_idx(raw / "train-labels-idx1-ubyte", rng.integers(0, 10, n_train))
     write_idx(raw / "t10k-images-idx3-ubyte", synthetic_images(n_test, n_train, rng))

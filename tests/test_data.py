@@ -279,3 +279,36 @@ def test_the_checks_leave_the_data_folder_as_it_was(tmp_path: Path) -> None:
     before = {p: p.stat().st_mtime_ns for p in root.rglob("*")}
     ensure_mnist(root, DataSpec(limit=25))
     assert {p: p.stat().st_mtime_ns for p in root.rglob("*")} == before
+
+
+def test_binarized_validation_and_test_are_drawn_once_for_the_study(mnist_root: Path) -> None:
+    _CACHE.clear()
+    grey = load_splits(mnist_root, DataSpec(), seed=0, device="cpu")
+    dynamic = load_splits(mnist_root, DataSpec(binarize="dynamic"), seed=0, device="cpu")
+    static = load_splits(mnist_root, DataSpec(binarize="static"), seed=0, device="cpu")
+    assert torch.equal(dynamic.train, grey.train)  # drawn by the trial, each epoch
+    for split in ("val", "test"):
+        x = getattr(dynamic, split)
+        assert set(x.unique().tolist()) == {0.0, 1.0}
+        assert torch.equal(x, getattr(static, split))  # one draw per study seed and split
+        # each pixel a Bernoulli draw of its grey level: the means agree
+        assert abs(float(x.mean()) - float(getattr(grey, split).mean())) < 0.01
+    assert set(static.train.unique().tolist()) == {0.0, 1.0}
+    _CACHE.clear()
+    again = load_splits(mnist_root, DataSpec(binarize="dynamic"), seed=0, device="cpu")
+    assert torch.equal(again.val, dynamic.val) and torch.equal(again.test, dynamic.test)
+    other = load_splits(mnist_root, DataSpec(binarize="dynamic"), seed=1, device="cpu")
+    assert not torch.equal(other.val, dynamic.val)
+
+
+def test_fashion_mnist_is_read_from_its_own_folder(tmp_path: Path) -> None:
+    make_mnist(tmp_path, folder="MNIST", seed=0)
+    make_mnist(tmp_path, folder="FashionMNIST", seed=1)
+    _CACHE.clear()
+    mnist = load_splits(tmp_path, DataSpec(), seed=0, device="cpu")
+    fashion = load_splits(tmp_path, DataSpec(dataset="fashion-mnist"), seed=0, device="cpu")
+    assert not torch.equal(mnist.train, fashion.train)
+    assert check_mnist(tmp_path, "fashion-mnist") == check_mnist(tmp_path)
+    (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
+    with pytest.raises(InputError, match=r"FashionMNIST/raw/t10k-labels-idx1-ubyte: MNIST file"):
+        check_mnist(tmp_path, "fashion-mnist")

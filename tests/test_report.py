@@ -12,12 +12,14 @@ import torch
 from conftest import synced_study_db
 from PIL import Image
 
+import vaegrid
 from vaegrid.cli import main
 from vaegrid.data import load_splits
 from vaegrid.model import VAE, importance_nll
-from vaegrid.report import make_report, rank
+from vaegrid.report import make_report
 from vaegrid.store import Store
-from vaegrid.study import DataSpec, TrainSpec, TrialConfig
+from vaegrid.study import DataSpec, TrialConfig
+from vaegrid.tables import rank
 from vaegrid.train import evaluate, run_trial
 
 STUDY = """
@@ -57,12 +59,16 @@ def study_dir(swept: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(swept, tmp_path / "rep"))
 
 
+PARAMS = ["hidden", "latent", "lr", "clip"]
+
+
 def frames(
     statuses: list[str], val_elbo: list[float], val_recon: list[float]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     keys = [f"k{i}" for i in range(len(statuses))]
     trials = pd.DataFrame(
-        {"key": keys, "hidden": 8, "latent": 2, "lr": 0.1, "clip": 1.0, "status": statuses,
+        {"key": keys, "config": keys, "repeat": 0, "hidden": 8, "latent": 2, "lr": 0.1,
+         "clip": 1.0, "status": statuses,
          "epochs_done": 2, "seconds": 1.0, "cause": None}
     )  # fmt: skip
     rows = []
@@ -97,7 +103,7 @@ def test_ties_share_the_lowest_rank_and_unfinished_trials_rank_last() -> None:
         [100.0, 90.0, 95.0, 100.0, 80.0, 120.0],
         [70.0, 60.0, 75.0, 70.0, 50.0, 69.0],
     )
-    ranked = rank(trials, epochs).set_index("key")
+    ranked = rank(trials, epochs, PARAMS).set_index("key")
     assert ranked["rank_val_elbo"].to_dict() == {
         "k2": 1,
         "k0": 2,
@@ -126,7 +132,7 @@ def test_completed_trials_rank_first_then_stopped_ones_by_their_last_values() ->
         [60.0, 70.0, 50.0, 75.0, 69.0, 40.0],
     )
     stops = pd.DataFrame({"key": ["k0", "k3"], "rung": [1, 2]})
-    ranked = rank(trials, epochs, stops).set_index("key")
+    ranked = rank(trials, epochs, PARAMS, stops).set_index("key")
     # a stopped trial beats no completed one, however good its last epoch looked
     assert ranked["rank_val_elbo"].to_dict() == {
         "k1": 1,
@@ -148,18 +154,31 @@ def test_completed_trials_rank_first_then_stopped_ones_by_their_last_values() ->
     assert ranked.loc["k0", "val_elbo"] == 90.0 and ranked.loc["k3", "best_val_elbo"] == 95.0
     assert ranked.loc[["k2", "k5"], "val_elbo"].isna().all()  # no metrics, as before
     assert list(ranked["rung"].fillna(0)) == [0, 0, 1, 2, 0, 0]  # where each stopped
-    assert "rung" not in rank(trials, epochs).columns  # a study without halving: as before
+    assert "rung" not in rank(trials, epochs, PARAMS).columns  # a study without halving: as before
 
 
 def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: Path) -> None:
     done = make_report(study_dir, mnist_root, top=1, nll_samples=20)
     ranking = pd.read_csv(study_dir / "ranking.csv")
+    metrics = ["train_elbo", "train_recon", "train_kl", "val_elbo", "val_recon", "val_kl"]
+    spread = [f"{m}_{s}" for m in [*metrics, "best_val_elbo"] for s in ("std", "ci_low", "ci_high")]
     assert list(ranking.columns) == [
-        "key", "hidden", "latent", "lr", "clip", "status",
-        "train_elbo", "train_recon", "train_kl", "val_elbo", "val_recon", "val_kl",
+        "key", "hidden", "latent", "lr", "clip", "status", "n_repeats", "repeats", *metrics,
         "best_val_elbo", "best_epoch", "seconds", "rank_val_elbo", "rank_val_recon",
-        "epochs_done", "cause",
+        "epochs_done", "cause", *spread,
     ]  # fmt: skip
+    assert ranking[spread].isna().all().all()  # one repeat: no spread
+    per_trial = pd.read_csv(study_dir / "trials.csv")
+    assert list(per_trial.columns[:7]) == [
+        "key",
+        "config",
+        "repeat",
+        "hidden",
+        "latent",
+        "lr",
+        "clip",
+    ]
+    assert list(per_trial["key"]) == list(ranking["key"])  # one repeat: a config is its trial
     assert len(ranking) == 4 and list(ranking["rank_val_elbo"]) == [1, 2, 3, 3]
     assert (
         list(ranking["status"][-2:]) == ["diverged", "diverged"]
@@ -172,6 +191,8 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     assert len(epochs) == n_rows >= 2 * 3 * 2  # both completed trials, 3 epochs, train + val
     assert list(epochs.columns) == [
         "key",
+        "config",
+        "repeat",
         "hidden",
         "latent",
         "lr",
@@ -194,8 +215,15 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     computed = md.split("## Computed with", 1)[1]  # the versions its 4 runs used
     assert f"- 4 runs: cpu / torch {torch_version} on {os.uname().nodename}:" in computed
     assert f"torch {torch_version}" in computed and "optuna " in computed
+    assert "Bernoulli NLL of grey levels (not comparable with binarized-MNIST results)" in md
+    assert set(test["likelihood"]) == {
+        "Bernoulli NLL of grey levels (not comparable with binarized-MNIST results)"
+    }
+    assert "One repeat per config: nothing tells a difference from seed-to-seed noise" in md
+    assert "No importances: 2 completed configs varying 1 axes: too few to tell." in md
     sizes = {p.name: Image.open(p).size for p in (study_dir / "figures").iterdir()}
     assert sizes.pop("curves.png") == (800, 500)
+    assert sizes.pop("parallel.png")[0] > 300 and sizes.pop("heatmap.png")[0] > 300
     for key in set(test["key"]):
         assert sizes[f"{key}_reconstructions.png"] == (
             16 * 30 + 2,
@@ -239,7 +267,7 @@ def test_bad_report_input_is_one_line_and_exit_2(
         assert main(["report", str(study_dir), "--top", top, "--data-dir", str(mnist_root)]) == 2
         err = capsys.readouterr().err
         assert (
-            f"--top: {top} is not allowed; expected 1 to 2 (completed trials)" in err
+            f"--top: {top} is not allowed; expected 1 to 2 (completed configs)" in err
             and err.count("\n") == 1
         )
     assert not (study_dir / "ranking.csv").exists()
@@ -267,12 +295,7 @@ def test_a_corrupt_winner_weights_file_is_one_line_and_exit_2(
 
 
 def _winner(study_dir: Path) -> str:
-    store = Store.reader(study_dir / "study.db")
-    try:
-        ranking = rank(store.frame("vg_trial"), store.frame("vg_epoch"))
-    finally:
-        store.close()
-    return str(ranking["key"].iloc[0])
+    return str(vaegrid.load(study_dir.parent, study_dir.name).trials["key"].iloc[0])
 
 
 def test_importance_sampled_nll_is_below_the_elbo_and_tightens_with_k(
@@ -280,7 +303,7 @@ def test_importance_sampled_nll_is_below_the_elbo_and_tightens_with_k(
 ) -> None:
     data = DataSpec(fractions=(0.6, 0.2, 0.2))
     splits = load_splits(mnist_root, data, seed=0, device="cpu")
-    cfg = TrialConfig(0, data, TrainSpec(epochs=5, batch_size=50), 64, 8, 1e-2, 1.0)
+    cfg = TrialConfig(0, data, 64, 8, 1e-2, 1.0, epochs=5, batch_size=50)
     run_trial(cfg, splits.train, splits.val, tmp_path / "t")
     from vaegrid.model import VAE
 

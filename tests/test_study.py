@@ -14,9 +14,7 @@ from vaegrid.errors import InputError
 from vaegrid.model import VAE
 from vaegrid.study import (
     DataSpec,
-    GridSpec,
     HalvingSpec,
-    TrainSpec,
     TrialConfig,
     expand,
     load_study,
@@ -26,6 +24,9 @@ from vaegrid.study import (
 )
 
 STUDIES = Path(__file__).parent.parent / "studies"
+# The shipped studies' first key and the hash of all their keys (model linear-vae-2).
+SEED_FIRST, SEED_DIGEST = "a34b3b379904", "276865742c095fc0"
+SMOKE_FIRST, SMOKE_DIGEST = "1ea34b892503", "88a4cfe0e7ce8674"
 
 
 def parse(text_or_raw: dict) -> object:  # type: ignore[type-arg]
@@ -34,8 +35,11 @@ def parse(text_or_raw: dict) -> object:  # type: ignore[type-arg]
 
 def test_seed_study_is_the_seed_grid_with_54_unique_keys() -> None:
     study = load_study(STUDIES / "seed.toml")
-    assert (study.train.epochs, study.train.batch_size, study.train.optimizer) == (15, 1000, "adam")
-    assert study.grid == GridSpec((400, 600, 800), (100, 200, 400), (1.0, 1e-5, 3e-2), (1.0, 2e-4))
+    fixed = study.fingerprint()["train"]
+    assert (fixed["epochs"], fixed["batch_size"], fixed["optimizer"]) == (15, 1000, "adam")
+    assert study.searched == ("hidden", "latent", "lr", "clip") and study.repeats == 1
+    grid = [study.values(n) for n in study.searched]
+    assert grid == [(400, 600, 800), (100, 200, 400), (1.0, 1e-5, 3e-2), (1.0, 2e-4)]
     assert study.data.fractions == (0.8, 0.1, 0.1) and study.seed == 0
     assert split_sizes(study.data) == (56_000, 7_000, 7_000)
     keys = [t.key for t in expand(study)]
@@ -48,7 +52,7 @@ def test_keys_do_not_depend_on_the_order_of_values() -> None:
     assert sorted(t.key for t in expand(a)) == sorted(t.key for t in expand(b))  # type: ignore[arg-type]
 
 
-BASE = TrialConfig(0, DataSpec(), TrainSpec(), 400, 100, 1e-3, 1.0)
+BASE = TrialConfig(0, DataSpec(), 400, 100, 1e-3, 1.0)
 
 # One change of every setting a trial computes from: nested fields by their dotted name.
 CHANGED = {
@@ -57,10 +61,15 @@ CHANGED = {
     "data.split": replace(BASE, data=replace(BASE.data, split="official")),
     "data.fractions": replace(BASE, data=replace(BASE.data, fractions=(0.7, 0.15, 0.15))),
     "data.limit": replace(BASE, data=replace(BASE.data, limit=6000)),
-    "train.epochs": replace(BASE, train=replace(BASE.train, epochs=3)),
-    "train.batch_size": replace(BASE, train=replace(BASE.train, batch_size=500)),
-    "train.optimizer": replace(BASE, train=replace(BASE.train, optimizer="sgd")),
-    "model": replace(BASE, model="linear-vae-2"),
+    "data.binarize": replace(BASE, data=replace(BASE.data, binarize="dynamic")),
+    "epochs": replace(BASE, epochs=3),
+    "batch_size": replace(BASE, batch_size=500),
+    "optimizer": replace(BASE, optimizer="sgd"),
+    "momentum": replace(BASE, momentum=0.9),
+    "weight_decay": replace(BASE, weight_decay=1e-4),
+    "beta": replace(BASE, beta=0.5),
+    "repeat": replace(BASE, repeat=1),
+    "model": replace(BASE, model="linear-vae-1"),
     "hidden": replace(BASE, hidden=600),
     "latent": replace(BASE, latent=200),
     "lr": replace(BASE, lr=3e-2),
@@ -69,8 +78,8 @@ CHANGED = {
 
 
 def test_the_key_test_changes_every_field_of_a_trial_config() -> None:
-    # A field added to TrialConfig, DataSpec or TrainSpec must get its line in CHANGED.
-    nested = {"data": DataSpec, "train": TrainSpec}
+    # A field added to TrialConfig or DataSpec must get its line in CHANGED.
+    nested = {"data": DataSpec}
     names = set()
     for f in fields(TrialConfig):
         inner = nested.get(f.name)
@@ -93,10 +102,12 @@ def test_keys_change_with_fixed_settings_of_a_study_file() -> None:
 
 
 def test_keys_of_the_shipped_studies_are_unchanged() -> None:
-    # Hashes of every key, as computed before the bounds were added: results stay findable.
+    # Hashes of every key, as computed when model linear-vae-2 (common random numbers)
+    # replaced linear-vae-1, whose seed study keys were 9cb346a38c3c... (digest
+    # 25897f9f8b92ba1b): a change here means stored results are no longer found.
     for name, first, digest in (
-        ("seed", "9cb346a38c3c", "25897f9f8b92ba1b"),
-        ("smoke", "c63f23748277", "f774e0e7eab0c3f8"),
+        ("seed", SEED_FIRST, SEED_DIGEST),
+        ("smoke", SMOKE_FIRST, SMOKE_DIGEST),
     ):
         keys = [t.key for t in expand(load_study(STUDIES / f"{name}.toml"))]
         assert keys[0] == first
@@ -105,7 +116,7 @@ def test_keys_of_the_shipped_studies_are_unchanged() -> None:
 
 def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
     study = load_study(STUDIES / "smoke.toml")
-    assert len(expand(study)) == 4 and study.train.epochs == 2
+    assert len(expand(study)) == 4 and study.epochs == 2
     assert split_sizes(study.data) == (4_800, 600, 600)
 
 
@@ -120,29 +131,32 @@ def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
         ({"grid": {"dropout": [0.1]}}, r"unknown key 'grid\.dropout'"),
         (
             {"train": {"epochs": "15"}},
-            r'train\.epochs = "15" is not allowed; expected a positive integer',
+            r'train\.epochs = "15" is not allowed; expected an integer from 1 to 10000',
         ),
-        ({"train": {"epochs": 1.5}}, r"train\.epochs = 1\.5 .* a positive integer"),
+        ({"train": {"epochs": 1.5}}, r"train\.epochs = 1\.5 .* an integer from 1 to"),
         ({"train": {"epochs": True}}, r"train\.epochs = true"),
         ({"train": "fast"}, r'train = "fast" .* a table \[train\]'),
         (
             {"grid": {"hidden": []}},
-            r"grid\.hidden = \[\] .* non-empty list of distinct positive integers",
+            r"grid\.hidden = \[\] .* non-empty list of distinct values, each an integer from 1",
         ),
-        ({"grid": {"hidden": 400}}, r"grid\.hidden = 400 .* non-empty list"),
+        (
+            {"grid": {"hidden": "400"}},
+            r'grid\.hidden = "400" .* an integer from 1 to 16384 or a list',
+        ),
         (
             {"grid": {"latent": [100, 100]}},
             r"grid\.latent = \[100, 100\] .* \(100 is listed twice\)",
         ),
         ({"grid": {"lr": [1, 1.0]}}, r"grid\.lr = \[1, 1\.0\] .* \(1\.0 is listed twice\)"),
-        ({"grid": {"hidden": [400.5]}}, r"grid\.hidden = 400\.5 .* positive integers"),
-        ({"grid": {"lr": ["fast"]}}, r'grid\.lr = "fast" .* positive numbers'),
-        ({"train": {"epochs": 0}}, r"train\.epochs = 0 .* a positive integer"),
+        ({"grid": {"hidden": [400.5]}}, r"grid\.hidden = 400\.5 .* an integer from 1 to 16384"),
+        ({"grid": {"lr": ["fast"]}}, r'grid\.lr = "fast" .* a number from 1e-12'),
+        ({"train": {"epochs": 0}}, r"train\.epochs = 0 .* an integer from 1 to"),
         ({"train": {"batch_size": -5}}, r"train\.batch_size = -5"),
-        ({"grid": {"hidden": [0, 400]}}, r"grid\.hidden = 0 .* positive integers"),
+        ({"grid": {"hidden": [0, 400]}}, r"grid\.hidden = 0 .* an integer from 1 to"),
         ({"grid": {"latent": [-2]}}, r"grid\.latent = -2"),
-        ({"grid": {"lr": [0.0]}}, r"grid\.lr = 0\.0 .* positive numbers"),
-        ({"grid": {"clip": [-1.0]}}, r"grid\.clip = -1\.0 .* positive numbers"),
+        ({"grid": {"lr": [0.0]}}, r"grid\.lr = 0\.0 .* a number from 1e-12"),
+        ({"grid": {"clip": [-1.0]}}, r"grid\.clip = -1\.0 .* a number from 1e-12"),
         (
             {"data": {"fractions": [0.8, 0.1, 0.2]}},
             r"data\.fractions = \[0\.8, 0\.1, 0\.2\] .* sum to 1",
@@ -161,7 +175,10 @@ def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
             {"data": {"limit": 100}, "train": {"batch_size": 100}},
             r"train\.batch_size = 100 .* at most the 80 images",
         ),
-        ({"train": {"optimizer": "sgd"}}, r'train\.optimizer = "sgd" .* one of "adam"'),
+        (
+            {"train": {"optimizer": "rmsprop"}},
+            r'train\.optimizer = "rmsprop" .* one of "adam", "adamw", "sgd"',
+        ),
         ({"data": {"dataset": "cifar10"}}, r'data\.dataset = "cifar10" .* one of "mnist"'),
         ({"data": {"split": "random"}}, r'data\.split = "random" .* one of "holdout", "official"'),
         ({"data": {"split": "official", "limit": 100}}, r"data\.limit = 100 .* \"holdout\" only"),
@@ -177,9 +194,9 @@ def test_validator_rejects_bad_values_naming_file_key_value_and_allowed(
 
 
 SEED_FINGERPRINT = (
-    '{"model": "linear-vae-1", "seed": 0, "data": {"dataset": "mnist", "split": "holdout", '
-    '"fractions": [0.8, 0.1, 0.1], "limit": 0}, "train": {"epochs": 15, "batch_size": 1000, '
-    '"optimizer": "adam"}}'
+    '{"model": "linear-vae-2", "seed": 0, "data": {"dataset": "mnist", "split": "holdout", '
+    '"fractions": [0.8, 0.1, 0.1], "limit": 0, "binarize": "none"}, "train": {"epochs": 15, '
+    '"batch_size": 1000, "optimizer": "adam", "momentum": 0.0, "weight_decay": 0.0, "beta": 1.0}}'
 )
 
 
@@ -243,9 +260,7 @@ def test_bad_halving_is_refused_naming_key_value_and_allowed(halving: object, ma
 
 
 def test_halving_needs_an_epoch_before_the_last() -> None:
-    with pytest.raises(
-        InputError, match=r"halving\.rungs = \[1\] .* train\.epochs = 1 leaves no epoch"
-    ):
+    with pytest.raises(InputError, match=r"halving\.rungs = \[1\] .* epochs = 1 leaves no epoch"):
         parse({"train": {"epochs": 1}, "halving": {"rungs": [1], "keep": 0.5}})
 
 
@@ -289,7 +304,10 @@ def test_plan_prints_every_trial_and_the_count(capsys: pytest.CaptureFixture[str
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ("[train]\nepochs = 0\n", "train.epochs = 0 is not allowed; expected a positive integer"),
+        (
+            "[train]\nepochs = 0\n",
+            "train.epochs = 0 is not allowed; expected an integer from 1 to 10000",
+        ),
         ("bogus = 1\n", "unknown key 'bogus'"),
         ("[grid]\nhidden = [\n", "not valid TOML"),
     ],
@@ -347,13 +365,13 @@ FOLDER_NAME = r"expected a folder name of at most 100 characters: a letter or di
         ({"name": 7}, r"name = 7 is not allowed"),
         ({"description": 5}, r"description = 5 .* a string of at most 10000 characters"),
         ({"description": "x" * 10_001}, r'description = "x{199}\.\.\. \(10003 characters\) is not'),
-        ({"train": {"epochs": 10_001}}, r"train\.epochs = 10001 .* a positive integer up to 10000"),
+        ({"train": {"epochs": 10_001}}, r"train\.epochs = 10001 .* an integer from 1 to 10000"),
         ({"data": {"limit": 70_001}}, r"data\.limit = 70001 .* at most 70000, the images of MNIST"),
-        ({"grid": {"hidden": [16_385]}}, r"grid\.hidden = 16385 .* integers from 1 to 16384"),
-        ({"grid": {"latent": [4_097]}}, r"grid\.latent = 4097 .* integers from 1 to 4096"),
-        ({"grid": {"lr": [1e-13]}}, r"grid\.lr = 1e-13 .* numbers from 1e-12 to 1e\+06"),
+        ({"grid": {"hidden": [16_385]}}, r"grid\.hidden = 16385 .* an integer from 1 to 16384"),
+        ({"grid": {"latent": [4_097]}}, r"grid\.latent = 4097 .* an integer from 1 to 4096"),
+        ({"grid": {"lr": [1e-13]}}, r"grid\.lr = 1e-13 .* a number from 1e-12 to 1e\+06"),
         ({"grid": {"lr": [2e6]}}, r"grid\.lr = 2000000\.0 .* from 1e-12 to 1e\+06"),
-        ({"grid": {"lr": [float("inf")]}}, r"grid\.lr = inf .* positive numbers"),
+        ({"grid": {"lr": [float("inf")]}}, r"grid\.lr = inf .* a number from 1e-12"),
         ({"grid": {"clip": [1e-13]}}, r"grid\.clip = 1e-13 .* from 1e-12 to 1e\+12"),
         ({"grid": {"clip": [2e12]}}, r"grid\.clip = 2000000000000\.0 .* from 1e-12 to 1e\+12"),
         (
@@ -362,11 +380,12 @@ FOLDER_NAME = r"expected a folder name of at most 100 characters: a letter or di
         ),
         (
             {"grid": {"hidden": list(range(1, 12)), "latent": list(range(1, 1001))}},
-            r"grid = 11 x 1000 x 3 x 2 .* = 66000 trials is not allowed; expected at most 10000",
+            r"grid = 11 x 1000 x 3 x 2 .* x 1 repeats = 66000 trials is not allowed; "
+            r"expected at most 10000",
         ),
         (
             {"grid": {"hidden": [400, 8_000], "latent": [10, 2_000]}},
-            r"grid\.hidden = 8000 with grid\.latent = 2000 gives a VAE of 60596784 parameters; "
+            r"hidden = 8000 with latent = 2000 gives a VAE of 60596784 parameters; "
             r"expected at most 50000000",
         ),
         ({"a" * 20: {"b": 1}, "x\ny": 1}, r"unknown key 'a{20}'"),
@@ -515,3 +534,85 @@ def test_a_name_from_the_file_name_says_how_to_set_one(
     assert 'a name = "..." key sets another' in capsys.readouterr().err
     path.write_text('name = "dots"\n')
     assert load_study(path).name == "dots"
+
+
+def test_any_setting_may_be_searched_and_flows_to_the_trials() -> None:
+    study = parse(
+        {"train": {"epochs": 2}, "grid": {"beta": [0.5, 1.0], "optimizer": ["adam", "sgd"],
+         "momentum": [0.0, 0.9], "weight_decay": 1e-4, "hidden": [400], "latent": [20],
+         "lr": [1e-3], "clip": [1.0]}}
+    )  # fmt: skip
+    assert study.searched == (  # type: ignore[attr-defined]
+        "hidden", "latent", "optimizer", "lr", "momentum", "weight_decay", "clip", "beta"
+    )  # fmt: skip
+    trials = expand(study)  # type: ignore[arg-type]
+    # momentum applies to sgd only: adam's two momentum values are one trial
+    assert len(trials) == 2 * (1 + 2) == len({t.key for t in trials})
+    assert {(t.optimizer, t.momentum) for t in trials} == {
+        ("adam", 0.0),
+        ("sgd", 0.0),
+        ("sgd", 0.9),
+    }
+    assert {t.beta for t in trials} == {0.5, 1.0} and {t.weight_decay for t in trials} == {1e-4}
+    assert {t.epochs for t in trials} == {2}
+    assert trials[0].describe(study.searched) == (  # type: ignore[attr-defined]
+        "hidden 400, latent 20, optimizer adam, lr 0.001, momentum 0, weight_decay 0.0001, "
+        "clip 1, beta 0.5"
+    )
+
+
+def test_a_fixed_setting_is_in_the_fingerprint_and_a_searched_one_is_not() -> None:
+    fixed = parse({"train": {"beta": 0.5}})
+    searched = parse({"grid": {"beta": [0.5]}})
+    assert fixed.fingerprint()["train"]["beta"] == 0.5  # type: ignore[attr-defined]
+    assert "beta" not in searched.fingerprint()["train"]  # type: ignore[attr-defined]
+    assert "beta" in searched.searched and "beta" not in fixed.searched  # type: ignore[attr-defined]
+    # the same trials either way: where a setting is written does not change what it computes
+    keys = {t.key for t in expand(fixed)}  # type: ignore[arg-type]
+    assert keys == {t.key for t in expand(searched)}  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("raw", "match"),
+    [
+        ({"train": {"lr": 0.1}, "grid": {"lr": [0.1]}}, r"lr is set in both \[train\] and"),
+        ({"train": {"beta": [0.5, 1.0]}}, r"train\.beta = \[0\.5, 1\.0\] .* goes in \[grid\]"),
+        ({"grid": {"beta": [-1.0]}}, r"grid\.beta = -1\.0 .* a number from 0 to 10000"),
+        ({"grid": {"momentum": [1.0]}}, r"grid\.momentum = 1\.0 .* a number from 0 to 0\.999"),
+        ({"grid": {"optimizer": ["adam", "lion"]}}, r'grid\.optimizer = "lion" .* one of "adam"'),
+        ({"grid": {"batch_size": [100, 56_001]}}, r"grid\.batch_size = 56001 .* at most the 56000"),
+        ({"grid": {"repeats": 0}}, r"grid\.repeats = 0 .* a positive integer up to 100"),
+        ({"grid": {"repeats": 101}}, r"grid\.repeats = 101"),
+        ({"grid": {"repeats": [2]}}, r"grid\.repeats = \[2\]"),
+        ({"grid": {"lr": [1e-3] * 1, "hidden": list(range(1, 201)), "repeats": 100}},
+         r"200 x 3 x 1 x 2 values of hidden, latent, lr, clip x 100 repeats = 120000 trials"),
+        ({"data": {"binarize": "otsu"}}, r'data\.binarize = "otsu" .* one of "none", "dynamic"'),
+        ({"data": {"dataset": "emnist"}}, r'data\.dataset = "emnist" .* "mnist", "fashion-mnist"'),
+        ({"grid": {"repeats": 2}, "halving": {"rungs": [1], "keep": 0.5}},
+         r"\[halving\] with repeats = 2 is not supported"),
+        ({"grid": {"epochs": [2, 3]}, "halving": {"rungs": [1], "keep": 0.5}},
+         r"\[halving\] with several epochs values is not supported"),
+    ],
+)  # fmt: skip
+def test_grid_settings_are_checked_in_one_line(raw: dict, match: str) -> None:  # type: ignore[type-arg]
+    with pytest.raises(InputError, match=r"^s\.toml: .*" + match) as caught:
+        parse(raw)
+    assert "\n" not in str(caught.value)
+
+
+def test_repeats_run_every_config_with_its_own_seeds_and_share_the_config() -> None:
+    one = expand(parse({"grid": {"hidden": [400], "latent": [20]}}))  # type: ignore[arg-type]
+    three = expand(parse({"grid": {"hidden": [400], "latent": [20], "repeats": 3}}))  # type: ignore[arg-type]
+    assert len(three) == 3 * len(one) == 3 * 6
+    assert [t.key for t in three[: len(one)]] == [t.key for t in one]  # repeat 0 first, as before
+    assert [t.repeat for t in three] == [0] * 6 + [1] * 6 + [2] * 6
+    assert len({t.key for t in three}) == 18
+    assert {t.config_id for t in three} == {t.key for t in one}  # a config's id: its repeat 0
+
+
+def test_data_settings_change_the_fingerprint_and_every_key() -> None:
+    base = parse({})
+    for data in ({"binarize": "dynamic"}, {"binarize": "static"}, {"dataset": "fashion-mnist"}):
+        other = parse({"data": data})
+        assert other.fingerprint() != base.fingerprint()  # type: ignore[attr-defined]
+        assert {t.key for t in expand(other)}.isdisjoint(t.key for t in expand(base))  # type: ignore[arg-type]

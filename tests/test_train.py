@@ -1,12 +1,14 @@
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
 import torch
 
 from vaegrid.data import load_splits
-from vaegrid.study import DataSpec, TrainSpec, TrialConfig
+from vaegrid.model import VAE
+from vaegrid.study import MODEL, DataSpec, TrialConfig
 from vaegrid.train import (
     CHECKPOINT,
     CONFIG,
@@ -17,6 +19,7 @@ from vaegrid.train import (
     build_model,
     device_kind,
     finalize,
+    make_optimizer,
     run_trial,
 )
 
@@ -24,7 +27,7 @@ DATA = DataSpec(fractions=(0.6, 0.2, 0.2))
 
 
 def config(lr: float = 1e-2, epochs: int = 4, hidden: int = 32, latent: int = 8) -> TrialConfig:
-    return TrialConfig(0, DATA, TrainSpec(epochs=epochs, batch_size=50), hidden, latent, lr, 1.0)
+    return TrialConfig(0, DATA, hidden, latent, lr, 1.0, epochs=epochs, batch_size=50)
 
 
 @pytest.fixture
@@ -142,7 +145,7 @@ def test_a_checkpoint_from_another_kind_of_device_is_refused_not_continued(
         run_trial(cfg, splits.train, splits.val, tmp_path / "t", on_epoch=stop_after_one)
     state = torch.load(tmp_path / "t" / CHECKPOINT, weights_only=True)
     assert state["identity"] == {
-        "key": cfg.key, "model": "linear-vae-1", "device": device_kind(torch.device("cpu"))
+        "key": cfg.key, "model": MODEL, "device": device_kind(torch.device("cpu"))
     }  # fmt: skip
     state["identity"]["device"] = "NVIDIA H100 80GB HBM3 / torch 2.14.1"
     torch.save(state, tmp_path / "t" / CHECKPOINT)
@@ -192,3 +195,105 @@ def test_trials_started_at_once_in_threads_of_one_process_get_their_own_weights(
         t.join()
     for key, state in alone.items():
         assert all(torch.equal(state[name], together[key][name]) for name in state), key
+
+
+def _epoch1(cfg: TrialConfig, splits, tmp_path: Path) -> EpochRecord:  # type: ignore[no-untyped-def]
+    return run_trial(cfg, splits.train, splits.val, tmp_path / cfg.key).history[0]
+
+
+def test_configs_that_differ_in_training_settings_only_are_paired(splits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    base = replace(config(epochs=1), clip=1e6)
+    # The same initial weights whatever the lr, clip, optimizer or beta...
+    weights = build_model(base, "cpu").state_dict()
+    for other in (replace(base, lr=3e-2), replace(base, optimizer="sgd"), replace(base, beta=2.0)):
+        assert all(
+            torch.equal(weights[k], v) for k, v in build_model(other, "cpu").state_dict().items()
+        )
+    # ...and the same batches and z draws: a clip that never bites gives the same numbers.
+    assert _same(
+        _epoch1(base, splits, tmp_path), _epoch1(replace(base, clip=1e7), splits, tmp_path)
+    )
+    # Another repeat draws other weights, batches and z; another width other weights.
+    assert not _same(
+        _epoch1(base, splits, tmp_path), _epoch1(replace(base, repeat=1), splits, tmp_path)
+    )
+    other_repeat = build_model(replace(base, repeat=1), "cpu").state_dict()
+    assert not torch.equal(weights["mu.weight"], other_repeat["mu.weight"])
+
+
+def _same(a: EpochRecord, b: EpochRecord) -> bool:
+    return (a.train, a.val) == (b.train, b.val)
+
+
+def test_beta_weighs_the_kl_in_training_but_the_metrics_stay_the_elbo(
+    splits, tmp_path: Path
+) -> None:  # type: ignore[no-untyped-def]
+    one = run_trial(config(epochs=2), splits.train, splits.val, tmp_path / "b1").history
+    low = run_trial(
+        replace(config(epochs=2), beta=0.1), splits.train, splits.val, tmp_path / "b0"
+    ).history
+    assert low[-1].val.kl > one[-1].val.kl  # a lighter KL weight lets the code spread
+    for r in low:
+        assert abs(r.val.elbo - (r.val.recon + r.val.kl)) < 1e-3
+        assert abs(r.train.elbo - (r.train.recon + r.train.kl)) < 1e-3
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kind", "expected"),
+    [
+        ("adam", torch.optim.Adam, {"weight_decay": 1e-3}),
+        ("adamw", torch.optim.AdamW, {"weight_decay": 1e-3}),
+        ("sgd", torch.optim.SGD, {"weight_decay": 1e-3, "momentum": 0.9}),
+    ],
+)
+def test_optimizers_take_their_settings(optimizer: str, kind: type, expected: dict) -> None:  # type: ignore[type-arg]
+    cfg = replace(
+        config(),
+        optimizer=optimizer,
+        weight_decay=1e-3,
+        momentum=0.9 if optimizer == "sgd" else 0.0,
+    )
+    made = make_optimizer(cfg, build_model(cfg, "cpu").parameters())
+    assert type(made) is kind and made.defaults["lr"] == cfg.lr
+    assert {k: made.defaults[k] for k in expected} == expected
+
+
+def test_each_optimizer_trains(splits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    for optimizer, lr in (("adamw", 1e-2), ("sgd", 1e-2)):
+        cfg = replace(
+            config(epochs=2, lr=lr),
+            optimizer=optimizer,
+            momentum=0.9 if optimizer == "sgd" else 0.0,
+        )
+        history = run_trial(cfg, splits.train, splits.val, tmp_path / optimizer).history
+        assert history[-1].val.elbo < history[0].val.elbo, optimizer
+
+
+def test_dynamic_binarization_is_fresh_each_epoch_and_the_same_on_every_run(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    data = replace(DATA, binarize="dynamic")
+    s = load_splits(mnist_root, data, seed=0, device="cpu")
+    seen: list[torch.Tensor] = []
+    original = VAE.forward
+
+    def spy(self: VAE, x: torch.Tensor, eps: torch.Tensor):  # type: ignore[no-untyped-def]
+        if self.training:
+            seen.append(x.clone())
+        return original(self, x, eps)
+
+    cfg = TrialConfig(0, data, 32, 8, 1e-2, 1.0, epochs=2, batch_size=len(s.train) - 1)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(VAE, "forward", spy)
+        a = run_trial(cfg, s.train, s.val, tmp_path / "a")
+        first = list(seen)
+        seen.clear()
+        b = run_trial(cfg, s.train, s.val, tmp_path / "b")
+    assert metrics(a.history) == metrics(b.history)
+    assert len(first) == 2 and all(torch.equal(x, y) for x, y in zip(first, seen, strict=True))
+    for x in first:
+        assert set(x.unique().tolist()) == {0.0, 1.0}  # binary images, drawn from grey ones
+    assert not torch.equal(first[0], first[1])  # a fresh draw each epoch (one batch each)
+    g = load_splits(mnist_root, DATA, 0, "cpu")
+    grey = run_trial(replace(cfg, data=DATA), g.train, g.val, tmp_path / "g")
+    assert metrics(grey.history) != metrics(a.history)

@@ -100,15 +100,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
+def _cell(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
 def _dispatch(args: argparse.Namespace) -> int:
     from vaegrid.study import expand, load_study
 
     if args.command == "plan":
         study = load_study(args.study)
         trials = expand(study)
-        print(f"{'key':<12}  {'hidden':>6}  {'latent':>6}  {'lr':>8}  {'clip':>8}")
+        names = [*study.searched, *(["repeat"] if study.repeats > 1 else [])]
+        widths = [max(6, len(n)) for n in names]
+
+        def line(first: str, cells: list[str]) -> str:
+            pairs = zip(cells, widths, strict=True)
+            return f"{first:<12}" + "".join(f"  {c:>{w}}" for c, w in pairs)
+
+        print(line("key", names))
         for t in trials:
-            print(f"{t.key:<12}  {t.hidden:>6}  {t.latent:>6}  {t.lr:>8g}  {t.clip:>8g}")
+            print(line(t.key, [_cell(getattr(t, n)) for n in names]))
         print(f"{len(trials)} trials")
         return 0
     if args.command == "run":
@@ -156,10 +167,12 @@ def _dispatch(args: argparse.Namespace) -> int:
             Path(args.study_dir), data_dir(args.data_dir), top=args.top,
             nll_samples=args.nll_samples, force=args.force, device=device, storage=args.storage,
         )  # fmt: skip
-        reused = len(done.test["key"].unique()) - len(done.evaluated)
+        tested = int(done.test.drop_duplicates("key")["n_tested"].sum())
         print(
-            f"{done.folder / 'report.md'}: {len(done.ranking)} trials ranked, "
-            f"{len(done.evaluated)} winners tested, {reused} reused, in {done.seconds:.1f} s"
+            f"{done.folder / 'report.md'}: {len(done.ranking)} configs ranked "
+            f"({len(done.trials)} trials), {done.test['key'].nunique()} winning configs tested "
+            f"({len(done.evaluated)} trials evaluated, {tested - len(done.evaluated)} reused), "
+            f"in {done.seconds:.1f} s"
         )
         return 0
     if args.command == "status":

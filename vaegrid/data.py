@@ -19,11 +19,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaegrid.errors import InputError
-from vaegrid.study import DataSpec, split_sizes
+from vaegrid.study import DATASET_NAMES, DataSpec, derive_seed, split_sizes
 
 if TYPE_CHECKING:
     import torch
 
+# The folder of each data set under the root, as torchvision names it (<root>/<folder>/raw).
+FOLDERS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}
 RAW_FILES = (
     "train-images-idx3-ubyte",
     "train-labels-idx1-ubyte",
@@ -51,7 +53,8 @@ def data_dir(arg: str | os.PathLike[str] | None = None) -> Path:
 
 
 def ensure_mnist(root: Path, spec: DataSpec | None = None) -> tuple[int, int]:
-    """Make sure the four MNIST IDX files are under ``root/MNIST/raw`` and sound.
+    """Make sure the four IDX files of ``spec.dataset`` (default MNIST) are under
+    ``root/MNIST/raw`` (``root/FashionMNIST/raw``) and sound.
 
     Downloads them when any is missing, then checks every file's header and size
     (:func:`check_mnist`) and, given ``spec``, that its ``limit`` fits the images found
@@ -69,35 +72,42 @@ def ensure_mnist(root: Path, spec: DataSpec | None = None) -> tuple[int, int]:
         InputError: files are missing and could not be downloaded, a file is not an MNIST
             IDX file of the right size, or ``spec.limit`` exceeds the images found.
     """
-    raw = root / "MNIST" / "raw"
+    dataset = spec.dataset if spec is not None else "mnist"
+    raw = raw_dir(root, dataset)
     # Any path there, even a directory or a truncated file, is checked rather than downloaded
     # again: check_mnist says what is wrong with it.
     if not all((raw / f).exists() for f in RAW_FILES):
-        _download(root)
-    counts = check_mnist(root)
+        _download(root, dataset)
+    counts = check_mnist(root, dataset)
     if spec is not None:
         check_limit(spec, counts, root)
     return counts
 
 
-def _download(root: Path) -> None:
-    raw = root / "MNIST" / "raw"
-    missing = [p for p in (root, root / "MNIST", raw) if not p.exists()]
+def raw_dir(root: Path, dataset: str = "mnist") -> Path:
+    """Where the IDX files of ``dataset`` ("mnist" or "fashion-mnist") are under ``root``."""
+    return root / FOLDERS[dataset] / "raw"
+
+
+def _download(root: Path, dataset: str) -> None:
+    raw = raw_dir(root, dataset)
+    missing = [p for p in (root, raw.parent, raw) if not p.exists()]
     try:
-        _mnist(root, train=True)
-        _mnist(root, train=False)
+        _images(root, dataset, train=True)
+        _images(root, dataset, train=False)
     except Exception as e:  # no network, a proxy, a checksum: all mean "put the files there"
         for folder in reversed(missing):  # leave nothing behind for a failed download
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise InputError(
-            f"MNIST not found in {raw} and could not be downloaded ({type(e).__name__}); "
+            f"{DATASET_NAMES[dataset]} not found in {raw} and could not be downloaded "
+            f"({type(e).__name__}); "
             f"put {', '.join(RAW_FILES)} there, or point --data-dir / VAEGRID_DATA at a folder "
-            "that has MNIST/raw/"
+            f"that has {FOLDERS[dataset]}/raw/"
         ) from None
 
 
-def check_mnist(root: Path) -> tuple[int, int]:
+def check_mnist(root: Path, dataset: str = "mnist") -> tuple[int, int]:
     """Check the four MNIST IDX files under ``root/MNIST/raw`` from their headers and sizes.
 
     Each must be an IDX file of unsigned bytes (magic 0x00000803 for images, 0x00000801
@@ -106,7 +116,8 @@ def check_mnist(root: Path) -> tuple[int, int]:
     images is accepted: tests use small synthetic files.
 
     Args:
-        root: The MNIST root (``--data-dir``).
+        root: The data root (``--data-dir``).
+        dataset: "mnist" or "fashion-mnist" (the same layout, another folder).
 
     Returns:
         The number of training and of test images.
@@ -114,7 +125,7 @@ def check_mnist(root: Path) -> tuple[int, int]:
     Raises:
         InputError: naming the file, what was found and what was expected.
     """
-    raw = root / "MNIST" / "raw"
+    raw = raw_dir(root, dataset)
     counts = []
     for prefix in ("train", "t10k"):
         images_file = raw / f"{prefix}-images-idx3-ubyte"
@@ -147,7 +158,7 @@ def check_limit(spec: DataSpec, counts: tuple[int, int], root: Path) -> None:
     if spec.limit > pool:
         raise InputError(
             f"data.limit = {spec.limit} exceeds the {pool} images found in "
-            f"{root / 'MNIST' / 'raw'}; expected at most {pool}, or 0 for all"
+            f"{raw_dir(root, spec.dataset)}; expected at most {pool}, or 0 for all"
         )
 
 
@@ -205,11 +216,12 @@ def _read_header(path: Path, header_size: int) -> tuple[bytes, int]:
         raise InputError(f"{path}: cannot read MNIST file: {reason}") from None
 
 
-def _mnist(root: Path, train: bool) -> torch.Tensor:
+def _images(root: Path, dataset: str, train: bool) -> torch.Tensor:
     # Imported here: torchvision costs a second at start-up that only data loading needs.
-    from torchvision.datasets import MNIST
+    from torchvision.datasets import MNIST, FashionMNIST
 
-    return MNIST(str(root), train=train, download=True).data
+    cls = FashionMNIST if dataset == "fashion-mnist" else MNIST
+    return cls(str(root), train=train, download=True).data
 
 
 _CACHE: dict[tuple[str, DataSpec, int, str], Splits] = {}
@@ -221,7 +233,10 @@ def load_splits(root: Path, spec: DataSpec, seed: int, device: str | torch.devic
     Holdout: the 60,000 training and 10,000 test images pooled, permuted by ``seed``, cut
     by ``spec.fractions`` (after keeping ``spec.limit`` images when set). Official: the
     training set permuted by ``seed`` gives 54,000 / 6,000, the test set is the official one.
-    The same on every run and every worker.
+    Binarized (``spec.binarize`` not "none"): validation and test pixels are drawn once as
+    Bernoulli(grey level) from generators seeded by (``seed``, split), and so is the
+    training split when "static"; "dynamic" leaves it grey for the trial to draw each
+    epoch (:func:`binarize`). The same on every run and every worker.
 
     Raises:
         InputError: the MNIST files are missing and cannot be downloaded, are not sound
@@ -232,9 +247,26 @@ def load_splits(root: Path, spec: DataSpec, seed: int, device: str | torch.devic
     cache_key = (str(root.resolve()), spec, seed, str(torch.device(device)))
     if cache_key not in _CACHE:
         ensure_mnist(root, spec)
-        splits = _split(_mnist(root, True), _mnist(root, False), spec, seed)
-        _CACHE[cache_key] = Splits(*(s.to(device) for s in splits))
+        train, val, test = _split(
+            _images(root, spec.dataset, True), _images(root, spec.dataset, False), spec, seed
+        )
+        if spec.binarize != "none":
+            val, test = binarize(val, seed, "val"), binarize(test, seed, "test")
+        if spec.binarize == "static":
+            train = binarize(train, seed, "train")
+        _CACHE[cache_key] = Splits(*(s.to(device) for s in (train, val, test)))
     return _CACHE[cache_key]
+
+
+def binarize(x: torch.Tensor, *seed_parts: object) -> torch.Tensor:
+    """Each pixel drawn as Bernoulli(its grey level), from a generator seeded by the parts.
+
+    On the device of ``x``: the same parts give the same pixels on the same device.
+    """
+    import torch
+
+    g = torch.Generator(x.device).manual_seed(derive_seed(*seed_parts, "binarize"))
+    return torch.bernoulli(x, generator=g)
 
 
 def _split(

@@ -59,7 +59,7 @@ from vaegrid.store import (
     existing_db,
     trial_dir,
 )
-from vaegrid.study import Study, TrialConfig, expand
+from vaegrid.study import Study, TrialConfig, expand, searched_axes
 from vaegrid.worker import DRIVER_TIMEOUT_S, TOKEN_FILE, Task, execute, init_worker
 
 LOCK_NAME = "driver.lock"
@@ -342,7 +342,7 @@ class _Sweep:
         """Halving: take and record every rung decision the database allows (halving.py)."""
         assert self.study.halving is not None
         applied = halving.update(
-            self.store, list(self.grid), self.study.halving, self.study.train.epochs, self.retry
+            self.store, list(self.grid), self.study.halving, self.study.epochs, self.retry
         )
         self.targets = applied.plan.targets
         for rung in applied.plan.decided[self.decided :]:
@@ -394,8 +394,7 @@ class _Sweep:
             print(line, flush=True)
 
     def _describe(self, key: str) -> str:
-        c = self.grid[key]
-        return f"{key} (hidden {c.hidden}, latent {c.latent}, lr {c.lr:g}, clip {c.clip:g})"
+        return f"{key} ({self.grid[key].describe(self.study.searched)})"
 
     def _exit_code(self) -> int:
         for kind, n in Counter(self.bound[k] for k in self.stranded).items():
@@ -456,7 +455,7 @@ class _Sweep:
     def _stop_at(self, key: str) -> int | None:
         """Halving: the rung a trial may run to now; None: to its last epoch."""
         target = self.targets.get(key)
-        return target if target is not None and target < self.study.train.epochs else None
+        return target if target is not None and target < self.study.epochs else None
 
     def _collect(self, key: str, slot: Slot, future: Any) -> None:
         """A trial's future ended: its status, its worker's death, or an unrecorded error."""
@@ -540,6 +539,7 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
         name, slots = store.study_row()
         trials = store.trials()
         runs = store.runs()
+        searched = searched_axes(store.fingerprint())
         live = None if db.is_sqlite else store.live_driver(DRIVER_TIMEOUT_S)
     finally:
         store.close()
@@ -563,9 +563,8 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
         if t.status == RUNNING:
             c = t.config
             lines.append(
-                f"  running {t.key} (hidden {c.hidden}, latent {c.latent}, lr {c.lr:g}, "
-                f"clip {c.clip:g}): epoch {t.epochs_done}/{c.train.epochs} done, "
-                f"on {device.get(t.key, '?')}"
+                f"  running {t.key} ({c.describe(searched)}): epoch {t.epochs_done}/{c.epochs} "
+                f"done, on {device.get(t.key, '?')}"
             )
     return "\n".join(lines)
 

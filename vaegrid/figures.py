@@ -1,7 +1,12 @@
-"""The report's pictures: learning curves (matplotlib) and digit grids (torchvision)."""
+"""The report's pictures: learning curves, the searched settings against the final metric
+(heatmap, parallel coordinates, importances) with matplotlib, and digit grids (torchvision).
+"""
 
 from __future__ import annotations
 
+import math
+import textwrap
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
@@ -9,21 +14,64 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
+from matplotlib.collections import LineCollection
+from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize
+from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid, save_image
 
 from vaegrid.model import VAE
 from vaegrid.paths import save_with
+from vaegrid.store import COMPLETED, DIVERGED
+from vaegrid.study import AXIS, Axis
 
 SIDE = 28
 PAIRS = 32  # test digits shown beside their reconstructions
 ROW = 16  # digits per row of the reconstruction grid
 
+MINUS = "\N{MINUS SIGN}"  # typographic minus: "-ELBO" would read as a hyphen
+# What each metric column is, for titles and colorbars (all per image, in nats).
+METRIC_LABELS = {
+    "val_elbo": f"final validation {MINUS}ELBO",
+    "val_recon": "final validation reconstruction loss",
+    "val_kl": "final validation KL",
+    "best_val_elbo": f"best validation {MINUS}ELBO",
+    "train_elbo": f"final training {MINUS}ELBO",
+    "test_elbo": f"test {MINUS}ELBO",
+    "test_nll": "test negative log-likelihood",
+}
+# Lower is better everywhere: the reversed map makes the best configs the bright ones.
+CMAP = "viridis_r"
+GREY = "0.82"  # heatmap cells without a completed config
+LINE_GREY = "0.55"  # parallel coordinates: configs that did not complete
+# heatmap: more panels than this (combinations of the other axes) would not be readable;
+# draw one panel of the best over the other axes instead.
+PANELS_MAX = 12
+# A colour scale is logarithmic when its finite values span more than this factor.
+LOG_SPAN = 10.0
+# parallel: a numeric vertical axis labels each value up to this many, else TICKS of them.
+DISTINCT_TICKS_MAX = 8
+TICKS = 5
+# parallel: where configs that did not complete end, above the metric axis's worst value.
+NOT_DONE_Y = 1.12
+NOT_DONE = "diverged / not completed"
+FIGURE_INCHES_MAX = 24.0  # heatmaps of long axes stop growing here
 
-def curves(epochs: pd.DataFrame, ranking: pd.DataFrame, test: pd.DataFrame, path: Path) -> None:
-    """Validation elbo per epoch for every trial (grey), the winners highlighted."""
+
+def curves(
+    epochs: pd.DataFrame,
+    ranking: pd.DataFrame,
+    test: pd.DataFrame,
+    path: Path,
+    names: Sequence[str],
+) -> None:
+    """Validation elbo per epoch for every trial (grey), the winners highlighted.
+
+    ``names``: the searched axes, columns of ``ranking``; the winners' legend shows them.
+    """
     val = epochs[epochs["split"] == "val"]
     winners = list(dict.fromkeys(test["key"]))
     info = ranking.set_index("key")
@@ -35,10 +83,10 @@ def curves(epochs: pd.DataFrame, ranking: pd.DataFrame, test: pd.DataFrame, path
         trial = val[val["key"] == key]
         row = info.loc[key]
         roles = ", ".join(test.loc[test["key"] == key, "criterion"])
-        config = f"H {row['hidden']}, Z {row['latent']}, lr {row['lr']:g}, clip {row['clip']:g}"
+        config = ", ".join(f"{name} {_fmt(row[name])}" for name in names)
         label = f"{key} ({config}): {roles}"
         ax.plot(trial["epoch"], trial["elbo"], linewidth=2.2, marker="o", markersize=3, label=label)
-    finals = ranking.loc[ranking["status"] == "completed", "val_elbo"].dropna()
+    finals = ranking.loc[ranking["status"] == COMPLETED, "val_elbo"].dropna()
     if len(finals):  # keep the interesting range: slow and bad starts would flatten the rest
         low, high = val["elbo"].min(), max(finals.quantile(0.9), finals.min() * 1.1)
         ax.set_ylim(low - 0.02 * abs(low), high + 0.05 * abs(high))
@@ -51,6 +99,204 @@ def curves(epochs: pd.DataFrame, ranking: pd.DataFrame, test: pd.DataFrame, path
     fig.tight_layout()
     save_with(path, fig.savefig, format="png")
     plt.close(fig)
+
+
+def heatmap(
+    frame: pd.DataFrame,
+    x: str,
+    y: str,
+    axes: Sequence[Axis],
+    path: Path,
+    metric: str = "val_elbo",
+) -> dict[str, list[list[str]]]:
+    """``metric`` over axes ``x`` and ``y``: one panel per combination of the other ``axes``.
+
+    ``frame`` holds one row per config: a column per axis, ``status`` and ``metric``. A
+    cell shows the lowest ``metric`` of its completed configs; without one it is grey,
+    "div." when all its configs diverged, else "—". Over PANELS_MAX combinations, one
+    panel shows the best over the other axes instead.
+
+    Returns:
+        Each panel's title ("" for the one panel of a study without other axes) and its
+        cell texts: rows in increasing ``y``, each in increasing ``x``.
+
+    Raises:
+        ValueError: ``x`` equals ``y``, a column is missing, or ``frame`` has no configs.
+    """
+    if x == y:
+        raise ValueError(f"heatmap needs two different axes; got {x} twice")
+    others = [a.name for a in axes if a.name not in (x, y)]
+    missing = [c for c in (x, y, *others, "status", metric) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"heatmap: no column {', '.join(missing)} in the configs' frame")
+    xs, ys = _distinct(frame[x]), _distinct(frame[y])
+    if not xs or not ys:
+        raise ValueError(f"heatmap: no configs with values of {x} and {y}")
+    panels: list[tuple[str, pd.DataFrame]] = [("", frame)]
+    title = _metric_label(metric)
+    title = f"{title[0].upper()}{title[1:]} (nats, lower is better)"
+    if others:
+        combos = len(frame[others].drop_duplicates())
+        if combos > PANELS_MAX:
+            panels = [(f"best over {', '.join(others)}", frame)]
+            title += (
+                f"\neach cell: the best (lowest) over {', '.join(others)} "
+                f"({combos} combinations, too many panels)"
+            )
+        else:
+            groups = frame.groupby(others, sort=True, dropna=False)
+            panels = [
+                (", ".join(f"{n} {_fmt(v)}" for n, v in zip(others, key, strict=True)), sub)
+                for key, sub in groups
+            ]
+    cells = [_cells(sub, x, y, xs, ys, metric) for _, sub in panels]
+    norm = _norm(np.concatenate([values.ravel() for values, _ in cells]))
+    cmap = plt.get_cmap(CMAP).with_extremes(bad=GREY)
+
+    ncols = _columns(len(panels))
+    nrows = math.ceil(len(panels) / ncols)
+    width = min(ncols * max(3.0, 0.6 * len(xs) + 1.6) + 1.4, FIGURE_INCHES_MAX)
+    height = min(nrows * max(2.6, 0.42 * len(ys) + 1.4) + 0.9, FIGURE_INCHES_MAX)
+    fig, grid = plt.subplots(
+        nrows, ncols, figsize=(width, height), dpi=100, squeeze=False, layout="constrained"
+    )
+    fontsize = 9 if len(xs) <= 6 else 7 if len(xs) <= 12 else 5
+    out: dict[str, list[list[str]]] = {}
+    for i, ((name, _), (values, texts)) in enumerate(zip(panels, cells, strict=True)):
+        ax = grid.flat[i]
+        ax.imshow(
+            np.ma.masked_invalid(values),
+            cmap=cmap,
+            norm=norm or Normalize(0, 1),
+            origin="lower",
+            aspect="auto",
+        )
+        for r, row in enumerate(texts):
+            for c, text in enumerate(row):
+                colour = _text_colour(cmap, norm, values[r, c])
+                ax.text(c, r, text, ha="center", va="center", fontsize=fontsize, color=colour)
+        ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
+        if i + ncols >= len(panels):  # no panel below it
+            ax.set_xlabel(_axis_label(x, axes))
+        if i % ncols == 0:
+            ax.set_ylabel(_axis_label(y, axes))
+        if name:
+            ax.set_title(name, fontsize=10)
+        out[name] = texts
+    for ax in grid.flat[len(panels) :]:
+        ax.set_axis_off()
+    if norm is not None:
+        mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
+        fig.colorbar(mappable, ax=grid, label=f"{_metric_label(metric)} (nats)")
+    fig.suptitle(title)
+    _save(fig, path)
+    return out
+
+
+def parallel(
+    frame: pd.DataFrame, axes: Sequence[Axis], path: Path, metric: str = "val_elbo"
+) -> list[str]:
+    """Parallel coordinates: a vertical axis per entry of ``axes`` and one for ``metric``.
+
+    Each config of ``frame`` (one row per config) is a line through its values, coloured
+    by its ``metric``; lower (better) sits lower. Configs that did not complete are thin
+    grey dashed lines ending above the metric axis. Numeric axes with ``log`` are placed
+    on a log scale, string axes as evenly spaced categories.
+
+    Returns:
+        The vertical axes' labels, left to right (the metric's last).
+    """
+    labels = [a.label or a.name for a in axes] + [f"{_metric_label(metric)} (nats)"]
+    scaled = [_place(frame[a.name], a) for a in axes]
+    values = frame[metric].to_numpy(dtype=float)
+    done = (frame["status"] == COMPLETED).to_numpy() & np.isfinite(values)
+    norm = _norm(values[done])
+    cmap = _line_cmap()
+    if norm is None:
+        metric_y = np.full(len(frame), NOT_DONE_Y)
+        metric_ticks: list[tuple[float, str]] = []
+    else:
+        fill = norm.vmin if norm.vmin is not None else 0.0  # stands in for the rest
+        placed = np.asarray(norm(np.where(done, values, fill)), dtype=np.float64)
+        metric_y = np.where(done, placed, NOT_DONE_Y)
+        metric_ticks = [
+            (float(t), _value_text(float(norm.inverse(t)))) for t in np.linspace(0, 1, TICKS)
+        ]
+    if not done.all():
+        metric_ticks.append((NOT_DONE_Y, f"{NOT_DONE} ({int((~done).sum())})"))
+    heights = np.column_stack([*(h for h, _ in scaled), metric_y])  # rows: configs
+    xs = np.arange(len(labels), dtype=float)
+
+    fig, ax = plt.subplots(
+        figsize=(max(6.5, 1.8 * len(labels) + 2.0), 5.5), dpi=100, layout="constrained"
+    )
+    failed = [np.column_stack([xs, h]) for h in heights[~done]]
+    ax.add_collection(
+        LineCollection(failed, colors=LINE_GREY, linewidths=0.8, linestyles="--", zorder=1)
+    )
+    if norm is not None:
+        order = np.argsort(-values[done], kind="stable")  # worst first: the best on top
+        lines = LineCollection(
+            [np.column_stack([xs, h]) for h in heights[done][order]],
+            array=values[done][order],
+            cmap=cmap,
+            norm=norm,
+            linewidths=1.6,
+            alpha=0.9,
+            zorder=2,
+        )
+        ax.add_collection(lines)
+        fig.colorbar(lines, ax=ax, label=f"{_metric_label(metric)} (nats)")
+    for x, ticks in zip(xs, [*(t for _, t in scaled), metric_ticks], strict=True):
+        ax.axvline(x, color="black", linewidth=1.0, zorder=3)
+        for y, text in ticks:
+            ax.plot([x - 0.03, x], [y, y], color="black", linewidth=1.0, zorder=3)
+            ax.text(
+                x - 0.05, y, text, ha="right", va="center", fontsize=7, zorder=4,
+                bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5},
+            )  # fmt: skip
+    ax.set_xticks(xs, [textwrap.fill(label, 16) for label in labels])
+    ax.set_yticks([])
+    ax.set_xlim(-0.6, xs[-1] + 0.15)
+    ax.set_ylim(-0.06, NOT_DONE_Y + 0.08)
+    for side in ("left", "right", "top"):
+        ax.spines[side].set_visible(False)
+    ax.set_title(
+        f"Searched settings of {len(frame)} configs and their {_metric_label(metric)}\n"
+        "(one line per config; lower is better)"
+    )
+    _save(fig, path)
+    return labels
+
+
+def importance(importances: Mapping[str, float], axes: Sequence[Axis], path: Path) -> list[str]:
+    """A bar per axis: its share of the variance of the final validation -ELBO (0 to 1).
+
+    Returns:
+        The bars' labels (``Axis.label``), most important first, as drawn top to bottom.
+    """
+    shares = {n: v if math.isfinite(v) else 0.0 for n, v in importances.items()}  # NaN: none
+    order = sorted(shares, key=lambda n: -shares[n])  # stable: ties keep their order
+    labels = [_axis_label(n, axes) for n in order]
+    height = 1.4 + 0.45 * max(len(order), 1)
+    fig, ax = plt.subplots(figsize=(8, height), dpi=100, layout="constrained")
+    ax.barh(range(len(order)), [shares[n] for n in order], color="tab:blue")
+    for i, n in enumerate(order):
+        v = importances[n]
+        ax.text(shares[n] + 0.01, i, f"{v:.2f}" if math.isfinite(v) else "n/a", va="center")
+    ax.set_yticks(range(len(order)), labels)
+    if not order:
+        ax.text(
+            0.5, 0.5, "no importances to show", ha="center", va="center", transform=ax.transAxes
+        )
+    ax.invert_yaxis()  # most important on top
+    ax.set_xlim(0, 1.08)
+    ax.set_xlabel("share of the variance explained (fraction, 0 to 1)")
+    ax.set_title(f"What mattered for the {METRIC_LABELS['val_elbo']} (fANOVA, one study)")
+    ax.grid(axis="x", alpha=0.3)
+    _save(fig, path)
+    return labels
 
 
 @torch.inference_mode()
@@ -73,3 +319,143 @@ def samples(model: VAE, generator: torch.Generator, path: Path, n: int = 64) -> 
     z = torch.randn(n, model.latent, generator=generator, device=device)
     images = torch.sigmoid(model.decode(z)).reshape(-1, 1, SIDE, SIDE).cpu()
     save_with(path, save_image, make_grid(images, nrow=8, pad_value=0.5), format="png")
+
+
+def _fmt(value: object) -> str:
+    """An axis value as a tick or legend shows it: floats with ``:g``."""
+    if isinstance(value, bool | np.bool_):
+        return str(value)
+    if isinstance(value, int | np.integer):
+        return str(int(value))
+    if isinstance(value, float | np.floating):
+        return f"{float(value):g}"
+    return str(value)
+
+
+def _value_text(value: float) -> str:
+    """A metric value: one decimal, three significant digits when it is huge or tiny."""
+    return f"{value:.1f}" if value == 0 or 0.1 <= abs(value) < 1e5 else f"{value:.3g}"
+
+
+def _metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def _axis_label(name: str, axes: Sequence[Axis]) -> str:
+    """The axis's label from ``axes``, else from AXIS, else its name."""
+    axis = next((a for a in axes if a.name == name), AXIS.get(name))
+    if axis is None:
+        return name
+    return axis.label or axis.name
+
+
+def _distinct(column: pd.Series) -> list[object]:
+    """The distinct values of a column, sorted."""
+    return sorted(column.dropna().unique().tolist())
+
+
+def _columns(panels: int) -> int:
+    """Panels per row: about square, at most 4 (1, 2, 3, 2 x 2, 3 x 2, ..., 4 x 3)."""
+    return panels if panels <= 3 else 2 if panels == 4 else 3 if panels <= 9 else 4
+
+
+def _line_cmap() -> Colormap:
+    """CMAP without its palest end, which vanishes as a thin line on white."""
+    full = plt.get_cmap(CMAP)
+    return ListedColormap(full(np.linspace(0.12, 1.0, 256)), name=f"{CMAP}_lines")
+
+
+def _norm(values: np.ndarray) -> Normalize | None:
+    """A colour scale over the finite ``values``: logarithmic when they span decades.
+
+    None when there are none.
+    """
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return None
+    low, high = float(finite.min()), float(finite.max())
+    if low > 0 and high / low > LOG_SPAN:
+        return LogNorm(low, high)
+    if low == high:  # one value: centre it
+        pad = max(0.01 * abs(low), 0.5)
+        return Normalize(low - pad, high + pad)
+    return Normalize(low, high)
+
+
+def _cells(
+    sub: pd.DataFrame, x: str, y: str, xs: list[object], ys: list[object], metric: str
+) -> tuple[np.ndarray, list[list[str]]]:
+    """A panel's values (NaN where no config completed) and texts, rows in ``ys`` order."""
+    values = np.full((len(ys), len(xs)), np.nan)
+    texts: list[list[str]] = []
+    for r, yv in enumerate(ys):
+        row = []
+        for c, xv in enumerate(xs):
+            cell = sub[(sub[x] == xv) & (sub[y] == yv)]
+            scores = cell.loc[cell["status"] == COMPLETED, metric].to_numpy(dtype=float)
+            scores = scores[np.isfinite(scores)]
+            if len(scores):
+                values[r, c] = scores.min()
+                row.append(_value_text(values[r, c]))
+            elif len(cell) and (cell["status"] == DIVERGED).all():
+                row.append("div.")
+            else:
+                row.append("—")
+        texts.append(row)
+    return values, texts
+
+
+def _text_colour(cmap: Colormap, norm: Normalize | None, value: float) -> str:
+    """Black on light cells (and grey ones), white on dark ones."""
+    if norm is None or not math.isfinite(value):
+        return "black"
+    red, green, blue, _ = cmap(float(norm(value)))
+    return "black" if 0.299 * red + 0.587 * green + 0.114 * blue > 0.5 else "white"
+
+
+def _place(column: pd.Series, axis: Axis) -> tuple[np.ndarray, list[tuple[float, str]]]:
+    """Heights in [0, 1] of a column's values on its vertical axis, and that axis's ticks.
+
+    Strings: evenly spaced in ``axis.choices`` order. Numbers: linear, or logarithmic when
+    ``axis.log`` and all are positive; every value ticked when few, else TICKS of them.
+    """
+    if axis.kind is str or not pd.api.types.is_numeric_dtype(column):
+        present = set(column.dropna())
+        cats = [c for c in axis.choices if c in present]
+        cats += sorted(present - set(cats), key=str)  # not an allowed value, yet there
+        step = 1 / (len(cats) - 1) if len(cats) > 1 else 0.0
+        at = {c: (i * step if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
+        heights = column.map(at).to_numpy(dtype=float)
+        return heights, [(at[c], _fmt(c)) for c in cats]
+    raw = column.to_numpy(dtype=float)
+    log = axis.log and bool((raw[np.isfinite(raw)] > 0).all())
+    with np.errstate(divide="ignore", invalid="ignore"):
+        t = np.log10(raw) if log else raw
+    finite = t[np.isfinite(t)]
+    if not len(finite):
+        return np.full(len(raw), np.nan), []
+    low, high = float(finite.min()), float(finite.max())
+    span = high - low
+
+    def height(v: np.ndarray | float) -> np.ndarray:
+        return (np.asarray(v, dtype=np.float64) - low) / span if span else np.full(np.shape(v), 0.5)
+
+    distinct = np.unique(raw[np.isfinite(raw)])
+    if len(distinct) <= DISTINCT_TICKS_MAX:
+        shown = [float(v) for v in distinct]
+    else:
+        grid = np.linspace(low, high, TICKS)
+        shown = [float(10**g if log else g) for g in grid]
+        if axis.kind is int:
+            shown = [float(round(v)) for v in shown]
+    ticks = [
+        (float(height(np.log10(v) if log else v)), _fmt(int(v) if axis.kind is int else v))
+        for v in shown
+    ]
+    return height(t), ticks
+
+
+def _save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as PNG (atomically) and free it."""
+    save_with(path, fig.savefig, format="png")
+    plt.close(fig)

@@ -1,7 +1,7 @@
 """The study database: one SQLite file that is an Optuna storage and holds vaegrid's tables.
 
 Optuna's tables make ``optuna.load_study`` and optuna-dashboard read a sweep as-is
-(params hidden/latent/lr/clip, value = final validation elbo, intermediate values =
+(params: the searched axes and the repeat, value = final validation elbo, intermediate values =
 per-epoch validation elbo, the trial key as user attribute ``key``). vaegrid's own
 tables (``vg_*``) hold what Optuna has no place for: per-epoch train and validation
 metrics, every run of a trial with its device and timing, test results.
@@ -37,7 +37,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import optuna
-from optuna.distributions import BaseDistribution, FloatDistribution, IntDistribution
+from optuna.distributions import (
+    BaseDistribution,
+    CategoricalDistribution,
+    FloatDistribution,
+    IntDistribution,
+)
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
@@ -60,7 +65,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from vaegrid.errors import InputError
 from vaegrid.paths import refuse_link
 from vaegrid.storage import DB_NAME, Database, insert_if_absent
-from vaegrid.study import Study, TrialConfig
+from vaegrid.study import AXES, REPEATS_MAX, Axis, Study, TrialConfig
 
 if TYPE_CHECKING:  # the driver imports this module and never loads torch
     import pandas as pd
@@ -90,14 +95,20 @@ FINAL = frozenset({COMPLETED, DIVERGED, FAILED, STOPPED})  # never runs again (f
 #   paused/interrupted/pending -> stopped: stop; stopped -> paused: reopen (halving.update)
 KEY_PATTERN = re.compile(r"[0-9a-f]{12}")  # TrialConfig.key: anything else is not ours
 METRIC_NAME = "val_elbo"  # what Optuna's value is, as optuna-dashboard shows it
-# Fixed, wide ranges rather than the grid's values: Optuna refuses a categorical whose
-# choices change, and a study's grid may grow between runs. Log scale suits all four.
-PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
-    "hidden": IntDistribution(1, 1 << 20, log=True),
-    "latent": IntDistribution(1, 1 << 20, log=True),
-    "lr": FloatDistribution(1e-12, 1e6, log=True),
-    "clip": FloatDistribution(1e-12, 1e12, log=True),
-}
+
+
+def _distribution(axis: Axis) -> BaseDistribution:
+    """An axis's Optuna distribution: its whole allowed range (or every choice), not the
+    grid's values: Optuna refuses a distribution that changes, and a grid may grow."""
+    if axis.kind is str:
+        return CategoricalDistribution(axis.choices)
+    if axis.kind is int:
+        return IntDistribution(int(axis.low), int(axis.high), log=axis.log)
+    return FloatDistribution(axis.low, axis.high, log=axis.log)
+
+
+PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {a.name: _distribution(a) for a in AXES}
+PARAM_DISTRIBUTIONS["repeat"] = IntDistribution(0, REPEATS_MAX - 1)
 
 
 class Base(DeclarativeBase):
@@ -380,7 +391,7 @@ class Store:
                 row.source, row.slots = study.source, slots
             new = [
                 {"key": c.key, "config": c.to_json(), "status": PENDING, "epochs_done": 0,
-                 "seconds": 0.0, **c.params}
+                 "seconds": 0.0, **c.axis_values(["hidden", "latent", "lr", "clip"])}
                 for c in trials
             ]  # fmt: skip
             insert_if_absent(s, TrialRow, new)  # existing keys keep their rows
@@ -469,8 +480,8 @@ class Store:
             value=None,
             datetime_start=datetime.now(),
             datetime_complete=None,
-            params=cfg.params,
-            distributions=PARAM_DISTRIBUTIONS,
+            params={**cfg.axis_values(study.searched), "repeat": cfg.repeat},
+            distributions={n: PARAM_DISTRIBUTIONS[n] for n in (*study.searched, "repeat")},
             user_attrs={"key": cfg.key},
             system_attrs={},
             intermediate_values={},

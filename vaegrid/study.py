@@ -16,7 +16,7 @@ import json
 import math
 import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NoReturn
@@ -25,13 +25,21 @@ from vaegrid.errors import InputError
 
 # Bump when the model or the training loop changes what a config computes: it is part
 # of every trial key and of the study's fingerprint, so old results never pass for new.
-MODEL = "linear-vae-1"
+# 2: common random numbers: initial weights from (study seed, repeat, hidden, latent), data
+# order, z draws and binarization from (study seed, repeat), not from the trial key.
+MODEL = "linear-vae-2"
 
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
 SPLITS = ("holdout", "official")
-DATASETS = ("mnist",)
-OPTIMIZERS = ("adam",)
+# Both have 60,000 + 10,000 images of 28 x 28 grey levels in the same IDX layout.
+DATASETS = ("mnist", "fashion-mnist")
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # as messages write them
+# "none": grey levels in [0, 1] (the seed's; a Bernoulli likelihood of grey levels is not
+# comparable with published results). "dynamic": every training image drawn afresh as
+# Bernoulli(pixel) each epoch; "static": drawn once. Validation and test: drawn once.
+BINARIZE = ("none", "dynamic", "static")
+OPTIMIZERS = ("adam", "adamw", "sgd")
 # [halving] metric: the validation metric trials are compared by at a rung (lower is better).
 HALVING_METRICS = ("val_elbo", "val_recon")
 
@@ -55,21 +63,29 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 NAME_MAX_CHARS = 100
 # description: a string of at most this many characters.
 DESCRIPTION_MAX_CHARS = 10_000
-# grid.hidden: widths 1..HIDDEN_MAX.
+# hidden: widths 1..HIDDEN_MAX.
 HIDDEN_MAX = 16_384
-# grid.latent: latent dimensions 1..LATENT_MAX.
+# latent: latent dimensions 1..LATENT_MAX.
 LATENT_MAX = 4_096
-# grid.lr: learning rates in this closed range (Optuna's stored distribution, store.py).
+# lr: learning rates in this closed range (Optuna's stored distribution, store.py).
 LR_RANGE = (1e-12, 1e6)
-# grid.clip: gradient-norm limits in this closed range (Optuna's stored distribution).
+# clip: gradient-norm limits in this closed range (Optuna's stored distribution).
 CLIP_RANGE = (1e-12, 1e12)
+# beta: the KL weight of a beta-VAE, 0 (an autoencoder with a noisy code) up to this.
+BETA_RANGE = (0.0, 1e4)
+# weight_decay: L2 penalty (adam, sgd) or decoupled decay (adamw), 0 up to this.
+WEIGHT_DECAY_RANGE = (0.0, 1e3)
+# momentum: SGD's momentum, 0 (none) up to this (1 would never forget a gradient).
+MOMENTUM_RANGE = (0.0, 0.999)
 # Each grid list holds at most this many values.
 GRID_VALUES_MAX = 1_000
-# The grid holds at most this many trials (product of the list lengths).
+# grid.repeats: 1..REPEATS_MAX runs of every config with different seeds.
+REPEATS_MAX = 100
+# The grid holds at most this many trials (product of the list lengths, times repeats).
 TRIALS_MAX = 10_000
 # Every (hidden, latent) pair gives a VAE of at most this many parameters (200 MB float32).
 MODEL_PARAMETERS_MAX = 50_000_000
-# train.epochs: 1..EPOCHS_MAX.
+# epochs: 1..EPOCHS_MAX.
 EPOCHS_MAX = 10_000
 # data.limit: 0 (all) or up to the MNIST pool, 60,000 + 10,000 images.
 LIMIT_MAX = MNIST_TRAIN_IMAGES + MNIST_TEST_IMAGES
@@ -81,10 +97,67 @@ _PIXELS = 28 * 28
 
 
 @dataclass(frozen=True)
+class Axis:
+    """A setting of a trial that a study may fix (``[train]``) or search (``[grid]``).
+
+    ``AXES`` below is the one place the settings are declared: the study file's keys, the
+    validation, Optuna's parameters, the tables' and CSVs' columns, the figures' labels and
+    the progress line all follow from it. ``TrialConfig`` has one field per axis (checked
+    at import).
+    """
+
+    name: str
+    kind: type  # int, float or str
+    default: tuple[Any, ...]  # the seed study's value(s)
+    searched: bool  # in the seed's grid: a study that sets it nowhere searches ``default``
+    low: float = 0.0  # numbers: allowed range, closed
+    high: float = 0.0
+    choices: tuple[str, ...] = ()  # strings: the allowed values
+    log: bool = False  # values span decades: log scale in Optuna and the figures
+    label: str = ""  # for figures and tables: what it is, with its unit
+
+    def allowed(self) -> str:
+        """What a value of this axis may be, for messages."""
+        if self.kind is str:
+            return "one of " + ", ".join(f'"{c}"' for c in self.choices)
+        what = "an integer" if self.kind is int else "a number"
+        return f"{what} from {self.low:g} to {self.high:g}"
+
+    def check(self, value: object) -> bool:
+        """Whether ``value`` (from TOML) is an allowed value of this axis."""
+        if self.kind is str:
+            return value in self.choices
+        if isinstance(value, bool):
+            return False
+        ok = isinstance(value, int) if self.kind is int else _is_number(value)
+        # Compared before kind(value): float(10**400) would raise OverflowError.
+        return ok and self.low <= value <= self.high  # type: ignore[operator]
+
+
+AXES: tuple[Axis, ...] = (
+    Axis("hidden", int, (400, 600, 800), True, 1, HIDDEN_MAX, log=True,
+         label="hidden width (units)"),
+    Axis("latent", int, (100, 200, 400), True, 1, LATENT_MAX, log=True,
+         label="latent dimension"),
+    Axis("epochs", int, (15,), False, 1, EPOCHS_MAX, label="epochs"),
+    Axis("batch_size", int, (1000,), False, 2, LIMIT_MAX, log=True,
+         label="batch size (images)"),
+    Axis("optimizer", str, ("adam",), False, choices=OPTIMIZERS, label="optimizer"),
+    Axis("lr", float, (1.0, 1e-5, 3e-2), True, *LR_RANGE, log=True, label="learning rate"),
+    Axis("momentum", float, (0.0,), False, *MOMENTUM_RANGE, label="SGD momentum"),
+    Axis("weight_decay", float, (0.0,), False, *WEIGHT_DECAY_RANGE, label="weight decay"),
+    Axis("clip", float, (1.0, 2e-4), True, *CLIP_RANGE, log=True,
+         label="max gradient norm"),
+    Axis("beta", float, (1.0,), False, *BETA_RANGE, label="KL weight beta"),
+)  # fmt: skip
+AXIS = {a.name: a for a in AXES}
+
+
+@dataclass(frozen=True)
 class DataSpec:
     """Which images a study trains, selects and tests on."""
 
-    # The data set. Only MNIST, the seed study's, is supported.
+    # "mnist" (the seed's) or "fashion-mnist" (torchvision's FashionMNIST files).
     dataset: str = "mnist"
     # "holdout": pool all 70,000 images, seeded permutation, cut by `fractions` (the seed's
     # protocol). "official": 54,000 / 6,000 of the training set and the 10,000 test images.
@@ -93,32 +166,8 @@ class DataSpec:
     fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
     # Use only this many images of the permuted pool (0 = all): small smoke studies.
     limit: int = 0
-
-
-@dataclass(frozen=True)
-class TrainSpec:
-    """How every trial of the study trains."""
-
-    # Passes over the training split.
-    epochs: int = 15
-    # Images per optimisation step; at most the size of the training split.
-    batch_size: int = 1000
-    # The optimizer. The seed used Adam; it is the only one supported.
-    optimizer: str = "adam"
-
-
-@dataclass(frozen=True)
-class GridSpec:
-    """The searched values; the grid is their full cross product."""
-
-    # Width of the encoder's and the decoder's hidden layer.
-    hidden: tuple[int, ...] = (400, 600, 800)
-    # Dimension of the latent code z.
-    latent: tuple[int, ...] = (100, 200, 400)
-    # Adam learning rate.
-    lr: tuple[float, ...] = (1.0, 1e-5, 3e-2)
-    # Maximum global gradient norm (torch.nn.utils.clip_grad_norm_).
-    clip: tuple[float, ...] = (1.0, 2e-4)
+    # Grey levels ("none") or binarized pixels ("dynamic", "static"): see BINARIZE.
+    binarize: str = "none"
 
 
 @dataclass(frozen=True)
@@ -141,44 +190,71 @@ class HalvingSpec:
 
 @dataclass(frozen=True)
 class Study:
-    """A validated study: fixed settings plus the grid."""
+    """A validated study: its data, each axis's values, which axes it searches."""
 
     name: str  # results go to <results>/<name>/; defaults to the file's stem
     seed: int  # seeds the split and every random draw of every trial
     data: DataSpec
-    train: TrainSpec
-    grid: GridSpec
+    # Every axis of AXES, in that order, with its values: one for a fixed setting.
+    settings: tuple[tuple[str, tuple[Any, ...]], ...]
+    searched: tuple[str, ...]  # the axes in the grid (in AXES order): tables' columns
     source: str  # the file it was loaded from, for messages
     halving: HalvingSpec | None = None  # None: every trial runs all its epochs
+    repeats: int = 1  # runs of every config, with seeds from (study seed, repeat)
+
+    def values(self, axis: str) -> tuple[Any, ...]:
+        return dict(self.settings)[axis]
+
+    @property
+    def epochs(self) -> int:
+        """The most epochs any trial trains."""
+        return int(max(self.values("epochs")))
 
     def fingerprint(self) -> dict[str, Any]:
         """The fixed settings: a stored study is only resumed by a study with the same ones.
 
-        ``halving`` is in it only when the study has a ``[halving]`` table, so the
-        fingerprint of a study without one is what it always was.
+        ``train`` holds every axis the study does not search, with its one value; the grid
+        (and ``repeats``) may grow between runs. ``halving`` is in it only when the study
+        has a ``[halving]`` table.
         """
         out: dict[str, Any] = {
             "model": MODEL,
             "seed": self.seed,
             "data": dataclasses.asdict(self.data),
-            "train": dataclasses.asdict(self.train),
+            "train": {k: v[0] for k, v in self.settings if k not in self.searched},
         }
         if self.halving is not None:
             out["halving"] = dataclasses.asdict(self.halving)
         return out
 
 
+def searched_axes(fingerprint: Mapping[str, Any]) -> list[str]:
+    """The axes a stored study searches: those its fingerprint does not fix."""
+    fixed = fingerprint.get("train", {})
+    return [a.name for a in AXES if a.name not in fixed]
+
+
 @dataclass(frozen=True)
 class TrialConfig:
-    """Everything one trial computes from; its hash is the trial key."""
+    """Everything one trial computes from; its hash is the trial key.
+
+    One field per axis of ``AXES`` (same names), plus the study's seed and data, the
+    repeat (which seeds it draws from) and the model version.
+    """
 
     seed: int
     data: DataSpec
-    train: TrainSpec
     hidden: int
     latent: int
     lr: float
     clip: float
+    epochs: int = 15
+    batch_size: int = 1000
+    optimizer: str = "adam"
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    beta: float = 1.0
+    repeat: int = 0
     model: str = MODEL
 
     @property
@@ -187,9 +263,18 @@ class TrialConfig:
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     @property
-    def params(self) -> dict[str, int | float]:
-        """The searched values, as Optuna and the tables name them."""
-        return {"hidden": self.hidden, "latent": self.latent, "lr": self.lr, "clip": self.clip}
+    def config_id(self) -> str:
+        """The key of this config at repeat 0: what the repeats of one config share."""
+        return dataclasses.replace(self, repeat=0).key
+
+    def axis_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """The values of ``names`` (default: every axis), as tables and Optuna name them."""
+        return {n: getattr(self, n) for n in (names if names is not None else AXIS)}
+
+    def describe(self, names: Sequence[str]) -> str:
+        """``hidden 400, latent 100, lr 0.03, clip 1`` (and the repeat when not 0)."""
+        parts = [f"{n} {_fmt(getattr(self, n))}" for n in names]
+        return ", ".join(parts + ([f"repeat {self.repeat}"] if self.repeat else []))
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self), sort_keys=True)
@@ -198,8 +283,21 @@ class TrialConfig:
     def from_json(cls, text: str) -> TrialConfig:
         raw = json.loads(text)
         raw["data"] = DataSpec(**{**raw["data"], "fractions": tuple(raw["data"]["fractions"])})
-        raw["train"] = TrainSpec(**raw["train"])
         return cls(**raw)
+
+
+_CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
+assert _CONFIG_FIELDS - {"seed", "data", "repeat", "model"} == set(AXIS), "AXES != TrialConfig"
+
+
+def _fmt(value: object) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes and platforms."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
 
 
 def split_sizes(data: DataSpec) -> tuple[int, int, int]:
@@ -214,12 +312,19 @@ def split_sizes(data: DataSpec) -> tuple[int, int, int]:
 
 
 def expand(study: Study) -> list[TrialConfig]:
-    """The grid's trials, in the order of the values in the study file."""
-    g = study.grid
-    return [
-        TrialConfig(study.seed, study.data, study.train, hidden, latent, lr, clip)
-        for hidden, latent, lr, clip in itertools.product(g.hidden, g.latent, g.lr, g.clip)
-    ]
+    """The grid's trials: repeat by repeat, each the cross product of the axes' values in
+    the order of the study file. ``momentum`` applies to sgd only: for adam and adamw it is
+    recorded as 0, and the trials that then coincide are one trial."""
+    names = [name for name, _ in study.settings]
+    out: dict[str, TrialConfig] = {}
+    for repeat in range(study.repeats):
+        for values in itertools.product(*(v for _, v in study.settings)):
+            setting = dict(zip(names, values, strict=True))
+            if setting["optimizer"] != "sgd":
+                setting["momentum"] = 0.0
+            cfg = TrialConfig(study.seed, study.data, repeat=repeat, **setting)
+            out.setdefault(cfg.key, cfg)
+    return list(out.values())
 
 
 def parameter_count(hidden: int, latent: int, pixels: int = _PIXELS) -> int:
@@ -343,10 +448,11 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
         )
     seed = v.integer(raw, "", "seed", 0, 0, SEED_END - 1, "an integer >= 0 and < 2**63")
     data = _data(v, raw)
-    train = _train(v, raw, data)
-    grid = _grid(v, raw)
-    halving = _halving(v, raw, train) if "halving" in raw else None
-    return Study(name, seed, data, train, grid, source, halving)
+    settings, searched, repeats = _settings(v, raw, data)
+    study = Study(name, seed, data, settings, searched, source, None, repeats)
+    if "halving" in raw:
+        study = dataclasses.replace(study, halving=_halving(v, raw, study))
+    return study
 
 
 def _check_structure(v: _Validator, raw: Mapping[str, Any]) -> None:
@@ -387,7 +493,7 @@ def _name(v: _Validator, raw: Mapping[str, Any], default_name: str) -> str:
 
 
 def _data(v: _Validator, raw: Mapping[str, Any]) -> DataSpec:
-    d = v.table(raw, "data", DataSpec)
+    d = v.table(raw, "data", {f.name for f in dataclasses.fields(DataSpec)})
     dataset = v.choice(d, "data.", "dataset", DataSpec.dataset, DATASETS)
     split = v.choice(d, "data.", "split", DataSpec.split, SPLITS)
     fractions = _fractions(v, d)
@@ -395,61 +501,83 @@ def _data(v: _Validator, raw: Mapping[str, Any]) -> DataSpec:
         d, "data.", "limit", DataSpec.limit, 0, LIMIT_MAX,
         f"0 (all images) or at most {LIMIT_MAX}, the images of MNIST",
     )  # fmt: skip
+    binarize = v.choice(d, "data.", "binarize", DataSpec.binarize, BINARIZE)
     if split == "official" and ("fractions" in d or limit):
         key = "fractions" if "fractions" in d else "limit"
         v.fail(f"data.{key}", d[key], 'nothing: it applies to split = "holdout" only')
-    data = DataSpec(dataset, split, fractions, limit)
+    data = DataSpec(dataset, split, fractions, limit, binarize)
     if limit and min(split_sizes(data)) < 2:
         v.fail("data.limit", limit, "enough images that each split holds at least 2")
     return data
 
 
-def _train(v: _Validator, raw: Mapping[str, Any], data: DataSpec) -> TrainSpec:
-    t = v.table(raw, "train", TrainSpec)
-    epochs = v.integer(t, "train.", "epochs", TrainSpec.epochs, 1, EPOCHS_MAX)
-    batch = v.integer(t, "train.", "batch_size", TrainSpec.batch_size, 2, None)
-    optimizer = v.choice(t, "train.", "optimizer", TrainSpec.optimizer, OPTIMIZERS)
-    n_train = split_sizes(data)[0]
-    if batch > n_train:
-        v.fail("train.batch_size", batch, f"at most the {n_train} images of the training split")
-    return TrainSpec(epochs, batch, optimizer)
-
-
-def _grid(v: _Validator, raw: Mapping[str, Any]) -> GridSpec:
-    gr = v.table(raw, "grid", GridSpec)
-    grid = GridSpec(
-        hidden=v.values(gr, "hidden", GridSpec.hidden, int, 1, HIDDEN_MAX),
-        latent=v.values(gr, "latent", GridSpec.latent, int, 1, LATENT_MAX),
-        lr=v.values(gr, "lr", GridSpec.lr, float, *LR_RANGE),
-        clip=v.values(gr, "clip", GridSpec.clip, float, *CLIP_RANGE),
-    )
-    # The product of the lengths, not len(expand(...)): a huge grid must not be built.
-    sizes = [len(grid.hidden), len(grid.latent), len(grid.lr), len(grid.clip)]
-    if math.prod(sizes) > TRIALS_MAX:
+def _settings(
+    v: _Validator, raw: Mapping[str, Any], data: DataSpec
+) -> tuple[tuple[tuple[str, tuple[Any, ...]], ...], tuple[str, ...], int]:
+    """Each axis's values from [train] (one value) or [grid] (a value or a list), the
+    searched axes, and grid.repeats."""
+    fixed = v.table(raw, "train", set(AXIS))
+    grid = v.table(raw, "grid", {*AXIS, "repeats"})
+    both = sorted(set(fixed) & set(grid))
+    if both:
         raise InputError(
-            f"{v.source}: grid = {' x '.join(map(str, sizes))} values of hidden, latent, lr, "
-            f"clip = {math.prod(sizes)} trials is not allowed; expected at most {TRIALS_MAX} trials"
+            f"{v.source}: {both[0]} is set in both [train] and [grid]; expected it in one: "
+            "[train] fixes one value, [grid] searches a list"
+        )
+    settings, searched = [], []
+    for axis in AXES:
+        if axis.name in fixed:
+            values = v.values(fixed, "train.", axis, list_ok=False)
+        elif axis.name in grid:
+            values = v.values(grid, "grid.", axis, list_ok=True)
+        else:
+            values = axis.default
+        settings.append((axis.name, values))
+        if axis.name in grid or (axis.searched and axis.name not in fixed):
+            searched.append(axis.name)
+    repeats = v.integer(grid, "grid.", "repeats", 1, 1, REPEATS_MAX)
+    by_axis = dict(settings)
+    # The product of the lengths, not len(expand(...)): a huge grid must not be built.
+    sizes = [len(by_axis[n]) for n in searched]
+    count = math.prod(sizes) * repeats
+    if count > TRIALS_MAX:
+        raise InputError(
+            f"{v.source}: grid = {' x '.join(map(str, sizes))} values of {', '.join(searched)}"
+            f" x {repeats} repeats = {count} trials is not allowed; expected at most "
+            f"{TRIALS_MAX} trials"
         )
     # The parameter count grows with both, so the largest pair is the one to check.
-    hidden, latent = max(grid.hidden), max(grid.latent)
-    count = parameter_count(hidden, latent)
-    if count > MODEL_PARAMETERS_MAX:
+    hidden, latent = max(by_axis["hidden"]), max(by_axis["latent"])
+    n_params = parameter_count(hidden, latent)
+    if n_params > MODEL_PARAMETERS_MAX:
         raise InputError(
-            f"{v.source}: grid.hidden = {hidden} with grid.latent = {latent} gives a VAE of "
-            f"{count} parameters; expected at most {MODEL_PARAMETERS_MAX} for every pair"
+            f"{v.source}: hidden = {hidden} with latent = {latent} gives a VAE of "
+            f"{n_params} parameters; expected at most {MODEL_PARAMETERS_MAX} for every pair"
         )
-    return grid
+    n_train = split_sizes(data)[0]
+    batch = max(by_axis["batch_size"])
+    if batch > n_train:
+        where = "grid." if "batch_size" in grid else "train."
+        v.fail(where + "batch_size", batch, f"at most the {n_train} images of the training split")
+    return tuple(settings), tuple(searched), repeats
 
 
-def _halving(v: _Validator, raw: Mapping[str, Any], train: TrainSpec) -> HalvingSpec:
-    h = v.table(raw, "halving", HalvingSpec)
-    last = train.epochs - 1  # a rung at the last epoch would stop nothing
+def _halving(v: _Validator, raw: Mapping[str, Any], study: Study) -> HalvingSpec:
+    h = v.table(raw, "halving", {f.name for f in dataclasses.fields(HalvingSpec)})
+    if len(study.values("epochs")) > 1 or study.repeats > 1:
+        what = "several epochs values" if study.repeats == 1 else f"repeats = {study.repeats}"
+        raise InputError(
+            f"{v.source}: [halving] with {what} is not supported; expected one epochs "
+            "value and repeats = 1 (rungs compare single trials that train equally long)"
+        )
+    epochs = study.epochs
+    last = epochs - 1  # a rung at the last epoch would stop nothing
     allowed = (
         f"a non-empty list of strictly increasing integers from 1 to {last} "
-        f"(epochs before the last of train.epochs = {train.epochs})"
+        f"(epochs before the last of epochs = {epochs})"
     )
     if last < 1:
-        allowed = f"nothing: train.epochs = {train.epochs} leaves no epoch to stop at"
+        allowed = f"nothing: epochs = {epochs} leaves no epoch to stop at"
     for key in ("rungs", "keep"):  # no default fits every study: both are spelled out
         if key not in h:
             raise InputError(
@@ -519,11 +647,11 @@ class _Validator:
                     f"allowed keys{where}: {', '.join(sorted(keys))}"
                 )
 
-    def table(self, raw: Mapping[str, Any], name: str, spec: type) -> Mapping[str, Any]:
+    def table(self, raw: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
         table = raw.get(name, {})
         if not isinstance(table, dict):
             self.fail(name, table, f"a table [{name}]")
-        self.known(table, name + ".", {f.name for f in dataclasses.fields(spec)})
+        self.known(table, name + ".", keys)
         return table
 
     def integer(
@@ -554,34 +682,29 @@ class _Validator:
         return str(value)
 
     def values(
-        self,
-        grid: Mapping[str, Any],
-        key: str,
-        default: tuple[Any, ...],
-        kind: type,
-        low: float,
-        high: float,
+        self, table: Mapping[str, Any], prefix: str, axis: Axis, list_ok: bool
     ) -> tuple[Any, ...]:
-        value = grid.get(key, list(default))
-        what = "positive integers" if kind is int else "positive numbers"
-        allowed = f"a non-empty list of distinct {what}"
-        if not isinstance(value, list) or not value:
-            self.fail("grid." + key, value, allowed)
+        """An axis's values: one value, or (``list_ok``) a non-empty list of distinct ones."""
+        key = prefix + axis.name
+        value = table[axis.name]
+        if not isinstance(value, list):
+            if not axis.check(value):
+                self.fail(key, value, axis.allowed() + (" or a list of such" if list_ok else ""))
+            return (axis.kind(value),)
+        if not list_ok:
+            self.fail(key, value, f"{axis.allowed()} (a list of values goes in [grid])")
+        allowed = f"a non-empty list of distinct values, each {axis.allowed()}"
+        if not value:
+            self.fail(key, value, allowed)
         if len(value) > GRID_VALUES_MAX:
-            self.fail("grid." + key, value, f"{allowed}, at most {GRID_VALUES_MAX} of them")
+            self.fail(key, value, f"{allowed}, at most {GRID_VALUES_MAX} of them")
         for item in value:
-            ok = isinstance(item, int) if kind is int else _is_number(item)
-            # Compared before kind(item): float(10**400) would raise OverflowError.
-            if isinstance(item, bool) or not ok or not low <= item <= high:
-                self.fail(
-                    "grid." + key,
-                    item,
-                    f"{what} from {low:g} to {high:g} in a non-empty list of distinct values",
-                )
-        out = tuple(kind(item) for item in value)
+            if not axis.check(item):
+                self.fail(key, item, allowed)
+        out = tuple(axis.kind(item) for item in value)
         if len(set(out)) != len(out):
             dup = next(x for x in out if out.count(x) > 1)
-            self.fail("grid." + key, value, f"{allowed} ({_show(dup)} is listed twice)")
+            self.fail(key, value, f"{allowed} ({_show(dup)} is listed twice)")
         return out
 
 

@@ -2,22 +2,24 @@
 
 The folder holds ``config.json``, ``checkpoint.pt`` (rewritten atomically at the end of
 every epoch: model, optimizer and the metrics so far, enough to continue bit-for-bit),
-``weights.pt`` (final model) and ``log.txt``. Every random draw (init, shuffling, z)
-comes from a generator seeded by (study seed, trial key, purpose, epoch), so a trial
-gives the same metrics whatever ran before it in the process and whether or not it
-was interrupted.
+``weights.pt`` (final model) and ``log.txt``. Every random draw comes from a generator
+seeded by (study seed, repeat, purpose, epoch), so a trial gives the same metrics whatever
+ran before it in the process and whether or not it was interrupted. The draws are common
+random numbers: the initial weights depend on (study seed, repeat, hidden, latent) only,
+the data order, z draws and binarization on (study seed, repeat, epoch), so two configs
+that differ only in lr, clip, optimizer, beta or weight decay start from the same weights
+and see the same batches, and the comparison of their repeats is paired.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import io
 import json
 import math
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -25,10 +27,11 @@ from typing import Any, Literal
 import torch
 
 from vaegrid import provenance
+from vaegrid.data import binarize
 from vaegrid.errors import InputError
 from vaegrid.model import VAE
 from vaegrid.paths import ensure_dir, open_file, read_bytes, save_with, write_atomic
-from vaegrid.study import MODEL, TrialConfig
+from vaegrid.study import MODEL, TrialConfig, derive_seed
 
 CONFIG, CHECKPOINT, WEIGHTS, LOG = "config.json", "checkpoint.pt", "weights.pt", "log.txt"
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating a whole split
@@ -68,12 +71,6 @@ class TrialResult:
 OnEpoch = Callable[[EpochRecord], None]
 
 
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes and platforms."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
 def device_kind(device: torch.device) -> str:
     """What a trial's numbers depend on besides its config: the device model and torch.
 
@@ -97,7 +94,7 @@ _INIT_LOCK = threading.Lock()
 def build_model(cfg: TrialConfig, device: torch.device | str) -> VAE:
     """The trial's model with its seeded initial weights, on ``device``."""
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
-        torch.manual_seed(derive_seed(cfg.seed, cfg.key, "init"))
+        torch.manual_seed(derive_seed(cfg.seed, cfg.repeat, cfg.hidden, cfg.latent, "init"))
         model = VAE(cfg.hidden, cfg.latent)
     return model.to(device)
 
@@ -142,7 +139,7 @@ def run_trial(
         stop: Set by another thread to end the run at the next batch (its driver is gone,
             its lease lost): ``interrupted``, with the epochs finished so far.
         stop_at: Train only up to this epoch (a halving rung) and return ``paused`` with
-            the checkpoint kept; None (or ``cfg.train.epochs`` or more) trains to the end.
+            the checkpoint kept; None (or ``cfg.epochs`` or more) trains to the end.
             Stopping and going on later computes exactly what one run would.
 
     Returns:
@@ -159,14 +156,14 @@ def run_trial(
     _write_config(cfg, trial_dir)
     device = train_x.device
     model = build_model(cfg, device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+    optimizer = make_optimizer(cfg, model.parameters())
     identity = {"key": cfg.key, "model": MODEL, "device": device_kind(device)}
     history = _restore(trial_dir, model, optimizer, device, identity)
     for record in history:
         if on_epoch:
             on_epoch(record)
-    val_seed = derive_seed(cfg.seed, "val")
-    last = cfg.train.epochs if stop_at is None else min(stop_at, cfg.train.epochs)
+    val_seed = derive_seed(cfg.seed, cfg.repeat, "val")
+    last = cfg.epochs if stop_at is None else min(stop_at, cfg.epochs)
     with open_file(trial_dir / LOG, "a") as log:
         for epoch in range(len(history) + 1, last + 1):
             started = time.perf_counter()
@@ -185,17 +182,28 @@ def run_trial(
             history.append(record)
             _save_checkpoint(trial_dir, model, optimizer, history, identity)
             log.write(
-                f"epoch {epoch}/{cfg.train.epochs} train elbo {train.elbo:.3f} val elbo "
+                f"epoch {epoch}/{cfg.epochs} train elbo {train.elbo:.3f} val elbo "
                 f"{val.elbo:.3f} recon {val.recon:.3f} kl {val.kl:.3f} ({record.seconds:.2f}s)\n"
             )
             log.flush()
             if on_epoch:
                 on_epoch(record)
-        if len(history) < cfg.train.epochs:  # stopped at a rung: no final weights yet
+        if len(history) < cfg.epochs:  # stopped at a rung: no final weights yet
             return TrialResult("paused", history)
         if not (trial_dir / WEIGHTS).exists():
             save_with(trial_dir / WEIGHTS, torch.save, model.state_dict())
         return TrialResult("completed", history)
+
+
+def make_optimizer(cfg: TrialConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
+    """The config's optimizer: adam and sgd add ``weight_decay`` x w to the gradient (L2),
+    adamw decays the weights apart from it (Loshchilov & Hutter); sgd uses ``momentum``."""
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    kind = torch.optim.AdamW if cfg.optimizer == "adamw" else torch.optim.Adam
+    return kind(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
 class _Diverged(Exception):
@@ -224,9 +232,10 @@ def _train_epoch(
     """
     model.train()
     device = x.device
-    g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, cfg.key, "epoch", epoch))
+    g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, cfg.repeat, "epoch", epoch))
     perm = torch.randperm(len(x), generator=g, device=device)
-    batch = cfg.train.batch_size
+    draw = cfg.data.binarize == "dynamic"  # a fresh binary image of every image each epoch
+    batch = cfg.batch_size
     params = list(model.parameters())
     losses, norms, sums = [], [], []
     n = 0  # images seen
@@ -235,10 +244,13 @@ def _train_epoch(
         if stop is not None and stop.is_set():  # a flag read: nothing waits for the device
             raise _Stopped
         xb = x.index_select(0, perm[start : start + batch])
+        if draw:
+            xb = binarize(xb, cfg.seed, cfg.repeat, "epoch", epoch, "batch", start)
         n += len(xb)
         eps = torch.randn(len(xb), model.latent, generator=g, device=device)
         terms = model(xb, eps)
-        loss = terms.elbo.mean()
+        # beta weighs the KL in what is minimised (a beta-VAE); the metrics stay the ELBO's.
+        loss = (terms.recon + cfg.beta * terms.kl).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.clip))

@@ -1,0 +1,298 @@
+"""The report's matplotlib figures on tiny hand-made frames: what they draw, not just files.
+
+Each test keeps the Figure it saved (``drawn``) to read back its texts, ticks and lines.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import LineCollection
+from matplotlib.colors import LogNorm
+from matplotlib.figure import Figure
+
+from vaegrid import figures
+from vaegrid.study import AXIS, Axis
+
+NAN = float("nan")
+HEAT_AXES = [AXIS["hidden"], AXIS["lr"], AXIS["clip"]]
+
+
+@pytest.fixture
+def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
+    """Every Figure the figures module saves, in order (it still writes the file)."""
+    saved: list[Figure] = []
+    real = figures.save_with
+
+    def keep(path: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
+        saved.append(write.__self__)  # fig.savefig, bound to its figure
+        real(path, write, *args, **kwargs)
+
+    monkeypatch.setattr(figures, "save_with", keep)
+    return saved
+
+
+def png_shape(path: Path) -> tuple[int, int]:
+    """(height, width) in pixels of a PNG that matplotlib reads back."""
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    image = plt.imread(path)
+    assert image.ndim == 3 and image.shape[2] in (3, 4)
+    return image.shape[0], image.shape[1]
+
+
+def config(status: str, val_elbo: float = NAN, **axes: object) -> dict[str, object]:
+    return {**axes, "status": status, "val_elbo": val_elbo}
+
+
+def heat_frame() -> pd.DataFrame:
+    """hidden x lr in two clip panels; latent (not an axis here) doubles some cells."""
+    return pd.DataFrame(
+        [
+            config("completed", 100.04, hidden=400, lr=1e-3, clip=1.0, latent=4),
+            config("completed", 98.96, hidden=400, lr=1e-3, clip=1.0, latent=8),  # the best
+            config("diverged", hidden=400, lr=1e-2, clip=1.0, latent=4),
+            config("diverged", hidden=400, lr=1e-2, clip=1.0, latent=8),
+            config("completed", 120.0, hidden=800, lr=1e-3, clip=1.0, latent=4),
+            config("diverged", hidden=800, lr=1e-2, clip=1.0, latent=4),
+            config("failed", hidden=800, lr=1e-2, clip=1.0, latent=8),
+            config("completed", 150.26, hidden=400, lr=1e-3, clip=0.5, latent=4),
+            config("stopped", 140.0, hidden=400, lr=1e-2, clip=0.5, latent=4),  # not final
+            config("completed", 130.0, hidden=800, lr=1e-3, clip=0.5, latent=4),
+            config("completed", 111.11, hidden=800, lr=1e-2, clip=0.5, latent=4),
+        ]
+    )
+
+
+def test_heatmap_cells_panels_and_labels(tmp_path: Path, drawn: list[Figure]) -> None:
+    path = tmp_path / "heatmap.png"
+    texts = figures.heatmap(heat_frame(), "lr", "hidden", HEAT_AXES, path)
+    # Rows: hidden 400, 800; columns: lr 0.001, 0.01; panels by clip, in increasing order.
+    assert texts == {
+        "clip 0.5": [["150.3", "—"], ["130.0", "111.1"]],
+        "clip 1": [["99.0", "div."], ["120.0", "—"]],
+    }
+    height, width = png_shape(path)
+    assert 250 <= height <= 1200 and 500 <= width <= 1600
+    (fig,) = drawn
+    panels = [ax for ax in fig.axes if ax.images]
+    assert [ax.get_title() for ax in panels] == ["clip 0.5", "clip 1"]
+    for ax, cells in zip(panels, texts.values(), strict=True):
+        assert [t.get_text() for t in ax.texts] == [c for row in cells for c in row]
+        assert [t.get_text() for t in ax.get_xticklabels()] == ["0.001", "0.01"]
+        assert [t.get_text() for t in ax.get_yticklabels()] == ["400", "800"]
+        grey = np.ma.getmaskarray(ax.images[0].get_array())
+        assert grey.tolist() == [[c in ("div.", "—") for c in row] for row in cells]
+    assert not panels[0].yaxis_inverted()  # row 0 (hidden 400) at the bottom
+    colours = {t.get_text(): t.get_color() for ax in panels for t in ax.texts}
+    assert colours["99.0"] == "black" and colours["150.3"] == "white"  # on yellow, on purple
+    assert colours["div."] == "black"  # on grey
+    assert panels[0].get_xlabel() == "learning rate"
+    assert panels[0].get_ylabel() == "hidden width (units)"
+    assert fig.get_suptitle() == "Final validation \N{MINUS SIGN}ELBO (nats, lower is better)"
+    (colorbar,) = [ax for ax in fig.axes if not ax.images]
+    assert colorbar.get_ylabel() == "final validation \N{MINUS SIGN}ELBO (nats)"
+    assert not isinstance(panels[0].images[0].norm, LogNorm)  # 99 to 150: a linear scale
+
+
+def test_heatmap_log_scale_when_values_span_decades(tmp_path: Path, drawn: list[Figure]) -> None:
+    frame = pd.DataFrame(
+        [
+            config("completed", 90.0, hidden=400, lr=1e-3),
+            config("completed", 2000.0, hidden=400, lr=1.0),
+        ]
+    )
+    texts = figures.heatmap(frame, "lr", "hidden", HEAT_AXES[:2], tmp_path / "h.png")
+    assert texts == {"": [["90.0", "2000.0"]]}  # no other axis: one untitled panel
+    (fig,) = drawn
+    assert isinstance(fig.axes[0].images[0].norm, LogNorm)
+
+
+@pytest.mark.parametrize("clips", [12, 13])
+def test_heatmap_more_than_12_panels_collapses_to_the_best(
+    tmp_path: Path, drawn: list[Figure], clips: int
+) -> None:
+    rows = []
+    for i in range(clips):  # clip i: lr 0.001 scores 200 - i; lr 1 always diverges
+        rows.append(config("completed", 200.0 - i, hidden=400, lr=1e-3, clip=10.0**-i))
+        rows.append(config("diverged", hidden=400, lr=1.0, clip=10.0**-i))
+    texts = figures.heatmap(pd.DataFrame(rows), "lr", "hidden", HEAT_AXES, tmp_path / "h.png")
+    (fig,) = drawn
+    if clips == 12:  # still one panel per clip
+        assert len(texts) == 12 and texts["clip 1"] == [["200.0", "div."]]
+        assert texts["clip 1e-11"] == [["189.0", "div."]]
+        assert len([ax for ax in fig.axes if ax.images]) == 12
+    else:
+        assert texts == {"best over clip": [[f"{200.0 - 12:.1f}", "div."]]}
+        assert len([ax for ax in fig.axes if ax.images]) == 1
+        assert "the best (lowest) over clip (13 combinations" in fig.get_suptitle()
+
+
+def test_heatmap_string_axis_single_value_and_all_diverged(tmp_path: Path) -> None:
+    frame = pd.DataFrame(
+        [
+            config("completed", 101.23, optimizer="sgd", hidden=400),
+            config("diverged", optimizer="adam", hidden=400),
+            config("stopped", optimizer="adamw", hidden=400),
+        ]
+    )
+    axes = [AXIS["optimizer"], AXIS["hidden"]]
+    assert figures.heatmap(frame, "optimizer", "hidden", axes, tmp_path / "a.png") == {
+        "": [["div.", "—", "101.2"]]  # adam, adamw, sgd
+    }
+    nothing = frame.assign(status="diverged", val_elbo=NAN)  # no colour scale at all
+    assert figures.heatmap(nothing, "optimizer", "hidden", axes, tmp_path / "b.png") == {
+        "": [["div.", "div.", "div."]]
+    }
+    assert png_shape(tmp_path / "b.png")[0] > 100
+
+
+def test_heatmap_refuses_bad_requests(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="two different axes"):
+        figures.heatmap(heat_frame(), "lr", "lr", HEAT_AXES, tmp_path / "h.png")
+    with pytest.raises(ValueError, match="no column beta"):
+        figures.heatmap(
+            heat_frame(), "lr", "hidden", [*HEAT_AXES, AXIS["beta"]], tmp_path / "h.png"
+        )
+    assert not (tmp_path / "h.png").exists()
+
+
+def parallel_frame() -> pd.DataFrame:
+    return pd.DataFrame(
+        [
+            config("completed", 100.0, hidden=100, beta=0.0, optimizer="adam"),
+            config("completed", 150.0, hidden=1000, beta=0.5, optimizer="sgd"),
+            config("completed", 120.0, hidden=10000, beta=2.0, optimizer="adam"),
+            config("diverged", hidden=1000, beta=2.0, optimizer="sgd"),
+        ]
+    )
+
+
+def test_parallel_axes_positions_and_colours(tmp_path: Path, drawn: list[Figure]) -> None:
+    path = tmp_path / "parallel.png"
+    axes = [AXIS["hidden"], AXIS["beta"], AXIS["optimizer"]]
+    labels = figures.parallel(parallel_frame(), axes, path)
+    assert labels == [
+        "hidden width (units)",
+        "KL weight beta",
+        "optimizer",
+        "final validation \N{MINUS SIGN}ELBO (nats)",
+    ]
+    height, width = png_shape(path)
+    assert 400 <= height <= 800 and 700 <= width <= 1500
+    (fig,) = drawn
+    ax, colorbar = fig.axes
+    assert [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()] == labels
+    assert colorbar.get_ylabel() == labels[-1]
+    grey, coloured = [c for c in ax.collections if isinstance(c, LineCollection)]
+    # hidden on a log scale (100, 1000, 10000 evenly), beta linear (0, 0.5, 2), optimizer in
+    # the order of its choices (adam, sgd: adamw absent), the metric from best (0) to worst.
+    (diverged,) = grey.get_segments()
+    assert np.allclose(diverged[:, 1], [0.5, 1.0, 1.0, figures.NOT_DONE_Y])
+    assert grey.get_linestyle() != coloured.get_linestyle()  # dashed, not solid
+    lines = {tuple(np.round(s[:, 1], 6)) for s in coloured.get_segments()}
+    assert lines == {(0.0, 0.0, 0.0, 0.0), (0.5, 0.25, 1.0, 1.0), (1.0, 1.0, 0.0, 0.4)}
+    worst_first = coloured.get_array()
+    assert worst_first is not None and list(worst_first) == [150.0, 120.0, 100.0]
+    ticks = [t.get_text() for t in ax.texts]
+    assert {"100", "1000", "10000", "0", "0.5", "2", "adam", "sgd"} <= set(ticks)
+    assert "adamw" not in ticks and "diverged / not completed (1)" in ticks
+    assert "100.0" in ticks and "150.0" in ticks  # the metric axis's ends
+
+
+def test_parallel_takes_any_axis_strings_in_the_order_of_their_choices(
+    tmp_path: Path, drawn: list[Figure]
+) -> None:
+    act = Axis("activation", str, ("relu",), False, choices=("relu", "tanh", "elu"),
+               label="activation function")  # fmt: skip
+    frame = pd.DataFrame(
+        [
+            config("completed", 100.0, activation="elu"),
+            config("completed", 110.0, activation="relu"),
+            config("completed", 120.0, activation="tanh"),
+        ]
+    )
+    labels = figures.parallel(frame, [act], tmp_path / "p.png")
+    assert labels[0] == "activation function"
+    (fig,) = drawn
+    (coloured,) = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)][1:]
+    heights = sorted(tuple(np.round(s[:, 1], 6)) for s in coloured.get_segments())
+    assert heights == [(0.0, 0.5), (0.5, 1.0), (1.0, 0.0)]  # relu, tanh, elu: choices order
+
+
+def test_parallel_with_nothing_completed_has_no_colour_scale(
+    tmp_path: Path, drawn: list[Figure]
+) -> None:
+    frame = parallel_frame().assign(status="diverged", val_elbo=NAN)
+    labels = figures.parallel(frame, [AXIS["hidden"]], tmp_path / "p.png")
+    assert labels == ["hidden width (units)", "final validation \N{MINUS SIGN}ELBO (nats)"]
+    (fig,) = drawn
+    assert len(fig.axes) == 1  # no colorbar
+    assert png_shape(tmp_path / "p.png")[0] > 100
+
+
+def test_importance_sorts_and_labels(tmp_path: Path, drawn: list[Figure]) -> None:
+    path = tmp_path / "importance.png"
+    found = {"hidden": 0.1, "lr": 0.55, "clip": 0.3, "beta": NAN, "latent": 0.05}
+    labels = figures.importance(found, [AXIS[n] for n in found], path)
+    expected = [
+        "learning rate",
+        "max gradient norm",
+        "hidden width (units)",
+        "latent dimension",
+        "KL weight beta",  # NaN: no bar, last
+    ]
+    assert labels == expected
+    height, width = png_shape(path)
+    assert width == 800 and 300 <= height <= 500
+    (fig,) = drawn
+    (ax,) = fig.axes
+    assert [t.get_text() for t in ax.get_yticklabels()] == expected
+    assert [round(p.get_width(), 6) for p in ax.patches] == [0.55, 0.3, 0.1, 0.05, 0.0]
+    assert ax.yaxis_inverted()  # the first, most important, on top
+    assert ax.get_title() == (
+        "What mattered for the final validation \N{MINUS SIGN}ELBO (fANOVA, one study)"
+    )
+    assert [t.get_text() for t in ax.texts] == ["0.55", "0.30", "0.10", "0.05", "n/a"]
+
+
+def test_curves_legend_names_any_axes(tmp_path: Path, drawn: list[Figure]) -> None:
+    epochs = pd.DataFrame(
+        {
+            "key": ["a"] * 4 + ["b"] * 4,
+            "epoch": [1, 1, 2, 2] * 2,
+            "split": ["train", "val"] * 4,
+            "elbo": [130.0, 128.0, 120.0, 119.0, 140.0, 139.0, 135.0, 134.0],
+        }
+    )
+    ranking = pd.DataFrame(
+        [
+            {"key": "a", "hidden": 400, "beta": 1.0, "optimizer": "sgd", "lr": 3e-4},
+            {"key": "b", "hidden": 800, "beta": 1.0, "optimizer": "adam", "lr": 1e-2},
+        ]
+    ).assign(status="completed", val_elbo=[119.0, 134.0])
+    test = pd.DataFrame({"key": ["a", "a"], "criterion": ["val_elbo", "val_recon"]})
+    path = tmp_path / "curves.png"
+    figures.curves(epochs, ranking, test, path, ["hidden", "beta", "optimizer", "lr"])
+    assert png_shape(path) == (500, 800)
+    (fig,) = drawn
+    legend = fig.axes[0].get_legend()
+    assert [t.get_text() for t in legend.get_texts()] == [
+        "a (hidden 400, beta 1, optimizer sgd, lr 0.0003): val_elbo, val_recon"
+    ]
+
+
+def test_norm_is_logarithmic_only_beyond_a_factor_of_10() -> None:
+    assert isinstance(figures._norm(np.array([10.0, 101.0, NAN])), LogNorm)
+    linear = figures._norm(np.array([10.0, 100.0]))
+    assert linear is not None and not isinstance(linear, LogNorm)
+    assert linear.vmin == 10.0 and linear.vmax == 100.0
+    assert figures._norm(np.array([NAN, math.inf])) is None
+    one = figures._norm(np.array([100.0]))
+    assert one is not None and float(one(100.0)) == 0.5

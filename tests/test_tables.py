@@ -1,0 +1,108 @@
+"""Per-config tables over repeats, paired comparisons, importances: on hand-made frames."""
+
+from __future__ import annotations
+
+import math
+
+import pandas as pd
+import pytest
+
+from vaegrid import tables
+
+NAMES = ["hidden", "lr"]
+
+
+def trials_frame(
+    values: dict[tuple[int, float], list[float]], status: str = "completed"
+) -> pd.DataFrame:
+    """A per-trial table as tables.rank makes it: one row per (config, repeat)."""
+    rows = []
+    for (hidden, lr), per_repeat in values.items():
+        config = f"{hidden:04d}{int(lr * 1e4):08d}"[:12]
+        for repeat, v in enumerate(per_repeat):
+            rows.append(
+                {"key": f"{config[:10]}{repeat:02d}", "config": config, "repeat": repeat,
+                 "hidden": hidden, "lr": lr, "status": status if not math.isnan(v) else "diverged",
+                 "train_elbo": v + 1, "train_recon": v - 9, "train_kl": 10.0,
+                 "val_elbo": v, "val_recon": v - 10, "val_kl": 10.0, "best_val_elbo": v,
+                 "best_epoch": 3, "seconds": 1.0, "epochs_done": 3, "cause": None}
+            )  # fmt: skip
+    out = pd.DataFrame(rows)
+    out["best_epoch"] = out["best_epoch"].astype("Int64")
+    tables._rank_columns(out, (out["status"] == "completed").to_numpy(), [False] * len(out))
+    return out
+
+
+def test_a_config_is_summarised_over_its_repeats_and_ranked_by_the_mean() -> None:
+    trials = trials_frame({(400, 0.03): [100.0, 102.0, 104.0], (600, 0.03): [101.0, 101.5, 102.0]})
+    ranking = tables.by_config(trials, NAMES)
+    assert list(ranking["hidden"]) == [600, 400]  # 101.5 < 102.0 by the mean
+    first = ranking.iloc[1]
+    assert first["n_repeats"] == 3 and first["repeats"] == 3
+    assert first["val_elbo"] == pytest.approx(102.0)
+    assert first["val_elbo_std"] == pytest.approx(2.0)  # sample std (n - 1)
+    # mean +- t(0.975, 2) * std / sqrt(3), t = 4.302653 from the table
+    half = 4.302653 * 2.0 / math.sqrt(3)
+    assert first["val_elbo_ci_low"] == pytest.approx(102.0 - half, abs=1e-5)
+    assert first["val_elbo_ci_high"] == pytest.approx(102.0 + half, abs=1e-5)
+    assert list(ranking["rank_val_elbo"]) == [1, 2]
+
+
+def test_a_config_with_a_diverged_repeat_is_diverged_and_ranks_after_the_completed() -> None:
+    trials = trials_frame({(400, 0.03): [100.0, math.nan], (600, 0.03): [105.0, 106.0]})
+    ranking = tables.by_config(trials, NAMES)
+    assert list(ranking["status"]) == ["completed", "diverged"]
+    assert list(ranking["rank_val_elbo"]) == [1, 2]
+    assert ranking.iloc[1]["n_repeats"] == 1 and math.isnan(ranking.iloc[1]["val_elbo_std"])
+
+
+def test_one_repeat_keeps_the_trial_key_and_its_values() -> None:
+    trials = trials_frame({(400, 0.03): [100.0], (600, 0.03): [99.0]})
+    ranking = tables.by_config(trials, NAMES)
+    assert set(ranking["key"]) == set(trials["config"])
+    assert list(ranking["val_elbo"]) == [99.0, 100.0]
+    assert ranking["val_elbo_std"].isna().all()
+
+
+def test_comparisons_pair_the_repeats() -> None:
+    # Seed-to-seed noise (2 nats) dwarfs the difference (0.5), but repeat by repeat the
+    # winner is always 0.5 better: a paired test sees it, an unpaired one would not.
+    trials = trials_frame(
+        {(400, 0.03): [100.0, 102.0, 104.0], (600, 0.03): [100.5, 102.5, 104.5],
+         (800, 0.03): [101.0, 105.0, 103.0]}
+    )  # fmt: skip
+    ranking = tables.by_config(trials, NAMES)
+    found = tables.comparisons(ranking, trials, "val_elbo")
+    assert [ranking.set_index("key").loc[c.other, "hidden"] for c in found] == [600, 800]
+    first, second = found
+    assert first.result.n == 3 and first.result.diff == pytest.approx(0.5)
+    assert first.result.p == 0.0  # the same difference on every repeat
+    # 800 vs 400: differences 1, 3, -1: mean 1, std 2, t = 1 / (2 / sqrt 3) = 0.866, df 2:
+    # p = 1 - |t| / sqrt(2 + t^2) (Student t with 2 degrees of freedom, in closed form)
+    t = 1 / (2 / math.sqrt(3))
+    assert second.result.p == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-6)
+
+
+def test_a_config_with_a_diverged_repeat_is_not_compared() -> None:
+    trials = trials_frame(
+        {(400, 0.03): [100.0, 102.0], (600, 0.03): [101.0, math.nan], (800, 0.03): [103.0, 104.0]}
+    )
+    ranking = tables.by_config(trials, NAMES)
+    found = tables.comparisons(ranking, trials, "val_elbo")
+    assert [ranking.set_index("key").loc[c.other, "hidden"] for c in found] == [800]
+    assert found[0].result.diff == pytest.approx(2.5)
+
+
+def test_importance_finds_the_axis_that_matters() -> None:
+    values = {}
+    for hidden in (400, 600, 800):
+        for lr in (1e-5, 1e-3, 3e-2):
+            noise = hidden / 1e4  # a tenth of a nat at most
+            values[(hidden, lr)] = [100.0 + 50 * (lr == 1e-5) + 10 * (lr == 1e-3) + noise]
+    ranking = tables.by_config(trials_frame(values), NAMES)
+    found = tables.importances(ranking, NAMES)
+    assert isinstance(found, dict) and set(found) == {"hidden", "lr"}
+    assert found["lr"] > 0.95 > found["hidden"]
+    assert tables.importances(ranking.head(2), NAMES) == (
+        "2 completed configs varying 1 axes: too few to tell"
+    )

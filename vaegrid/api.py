@@ -1,0 +1,142 @@
+"""The Python API: a study's results as pandas frames, read-only.
+
+import vaegrid
+r = vaegrid.load("results", "seed")       # or load("postgresql://host/db", "seed")
+r.trials                                  # one row per trial: axes, status, metrics
+r.best("val_elbo")                        # the best config, mean over its repeats
+r.test                                    # the winners' test results, per repeat
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from vaegrid import tables
+from vaegrid.errors import InputError
+from vaegrid.halving import spec_from_fingerprint
+from vaegrid.paths import check_study_dir
+from vaegrid.storage import Database
+from vaegrid.store import COMPLETED, Store, existing_db
+from vaegrid.study import NAME_MAX_CHARS, NAME_PATTERN, TrialConfig, searched_axes
+
+
+@dataclass(frozen=True)
+class StudyRows:
+    """Everything a study's database holds that its tables are made of, read at once."""
+
+    name: str
+    fingerprint: dict[str, Any]
+    configs: dict[str, TrialConfig]  # by trial key, each validated against its key
+    trials: pd.DataFrame  # vg_trial with a column per axis, the repeat and the config
+    epochs: pd.DataFrame  # vg_epoch
+    tests: pd.DataFrame  # vg_test, indexed by trial key
+    stops: pd.DataFrame  # vg_stop
+    runs: list[dict[str, Any]]
+
+    @property
+    def axes(self) -> list[str]:
+        """The searched axes: the tables' columns."""
+        return searched_axes(self.fingerprint)
+
+    def per_trial(self) -> pd.DataFrame:
+        """:func:`tables.rank`: one row per trial."""
+        halving = spec_from_fingerprint(self.fingerprint) is not None
+        return tables.rank(self.trials, self.epochs, self.axes, self.stops if halving else None)
+
+
+def read_study(db: Database) -> StudyRows:
+    """Read a study's rows through a read-only connection (nothing is written or locked).
+
+    Raises:
+        InputError: the database holds no vaegrid study, or a hand-edited row.
+    """
+    reader = Store.reader(db)
+    try:
+        name, _ = reader.study_row()
+        configs = {t.key: t.config for t in reader.trials()}
+        return StudyRows(
+            name=name,
+            fingerprint=reader.fingerprint(),
+            configs=configs,
+            trials=tables.with_axes(reader.frame("vg_trial"), configs),
+            epochs=reader.frame("vg_epoch"),
+            tests=reader.frame("vg_test").set_index("key"),
+            stops=reader.frame("vg_stop"),
+            runs=reader.runs(),
+        )
+    finally:
+        reader.close()
+
+
+@dataclass(frozen=True)
+class Results:
+    """A study's results (:func:`load`)."""
+
+    study: str
+    axes: list[str]  # the searched axes, as the frames' columns name them
+    trials: pd.DataFrame  # one row per trial: key, config, repeat, axes, status, metrics, ranks
+    configs: pd.DataFrame  # one row per config: metrics' mean, std, 95% interval over repeats
+    epochs: pd.DataFrame  # one row per trial, epoch and split (train, val): elbo, recon, kl
+    test: pd.DataFrame  # one row per tested trial: axes, test elbo, recon, kl, nll, nll_samples
+
+    def best(self, metric: str = "val_elbo") -> pd.Series:
+        """The completed config with the lowest mean ``metric`` over its repeats (ties by key).
+
+        Raises:
+            ValueError: ``metric`` is not a metric column, or no config has completed.
+        """
+        allowed = [*tables.SUMMARISED]
+        if metric not in allowed:
+            raise ValueError(f"metric = {metric!r} is not allowed; expected one of {allowed}")
+        done = self.configs[self.configs["status"] == COMPLETED]
+        if done.empty:
+            raise ValueError(f"study {self.study}: no completed config yet")
+        return done.sort_values([metric, "key"]).iloc[0]
+
+
+def load(results_dir_or_storage: str | Path, study: str) -> Results:
+    """A study's results, read-only: from ``RESULTS_DIR/STUDY/study.db`` or a storage URL.
+
+    Args:
+        results_dir_or_storage: The results folder ``vaegrid run --results`` wrote into, or
+            the ``--storage`` URL (``sqlite:///...``, ``postgresql://...``) of the study.
+        study: The study's name.
+
+    Raises:
+        InputError: no such study there, a bad URL, or a database that is not vaegrid's.
+    """
+    if not isinstance(study, str) or not _plain_name(study):
+        raise InputError(f"study = {study!r} is not allowed; expected a study's name")
+    where = str(results_dir_or_storage)
+    if "://" in where:
+        db = existing_db(Path(study), where)
+    else:
+        results = Path(where)
+        check_study_dir(results, results / study)
+        db = existing_db(results / study)
+    rows = read_study(db)
+    if rows.name != study:
+        raise InputError(f"{where}: holds study {rows.name!r}, not {study!r}")
+    per_trial = rows.per_trial()
+    head = ["key", "config", "repeat", *rows.axes]
+    epochs = rows.epochs.merge(rows.trials[head], on="key")
+    epochs = epochs[[*head, "epoch", "split", *tables.METRICS, "seconds"]]
+    test = rows.trials[head].merge(rows.tests.reset_index(), on="key")
+    return Results(
+        study=study,
+        axes=rows.axes,
+        trials=per_trial,
+        configs=tables.by_config(per_trial, rows.axes),
+        epochs=epochs.sort_values(["key", "epoch", "split"]).reset_index(drop=True),
+        test=test.drop(columns=["evaluated"]),
+    )
+
+
+def _plain_name(name: str) -> bool:
+    import re
+
+    return len(name) <= NAME_MAX_CHARS and re.fullmatch(NAME_PATTERN, name) is not None

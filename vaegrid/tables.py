@@ -1,0 +1,280 @@
+"""A study's tables, from its database rows: per trial, per config over its repeats, the
+winners, the paired comparisons of the winner with the next configs, what mattered.
+
+Pure pandas over frames the caller read (``report`` writes them, ``vaegrid.load`` returns
+them): nothing here touches a file or a database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+from optuna.distributions import BaseDistribution
+
+from vaegrid import stats
+from vaegrid.store import COMPLETED, DIVERGED, FAILED, STOPPED
+from vaegrid.study import AXIS, Axis, TrialConfig
+
+# Ranking criteria: column of ranking.csv -> what it ranks by (lower is better).
+CRITERIA = {"val_elbo": "validation elbo", "val_recon": "validation reconstruction"}
+METRICS = ("elbo", "recon", "kl")
+SPLIT_METRICS = [f"{s}_{m}" for s in ("train", "val") for m in METRICS]
+# Summarised over repeats in the per-config ranking: mean, std and 95% interval of each.
+SUMMARISED = [*SPLIT_METRICS, "best_val_elbo"]
+# A config that did not complete every repeat takes the first of these its repeats hold.
+_STATUS_ORDER = (DIVERGED, FAILED, STOPPED)
+
+
+def with_axes(trials: pd.DataFrame, configs: Mapping[str, TrialConfig]) -> pd.DataFrame:
+    """``vg_trial`` rows with a column per axis, the repeat and the config (its repeat-0
+    key) read from each trial's validated config, in place of the stored JSON."""
+    extra = pd.DataFrame(
+        [{"key": k, "config": c.config_id, "repeat": c.repeat, **c.axis_values()}
+         for k, c in configs.items()],
+        columns=["key", "config", "repeat", *AXIS],
+    )  # fmt: skip
+    stored = [c for c in ("config", *AXIS) if c in trials.columns]
+    return trials.drop(columns=stored).merge(extra, on="key", how="left")
+
+
+def rank(
+    trials: pd.DataFrame,
+    epochs: pd.DataFrame,
+    names: Sequence[str],
+    stops: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per trial: config, status, final and best metrics, ranks.
+
+    Ranks follow scikit-learn's rule (``rankdata(method="min")``: ties share the lowest
+    rank). Completed trials rank first; then trials a halving rung stopped, by their last
+    validation metrics (those of the epoch they stopped at), which they keep; then every
+    other trial (diverged, failed, unfinished), last, together, with empty metrics.
+
+    Args:
+        trials: :func:`with_axes` of ``vg_trial``.
+        epochs: ``vg_epoch``.
+        names: The searched axes: the columns shown.
+        stops: ``vg_stop`` of a halving study: adds the column ``rung``, where each stopped
+            trial was stopped. None (a study without halving): no such column.
+    """
+    done = (trials["status"] == COMPLETED).to_numpy()
+    stopped = (trials["status"] == STOPPED).to_numpy()
+    last = epochs.sort_values("epoch").groupby(["key", "split"]).tail(1)
+    finals = last.pivot(index="key", columns="split", values=list(METRICS))
+    finals.columns = [f"{col[1]}_{col[0]}" for col in finals.columns]  # ("elbo", "val") -> val_elbo
+    finals = finals.reindex(columns=SPLIT_METRICS)
+    val = epochs[epochs["split"] == "val"]
+    best = val.loc[val.groupby("key")["elbo"].idxmin(), ["key", "elbo", "epoch"]]
+    best = best.set_index("key").rename(columns={"elbo": "best_val_elbo", "epoch": "best_epoch"})
+    head = ["key", "config", "repeat", *names]
+    out = trials[[*head, "status", "epochs_done", "seconds", "cause"]].join(finals, on="key")
+    out = out.join(best, on="key")
+    metric_cols = [*SPLIT_METRICS, "best_val_elbo", "best_epoch"]
+    out.loc[~(done | stopped), metric_cols] = math.nan
+    _rank_columns(out, done, stopped)
+    out["best_epoch"] = out["best_epoch"].astype("Int64")
+    order = [*head, "status", *SPLIT_METRICS, "best_val_elbo", "best_epoch", "seconds"]
+    order += ["rank_val_elbo", "rank_val_recon", "epochs_done", "cause"]
+    if stops is not None:
+        out["rung"] = out["key"].map(stops.set_index("key")["rung"]).astype("Int64")
+        order.append("rung")
+    return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
+
+
+def _rank_columns(out: pd.DataFrame, done: object, stopped: object) -> None:
+    """Add ``rank_<criterion>``: completed rows first, then stopped ones, then the rest."""
+    n_done = int(pd.Series(done).sum())
+    n_stopped = int(pd.Series(stopped).sum())
+    for column in CRITERIA:
+        ranks = out.loc[done, column].rank(method="min")  # type: ignore[index]
+        after = out.loc[stopped, column].rank(method="min") + n_done  # type: ignore[index]
+        ranks = pd.concat([ranks, after]).reindex(out.index)
+        out["rank_" + column] = ranks.fillna(n_done + n_stopped + 1).astype(int)
+
+
+def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """One row per config, over its repeats: the mean of each metric (ranks use it), its
+    standard deviation and 95% interval, ``n_repeats`` (repeats with metrics) and
+    ``repeats`` (trials of the config).
+
+    A config is ``completed`` when all its repeats are; otherwise it takes the status of
+    the first repeat that is diverged, failed or stopped, else of its first repeat. Its
+    ``key`` is the config's: the key of its repeat 0.
+
+    Args:
+        trials: :func:`rank`'s per-trial table.
+        names: The searched axes.
+    """
+    rows = []
+    for config, group in trials.sort_values("repeat").groupby("config", sort=False):
+        statuses = list(group["status"])
+        if all(s == COMPLETED for s in statuses):
+            status = COMPLETED
+        else:
+            status = next((s for s in _STATUS_ORDER if s in statuses), statuses[0])
+        row: dict[str, object] = {"key": config}
+        row.update({n: group[n].iloc[0] for n in names})
+        row.update(status=status, repeats=len(group))
+        row["n_repeats"] = int(group["val_elbo"].notna().sum())
+        for column in SUMMARISED:
+            s = stats.summarize(group[column].dropna().tolist())
+            row[column] = s.mean
+            row[f"{column}_std"], row[f"{column}_ci_low"] = s.std, s.ci_low
+            row[f"{column}_ci_high"] = s.ci_high
+        best_epochs = group["best_epoch"].dropna().astype(float)
+        row["best_epoch"] = float(best_epochs.median()) if len(best_epochs) else math.nan
+        row["seconds"] = float(group["seconds"].sum())
+        row["epochs_done"] = int(group["epochs_done"].min())
+        causes = group["cause"].dropna()
+        row["cause"] = causes.iloc[0] if len(causes) else None
+        if "rung" in group.columns:
+            row["rung"] = group["rung"].dropna().min() if group["rung"].notna().any() else None
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    done = (out["status"] == COMPLETED).to_numpy()
+    stopped = (out["status"] == STOPPED).to_numpy()
+    _rank_columns(out, done, stopped)
+    out["best_epoch"] = out["best_epoch"].round().astype("Int64")
+    if "rung" in out.columns:
+        out["rung"] = out["rung"].astype("Int64")
+    spread = [f"{c}_{s}" for c in SUMMARISED for s in ("std", "ci_low", "ci_high")]
+    order = ["key", *names, "status", "n_repeats", "repeats", *SPLIT_METRICS, "best_val_elbo"]
+    order += ["best_epoch", "seconds", "rank_val_elbo", "rank_val_recon", "epochs_done", "cause"]
+    order += [*(["rung"] if "rung" in out.columns else []), *spread]
+    return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
+
+
+def pick_winners(ranking: pd.DataFrame, top: int, names: Sequence[str]) -> pd.DataFrame:
+    """The top ``top`` completed configs of each criterion (ties broken by key)."""
+    rows = []
+    for column in CRITERIA:
+        best = (
+            ranking[ranking["status"] == COMPLETED].sort_values(["rank_" + column, "key"]).head(top)
+        )
+        rows.append(best.assign(criterion=column, rank=best["rank_" + column]))
+    cols = ["criterion", "rank", "key", *names, "n_repeats", "val_elbo", "val_recon", "val_kl"]
+    return pd.concat(rows)[cols].reset_index(drop=True)
+
+
+def test_table(winners: pd.DataFrame, trials: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
+    """Each winner on the test split: the mean, std and 95% interval over its tested repeats.
+
+    Args:
+        winners: :func:`pick_winners`.
+        trials: :func:`rank`'s per-trial table (which trial is which config's repeat).
+        tests: ``vg_test`` indexed by trial key.
+    """
+    rows = []
+    for winner in winners.to_dict("records"):
+        keys = trials.loc[trials["config"] == winner["key"], "key"]
+        found = tests.reindex(keys).dropna(subset=["nll"])
+        row = dict(winner)
+        row["n_tested"] = len(found)
+        for metric in ("elbo", "recon", "kl", "nll"):
+            s = stats.summarize(found[metric].tolist())
+            row[f"test_{metric}"], row[f"test_{metric}_std"] = s.mean, s.std
+            row[f"test_{metric}_ci_low"], row[f"test_{metric}_ci_high"] = s.ci_low, s.ci_high
+        samples = found["nll_samples"].unique()
+        row["nll_samples"] = int(samples[0]) if len(samples) == 1 else math.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The winner against another config, paired by repeat."""
+
+    criterion: str
+    winner: str  # config keys
+    other: str
+    result: stats.Paired  # of other - winner: positive when the winner is better
+
+
+def comparisons(
+    ranking: pd.DataFrame, trials: pd.DataFrame, criterion: str, n_next: int = 4
+) -> list[Comparison]:
+    """The best completed config by ``criterion`` against each of the next ``n_next``:
+    the paired difference of their repeats (repeat r of both drew the same seeds)."""
+    done = ranking[ranking["status"] == COMPLETED].sort_values(["rank_" + criterion, "key"])
+    if len(done) < 2:
+        return []
+    values = trials[trials["status"] == COMPLETED].pivot(
+        index="repeat", columns="config", values=criterion
+    )
+    first = str(done["key"].iloc[0])
+    out = []
+    for other in done["key"].iloc[1 : 1 + n_next]:
+        both = values[[first, other]].dropna()
+        result = stats.paired(both[first].tolist(), both[other].tolist())
+        out.append(Comparison(criterion, first, str(other), result))
+    return out
+
+
+def describe(row: Mapping[Any, Any] | pd.Series, names: Sequence[str]) -> str:
+    """``hidden 400, latent 100, lr 0.03``: a config by the axes given."""
+    return ", ".join(f"{n} {_fmt(row[n])}" for n in names)
+
+
+def varying(ranking: pd.DataFrame, names: Sequence[str]) -> list[str]:
+    """The searched axes that take more than one value among the configs."""
+    return [n for n in names if ranking[n].nunique() > 1]
+
+
+def importances(
+    ranking: pd.DataFrame, names: Sequence[str], metric: str = "val_elbo"
+) -> dict[str, float] | str:
+    """Each varying axis's share of the variance of ``metric`` over the completed configs
+    (Optuna's fANOVA evaluator, seeded), or why it cannot be computed.
+
+    The space is the grid's: each axis from its least to its greatest value (log scale
+    where it has one), not its whole allowed range. fANOVA integrates over the space it is
+    given, and the allowed ranges (hidden 1 to 16,384, lr 1e-12 to 1e6) would make it judge
+    mostly where no config ran: a toy grid where only lr mattered gave hidden 0.69.
+    """
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    done = ranking[ranking["status"] == COMPLETED]
+    axes = varying(done, names)
+    if len(done) < 3 or not axes:
+        return f"{len(done)} completed configs varying {len(axes)} axes: too few to tell"
+    space = {n: _grid_space(AXIS[n], [_native(v) for v in done[n].unique()]) for n in axes}
+    study = optuna.create_study(direction="minimize")
+    for row in done.to_dict("records"):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={n: _native(row[n]) for n in axes},
+                distributions=space,
+                value=float(row[metric]),
+            )
+        )
+    found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=axes)
+    return {n: float(found.get(n, 0.0)) for n in axes}
+
+
+def _grid_space(axis: Axis, values: list[Any]) -> BaseDistribution:
+    """The distribution spanning a grid's values of ``axis``."""
+    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
+
+    if axis.kind is str:
+        return CategoricalDistribution(sorted(values))
+    low, high = min(values), max(values)
+    log = axis.log and low > 0
+    if axis.kind is int:
+        return IntDistribution(int(low), int(high), log=log)
+    return FloatDistribution(float(low), float(high), log=log)
+
+
+def _native(value: object) -> object:
+    """A pandas/numpy scalar as the Python value Optuna's distributions check."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value
+
+
+def _fmt(value: object) -> str:
+    value = _native(value)
+    return f"{value:g}" if isinstance(value, float) else str(value)
