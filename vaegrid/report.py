@@ -301,8 +301,11 @@ def markdown(
     lines = [
         "# vaegrid report",
         "",
-        f"{len(ranking)} configs"
-        + (f" x {repeats} repeats = {n_trials} trials" if repeats > 1 else "")
+        (
+            f"{len(ranking)} configs x {repeats} repeats = {n_trials} trials, by config"
+            if repeats > 1
+            else f"{len(ranking)} trials"
+        )
         + f": {completed} completed, "
         + (f"{stopped} stopped early, " if early is not None else "")
         + f"{diverged} diverged, {failed} failed, "
