@@ -6,6 +6,8 @@ two pixels, so tests can tell exactly which images landed in which split.
 
 from __future__ import annotations
 
+import contextlib
+import io
 import struct
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future
@@ -50,6 +52,19 @@ def make_mnist(
     write_idx(raw / "t10k-images-idx3-ubyte", synthetic_images(n_test, n_train, rng))
     write_idx(raw / "t10k-labels-idx1-ubyte", rng.integers(0, 10, n_test))
     return root
+
+
+def sweep(root: Path, study: str, data: Path) -> str:
+    """Run the study file text ``study`` (written to ``root/s.toml``) on the CPU into
+    ``root/r``, with ``vaegrid run --no-progress``; return what it printed."""
+    from vaegrid.cli import main
+
+    (root / "s.toml").write_text(study)
+    args = ["run", str(root / "s.toml"), "--results", str(root / "r"), "--data-dir", str(data)]
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*args, "--no-progress", "--devices", "cpu"]) == 0
+    return out.getvalue()
 
 
 @pytest.fixture(scope="session")

@@ -3,12 +3,11 @@ report line, and the Python API (``vaegrid.load``)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
 from pathlib import Path
 
 import pandas as pd
 import pytest
+from conftest import sweep
 
 import vaegrid
 from vaegrid import figures
@@ -37,19 +36,7 @@ repeats = 2
 def swept(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> tuple[Path, str]:
     """A finished 2 x 2 configs x 2 repeats study searching beta, and its run's output."""
     root = tmp_path_factory.mktemp("api")
-    (root / "s.toml").write_text(STUDY)
-    args = [
-        "run",
-        str(root / "s.toml"),
-        "--results",
-        str(root / "r"),
-        "--data-dir",
-        str(mnist_root),
-    ]
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main([*args, "--no-progress", "--devices", "cpu"]) == 0
-    return root / "r", out.getvalue()
+    return root / "r", sweep(root, STUDY, mnist_root)
 
 
 def test_an_added_axis_flows_to_the_run_tables_pictures_and_report(

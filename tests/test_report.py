@@ -9,7 +9,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
-from conftest import synced_study_db
+from conftest import sweep, synced_study_db
 from PIL import Image
 
 import vaegrid
@@ -41,16 +41,7 @@ clip = [1.0]
 def swept(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Path:
     """A finished 4-trial study: 2 completed, 2 diverged (lr = 1e3)."""
     root = tmp_path_factory.mktemp("swept")
-    (root / "s.toml").write_text(STUDY)
-    args = [
-        "run",
-        str(root / "s.toml"),
-        "--results",
-        str(root / "r"),
-        "--data-dir",
-        str(mnist_root),
-    ]
-    assert main([*args, "--no-progress", "--devices", "cpu"]) == 0
+    sweep(root, STUDY, mnist_root)
     return root / "r" / "rep"
 
 
@@ -60,6 +51,7 @@ def study_dir(swept: Path, tmp_path: Path) -> Path:
 
 
 PARAMS = ["hidden", "latent", "lr", "clip"]
+HEAD = ["key", "config", "repeat", *PARAMS]  # trials.csv's and epochs.csv's first columns
 
 
 def frames(
@@ -169,15 +161,7 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     ]  # fmt: skip
     assert ranking[spread].isna().all().all()  # one repeat: no spread
     per_trial = pd.read_csv(study_dir / "trials.csv")
-    assert list(per_trial.columns[:7]) == [
-        "key",
-        "config",
-        "repeat",
-        "hidden",
-        "latent",
-        "lr",
-        "clip",
-    ]
+    assert list(per_trial.columns[:7]) == HEAD
     assert list(per_trial["key"]) == list(ranking["key"])  # one repeat: a config is its trial
     assert len(ranking) == 4 and list(ranking["rank_val_elbo"]) == [1, 2, 3, 3]
     assert (
@@ -190,13 +174,7 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     store.close()
     assert len(epochs) == n_rows >= 2 * 3 * 2  # both completed trials, 3 epochs, train + val
     assert list(epochs.columns) == [
-        "key",
-        "config",
-        "repeat",
-        "hidden",
-        "latent",
-        "lr",
-        "clip",
+        *HEAD,
         "epoch",
         "split",
         "elbo",
