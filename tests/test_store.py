@@ -10,6 +10,7 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -190,6 +191,36 @@ def test_hand_edited_rows_are_refused_in_one_line(
     con.commit()
     con.close()
     with pytest.raises(InputError, match=re.escape("a key '../../etc' that vaegrid never makes")):
+        Store.reader(study_dir / "study.db").trials()
+
+
+@pytest.mark.parametrize(
+    ("change", "problem"),
+    [
+        ({"hidden": -4}, "hidden = -4, expected an integer from 1 to 16384"),
+        ({"repeat": 10**9}, "repeat out of range"),
+        ({"optimizer": "rm -rf"}, 'optimizer = "rm -rf", expected one of "adam", "adamw", "sgd"'),
+        ({"beta": float("nan")}, "beta = nan, expected a number from 0 to 10000"),
+    ],
+)
+def test_a_forged_config_that_hashes_to_its_key_is_still_refused(
+    write_study: Callable[..., Path], tmp_path: Path, change: dict[str, Any], problem: str
+) -> None:
+    path = write_study()
+    study_dir = tmp_path / "r" / "tiny"
+    synced_study_db(path, study_dir)
+    real = expand(load_study(path))[0]
+    forged = replace(real, **change)  # a row whose key is its own config's hash
+    con = sqlite3.connect(study_dir / "study.db")
+    con.execute(
+        "UPDATE vg_trial SET key = ?, config = ? WHERE key = ?",
+        (forged.key, forged.to_json(), real.key),
+    )
+    con.commit()
+    con.close()
+    with pytest.raises(
+        InputError, match=re.escape(f"trial {forged.key}: stored config is not valid ({problem})")
+    ):
         Store.reader(study_dir / "study.db").trials()
 
 

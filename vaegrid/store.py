@@ -65,7 +65,7 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column
 from vaegrid.errors import InputError
 from vaegrid.paths import refuse_link
 from vaegrid.storage import DB_NAME, Database, insert_if_absent
-from vaegrid.study import AXES, REPEATS_MAX, Axis, Study, TrialConfig
+from vaegrid.study import AXES, REPEATS_MAX, Axis, Study, TrialConfig, config_problem
 
 if TYPE_CHECKING:  # the driver imports this module and never loads torch
     import pandas as pd
@@ -798,6 +798,9 @@ def _config(path: str, key: str, text: str) -> TrialConfig:
         raise InputError(f"{path}: trial {key}: stored config is not valid ({e})") from None
     if not ok:
         raise InputError(f"{path}: trial {key}: stored config does not hash to its key (edited?)")
+    problem = config_problem(cfg)
+    if problem is not None:
+        raise InputError(f"{path}: trial {key}: stored config is not valid ({problem})")
     return cfg
 
 

@@ -286,6 +286,28 @@ class TrialConfig:
         return cls(**raw)
 
 
+def config_problem(cfg: TrialConfig) -> str | None:
+    """What is wrong with a config read back from outside (a database row), or None.
+
+    Every axis within its bounds, the repeat and seed in range, the data settings known:
+    a hand-made row that hashes to its own key must still be a config vaegrid could make.
+    """
+    for axis in AXES:
+        value = getattr(cfg, axis.name)
+        if not axis.check(value):
+            return f"{axis.name} = {_show(value)}, expected {axis.allowed()}"
+    checks = {
+        "repeat": isinstance(cfg.repeat, int) and 0 <= cfg.repeat < REPEATS_MAX,
+        "seed": isinstance(cfg.seed, int) and 0 <= cfg.seed < SEED_END,
+        "data.dataset": cfg.data.dataset in DATASETS,
+        "data.split": cfg.data.split in SPLITS,
+        "data.binarize": cfg.data.binarize in BINARIZE,
+        "data.limit": isinstance(cfg.data.limit, int) and 0 <= cfg.data.limit <= LIMIT_MAX,
+    }
+    bad = [name for name, ok in checks.items() if not ok]
+    return f"{bad[0]} out of range" if bad else None
+
+
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
 assert _CONFIG_FIELDS - {"seed", "data", "repeat", "model"} == set(AXIS), "AXES != TrialConfig"
 
