@@ -525,6 +525,20 @@ def test_the_report_says_what_each_rung_stopped_and_what_it_saved(
     assert ranking["rung"].isna().sum() == 7 and sorted(ranking["rung"].dropna()) == [1, 1, 2, 2, 2]
 
 
+def test_a_halving_study_may_put_its_one_epochs_value_in_the_grid(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path, whole: Whole
+) -> None:
+    from vaegrid.report import make_report
+
+    text = study_text().replace("epochs = 3\n", "").replace("[grid]\n", "[grid]\nepochs = [3]\n")
+    study = write_study(text, file="h.toml")
+    assert sweep(study, tmp_path / "r", mnist_root) == 0
+    assert tables(tmp_path / "r" / "h" / "study.db") == whole.tables  # the same trials
+    make_report(tmp_path / "r" / "h", mnist_root, top=1, nll_samples=5)
+    md = (tmp_path / "r" / "h" / "report.md").read_text()
+    assert "Compute: 17 trial-epochs run of 24 for the full grid (29% saved)" in md
+
+
 # -- slow: every write killed, and real worker processes ----------------------------------------
 
 

@@ -198,7 +198,10 @@ def test_hand_edited_rows_are_refused_in_one_line(
     ("change", "problem"),
     [
         ({"hidden": -4}, "hidden = -4, expected an integer from 1 to 16384"),
-        ({"repeat": 10**9}, "repeat out of range"),
+        ({"repeat": 10**9}, "repeat = 1000000000, expected an integer from 0 to 99"),
+        ({"momentum": 0.9}, "momentum = 0.9 with optimizer adam: sgd only"),
+        ({"batch_size": 10**6}, "batch_size = 1000000, expected an integer from 2 to 70000"),
+        ({"seed": -1}, "seed = -1 is not allowed; expected an integer >= 0 and < 2**63"),
         ({"optimizer": "rm -rf"}, 'optimizer = "rm -rf", expected one of "adam", "adamw", "sgd"'),
         ({"beta": float("nan")}, "beta = nan, expected a number from 0 to 10000"),
     ],

@@ -56,6 +56,19 @@ def test_a_config_with_a_diverged_repeat_is_diverged_and_ranks_after_the_complet
     assert ranking.iloc[1]["n_repeats"] == 1 and math.isnan(ranking.iloc[1]["val_elbo_std"])
 
 
+def test_a_config_with_repeats_still_to_run_is_not_completed_and_cannot_win() -> None:
+    # repeat 0 of every config runs first: a sweep cut short leaves configs half done
+    trials = trials_frame({(400, 0.03): [90.0, 95.0, 96.0], (600, 0.03): [94.0, 95.0, 96.0]})
+    trials.loc[(trials["hidden"] == 400) & (trials["repeat"] == 1), "status"] = "pending"
+    trials.loc[(trials["hidden"] == 400) & (trials["repeat"] == 2), "status"] = "running"
+    trials.loc[trials["status"] != "completed", ["val_elbo", "val_recon"]] = math.nan
+    ranking = tables.by_config(trials, NAMES)
+    assert list(ranking["hidden"]) == [600, 400]  # 90 on one repeat does not win
+    assert list(ranking["status"]) == ["completed", "pending"]
+    assert list(ranking["rank_val_elbo"]) == [1, 2] and ranking.iloc[1]["n_repeats"] == 1
+    assert tables.comparisons(ranking, trials, "val_elbo") == []  # nothing to compare with
+
+
 def test_one_repeat_keeps_the_trial_key_and_its_values() -> None:
     trials = trials_frame({(400, 0.03): [100.0], (600, 0.03): [99.0]})
     ranking = tables.by_config(trials, NAMES)
@@ -76,7 +89,7 @@ def test_comparisons_pair_the_repeats() -> None:
     assert [ranking.set_index("key").loc[c.other, "hidden"] for c in found] == [600, 800]
     first, second = found
     assert first.result.n == 3 and first.result.diff == pytest.approx(0.5)
-    assert first.result.p == 0.0  # the same difference on every repeat
+    assert first.result.p == 0.0  # the same difference on every repeat (exactly 0.5 each)
     # 800 vs 400: differences 1, 3, -1: mean 1, std 2, t = 1 / (2 / sqrt 3) = 0.866, df 2:
     # p = 1 - |t| / sqrt(2 + t^2) (Student t with 2 degrees of freedom, in closed form)
     t = 1 / (2 / math.sqrt(3))

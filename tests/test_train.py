@@ -219,6 +219,8 @@ def test_configs_that_differ_in_training_settings_only_are_paired(splits, tmp_pa
     )
     other_repeat = build_model(replace(base, repeat=1), "cpu").state_dict()
     assert not torch.equal(weights["mu.weight"], other_repeat["mu.weight"])
+    wider = build_model(replace(base, hidden=base.hidden + 1), "cpu").state_dict()
+    assert not torch.equal(weights["mu.weight"][:, :4], wider["mu.weight"][:, :4])
 
 
 def _same(a: EpochRecord, b: EpochRecord) -> bool:

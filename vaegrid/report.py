@@ -126,7 +126,8 @@ def make_report(
     seconds = time.perf_counter() - started
     early = None
     if spec is not None:
-        early = halving_lines(spec, int(fingerprint["train"]["epochs"]), trials, epochs, stops)
+        epochs_max = max(c.epochs for c in configs_all.values())  # one value with [halving]
+        early = halving_lines(spec, epochs_max, trials, epochs, stops)
     compared = [c for criterion in CRITERIA for c in tables.comparisons(
         ranking, per_trial, criterion, COMPARED)]  # fmt: skip
     text = markdown(
@@ -317,7 +318,7 @@ def markdown(
         + (
             "grey levels in [0, 1]: a Bernoulli likelihood of grey levels, which no model can "
             "push below the targets' own entropy; not comparable with published results on "
-            "binarized MNIST."
+            f"binarized {DATASET_NAMES[data.dataset]}."
             if grey
             else f"{_HOW[data.binarize]} binarized pixels (training images "
             + ("drawn afresh every epoch" if data.binarize == "dynamic" else "drawn once")
@@ -358,8 +359,8 @@ def markdown(
         "its final weights; `test_nll` is the importance-sampled estimate of -log p(x) with "
         "`nll_samples` samples per image (Burda et al. 2015), "
         + (
-            "an upper bound on the NLL of grey levels: not comparable with published MNIST "
-            "VAE results, which are on binarized pixels."
+            "an upper bound on the NLL of grey levels: not comparable with published "
+            f"{DATASET_NAMES[data.dataset]} VAE results, which are on binarized pixels."
             if grey
             else "comparable with published results on binarized data at the same k."
         )

@@ -777,7 +777,12 @@ class Store:
             row = s.scalars(select(StudyRow)).first()
             if row is None:
                 raise InputError(f"{self.path}: holds no vaegrid study")
-            return _json_or_none(row.fingerprint) or {}
+            found = _json_or_none(row.fingerprint)
+            if not isinstance(found, dict) or not isinstance(found.get("train", {}), dict):
+                raise InputError(
+                    f"{self.path}: the stored study's fingerprint is not vaegrid's (edited?)"
+                )
+            return found
 
     def study_row(self) -> tuple[str, int]:
         with self.session() as s:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import codecs
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -289,23 +290,40 @@ class TrialConfig:
 def config_problem(cfg: TrialConfig) -> str | None:
     """What is wrong with a config read back from outside (a database row), or None.
 
-    Every axis within its bounds, the repeat and seed in range, the data settings known:
-    a hand-made row that hashes to its own key must still be a config vaegrid could make.
+    A hand-made row that hashes to its own key must still be a config vaegrid could make:
+    every setting within the bounds of a study file, momentum only with sgd, the repeat in
+    range, and its seed and data settings (with its batch size and model size) checked as
+    the study file that would make it.
     """
+    if type(cfg.repeat) is not int or not 0 <= cfg.repeat < REPEATS_MAX:
+        return f"repeat = {_show(cfg.repeat)}, expected an integer from 0 to {REPEATS_MAX - 1}"
     for axis in AXES:
         value = getattr(cfg, axis.name)
         if not axis.check(value):
             return f"{axis.name} = {_show(value)}, expected {axis.allowed()}"
-    checks = {
-        "repeat": isinstance(cfg.repeat, int) and 0 <= cfg.repeat < REPEATS_MAX,
-        "seed": isinstance(cfg.seed, int) and 0 <= cfg.seed < SEED_END,
-        "data.dataset": cfg.data.dataset in DATASETS,
-        "data.split": cfg.data.split in SPLITS,
-        "data.binarize": cfg.data.binarize in BINARIZE,
-        "data.limit": isinstance(cfg.data.limit, int) and 0 <= cfg.data.limit <= LIMIT_MAX,
-    }
-    bad = [name for name, ok in checks.items() if not ok]
-    return f"{bad[0]} out of range" if bad else None
+    if cfg.optimizer != "sgd" and cfg.momentum != 0:
+        return f"momentum = {_show(cfg.momentum)} with optimizer {cfg.optimizer}: sgd only"
+    if not isinstance(cfg.data, DataSpec):
+        return "data is not a table of data settings"
+    data: dict[str, Any] = dataclasses.asdict(cfg.data)
+    if isinstance(data["fractions"], tuple):
+        data["fractions"] = list(data["fractions"])
+    if data.get("split") == "official":  # as a study file writes it: no holdout settings
+        defaults = {"fractions": list(DataSpec.fractions), "limit": 0}
+        data = {k: v for k, v in data.items() if k not in defaults or v != defaults[k]}
+    fixed = {"batch_size": cfg.batch_size, "hidden": cfg.hidden, "latent": cfg.latent}
+    return _study_problem(json.dumps({"seed": cfg.seed, "data": data, "train": fixed}))
+
+
+@functools.lru_cache(maxsize=256)
+def _study_problem(text: str) -> str | None:
+    """What a study file of these settings would be refused for (one per distinct text:
+    a study's thousands of trials share a few)."""
+    try:
+        parse_study(json.loads(text), source="config", default_name="stored")
+    except InputError as e:
+        return str(e).removeprefix("config: ")
+    return None
 
 
 _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
@@ -576,6 +594,12 @@ def _settings(
             f"{v.source}: hidden = {hidden} with latent = {latent} gives a VAE of "
             f"{n_params} parameters; expected at most {MODEL_PARAMETERS_MAX} for every pair"
         )
+    if "sgd" not in by_axis["optimizer"] and any(m != 0 for m in by_axis["momentum"]):
+        where = "grid." if "momentum" in grid else "train."
+        v.fail(
+            where + "momentum", list(by_axis["momentum"]),
+            'only 0 without optimizer "sgd": momentum is SGD\'s (adam and adamw have none)',
+        )  # fmt: skip
     n_train = split_sizes(data)[0]
     batch = max(by_axis["batch_size"])
     if batch > n_train:

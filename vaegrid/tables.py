@@ -101,8 +101,9 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     standard deviation and 95% interval, ``n_repeats`` (repeats with metrics) and
     ``repeats`` (trials of the config).
 
-    A config is ``completed`` when all its repeats are; otherwise it takes the status of
-    the first repeat that is diverged, failed or stopped, else of its first repeat. Its
+    A config is ``completed`` when all its repeats are; otherwise it takes the first of
+    diverged, failed, stopped among its repeats, else the status of its first repeat that
+    has not finished (pending, running, ...): it ranks after every completed config. Its
     ``key`` is the config's: the key of its repeat 0.
 
     Args:
@@ -114,8 +115,9 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
         statuses = list(group["status"])
         if all(s == COMPLETED for s in statuses):
             status = COMPLETED
-        else:
-            status = next((s for s in _STATUS_ORDER if s in statuses), statuses[0])
+        else:  # the first repeat that ended badly, else the first that has not finished
+            unfinished = [s for s in statuses if s != COMPLETED]
+            status = next((s for s in _STATUS_ORDER if s in statuses), unfinished[0])
         row: dict[str, object] = {"key": config}
         row.update({n: group[n].iloc[0] for n in names})
         row.update(status=status, repeats=len(group))
