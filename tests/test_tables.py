@@ -29,7 +29,7 @@ def trials_frame(
             )  # fmt: skip
     out = pd.DataFrame(rows)
     out["best_epoch"] = out["best_epoch"].astype("Int64")
-    tables._rank_columns(out, (out["status"] == "completed").to_numpy(), [False] * len(out))
+    tables._rank_columns(out)
     return out
 
 

@@ -100,12 +100,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
 
 
-def _cell(value: object) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
 def _dispatch(args: argparse.Namespace) -> int:
-    from vaegrid.study import expand, load_study
+    from vaegrid.study import expand, format_value, load_study
 
     if args.command == "plan":
         study = load_study(args.study)
@@ -119,7 +115,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         print(line("key", names))
         for t in trials:
-            print(line(t.key, [_cell(getattr(t, n)) for n in names]))
+            print(line(t.key, [format_value(getattr(t, n)) for n in names]))
         print(f"{len(trials)} trials")
         return 0
     if args.command == "run":

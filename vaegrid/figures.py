@@ -26,7 +26,7 @@ from torchvision.utils import make_grid, save_image
 from vaegrid.model import VAE
 from vaegrid.paths import save_with
 from vaegrid.store import COMPLETED, DIVERGED
-from vaegrid.study import AXIS, Axis
+from vaegrid.study import AXIS, Axis, format_value
 
 SIDE = 28
 PAIRS = 32  # test digits shown beside their reconstructions
@@ -83,7 +83,7 @@ def curves(
         trial = val[val["key"] == key]
         row = info.loc[key]
         roles = ", ".join(test.loc[test["key"] == key, "criterion"])
-        config = ", ".join(f"{name} {_fmt(row[name])}" for name in names)
+        config = ", ".join(f"{name} {format_value(row[name])}" for name in names)
         label = f"{key} ({config}): {roles}"
         ax.plot(trial["epoch"], trial["elbo"], linewidth=2.2, marker="o", markersize=3, label=label)
     finals = ranking.loc[ranking["status"] == COMPLETED, "val_elbo"].dropna()
@@ -146,7 +146,7 @@ def heatmap(
         else:
             groups = frame.groupby(others, sort=True, dropna=False)
             panels = [
-                (", ".join(f"{n} {_fmt(v)}" for n, v in zip(others, key, strict=True)), sub)
+                (", ".join(f"{n} {format_value(v)}" for n, v in zip(others, key, strict=True)), sub)
                 for key, sub in groups
             ]
     cells = [_cells(sub, x, y, xs, ys, metric) for _, sub in panels]
@@ -175,8 +175,8 @@ def heatmap(
             for c, text in enumerate(row):
                 colour = _text_colour(cmap, norm, values[r, c])
                 ax.text(c, r, text, ha="center", va="center", fontsize=fontsize, color=colour)
-        ax.set_xticks(range(len(xs)), [_fmt(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [_fmt(v) for v in ys])
+        ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
+        ax.set_yticks(range(len(ys)), [format_value(v) for v in ys])
         if i + ncols >= len(panels):  # no panel below it
             ax.set_xlabel(_axis_label(x, axes))
         if i % ncols == 0:
@@ -321,17 +321,6 @@ def samples(model: VAE, generator: torch.Generator, path: Path, n: int = 64) -> 
     save_with(path, save_image, make_grid(images, nrow=8, pad_value=0.5), format="png")
 
 
-def _fmt(value: object) -> str:
-    """An axis value as a tick or legend shows it: floats with ``:g``."""
-    if isinstance(value, bool | np.bool_):
-        return str(value)
-    if isinstance(value, int | np.integer):
-        return str(int(value))
-    if isinstance(value, float | np.floating):
-        return f"{float(value):g}"
-    return str(value)
-
-
 def _value_text(value: float) -> str:
     """A metric value: one decimal, three significant digits when it is huge or tiny."""
     return f"{value:.1f}" if value == 0 or 0.1 <= abs(value) < 1e5 else f"{value:.3g}"
@@ -426,7 +415,7 @@ def _place(column: pd.Series, axis: Axis) -> tuple[np.ndarray, list[tuple[float,
         step = 1 / (len(cats) - 1) if len(cats) > 1 else 0.0
         at = {c: (i * step if len(cats) > 1 else 0.5) for i, c in enumerate(cats)}
         heights = column.map(at).to_numpy(dtype=float)
-        return heights, [(at[c], _fmt(c)) for c in cats]
+        return heights, [(at[c], format_value(c)) for c in cats]
     raw = column.to_numpy(dtype=float)
     log = axis.log and bool((raw[np.isfinite(raw)] > 0).all())
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -449,7 +438,7 @@ def _place(column: pd.Series, axis: Axis) -> tuple[np.ndarray, list[tuple[float,
         if axis.kind is int:
             shown = [float(round(v)) for v in shown]
     ticks = [
-        (float(height(np.log10(v) if log else v)), _fmt(int(v) if axis.kind is int else v))
+        (float(height(np.log10(v) if log else v)), format_value(int(v) if axis.kind is int else v))
         for v in shown
     ]
     return height(t), ticks

@@ -274,7 +274,7 @@ class TrialConfig:
 
     def describe(self, names: Sequence[str]) -> str:
         """``hidden 400, latent 100, lr 0.03, clip 1`` (and the repeat when not 0)."""
-        parts = [f"{n} {_fmt(getattr(self, n))}" for n in names]
+        parts = [f"{n} {format_value(getattr(self, n))}" for n in names]
         return ", ".join(parts + ([f"repeat {self.repeat}"] if self.repeat else []))
 
     def to_json(self) -> str:
@@ -330,7 +330,12 @@ _CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
 assert _CONFIG_FIELDS - {"seed", "data", "repeat", "model"} == set(AXIS), "AXES != TrialConfig"
 
 
-def _fmt(value: object) -> str:
+def format_value(value: object) -> str:
+    """A setting's value as plan, the progress line, tables and figures show it: floats
+    with ``:g``; numpy and pandas scalars as their Python value."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        value = item()
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 

@@ -17,7 +17,7 @@ from optuna.distributions import BaseDistribution
 
 from vaegrid import stats
 from vaegrid.store import COMPLETED, DIVERGED, FAILED, STOPPED
-from vaegrid.study import AXIS, Axis, TrialConfig
+from vaegrid.study import AXIS, Axis, TrialConfig, format_value
 
 # Ranking criteria: column of ranking.csv -> what it ranks by (lower is better).
 CRITERIA = {"val_elbo": "validation elbo", "val_recon": "validation reconstruction"}
@@ -75,7 +75,7 @@ def rank(
     out = out.join(best, on="key")
     metric_cols = [*SPLIT_METRICS, "best_val_elbo", "best_epoch"]
     out.loc[~(done | stopped), metric_cols] = math.nan
-    _rank_columns(out, done, stopped)
+    _rank_columns(out)
     out["best_epoch"] = out["best_epoch"].astype("Int64")
     order = [*head, "status", *SPLIT_METRICS, "best_val_elbo", "best_epoch", "seconds"]
     order += ["rank_val_elbo", "rank_val_recon", "epochs_done", "cause"]
@@ -85,13 +85,14 @@ def rank(
     return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
 
 
-def _rank_columns(out: pd.DataFrame, done: object, stopped: object) -> None:
+def _rank_columns(out: pd.DataFrame) -> None:
     """Add ``rank_<criterion>``: completed rows first, then stopped ones, then the rest."""
-    n_done = int(pd.Series(done).sum())
-    n_stopped = int(pd.Series(stopped).sum())
+    done = out["status"] == COMPLETED
+    stopped = out["status"] == STOPPED
+    n_done, n_stopped = int(done.sum()), int(stopped.sum())
     for column in CRITERIA:
-        ranks = out.loc[done, column].rank(method="min")  # type: ignore[index]
-        after = out.loc[stopped, column].rank(method="min") + n_done  # type: ignore[index]
+        ranks = out.loc[done, column].rank(method="min")
+        after = out.loc[stopped, column].rank(method="min") + n_done
         ranks = pd.concat([ranks, after]).reindex(out.index)
         out["rank_" + column] = ranks.fillna(n_done + n_stopped + 1).astype(int)
 
@@ -137,9 +138,7 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
             row["rung"] = group["rung"].dropna().min() if group["rung"].notna().any() else None
         rows.append(row)
     out = pd.DataFrame(rows)
-    done = (out["status"] == COMPLETED).to_numpy()
-    stopped = (out["status"] == STOPPED).to_numpy()
-    _rank_columns(out, done, stopped)
+    _rank_columns(out)
     out["best_epoch"] = out["best_epoch"].round().astype("Int64")
     if "rung" in out.columns:
         out["rung"] = out["rung"].astype("Int64")
@@ -218,7 +217,7 @@ def comparisons(
 
 def describe(row: Mapping[Any, Any] | pd.Series, names: Sequence[str]) -> str:
     """``hidden 400, latent 100, lr 0.03``: a config by the axes given."""
-    return ", ".join(f"{n} {_fmt(row[n])}" for n in names)
+    return ", ".join(f"{n} {format_value(row[n])}" for n in names)
 
 
 def varying(ranking: pd.DataFrame, names: Sequence[str]) -> list[str]:
@@ -275,8 +274,3 @@ def _native(value: object) -> object:
     """A pandas/numpy scalar as the Python value Optuna's distributions check."""
     item = getattr(value, "item", None)
     return item() if callable(item) else value
-
-
-def _fmt(value: object) -> str:
-    value = _native(value)
-    return f"{value:g}" if isinstance(value, float) else str(value)
