@@ -248,6 +248,12 @@ def test_bad_report_input_is_one_line_and_exit_2(
             f"--top: {top} is not allowed; expected 1 to 2 (completed configs)" in err
             and err.count("\n") == 1
         )
+    for k in ("0", "50001"):
+        argv = ["report", str(study_dir), "--nll-samples", k, "--data-dir", str(mnist_root)]
+        assert main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"--nll-samples: {k} is not allowed; expected an integer from 1 to 50000" in err
+        assert err.count("\n") == 1
     assert not (study_dir / "ranking.csv").exists()
     db = synced_study_db(write_study(), tmp_path / "r" / "tiny")
     assert main(["report", str(db.parent), "--data-dir", str(mnist_root)]) == 2

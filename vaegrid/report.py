@@ -36,6 +36,9 @@ from vaegrid.tables import CRITERIA, Comparison
 from vaegrid.train import WEIGHTS, evaluate
 
 FIGURES = "figures"
+# Most importance samples per test image: a pass holds k x 784 logits (50,000: 157 MB
+# each for the logits, the targets and the BCE); published results use 5,000.
+NLL_SAMPLES_MAX = 50_000
 # Configs the winner is compared with, paired over repeats, in report.md.
 COMPARED = 4
 
@@ -80,8 +83,11 @@ def make_report(
     check_study_dir(study_dir.parent, study_dir)
     db = existing_db(study_dir, storage)
     rows = read_study(db)  # read-only: nothing is written before every check
-    if nll_samples < 1:
-        raise InputError(f"--nll-samples: {nll_samples} is not allowed; expected an integer >= 1")
+    if not 1 <= nll_samples <= NLL_SAMPLES_MAX:
+        raise InputError(
+            f"--nll-samples: {nll_samples} is not allowed; expected an integer from 1 to "
+            f"{NLL_SAMPLES_MAX}"
+        )
     if not (rows.trials["status"] == COMPLETED).any():
         raise InputError(f"{study_dir}: no completed trial to rank yet; run `vaegrid run` first")
     names, configs_all, epochs, stored = rows.axes, rows.configs, rows.epochs, rows.tests
