@@ -21,7 +21,7 @@ from vaegrid.halving import spec_from_fingerprint
 from vaegrid.paths import check_study_dir
 from vaegrid.storage import Database
 from vaegrid.store import COMPLETED, Store, existing_db
-from vaegrid.study import NAME_MAX_CHARS, NAME_PATTERN, TrialConfig, searched_axes
+from vaegrid.study import TrialConfig, is_study_name, searched_axes
 
 
 @dataclass(frozen=True)
@@ -109,7 +109,7 @@ def load(results_dir_or_storage: str | Path, study: str) -> Results:
     Raises:
         InputError: no such study there, a bad URL, or a database that is not vaegrid's.
     """
-    if not isinstance(study, str) or not _plain_name(study):
+    if not is_study_name(study):
         raise InputError(f"study = {study!r} is not allowed; expected a study's name")
     where = str(results_dir_or_storage)
     if "://" in where:
@@ -134,9 +134,3 @@ def load(results_dir_or_storage: str | Path, study: str) -> Results:
         epochs=epochs.sort_values(["key", "epoch", "split"]).reset_index(drop=True),
         test=test.drop(columns=["evaluated"]),
     )
-
-
-def _plain_name(name: str) -> bool:
-    import re
-
-    return len(name) <= NAME_MAX_CHARS and re.fullmatch(NAME_PATTERN, name) is not None

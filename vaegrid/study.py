@@ -524,10 +524,19 @@ def _check_structure(v: _Validator, raw: Mapping[str, Any]) -> None:
             v.fail(key, value, f"an integer of at most {INT_BITS_MAX} bits")
 
 
+def is_study_name(name: object) -> bool:
+    """Whether ``name`` is a study name: a plain folder name under the results folder."""
+    return (
+        isinstance(name, str)
+        and len(name) <= NAME_MAX_CHARS
+        and bool(re.fullmatch(NAME_PATTERN, name))
+    )
+
+
 def _name(v: _Validator, raw: Mapping[str, Any], default_name: str) -> str:
     name = raw.get("name", default_name)
-    if isinstance(name, str) and len(name) <= NAME_MAX_CHARS and re.fullmatch(NAME_PATTERN, name):
-        return name
+    if is_study_name(name):
+        return str(name)
     allowed = (
         f"a folder name of at most {NAME_MAX_CHARS} characters: a letter or digit, "
         "then letters, digits, '-', '_' or '.'"
