@@ -24,20 +24,30 @@ from pathlib import Path
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Subset
 
-from vaegrid.data import data_dir, load_splits
 from vaegrid.errors import InputError
-from vaegrid.model import VAE
-from vaegrid.study import DataSpec, TrialConfig
-from vaegrid.train import run_trial
+from vaegrid.layout import TrialFiles
+from vaegrid.spec.study import DataSpec, TrialConfig
+from vaegrid.train.data import data_dir, load_splits
+from vaegrid.train.model import VAE
+from vaegrid.train.trial import run_trial
 
 HIDDEN, LATENT, BATCH, LR, CLIP = 400, 100, 1000, 1e-3, 1.0
 
 
 def vaegrid_trial(train: torch.Tensor, val: torch.Tensor, epochs: int) -> float:
-    cfg = TrialConfig(0, DataSpec(), HIDDEN, LATENT, LR, CLIP, epochs=epochs, batch_size=BATCH)
+    cfg = TrialConfig.make(
+        0,
+        DataSpec(),
+        hidden=HIDDEN,
+        latent=LATENT,
+        lr=LR,
+        clip=CLIP,
+        epochs=epochs,
+        batch_size=BATCH,
+    )
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
-        run_trial(cfg, train, val, Path(tmp))
+        run_trial(cfg, train, val, TrialFiles(Path(tmp)))
         return time.perf_counter() - start
 
 

@@ -65,12 +65,14 @@ from conftest import make_mnist  # noqa: E402
 from servers import dask_cluster, postgres  # noqa: E402
 from sqlalchemy import func, select  # noqa: E402
 
-from vaegrid import provenance  # noqa: E402
-from vaegrid.storage import Database  # noqa: E402
-from vaegrid.store import EpochRow, Store  # noqa: E402
-from vaegrid.study import Study, TrialConfig, expand, parse_study  # noqa: E402
-from vaegrid.train import EpochRecord, Metrics, TrialResult  # noqa: E402
-from vaegrid.worker import DRIVER_TIMEOUT_S, LEASE_S  # noqa: E402
+from vaegrid.db.engine import Database  # noqa: E402
+from vaegrid.db.schema import EpochRow  # noqa: E402
+from vaegrid.db.store import Store  # noqa: E402
+from vaegrid.run.worker import DRIVER_TIMEOUT_S, LEASE_S  # noqa: E402
+from vaegrid.spec.load import parse_study  # noqa: E402
+from vaegrid.spec.study import Study, TrialConfig, expand  # noqa: E402
+from vaegrid.train import provenance  # noqa: E402
+from vaegrid.train.trial import EpochRecord, Metrics, TrialResult  # noqa: E402
 
 EPOCHS = 15  # the seed study's epochs per trial
 LAYOUTS = ((4, 4), (8, 8), (16, 16))  # (processes, threads per process): 16, 64, 256 writers

@@ -19,6 +19,14 @@ import pytest
 
 N_TRAIN, N_TEST = 400, 100
 
+# A trial folder's file names, as layout.py names them.
+from vaegrid.layout import TrialFiles  # noqa: E402
+
+_NAMES = TrialFiles(Path("."))
+CONFIG, CHECKPOINT, WEIGHTS, LOG = (
+    _NAMES.config.name, _NAMES.checkpoint.name, _NAMES.weights.name, _NAMES.log.name
+)  # fmt: skip
+
 
 def write_idx(path: Path, array: np.ndarray) -> None:
     """An uncompressed IDX file (http://yann.lecun.com/exdb/mnist/): magic, dims, bytes."""
@@ -127,8 +135,9 @@ def commits() -> Iterator[dict[str, int]]:
 
 def synced_study_db(study_path: Path, study_dir: Path, slots: int = 1) -> Path:
     """A study database as a driver leaves it before any trial runs; returns its path."""
-    from vaegrid.store import Store
-    from vaegrid.study import expand, load_study
+    from vaegrid.db.store import Store
+    from vaegrid.spec.load import load_study
+    from vaegrid.spec.study import expand
 
     study = load_study(study_path)
     study_dir.mkdir(parents=True, exist_ok=True)
@@ -141,7 +150,7 @@ def synced_study_db(study_path: Path, study_dir: Path, slots: int = 1) -> Path:
 
 
 class InlineExecutor:
-    """An :class:`vaegrid.pool.Executor` that runs each trial in this process, at submit.
+    """An :class:`vaegrid.run.pool.Executor` that runs each trial in this process, at submit.
 
     What a trial raises, a BaseException included, leaves through ``submit`` and so
     through the driver: a test can crash any write of a trial's life in-process.
@@ -161,8 +170,11 @@ class InlineExecutor:
     def wait(self, futures: list[Any], timeout: float) -> list[Any]:
         return futures  # every future is done when submit returns
 
-    def is_death(self, error: BaseException) -> bool:
-        return False
+    def device(self, slot: Any) -> str:
+        return str(slot.device)
+
+    def result(self, future: Future[Any]) -> Any:
+        return future.result()
 
     def reset(self, slot: Any) -> None:
         pass

@@ -10,9 +10,9 @@ import pytest
 from conftest import sweep
 
 import vaegrid
-from vaegrid import figures
 from vaegrid.cli import main
 from vaegrid.errors import InputError
+from vaegrid.report import figures
 
 STUDY = """
 name = "beta"

@@ -20,8 +20,9 @@ from conftest import make_mnist
 from servers import DaskCluster, dask_cluster, have_postgres, postgres
 
 from vaegrid.cli import main
-from vaegrid.storage import Database
-from vaegrid.store import Store
+from vaegrid.db.engine import Database
+from vaegrid.db.store import Store
+from vaegrid.layout import StudyLayout
 
 pytestmark = [
     pytest.mark.slow,
@@ -91,7 +92,7 @@ def rows(db: Database) -> list[tuple[Any, ...]]:
 
 
 def runs(url: str, tmp: Path) -> list[dict[str, Any]]:
-    store = Store.reader(Database.for_study(tmp, url))
+    store = Store.reader(Database.for_study(StudyLayout(tmp), url))
     try:
         return store.runs()
     finally:
@@ -113,7 +114,7 @@ def wait_until(what: Callable[[], bool], timeout: float = 120) -> None:
 
 def epochs_done(url: str, tmp: Path) -> int:
     try:
-        store = Store.reader(Database.for_study(tmp, url))
+        store = Store.reader(Database.for_study(StudyLayout(tmp), url))
     except Exception:
         return 0
     try:
@@ -134,7 +135,7 @@ def test_dask_and_postgres_give_the_local_rows_bit_for_bit_and_optuna_reads_them
     out, err = p.communicate(timeout=600)
     assert p.returncode == 0, err
     assert out.splitlines()[0].endswith("2 workers, 2 of them offer 3 'vaegrid' slots")
-    assert rows(Database.for_study(tmp_path, pg_url)) == reference
+    assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == reference
     trials = optuna.load_study(study_name="cl", storage=pg_url).trials
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4
     assert all(len(t.intermediate_values) == 5 for t in trials)
@@ -142,7 +143,7 @@ def test_dask_and_postgres_give_the_local_rows_bit_for_bit_and_optuna_reads_them
     report = ["report", str(tmp_path / "r" / "cl"), "--storage", pg_url, "--data-dir", str(data)]
     assert main([*report, "--nll-samples", "10"]) == 0  # test results go to PostgreSQL too
     assert (tmp_path / "r" / "cl" / "report.md").exists()
-    store = Store.reader(Database.for_study(tmp_path, pg_url))
+    store = Store.reader(Database.for_study(StudyLayout(tmp_path), pg_url))
     try:  # every winner's test result is in PostgreSQL
         tested = set(store.frame("vg_test")["key"])
     finally:
@@ -192,7 +193,7 @@ def test_a_killed_dask_worker_costs_only_its_trial_which_continues_on_another(
     assert again[1]["worker"] != victim["worker"]
     log = (tmp_path / "r" / "cl" / "trials" / victim["key"] / "log.txt").read_text().splitlines()
     assert [line.split()[1] for line in log] == [f"{e}/5" for e in range(1, 6)]  # continued
-    assert rows(Database.for_study(tmp_path, pg_url)) == reference
+    assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == reference
 
 
 def test_a_killed_driver_stops_cluster_trials_within_30_s_and_the_rerun_finishes(
@@ -214,14 +215,14 @@ def test_a_killed_driver_stops_cluster_trials_within_30_s_and_the_rerun_finishes
     assert time.time() - killed < 30, "a trial trained on more than 30 s after its driver died"
     stopped = [r["key"] for r in runs(pg_url, tmp_path) if r["status"] == "interrupted"]
     assert len(stopped) == 2
-    before = {r[:3]: r for r in rows(Database.for_study(tmp_path, pg_url))}
+    before = {r[:3]: r for r in rows(Database.for_study(StudyLayout(tmp_path), pg_url))}
     (tmp_path / "study.toml").write_text(STUDY.replace("epochs = 5", "epochs = 200"))
     rerun = driver(tmp_path / "study.toml", tmp_path / "r", data, pg_url, cluster.address)
     wait_until(lambda: len(runs(pg_url, tmp_path)) >= 3)  # one of them runs again...
     rerun.kill()  # ...and that is enough: the trials continue from where they stopped
     rerun.wait()
     wait_until(lambda: all(r["status"] != "running" for r in runs(pg_url, tmp_path)), 60)
-    after = rows(Database.for_study(tmp_path, pg_url))
+    after = rows(Database.for_study(StudyLayout(tmp_path), pg_url))
     assert all(before[r[:3]] == r for r in after if r[:3] in before)
     for key in stopped:
         log = (tmp_path / "r" / "cl" / "trials" / key / "log.txt").read_text().splitlines()
@@ -250,4 +251,4 @@ def test_the_scheduler_gone_ends_the_driver_in_one_line_and_nothing_is_lost(
         out, err = rerun.communicate(timeout=600)
     errors = [(r["status"], r["error"]) for r in runs(pg_url, tmp_path)]
     assert rerun.returncode == 0, "\n".join([out, err, str(errors)])
-    assert rows(Database.for_study(tmp_path, pg_url)) == reference
+    assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == reference

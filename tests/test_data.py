@@ -11,9 +11,9 @@ import torch
 from conftest import N_TEST, N_TRAIN, make_mnist, write_idx
 
 from vaegrid.cli import main
-from vaegrid.data import _CACHE, check_limit, check_mnist, data_dir, ensure_mnist, load_splits
 from vaegrid.errors import InputError
-from vaegrid.study import DataSpec
+from vaegrid.spec.study import DataSpec
+from vaegrid.train.data import _CACHE, check_limit, check_mnist, data_dir, ensure_mnist, load_splits
 
 
 def index_of(images: torch.Tensor) -> list[int]:
@@ -217,7 +217,7 @@ def test_an_unreadable_file_is_refused(tmp_path: Path, monkeypatch: pytest.Monke
                 raise PermissionError(errno.EACCES, os.strerror(errno.EACCES), str(file))
             return open(file, *args, **kwargs)  # type: ignore[call-overload]
 
-        monkeypatch.setattr("vaegrid.data.open", refusing, raising=False)
+        monkeypatch.setattr("vaegrid.train.data.open", refusing, raising=False)
     with pytest.raises(InputError, match=r"idx1-ubyte: cannot read MNIST file: Permission denied"):
         check_mnist(root)
 

@@ -12,16 +12,19 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import InlineExecutor, make_mnist
+from conftest import CHECKPOINT, CONFIG, WEIGHTS, InlineExecutor, make_mnist
 
 from vaegrid.cli import main
-from vaegrid.data import load_splits
-from vaegrid.driver import DriverLock, run_study
+from vaegrid.db.schema import TrialDeviceRow
+from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.pool import CudaProbe, LocalExecutor, make_pool, memory_limit_mb
-from vaegrid.store import Store, TrialDeviceRow
-from vaegrid.study import TrialConfig, expand, load_study
-from vaegrid.train import CHECKPOINT, CONFIG, WEIGHTS, run_trial
+from vaegrid.layout import StudyLayout, TrialFiles
+from vaegrid.run.driver import DriverLock, run_study
+from vaegrid.run.pool import CudaProbe, LocalExecutor, make_pool, memory_limit_mb
+from vaegrid.spec.load import load_study
+from vaegrid.spec.study import TrialConfig, expand
+from vaegrid.train.data import load_splits
+from vaegrid.train.trial import run_trial
 
 
 def run_args(study: Path, results: Path, data: Path, *extra: str) -> list[str]:
@@ -83,7 +86,7 @@ def test_sweep_commits_every_epoch_and_optuna_reads_the_study(
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as a CPU worker runs: a trial's numbers depend on it
     try:
-        alone = run_trial(cfg, splits.train, splits.val, tmp_path / "alone")
+        alone = run_trial(cfg, splits.train, splits.val, TrialFiles(tmp_path / "alone"))
     finally:
         torch.set_num_threads(threads)
     assert [r[3] for r in rows if r[0] == cfg.key and r[2] == "val"] == [
@@ -122,7 +125,7 @@ def test_second_driver_is_refused_naming_the_live_one(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with DriverLock(tmp_path / "r" / "tiny"):
+    with DriverLock(StudyLayout(tmp_path / "r" / "tiny")):
         assert run(write_study(), tmp_path / "r", mnist_root) == 2
     err = capsys.readouterr().err
     assert (
@@ -143,7 +146,7 @@ def test_status_shows_running_trials_while_a_driver_lives(
     store.start_trial(study, cfg)
     store.begin_run(cfg.key, "cpu", 4242, "cpu / torch 2", "host", {})
     store.close()
-    with DriverLock(study_dir):
+    with DriverLock(StudyLayout(study_dir)):
         assert main(["status", str(study_dir)]) == 0
     first, running = capsys.readouterr().out.splitlines()
     summary = "tiny: 0/4 done (0 completed, 0 diverged, 0 failed), 1 running, 3 waiting"
@@ -163,21 +166,23 @@ def test_lock_of_a_killed_driver_is_taken_over(tmp_path: Path) -> None:
         [
             sys.executable,
             "-c",
-            "import sys, time; from pathlib import Path; from vaegrid.driver import DriverLock\n"
-            f"with DriverLock(Path({str(tmp_path)!r})):\n"
+            "import sys, time; from pathlib import Path\n"
+            "from vaegrid.run.driver import DriverLock\n"
+            "from vaegrid.layout import StudyLayout\n"
+            f"with DriverLock(StudyLayout(Path({str(tmp_path)!r}))):\n"
             "    print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
     )
     assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-    assert DriverLock.holder(tmp_path) == holder.pid  # alive: it holds the lock
+    assert DriverLock.holder(StudyLayout(tmp_path)) == holder.pid  # alive: it holds the lock
     with pytest.raises(InputError, match=f"another driver \\(pid {holder.pid}\\)"):
-        DriverLock(tmp_path).__enter__()
+        DriverLock(StudyLayout(tmp_path)).__enter__()
     holder.kill()  # kill -9: no cleanup runs, the kernel drops its flock
     holder.wait()
-    assert DriverLock.holder(tmp_path) is None
-    with DriverLock(tmp_path):
-        assert DriverLock.holder(tmp_path) == os.getpid()
+    assert DriverLock.holder(StudyLayout(tmp_path)) is None
+    with DriverLock(StudyLayout(tmp_path)):
+        assert DriverLock.holder(StudyLayout(tmp_path)) == os.getpid()
 
 
 def test_changed_fixed_setting_is_refused_and_nothing_written(

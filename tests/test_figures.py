@@ -18,8 +18,8 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from vaegrid import figures
-from vaegrid.study import AXIS, Axis
+from vaegrid.report import figures
+from vaegrid.spec.axes import AXIS, Axis
 
 NAN = float("nan")
 HEAT_AXES = [AXIS["hidden"], AXIS["lr"], AXIS["clip"]]

@@ -15,16 +15,16 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from conftest import Crash, InlineExecutor
+from conftest import CHECKPOINT, WEIGHTS, Crash, InlineExecutor
 
-from vaegrid import worker
 from vaegrid.cli import main
-from vaegrid.driver import run_study
+from vaegrid.db.store import Store
 from vaegrid.halving import Standing, n_survivors, plan, rank_rung, survivors
-from vaegrid.pool import make_pool
-from vaegrid.store import Store
-from vaegrid.study import HalvingSpec, TrialConfig, expand, load_study
-from vaegrid.train import CHECKPOINT, WEIGHTS
+from vaegrid.run import worker
+from vaegrid.run.driver import run_study
+from vaegrid.run.pool import make_pool
+from vaegrid.spec.load import load_study
+from vaegrid.spec.study import HalvingSpec, TrialConfig, expand
 
 INF, NAN = math.inf, math.nan
 
@@ -203,7 +203,7 @@ def sweep(
             progress=False, executor=executor or InlineExecutor(),
         )  # fmt: skip
     finally:
-        worker._STORES.clear()
+        worker.reset()
         for obj in gc.get_objects():
             if type(obj) is sqlite3.Connection:
                 obj.close()
@@ -375,7 +375,7 @@ def test_a_kill_between_a_rungs_last_result_and_its_decision_resumes_to_the_same
     want = whole.tables
     # killed as the driver records rung 1's decision: every rung-1 result is committed,
     # no decision is; then killed between the stop's vaegrid write and its Optuna write
-    for target, where in ((Store, "stop"), (Store, "_finish_optuna")):
+    for target, where in ((Store, "stop"), (Store, "finish_optuna")):
         real = getattr(target, where)
 
         def crash(self: Store, *args: Any, real: Any = real, where: str = where) -> Any:
@@ -394,8 +394,8 @@ def test_a_kill_between_a_rungs_last_result_and_its_decision_resumes_to_the_same
             statuses = {t.key: t.status for t in store.trials()}
         finally:
             store.close()
-        assert "stopped" not in statuses.values() or where == "_finish_optuna"
-        assert sorted(set(statuses.values())) == ["diverged", "paused"] or where == "_finish_optuna"
+        assert "stopped" not in statuses.values() or where == "finish_optuna"
+        assert sorted(set(statuses.values())) == ["diverged", "paused"] or where == "finish_optuna"
         executor = InlineExecutor()
         assert sweep(study, results, mnist_root, executor) == 0
         assert tables(db) == want, where
@@ -475,7 +475,7 @@ def test_a_trial_completed_before_the_grid_grew_stays_completed_and_stopped_ones
 def test_a_failed_trial_is_the_worst_of_its_rung_until_retried_then_all_is_decided_again(
     write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
 ) -> None:
-    from vaegrid.train import CONFIG
+    from conftest import CONFIG
 
     study = write_study(study_text(), file="h.toml")
     a, b = [t for t in expand(load_study(study)) if t.lr == 1e-2][:2]
@@ -508,7 +508,7 @@ def test_the_report_says_what_each_rung_stopped_and_what_it_saved(
 ) -> None:
     import pandas as pd
 
-    from vaegrid.report import make_report
+    from vaegrid.report.build import make_report
 
     shutil.copytree(whole.folder, tmp_path / "r" / "h")
     make_report(tmp_path / "r" / "h", mnist_root, top=1, nll_samples=5)
@@ -528,7 +528,7 @@ def test_the_report_says_what_each_rung_stopped_and_what_it_saved(
 def test_a_halving_study_may_put_its_one_epochs_value_in_the_grid(
     write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path, whole: Whole
 ) -> None:
-    from vaegrid.report import make_report
+    from vaegrid.report.build import make_report
 
     text = study_text().replace("epochs = 3\n", "").replace("[grid]\n", "[grid]\nepochs = [3]\n")
     study = write_study(text, file="h.toml")

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from vaegrid.model import VAE, importance_nll, loss_terms
+from vaegrid.train.model import VAE, importance_nll, loss_terms
 
 
 def test_loss_matches_a_hand_computation() -> None:

@@ -12,10 +12,11 @@ import pytest
 from conftest import synced_study_db
 
 from vaegrid.cli import main
+from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.paths import check_study_dir, mount_type, open_fd, write_atomic
-from vaegrid.store import Store
-from vaegrid.study import expand, load_study
+from vaegrid.safeio import check_study_dir, mount_type, open_fd, write_atomic
+from vaegrid.spec.load import load_study
+from vaegrid.spec.study import expand
 
 
 def run(study: Path, results: Path, data: Path) -> int:

@@ -13,14 +13,15 @@ from conftest import sweep, synced_study_db
 from PIL import Image
 
 import vaegrid
+from vaegrid.analysis.tables import rank
 from vaegrid.cli import main
-from vaegrid.data import load_splits
-from vaegrid.model import VAE, importance_nll
-from vaegrid.report import make_report
-from vaegrid.store import Store
-from vaegrid.study import DataSpec, TrialConfig
-from vaegrid.tables import rank
-from vaegrid.train import evaluate, run_trial
+from vaegrid.db.store import Store
+from vaegrid.layout import TrialFiles
+from vaegrid.report.build import make_report
+from vaegrid.spec.study import DataSpec, TrialConfig
+from vaegrid.train.data import load_splits
+from vaegrid.train.model import VAE, importance_nll
+from vaegrid.train.trial import evaluate, run_trial
 
 STUDY = """
 name = "rep"
@@ -287,9 +288,9 @@ def test_importance_sampled_nll_is_below_the_elbo_and_tightens_with_k(
 ) -> None:
     data = DataSpec(fractions=(0.6, 0.2, 0.2))
     splits = load_splits(mnist_root, data, seed=0, device="cpu")
-    cfg = TrialConfig(0, data, 64, 8, 1e-2, 1.0, epochs=5, batch_size=50)
-    run_trial(cfg, splits.train, splits.val, tmp_path / "t")
-    from vaegrid.model import VAE
+    cfg = TrialConfig.make(0, data, hidden=64, latent=8, lr=1e-2, clip=1.0, epochs=5, batch_size=50)
+    run_trial(cfg, splits.train, splits.val, TrialFiles(tmp_path / "t"))
+    from vaegrid.train.model import VAE
 
     model = VAE(cfg.hidden, cfg.latent)
     model.load_state_dict(torch.load(tmp_path / "t" / "weights.pt", weights_only=True))

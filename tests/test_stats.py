@@ -10,7 +10,7 @@ import math
 
 import pytest
 
-from vaegrid.stats import Paired, Summary, format_p, paired, summarize, verdict
+from vaegrid.analysis.stats import Paired, Summary, format_p, paired, summarize, verdict
 
 T_975_1 = 12.706205  # t-table: t(0.975, 1 degree of freedom)
 T_975_2 = 4.302653

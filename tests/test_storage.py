@@ -8,21 +8,23 @@ from pathlib import Path
 
 import pytest
 
-from vaegrid import storage
 from vaegrid.cli import main
+from vaegrid.db import engine as storage
+from vaegrid.db.engine import Database
+from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.storage import Database
-from vaegrid.store import Store
-from vaegrid.study import expand, load_study
+from vaegrid.layout import StudyLayout
+from vaegrid.spec.load import load_study
+from vaegrid.spec.study import expand
 
 
 def test_storage_urls_are_checked_and_messages_never_show_the_password(tmp_path: Path) -> None:
-    default = Database.for_study(tmp_path / "seed")
+    default = Database.for_study(StudyLayout(tmp_path / "seed"))
     assert default.is_sqlite and default.path == tmp_path / "seed" / "study.db"
-    pg = Database.for_study(tmp_path, "postgresql://me:s3cret@db.lab:5433/sweeps")
+    pg = Database.for_study(StudyLayout(tmp_path), "postgresql://me:s3cret@db.lab:5433/sweeps")
     assert pg.url.drivername == "postgresql+psycopg" and pg.path is None
     assert str(pg) == "postgresql+psycopg://me:***@db.lab:5433/sweeps"
-    assert Database.for_study(tmp_path, "postgres://me@db/x").url.drivername == (
+    assert Database.for_study(StudyLayout(tmp_path), "postgres://me@db/x").url.drivername == (
         "postgresql+psycopg"
     )
     refused = {
@@ -33,7 +35,7 @@ def test_storage_urls_are_checked_and_messages_never_show_the_password(tmp_path:
     }
     for url, message in refused.items():
         with pytest.raises(InputError, match=message):
-            Database.for_study(tmp_path, url)
+            Database.for_study(StudyLayout(tmp_path), url)
 
 
 def test_an_unreachable_server_is_one_line_exit_2_within_10_s(

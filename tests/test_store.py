@@ -10,7 +10,6 @@ import shutil
 import sqlite3
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -19,13 +18,14 @@ import pytest
 import torch
 from conftest import Crash, InlineExecutor, synced_study_db
 
-from vaegrid import worker
 from vaegrid.cli import main
-from vaegrid.driver import run_study
+from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.pool import make_pool
-from vaegrid.store import Store
-from vaegrid.study import expand, load_study
+from vaegrid.run import worker
+from vaegrid.run.driver import run_study
+from vaegrid.run.pool import make_pool
+from vaegrid.spec.load import load_study
+from vaegrid.spec.study import expand
 
 ONE_TRIAL = """
 name = "one"
@@ -57,7 +57,7 @@ def _sweep(study: Path, results: Path, data: Path) -> int:
             load_study(study), results, pool, data, progress=False, executor=InlineExecutor()
         )
     finally:  # a dead process's connections die with it, committed or not
-        worker._STORES.clear()
+        worker.reset()
         for obj in gc.get_objects():
             if type(obj) is sqlite3.Connection:
                 obj.close()  # rolls back what was not committed, as the kernel would
@@ -213,7 +213,7 @@ def test_a_forged_config_that_hashes_to_its_key_is_still_refused(
     study_dir = tmp_path / "r" / "tiny"
     synced_study_db(path, study_dir)
     real = expand(load_study(path))[0]
-    forged = replace(real, **change)  # a row whose key is its own config's hash
+    forged = real.replace(**change)  # a row whose key is its own config's hash
     con = sqlite3.connect(study_dir / "study.db")
     con.execute(
         "UPDATE vg_trial SET key = ?, config = ? WHERE key = ?",

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from vaegrid import tables
+from vaegrid.analysis import tables
 
 NAMES = ["hidden", "lr"]
 

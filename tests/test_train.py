@@ -5,29 +5,38 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import CHECKPOINT, CONFIG, LOG, WEIGHTS
 
-from vaegrid.data import load_splits
-from vaegrid.model import VAE
-from vaegrid.study import MODEL, DataSpec, TrialConfig
-from vaegrid.train import (
-    CHECKPOINT,
-    CONFIG,
-    LOG,
-    WEIGHTS,
+from vaegrid.layout import TrialFiles
+from vaegrid.spec.study import MODEL, DataSpec, TrialConfig
+from vaegrid.train import trial
+from vaegrid.train.data import load_splits
+from vaegrid.train.model import VAE
+from vaegrid.train.trial import (
     DeviceMismatch,
     EpochRecord,
     build_model,
     device_kind,
-    finalize,
     make_optimizer,
-    run_trial,
 )
+
+
+def run_trial(cfg, train, val, folder: Path, **kwargs):  # type: ignore[no-untyped-def]
+    """train.trial.run_trial into the trial folder ``folder``."""
+    return trial.run_trial(cfg, train, val, TrialFiles(folder), **kwargs)
+
+
+def finalize(folder: Path) -> None:
+    trial.finalize(TrialFiles(folder))
+
 
 DATA = DataSpec(fractions=(0.6, 0.2, 0.2))
 
 
 def config(lr: float = 1e-2, epochs: int = 4, hidden: int = 32, latent: int = 8) -> TrialConfig:
-    return TrialConfig(0, DATA, hidden, latent, lr, 1.0, epochs=epochs, batch_size=50)
+    return TrialConfig.make(
+        0, DATA, hidden=hidden, latent=latent, lr=lr, clip=1.0, epochs=epochs, batch_size=50
+    )
 
 
 @pytest.fixture
@@ -202,24 +211,22 @@ def _epoch1(cfg: TrialConfig, splits, tmp_path: Path) -> EpochRecord:  # type: i
 
 
 def test_configs_that_differ_in_training_settings_only_are_paired(splits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
-    base = replace(config(epochs=1), clip=1e6)
+    base = config(epochs=1).replace(clip=1e6)
     # The same initial weights whatever the lr, clip, optimizer or beta...
     weights = build_model(base, "cpu").state_dict()
-    for other in (replace(base, lr=3e-2), replace(base, optimizer="sgd"), replace(base, beta=2.0)):
+    for other in (base.replace(lr=3e-2), base.replace(optimizer="sgd"), base.replace(beta=2.0)):
         assert all(
             torch.equal(weights[k], v) for k, v in build_model(other, "cpu").state_dict().items()
         )
     # ...and the same batches and z draws: a clip that never bites gives the same numbers.
-    assert _same(
-        _epoch1(base, splits, tmp_path), _epoch1(replace(base, clip=1e7), splits, tmp_path)
-    )
+    assert _same(_epoch1(base, splits, tmp_path), _epoch1(base.replace(clip=1e7), splits, tmp_path))
     # Another repeat draws other weights, batches and z; another width other weights.
     assert not _same(
-        _epoch1(base, splits, tmp_path), _epoch1(replace(base, repeat=1), splits, tmp_path)
+        _epoch1(base, splits, tmp_path), _epoch1(base.replace(repeat=1), splits, tmp_path)
     )
-    other_repeat = build_model(replace(base, repeat=1), "cpu").state_dict()
+    other_repeat = build_model(base.replace(repeat=1), "cpu").state_dict()
     assert not torch.equal(weights["mu.weight"], other_repeat["mu.weight"])
-    wider = build_model(replace(base, hidden=base.hidden + 1), "cpu").state_dict()
+    wider = build_model(base.replace(hidden=base.hidden + 1), "cpu").state_dict()
     assert not torch.equal(weights["mu.weight"][:, :4], wider["mu.weight"][:, :4])
 
 
@@ -232,7 +239,7 @@ def test_beta_weighs_the_kl_in_training_but_the_metrics_stay_the_elbo(
 ) -> None:  # type: ignore[no-untyped-def]
     one = run_trial(config(epochs=2), splits.train, splits.val, tmp_path / "b1").history
     low = run_trial(
-        replace(config(epochs=2), beta=0.1), splits.train, splits.val, tmp_path / "b0"
+        config(epochs=2).replace(beta=0.1), splits.train, splits.val, tmp_path / "b0"
     ).history
     assert low[-1].val.kl > one[-1].val.kl  # a lighter KL weight lets the code spread
     for r in low:
@@ -249,8 +256,7 @@ def test_beta_weighs_the_kl_in_training_but_the_metrics_stay_the_elbo(
     ],
 )
 def test_optimizers_take_their_settings(optimizer: str, kind: type, expected: dict) -> None:  # type: ignore[type-arg]
-    cfg = replace(
-        config(),
+    cfg = config().replace(
         optimizer=optimizer,
         weight_decay=1e-3,
         momentum=0.9 if optimizer == "sgd" else 0.0,
@@ -262,8 +268,7 @@ def test_optimizers_take_their_settings(optimizer: str, kind: type, expected: di
 
 def test_each_optimizer_trains(splits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     for optimizer, lr in (("adamw", 1e-2), ("sgd", 1e-2)):
-        cfg = replace(
-            config(epochs=2, lr=lr),
+        cfg = config(epochs=2, lr=lr).replace(
             optimizer=optimizer,
             momentum=0.9 if optimizer == "sgd" else 0.0,
         )
@@ -284,7 +289,9 @@ def test_dynamic_binarization_is_fresh_each_epoch_and_the_same_on_every_run(
             seen.append(x.clone())
         return original(self, x, eps)
 
-    cfg = TrialConfig(0, data, 32, 8, 1e-2, 1.0, epochs=2, batch_size=len(s.train) - 1)
+    cfg = TrialConfig.make(
+        0, data, hidden=32, latent=8, lr=1e-2, clip=1.0, epochs=2, batch_size=len(s.train) - 1
+    )
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(VAE, "forward", spy)
         a = run_trial(cfg, s.train, s.val, tmp_path / "a")
@@ -297,5 +304,5 @@ def test_dynamic_binarization_is_fresh_each_epoch_and_the_same_on_every_run(
         assert set(x.unique().tolist()) == {0.0, 1.0}  # binary images, drawn from grey ones
     assert not torch.equal(first[0], first[1])  # a fresh draw each epoch (one batch each)
     g = load_splits(mnist_root, DATA, 0, "cpu")
-    grey = run_trial(replace(cfg, data=DATA), g.train, g.val, tmp_path / "g")
+    grey = run_trial(cfg.replace(data=DATA), g.train, g.val, tmp_path / "g")
     assert metrics(grey.history) != metrics(a.history)

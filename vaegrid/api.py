@@ -15,13 +15,16 @@ from typing import Any
 
 import pandas as pd
 
-from vaegrid import tables
+from vaegrid.analysis import tables
+from vaegrid.db.engine import Database
+from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
 from vaegrid.halving import spec_from_fingerprint
-from vaegrid.paths import check_study_dir
-from vaegrid.storage import Database
-from vaegrid.store import COMPLETED, Store, existing_db
-from vaegrid.study import TrialConfig, is_study_name, searched_axes
+from vaegrid.layout import StudyLayout
+from vaegrid.safeio import check_study_dir
+from vaegrid.spec.load import is_study_name
+from vaegrid.spec.study import TrialConfig, searched_axes
+from vaegrid.status import COMPLETED
 
 
 @dataclass(frozen=True)
@@ -113,11 +116,11 @@ def load(results_dir_or_storage: str | Path, study: str) -> Results:
         raise InputError(f"study = {study!r} is not allowed; expected a study's name")
     where = str(results_dir_or_storage)
     if "://" in where:
-        db = existing_db(Path(study), where)
+        db = existing_db(StudyLayout(Path(study)), where)
     else:
         results = Path(where)
         check_study_dir(results, results / study)
-        db = existing_db(results / study)
+        db = existing_db(StudyLayout.of(results, study))
     rows = read_study(db)
     if rows.name != study:
         raise InputError(f"{where}: holds study {rows.name!r}, not {study!r}")

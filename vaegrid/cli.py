@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from vaegrid.errors import InputError
-from vaegrid.pool import MAX_WORKER_DEATHS
+from vaegrid.run.pool import MAX_WORKER_DEATHS
 
 
 class _Parser(argparse.ArgumentParser):
@@ -101,7 +101,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from vaegrid.study import expand, format_value, load_study
+    from vaegrid.spec.axes import format_value
+    from vaegrid.spec.load import load_study
+    from vaegrid.spec.study import expand
 
     if args.command == "plan":
         study = load_study(args.study)
@@ -119,9 +121,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"{len(trials)} trials")
         return 0
     if args.command == "run":
-        from vaegrid.data import data_dir
-        from vaegrid.driver import run_study
-        from vaegrid.pool import make_pool
+        from vaegrid.run.driver import run_study
+        from vaegrid.run.pool import make_pool
+        from vaegrid.train.data import data_dir
 
         study = load_study(args.study)
         if not 1 <= args.max_deaths <= 100:
@@ -130,7 +132,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             )
         executor = None
         if args.cluster:
-            from vaegrid.cluster import DaskExecutor
+            from vaegrid.run.cluster import DaskExecutor
 
             executor = DaskExecutor(args.cluster, args.resource)
             pool = executor.pool()
@@ -154,9 +156,9 @@ def _dispatch(args: argparse.Namespace) -> int:
             if executor is not None:
                 executor.close()
     if args.command == "report":
-        from vaegrid.data import data_dir
-        from vaegrid.pool import make_pool
-        from vaegrid.report import make_report
+        from vaegrid.report.build import make_report
+        from vaegrid.run.pool import make_pool
+        from vaegrid.train.data import data_dir
 
         device = make_pool(args.device).devices[0]  # validates the device name
         done = make_report(
@@ -172,7 +174,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )
         return 0
     if args.command == "status":
-        from vaegrid.driver import status_line
+        from vaegrid.run.progress import status_line
 
         print(status_line(Path(args.study_dir), args.storage))
         return 0

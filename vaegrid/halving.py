@@ -47,10 +47,11 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING, Any
 
-from vaegrid.study import HalvingSpec
+from vaegrid.spec.study import HalvingSpec
+from vaegrid.status import Status
 
 if TYPE_CHECKING:  # the driver imports this module; the store imports no torch either
-    from vaegrid.store import Store
+    from vaegrid.db.store import Store
 
 
 def n_survivors(n: int, keep: float) -> int:
@@ -168,14 +169,14 @@ def _value(s: Standing, rung: int) -> float:
 
 def read_standings(
     store: Store, keys: Collection[str], spec: HalvingSpec, retry: Collection[str] = ()
-) -> tuple[dict[str, Standing], dict[str, str], dict[str, str | None]]:
+) -> tuple[dict[str, Standing], dict[str, Status], dict[str, str | None]]:
     """The standings of ``keys`` from the database, and each trial's stored status and cause.
 
     Args:
         retry: Failed trials that this driver runs again (``--retry-failed``): they have
             not ended, so their rung waits for them.
     """
-    from vaegrid.store import COMPLETED, DIVERGED, FAILED
+    from vaegrid.status import COMPLETED, DIVERGED, FAILED
 
     rows, values = store.rung_values(spec.metric, spec.rungs)
     standings, statuses, causes = {}, {}, {}
@@ -193,7 +194,7 @@ class Applied:
     """What one :func:`update` did, and what it found."""
 
     plan: Plan
-    statuses: dict[str, str]  # every trial's status after the update
+    statuses: dict[str, Status]  # every trial's status after the update
     stopped: list[str] = field(default_factory=list)  # stopped by this update
     reopened: list[str] = field(default_factory=list)  # stopped before, now going on
 
@@ -211,7 +212,7 @@ def update(
     Idempotent, and safe after a kill at any point: what it records is re-derived from the
     epochs in the database, so a second call records nothing new.
     """
-    from vaegrid.store import INTERRUPTED, PAUSED, PENDING, STOPPED
+    from vaegrid.status import INTERRUPTED, PAUSED, PENDING, STOPPED
 
     standings, statuses, stored_causes = read_standings(store, keys, spec, retry)
     found = plan(standings, spec, epochs)

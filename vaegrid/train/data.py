@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaegrid.errors import InputError
-from vaegrid.study import DATASET_NAMES, DataSpec, derive_seed, split_sizes
+from vaegrid.spec.study import DATASET_NAMES, DataSpec, derive_seed, split_sizes
 
 if TYPE_CHECKING:
     import torch

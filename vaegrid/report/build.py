@@ -16,24 +16,20 @@ from pathlib import Path
 import pandas as pd
 import torch
 
-from vaegrid import halving, stats, tables
+from vaegrid import halving
+from vaegrid.analysis import stats, tables
+from vaegrid.analysis.tables import CRITERIA, Comparison
 from vaegrid.api import read_study
-from vaegrid.data import load_splits
+from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
-from vaegrid.model import VAE, importance_nll
-from vaegrid.paths import check_study_dir, ensure_dir, read_bytes, save_with, write_atomic
-from vaegrid.store import (
-    COMPLETED,
-    DIVERGED,
-    FAILED,
-    STOPPED,
-    Store,
-    existing_db,
-    trial_dir,
-)
-from vaegrid.study import AXIS, DATASET_NAMES, DataSpec, HalvingSpec, TrialConfig, derive_seed
-from vaegrid.tables import CRITERIA, Comparison
-from vaegrid.train import WEIGHTS, evaluate
+from vaegrid.layout import StudyLayout
+from vaegrid.safeio import check_study_dir, ensure_dir, read_bytes, save_with, write_atomic
+from vaegrid.spec.axes import AXIS
+from vaegrid.spec.study import DATASET_NAMES, DataSpec, HalvingSpec, TrialConfig, derive_seed
+from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
+from vaegrid.train.data import load_splits
+from vaegrid.train.model import VAE, importance_nll
+from vaegrid.train.trial import evaluate
 
 FIGURES = "figures"
 # Most importance samples per test image: a pass holds k x 784 logits (50,000: 157 MB
@@ -81,7 +77,7 @@ def make_report(
     """
     started = time.perf_counter()
     check_study_dir(study_dir.parent, study_dir)
-    db = existing_db(study_dir, storage)
+    db = existing_db(StudyLayout(study_dir), storage)
     rows = read_study(db)  # read-only: nothing is written before every check
     if not 1 <= nll_samples <= NLL_SAMPLES_MAX:
         raise InputError(
@@ -184,7 +180,7 @@ def _versions_used(runs: list[dict[str, object]]) -> list[str]:
 def _load_model(cfg: TrialConfig, study_dir: Path, device: torch.device) -> VAE:
     """A winner's final weights, refused in one line if they are not this config's model."""
     model = VAE(cfg.hidden, cfg.latent)
-    path = trial_dir(study_dir, cfg.key) / WEIGHTS
+    path = StudyLayout(study_dir).trial(cfg.key).weights
     if not path.is_file():
         raise InputError(f"{path}: a winner's weights are missing")
     try:
@@ -243,7 +239,7 @@ def _draw(
     found: dict[str, float] | str,
     pair: tuple[str, str] | None,
 ) -> None:
-    from vaegrid import figures  # matplotlib loads only when pictures are drawn
+    from vaegrid.report import figures  # matplotlib loads only when pictures are drawn
 
     folder = ensure_dir(study_dir / FIGURES)
     figures.curves(epochs, per_trial, test, folder / "curves.png", names)

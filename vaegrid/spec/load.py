@@ -1,9 +1,8 @@
-"""Study files: load a TOML study, validate it once, expand its grid into keyed trials.
+"""Study files: read a hostile TOML file once, validate it, and build the Study.
 
-A study file holds only overrides of the defaults documented on the dataclasses
-below (an empty file is the seed study). ``load_study`` is the only way in: it
-rejects unknown keys and bad values with an :class:`InputError` that names the
-file, the key, the value and what is allowed.
+A study file holds only overrides of the documented defaults (an empty file is the seed
+study). :func:`load_study` is the only way in: it rejects unknown keys and bad values with
+an :class:`InputError` that names the file, the key, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -11,38 +10,29 @@ from __future__ import annotations
 import codecs
 import dataclasses
 import functools
-import hashlib
 import itertools
 import json
 import math
 import re
 import tomllib
-from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, NoReturn
 
 from vaegrid.errors import InputError
-
-# Bump when the model or the training loop changes what a config computes: it is part
-# of every trial key and of the study's fingerprint, so old results never pass for new.
-# 2: common random numbers: initial weights from (study seed, repeat, hidden, latent), data
-# order, z draws and binarization from (study seed, repeat), not from the trial key.
-MODEL = "linear-vae-2"
-
-MNIST_TRAIN_IMAGES = 60_000
-MNIST_TEST_IMAGES = 10_000
-SPLITS = ("holdout", "official")
-# Both have 60,000 + 10,000 images of 28 x 28 grey levels in the same IDX layout.
-DATASETS = ("mnist", "fashion-mnist")
-DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # as messages write them
-# "none": grey levels in [0, 1] (the seed's; a Bernoulli likelihood of grey levels is not
-# comparable with published results). "dynamic": every training image drawn afresh as
-# Bernoulli(pixel) each epoch; "static": drawn once. Validation and test: drawn once.
-BINARIZE = ("none", "dynamic", "static")
-OPTIMIZERS = ("adam", "adamw", "sgd")
-# [halving] metric: the validation metric trials are compared by at a rung (lower is better).
-HALVING_METRICS = ("val_elbo", "val_recon")
+from vaegrid.spec.axes import AXES, AXIS, LIMIT_MAX, REPEATS_MAX, Axis, is_number
+from vaegrid.spec.study import (
+    BINARIZE,
+    DATASETS,
+    HALVING_METRICS,
+    SPLITS,
+    DataSpec,
+    HalvingSpec,
+    Study,
+    TrialConfig,
+    parameter_count,
+    split_sizes,
+)
 
 # Bounds on a study file. Everything in it comes from outside: each bound keeps a bad
 # value from crashing, exhausting or silently misleading a later stage.
@@ -64,227 +54,14 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 NAME_MAX_CHARS = 100
 # description: a string of at most this many characters.
 DESCRIPTION_MAX_CHARS = 10_000
-# hidden: widths 1..HIDDEN_MAX.
-HIDDEN_MAX = 16_384
-# latent: latent dimensions 1..LATENT_MAX.
-LATENT_MAX = 4_096
-# lr: learning rates in this closed range (Optuna's stored distribution, store.py).
-LR_RANGE = (1e-12, 1e6)
-# clip: gradient-norm limits in this closed range (Optuna's stored distribution).
-CLIP_RANGE = (1e-12, 1e12)
-# beta: the KL weight of a beta-VAE, 0 (an autoencoder with a noisy code) up to this.
-BETA_RANGE = (0.0, 1e4)
-# weight_decay: L2 penalty (adam, sgd) or decoupled decay (adamw), 0 up to this.
-WEIGHT_DECAY_RANGE = (0.0, 1e3)
-# momentum: SGD's momentum, 0 (none) up to this (1 would never forget a gradient).
-MOMENTUM_RANGE = (0.0, 0.999)
 # Each grid list holds at most this many values.
 GRID_VALUES_MAX = 1_000
-# grid.repeats: 1..REPEATS_MAX runs of every config with different seeds.
-REPEATS_MAX = 100
 # The grid holds at most this many trials (product of the list lengths, times repeats).
 TRIALS_MAX = 10_000
 # Every (hidden, latent) pair gives a VAE of at most this many parameters (200 MB float32).
 MODEL_PARAMETERS_MAX = 50_000_000
-# epochs: 1..EPOCHS_MAX.
-EPOCHS_MAX = 10_000
-# data.limit: 0 (all) or up to the MNIST pool, 60,000 + 10,000 images.
-LIMIT_MAX = MNIST_TRAIN_IMAGES + MNIST_TEST_IMAGES
 # Longest value quoted in a message: a 1 MiB value would not be one readable line.
 SHOWN_MAX_CHARS = 200
-
-# Pixels per MNIST image; data.PIXELS too (data imports study, not the reverse).
-_PIXELS = 28 * 28
-
-
-@dataclass(frozen=True)
-class Axis:
-    """A setting of a trial that a study may fix (``[train]``) or search (``[grid]``).
-
-    ``AXES`` below is the one place the settings are declared: the study file's keys, the
-    validation, Optuna's parameters, the tables' and CSVs' columns, the figures' labels and
-    the progress line all follow from it. ``TrialConfig`` has one field per axis (checked
-    at import).
-    """
-
-    name: str
-    kind: type  # int, float or str
-    default: tuple[Any, ...]  # the seed study's value(s)
-    searched: bool  # in the seed's grid: a study that sets it nowhere searches ``default``
-    low: float = 0.0  # numbers: allowed range, closed
-    high: float = 0.0
-    choices: tuple[str, ...] = ()  # strings: the allowed values
-    log: bool = False  # values span decades: log scale in Optuna and the figures
-    label: str = ""  # for figures and tables: what it is, with its unit
-
-    def allowed(self) -> str:
-        """What a value of this axis may be, for messages."""
-        if self.kind is str:
-            return "one of " + ", ".join(f'"{c}"' for c in self.choices)
-        what = "an integer" if self.kind is int else "a number"
-        return f"{what} from {self.low:g} to {self.high:g}"
-
-    def check(self, value: object) -> bool:
-        """Whether ``value`` (from TOML) is an allowed value of this axis."""
-        if self.kind is str:
-            return value in self.choices
-        if isinstance(value, bool):
-            return False
-        ok = isinstance(value, int) if self.kind is int else _is_number(value)
-        # Compared before kind(value): float(10**400) would raise OverflowError.
-        return ok and self.low <= value <= self.high  # type: ignore[operator]
-
-
-AXES: tuple[Axis, ...] = (
-    Axis("hidden", int, (400, 600, 800), True, 1, HIDDEN_MAX, log=True,
-         label="hidden width (units)"),
-    Axis("latent", int, (100, 200, 400), True, 1, LATENT_MAX, log=True,
-         label="latent dimension"),
-    Axis("epochs", int, (15,), False, 1, EPOCHS_MAX, label="epochs"),
-    Axis("batch_size", int, (1000,), False, 2, LIMIT_MAX, log=True,
-         label="batch size (images)"),
-    Axis("optimizer", str, ("adam",), False, choices=OPTIMIZERS, label="optimizer"),
-    Axis("lr", float, (1.0, 1e-5, 3e-2), True, *LR_RANGE, log=True, label="learning rate"),
-    Axis("momentum", float, (0.0,), False, *MOMENTUM_RANGE, label="SGD momentum"),
-    Axis("weight_decay", float, (0.0,), False, *WEIGHT_DECAY_RANGE, label="weight decay"),
-    Axis("clip", float, (1.0, 2e-4), True, *CLIP_RANGE, log=True,
-         label="max gradient norm"),
-    Axis("beta", float, (1.0,), False, *BETA_RANGE, label="KL weight beta"),
-)  # fmt: skip
-AXIS = {a.name: a for a in AXES}
-
-
-@dataclass(frozen=True)
-class DataSpec:
-    """Which images a study trains, selects and tests on."""
-
-    # "mnist" (the seed's) or "fashion-mnist" (torchvision's FashionMNIST files).
-    dataset: str = "mnist"
-    # "holdout": pool all 70,000 images, seeded permutation, cut by `fractions` (the seed's
-    # protocol). "official": 54,000 / 6,000 of the training set and the 10,000 test images.
-    split: str = "holdout"
-    # Train / validation / test shares of the pool (holdout only); each split non-empty.
-    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
-    # Use only this many images of the permuted pool (0 = all): small smoke studies.
-    limit: int = 0
-    # Grey levels ("none") or binarized pixels ("dynamic", "static"): see BINARIZE.
-    binarize: str = "none"
-
-
-@dataclass(frozen=True)
-class HalvingSpec:
-    """Synchronous successive halving: which trials go on at each rung (halving.py).
-
-    Opt-in: a study without a ``[halving]`` table runs its full grid. Trial keys never
-    depend on it: a trial that goes on to the end computes exactly what it computes in
-    the full grid.
-    """
-
-    # The epochs at which trials are compared: strictly increasing, each in 1 .. epochs - 1.
-    rungs: tuple[int, ...]
-    # The share that goes on at each rung: the best max(1, ceil(keep x n)) of the n trials
-    # compared, keep taken as the decimal the file writes (0.1 x 30 = 3, not 3.0000000000000004).
-    keep: float
-    # What trials are compared by at a rung: their validation metric at that epoch.
-    metric: str = "val_elbo"
-
-
-@dataclass(frozen=True)
-class Study:
-    """A validated study: its data, each axis's values, which axes it searches."""
-
-    name: str  # results go to <results>/<name>/; defaults to the file's stem
-    seed: int  # seeds the split and every random draw of every trial
-    data: DataSpec
-    # Every axis of AXES, in that order, with its values: one for a fixed setting.
-    settings: tuple[tuple[str, tuple[Any, ...]], ...]
-    searched: tuple[str, ...]  # the axes in the grid (in AXES order): tables' columns
-    source: str  # the file it was loaded from, for messages
-    halving: HalvingSpec | None = None  # None: every trial runs all its epochs
-    repeats: int = 1  # runs of every config, with seeds from (study seed, repeat)
-
-    def values(self, axis: str) -> tuple[Any, ...]:
-        return dict(self.settings)[axis]
-
-    @property
-    def epochs(self) -> int:
-        """The most epochs any trial trains."""
-        return int(max(self.values("epochs")))
-
-    def fingerprint(self) -> dict[str, Any]:
-        """The fixed settings: a stored study is only resumed by a study with the same ones.
-
-        ``train`` holds every axis the study does not search, with its one value; the grid
-        (and ``repeats``) may grow between runs. ``halving`` is in it only when the study
-        has a ``[halving]`` table.
-        """
-        out: dict[str, Any] = {
-            "model": MODEL,
-            "seed": self.seed,
-            "data": dataclasses.asdict(self.data),
-            "train": {k: v[0] for k, v in self.settings if k not in self.searched},
-        }
-        if self.halving is not None:
-            out["halving"] = dataclasses.asdict(self.halving)
-        return out
-
-
-def searched_axes(fingerprint: Mapping[str, Any]) -> list[str]:
-    """The axes a stored study searches: those its fingerprint does not fix."""
-    fixed = fingerprint.get("train", {})
-    return [a.name for a in AXES if a.name not in fixed]
-
-
-@dataclass(frozen=True)
-class TrialConfig:
-    """Everything one trial computes from; its hash is the trial key.
-
-    One field per axis of ``AXES`` (same names), plus the study's seed and data, the
-    repeat (which seeds it draws from) and the model version.
-    """
-
-    seed: int
-    data: DataSpec
-    hidden: int
-    latent: int
-    lr: float
-    clip: float
-    epochs: int = 15
-    batch_size: int = 1000
-    optimizer: str = "adam"
-    momentum: float = 0.0
-    weight_decay: float = 0.0
-    beta: float = 1.0
-    repeat: int = 0
-    model: str = MODEL
-
-    @property
-    def key(self) -> str:
-        """A short stable hash of the full config: 12 hex digits of SHA-256."""
-        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
-
-    @property
-    def config_id(self) -> str:
-        """The key of this config at repeat 0: what the repeats of one config share."""
-        return dataclasses.replace(self, repeat=0).key
-
-    def axis_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
-        """The values of ``names`` (default: every axis), as tables and Optuna name them."""
-        return {n: getattr(self, n) for n in (names if names is not None else AXIS)}
-
-    def describe(self, names: Sequence[str]) -> str:
-        """``hidden 400, latent 100, lr 0.03, clip 1`` (and the repeat when not 0)."""
-        parts = [f"{n} {format_value(getattr(self, n))}" for n in names]
-        return ", ".join(parts + ([f"repeat {self.repeat}"] if self.repeat else []))
-
-    def to_json(self) -> str:
-        return json.dumps(dataclasses.asdict(self), sort_keys=True)
-
-    @classmethod
-    def from_json(cls, text: str) -> TrialConfig:
-        raw = json.loads(text)
-        raw["data"] = DataSpec(**{**raw["data"], "fractions": tuple(raw["data"]["fractions"])})
-        return cls(**raw)
 
 
 def config_problem(cfg: TrialConfig) -> str | None:
@@ -324,72 +101,6 @@ def _study_problem(text: str) -> str | None:
     except InputError as e:
         return str(e).removeprefix("config: ")
     return None
-
-
-_CONFIG_FIELDS = {f.name for f in dataclasses.fields(TrialConfig)}
-assert _CONFIG_FIELDS - {"seed", "data", "repeat", "model"} == set(AXIS), "AXES != TrialConfig"
-
-
-def format_value(value: object) -> str:
-    """A setting's value as plan, the progress line, tables and figures show it: floats
-    with ``:g``; numpy and pandas scalars as their Python value."""
-    item = getattr(value, "item", None)
-    if callable(item):
-        value = item()
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def derive_seed(*parts: object) -> int:
-    """A 63-bit seed from any parts, stable across processes and platforms."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:8], "little") >> 1
-
-
-def split_sizes(data: DataSpec) -> tuple[int, int, int]:
-    """Images in the train, validation and test splits of ``data``."""
-    if data.split == "official":
-        n_val = MNIST_TRAIN_IMAGES // 10
-        return MNIST_TRAIN_IMAGES - n_val, n_val, MNIST_TEST_IMAGES
-    pool = data.limit or MNIST_TRAIN_IMAGES + MNIST_TEST_IMAGES
-    n_train = round(data.fractions[0] * pool)
-    n_val = round(data.fractions[1] * pool)
-    return n_train, n_val, pool - n_train - n_val
-
-
-def expand(study: Study) -> list[TrialConfig]:
-    """The grid's trials: repeat by repeat, each the cross product of the axes' values in
-    the order of the study file. ``momentum`` applies to sgd only: for adam and adamw it is
-    recorded as 0, and the trials that then coincide are one trial."""
-    names = [name for name, _ in study.settings]
-    out: dict[str, TrialConfig] = {}
-    for repeat in range(study.repeats):
-        for values in itertools.product(*(v for _, v in study.settings)):
-            setting = dict(zip(names, values, strict=True))
-            if setting["optimizer"] != "sgd":
-                setting["momentum"] = 0.0
-            cfg = TrialConfig(study.seed, study.data, repeat=repeat, **setting)
-            out.setdefault(cfg.key, cfg)
-    return list(out.values())
-
-
-def parameter_count(hidden: int, latent: int, pixels: int = _PIXELS) -> int:
-    """Trainable parameters of ``model.VAE(hidden, latent)``, without building it.
-
-    Encoder Linear(P, H) + BatchNorm(H), heads 2 x Linear(H, Z), decoder Linear(Z, H) +
-    BatchNorm(H) + Linear(H, P); a BatchNorm has a weight and a bias per feature.
-
-    Args:
-        hidden: Width H of the hidden layers.
-        latent: Dimension Z of the latent code.
-        pixels: Pixels P per image.
-
-    Returns:
-        The number of parameters (running statistics of BatchNorm are buffers, not counted).
-    """
-    encoder = pixels * hidden + hidden + 2 * hidden
-    heads = 2 * (hidden * latent + latent)
-    decoder = latent * hidden + hidden + 2 * hidden + hidden * pixels + pixels
-    return encoder + heads + decoder
 
 
 def load_study(path: str | Path) -> Study:
@@ -494,7 +205,7 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
     seed = v.integer(raw, "", "seed", 0, 0, SEED_END - 1, "an integer >= 0 and < 2**63")
     data = _data(v, raw)
     settings, searched, repeats = _settings(v, raw, data)
-    study = Study(name, seed, data, settings, searched, source, None, repeats)
+    study = Study(name, seed, data, settings, searched, source, None, repeats, description)
     if "halving" in raw:
         study = dataclasses.replace(study, halving=_halving(v, raw, study))
     return study
@@ -652,7 +363,7 @@ def _halving(v: _Validator, raw: Mapping[str, Any], study: Study) -> HalvingSpec
     ):
         v.fail("halving.rungs", rungs, allowed)
     keep = h["keep"]
-    if not _is_number(keep) or not 0 < keep < 1:  # _is_number refuses bools and nan
+    if not is_number(keep) or not 0 < keep < 1:  # _is_number refuses bools and nan
         v.fail(
             "halving.keep",
             keep,
@@ -668,7 +379,7 @@ def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float
     if (
         not isinstance(value, list | tuple)
         or len(value) != 3
-        or not all(_is_number(f) and 0 < f < 1 for f in value)  # before float(): 10**400
+        or not all(is_number(f) and 0 < f < 1 for f in value)  # before float(): 10**400
     ):
         v.fail("data.fractions", value, allowed)
     fractions = (float(value[0]), float(value[1]), float(value[2]))
@@ -678,13 +389,6 @@ def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float
     if min(split_sizes(data)) < 1:
         v.fail("data.fractions", value, "shares that leave no split empty")
     return fractions
-
-
-def _is_number(x: object) -> bool:
-    # An int is finite however large; math.isfinite(10**400) would raise OverflowError.
-    if isinstance(x, bool) or not isinstance(x, int | float):
-        return False
-    return isinstance(x, int) or math.isfinite(x)
 
 
 class _Validator:

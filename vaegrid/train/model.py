@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaegrid.data import PIXELS
+from vaegrid.train.data import PIXELS
 
 
 class Terms(NamedTuple):

@@ -1,8 +1,8 @@
 """One trial: train one config on one device into its folder, epoch by epoch, resumably.
 
-The folder holds ``config.json``, ``checkpoint.pt`` (rewritten atomically at the end of
-every epoch: model, optimizer and the metrics so far, enough to continue bit-for-bit),
-``weights.pt`` (final model) and ``log.txt``. Every random draw comes from a generator
+The folder (layout.TrialFiles) holds the config, a checkpoint rewritten atomically at the
+end of every epoch (model, optimizer and the metrics so far, enough to continue
+bit-for-bit), the final weights and a log. Every random draw comes from a generator
 seeded by (study seed, repeat, purpose, epoch), so a trial gives the same metrics whatever
 ran before it in the process and whether or not it was interrupted. The draws are common
 random numbers: the initial weights depend on (study seed, repeat, hidden, latent) only,
@@ -22,18 +22,19 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import torch
 
-from vaegrid import provenance
-from vaegrid.data import binarize
 from vaegrid.errors import InputError
-from vaegrid.model import VAE
-from vaegrid.paths import ensure_dir, open_file, read_bytes, save_with, write_atomic
-from vaegrid.study import MODEL, TrialConfig, derive_seed
+from vaegrid.layout import TrialFiles
+from vaegrid.safeio import ensure_dir, open_file, read_bytes, save_with, write_atomic
+from vaegrid.spec.study import MODEL, TrialConfig, derive_seed
+from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED, Status
+from vaegrid.train import provenance
+from vaegrid.train.data import binarize
+from vaegrid.train.model import VAE
 
-CONFIG, CHECKPOINT, WEIGHTS, LOG = "config.json", "checkpoint.pt", "weights.pt", "log.txt"
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating a whole split
 
 
@@ -62,7 +63,7 @@ class TrialResult:
     or ``interrupted`` (asked to stop: it continues from its last epoch next time),
     or ``paused`` at the epoch it was asked to stop at (its checkpoint kept to go on)."""
 
-    status: Literal["completed", "diverged", "interrupted", "paused"]
+    status: Status  # COMPLETED, DIVERGED, INTERRUPTED or PAUSED
     history: list[EpochRecord]  # every finished epoch, resumed ones included
     cause: str | None = None  # for diverged: what went non-finite, where
     diverged_epoch: int | None = None
@@ -121,7 +122,7 @@ def run_trial(
     cfg: TrialConfig,
     train_x: torch.Tensor,
     val_x: torch.Tensor,
-    trial_dir: Path,
+    files: TrialFiles,
     on_epoch: OnEpoch | None = None,
     stop: threading.Event | None = None,
     stop_at: int | None = None,
@@ -132,7 +133,7 @@ def run_trial(
         cfg: The trial.
         train_x: Training split, ``[n, 784]`` in [0, 1], on the trial's device.
         val_x: Validation split, same layout and device.
-        trial_dir: The trial's folder (created if missing).
+        files: The trial's folder (created if missing).
         on_epoch: Called after each epoch's checkpoint is on disk. On resume it is first
             called again for the epochs restored from the checkpoint, so it must be
             idempotent: a store that missed the last commit catches up.
@@ -148,23 +149,23 @@ def run_trial(
         at or past it).
 
     Raises:
-        ValueError: ``trial_dir`` holds another trial's files.
+        ValueError: the folder holds another trial's files.
         DeviceMismatch: its checkpoint was made on another kind of device or torch.
         InputError: a file of the trial's folder is a symbolic link.
     """
-    ensure_dir(trial_dir)
-    _write_config(cfg, trial_dir)
+    ensure_dir(files.folder)
+    _write_config(cfg, files)
     device = train_x.device
     model = build_model(cfg, device)
     optimizer = make_optimizer(cfg, model.parameters())
     identity = {"key": cfg.key, "model": MODEL, "device": device_kind(device)}
-    history = _restore(trial_dir, model, optimizer, device, identity)
+    history = _restore(files.checkpoint, model, optimizer, device, identity)
     for record in history:
         if on_epoch:
             on_epoch(record)
     val_seed = derive_seed(cfg.seed, cfg.repeat, "val")
     last = cfg.epochs if stop_at is None else min(stop_at, cfg.epochs)
-    with open_file(trial_dir / LOG, "a") as log:
+    with open_file(files.log, "a") as log:
         for epoch in range(len(history) + 1, last + 1):
             started = time.perf_counter()
             try:
@@ -174,13 +175,13 @@ def run_trial(
                     raise _Diverged("non-finite validation loss")
             except _Diverged as d:
                 log.write(f"epoch {epoch}: diverged: {d}\n")
-                return TrialResult("diverged", history, f"{d} in epoch {epoch}", epoch)
+                return TrialResult(DIVERGED, history, f"{d} in epoch {epoch}", epoch)
             except _Stopped:
                 log.write(f"epoch {epoch}: stopped (driver gone or lease lost)\n")
-                return TrialResult("interrupted", history)
+                return TrialResult(INTERRUPTED, history)
             record = EpochRecord(epoch, train, val, time.perf_counter() - started)
             history.append(record)
-            _save_checkpoint(trial_dir, model, optimizer, history, identity)
+            _save_checkpoint(files.checkpoint, model, optimizer, history, identity)
             log.write(
                 f"epoch {epoch}/{cfg.epochs} train elbo {train.elbo:.3f} val elbo "
                 f"{val.elbo:.3f} recon {val.recon:.3f} kl {val.kl:.3f} ({record.seconds:.2f}s)\n"
@@ -189,10 +190,10 @@ def run_trial(
             if on_epoch:
                 on_epoch(record)
         if len(history) < cfg.epochs:  # stopped at a rung: no final weights yet
-            return TrialResult("paused", history)
-        if not (trial_dir / WEIGHTS).exists():
-            save_with(trial_dir / WEIGHTS, torch.save, model.state_dict())
-        return TrialResult("completed", history)
+            return TrialResult(PAUSED, history)
+        if not files.weights.exists():
+            save_with(files.weights, torch.save, model.state_dict())
+        return TrialResult(COMPLETED, history)
 
 
 def make_optimizer(cfg: TrialConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
@@ -274,27 +275,26 @@ def _first_nonfinite(values: Sequence[torch.Tensor]) -> int | None:
     return int((~finite).nonzero()[0, 0])
 
 
-def _write_config(cfg: TrialConfig, trial_dir: Path) -> None:
-    path = trial_dir / CONFIG
+def _write_config(cfg: TrialConfig, files: TrialFiles) -> None:
+    path = files.config
     if path.exists() or path.is_symlink():
         try:
             stored = TrialConfig.from_json(read_bytes(path).decode()).key
         except (ValueError, TypeError, KeyError, UnicodeDecodeError):
             stored = None  # unreadable: certainly not this trial's
         if stored != cfg.key:
-            raise ValueError(f"{trial_dir} holds another trial's files")
+            raise ValueError(f"{files.folder} holds another trial's files")
         return
     write_atomic(path, json.dumps(json.loads(cfg.to_json()), indent=2) + "\n")
 
 
 def _restore(
-    trial_dir: Path,
+    path: Path,
     model: VAE,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     identity: dict[str, str],
 ) -> list[EpochRecord]:
-    path = trial_dir / CHECKPOINT
     if not path.exists() and not path.is_symlink():
         return []
     try:
@@ -313,7 +313,7 @@ def _restore(
                 raise DeviceMismatch(
                     f"{path} was made on {stored.get(field)}, this worker is {identity[field]}: "
                     "a trial never continues on another kind of device or torch (its numbers "
-                    "would mix two computations); run it with --devices naming such a device"
+                    "would mix two computations); run it where such a device is"
                 )
             raise ValueError(
                 f"{path}: made for {field} {stored.get(field)!r}, not {identity[field]!r}"
@@ -322,7 +322,7 @@ def _restore(
 
 
 def _save_checkpoint(
-    trial_dir: Path,
+    path: Path,
     model: VAE,
     optimizer: torch.optim.Optimizer,
     history: list[EpochRecord],
@@ -334,13 +334,13 @@ def _save_checkpoint(
         "optimizer": optimizer.state_dict(),
         "history": [dataclasses.asdict(r) for r in history],
     }
-    save_with(trial_dir / CHECKPOINT, torch.save, state)
+    save_with(path, torch.save, state)
 
 
 def _record(raw: dict[str, Any]) -> EpochRecord:
     return EpochRecord(raw["epoch"], Metrics(**raw["train"]), Metrics(**raw["val"]), raw["seconds"])
 
 
-def finalize(trial_dir: Path) -> None:
+def finalize(files: TrialFiles) -> None:
     """Drop the resume checkpoint of a trial whose end is committed: weights are what stays."""
-    (trial_dir / CHECKPOINT).unlink(missing_ok=True)
+    files.checkpoint.unlink(missing_ok=True)

@@ -34,9 +34,9 @@ from sqlalchemy.orm import Session
 from sqlalchemy.pool import NullPool
 
 from vaegrid.errors import InputError
-from vaegrid.paths import mount_type, refuse_link
+from vaegrid.layout import StudyLayout
+from vaegrid.safeio import mount_type, refuse_link
 
-DB_NAME = "study.db"
 BUSY_TIMEOUT_S = 60  # SQLite: how long a writer waits for another's commit
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: an unreachable server is refused within this
 RETRY_S = 60  # PostgreSQL: how long a writer retries a connection (full, slow, restarting)
@@ -74,15 +74,15 @@ class Database:
         return cls(make_url(f"sqlite:///{path}"), path)
 
     @classmethod
-    def for_study(cls, study_dir: Path, storage: str | None = None) -> Database:
-        """``--storage URL``, or by default ``sqlite:///<study_dir>/study.db``.
+    def for_study(cls, layout: StudyLayout, storage: str | None = None) -> Database:
+        """``--storage URL``, or by default the study folder's ``study.db``.
 
         Raises:
             InputError: not a URL, a dialect other than SQLite and PostgreSQL (psycopg 3),
                 an in-memory SQLite database.
         """
         if storage is None:
-            return cls.sqlite(study_dir / DB_NAME)
+            return cls.sqlite(layout.db)
         try:
             url = make_url(storage)
         except ArgumentError:
@@ -154,9 +154,11 @@ class Database:
         if self.is_sqlite:
             _harden_sqlite(engine)
 
-    def exists(self) -> bool:
-        """Whether there is a database to check (a server always is; it may be empty)."""
-        return self.path is None or self.path.exists() or self.path.is_symlink()
+
+def reason(e: Exception) -> str:
+    """The database's own words ("attempt to write a readonly database"), not SQLAlchemy's."""
+    orig = getattr(e, "orig", None)
+    return str(orig or e).splitlines()[0]
 
 
 def insert_if_absent(session: Session, model: Any, rows: Sequence[dict[str, Any]]) -> None:

@@ -1,8 +1,10 @@
-"""Where trials run: devices, slots, and the executors that run one trial per slot.
+"""Where trials run: devices, slots, the placement rule, and the executors.
 
 A pool is N devices x K slots. The driver loop (driver.py) is written once over the small
-:class:`Executor` interface: submit a trial to a slot, learn when it ends, replace a slot
-whose worker died. :class:`LocalExecutor` gives every slot its own single-worker loky
+:class:`Executor` interface: submit a trial to a slot, learn when it ends and how (a
+result, or :class:`WorkerDied`), replace a slot whose worker died. The driver knows no
+executor's library: loky's and Dask's exceptions, device names and start-up are theirs.
+:class:`LocalExecutor` gives every slot its own single-worker loky
 process pool (joblib's), started with ``CUDA_VISIBLE_DEVICES`` set to the slot's one GPU
 (or to nothing, for the CPU), so
 
@@ -24,13 +26,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from vaegrid import provenance
 from vaegrid.errors import InputError
+from vaegrid.train import provenance
 
 # Peak resident memory of one worker on the seed study, measured: 1,306-1,338 MB (torch's
 # CUDA build 527 MB, libraries 200 MB, MNIST 220 MB plus loading). With a margin.
 WORKER_MEMORY_MB = 1400
-# A pool whose workers check a started trial's device kind themselves (a cluster's).
+# The kind of a slot whose worker checks a started trial's device kind itself (a cluster's).
 ANY_KIND = "any"
 # A trial whose worker process dies this often (segfault, out of memory) is marked failed.
 MAX_WORKER_DEATHS = 2
@@ -57,6 +59,8 @@ class Pool:
     threads: int  # torch threads of each trial
     kinds: tuple[str, ...] = ()  # provenance.device_kind of each device, same order
     found: str = ""  # what `--devices auto` found, and why, for the user
+    # How a user gives this pool a device of a kind it lacks (messages about strands).
+    remedy: str = "run again with --devices naming such a device"
 
     @property
     def slots(self) -> int:
@@ -67,6 +71,21 @@ class Pool:
 
     def kind(self, device: str) -> str:
         return self.kinds[self.devices.index(device)]
+
+    def places(self, bound: str | None) -> bool:
+        """Whether any slot of this pool may run a trial bound to ``bound`` (:func:`may_run`)."""
+        return any(may_run(bound, kind) for kind in self.kinds)
+
+
+def may_run(bound: str | None, slot_kind: str) -> bool:
+    """The placement rule: may a trial run on a slot of ``slot_kind``?
+
+    A trial that has started (``bound``: the device kind its first epoch ran on) continues
+    only on that kind, since another kind computes other numbers; one that has not (None)
+    runs anywhere. A slot of :data:`ANY_KIND` (a cluster's worker) takes every trial: its
+    worker checks the kind itself and refuses a mismatch (``train.trial.DeviceMismatch``).
+    """
+    return bound is None or slot_kind in (ANY_KIND, bound)
 
 
 @dataclass(frozen=True)
@@ -217,6 +236,15 @@ def make_pool(
     return Pool(names, k, threads, kinds, found)
 
 
+class WorkerDied(Exception):
+    """The worker process of a slot died (killed, out of memory, segfault): the trial it ran
+    is interrupted, and the slot gets a fresh worker."""
+
+
+class ClusterGone(Exception):
+    """The executor's scheduler went away: the driver stops, keeping what was committed."""
+
+
 class Executor(Protocol):
     """Runs one trial per slot. The driver loop is the same for every implementation."""
 
@@ -224,8 +252,14 @@ class Executor(Protocol):
     # elsewhere watch the driver's heartbeat in the database (worker.py).
     watch: str
 
+    def device(self, slot: Slot) -> str:
+        """The device a worker of ``slot`` runs its trial on: "cpu" or "cuda:N", or "auto"
+        (the worker's GPU if it has one, else its CPU)."""
+        ...
+
     def submit(self, slot: Slot, fn: Any, arg: Any) -> Any:
-        """Start ``fn(arg)`` on ``slot`` (which is free); returns a future of its result."""
+        """Start ``fn(arg)`` on ``slot`` (which is free); returns a future of its result.
+        Raises :class:`WorkerDied` if the slot's worker died while idle."""
         ...
 
     def wait(self, futures: list[Any], timeout: float) -> list[Any]:
@@ -233,8 +267,9 @@ class Executor(Protocol):
         for the first. Raises :class:`ClusterGone` if the executor itself is gone."""
         ...
 
-    def is_death(self, error: BaseException) -> bool:
-        """Whether ``error`` (from a future) means the worker process died."""
+    def result(self, future: Any) -> Any:
+        """A done future's result. Raises :class:`WorkerDied` if its worker died, else
+        whatever ``fn`` raised."""
         ...
 
     def reset(self, slot: Slot) -> None:
@@ -244,10 +279,6 @@ class Executor(Protocol):
     def shutdown(self, kill: bool) -> None:
         """Stop every worker (``kill``: at once, abandoning what they run)."""
         ...
-
-
-class ClusterGone(Exception):
-    """The executor's scheduler went away: the driver stops, keeping what was committed."""
 
 
 class LocalExecutor:
@@ -291,18 +322,29 @@ class LocalExecutor:
             )
         return self._executors[slot]
 
+    def device(self, slot: Slot) -> str:
+        return slot.device
+
     def submit(self, slot: Slot, fn: Any, arg: Any) -> Future[Any]:
-        future: Future[Any] = self._executor(slot).submit(fn, arg)
+        from joblib.externals.loky.process_executor import BrokenProcessPool
+
+        try:
+            future: Future[Any] = self._executor(slot).submit(fn, arg)
+        except BrokenProcessPool as e:  # its worker died while idle
+            raise WorkerDied(str(e)) from e
         return future
 
     def wait(self, futures: list[Any], timeout: float) -> list[Any]:
         done, _ = wait(futures, timeout=timeout, return_when=FIRST_COMPLETED)
         return list(done)
 
-    def is_death(self, error: BaseException) -> bool:
+    def result(self, future: Any) -> Any:
         from joblib.externals.loky.process_executor import BrokenProcessPool
 
-        return isinstance(error, BrokenProcessPool)
+        try:
+            return future.result()
+        except BrokenProcessPool as e:
+            raise WorkerDied(str(e)) from e
 
     def reset(self, slot: Slot) -> None:
         old = self._executors.pop(slot, None)

@@ -24,18 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaegrid import provenance
+from vaegrid.db.engine import Database
+from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.paths import ensure_dir, open_fd, open_file, read_bytes
-from vaegrid.storage import Database
-from vaegrid.store import FINAL, Store
-from vaegrid.study import TrialConfig
+from vaegrid.layout import StudyLayout, TrialFiles
+from vaegrid.safeio import ensure_dir, open_fd, open_file, read_bytes
+from vaegrid.spec.study import TrialConfig
+from vaegrid.status import FINAL, Status
+from vaegrid.train import provenance
 
 if TYPE_CHECKING:
-    from vaegrid.train import TrialResult
-
-if TYPE_CHECKING:
-    pass
+    from vaegrid.train.trial import TrialResult
 
 
 @dataclass(frozen=True)
@@ -44,10 +43,10 @@ class Task:
 
     config: str  # TrialConfig JSON
     optuna_trial_id: int
-    device: str  # "cpu" or "cuda:N", as the user named it (the worker sees it as cuda:0)
+    device: str  # "cpu", "cuda:N" as the user named it (the worker sees it as cuda:0), "auto"
     threads: int  # torch intra-op threads for this trial
-    db: str  # the study database
-    trial_dir: str  # results/<study>/trials/<key>
+    db: Database  # the study database
+    layout: StudyLayout  # the study folder (absolute)
     data_root: str  # MNIST root (holds MNIST/raw)
     driver_pid: int  # local workers exit when this process is gone
     versions: tuple[tuple[str, str], ...] = ()  # the driver's provenance.versions()
@@ -61,10 +60,6 @@ DRIVER_TIMEOUT_S = 20.0
 # A server lease on a trial lasts this long; its worker renews it every few seconds. Long
 # enough to outlast a slow server (renewals took up to 29 s at 256 writers on 2 cores).
 LEASE_S = 45.0
-# The file in the study folder that proves a worker sees the driver's folder.
-TOKEN_FILE = ".vaegrid-driver"
-
-
 _STORES: dict[str, Store] = {}
 _STORES_LOCK = threading.Lock()
 _WATCHED: set[int] = set()
@@ -75,7 +70,7 @@ def init_worker() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def execute(task: Task) -> str:
+def execute(task: Task) -> Status:
     """Run one trial to its end (or its next failure, or ``task.stop_at``) and return its
     status: final, or ``paused`` at a halving rung.
 
@@ -87,15 +82,15 @@ def execute(task: Task) -> str:
     resumes.
     """
     cfg = TrialConfig.from_json(task.config)
-    trial_dir = Path(task.trial_dir)
+    files = task.layout.trial(cfg.key)
     if task.watch == "parent":
         _watch(task.driver_pid)
-    store = _store(task.db, trial_dir.parent.parent)
+    store = _store(task.db)
     run_id: int | None = None
     try:
-        _check_study_folder(trial_dir.parent.parent, task.driver_token)
-        ensure_dir(trial_dir)
-        with _hold(task, store, cfg.key, trial_dir) as stop:
+        _check_study_folder(task.layout, task.driver_token)
+        ensure_dir(files.folder)
+        with _hold(task, store, cfg.key, files) as stop:
             torch_device, kind = _setup_device(task)
             versions = dict(task.versions) | _cuda_version()
             device = task.device if task.device != "auto" else torch_device
@@ -107,16 +102,14 @@ def execute(task: Task) -> str:
             result = _train(task, cfg, store, torch_device, kind, stop)
             status = store.finish_run(cfg.key, run_id, result, None, _peak_device_mb(kind))
         if status in FINAL:  # a trial paused at a rung goes on from its checkpoint later
-            from vaegrid.train import finalize
+            from vaegrid.train.trial import finalize
 
-            finalize(trial_dir)  # its end is committed: the resume checkpoint can go
+            finalize(files)  # its end is committed: the resume checkpoint can go
         return status
     except Exception:
         error = f"failed on {task.device} (pid {os.getpid()}):\n{traceback.format_exc()}"
         try:
-            from vaegrid.train import LOG
-
-            with open_file(trial_dir / LOG, "a") as log:
+            with open_file(files.log, "a") as log:
                 log.write(error)
         except Exception:
             pass
@@ -125,31 +118,40 @@ def execute(task: Task) -> str:
         return store.finish_run(cfg.key, run_id, None, error)
 
 
-def _store(url: str, study_dir: Path) -> Store:
+def _store(db: Database) -> Store:
     """One store per database and process, shared by the trials of a threaded worker."""
+    url = db.url.render_as_string(hide_password=False)
     with _STORES_LOCK:
         if url not in _STORES:
-            _STORES[url] = Store(Database.for_study(study_dir, url))
+            _STORES[url] = Store(db)
         return _STORES[url]
 
 
-def _check_study_folder(study_dir: Path, token: str) -> None:
+def reset() -> None:
+    """Forget this process's stores (tests that run trials in-process, one study each)."""
+    with _STORES_LOCK:
+        for store in _STORES.values():
+            store.close()
+        _STORES.clear()
+
+
+def _check_study_folder(layout: StudyLayout, token: str) -> None:
     """The worker must see the very folder its driver writes (a shared filesystem)."""
     if not token:
         return
     try:
-        seen = read_bytes(study_dir / TOKEN_FILE).decode(errors="replace").strip()
+        seen = read_bytes(layout.driver_token).decode(errors="replace").strip()
     except InputError:
         seen = ""
     if seen != token:
         raise InputError(
-            f"{study_dir}: this worker ({provenance.host()}) does not see the driver's study "
+            f"{layout.root}: this worker ({provenance.host()}) does not see the driver's study "
             "folder; trial folders must be on a filesystem every worker sees, at the same path"
         )
 
 
 @contextmanager
-def _hold(task: Task, store: Store, key: str, trial_dir: Path) -> Iterator[threading.Event]:
+def _hold(task: Task, store: Store, key: str, files: TrialFiles) -> Iterator[threading.Event]:
     """Hold the trial for this worker while the block runs; yields the trial's stop flag.
 
     SQLite: an flock beside the trial (the kernel drops it when its holder dies). A server:
@@ -172,7 +174,7 @@ def _hold(task: Task, store: Store, key: str, trial_dir: Path) -> Iterator[threa
         daemon=True,
     )
     try:
-        with _exclusive(trial_dir / ".lock") if not server else nullcontext():
+        with _exclusive(files.lock) if not server else nullcontext():
             watcher.start()
             yield stop
     finally:
@@ -225,7 +227,7 @@ def _setup_device(task: Task) -> tuple[str, str]:
     """
     import torch  # here, not at the top: the driver imports this module
 
-    from vaegrid.train import device_kind
+    from vaegrid.train.trial import device_kind
 
     torch.set_num_threads(task.threads)
     cuda = task.device.startswith("cuda") or (task.device == "auto" and torch.cuda.is_available())
@@ -245,15 +247,15 @@ def _setup_device(task: Task) -> tuple[str, str]:
 def _train(
     task: Task, cfg: TrialConfig, store: Store, device: str, kind: str, stop: threading.Event
 ) -> TrialResult:
-    from vaegrid.data import load_splits
-    from vaegrid.train import run_trial
+    from vaegrid.train.data import load_splits
+    from vaegrid.train.trial import run_trial
 
     splits = load_splits(Path(task.data_root), cfg.data, cfg.seed, device)
     return run_trial(
         cfg,
         splits.train,
         splits.val,
-        Path(task.trial_dir),
+        task.layout.trial(cfg.key),
         on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r, kind),
         stop=stop,
         stop_at=task.stop_at,

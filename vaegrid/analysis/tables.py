@@ -15,9 +15,10 @@ from typing import Any
 import pandas as pd
 from optuna.distributions import BaseDistribution
 
-from vaegrid import stats
-from vaegrid.store import COMPLETED, DIVERGED, FAILED, STOPPED
-from vaegrid.study import AXIS, Axis, TrialConfig, format_value
+from vaegrid.analysis import stats
+from vaegrid.spec.axes import AXIS, Axis, format_value
+from vaegrid.spec.study import TrialConfig
+from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
 
 # Ranking criteria: column of ranking.csv -> what it ranks by (lower is better).
 CRITERIA = {"val_elbo": "validation elbo", "val_recon": "validation reconstruction"}

@@ -21,7 +21,7 @@ import time
 from typing import Any
 
 from vaegrid.errors import InputError
-from vaegrid.pool import ANY_KIND, ClusterGone, Pool, Slot
+from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool, Slot, WorkerDied
 
 CONNECT_TIMEOUT_S = 10
 
@@ -70,7 +70,10 @@ class DaskExecutor:
             f"{self.address}: {len(workers)} workers, {offering} of them offer "
             f"{slots} {self.resource!r} slots"
         )
-        return Pool(("cluster",), slots, 1, (ANY_KIND,), found)
+        return Pool(("cluster",), slots, 1, (ANY_KIND,), found, remedy="")
+
+    def device(self, slot: Slot) -> str:
+        return "auto"  # each worker has its own device: its GPU, if it has one
 
     def submit(self, slot: Slot, fn: Any, arg: Any) -> Any:
         return self.client.submit(fn, arg, resources={self.resource: 1}, pure=False)
@@ -92,10 +95,13 @@ class DaskExecutor:
                 return done
             time.sleep(0.05)
 
-    def is_death(self, error: BaseException) -> bool:
+    def result(self, future: Any) -> Any:
         from distributed import KilledWorker
 
-        return isinstance(error, KilledWorker)
+        try:
+            return future.result()
+        except KilledWorker as e:  # Dask gave up after the task's workers died
+            raise WorkerDied(str(e)) from e
 
     def reset(self, slot: Slot) -> None:
         pass  # Dask replaces dead workers' tasks itself

@@ -23,10 +23,10 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid, save_image
 
-from vaegrid.model import VAE
-from vaegrid.paths import save_with
-from vaegrid.store import COMPLETED, DIVERGED
-from vaegrid.study import AXIS, Axis, format_value
+from vaegrid.safeio import save_with
+from vaegrid.spec.axes import AXIS, Axis, format_value
+from vaegrid.status import COMPLETED, DIVERGED
+from vaegrid.train.model import VAE
 
 SIDE = 28
 PAIRS = 32  # test digits shown beside their reconstructions

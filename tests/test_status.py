@@ -1,0 +1,121 @@
+"""The state machine: one enumeration, one transition table, one writer that enforces it."""
+
+from __future__ import annotations
+
+import ast
+import itertools
+from pathlib import Path
+
+import pytest
+from conftest import synced_study_db
+
+from vaegrid.db.schema import TrialRow
+from vaegrid.db.store import Store
+from vaegrid.db.trials import move
+from vaegrid.spec.load import load_study
+from vaegrid.spec.study import expand
+from vaegrid.status import (
+    COMPLETED,
+    FAILED,
+    FINAL,
+    RUNNING,
+    TRANSITIONS,
+    IllegalTransition,
+    Status,
+    summary,
+)
+
+PACKAGE = Path(__file__).resolve().parent.parent / "vaegrid"
+
+
+@pytest.mark.parametrize(("old", "new"), list(itertools.product(Status, Status)))
+def test_every_move_is_allowed_exactly_when_the_table_holds_it(old: Status, new: Status) -> None:
+    row = TrialRow(key="0123456789ab", status=old.value)
+    if new in TRANSITIONS[old]:
+        move(row, new, "why")
+        assert row.status == new.value and row.cause == "why"
+    else:
+        with pytest.raises(IllegalTransition, match=f"{old} -> {new}"):
+            move(row, new)
+        assert row.status == old.value
+
+
+def test_final_statuses_lead_nowhere_but_a_retry_or_a_reopened_rung() -> None:
+    for status in FINAL:
+        assert TRANSITIONS[status] <= {RUNNING, Status.PAUSED, Status.STOPPED}
+    assert not TRANSITIONS[COMPLETED] and not TRANSITIONS[Status.DIVERGED]
+
+
+def _status_writes(tree: ast.AST) -> list[int]:
+    """Lines that assign to a ``.status`` attribute (``x.status = ...``, tuple targets too)."""
+    lines = []
+    for node in ast.walk(tree):
+        targets = node.targets if isinstance(node, ast.Assign) else []
+        for target in targets:
+            elements = target.elts if isinstance(target, ast.Tuple) else [target]
+            lines += [
+                e.lineno for e in elements if isinstance(e, ast.Attribute) and e.attr == "status"
+            ]
+    return lines
+
+
+def test_only_the_database_layer_writes_a_status() -> None:
+    writers = {}
+    for path in PACKAGE.rglob("*.py"):
+        lines = _status_writes(ast.parse(path.read_text()))
+        if lines:
+            writers[str(path.relative_to(PACKAGE))] = lines
+    # db/trials.py: move() for trials, and the runs' own end (vg_run.status).
+    assert set(writers) == {"db/trials.py"}, writers
+    source = (PACKAGE / "db" / "trials.py").read_text().splitlines()
+    trial_writes = [n for n in writers["db/trials.py"] if "row.status" in source[n - 1]]
+    assert len(trial_writes) == 1  # the one line in move()
+
+
+def test_the_store_refuses_an_illegal_move_and_keeps_a_committed_end(
+    write_study,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    path = write_study()
+    db = synced_study_db(path, tmp_path / "r" / "tiny")
+    study = load_study(path)
+    cfg = expand(study)[0]
+    store = Store(db)
+    try:
+        store.start_trial(study, cfg)
+        with pytest.raises(IllegalTransition, match="running -> running"):
+            store.start_trial(study, cfg)
+        store.mark([cfg.key], FAILED, "worker died")
+        store.fail(cfg.key, "Traceback...\nValueError: late")  # not running: keeps its end
+        assert store.status_of(cfg.key) == FAILED
+        assert store.trials()[0].status in Status
+    finally:
+        store.close()
+
+
+def test_a_status_vaegrid_never_writes_is_refused_in_one_line(
+    write_study,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    import sqlite3
+
+    from vaegrid.errors import InputError
+
+    db = synced_study_db(write_study(), tmp_path / "r" / "tiny")
+    with sqlite3.connect(db) as con:
+        con.execute("UPDATE vg_trial SET status = 'finished' WHERE rowid = 1")
+    store = Store.reader(db)
+    try:
+        with pytest.raises(InputError, match=r"status 'finished' is not one of vaegrid's"):
+            store.trials()
+    finally:
+        store.close()
+
+
+def test_summary_counts_final_waiting_and_paused_from_the_sets() -> None:
+    statuses = [COMPLETED, Status.DIVERGED, FAILED, Status.STOPPED, RUNNING]
+    statuses += [Status.PENDING, Status.INTERRUPTED, Status.PAUSED]
+    assert summary(statuses) == (
+        "4/8 done (1 completed, 1 diverged, 1 failed, 1 stopped), 1 running, 2 waiting, "
+        "1 paused at a rung"
+    )

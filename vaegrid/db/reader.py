@@ -1,0 +1,201 @@
+"""Reading a study database: every row checked on its way in, as vaegrid could have written it.
+
+A study database is outside input like any other (it may be edited, or made by another
+tool). What leaves this module is checked once here: a key of vaegrid's form, a config
+that hashes to its key and is one a study file could make, a status of vaegrid's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+
+from vaegrid.db.schema import (
+    Base,
+    DriverRow,
+    EpochRow,
+    ProvenanceRow,
+    RunRow,
+    StopRow,
+    StudyRow,
+    TrialDeviceRow,
+    TrialRow,
+)
+from vaegrid.db.session import StoreBase
+from vaegrid.errors import InputError
+from vaegrid.spec.load import config_problem
+from vaegrid.spec.study import TrialConfig
+from vaegrid.status import Status, parse
+
+if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
+    import pandas as pd
+
+KEY_PATTERN = re.compile(r"[0-9a-f]{12}")  # TrialConfig.key: anything else is not ours
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """A trial's row, as the driver and the report read it."""
+
+    key: str
+    config: TrialConfig
+    status: Status
+    epochs_done: int
+
+
+class ReaderMixin(StoreBase):
+    """Queries: what the driver, ``status``, the report and the API read."""
+
+    def trials(self) -> list[TrialInfo]:
+        """Every trial in the database, each checked: a key of ours, a config that hashes to
+        it, a status of ours.
+
+        Raises:
+            InputError: a row was edited by hand (or by anything but vaegrid).
+        """
+        with self.session() as s:
+            rows = s.scalars(select(TrialRow)).all()
+            return [
+                TrialInfo(
+                    r.key,
+                    _config(self.path, r.key, r.config),
+                    parse(r.status, f"{self.path}: trial {r.key}"),
+                    r.epochs_done,
+                )
+                for r in rows
+            ]
+
+    def statuses(self) -> dict[str, Status]:
+        """Every trial's status (checked), by key."""
+        with self.session() as s:
+            return {
+                key: parse(status, f"{self.path}: trial {key}")
+                for key, status in s.execute(select(TrialRow.key, TrialRow.status))
+            }
+
+    def status_of(self, key: str) -> Status:
+        with self.session() as s:
+            row = s.get(TrialRow, key)
+            assert row is not None
+            return parse(row.status, f"{self.path}: trial {key}")
+
+    def trial_devices(self) -> dict[str, str]:
+        """The device kind each started trial is bound to (see :class:`TrialDeviceRow`)."""
+        with self.session() as s:
+            return {r.key: r.device_kind for r in s.scalars(select(TrialDeviceRow))}
+
+    def stopped_rungs(self) -> dict[str, int]:
+        """The rung each stopped trial was stopped at."""
+        with self.session() as s:
+            return {r.key: r.rung for r in s.scalars(select(StopRow))}
+
+    def rung_values(
+        self, metric: str, epochs: Sequence[int]
+    ) -> tuple[dict[str, tuple[Status, int, str | None]], dict[str, dict[int, float]]]:
+        """What the halving rule reads: every trial's (status, epochs_done, cause), and its
+        validation ``metric`` ("val_elbo" or "val_recon") at each of ``epochs``."""
+        column = {"val_elbo": EpochRow.elbo, "val_recon": EpochRow.recon}[metric]
+        with self.session() as s:
+            rows = {
+                key: (parse(status, f"{self.path}: trial {key}"), done, cause)
+                for key, status, done, cause in s.execute(
+                    select(TrialRow.key, TrialRow.status, TrialRow.epochs_done, TrialRow.cause)
+                )
+            }
+            values: dict[str, dict[int, float]] = defaultdict(dict)
+            query = select(EpochRow.key, EpochRow.epoch, column).where(
+                EpochRow.split == "val", EpochRow.epoch.in_(list(epochs))
+            )
+            for key, epoch, value in s.execute(query):
+                values[key][epoch] = value
+        return rows, dict(values)
+
+    def live_driver(self, timeout: float) -> DriverRow | None:
+        """The driver whose heartbeat is younger than ``timeout`` seconds, if any."""
+        import time
+
+        with self.session() as s:
+            row = s.scalars(select(DriverRow)).first()
+            if row is None or time.time() - row.beat > timeout:
+                return None
+            s.expunge(row)
+            return row
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first, with its provenance (device_kind, host, versions)."""
+        with self.session() as s:
+            prov = {p.run_id: p for p in s.scalars(select(ProvenanceRow))}
+            out = []
+            for r in s.scalars(select(RunRow).order_by(RunRow.id)):
+                row = {c.name: getattr(r, c.name) for c in RunRow.__table__.columns}
+                p = prov.get(r.id)
+                row["device_kind"] = p.device_kind if p else None
+                row["host"] = p.host if p else None
+                row["versions"] = json_or_none(p.versions) if p else None
+                row["peak_device_mb"] = p.peak_device_mb if p else None
+                out.append(row)
+            return out
+
+    def frame(self, table: str) -> pd.DataFrame:
+        """A whole vaegrid table (``vg_trial``, ``vg_epoch``, ``vg_run``, ``vg_test``), with
+        the columns of this vaegrid's schema (a reader of an older database migrates nothing).
+        """
+        import pandas as pd
+
+        if table not in Base.metadata.tables:
+            raise KeyError(table)
+        columns = Base.metadata.tables[table].columns
+        with self.engine.connect() as con:
+            if not self.engine.dialect.has_table(con, table):  # a table older versions lack
+                return pd.DataFrame(columns=[c.name for c in columns])
+            return pd.read_sql_query(select(*columns), con)
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The stored study's fixed settings (its ``[halving]`` among them, if any)."""
+        with self.session() as s:
+            row = s.scalars(select(StudyRow)).first()
+            if row is None:
+                raise InputError(f"{self.path}: holds no vaegrid study")
+            found = json_or_none(row.fingerprint)
+            if not isinstance(found, dict) or not isinstance(found.get("train", {}), dict):
+                raise InputError(
+                    f"{self.path}: the stored study's fingerprint is not vaegrid's (edited?)"
+                )
+            return found
+
+    def study_row(self) -> tuple[str, int]:
+        with self.session() as s:
+            row = s.scalars(select(StudyRow)).first()
+            if row is None:
+                raise InputError(f"{self.path}: holds no vaegrid study")
+            return row.name, row.slots
+
+
+def _config(path: str, key: str, text: str) -> TrialConfig:
+    """A stored trial's config, refused unless it is well-formed and hashes to its key."""
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise InputError(f"{path}: vg_trial holds a key {key!r} that vaegrid never makes")
+    try:
+        cfg = TrialConfig.from_json(text)
+        ok = cfg.key == key
+    except Exception as e:  # anything a hand-edited JSON can raise
+        raise InputError(f"{path}: trial {key}: stored config is not valid ({e})") from None
+    if not ok:
+        raise InputError(f"{path}: trial {key}: stored config does not hash to its key (edited?)")
+    problem = config_problem(cfg)
+    if problem is not None:
+        raise InputError(f"{path}: trial {key}: stored config is not valid ({problem})")
+    return cfg
+
+
+def json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

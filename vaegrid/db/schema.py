@@ -1,0 +1,227 @@
+"""vaegrid's tables (``vg_*``) beside Optuna's in one database, and their schema version.
+
+Optuna's tables make ``optuna.load_study`` and optuna-dashboard read a sweep as-is. vaegrid's
+hold what Optuna has no place for: per-epoch train and validation metrics, every run of a
+trial with its device and timing, test results, and the coordination of drivers and
+workers on a server.
+
+The schema has a version, kept in ``vg_meta``. A writer (``run``, ``report``) brings an
+older database up to :data:`SCHEMA_VERSION` in place, one numbered step at a time, each in
+one transaction; a database of a newer version, or of a version vaegrid never made, is
+refused with one line naming both versions, never misread. Readers (``status``, ``load``)
+read the versions they understand and migrate nothing.
+
+Why not Alembic: Optuna already keeps *its* schema with Alembic in this very database, in
+the table ``alembic_version``; a second Alembic history needs its own version table, an
+environment and a script folder, for steps that are a few DDL statements each.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection, Float, ForeignKey, Integer, String, Text, inspect, text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+from vaegrid.errors import InputError
+from vaegrid.status import PENDING, RUNNING
+
+# 1: every database made before vg_meta existed (its vg_trial repeats the seed's four axes
+#    as columns hidden, latent, lr, clip).
+# 2: vg_meta; vg_study.description; vg_trial without axis columns (a trial's settings
+#    live in its config alone).
+SCHEMA_VERSION = 2
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class MetaRow(Base):
+    """Facts about the database itself: ``schema_version``."""
+
+    __tablename__ = "vg_meta"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    value: Mapped[str] = mapped_column(Text)
+
+
+class StudyRow(Base):
+    __tablename__ = "vg_study"
+    name: Mapped[str] = mapped_column(String, primary_key=True)
+    fingerprint: Mapped[str] = mapped_column(Text)  # JSON of the fixed settings
+    source: Mapped[str] = mapped_column(Text)  # the study file it was last run from
+    slots: Mapped[int] = mapped_column(Integer, default=1)  # trials at once in the last run
+    description: Mapped[str | None] = mapped_column(Text)  # the study file's description
+
+
+class TrialRow(Base):
+    __tablename__ = "vg_trial"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    config: Mapped[str] = mapped_column(Text)  # TrialConfig JSON: every setting
+    status: Mapped[str] = mapped_column(String, default=PENDING)  # a status.Status
+    epochs_done: Mapped[int] = mapped_column(Integer, default=0)
+    optuna_trial_id: Mapped[int | None] = mapped_column(Integer)
+    cause: Mapped[str | None] = mapped_column(Text)  # diverged: what and where; failed: the error
+    diverged_epoch: Mapped[int | None] = mapped_column(Integer)
+    seconds: Mapped[float] = mapped_column(Float, default=0.0)  # training time, all runs
+
+
+class RunRow(Base):
+    __tablename__ = "vg_run"
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), index=True)
+    device: Mapped[str] = mapped_column(String)
+    worker: Mapped[int] = mapped_column(Integer)  # pid
+    started: Mapped[float] = mapped_column(Float)  # unix time
+    ended: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String, default=RUNNING)  # how the run ended
+    error: Mapped[str | None] = mapped_column(Text)  # traceback of a failed run
+    max_rss_mb: Mapped[float | None] = mapped_column(Float)  # worker's peak resident memory so far
+
+
+class ProvenanceRow(Base):
+    """What a run computed with."""
+
+    __tablename__ = "vg_provenance"
+    run_id: Mapped[int] = mapped_column(ForeignKey("vg_run.id"), primary_key=True)
+    device_kind: Mapped[str] = mapped_column(String)  # provenance.device_kind
+    host: Mapped[str] = mapped_column(String)
+    versions: Mapped[str] = mapped_column(Text)  # JSON: python, vaegrid, git, torch, cuda, ...
+    peak_device_mb: Mapped[float | None] = mapped_column(Float)  # CUDA: max allocated
+
+
+class DriverRow(Base):
+    """The live driver of the study (servers and clusters: workers watch its heartbeat)."""
+
+    __tablename__ = "vg_driver"
+    study: Mapped[str] = mapped_column(String, primary_key=True)
+    token: Mapped[str] = mapped_column(String)  # this driver run's id, sent with every task
+    pid: Mapped[int] = mapped_column(Integer)
+    host: Mapped[str] = mapped_column(String)
+    beat: Mapped[float] = mapped_column(Float)  # unix time of its last heartbeat
+
+
+class ClaimRow(Base):
+    """Who runs a trial (servers): a lease its worker renews; a dead worker's expires."""
+
+    __tablename__ = "vg_claim"
+    key: Mapped[str] = mapped_column(String, primary_key=True)
+    owner: Mapped[str] = mapped_column(String)  # host:pid:thread of the worker
+    expires: Mapped[float] = mapped_column(Float)  # unix time
+
+
+class TrialDeviceRow(Base):
+    """The kind of device a trial's first epoch ran on: it only ever continues on that kind."""
+
+    __tablename__ = "vg_trial_device"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    device_kind: Mapped[str] = mapped_column(String)
+
+
+class EpochRow(Base):
+    __tablename__ = "vg_epoch"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    split: Mapped[str] = mapped_column(String, primary_key=True)  # "train" or "val"
+    elbo: Mapped[float] = mapped_column(Float)
+    recon: Mapped[float] = mapped_column(Float)
+    kl: Mapped[float] = mapped_column(Float)
+    seconds: Mapped[float] = mapped_column(Float)
+
+
+class StopRow(Base):
+    """The rung that stopped a ``stopped`` trial (halving)."""
+
+    __tablename__ = "vg_stop"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    rung: Mapped[int] = mapped_column(Integer)  # the epoch it was compared at, and stopped
+
+
+class TestRow(Base):
+    __tablename__ = "vg_test"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    elbo: Mapped[float] = mapped_column(Float)  # test metrics, as validation's: one z per image
+    recon: Mapped[float] = mapped_column(Float)
+    kl: Mapped[float] = mapped_column(Float)
+    nll: Mapped[float] = mapped_column(Float)  # importance-sampled -log p(x), nats per image
+    nll_samples: Mapped[int] = mapped_column(Integer)  # k, importance samples per image
+    seconds: Mapped[float] = mapped_column(Float)  # time the evaluation took
+    evaluated: Mapped[float] = mapped_column(Float)  # unix time
+
+
+def _to_2(con: Connection) -> None:
+    """1 -> 2: the tables version 1 lacked (it gained some over time), the study's
+    description, and no axis columns."""
+    Base.metadata.create_all(con)
+    con.execute(text("ALTER TABLE vg_study ADD COLUMN description TEXT"))
+    for column in ("hidden", "latent", "lr", "clip"):
+        if column in {c["name"] for c in inspect(con).get_columns("vg_trial")}:
+            con.execute(text(f"ALTER TABLE vg_trial DROP COLUMN {column}"))
+
+
+# The step that brings a database of version N to N + 1.
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2}
+assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION))
+
+
+def version(con: Connection, where: str) -> int | None:
+    """The schema version of the database ``con`` is on; None when it holds no vaegrid table.
+
+    Raises:
+        InputError: the version is not a number vaegrid ever wrote.
+    """
+    tables = set(inspect(con).get_table_names())
+    if MetaRow.__tablename__ not in tables:
+        return 1 if StudyRow.__tablename__ in tables else None
+    row = con.execute(text("SELECT value FROM vg_meta WHERE name = 'schema_version'")).first()
+    found = row[0] if row is not None else None
+    if not isinstance(found, str) or not found.isdigit() or not 1 <= int(found) < 1_000_000:
+        raise InputError(
+            f"{where}: schema version {str(found)[:40]!r} is not one vaegrid writes "
+            f"(this vaegrid writes {SCHEMA_VERSION}); not a vaegrid study database, or edited"
+        )
+    return int(found)
+
+
+def check_readable(con: Connection, where: str) -> None:
+    """Refuse a database newer than this vaegrid (a reader migrates nothing).
+
+    Raises:
+        InputError: naming both versions.
+    """
+    found = version(con, where)
+    if found is not None and found > SCHEMA_VERSION:
+        raise _newer(where, found)
+
+
+def prepare(con: Connection, where: str) -> None:
+    """Make the tables of a new database, or migrate an older one in place, step by step.
+
+    Runs inside the caller's transaction on ``con``.
+
+    Raises:
+        InputError: the database is newer than this vaegrid, or its version is not one
+            vaegrid wrote.
+    """
+    found = version(con, where)
+    if found == SCHEMA_VERSION:
+        return  # nothing to write: workers open the database often
+    if found is None:
+        Base.metadata.create_all(con)
+    elif found > SCHEMA_VERSION:
+        raise _newer(where, found)
+    else:
+        for step in range(found, SCHEMA_VERSION):
+            MIGRATIONS[step](con)
+    con.execute(text("DELETE FROM vg_meta WHERE name = 'schema_version'"))
+    con.execute(
+        text("INSERT INTO vg_meta (name, value) VALUES ('schema_version', :v)"),
+        {"v": str(SCHEMA_VERSION)},
+    )
+
+
+def _newer(where: str, found: int) -> InputError:
+    return InputError(
+        f"{where}: made by a newer vaegrid (schema version {found}; this vaegrid reads "
+        f"versions 1 to {SCHEMA_VERSION}); upgrade vaegrid to read it"
+    )

@@ -1,0 +1,475 @@
+"""The sweep driver: reconcile a study with its database, dispatch trials to slots.
+
+One driver per study: an flock that dies with its holder (SQLite), or PostgreSQL's
+advisory lock on the driver's own connection, which the server drops when the driver
+dies (a server database). The trials the study lets run now go to the executor's slots
+(pool.py) through the scheduler (scheduler.py): a trial is submitted only to a free slot
+the placement rule allows, so no device ever runs more than K trials, every trial runs on
+exactly one device, and a trial that has started only ever continues on a device of the
+kind it started on. A worker's death costs only the trial it was running.
+
+A study with ``[halving]`` runs rung by rung: trials are sent only as far as the rungs
+decided so far allow (halving.py, re-derived from the database after every result), wait
+``paused`` at an undecided rung, and are ``stopped`` when a decided rung drops them.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import threading
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from vaegrid import halving
+from vaegrid.db.engine import Database, pg_advisory_lock, reason
+from vaegrid.db.store import Store
+from vaegrid.errors import InputError
+from vaegrid.layout import StudyLayout
+from vaegrid.run.pool import (
+    MAX_WORKER_DEATHS,
+    ClusterGone,
+    Executor,
+    LocalExecutor,
+    Pool,
+    Slot,
+    WorkerDied,
+)
+from vaegrid.run.progress import Progress
+from vaegrid.run.scheduler import Scheduler
+from vaegrid.run.worker import DRIVER_TIMEOUT_S, Task, execute, init_worker
+from vaegrid.safeio import check_study_dir, ensure_dir, open_fd, write_atomic
+from vaegrid.spec.study import Study, TrialConfig, expand
+from vaegrid.status import (
+    FAILED,
+    FINAL,
+    INTERRUPTED,
+    PAUSED,
+    PENDING,
+    RUNNING,
+    WAITING,
+    Status,
+    summary,
+)
+from vaegrid.train import provenance
+from vaegrid.train.data import ensure_mnist
+
+HEARTBEAT_S = 4.0  # the driver's heartbeat (servers, clusters); workers allow DRIVER_TIMEOUT_S
+EXIT_CLUSTER_GONE = 3
+
+
+class DriverLock:
+    """An exclusive flock on the study's ``driver.lock``, holding the driver's pid.
+
+    The kernel releases it when the driver dies, however it dies, so a crashed driver's
+    lock is taken over by the next one without any stale-lock guessing. The lock file is
+    opened without following links.
+    """
+
+    def __init__(self, layout: StudyLayout) -> None:
+        self.path = layout.driver_lock
+        self.fd: int | None = None
+
+    def __enter__(self) -> DriverLock:
+        ensure_dir(self.path.parent)
+        fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            raise InputError(
+                f"{self.path.parent}: another driver (pid {pid}) is running this study; "
+                "wait for it, or stop it and run again"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+    @staticmethod
+    def holder(layout: StudyLayout) -> int | None:
+        """The pid of the live driver of the study (-1 if unreadable), or None."""
+        path = layout.driver_lock
+        if not path.exists() and not path.is_symlink():
+            return None
+        fd = open_fd(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
+
+def run_study(
+    study: Study,
+    results: Path,
+    pool: Pool,
+    data_root: Path,
+    retry_failed: bool = False,
+    progress: bool = True,
+    max_deaths: int = MAX_WORKER_DEATHS,
+    executor: Executor | None = None,
+    storage: str | None = None,
+) -> int:
+    """Sweep ``study`` to its end, resuming whatever its database and folder already hold.
+
+    Args:
+        executor: Where trials run; default a :class:`LocalExecutor` over ``pool``.
+        storage: The database URL; default ``sqlite:///<results>/<study>/study.db``.
+
+    Returns:
+        0 when every trial completed or diverged; 1 when any failed (tracebacks in the
+        database) or waits for a kind of device the pool lacks; 3 when the cluster's
+        scheduler went away; 130 when stopped by Ctrl-C or SIGTERM (running trials keep
+        their last finished epoch).
+
+    Raises:
+        InputError: missing or corrupt data, a results or study folder that is not a plain
+            folder (a file, a link, on /proc...), a bad or unreachable database, a live
+            driver on the study, an unwritable database, or one made by a study with other
+            fixed settings or a newer vaegrid. Nothing is written then.
+    """
+    layout = StudyLayout.of(results, study.name)
+    check_study_dir(results, layout.root)
+    db = Database.for_study(layout, storage)
+    db.check_location()
+    ensure_mnist(data_root, study.data)
+    Store.check_compatible(db, study)
+    grid = expand(study)
+    token = uuid.uuid4().hex
+    with _driver_lock(db, layout, study.name):
+        store = Store(db)
+        previous = signal.signal(signal.SIGTERM, _stop)
+        executor = executor or LocalExecutor(pool, initializer=init_worker)
+        beating = executor.watch == "heartbeat" or not db.is_sqlite
+        try:
+            store.sync_study(study, grid, pool.slots)
+            write_atomic(layout.driver_token, token + "\n")  # proof a worker sees it
+            with _heartbeat(store, study.name, token, beating):
+                sweep = _Sweep(study, grid, layout, store, pool, data_root, executor, token)
+                return sweep.run(retry_failed, progress, max_deaths)
+        except SQLAlchemyError as e:
+            print(
+                f"vaegrid: the study database failed ({reason(e)}); what was committed is "
+                "kept: run the same command again to continue"
+            )
+            return 1
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+            store.close()
+
+
+@contextmanager
+def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]:
+    """One driver per study: the flock on SQLite, the server's advisory lock otherwise."""
+    if db.is_sqlite:
+        with DriverLock(layout):
+            yield
+        return
+    ensure_dir(layout.root)  # trial folders live there, whatever the database
+    try:
+        lock = pg_advisory_lock(db, name)
+        held = lock.__enter__()
+    except Exception as e:  # unreachable, refused, bad credentials: one line
+        raise InputError(f"{db}: cannot connect ({str(e).strip().splitlines()[0]})") from None
+    try:
+        if not held:
+            reader = Store.reader(db)
+            try:
+                live = reader.live_driver(DRIVER_TIMEOUT_S * 3)
+            finally:
+                reader.close()
+            who = f"pid {live.pid} on {live.host}" if live else "pid ?"
+            raise InputError(
+                f"{db}: another driver ({who}) is running study {name!r}; "
+                "wait for it, or stop it and run again"
+            )
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+@contextmanager
+def _heartbeat(store: Store, study: str, token: str, on: bool) -> Iterator[None]:
+    """While the block runs, tell the database every few seconds that this driver lives."""
+    if not on:
+        yield
+        return
+    host, pid = provenance.host(), os.getpid()
+    store.driver_beat(study, token, pid, host)
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            with suppress(SQLAlchemyError):  # a passing fault: workers allow DRIVER_TIMEOUT_S
+                store.driver_beat(study, token, pid, host)
+
+    thread = threading.Thread(target=beat, name="vaegrid-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        with suppress(SQLAlchemyError):
+            store.driver_gone(study, token)
+
+
+def _stop(signum: int, frame: object) -> None:
+    """SIGTERM stops a sweep as cleanly as Ctrl-C does."""
+    raise KeyboardInterrupt
+
+
+Running = dict[Any, tuple[str, Slot]]  # a trial's future -> (its key, its slot)
+
+
+class _Sweep:
+    """One driver's pass over the study.
+
+    ``view`` holds every trial's status as the database has it, except that trials this
+    driver has queued show as pending (waiting): the counts on the bar derive from it.
+    """
+
+    def __init__(
+        self,
+        study: Study,
+        grid: list[TrialConfig],
+        layout: StudyLayout,
+        store: Store,
+        pool: Pool,
+        data_root: Path,
+        executor: Executor,
+        token: str,
+    ) -> None:
+        self.study, self.layout, self.store, self.pool = study, layout, store, pool
+        self.data_root = data_root.resolve()
+        self.executor, self.token = executor, token
+        self.grid = {cfg.key: cfg for cfg in grid}
+        self.scheduler = Scheduler(pool, store.trial_devices())
+        self.deaths: Counter[str] = Counter()
+        self.versions = tuple(sorted(provenance.versions().items()))
+        statuses = {t.key: t.status for t in store.trials()}  # every row checked
+        self.view: dict[str, Status] = {k: statuses[k] for k in self.grid}
+        self.targets: dict[str, int] = {}  # halving: trial -> the epoch it may run to now
+        self.retry: set[str] = set()  # failed trials this driver has yet to rerun
+        self.decided = 0  # halving: rungs decided so far
+
+    def run(self, retry_failed: bool, progress: bool, max_deaths: int) -> int:
+        self.max_deaths = max_deaths
+        if retry_failed:
+            self.retry = {k for k, s in self.view.items() if s == FAILED}
+        if self.study.halving is not None:
+            self._decide()
+        self._enqueue(set())
+        if not self.scheduler.queue:
+            print(f"{self.study.name}: nothing to do: {summary(self.view.values())}")
+            return self._exit_code()
+        self.progress = Progress(
+            self.study.name, self.view, self.study.halving is not None, progress
+        )
+        running: Running = {}
+        free = self.pool.slot_list()
+        try:
+            while self.scheduler.queue or running:
+                self._dispatch(free, running)
+                done = self.executor.wait(list(running), 1.0)
+                for future in done:
+                    key, slot = running.pop(future)
+                    free.append(slot)
+                    self._collect(key, slot, future)
+                if done and self.study.halving is not None:
+                    self._advance({k for k, _ in running.values()})
+                self.progress.show(self.view)
+        except KeyboardInterrupt:
+            return self._abandon(running, "interrupted", "run the same command again", 130)
+        except ClusterGone as e:
+            then = "run the same command again once it is back"
+            return self._abandon(running, f"vaegrid: {e}", then, EXIT_CLUSTER_GONE)
+        self.executor.shutdown(kill=False)
+        self.progress.close()
+        return self._exit_code()
+
+    def _may_go(self, key: str) -> bool:
+        """Whether the study lets ``key`` run now (the scheduler then says where)."""
+        status = self.view[key]
+        if self.study.halving is None:
+            return status in WAITING or key in self.retry
+        return key in self.targets and (status in WAITING | {PAUSED} or key in self.retry)
+
+    def _enqueue(self, running: set[str]) -> None:
+        """Offer the scheduler every trial that may run now and is not already offered."""
+        offered = self.scheduler.waiting() | running
+        for key in self.grid:
+            if key not in offered and self._may_go(key):
+                self.scheduler.offer(key)
+                self.view[key] = PENDING
+
+    def _abandon(self, running: Running, why: str, then: str, code: int) -> int:
+        """Stop every worker now; running trials keep their last epoch (interrupted)."""
+        self.executor.shutdown(kill=True)
+        self.store.mark([k for k, _ in running.values()], INTERRUPTED)
+        self.progress.close()
+        print(f"{why}: {len(running)} running trials keep their last finished epoch; {then}")
+        return code
+
+    def _decide(self) -> halving.Applied:
+        """Halving: take and record every rung decision the database allows (halving.py),
+        and bring the view of the trials that wait in line with them."""
+        assert self.study.halving is not None
+        applied = halving.update(
+            self.store, list(self.grid), self.study.halving, self.study.epochs, self.retry
+        )
+        self.targets = applied.plan.targets
+        for rung in applied.plan.decided[self.decided :]:
+            line = (
+                f"rung {rung.epoch}: the best {len(rung.survivors)} of {len(rung.ranked)} "
+                f"trials by {self.study.halving.metric} at epoch {rung.epoch} are kept"
+            )
+            Progress.write(line)
+        self.decided = len(applied.plan.decided)
+        offered = self.scheduler.waiting()
+        for key in self.grid:
+            if key not in offered and self.view[key] != RUNNING:
+                self.view[key] = applied.statuses[key]
+        return applied
+
+    def _advance(self, running: set[str]) -> None:
+        """Halving, after results came in: decide what can be decided, queue what may run
+        now, and say what stopped and what goes on again."""
+        applied = self._decide()
+        self._enqueue(running)
+        done = sum(1 for s in self.view.values() if s in FINAL)
+        first = done - len(applied.stopped) + 1  # numbered as _finished numbers trials
+        for n, key in enumerate(applied.stopped, start=first):
+            rung = applied.plan.stopped[key]
+            self.progress.say(
+                f"[{n}/{len(self.grid)}] {self._describe(key)}: stopped at rung {rung}"
+            )
+        for key in applied.reopened:
+            self.progress.say(f"{self._describe(key)}: goes on (its rung was decided again)")
+
+    def _paused(self, key: str) -> None:
+        self.view[key] = PAUSED
+        self.progress.say(f"{self._describe(key)}: paused at epoch {self.targets.get(key)}")
+
+    def _describe(self, key: str) -> str:
+        return f"{key} ({self.grid[key].describe(self.study.searched)})"
+
+    def _exit_code(self) -> int:
+        for line in self.scheduler.strands():
+            print(line)
+        failed = any(s == FAILED for s in self.view.values())
+        return 1 if failed or self.scheduler.stranded else 0
+
+    def _dispatch(self, free: list[Slot], running: Running) -> None:
+        """Fill free slots, least busy device first, each with the first queued trial that
+        the placement rule lets run there."""
+        busy = Counter(slot.device for _, slot in running.values())
+        candidates = list(free)
+        while candidates and self.scheduler.queue:
+            slot = min(candidates, key=lambda s: (busy[s.device], s.device, s.index))
+            candidates.remove(slot)
+            key = self.scheduler.take(self.pool.kind(slot.device))
+            if key is None:
+                continue
+            self.retry.discard(key)
+            free.remove(slot)
+            busy[slot.device] += 1
+            self.view[key] = RUNNING
+            try:
+                running[self._submit(key, slot)] = (key, slot)
+            except WorkerDied as e:  # the slot's worker died while idle
+                free.append(slot)
+                self.executor.reset(slot)
+                self._worker_died(key, e)
+
+    def _submit(self, key: str, slot: Slot) -> Any:
+        task = Task(
+            config=self.grid[key].to_json(),
+            optuna_trial_id=self.store.start_trial(self.study, self.grid[key]),
+            device=self.executor.device(slot),
+            threads=self.pool.threads,
+            db=self.store.db,
+            layout=StudyLayout(self.layout.root.resolve()),
+            data_root=str(self.data_root),
+            driver_pid=os.getpid(),
+            versions=self.versions,
+            watch=self.executor.watch,
+            driver_token=self.token,
+            stop_at=self._stop_at(key),
+        )
+        return self.executor.submit(slot, execute, task)
+
+    def _stop_at(self, key: str) -> int | None:
+        """Halving: the rung a trial may run to now; None: to its last epoch."""
+        target = self.targets.get(key)
+        return target if target is not None and target < self.study.epochs else None
+
+    def _collect(self, key: str, slot: Slot, future: Any) -> None:
+        """A trial's future ended: its status, its worker's death, or an unrecorded error."""
+        try:
+            returned = self.executor.result(future)
+        except WorkerDied as e:  # the worker process died (killed, out of memory)
+            self.executor.reset(slot)
+            self._worker_died(key, e)
+            return
+        except Exception as e:  # the worker could not even record its own failure
+            self.store.fail(key, "".join(traceback.format_exception(e)))
+            returned = self.store.status_of(key)
+        self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
+        if returned == INTERRUPTED:  # its lease was lost, or it saw a stale heartbeat: again
+            self.scheduler.offer(key, front=True)
+            self.view[key] = PENDING
+            return
+        if returned == PAUSED and self.study.halving is not None:
+            self._paused(key)
+            return
+        if returned not in FINAL:  # never expected; recorded rather than trusted
+            self.store.fail(key, f"worker returned status {returned!r}")
+            returned = self.store.status_of(key)
+        self._finished(key, Status(returned))
+
+    def _finished(self, key: str, status: Status) -> None:
+        self.view[key] = status
+        done = sum(1 for s in self.view.values() if s in FINAL)
+        self.progress.say(f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}")
+
+    def _worker_died(self, key: str, error: BaseException) -> None:
+        """The worker running ``key`` died: the trial ended (if its end was committed first),
+        resumes, or after ``max_deaths`` deaths fails."""
+        self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
+        status = self.store.status_of(key)
+        if status == PAUSED and self.study.halving is not None:  # its pause was committed
+            self._paused(key)
+            return
+        if status in FINAL:
+            self._finished(key, status)
+            return
+        self.deaths[key] += 1
+        if self.deaths[key] >= self.max_deaths:
+            cause = f"worker process died {self.deaths[key]} times: {error}"
+            self.store.mark([key], FAILED, cause)
+            self._finished(key, FAILED)
+        else:
+            self.store.mark([key], INTERRUPTED)
+            self.scheduler.offer(key, front=True)
+            self.view[key] = PENDING
+
+
+__all__ = ["DriverLock", "run_study"]

@@ -1,0 +1,112 @@
+"""The settings of a trial: declared once, here, with their bounds, defaults and labels.
+
+``AXES`` is the one place the settings are declared: the study file's keys and their
+validation (spec/load.py), the trial config and its key (spec/study.py), Optuna's
+parameters and distributions (db/ledger.py), the tables' and CSVs' columns, the figures'
+labels, ``plan``, the progress line and ``status`` all follow from it.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+MNIST_TRAIN_IMAGES = 60_000
+MNIST_TEST_IMAGES = 10_000
+OPTIMIZERS = ("adam", "adamw", "sgd")
+
+# Bounds on the settings. Everything in a study file comes from outside: each bound keeps a
+# bad value from crashing, exhausting or silently misleading a later stage.
+# hidden: widths 1..HIDDEN_MAX.
+HIDDEN_MAX = 16_384
+# latent: latent dimensions 1..LATENT_MAX.
+LATENT_MAX = 4_096
+# lr: learning rates in this closed range (Optuna's stored distribution, db/ledger.py).
+LR_RANGE = (1e-12, 1e6)
+# clip: gradient-norm limits in this closed range (Optuna's stored distribution).
+CLIP_RANGE = (1e-12, 1e12)
+# beta: the KL weight of a beta-VAE, 0 (an autoencoder with a noisy code) up to this.
+BETA_RANGE = (0.0, 1e4)
+# weight_decay: L2 penalty (adam, sgd) or decoupled decay (adamw), 0 up to this.
+WEIGHT_DECAY_RANGE = (0.0, 1e3)
+# momentum: SGD's momentum, 0 (none) up to this (1 would never forget a gradient).
+MOMENTUM_RANGE = (0.0, 0.999)
+# epochs: 1..EPOCHS_MAX.
+EPOCHS_MAX = 10_000
+# data.limit: 0 (all) or up to the MNIST pool, 60,000 + 10,000 images.
+LIMIT_MAX = MNIST_TRAIN_IMAGES + MNIST_TEST_IMAGES
+# grid.repeats: 1..REPEATS_MAX runs of every config with different seeds.
+REPEATS_MAX = 100
+
+
+@dataclass(frozen=True)
+class Axis:
+    """A setting of a trial that a study may fix (``[train]``) or search (``[grid]``).
+
+    A trial config holds one value of every axis; ``default[0]`` is the value of a
+    setting a study never names.
+    """
+
+    name: str
+    kind: type  # int, float or str
+    default: tuple[Any, ...]  # the seed study's value(s)
+    searched: bool  # in the seed's grid: a study that sets it nowhere searches ``default``
+    low: float = 0.0  # numbers: allowed range, closed
+    high: float = 0.0
+    choices: tuple[str, ...] = ()  # strings: the allowed values
+    log: bool = False  # values span decades: log scale in Optuna and the figures
+    label: str = ""  # for figures and tables: what it is, with its unit
+
+    def allowed(self) -> str:
+        """What a value of this axis may be, for messages."""
+        if self.kind is str:
+            return "one of " + ", ".join(f'"{c}"' for c in self.choices)
+        what = "an integer" if self.kind is int else "a number"
+        return f"{what} from {self.low:g} to {self.high:g}"
+
+    def check(self, value: object) -> bool:
+        """Whether ``value`` (from TOML) is an allowed value of this axis."""
+        if self.kind is str:
+            return value in self.choices
+        if isinstance(value, bool):
+            return False
+        ok = isinstance(value, int) if self.kind is int else is_number(value)
+        # Compared before kind(value): float(10**400) would raise OverflowError.
+        return ok and self.low <= value <= self.high  # type: ignore[operator]
+
+
+AXES: tuple[Axis, ...] = (
+    Axis("hidden", int, (400, 600, 800), True, 1, HIDDEN_MAX, log=True,
+         label="hidden width (units)"),
+    Axis("latent", int, (100, 200, 400), True, 1, LATENT_MAX, log=True,
+         label="latent dimension"),
+    Axis("epochs", int, (15,), False, 1, EPOCHS_MAX, label="epochs"),
+    Axis("batch_size", int, (1000,), False, 2, LIMIT_MAX, log=True,
+         label="batch size (images)"),
+    Axis("optimizer", str, ("adam",), False, choices=OPTIMIZERS, label="optimizer"),
+    Axis("lr", float, (1.0, 1e-5, 3e-2), True, *LR_RANGE, log=True, label="learning rate"),
+    Axis("momentum", float, (0.0,), False, *MOMENTUM_RANGE, label="SGD momentum"),
+    Axis("weight_decay", float, (0.0,), False, *WEIGHT_DECAY_RANGE, label="weight decay"),
+    Axis("clip", float, (1.0, 2e-4), True, *CLIP_RANGE, log=True,
+         label="max gradient norm"),
+    Axis("beta", float, (1.0,), False, *BETA_RANGE, label="KL weight beta"),
+)  # fmt: skip
+AXIS = {a.name: a for a in AXES}
+
+
+def is_number(x: object) -> bool:
+    """A finite int or float from TOML (not a bool)."""
+    # An int is finite however large; math.isfinite(10**400) would raise OverflowError.
+    if isinstance(x, bool) or not isinstance(x, int | float):
+        return False
+    return isinstance(x, int) or math.isfinite(x)
+
+
+def format_value(value: object) -> str:
+    """A setting's value as plan, the progress line, tables and figures show it: floats
+    with ``:g``; numpy and pandas scalars as their Python value."""
+    item = getattr(value, "item", None)
+    if callable(item):
+        value = item()
+    return f"{value:g}" if isinstance(value, float) else str(value)

@@ -1,0 +1,267 @@
+"""A study and its trials: the validated study, the grid's expansion, the trial config and
+its key. Loading a study file (the hostile part) is spec/load.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vaegrid.spec.axes import AXES, AXIS, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, format_value
+
+# Bump when the model or the training loop changes what a config computes: it is part
+# of every trial key and of the study's fingerprint, so old results never pass for new.
+# 2: common random numbers: initial weights from (study seed, repeat, hidden, latent), data
+# order, z draws and binarization from (study seed, repeat), not from the trial key.
+MODEL = "linear-vae-2"
+SPLITS = ("holdout", "official")
+# Both have 60,000 + 10,000 images of 28 x 28 grey levels in the same IDX layout.
+DATASETS = ("mnist", "fashion-mnist")
+DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # as messages write them
+# "none": grey levels in [0, 1] (the seed's; a Bernoulli likelihood of grey levels is not
+# comparable with published results). "dynamic": every training image drawn afresh as
+# Bernoulli(pixel) each epoch; "static": drawn once. Validation and test: drawn once.
+BINARIZE = ("none", "dynamic", "static")
+# [halving] metric: the validation metric trials are compared by at a rung (lower is better).
+HALVING_METRICS = ("val_elbo", "val_recon")
+# Pixels per MNIST image; data.PIXELS too (data imports study, not the reverse).
+_PIXELS = 28 * 28
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images a study trains, selects and tests on."""
+
+    # "mnist" (the seed's) or "fashion-mnist" (torchvision's FashionMNIST files).
+    dataset: str = "mnist"
+    # "holdout": pool all 70,000 images, seeded permutation, cut by `fractions` (the seed's
+    # protocol). "official": 54,000 / 6,000 of the training set and the 10,000 test images.
+    split: str = "holdout"
+    # Train / validation / test shares of the pool (holdout only); each split non-empty.
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # Use only this many images of the permuted pool (0 = all): small smoke studies.
+    limit: int = 0
+    # Grey levels ("none") or binarized pixels ("dynamic", "static"): see BINARIZE.
+    binarize: str = "none"
+
+
+@dataclass(frozen=True)
+class HalvingSpec:
+    """Synchronous successive halving: which trials go on at each rung (halving.py).
+
+    Opt-in: a study without a ``[halving]`` table runs its full grid. Trial keys never
+    depend on it: a trial that goes on to the end computes exactly what it computes in
+    the full grid.
+    """
+
+    # The epochs at which trials are compared: strictly increasing, each in 1 .. epochs - 1.
+    rungs: tuple[int, ...]
+    # The share that goes on at each rung: the best max(1, ceil(keep x n)) of the n trials
+    # compared, keep taken as the decimal the file writes (0.1 x 30 = 3, not 3.0000000000000004).
+    keep: float
+    # What trials are compared by at a rung: their validation metric at that epoch.
+    metric: str = "val_elbo"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study: its data, each axis's values, which axes it searches."""
+
+    name: str  # results go to <results>/<name>/; defaults to the file's stem
+    seed: int  # seeds the split and every random draw of every trial
+    data: DataSpec
+    # Every axis of AXES, in that order, with its values: one for a fixed setting.
+    settings: tuple[tuple[str, tuple[Any, ...]], ...]
+    searched: tuple[str, ...]  # the axes in the grid (in AXES order): tables' columns
+    source: str  # the file it was loaded from, for messages
+    halving: HalvingSpec | None = None  # None: every trial runs all its epochs
+    repeats: int = 1  # runs of every config, with seeds from (study seed, repeat)
+    description: str = ""  # the study file's words on it, for report.md (not a setting)
+
+    def values(self, axis: str) -> tuple[Any, ...]:
+        return dict(self.settings)[axis]
+
+    @property
+    def epochs(self) -> int:
+        """The most epochs any trial trains."""
+        return int(max(self.values("epochs")))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fixed settings: a stored study is only resumed by a study with the same ones.
+
+        ``train`` holds every axis the study does not search, with its one value; the grid
+        (and ``repeats``) may grow between runs. ``halving`` is in it only when the study
+        has a ``[halving]`` table.
+        """
+        out: dict[str, Any] = {
+            "model": MODEL,
+            "seed": self.seed,
+            "data": dataclasses.asdict(self.data),
+            "train": {k: v[0] for k, v in self.settings if k not in self.searched},
+        }
+        if self.halving is not None:
+            out["halving"] = dataclasses.asdict(self.halving)
+        return out
+
+
+def searched_axes(fingerprint: Mapping[str, Any]) -> list[str]:
+    """The axes a stored study searches: those its fingerprint does not fix."""
+    fixed = fingerprint.get("train", {})
+    return [a.name for a in AXES if a.name not in fixed]
+
+
+@dataclass(frozen=True, eq=True)
+class TrialConfig:
+    """Everything one trial computes from; its hash is the trial key.
+
+    The study's seed and data, the repeat (which seeds it draws from), the model version,
+    and one value of every axis of ``AXES``: ``cfg.lr`` reads a setting like a field.
+    Make one with :meth:`make`, which fills unnamed settings with their axis's default.
+    """
+
+    seed: int
+    data: DataSpec
+    settings: tuple[tuple[str, Any], ...]  # (axis name, value) for every axis, AXES order
+    repeat: int = 0
+    model: str = MODEL
+
+    def __post_init__(self) -> None:
+        names = tuple(n for n, _ in self.settings)
+        if names != _AXIS_NAMES:
+            raise TypeError(f"a trial config holds every setting of AXES, in order; got {names}")
+
+    def __getattr__(self, name: str) -> Any:
+        """A setting's value (``cfg.hidden``): called only when no field has the name."""
+        for n, value in object.__getattribute__(self, "settings"):
+            if n == name:
+                return value
+        raise AttributeError(name)
+
+    @classmethod
+    def make(
+        cls, seed: int, data: DataSpec, repeat: int = 0, model: str = MODEL, **settings: Any
+    ) -> TrialConfig:
+        """A config from settings by name; every axis not named takes its default.
+
+        Raises:
+            TypeError: a name that is no axis of ``AXES``.
+        """
+        unknown = sorted(set(settings) - set(AXIS))
+        if unknown:
+            raise TypeError(f"{', '.join(unknown)}: not a setting (see spec/axes.py's AXES)")
+        values = tuple((a.name, settings.get(a.name, a.default[0])) for a in AXES)
+        return cls(seed, data, values, repeat, model)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        """This config with some fields or settings changed."""
+        fields = {k: changes.pop(k) for k in ("seed", "data", "repeat", "model") if k in changes}
+        merged = {**dict(self.settings), **changes}
+        return TrialConfig.make(
+            fields.get("seed", self.seed),
+            fields.get("data", self.data),
+            fields.get("repeat", self.repeat),
+            fields.get("model", self.model),
+            **merged,
+        )
+
+    @property
+    def key(self) -> str:
+        """A short stable hash of the full config: 12 hex digits of SHA-256."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    @property
+    def config_id(self) -> str:
+        """The key of this config at repeat 0: what the repeats of one config share."""
+        return self.replace(repeat=0).key
+
+    def axis_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """The values of ``names`` (default: every axis), as tables and Optuna name them."""
+        values = dict(self.settings)
+        return {n: values[n] for n in (names if names is not None else AXIS)}
+
+    def describe(self, names: Sequence[str]) -> str:
+        """``hidden 400, latent 100, lr 0.03, clip 1`` (and the repeat when not 0)."""
+        values = dict(self.settings)
+        parts = [f"{n} {format_value(values[n])}" for n in names]
+        return ", ".join(parts + ([f"repeat {self.repeat}"] if self.repeat else []))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as one flat mapping: what its JSON and key are made of."""
+        return {
+            "seed": self.seed,
+            "data": dataclasses.asdict(self.data),
+            "repeat": self.repeat,
+            "model": self.model,
+            **dict(self.settings),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialConfig:
+        raw = json.loads(text)
+        data = raw.pop("data")
+        data = DataSpec(**{**data, "fractions": tuple(data["fractions"])})
+        return cls.make(raw.pop("seed"), data, **raw)
+
+
+_AXIS_NAMES = tuple(a.name for a in AXES)
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes and platforms."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def split_sizes(data: DataSpec) -> tuple[int, int, int]:
+    """Images in the train, validation and test splits of ``data``."""
+    if data.split == "official":
+        n_val = MNIST_TRAIN_IMAGES // 10
+        return MNIST_TRAIN_IMAGES - n_val, n_val, MNIST_TEST_IMAGES
+    pool = data.limit or MNIST_TRAIN_IMAGES + MNIST_TEST_IMAGES
+    n_train = round(data.fractions[0] * pool)
+    n_val = round(data.fractions[1] * pool)
+    return n_train, n_val, pool - n_train - n_val
+
+
+def expand(study: Study) -> list[TrialConfig]:
+    """The grid's trials: repeat by repeat, each the cross product of the axes' values in
+    the order of the study file. ``momentum`` applies to sgd only: for adam and adamw it is
+    recorded as 0, and the trials that then coincide are one trial."""
+    names = [name for name, _ in study.settings]
+    out: dict[str, TrialConfig] = {}
+    for repeat in range(study.repeats):
+        for values in itertools.product(*(v for _, v in study.settings)):
+            setting = dict(zip(names, values, strict=True))
+            if setting["optimizer"] != "sgd":
+                setting["momentum"] = 0.0
+            cfg = TrialConfig.make(study.seed, study.data, repeat=repeat, **setting)
+            out.setdefault(cfg.key, cfg)
+    return list(out.values())
+
+
+def parameter_count(hidden: int, latent: int, pixels: int = _PIXELS) -> int:
+    """Trainable parameters of ``model.VAE(hidden, latent)``, without building it.
+
+    Encoder Linear(P, H) + BatchNorm(H), heads 2 x Linear(H, Z), decoder Linear(Z, H) +
+    BatchNorm(H) + Linear(H, P); a BatchNorm has a weight and a bias per feature.
+
+    Args:
+        hidden: Width H of the hidden layers.
+        latent: Dimension Z of the latent code.
+        pixels: Pixels P per image.
+
+    Returns:
+        The number of parameters (running statistics of BatchNorm are buffers, not counted).
+    """
+    encoder = pixels * hidden + hidden + 2 * hidden
+    heads = 2 * (hidden * latent + latent)
+    decoder = latent * hidden + hidden + 2 * hidden + hidden * pixels + pixels
+    return encoder + heads + decoder
