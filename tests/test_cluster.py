@@ -252,3 +252,71 @@ def test_the_scheduler_gone_ends_the_driver_in_one_line_and_nothing_is_lost(
     errors = [(r["status"], r["error"]) for r in runs(pg_url, tmp_path)]
     assert rerun.returncode == 0, "\n".join([out, err, str(errors)])
     assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == reference
+
+
+HALVING = STUDY.replace('name = "cl"', 'name = "clh"') + "[halving]\nrungs = [2]\nkeep = 0.5\n"
+
+
+def ledger(db: Database, name: str) -> dict[str, Any]:
+    """Everything a halving sweep decides and computes: statuses, causes, stops, epoch rows,
+    and Optuna's trials (by key: their numbers follow the order trials started in)."""
+    store = Store.reader(db)
+    try:
+        trials = sorted((t.key, str(t.status), t.epochs_done) for t in store.trials())
+        stops = store.stopped_rungs()
+        epochs = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
+    finally:
+        store.close()
+    url = db.url.render_as_string(hide_password=False)
+    optuna_trials = optuna.load_study(study_name=name, storage=url).trials
+    return {
+        "trials": trials,
+        "stops": stops,
+        "epochs": [tuple(r) for r in epochs[["key", "epoch", "split", "elbo", "recon", "kl"]]
+                   .to_numpy()],
+        "optuna": sorted(
+            (t.user_attrs["key"], t.state.name, t.value, sorted(t.intermediate_values.items()))
+            for t in optuna_trials
+        ),
+    }  # fmt: skip
+
+
+def test_a_halving_sweep_on_a_cluster_resumed_after_kill_9_at_a_rung_equals_a_local_run(
+    data: Path, tmp_path: Path, pg_url: str, cluster: DaskCluster
+) -> None:
+    # The local reference: the same study on the local pool with SQLite, uninterrupted.
+    (tmp_path / "study.toml").write_text(HALVING)
+    local = ["run", str(tmp_path / "study.toml"), "--results", str(tmp_path / "local")]
+    local += ["--data-dir", str(data), "--devices", "cpu", "--no-progress"]
+    assert main([*local, "--workers-per-device", "2"]) == 0
+    want = ledger(Database.sqlite(tmp_path / "local" / "clh" / "study.db"), "clh")
+    assert sorted(s for _, s, _ in want["trials"]) == ["completed"] * 2 + ["stopped"] * 2
+    cluster.add_worker("vaegrid=1")
+    cluster.add_worker("vaegrid=1")
+    cluster.wait_for(2)
+    db = Database.for_study(StudyLayout(tmp_path), pg_url)
+
+    def paused() -> int:
+        try:
+            store = Store.reader(db)
+        except Exception:
+            return 0
+        try:
+            return sum(t.status == "paused" for t in store.trials())
+        finally:
+            store.close()
+
+    first = driver(tmp_path / "study.toml", tmp_path / "r", data, pg_url, cluster.address)
+    wait_until(lambda: paused() >= 2)  # two trials wait at the rung, two are behind it
+    for process in (first, *cluster.workers):  # kill -9 of the driver and its nodes at once
+        process.kill()
+        process.wait()
+    assert paused() == 2  # the rung is not decided: the resumed driver decides it
+    cluster.add_worker("vaegrid=1")
+    cluster.add_worker("vaegrid=1")
+    cluster.wait_for(2)
+    again = driver(tmp_path / "study.toml", tmp_path / "r", data, pg_url, cluster.address)
+    out, err = again.communicate(timeout=600)
+    assert again.returncode == 0, out + err
+    assert "--devices" not in out + err
+    assert ledger(db, "clh") == want

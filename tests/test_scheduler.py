@@ -1,0 +1,41 @@
+"""The one placement rule, and the scheduler's queue built on it."""
+
+from __future__ import annotations
+
+from vaegrid.run.pool import ANY_KIND, Pool, may_run
+from vaegrid.run.scheduler import Scheduler
+
+CPU, GPU = "cpu / torch 2", "NVIDIA H200 / torch 2"
+
+
+def test_a_started_trial_runs_only_on_its_kind_or_on_a_slot_that_checks_itself() -> None:
+    assert may_run(None, CPU) and may_run(None, GPU) and may_run(None, ANY_KIND)
+    assert may_run(CPU, CPU) and not may_run(CPU, GPU)
+    assert may_run(CPU, ANY_KIND) and may_run(GPU, ANY_KIND)  # a cluster worker checks it
+
+
+def test_the_scheduler_queues_places_and_strands_by_the_rule() -> None:
+    local = Pool(("cpu",), 2, 1, (CPU,))
+    scheduler = Scheduler(local, {"b": GPU, "c": CPU})
+    for key in "abc":
+        scheduler.offer(key)
+    scheduler.offer("d", front=True)
+    assert list(scheduler.queue) == ["d", "a", "c"] and scheduler.stranded == ["b"]
+    assert scheduler.take(CPU) == "d" and scheduler.take(GPU) is None
+    (line,) = scheduler.strands()
+    assert line == (
+        f"1 trials started on {GPU} and only continue on that kind of device; this pool has "
+        f"{CPU}: run again with --devices naming such a device"
+    )
+
+
+def test_a_cluster_pool_strands_nothing_and_never_suggests_devices() -> None:
+    cluster = Pool(("cluster",), 4, 1, (ANY_KIND,), remedy="")
+    scheduler = Scheduler(cluster, {"a": CPU, "b": GPU})
+    for key in "abc":
+        scheduler.offer(key)
+    assert scheduler.stranded == [] and scheduler.strands() == []
+    assert [scheduler.take(ANY_KIND) for _ in range(3)] == ["a", "b", "c"]
+    scheduler.bind({"a": CPU})
+    scheduler.stranded.append("a")  # as if stranded: the message names no --devices
+    assert "--devices" not in scheduler.strands()[0]
