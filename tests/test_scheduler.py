@@ -21,7 +21,8 @@ def test_the_scheduler_queues_places_and_strands_by_the_rule() -> None:
         scheduler.offer(key)
     scheduler.offer("d", front=True)
     assert list(scheduler.queue) == ["d", "a", "c"] and scheduler.stranded == ["b"]
-    assert scheduler.take(CPU) == "d" and scheduler.take(GPU) is None
+    assert scheduler.take(CPU) == "d" and scheduler.take(GPU) == "a"  # a: not started
+    assert scheduler.take(GPU) is None and list(scheduler.queue) == ["c"]
     (line,) = scheduler.strands()
     assert line == (
         f"1 trials started on {GPU} and only continue on that kind of device; this pool has "
