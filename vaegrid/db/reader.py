@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import inspect, select
 
 from vaegrid.db.schema import (
     Base,
@@ -159,10 +159,10 @@ class ReaderMixin(StoreBase):
     def fingerprint(self) -> dict[str, Any]:
         """The stored study's fixed settings (its ``[halving]`` among them, if any)."""
         with self.session() as s:
-            row = s.scalars(select(StudyRow)).first()
-            if row is None:
+            text = s.scalars(select(StudyRow.fingerprint)).first()
+            if text is None:
                 raise InputError(f"{self.path}: holds no vaegrid study")
-            found = json_or_none(row.fingerprint)
+            found = json_or_none(text)
             if not isinstance(found, dict) or not isinstance(found.get("train", {}), dict):
                 raise InputError(
                     f"{self.path}: the stored study's fingerprint is not vaegrid's (edited?)"
@@ -170,11 +170,27 @@ class ReaderMixin(StoreBase):
             return found
 
     def study_row(self) -> tuple[str, int]:
+        """The stored study's name, and the slots of its last run.
+
+        Like every query here, it names its columns: a reader also reads databases of
+        older schema versions, which it never migrates.
+        """
         with self.session() as s:
-            row = s.scalars(select(StudyRow)).first()
+            row = s.execute(select(StudyRow.name, StudyRow.slots)).first()
             if row is None:
                 raise InputError(f"{self.path}: holds no vaegrid study")
-            return row.name, row.slots
+            return row[0], row[1]
+
+    def study_description(self) -> str | None:
+        """The study file's ``description`` (None: it has none), for report.md."""
+        with self.session() as s:
+            columns = {c["name"] for c in inspect(s.connection()).get_columns("vg_study")}
+            if "description" not in columns:  # schema version 1
+                return None
+            found = s.scalars(select(StudyRow.description)).first()
+        if found is not None and not isinstance(found, str):
+            raise InputError(f"{self.path}: the stored study's description is not text (edited?)")
+        return found or None
 
 
 def _config(path: str, key: str, text: str) -> TrialConfig:
