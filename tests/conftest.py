@@ -62,16 +62,52 @@ def make_mnist(
     return root
 
 
-def sweep(root: Path, study: str, data: Path) -> str:
-    """Run the study file text ``study`` (written to ``root/s.toml``) on the CPU into
-    ``root/r``, with ``vaegrid run --no-progress``; return what it printed."""
-    from vaegrid.cli import main
+def run_inline(
+    study: Path,
+    results: Path,
+    data: Path,
+    executor: Any = None,
+    slots: int = 1,
+    retry: bool = False,
+) -> int:
+    """``vaegrid run --no-progress`` with every trial run in this process (InlineExecutor):
+    for tests of what a sweep records, where the process boundary is not what they test.
 
+    Afterwards the process forgets its stores and closes every SQLite connection, as a
+    driver that ended (or was killed) would: a ``Crash`` mid-sweep leaves only what was
+    committed. torch's thread count is restored (a trial sets its own).
+    """
+    import gc
+    import sqlite3
+
+    import torch
+
+    from vaegrid.run import worker
+    from vaegrid.run.driver import run_study
+    from vaegrid.run.pool import make_pool
+    from vaegrid.spec.load import load_study
+
+    threads = torch.get_num_threads()
+    try:
+        return run_study(
+            load_study(study), results, make_pool("cpu", slots), data, retry_failed=retry,
+            progress=False, executor=executor or InlineExecutor(),
+        )  # fmt: skip
+    finally:
+        torch.set_num_threads(threads)
+        worker.reset()
+        for obj in gc.get_objects():
+            if type(obj) is sqlite3.Connection:
+                obj.close()  # rolls back what was not committed, as the kernel would
+
+
+def sweep(root: Path, study: str, data: Path) -> str:
+    """Run the study file text ``study`` (written to ``root/s.toml``) into ``root/r``, in
+    this process; return what it printed."""
     (root / "s.toml").write_text(study)
-    args = ["run", str(root / "s.toml"), "--results", str(root / "r"), "--data-dir", str(data)]
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert main([*args, "--no-progress", "--devices", "cpu"]) == 0
+        assert run_inline(root / "s.toml", root / "r", data) == 0
     return out.getvalue()
 
 
@@ -164,7 +200,10 @@ class InlineExecutor:
     def submit(self, slot: Any, fn: Callable[[Any], Any], arg: Any) -> Future[Any]:
         self.submitted.append((slot, arg))
         future: Future[Any] = Future()
-        future.set_result(fn(arg))
+        try:
+            future.set_result(fn(arg))
+        except Exception as e:  # what a worker's future would hold; a Crash goes through
+            future.set_exception(e)
         return future
 
     def wait(self, futures: list[Any], timeout: float) -> list[Any]:

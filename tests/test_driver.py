@@ -12,7 +12,7 @@ from pathlib import Path
 import optuna
 import pytest
 import torch
-from conftest import CHECKPOINT, CONFIG, WEIGHTS, InlineExecutor, make_mnist
+from conftest import CHECKPOINT, CONFIG, WEIGHTS, InlineExecutor, make_mnist, run_inline
 
 from vaegrid.cli import main
 from vaegrid.db.schema import TrialDeviceRow
@@ -210,13 +210,13 @@ def test_changed_fixed_setting_is_refused_and_nothing_written(
 def test_grid_change_keeps_trials_by_key_and_adds_the_new_ones(
     write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
 ) -> None:
-    assert run(write_study(epochs=1), tmp_path / "r", mnist_root) == 0
+    assert run_inline(write_study(epochs=1), tmp_path / "r", mnist_root) == 0
     db = tmp_path / "r" / "tiny" / "study.db"
     first = metric_rows(db)
     wider = (
         write_study().read_text().replace("epochs = 2", "epochs = 1").replace("[4, 8]", "[8, 4, 2]")
     )
-    assert run(write_study(wider), tmp_path / "r", mnist_root) == 0
+    assert run_inline(write_study(wider), tmp_path / "r", mnist_root) == 0
     assert len(runs(db)) == 6  # 4 old trials kept, 2 new ones run
     assert set(first) < set(metric_rows(db))
 
@@ -229,7 +229,7 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(
     broken = tmp_path / "r" / "tiny" / "trials" / a.key
     broken.mkdir(parents=True)
     (broken / CONFIG).write_text(b.to_json())  # another trial's files: run_trial raises
-    assert run(study_path, tmp_path / "r", mnist_root) == 1
+    assert run_inline(study_path, tmp_path / "r", mnist_root) == 1
     db = tmp_path / "r" / "tiny" / "study.db"
     by_status = {r["key"]: r for r in runs(db)}
     assert by_status[a.key]["status"] == "failed"
@@ -239,8 +239,8 @@ def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(
     assert sum(r["status"] == "completed" for r in runs(db)) == 3
     assert "another trial's files" in (broken / "log.txt").read_text()  # the trial's own log too
     (broken / CONFIG).unlink()
-    assert run(study_path, tmp_path / "r", mnist_root) == 1  # failed trials stay failed...
-    assert run(study_path, tmp_path / "r", mnist_root, "--retry-failed") == 0  # ...until retried
+    assert run_inline(study_path, tmp_path / "r", mnist_root) == 1  # failed trials stay failed...
+    assert run_inline(study_path, tmp_path / "r", mnist_root, retry=True) == 0  # ...until retried
     df = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials_dataframe()
     assert sorted(df["state"]) == ["COMPLETE"] * 4 + ["FAIL"]
 
@@ -252,7 +252,7 @@ def test_a_fault_in_a_trials_bookkeeping_fails_only_that_trial(
     a = expand(load_study(study_path))[0]
     # its worker cannot even take the trial's lock: nothing of the run reaches the database
     (tmp_path / "r" / "tiny" / "trials" / a.key / ".lock").mkdir(parents=True)
-    assert run(study_path, tmp_path / "r", mnist_root, "--workers-per-device", "2") == 1
+    assert run_inline(study_path, tmp_path / "r", mnist_root, slots=2) == 1
     db = tmp_path / "r" / "tiny" / "study.db"
     store = Store.reader(db)
     try:
@@ -265,7 +265,7 @@ def test_a_fault_in_a_trials_bookkeeping_fails_only_that_trial(
     df = optuna.load_study(study_name="tiny", storage=f"sqlite:///{db}").trials_dataframe()
     assert sorted(df["state"]) == ["COMPLETE"] * 3 + ["FAIL"]
     (tmp_path / "r" / "tiny" / "trials" / a.key / ".lock").rmdir()
-    assert run(study_path, tmp_path / "r", mnist_root, "--retry-failed") == 0
+    assert run_inline(study_path, tmp_path / "r", mnist_root, retry=True) == 0
 
 
 def test_a_started_trial_continues_only_on_the_kind_of_device_it_started_on(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import math
 import random
 import shutil
@@ -15,14 +14,11 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from conftest import CHECKPOINT, WEIGHTS, Crash, InlineExecutor
+from conftest import CHECKPOINT, WEIGHTS, Crash, InlineExecutor, run_inline
 
 from vaegrid.cli import main
 from vaegrid.db.store import Store
 from vaegrid.halving import Standing, n_survivors, plan, rank_rung, survivors
-from vaegrid.run import worker
-from vaegrid.run.driver import run_study
-from vaegrid.run.pool import make_pool
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import HalvingSpec, TrialConfig, expand
 
@@ -188,25 +184,7 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def sweep(
-    study: Path,
-    results: Path,
-    data: Path,
-    executor: Any = None,
-    slots: int = 1,
-    retry: bool = False,
-) -> int:
-    """One driver, trials run in this process; its connections die with it, as in a kill."""
-    try:
-        return run_study(
-            load_study(study), results, make_pool("cpu", slots), data, retry_failed=retry,
-            progress=False, executor=executor or InlineExecutor(),
-        )  # fmt: skip
-    finally:
-        worker.reset()
-        for obj in gc.get_objects():
-            if type(obj) is sqlite3.Connection:
-                obj.close()
+sweep = run_inline
 
 
 def tables(db: Path, name: str = "h") -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import gc
 import json
 import os
 import re
@@ -16,14 +15,11 @@ from typing import Any
 import optuna
 import pytest
 import torch
-from conftest import Crash, InlineExecutor, synced_study_db
+from conftest import Crash, run_inline, synced_study_db
 
 from vaegrid.cli import main
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.run import worker
-from vaegrid.run.driver import run_study
-from vaegrid.run.pool import make_pool
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import expand
 
@@ -49,20 +45,6 @@ def one_thread() -> Iterator[None]:
     torch.set_num_threads(threads)
 
 
-def _sweep(study: Path, results: Path, data: Path) -> int:
-    """One driver, trials run in this process (so a Crash reaches any of their writes)."""
-    try:
-        pool = make_pool("cpu", 1)
-        return run_study(
-            load_study(study), results, pool, data, progress=False, executor=InlineExecutor()
-        )
-    finally:  # a dead process's connections die with it, committed or not
-        worker.reset()
-        for obj in gc.get_objects():
-            if type(obj) is sqlite3.Connection:
-                obj.close()  # rolls back what was not committed, as the kernel would
-
-
 def _ledger(db: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], list[str]]:
     """(per-epoch rows, Optuna trials as (key, state, value, intermediates), vg statuses)."""
     store = Store.reader(db)
@@ -85,7 +67,7 @@ def test_a_crash_at_any_write_of_a_trial_resumes_to_one_optuna_trial_and_the_sam
     one_thread: None,
 ) -> None:
     study = write_study(ONE_TRIAL)
-    assert _sweep(study, tmp_path / "whole", mnist_root) == 0
+    assert run_inline(study, tmp_path / "whole", mnist_root) == 0
     total = commits["seen"]
     want = _ledger(tmp_path / "whole" / "one" / "study.db")
     (key,) = [t.key for t in expand(load_study(study))]
@@ -95,9 +77,9 @@ def test_a_crash_at_any_write_of_a_trial_resumes_to_one_optuna_trial_and_the_sam
         results = tmp_path / f"crash{n}"
         commits["crash_at"], commits["seen"] = n, 0
         with pytest.raises(Crash):
-            _sweep(study, results, mnist_root)
+            run_inline(study, results, mnist_root)
         commits["crash_at"] = 0
-        assert _sweep(study, results, mnist_root) == 0, f"resume after a crash at write {n}"
+        assert run_inline(study, results, mnist_root) == 0, f"resume after a crash at write {n}"
         got = _ledger(results / "one" / "study.db")
         assert got == want, f"after a crash at write {n} of {total}"
         shutil.rmtree(results)
@@ -231,7 +213,7 @@ def test_runs_record_provenance_and_optuna_names_the_objective(
     write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path, one_thread: None
 ) -> None:
     study = write_study(ONE_TRIAL)
-    assert _sweep(study, tmp_path / "r", mnist_root) == 0
+    assert run_inline(study, tmp_path / "r", mnist_root) == 0
     db = tmp_path / "r" / "one" / "study.db"
     assert optuna.load_study(study_name="one", storage=f"sqlite:///{db}").metric_names == [
         "val_elbo"
