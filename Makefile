@@ -8,7 +8,7 @@ RESULTS ?= results
 
 LOCK    := requirements.lock
 
-.PHONY: install lock test test-slow test-all lint bench bench-store grid clean
+.PHONY: install lock test test-slow test-all lint bench bench-store identity grid clean
 
 # Exact versions of every package from the checked-in lock, then vaegrid itself (editable,
 # no dependencies of its own): two fresh installs compute with the same libraries.
@@ -53,6 +53,11 @@ bench: $(STAMP)
 # Load test of the study database (SQLite, PostgreSQL 15) and the driver's overhead per trial.
 bench-store: $(STAMP)
 	$(BIN)/python bench/load_store.py
+
+# Bit-identity against another checkout: `make identity BASE=../other-checkout` runs the
+# smoke, halving and binarized smoke studies with both and compares every row bit for bit.
+identity: $(STAMP)
+	bench/identity.sh $(BASE)
 
 # Sweep the seed study (resuming whatever is already there), then rank, test and export.
 # A sweep with failed trials exits 1: the report is still made from what completed.

@@ -5,8 +5,8 @@
 Every per-epoch row (floats as hex: bit for bit), each trial's end, halving's stops and
 Optuna's ledger (params, state, value, intermediate values). Timings are left out: they
 differ run to run. Reads the SQLite file with the standard library only, so the same
-script reads a database of any vaegrid version. ``make identity`` runs the smoke, halving
-and binarized smoke studies and compares their dumps with those of another checkout.
+script reads a database of any vaegrid version. ``make identity BASE=...`` runs the smoke,
+halving and binarized smoke studies and compares their dumps with another checkout's.
 """
 
 from __future__ import annotations

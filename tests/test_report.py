@@ -16,9 +16,11 @@ import vaegrid
 from vaegrid.analysis.tables import rank
 from vaegrid.cli import main
 from vaegrid.db.store import Store
-from vaegrid.layout import TrialFiles
+from vaegrid.halving import Standing
+from vaegrid.layout import StudyLayout, TrialFiles
 from vaegrid.report.build import make_report
-from vaegrid.spec.study import DataSpec, TrialConfig
+from vaegrid.report.halving_section import halving_lines
+from vaegrid.spec.study import DataSpec, HalvingSpec, TrialConfig
 from vaegrid.train.data import load_splits
 from vaegrid.train.model import VAE, importance_nll
 from vaegrid.train.trial import evaluate, run_trial
@@ -189,7 +191,8 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     assert (abs(test["test_elbo"] - test["test_recon"] - test["test_kl"]) < 1e-3).all()
     md = (study_dir / "report.md").read_text()
     assert "## Top 10 by validation elbo" in md and "2 completed, 2 diverged, 0 failed" in md
-    assert "- lr 1000: 0 of 2 completed, 2 diverged." in md
+    assert "## How each value fared" in md and "- lr 1000: 0 of 2 completed, 2 diverged." in md
+    assert "## About this study" not in md  # the study has no description
     torch_version = importlib.metadata.version("torch")
     computed = md.split("## Computed with", 1)[1]  # the versions its 4 runs used
     assert f"- 4 runs: cpu / torch {torch_version} on {os.uname().nodename}:" in computed
@@ -259,6 +262,59 @@ def test_bad_report_input_is_one_line_and_exit_2(
     db = synced_study_db(write_study(), tmp_path / "r" / "tiny")
     assert main(["report", str(db.parent), "--data-dir", str(mnist_root)]) == 2
     assert "no completed trial to rank yet" in capsys.readouterr().err
+
+
+DESCRIBED = '''
+name = "described"
+description = """A study of latent and clip at one fixed learning rate.
+Its second line."""
+[data]
+fractions = [0.6, 0.2, 0.2]
+[train]
+epochs = 2
+batch_size = 50
+lr = 1e-2
+[grid]
+hidden = [32]
+latent = [4, 8]
+clip = [1.0, 1e-4]
+'''
+
+
+def test_report_shows_the_study_description_and_nothing_of_another_study(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    sweep(tmp_path, DESCRIBED, mnist_root)
+    layout = StudyLayout(tmp_path / "r" / "described")
+    make_report(layout.root, mnist_root, top=1, nll_samples=5)
+    md = layout.report.read_text()
+    about = "## About this study\n\nA study of latent and clip at one fixed learning rate."
+    assert md.startswith("# vaegrid report\n\n" + about + "\nIts second line.\n\n4 trials:")
+    # What each value of each searched axis did, from this study's rows alone
+    fared = md.split("## How each value fared\n\n", 1)[1].split("\n\n", 1)[0].splitlines()
+    assert [line.split(":")[0] for line in fared] == [
+        "- latent 4", "- latent 8", "- clip 0.0001", "- clip 1",
+    ]  # fmt: skip
+    assert all(" of 2 completed" in line for line in fared)
+    # No sentence about another study: not its axes, its values, or its conclusions
+    lowered = md.lower()
+    for words in ("the seed", "seed study", "lr ", "1e-5", "1e-05", "another cpu"):
+        assert words not in lowered, words
+
+
+def test_the_halving_section_says_what_was_saved_even_of_a_sub_second_study() -> None:
+    spec = HalvingSpec((1,), 0.5, "val_elbo")
+    standings = {
+        "a": Standing("a", 3, False, {1: 100.0}, completed=True),
+        "b": Standing("b", 1, False, {1: 120.0}),
+    }
+    trials = pd.DataFrame({"key": ["a", "b"], "epochs_done": [3, 1], "seconds": [0.3, 0.1]})
+    stops = pd.DataFrame({"key": ["b"], "rung": [1]})
+    text = "\n".join(halving_lines(spec, 3, standings, trials, stops))
+    assert "| 1 | 2 | 0 | 1 | 1 |" in text  # rung 1: 2 compared, 1 went on, 1 stopped there
+    # 4 of 6 trial-epochs; 0.4 s of an estimated 0.6 s (b's 2 epochs left at its 0.1 s each)
+    assert "Compute: 4 trial-epochs run of 6 for the full grid (33% saved)" in text
+    assert "0.4 s of training against an estimated 0.6 s for the full grid (33% saved)" in text
 
 
 @pytest.mark.parametrize(

@@ -19,7 +19,7 @@ from vaegrid.analysis import tables
 from vaegrid.db.engine import Database
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
-from vaegrid.halving import spec_from_fingerprint
+from vaegrid.halving import Standing, read_standings, spec_from_fingerprint
 from vaegrid.layout import StudyLayout
 from vaegrid.safeio import check_study_dir
 from vaegrid.spec.load import is_study_name
@@ -39,6 +39,9 @@ class StudyRows:
     tests: pd.DataFrame  # vg_test, indexed by trial key
     stops: pd.DataFrame  # vg_stop
     runs: list[dict[str, Any]]
+    description: str | None  # the study file's words on the study
+    # Each trial as the halving rule sees it (halving.read_standings); None without halving.
+    standings: dict[str, Standing] | None
 
     @property
     def axes(self) -> list[str]:
@@ -60,16 +63,24 @@ def read_study(db: Database) -> StudyRows:
     reader = Store.reader(db)
     try:
         name, _ = reader.study_row()
+        fingerprint = reader.fingerprint()
         configs = {t.key: t.config for t in reader.trials()}
+        trials = tables.with_axes(reader.frame("vg_trial"), configs)
+        spec = spec_from_fingerprint(fingerprint)
+        standings = None
+        if spec is not None:
+            standings, _, _ = read_standings(reader, list(trials["key"]), spec)
         return StudyRows(
             name=name,
-            fingerprint=reader.fingerprint(),
+            fingerprint=fingerprint,
             configs=configs,
-            trials=tables.with_axes(reader.frame("vg_trial"), configs),
+            trials=trials,
             epochs=reader.frame("vg_epoch"),
             tests=reader.frame("vg_test").set_index("key"),
             stops=reader.frame("vg_stop"),
             runs=reader.runs(),
+            description=reader.study_description(),
+            standings=standings,
         )
     finally:
         reader.close()

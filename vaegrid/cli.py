@@ -156,6 +156,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             if executor is not None:
                 executor.close()
     if args.command == "report":
+        from vaegrid.layout import StudyLayout
         from vaegrid.report.build import make_report
         from vaegrid.run.pool import make_pool
         from vaegrid.train.data import data_dir
@@ -167,7 +168,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         )  # fmt: skip
         tested = int(done.test.drop_duplicates("key")["n_tested"].sum())
         print(
-            f"{done.folder / 'report.md'}: {len(done.ranking)} configs ranked "
+            f"{StudyLayout(done.folder).report}: {len(done.ranking)} configs ranked "
             f"({len(done.trials)} trials), {done.test['key'].nunique()} winning configs tested "
             f"({len(done.evaluated)} trials evaluated, {tested - len(done.evaluated)} reused), "
             f"in {done.seconds:.1f} s"

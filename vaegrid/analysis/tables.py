@@ -10,13 +10,11 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import pandas as pd
-from optuna.distributions import BaseDistribution
 
 from vaegrid.analysis import stats
-from vaegrid.spec.axes import AXIS, Axis, format_value
+from vaegrid.spec.axes import AXIS
 from vaegrid.spec.study import TrialConfig
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
 
@@ -216,11 +214,6 @@ def comparisons(
     return out
 
 
-def describe(row: Mapping[Any, Any] | pd.Series, names: Sequence[str]) -> str:
-    """``hidden 400, latent 100, lr 0.03``: a config by the axes given."""
-    return ", ".join(f"{n} {format_value(row[n])}" for n in names)
-
-
 def varying(ranking: pd.DataFrame, names: Sequence[str]) -> list[str]:
     """The searched axes that take more than one value among the configs."""
     return [n for n in names if ranking[n].nunique() > 1]
@@ -244,7 +237,7 @@ def importances(
     axes = varying(done, names)
     if len(done) < 3 or not axes:
         return f"{len(done)} completed configs varying {len(axes)} axes: too few to tell"
-    space = {n: _grid_space(AXIS[n], [_native(v) for v in done[n].unique()]) for n in axes}
+    space = {n: AXIS[n].distribution([_native(v) for v in done[n].unique()]) for n in axes}
     study = optuna.create_study(direction="minimize")
     for row in done.to_dict("records"):
         study.add_trial(
@@ -256,19 +249,6 @@ def importances(
         )
     found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=axes)
     return {n: float(found.get(n, 0.0)) for n in axes}
-
-
-def _grid_space(axis: Axis, values: list[Any]) -> BaseDistribution:
-    """The distribution spanning a grid's values of ``axis``."""
-    from optuna.distributions import CategoricalDistribution, FloatDistribution, IntDistribution
-
-    if axis.kind is str:
-        return CategoricalDistribution(sorted(values))
-    low, high = min(values), max(values)
-    log = axis.log and low > 0
-    if axis.kind is int:
-        return IntDistribution(int(low), int(high), log=log)
-    return FloatDistribution(float(low), float(high), log=log)
 
 
 def _native(value: object) -> object:

@@ -17,36 +17,21 @@ from collections import defaultdict
 from contextlib import suppress
 from datetime import datetime
 
-from optuna.distributions import (
-    BaseDistribution,
-    CategoricalDistribution,
-    FloatDistribution,
-    IntDistribution,
-)
+from optuna.distributions import BaseDistribution, IntDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 
 from vaegrid.db.schema import EpochRow, TrialRow
 from vaegrid.db.session import StoreBase
-from vaegrid.spec.axes import AXES, REPEATS_MAX, Axis
+from vaegrid.spec.axes import AXES, REPEATS_MAX
 from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import COMPLETED, FINAL, STOPPED, Status
 
 METRIC_NAME = "val_elbo"  # what Optuna's value is, as optuna-dashboard shows it
 
 
-def distribution(axis: Axis) -> BaseDistribution:
-    """An axis's Optuna distribution: its whole allowed range (or every choice), not the
-    grid's values: Optuna refuses a distribution that changes, and a grid may grow."""
-    if axis.kind is str:
-        return CategoricalDistribution(axis.choices)
-    if axis.kind is int:
-        return IntDistribution(int(axis.low), int(axis.high), log=axis.log)
-    return FloatDistribution(axis.low, axis.high, log=axis.log)
-
-
-PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {a.name: distribution(a) for a in AXES}
+PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {a.name: a.distribution() for a in AXES}
 PARAM_DISTRIBUTIONS["repeat"] = IntDistribution(0, REPEATS_MAX - 1)
 
 

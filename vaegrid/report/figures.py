@@ -24,7 +24,7 @@ from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid, save_image
 
 from vaegrid.safeio import save_with
-from vaegrid.spec.axes import AXIS, Axis, format_value
+from vaegrid.spec.axes import AXIS, Axis, describe, format_value
 from vaegrid.status import COMPLETED, DIVERGED
 from vaegrid.train.model import VAE
 
@@ -83,7 +83,7 @@ def curves(
         trial = val[val["key"] == key]
         row = info.loc[key]
         roles = ", ".join(test.loc[test["key"] == key, "criterion"])
-        config = ", ".join(f"{name} {format_value(row[name])}" for name in names)
+        config = describe(row, names)
         label = f"{key} ({config}): {roles}"
         ax.plot(trial["epoch"], trial["elbo"], linewidth=2.2, marker="o", markersize=3, label=label)
     finals = ranking.loc[ranking["status"] == COMPLETED, "val_elbo"].dropna()
@@ -146,8 +146,7 @@ def heatmap(
         else:
             groups = frame.groupby(others, sort=True, dropna=False)
             panels = [
-                (", ".join(f"{n} {format_value(v)}" for n, v in zip(others, key, strict=True)), sub)
-                for key, sub in groups
+                (describe(dict(zip(others, key, strict=True)), others), sub) for key, sub in groups
             ]
     cells = [_cells(sub, x, y, xs, ys, metric) for _, sub in panels]
     norm = _norm(np.concatenate([values.ravel() for values, _ in cells]))

@@ -9,8 +9,12 @@ labels, ``plan``, the progress line and ``status`` all follow from it.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # optuna loads only where a distribution is made
+    from optuna.distributions import BaseDistribution
 
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
@@ -75,6 +79,25 @@ class Axis:
         # Compared before kind(value): float(10**400) would raise OverflowError.
         return ok and self.low <= value <= self.high  # type: ignore[operator]
 
+    def distribution(self, values: Sequence[Any] | None = None) -> BaseDistribution:
+        """This axis as an Optuna distribution: over its whole allowed range (Optuna's
+        ledger: a stored distribution may never change, and a grid may grow), or over the
+        span of ``values`` (fANOVA, which integrates over the space it is given).
+        """
+        from optuna.distributions import (
+            CategoricalDistribution,
+            FloatDistribution,
+            IntDistribution,
+        )
+
+        if self.kind is str:
+            return CategoricalDistribution(sorted(values) if values else self.choices)
+        low, high = (min(values), max(values)) if values else (self.low, self.high)
+        log = self.log and low > 0
+        if self.kind is int:
+            return IntDistribution(int(low), int(high), log=log)
+        return FloatDistribution(float(low), float(high), log=log)
+
 
 AXES: tuple[Axis, ...] = (
     Axis("hidden", int, (400, 600, 800), True, 1, HIDDEN_MAX, log=True,
@@ -101,6 +124,12 @@ def is_number(x: object) -> bool:
     if isinstance(x, bool) or not isinstance(x, int | float):
         return False
     return isinstance(x, int) or math.isfinite(x)
+
+
+def describe(values: Mapping[str, Any], names: Sequence[str]) -> str:
+    """``hidden 400, latent 100, lr 0.03``: a config by the settings ``names``, as plan,
+    the progress lines, the tables, report.md and the figures write it."""
+    return ", ".join(f"{n} {format_value(values[n])}" for n in names)
 
 
 def format_value(value: object) -> str:

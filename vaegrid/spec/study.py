@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vaegrid.spec.axes import AXES, AXIS, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, format_value
+from vaegrid.spec.axes import AXES, AXIS, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, describe
 
 # Bump when the model or the training loop changes what a config computes: it is part
 # of every trial key and of the study's fingerprint, so old results never pass for new.
@@ -186,8 +186,7 @@ class TrialConfig:
 
     def describe(self, names: Sequence[str]) -> str:
         """``hidden 400, latent 100, lr 0.03, clip 1`` (and the repeat when not 0)."""
-        values = dict(self.settings)
-        parts = [f"{n} {format_value(values[n])}" for n in names]
+        parts = [describe(dict(self.settings), names)] if names else []
         return ", ".join(parts + ([f"repeat {self.repeat}"] if self.repeat else []))
 
     def as_dict(self) -> dict[str, Any]:

@@ -1,0 +1,90 @@
+"""The winners on the test split: their final weights, the test split, their test metrics.
+
+The only module of the report, with figures.py, that touches torch. A trial's test metrics
+are computed once (from its final weights and seeds derived from its own), stored in
+``vg_test`` by the caller, and reused.
+"""
+
+from __future__ import annotations
+
+import io
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from vaegrid.errors import InputError
+from vaegrid.layout import StudyLayout
+from vaegrid.safeio import read_bytes
+from vaegrid.spec.study import TrialConfig, derive_seed
+from vaegrid.train.data import load_splits
+from vaegrid.train.model import VAE, importance_nll
+from vaegrid.train.trial import evaluate
+
+# Most importance samples per test image: a pass holds k x 784 logits (50,000: 157 MB
+# each for the logits, the targets and the BCE); published results use 5,000.
+NLL_SAMPLES_MAX = 50_000
+
+
+@dataclass(frozen=True)
+class Winners:
+    """The tested trials, loaded: each one's config and model, and the test split."""
+
+    configs: dict[str, TrialConfig]  # by trial key
+    models: dict[str, VAE]  # by trial key, on the test split's device, in eval mode
+    test_x: torch.Tensor
+
+    def evaluate(self, key: str, k: int) -> dict[str, object]:
+        """A ``vg_test`` row: the metrics as for validation, plus the importance-sampled NLL
+        with ``k`` samples per image."""
+        return _evaluate(self.configs[key], self.models[key], self.test_x, k)
+
+    def generator(self, key: str, purpose: str) -> torch.Generator:
+        """A generator on the test split's device, seeded from the trial's seed and repeat."""
+        cfg = self.configs[key]
+        seed = derive_seed(cfg.seed, cfg.repeat, purpose)
+        return torch.Generator(self.test_x.device).manual_seed(seed)
+
+
+def load_winners(
+    layout: StudyLayout, configs: dict[str, TrialConfig], data_root: Path, device: str
+) -> Winners:
+    """The test split (of the first config's data) and every trial's final weights.
+
+    Raises:
+        InputError: a trial's weights are missing, or not its model's.
+    """
+    first = next(iter(configs.values()))
+    test_x = load_splits(data_root, first.data, first.seed, device).test
+    models = {k: _load_model(cfg, layout, test_x.device) for k, cfg in configs.items()}
+    return Winners(configs, models, test_x)
+
+
+def _load_model(cfg: TrialConfig, layout: StudyLayout, device: torch.device) -> VAE:
+    """A winner's final weights, refused in one line if they are not this config's model."""
+    model = VAE(cfg.hidden, cfg.latent)
+    path = layout.trial(cfg.key).weights
+    if not path.is_file():
+        raise InputError(f"{path}: a winner's weights are missing")
+    try:
+        state = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+    except InputError:
+        raise
+    except Exception as e:  # truncated, not a torch file, other shapes: all the same to a user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
+    return model.to(device).eval()
+
+
+def _evaluate(cfg: TrialConfig, model: VAE, test_x: torch.Tensor, k: int) -> dict[str, object]:
+    """A winner on the test split: metrics as for validation, plus the IS estimate of the NLL."""
+    started = time.perf_counter()
+    metrics = evaluate(model, test_x, derive_seed(cfg.seed, cfg.repeat, "test"))
+    g = torch.Generator(test_x.device).manual_seed(derive_seed(cfg.seed, cfg.repeat, "test-nll"))
+    nll = float(importance_nll(model, test_x, k, g).mean())
+    return {
+        "key": cfg.key, "elbo": metrics.elbo, "recon": metrics.recon, "kl": metrics.kl, "nll": nll,
+        "nll_samples": k, "seconds": time.perf_counter() - started, "evaluated": time.time(),
+    }  # fmt: skip
