@@ -1,6 +1,6 @@
 """Synchronous successive halving: which trials go on at each rung, decided from the database.
 
-A study with a ``[halving]`` table (study.py's :class:`HalvingSpec`) compares its trials
+A study with a ``[halving]`` table (spec/study.py's :class:`HalvingSpec`) compares its trials
 at a few epochs, the *rungs*. At each rung, a trial goes on only if it is among the best
 ``keep`` of all the trials of that rung, and that decision is taken only when the whole
 rung is in. Unlike asynchronous schemes (Optuna's pruners, ASHA, Hyperband as W&B runs
@@ -72,20 +72,6 @@ def rank_rung(values: Mapping[str, float]) -> list[str]:
     rung) counts as the worst; ties, the worst included, are broken by key.
     """
     return sorted(values, key=lambda k: (_worst_last(values[k]), k))
-
-
-def survivors(values: Mapping[str, float], keep: float) -> list[str]:
-    """The keys that go on from one complete rung table (key -> value), best first.
-
-    Args:
-        values: Every trial of the rung and its value (``math.inf`` for one that ended
-            before the rung).
-        keep: The share that goes on, in (0, 1).
-
-    Returns:
-        The best ``n_survivors(len(values), keep)`` keys by :func:`rank_rung`.
-    """
-    return rank_rung(values)[: n_survivors(len(values), keep)]
 
 
 def _worst_last(value: float) -> float:

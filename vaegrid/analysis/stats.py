@@ -1,6 +1,6 @@
 """Statistics over repeats: a config's mean with its t interval, and paired comparisons.
 
-Repeat r of every config draws from the same seeds (common random numbers, study.py), so
+Repeat r of every config draws from the same seeds (common random numbers, train/trial.py), so
 two configs are compared repeat by repeat: the paired t-test of their differences, whose
 noise is what is left after the shared seeds' luck cancels.
 """
