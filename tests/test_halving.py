@@ -18,13 +18,19 @@ from conftest import CHECKPOINT, WEIGHTS, Crash, InlineExecutor, run_inline
 
 from vaegrid.cli import main
 from vaegrid.db.store import Store
-from vaegrid.halving import Standing, n_survivors, plan, rank_rung, survivors
+from vaegrid.halving import Standing, n_survivors, plan, rank_rung
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import HalvingSpec, TrialConfig, expand
 
 INF, NAN = math.inf, math.nan
 
 # -- the rule, on hand-made rung tables ---------------------------------------------------------
+
+
+def survivors(values: dict[str, float], keep: float) -> list[str]:
+    """Who goes on from one complete rung table, as plan() decides it."""
+    standings = {k: Standing(k, 1, False, {1: v}) for k, v in values.items()}
+    return list(plan(standings, HalvingSpec((1,), keep), 2).decided[0].survivors)
 
 
 def test_survivors_are_ceil_of_keep_times_n_with_keep_read_as_written() -> None:
