@@ -267,7 +267,7 @@ def ledger(db: Database, name: str) -> dict[str, Any]:
         epochs = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
     finally:
         store.close()
-    url = db.url.render_as_string(hide_password=False)
+    url = f"sqlite:///{db.path}" if db.path else db.url.render_as_string(hide_password=False)
     optuna_trials = optuna.load_study(study_name=name, storage=url).trials
     return {
         "trials": trials,

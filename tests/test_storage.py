@@ -30,8 +30,13 @@ def test_storage_urls_are_checked_and_messages_never_show_the_password(tmp_path:
     refused = {
         "not a url": "is not a database URL",
         "mysql://me@db/x": "'mysql' is not supported",
-        "sqlite://": "is not a file",
-        "sqlite:///:memory:": "is not a file",
+        "sqlite://": "names no file",
+        "sqlite:///:memory:": "names no file",
+        "sqlite+pysqlcipher:///x.db": "names another driver than Python's sqlite3",
+        "sqlite+aiosqlite:///x.db": "names another driver than Python's sqlite3",
+        "sqlite://host/x.db": "names a host",
+        "sqlite:///x.db?timeout=abc": "names options",
+        "sqlite:///x.db?uri=true&mode=ro": "names options",
     }
     for url, message in refused.items():
         with pytest.raises(InputError, match=message):
@@ -114,3 +119,30 @@ def test_the_driver_heartbeat_says_who_lives_and_ends_with_it(
         assert store.live_driver(20) is None
     finally:
         store.close()
+
+
+def test_a_folder_name_is_never_parsed_as_a_url(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+) -> None:
+    import sqlite3
+
+    victim = tmp_path / "victim.db"  # an unrelated SQLite file beside the results
+    with sqlite3.connect(victim) as con:
+        con.execute("CREATE TABLE mine (x INTEGER)")
+    before = victim.read_bytes()
+    study = write_study()
+    for results in (tmp_path / "victim.db?x", tmp_path / "p%41th", tmp_path / "a#b"):
+        argv = ["run", str(study), "--results", str(results), "--data-dir", str(mnist_root)]
+        assert main([*argv, "--devices", "cpu", "--no-progress"]) == 0
+        assert (results / "tiny" / "study.db").is_file()
+        store = Store.reader(results / "tiny" / "study.db")
+        try:
+            assert len(store.trials()) == 4
+        finally:
+            store.close()
+        assert main(["status", str(results / "tiny")]) == 0
+    assert victim.read_bytes() == before
+    assert not (tmp_path / "pAth").exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+        ["victim.db", "victim.db?x", "p%41th", "a#b", "study.toml"]
+    )

@@ -31,7 +31,7 @@ from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import ArgumentError
 from sqlalchemy.orm import Session
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
@@ -71,7 +71,23 @@ class Database:
 
     @classmethod
     def sqlite(cls, path: Path) -> Database:
-        return cls(make_url(f"sqlite:///{path}"), path)
+        """The SQLite file ``path``. Its URL names the dialect only: every connection opens
+        the exact path (a ``?`` or ``%41`` in a folder name is a character, never a URL's)."""
+        return cls(URL.create("sqlite"), path)
+
+    @property
+    def key(self) -> str:
+        """What tells two databases apart (one Store per database and process)."""
+        if self.path is not None:
+            return f"sqlite:{self.path.resolve()}"
+        return self.url.render_as_string(hide_password=False)
+
+    def optuna_url(self) -> str:
+        """The URL Optuna's RDBStorage is given (SQLite: the dialect; the file comes from
+        :meth:`optuna_engine_kwargs`'s connection factory)."""
+        if self.path is not None:
+            return "sqlite://"
+        return self.url.render_as_string(hide_password=False)
 
     @classmethod
     def for_study(cls, layout: StudyLayout, storage: str | None = None) -> Database:
@@ -92,11 +108,20 @@ class Database:
             ) from None
         backend, _, driver = url.drivername.partition("+")  # no dialect loaded to look
         if backend == "sqlite":
-            if not url.database or url.database == ":memory:" or url.database.startswith("file:"):
+            problem = (
+                "another driver than Python's sqlite3" if driver not in ("", "pysqlite")
+                else "a host" if url.host or url.username or url.port
+                else "options (?...): vaegrid sets the file's options itself" if url.query
+                else "no file" if not url.database or url.database == ":memory:"
+                or url.database.startswith("file:")
+                else None
+            )  # fmt: skip
+            if problem is not None:
                 raise InputError(
-                    f"--storage: {storage!r} is not a file; expected sqlite:///PATH/study.db"
+                    f"--storage: {_shown(storage)} names {problem}; expected sqlite:///PATH "
+                    "(a file on a local disk)"
                 )
-            return cls(url, Path(url.database))
+            return cls.sqlite(Path(url.database))
         if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg2", ""):
             # The same server whatever driver the URL names: vaegrid speaks psycopg 3.
             return cls(url.set(drivername="postgresql+psycopg"), None)
@@ -133,12 +158,12 @@ class Database:
         """
         if self.is_sqlite:
             assert self.path is not None
+            path = self.path
             if readonly:
-                path = self.path
                 return create_engine(
                     "sqlite://", creator=lambda: connect_sqlite_read_only(path), poolclass=NullPool
                 )
-            return _harden_sqlite(create_engine(self.url, connect_args={"timeout": BUSY_TIMEOUT_S}))
+            return _harden_sqlite(create_engine("sqlite://", **self._sqlite_writer()))
         retry = 0.0 if readonly else RETRY_S
         return create_engine(
             self.url, poolclass=NullPool, creator=_pg_connector(self.url, readonly, retry)
@@ -147,12 +172,28 @@ class Database:
     def optuna_engine_kwargs(self) -> dict[str, Any]:
         """What Optuna's RDBStorage needs to connect the same way."""
         if self.is_sqlite:
-            return {"connect_args": {"timeout": BUSY_TIMEOUT_S}}
+            return self._sqlite_writer()
         return {"poolclass": NullPool, "creator": _pg_connector(self.url, False, RETRY_S)}
+
+    def _sqlite_writer(self) -> dict[str, Any]:
+        """Engine arguments that open the file itself (the path never passes through a URL),
+        pooled as SQLAlchemy pools a file database."""
+        path = str(self.path)
+
+        def connect() -> sqlite3.Connection:
+            return sqlite3.connect(path, timeout=BUSY_TIMEOUT_S, check_same_thread=False)
+
+        return {"creator": connect, "poolclass": QueuePool}
 
     def harden_optuna(self, engine: Engine) -> None:
         if self.is_sqlite:
             _harden_sqlite(engine)
+
+
+def _shown(text: str) -> str:
+    """A value from outside as a message shows it: one line, at most 200 characters."""
+    text = repr(text)
+    return text if len(text) <= 200 else f"{text[:200]}... ({len(text)} characters)"
 
 
 def reason(e: Exception) -> str:

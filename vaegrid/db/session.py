@@ -73,8 +73,9 @@ class StoreBase:
         assert not self.readonly, "a reader never writes Optuna's ledger"
         with self._lock:  # K trials of one Dask worker share this store
             if self._optuna is None:
-                url = self.db.url.render_as_string(hide_password=False)
-                self._optuna = RDBStorage(url, engine_kwargs=self.db.optuna_engine_kwargs())
+                self._optuna = RDBStorage(
+                    self.db.optuna_url(), engine_kwargs=self.db.optuna_engine_kwargs()
+                )
                 self.db.harden_optuna(self._optuna.engine)
         return self._optuna
 

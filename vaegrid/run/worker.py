@@ -120,11 +120,10 @@ def execute(task: Task) -> Status:
 
 def _store(db: Database) -> Store:
     """One store per database and process, shared by the trials of a threaded worker."""
-    url = db.url.render_as_string(hide_password=False)
     with _STORES_LOCK:
-        if url not in _STORES:
-            _STORES[url] = Store(db)
-        return _STORES[url]
+        if db.key not in _STORES:
+            _STORES[db.key] = Store(db)
+        return _STORES[db.key]
 
 
 def reset() -> None:
