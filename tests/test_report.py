@@ -302,6 +302,33 @@ def test_report_shows_the_study_description_and_nothing_of_another_study(
         assert words not in lowered, words
 
 
+FLAT = """
+name = "flat"
+[data]
+fractions = [0.6, 0.2, 0.2]
+[train]
+epochs = 1
+batch_size = 50
+[grid]
+hidden = [32]
+latent = [4]
+lr = [1e-2]
+clip = [1e6, 1e7, 1e8]  # clips that never engage: every config computes the same numbers
+"""
+
+
+def test_a_grid_whose_settings_change_nothing_is_reported_not_a_crash(
+    tmp_path: Path, mnist_root: Path
+) -> None:
+    sweep(tmp_path, FLAT, mnist_root)
+    layout = StudyLayout(tmp_path / "r" / "flat")
+    make_report(layout.root, mnist_root, top=1, nll_samples=5)
+    md = layout.report.read_text()
+    assert "every completed config has the same val_elbo: nothing mattered" in md
+    ranking = pd.read_csv(layout.table("ranking"))
+    assert ranking["val_elbo"].nunique() == 1 and set(ranking["rank_val_elbo"]) == {1}
+
+
 def test_the_halving_section_says_what_was_saved_even_of_a_sub_second_study() -> None:
     spec = HalvingSpec((1,), 0.5, "val_elbo")
     standings = {

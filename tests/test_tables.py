@@ -119,3 +119,11 @@ def test_importance_finds_the_axis_that_matters() -> None:
     assert tables.importances(ranking.head(2), NAMES) == (
         "2 completed configs varying 1 axes: too few to tell"
     )
+
+
+def test_importance_over_a_flat_grid_is_nothing_mattered_not_a_crash() -> None:
+    flat = {(h, lr): [100.0] for h in (400, 600, 800) for lr in (1e-5, 1e-3)}
+    ranking = tables.by_config(trials_frame(flat), NAMES)
+    assert tables.importances(ranking, NAMES) == (
+        "every completed config has the same val_elbo: nothing mattered"
+    )

@@ -237,6 +237,8 @@ def importances(
     axes = varying(done, names)
     if len(done) < 3 or not axes:
         return f"{len(done)} completed configs varying {len(axes)} axes: too few to tell"
+    if done[metric].nunique() == 1:  # fANOVA divides by the total variance
+        return f"every completed config has the same {metric}: nothing mattered"
     space = {n: AXIS[n].distribution([_native(v) for v in done[n].unique()]) for n in axes}
     study = optuna.create_study(direction="minimize")
     for row in done.to_dict("records"):
