@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -146,7 +146,30 @@ def test_atomic_writes_replace_a_link_and_never_write_through_it(
     assert victim.read_text() == "do not touch\n"
     assert not (tmp_path / "out.csv").is_symlink()
     assert (tmp_path / "out.csv").read_text() == "new\n"
-    assert not (tmp_path / "out.csv.tmp").exists()
+    assert (tmp_path / "out.csv.tmp").is_symlink()  # never used: each write has its own name
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv", "out.csv.tmp", "precious.txt"]
+
+
+def test_two_writers_of_one_file_never_collide(tmp_path: Path) -> None:
+    import threading
+
+    errors: list[BaseException] = []
+
+    def write(text: str) -> None:
+        try:
+            for _ in range(300):
+                write_atomic(tmp_path / "out.csv", text * 1000)
+        except BaseException as e:
+            errors.append(e)
+
+    writers = [threading.Thread(target=write, args=(t,)) for t in ("a", "b")]
+    for w in writers:
+        w.start()
+    for w in writers:
+        w.join()
+    assert errors == []
+    assert (tmp_path / "out.csv").read_text() in ("a" * 1000, "b" * 1000)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]  # no temporary file left
 
 
 def _immutable(path: Path, on: bool) -> bool:
@@ -188,3 +211,51 @@ def test_unwritable_results_and_read_only_database_are_one_line_and_exit_2(
     finally:
         _immutable(db, False)
     assert db.read_bytes() == before
+
+
+@pytest.fixture
+def deadline() -> Iterator[None]:
+    """Fail a test that blocks (a FIFO opened for reading waits for a writer forever)."""
+    import signal
+
+    def hung(signum: int, frame: object) -> None:
+        raise TimeoutError("blocked for 20 s")
+
+    previous = signal.signal(signal.SIGALRM, hung)
+    signal.alarm(20)
+    yield
+    signal.alarm(0)
+    signal.signal(signal.SIGALRM, previous)
+
+
+def test_a_fifo_anywhere_vaegrid_reads_is_refused_never_waited_on(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    deadline: None,
+) -> None:
+    fifo = tmp_path / "study.toml.fifo"
+    os.mkfifo(fifo)
+    assert main(["plan", str(fifo)]) == 2
+    one_line(capsys, "not a regular file")
+    study = write_study()
+    study_dir = tmp_path / "r" / "tiny"
+    synced_study_db(study, study_dir)
+    os.mkfifo(study_dir / "driver.lock")
+    assert main(["status", str(study_dir)]) == 2
+    one_line(capsys, "driver.lock: is not a regular file")
+    (study_dir / "driver.lock").unlink()
+    key = expand(load_study(study))[0].key
+    (study_dir / "trials" / key).mkdir(parents=True)
+    for name in ("checkpoint.pt", "log.txt", "config.json"):
+        os.mkfifo(study_dir / "trials" / key / name)
+        before = sorted(p.name for p in study_dir.rglob("*"))
+        argv = ["run", str(study), "--results", str(tmp_path / "r"), "--devices", "cpu"]
+        assert main([*argv, "--data-dir", str(mnist_root)]) == 2
+        one_line(capsys, f"{name}: is not a regular file")
+        assert sorted(p.name for p in study_dir.rglob("*")) == before
+        (study_dir / "trials" / key / name).unlink()
+    with pytest.raises(InputError, match="is not a regular file"):
+        os.mkfifo(tmp_path / "pipe")
+        open_fd(tmp_path / "pipe", os.O_WRONLY | os.O_CREAT)

@@ -1,4 +1,5 @@
-"""Files inside a study folder: never through a symbolic link, always written atomically.
+"""Files inside a study folder: never through a symbolic link, never anything but a regular
+file, always written atomically.
 
 A results folder is shared, long-lived and sometimes prepared by someone else. A link
 planted at ``driver.lock`` or ``checkpoint.pt`` would make vaegrid truncate or overwrite
@@ -13,6 +14,8 @@ from __future__ import annotations
 import errno
 import io
 import os
+import stat
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -43,6 +46,13 @@ PSEUDO_FILESYSTEMS = frozenset(
         "efivarfs",
     ]
 )
+
+
+def _shown(path: Path) -> str:
+    """A path as one line of a message: control characters escaped (a newline in a folder
+    name must not make a second line)."""
+    text = str(path)
+    return text if text.isprintable() else repr(text)[1:-1]
 
 
 def refuse_link(path: Path) -> None:
@@ -116,6 +126,22 @@ def check_study_dir(results: Path, study_dir: Path) -> None:
     for folder, dirs, files in os.walk(study_dir, followlinks=False):
         for name in dirs + files:
             refuse_link(Path(folder) / name)
+        for name in files:
+            refuse_special(Path(folder) / name)
+
+
+def refuse_special(path: Path) -> None:
+    """Raise InputError if ``path`` exists and is neither a regular file nor a folder (a
+    FIFO would block whoever opens it, a device or socket is no file of vaegrid's)."""
+    try:
+        mode = os.lstat(path).st_mode
+    except FileNotFoundError:
+        return
+    if not (stat.S_ISREG(mode) or stat.S_ISDIR(mode) or stat.S_ISLNK(mode)):
+        raise InputError(
+            f"{_shown(path)}: is not a regular file (a FIFO, socket or device); vaegrid reads "
+            "and writes only regular files in a study folder"
+        )
 
 
 def ensure_dir(path: Path) -> Path:
@@ -130,20 +156,34 @@ def ensure_dir(path: Path) -> Path:
     return path
 
 
-def open_fd(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` with ``O_NOFOLLOW``: a link at ``path`` is refused with one line.
+def open_fd(path: Path, flags: int, mode: int = 0o644, follow: bool = False) -> int:
+    """``os.open`` of a regular file, with ``O_NOFOLLOW`` unless ``follow``: a link, a
+    folder, a FIFO, a socket or a device is refused with one line, and nothing blocks
+    (the file is opened non-blocking, checked, then set blocking).
 
     Raises:
-        InputError: ``path`` is a link, a folder, or cannot be opened (with the reason).
+        InputError: ``path`` is not a regular file, or cannot be opened (with the reason).
     """
+    nofollow = 0 if follow else os.O_NOFOLLOW
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | nofollow | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as e:
         if e.errno == errno.ELOOP:
             refuse_link(path)
         if e.errno == errno.EISDIR or path.is_dir():
-            raise InputError(f"{path}: is a folder, expected a file") from None
-        raise InputError(f"{path}: cannot open ({e.strerror})") from None
+            raise InputError(f"{_shown(path)}: is a folder, expected a file") from None
+        if e.errno == errno.ENXIO:  # a FIFO opened for writing with no reader
+            refuse_special(path)
+        raise InputError(f"{_shown(path)}: cannot open ({e.strerror})") from None
+    kind = os.fstat(fd).st_mode
+    if not stat.S_ISREG(kind):
+        os.close(fd)
+        if stat.S_ISDIR(kind):
+            raise InputError(f"{_shown(path)}: is a folder, expected a file")
+        refuse_special(path)
+        raise InputError(f"{_shown(path)}: is not a regular file")  # replaced since lstat
+    os.set_blocking(fd, True)
+    return fd
 
 
 @contextmanager
@@ -169,9 +209,13 @@ def write_atomic(path: Path, data: bytes | str) -> None:
     ``path`` is replaced, never written through.
     """
     payload = data.encode() if isinstance(data, str) else data
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.unlink(missing_ok=True)  # a stale one from a killed writer, or a planted link
-    fd = open_fd(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+    # A name of its own per write (O_EXCL, never a link): two processes writing one file
+    # never share a temporary file.
+    try:
+        fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise InputError(f"{_shown(path)}: cannot write ({e.strerror})") from None
+    tmp = Path(name)
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(payload)

@@ -13,7 +13,9 @@ import functools
 import itertools
 import json
 import math
+import os
 import re
+import stat
 import tomllib
 from collections.abc import Mapping
 from pathlib import Path
@@ -139,14 +141,25 @@ def load_study(path: str | Path) -> Study:
 def _read_text(path: Path) -> str:
     """The file's text: at most STUDY_FILE_MAX_BYTES of UTF-8, a leading BOM dropped."""
     try:
-        with path.open("rb") as f:
-            # One byte more than allowed tells "too large" without reading a huge file.
-            data = f.read(STUDY_FILE_MAX_BYTES + 1)
+        # Non-blocking, then checked: a FIFO or a device would block or never end.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
     except FileNotFoundError:
         raise InputError(f"{path}: study file not found") from None
     except OSError as e:
         reason = e.strerror or type(e).__name__
         raise InputError(f"{path}: cannot read study file: {reason}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(
+                f"{path}: not a regular file (a folder, FIFO or device); expected a TOML file"
+            )
+        os.set_blocking(fd, True)
+        try:
+            # One byte more than allowed tells "too large" without reading a huge file.
+            data = f.read(STUDY_FILE_MAX_BYTES + 1)
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+            raise InputError(f"{path}: cannot read study file: {reason}") from None
     if len(data) > STUDY_FILE_MAX_BYTES:
         raise InputError(
             f"{path}: study file is larger than {STUDY_FILE_MAX_BYTES} bytes (1 MiB); "
