@@ -119,3 +119,22 @@ def test_summary_counts_final_waiting_and_paused_from_the_sets() -> None:
         "4/8 done (1 completed, 1 diverged, 1 failed, 1 stopped), 1 running, 2 waiting, "
         "1 paused at a rung"
     )
+
+
+def test_a_trial_whose_workers_keep_dying_fails_even_if_one_recorded_its_stop(
+    write_study,
+    tmp_path: Path,  # type: ignore[no-untyped-def]
+) -> None:
+    path = write_study()
+    db = synced_study_db(path, tmp_path / "r" / "tiny")
+    study = load_study(path)
+    cfg = expand(study)[0]
+    store = Store(db)
+    try:
+        store.start_trial(study, cfg)
+        store.mark([cfg.key], Status.INTERRUPTED)  # its worker recorded its stop, then died
+        assert store.give_up(cfg.key, "worker process died 2 times") == FAILED
+        assert store.trials()[0].status == FAILED
+        assert store.give_up(cfg.key, "again") == FAILED  # final: nothing moves
+    finally:
+        store.close()

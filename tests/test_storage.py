@@ -146,3 +146,15 @@ def test_a_folder_name_is_never_parsed_as_a_url(
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["victim.db", "victim.db?x", "p%41th", "a#b", "study.toml"]
     )
+
+
+def test_a_relative_results_folder_gives_workers_an_absolute_database(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    for db in (
+        Database.for_study(StudyLayout(Path("results") / "seed")),
+        Database.for_study(StudyLayout(Path("x")), "sqlite:///rel/study.db"),
+    ):
+        assert db.path is not None and db.path.is_absolute()
+        assert str(db.path).startswith(str(tmp_path))

@@ -137,6 +137,10 @@ def test_folder_of_another_config_is_refused(splits, tmp_path: Path) -> None:  #
     run_trial(config(epochs=1), splits.train, splits.val, tmp_path / "t")
     with pytest.raises(ValueError, match="another trial's files"):
         run_trial(config(epochs=1, hidden=16), splits.train, splits.val, tmp_path / "t")
+    for text in ('"a string"', "42", "[1, 2]", '{"data": 1}', "{"):  # not a config at all
+        (tmp_path / "t" / CONFIG).write_text(text)
+        with pytest.raises(ValueError, match="another trial's files"):
+            run_trial(config(epochs=1), splits.train, splits.val, tmp_path / "t")
 
 
 def test_a_checkpoint_from_another_kind_of_device_is_refused_not_continued(

@@ -198,7 +198,7 @@ def update(
     Idempotent, and safe after a kill at any point: what it records is re-derived from the
     epochs in the database, so a second call records nothing new.
     """
-    from vaegrid.status import INTERRUPTED, PAUSED, PENDING, STOPPED
+    from vaegrid.status import PAUSED, STOPPED, TRANSITIONS
 
     standings, statuses, stored_causes = read_standings(store, keys, spec, retry)
     found = plan(standings, spec, epochs)
@@ -211,7 +211,7 @@ def update(
     to_stop = {
         k: r
         for k, r in found.stopped.items()
-        if statuses[k] in (PAUSED, INTERRUPTED, PENDING, STOPPED)
+        if STOPPED in TRANSITIONS[statuses[k]]
         and (stored_rungs.get(k) != r or stored_causes[k] != causes[k])
     }
     reopen = [k for k in found.targets if statuses[k] == STOPPED]

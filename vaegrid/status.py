@@ -5,12 +5,18 @@ that :data:`TRANSITIONS` does not hold; everything else (the driver's counts, th
 line, ``vaegrid status``, halving, the tables) reads statuses and derives from the sets
 below. Statuses are stored as their text (``"completed"``): a :class:`Status` is a ``str``.
 
-    pending ──▶ running ──▶ completed | diverged          (final: a result)
-       │          │ ├────▶ failed ──▶ running            (final, unless --retry-failed)
-       │          │ ├────▶ interrupted ──▶ running       (Ctrl-C, a worker's death, a lost lease)
-       │          │ └────▶ paused ──▶ running            (halving: reached its rung)
-       └──────────┴──────▶ stopped ──▶ paused            (halving: dropped at a decided rung;
-                                                           reopened when a grown grid keeps it)
+    pending ─────▶ running            (the driver sends it to a worker)
+    running ─────▶ completed | diverged (final: a result)
+    running ─────▶ failed               (final; failed ──▶ running with --retry-failed)
+    running ─────▶ interrupted          (Ctrl-C, a worker's death, a lost lease)
+    running ─────▶ paused               (halving: reached the rung it was sent to)
+    interrupted, paused ──▶ running     (resumed from the last finished epoch)
+    interrupted ──▶ failed              (its workers died too often)
+    pending, interrupted, paused ──▶ stopped   (halving: dropped at a decided rung)
+    stopped ─────▶ stopped | paused     (its rung re-decided by a grown grid: re-recorded,
+                                         or kept and going on)
+
+A new trial's row is inserted ``pending`` (db/sync.py); every later change is a move.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ PENDING, RUNNING, COMPLETED, DIVERGED, FAILED, INTERRUPTED, PAUSED, STOPPED = St
 TRANSITIONS: Mapping[Status, frozenset[Status]] = {
     PENDING: frozenset({RUNNING, STOPPED}),
     RUNNING: frozenset({COMPLETED, DIVERGED, FAILED, INTERRUPTED, PAUSED}),
-    INTERRUPTED: frozenset({RUNNING, STOPPED}),
+    INTERRUPTED: frozenset({RUNNING, STOPPED, FAILED}),
     PAUSED: frozenset({RUNNING, STOPPED}),
     FAILED: frozenset({RUNNING}),  # --retry-failed
     # Re-recorded at another rung (a grown grid re-decided it), or going on again.
@@ -54,9 +60,8 @@ assert set(TRANSITIONS) == set(Status)
 FINAL = frozenset({COMPLETED, DIVERGED, FAILED, STOPPED})
 # Runs when a slot is free (paused trials run when their rung is decided).
 WAITING = frozenset({PENDING, INTERRUPTED})
-# Ended with a number worth ranking: its epochs are all there, or it stopped at a rung.
-ENDS = frozenset({COMPLETED, DIVERGED})
-# What the driver may send to a worker (failed ones only with --retry-failed).
+# What the driver may send to a worker (failed ones only with --retry-failed, paused ones
+# only when their rung is decided).
 STARTABLE = frozenset(s for s, to in TRANSITIONS.items() if RUNNING in to)
 
 

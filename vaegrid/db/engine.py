@@ -73,13 +73,13 @@ class Database:
     def sqlite(cls, path: Path) -> Database:
         """The SQLite file ``path``. Its URL names the dialect only: every connection opens
         the exact path (a ``?`` or ``%41`` in a folder name is a character, never a URL's)."""
-        return cls(URL.create("sqlite"), path)
+        return cls(URL.create("sqlite"), path.absolute())  # workers may start elsewhere
 
     @property
     def key(self) -> str:
         """What tells two databases apart (one Store per database and process)."""
         if self.path is not None:
-            return f"sqlite:{self.path.resolve()}"
+            return f"sqlite:{self.path}"
         return self.url.render_as_string(hide_password=False)
 
     def optuna_url(self) -> str:
@@ -121,7 +121,7 @@ class Database:
                     f"--storage: {_shown(storage)} names {problem}; expected sqlite:///PATH "
                     "(a file on a local disk)"
                 )
-            return cls.sqlite(Path(url.database))
+            return cls.sqlite(Path(str(url.database)))
         if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg2", ""):
             # The same server whatever driver the URL names: vaegrid speaks psycopg 3.
             return cls(url.set(drivername="postgresql+psycopg"), None)

@@ -130,7 +130,8 @@ class ReaderMixin(StoreBase):
     def runs(self) -> list[dict[str, Any]]:
         """Every run, oldest first, with its provenance (device_kind, host, versions)."""
         with self.session() as s:
-            prov = {p.run_id: p for p in s.scalars(select(ProvenanceRow))}
+            old = not inspect(s.connection()).has_table(ProvenanceRow.__tablename__)
+            prov = {} if old else {p.run_id: p for p in s.scalars(select(ProvenanceRow))}
             out = []
             for r in s.scalars(select(RunRow).order_by(RunRow.id)):
                 row = {c.name: getattr(r, c.name) for c in RunRow.__table__.columns}

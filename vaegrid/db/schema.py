@@ -206,6 +206,11 @@ def prepare(con: Connection, where: str) -> None:
     found = version(con, where)
     if found == SCHEMA_VERSION:
         return  # nothing to write: workers open the database often
+    if con.dialect.name == "postgresql":  # one migrator at a time (a driver, a report...)
+        con.execute(text("SELECT pg_advisory_xact_lock(7305189741)"))  # vaegrid schema
+        found = version(con, where)  # as the one before us may have left it
+        if found == SCHEMA_VERSION:
+            return
     if found is None:
         Base.metadata.create_all(con)
     elif found > SCHEMA_VERSION:

@@ -3,14 +3,15 @@
 Every other module of ``db/`` is a part of :class:`vaegrid.db.store.Store` built on this
 base, and reaches the database only through :meth:`StoreBase.session` (one transaction,
 committed at the end of the block, rolled back on any error, as Optuna's RDB storage does
-with its scoped sessions) or through :attr:`StoreBase.optuna`.
+with its scoped sessions) or through :attr:`StoreBase.optuna`. ``Store.reader``
+(store.py) is the read-only way in.
 
 Concurrency on SQLite: WAL journal (readers never block the writer), a 60 s busy timeout,
 and every write transaction opened with ``BEGIN IMMEDIATE`` (engine.py). A writer's
-transaction holds one epoch's rows, one trial's move, or one study sync (a whole grid's
-new rows, at most 10,000). Reads take no write lock: :meth:`StoreBase.reader` opens the
-file read-only and writes nothing, so ``status``, ``report`` and optuna-dashboard never
-block a sweep.
+transaction holds one epoch's rows, the moves of one driver's decision (a rung's stops, a
+Ctrl-C's interruptions), or one study sync (a whole grid's new rows, at most 10,000).
+Reads take no write lock: ``Store.reader`` opens the file read-only and writes nothing,
+so ``status`` and optuna-dashboard never block a sweep.
 """
 
 from __future__ import annotations

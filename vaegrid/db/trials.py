@@ -1,9 +1,10 @@
 """A trial's life in the database: its moves, its runs, its epochs, its test result.
 
-:func:`move` is the only code in vaegrid that writes a trial's status, and it refuses
-any move that ``status.TRANSITIONS`` does not hold. Every method below opens one
-transaction; those that end a trial then finish its Optuna trial (ledger.py), after the
-vg_* write that is the truth.
+:func:`move` is the only code in vaegrid that changes a trial's status (a new trial's row
+is inserted pending by sync.py), and it refuses any move that ``status.TRANSITIONS`` does
+not hold. Each method writes vaegrid's tables in one transaction; those that end a trial
+then finish its Optuna trial (ledger.py), after the vg_* write that is the truth
+(``start_trial`` reads the row, may create an Optuna trial, then moves the row).
 """
 
 from __future__ import annotations
@@ -35,8 +36,8 @@ from vaegrid.status import (
     INTERRUPTED,
     PAUSED,
     RUNNING,
-    STARTABLE,
     STOPPED,
+    TRANSITIONS,
     Status,
     check_transition,
 )
@@ -107,6 +108,19 @@ class TrialsMixin(LedgerMixin):
         if status in FINAL:
             for key in changed:
                 self.finish_optuna(key, status, cause)
+
+    def give_up(self, key: str, cause: str) -> Status:
+        """A trial whose worker died too often fails (running, or interrupted by a worker
+        that recorded its stop and then died); returns its status now."""
+        with self.session() as s:
+            row = self._row(s, key)
+            if FAILED in _moves(row):
+                move(row, FAILED, cause)
+                close_runs(s, key, FAILED, cause)
+            status = Status(row.status)
+        if status == FAILED:
+            self.finish_optuna(key, FAILED, cause)
+        return status
 
     def interrupt_running(self) -> None:
         """What a dead driver left running is interrupted (the next driver, at its start)."""
@@ -237,8 +251,6 @@ class TrialsMixin(LedgerMixin):
 
 
 def _moves(row: TrialRow) -> frozenset[Status]:
-    from vaegrid.status import TRANSITIONS
-
     return TRANSITIONS[Status(row.status)]
 
 
@@ -248,4 +260,4 @@ def _cause(error: str | None) -> str:
     return lines[-1] if lines else "error"
 
 
-__all__ = ["STARTABLE", "TrialsMixin", "close_runs", "move"]
+__all__ = ["TrialsMixin", "close_runs", "move"]

@@ -55,7 +55,7 @@ from vaegrid.status import (
     PAUSED,
     PENDING,
     RUNNING,
-    WAITING,
+    STARTABLE,
     Status,
     summary,
 )
@@ -306,11 +306,12 @@ class _Sweep:
         return self._exit_code()
 
     def _may_go(self, key: str) -> bool:
-        """Whether the study lets ``key`` run now (the scheduler then says where)."""
+        """Whether the study lets ``key`` run now (the scheduler then says where): a trial
+        a worker may start, failed ones only when retried, and with halving only as far as
+        the decided rungs allow."""
         status = self.view[key]
-        if self.study.halving is None:
-            return status in WAITING or key in self.retry
-        return key in self.targets and (status in WAITING | {PAUSED} or key in self.retry)
+        startable = status in STARTABLE and (status != FAILED or key in self.retry)
+        return startable and (self.study.halving is None or key in self.targets)
 
     def _enqueue(self, running: set[str]) -> None:
         """Offer the scheduler every trial that may run now and is not already offered."""
@@ -464,8 +465,7 @@ class _Sweep:
         self.deaths[key] += 1
         if self.deaths[key] >= self.max_deaths:
             cause = f"worker process died {self.deaths[key]} times: {error}"
-            self.store.mark([key], FAILED, cause)
-            self._finished(key, FAILED)
+            self._finished(key, self.store.give_up(key, cause))
         else:
             self.store.mark([key], INTERRUPTED)
             self.scheduler.offer(key, front=True)

@@ -204,7 +204,14 @@ class TrialConfig:
 
     @classmethod
     def from_json(cls, text: str) -> TrialConfig:
+        """A config from its JSON.
+
+        Raises:
+            ValueError: not JSON, or not a config's (a refused name raises TypeError).
+        """
         raw = json.loads(text)
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            raise ValueError("not a trial config (a JSON object with its data settings)")
         data = raw.pop("data")
         data = DataSpec(**{**data, "fractions": tuple(data["fractions"])})
         return cls.make(raw.pop("seed"), data, **raw)
