@@ -18,7 +18,7 @@ from vaegrid.cli import main
 from vaegrid.db.schema import TrialDeviceRow
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.layout import StudyLayout, TrialFiles
+from vaegrid.layout import StudyLayout, TrialFiles, database_lock
 from vaegrid.run.driver import DriverLock, run_study
 from vaegrid.run.pool import CudaProbe, LocalExecutor, make_pool, memory_limit_mb
 from vaegrid.spec.load import load_study
@@ -125,13 +125,35 @@ def test_second_driver_is_refused_naming_the_live_one(
     tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    with DriverLock(StudyLayout(tmp_path / "r" / "tiny")):
+    with DriverLock.of(StudyLayout(tmp_path / "r" / "tiny")):
         assert run(write_study(), tmp_path / "r", mnist_root) == 2
     err = capsys.readouterr().err
     assert (
         f"another driver (pid {os.getpid()}) is running this study" in err and err.count("\n") == 1
     )
     assert not (tmp_path / "r" / "tiny" / "study.db").exists()
+
+
+def test_one_driver_per_database_wherever_it_is_named_from(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = write_study()
+    assert run(study, tmp_path / "rA", mnist_root) == 0
+    db = tmp_path / "rA" / "tiny" / "study.db"
+    capsys.readouterr()
+    # rA's driver lives (it holds its database's lock): a run into rB on rA's database
+    with DriverLock(database_lock(db), "a study on this database"):
+        other = ["--storage", f"sqlite:///{db}"]
+        assert run(study, tmp_path / "rB", mnist_root, *other) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and f"another driver (pid {os.getpid()})" in err, err
+        assert str(db) in err
+        assert main(["status", str(tmp_path / "rA" / "tiny")]) == 0
+        assert capsys.readouterr().out.strip().endswith(f"driver pid {os.getpid()}")
+    assert not (tmp_path / "rB").exists()
 
 
 def test_status_shows_running_trials_while_a_driver_lives(
@@ -146,7 +168,7 @@ def test_status_shows_running_trials_while_a_driver_lives(
     store.start_trial(study, cfg)
     store.begin_run(cfg.key, "cpu", 4242, "cpu / torch 2", "host", {})
     store.close()
-    with DriverLock(StudyLayout(study_dir)):
+    with DriverLock.of(StudyLayout(study_dir)):
         assert main(["status", str(study_dir)]) == 0
     first, running = capsys.readouterr().out.splitlines()
     summary = "tiny: 0/4 done (0 completed, 0 diverged, 0 failed), 1 running, 3 waiting"
@@ -169,20 +191,22 @@ def test_lock_of_a_killed_driver_is_taken_over(tmp_path: Path) -> None:
             "import sys, time; from pathlib import Path\n"
             "from vaegrid.run.driver import DriverLock\n"
             "from vaegrid.layout import StudyLayout\n"
-            f"with DriverLock(StudyLayout(Path({str(tmp_path)!r}))):\n"
+            f"with DriverLock.of(StudyLayout(Path({str(tmp_path)!r}))):\n"
             "    print('locked', flush=True); time.sleep(60)",
         ],
         stdout=subprocess.PIPE,
     )
     assert holder.stdout is not None and holder.stdout.readline() == b"locked\n"
-    assert DriverLock.holder(StudyLayout(tmp_path)) == holder.pid  # alive: it holds the lock
+    assert (
+        DriverLock.holder(StudyLayout(tmp_path).driver_lock) == holder.pid
+    )  # alive: it holds the lock
     with pytest.raises(InputError, match=f"another driver \\(pid {holder.pid}\\)"):
-        DriverLock(StudyLayout(tmp_path)).__enter__()
+        DriverLock.of(StudyLayout(tmp_path)).__enter__()
     holder.kill()  # kill -9: no cleanup runs, the kernel drops its flock
     holder.wait()
-    assert DriverLock.holder(StudyLayout(tmp_path)) is None
-    with DriverLock(StudyLayout(tmp_path)):
-        assert DriverLock.holder(StudyLayout(tmp_path)) == os.getpid()
+    assert DriverLock.holder(StudyLayout(tmp_path).driver_lock) is None
+    with DriverLock.of(StudyLayout(tmp_path)):
+        assert DriverLock.holder(StudyLayout(tmp_path).driver_lock) == os.getpid()
 
 
 def test_changed_fixed_setting_is_refused_and_nothing_written(

@@ -2,7 +2,8 @@
 
     <results>/<study>/
         study.db            the study database (SQLite; absent with --storage postgresql://)
-        driver.lock         flock of the live driver, holding its pid
+        study.db-driver.lock  flock of the live driver on that database, holding its pid
+        driver.lock         flock of the live driver on this folder, holding its pid
         .vaegrid-driver     the live driver's token: proof a worker sees this very folder
         trials/<key>/       one folder per trial (TrialFiles)
             config.json     the trial's config (its hash is the key)
@@ -98,3 +99,9 @@ class StudyLayout:
 
     def figure(self, name: str) -> Path:
         return self.figures / f"{name}.png"
+
+
+def database_lock(db: Path) -> Path:
+    """The driver lock of a SQLite study database, beside it (as SQLite keeps its -wal and
+    -shm there): one driver per database, wherever the database is named from."""
+    return db.with_name(db.name + "-driver.lock")

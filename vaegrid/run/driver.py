@@ -33,7 +33,7 @@ from vaegrid import halving
 from vaegrid.db.engine import Database, pg_advisory_lock, reason
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.layout import StudyLayout
+from vaegrid.layout import StudyLayout, database_lock
 from vaegrid.run.pool import (
     MAX_WORKER_DEATHS,
     ClusterGone,
@@ -67,16 +67,23 @@ EXIT_CLUSTER_GONE = 3
 
 
 class DriverLock:
-    """An exclusive flock on the study's ``driver.lock``, holding the driver's pid.
+    """An exclusive flock on a lock file, holding the driver's pid: the study folder's
+    ``driver.lock``, and on SQLite the database's own (one driver per folder, and one per
+    database however it is named).
 
     The kernel releases it when the driver dies, however it dies, so a crashed driver's
     lock is taken over by the next one without any stale-lock guessing. The lock file is
-    opened without following links.
+    opened without following links, and must be a regular file.
     """
 
-    def __init__(self, layout: StudyLayout) -> None:
-        self.path = layout.driver_lock
+    def __init__(self, path: Path, what: str = "this study") -> None:
+        self.path = path
+        self.what = what  # for the refusal: "this study", "this database"
         self.fd: int | None = None
+
+    @classmethod
+    def of(cls, layout: StudyLayout) -> DriverLock:
+        return cls(layout.driver_lock)
 
     def __enter__(self) -> DriverLock:
         ensure_dir(self.path.parent)
@@ -86,8 +93,9 @@ class DriverLock:
         except BlockingIOError:
             pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
             os.close(fd)
+            where = self.path.parent if self.what == "this study" else self.path
             raise InputError(
-                f"{self.path.parent}: another driver (pid {pid}) is running this study; "
+                f"{where}: another driver (pid {pid}) is running {self.what}; "
                 "wait for it, or stop it and run again"
             ) from None
         os.ftruncate(fd, 0)
@@ -100,9 +108,8 @@ class DriverLock:
             os.close(self.fd)
 
     @staticmethod
-    def holder(layout: StudyLayout) -> int | None:
-        """The pid of the live driver of the study (-1 if unreadable), or None."""
-        path = layout.driver_lock
+    def holder(path: Path) -> int | None:
+        """The pid of the live driver holding the lock file ``path`` (-1 if unreadable)."""
         if not path.exists() and not path.is_symlink():
             return None
         fd = open_fd(path, os.O_RDONLY)
@@ -113,6 +120,16 @@ class DriverLock:
             return int(text) if text.isdigit() else -1
         finally:
             os.close(fd)
+        return None
+
+    @staticmethod
+    def live(db: Database, layout: StudyLayout) -> int | None:
+        """The pid of a live driver of this SQLite database or of this study folder."""
+        assert db.path is not None
+        for path in (database_lock(db.path), layout.driver_lock):
+            pid = DriverLock.holder(path)
+            if pid is not None:
+                return pid
         return None
 
 
@@ -178,8 +195,9 @@ def run_study(
 @contextmanager
 def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]:
     """One driver per study: the flock on SQLite, the server's advisory lock otherwise."""
-    if db.is_sqlite:
-        with DriverLock(layout):
+    if db.is_sqlite:  # the database first: a refusal then writes nothing in the folder
+        assert db.path is not None
+        with DriverLock(database_lock(db.path), "a study on this database"), DriverLock.of(layout):
             yield
         return
     ensure_dir(layout.root)  # trial folders live there, whatever the database

@@ -97,7 +97,7 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     finally:
         store.close()
     counts = Counter(t.status for t in trials)
-    pid: int | str | None = DriverLock.holder(layout) if db.is_sqlite else None
+    pid: int | str | None = DriverLock.live(db, layout) if db.is_sqlite else None
     if live is not None:
         pid = f"{live.pid} on {live.host}"
     if pid is None:  # no live driver: what was running is only interrupted
