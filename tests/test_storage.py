@@ -158,3 +158,44 @@ def test_a_relative_results_folder_gives_workers_an_absolute_database(
     ):
         assert db.path is not None and db.path.is_absolute()
         assert str(db.path).startswith(str(tmp_path))
+
+
+def test_a_bad_storage_url_is_one_line_and_never_shows_a_password(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    layout = StudyLayout(tmp_path)
+    refused = {
+        "postgresql://me:s3cret@host:abc/db": "is not a database URL",
+        "postgresql://me:s3cret@[::1/db": "is not a database URL",
+        "postgresql://me:s3@cret@host/db": "holds more than one '@'",
+        "postgresql://me@host/db?connect_timeout=0": "connect_timeout = '0' is not allowed",
+        "postgresql://me@host/db?connect_timeout=abc": "connect_timeout = 'abc' is not allowed",
+        "postgresql://me:s3cret@host/" + "x" * 100_000: "a URL of 100028 characters",
+        "postgresql://me:s3cret@host/db\nsecond line": "with control characters",
+    }
+    for url, message in refused.items():
+        with pytest.raises(InputError, match=message) as e:
+            Database.for_study(layout, url)
+        text = str(e.value)
+        assert "s3cret" not in text and "cret" not in text and "\n" not in text, text
+        assert len(text) < 400
+    shown = str(Database.for_study(layout, "postgresql://me@db.lab/x?password=s3cret"))
+    assert shown == "postgresql+psycopg://me@db.lab/x"
+    # A schema chosen with options stays chosen on read-only connections too.
+    import psycopg
+
+    seen: list[dict[str, object]] = []
+    monkeypatch.setattr(psycopg, "connect", lambda **kw: seen.append(kw))
+    url = "postgresql://me@db.lab/x?options=-csearch_path%3Ds1"
+    for readonly in (False, True):
+        storage._pg_connector(Database.for_study(layout, url).url, readonly, 0.0)()
+    assert seen[0]["options"] == "-csearch_path=s1"
+    assert seen[1]["options"] == "-csearch_path=s1 -c default_transaction_read_only=on"
+
+
+def test_load_never_shows_the_password_of_its_url(tmp_path: Path) -> None:
+    import vaegrid
+
+    with pytest.raises(InputError) as e:
+        vaegrid.load("postgresql://me:s3cret@127.0.0.1:1/x", "nope")
+    assert "s3cret" not in str(e.value)

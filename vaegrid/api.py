@@ -134,7 +134,7 @@ def load(results_dir_or_storage: str | Path, study: str) -> Results:
         db = existing_db(StudyLayout.of(results, study))
     rows = read_study(db)
     if rows.name != study:
-        raise InputError(f"{where}: holds study {rows.name!r}, not {study!r}")
+        raise InputError(f"{db}: holds study {rows.name!r}, not {study!r}")
     per_trial = rows.per_trial()
     head = ["key", "config", "repeat", *rows.axes]
     epochs = rows.epochs.merge(rows.trials[head], on="key")

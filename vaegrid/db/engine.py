@@ -37,6 +37,7 @@ from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
 from vaegrid.safeio import mount_type, refuse_link
 
+URL_MAX_CHARS = 4096  # --storage: longer is no database URL (and would not be one line)
 BUSY_TIMEOUT_S = 60  # SQLite: how long a writer waits for another's commit
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: an unreachable server is refused within this
 RETRY_S = 60  # PostgreSQL: how long a writer retries a connection (full, slow, restarting)
@@ -66,8 +67,11 @@ class Database:
         return self.dialect == "sqlite"
 
     def __str__(self) -> str:
-        """What messages show: the SQLite file, or the URL without its password."""
-        return str(self.path) if self.path else self.url.render_as_string(hide_password=True)
+        """What messages show: the SQLite file, or the URL without its password and without
+        its options (``?password=...`` is one)."""
+        if self.path is not None:
+            return str(self.path)
+        return self.url.set(query={}).render_as_string(hide_password=True)
 
     @classmethod
     def sqlite(cls, path: Path) -> Database:
@@ -99,12 +103,25 @@ class Database:
         """
         if storage is None:
             return cls.sqlite(layout.db)
+        expected = "expected sqlite:///PATH or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+        if not storage.isprintable() or len(storage) > URL_MAX_CHARS:
+            raise InputError(
+                f"--storage: a URL of {len(storage)} characters"
+                + ("" if storage.isprintable() else " with control characters")
+                + f"; {expected} (at most {URL_MAX_CHARS} characters)"
+            )
+        netloc = storage.partition("://")[2].split("/", 1)[0] if "://" in storage else ""
+        if netloc.count("@") > 1:
+            raise InputError(
+                f"--storage: {masked(storage)} holds more than one '@' before the host; write "
+                "an '@' inside a user name or password as %40"
+            )
         try:
             url = make_url(storage)
-        except ArgumentError:
+            _ = url.port  # a port that is not a number is refused here, not at connect
+        except (ArgumentError, ValueError):
             raise InputError(
-                f"--storage: {storage!r} is not a database URL; expected sqlite:///PATH "
-                "or postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+                f"--storage: {masked(storage)} is not a database URL; {expected}"
             ) from None
         backend, _, driver = url.drivername.partition("+")  # no dialect loaded to look
         if backend == "sqlite":
@@ -118,11 +135,19 @@ class Database:
             )  # fmt: skip
             if problem is not None:
                 raise InputError(
-                    f"--storage: {_shown(storage)} names {problem}; expected sqlite:///PATH "
+                    f"--storage: {masked(storage)} names {problem}; expected sqlite:///PATH "
                     "(a file on a local disk)"
                 )
             return cls.sqlite(Path(str(url.database)))
         if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg2", ""):
+            timeout = url.query.get("connect_timeout")
+            if timeout is not None and not (
+                isinstance(timeout, str) and timeout.isdigit() and 1 <= int(timeout) <= 600
+            ):
+                raise InputError(
+                    f"--storage: connect_timeout = {str(timeout)[:40]!r} is not allowed; "
+                    "expected whole seconds from 1 to 600 (0 would wait forever)"
+                )
             # The same server whatever driver the URL names: vaegrid speaks psycopg 3.
             return cls(url.set(drivername="postgresql+psycopg"), None)
         raise InputError(
@@ -188,6 +213,19 @@ class Database:
     def harden_optuna(self, engine: Engine) -> None:
         if self.is_sqlite:
             _harden_sqlite(engine)
+
+
+def masked(url: str) -> str:
+    """A URL from outside as a message shows it: whatever stands between ``://`` and the
+    host's ``@`` (a user and password) replaced by ``***``, options (``?...``) dropped, one
+    line of at most 200 characters."""
+    scheme, sep, rest = url.partition("://")
+    if sep:
+        netloc, slash, path = rest.partition("/")
+        if "@" in netloc:
+            netloc = "***@" + netloc.rsplit("@", 1)[1]
+        url = scheme + sep + netloc + slash + path.split("?", 1)[0]
+    return _shown(url)
 
 
 def _shown(text: str) -> str:
@@ -265,8 +303,9 @@ def _pg_connector(url: URL, readonly: bool, retry_s: float) -> Callable[[], Any]
     params.update(url.query)
     params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
     params.setdefault("application_name", "vaegrid")
-    if readonly:
-        params["options"] = "-c default_transaction_read_only=on"
+    if readonly:  # added to the URL's own options (a search_path, say), never replacing them
+        own = params.get("options")
+        params["options"] = " ".join(filter(None, [own, "-c default_transaction_read_only=on"]))
 
     def connect() -> Any:
         deadline = time.monotonic() + retry_s
