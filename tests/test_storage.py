@@ -199,3 +199,38 @@ def test_load_never_shows_the_password_of_its_url(tmp_path: Path) -> None:
     with pytest.raises(InputError) as e:
         vaegrid.load("postgresql://me:s3cret@127.0.0.1:1/x", "nope")
     assert "s3cret" not in str(e.value)
+
+
+@pytest.mark.parametrize(
+    "address", ["", "garbage", "inproc://x", "tcp://h:abc", "tcp://h:0", "tls://h:8786",
+                "ucx://h:8786", "tcp://h:8786/x", "tcp://" + "h" * 300 + ":1"],
+)  # fmt: skip
+def test_a_cluster_address_that_is_no_scheduler_address_is_one_line_and_exit_2(
+    address: str,
+    write_study: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    argv = ["run", str(write_study()), "--results", str(tmp_path / "r"), "--cluster", address]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "expected a Dask scheduler's address tcp://HOST:PORT" in err
+    assert len(err) < 500 and not (tmp_path / "r").exists()
+
+
+@pytest.mark.slow
+def test_a_port_that_accepts_and_never_answers_is_refused_within_20_s(
+    write_study: Callable[..., Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as silent:
+        silent.bind(("127.0.0.1", 0))
+        silent.listen(8)  # the kernel accepts; nothing ever answers
+        address = f"tcp://127.0.0.1:{silent.getsockname()[1]}"
+        argv = ["run", str(write_study()), "--results", str(tmp_path / "r"), "--cluster", address]
+        started = time.perf_counter()
+        assert main(argv) == 2
+        assert time.perf_counter() - started < 20
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "cannot reach a Dask scheduler" in err, err

@@ -131,7 +131,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"
             )
         executor = None
-        if args.cluster:
+        if args.cluster is not None:  # '' is no address, never "run locally"
             from vaegrid.run.cluster import DaskExecutor
 
             executor = DaskExecutor(args.cluster, args.resource)

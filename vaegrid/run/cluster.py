@@ -17,6 +17,8 @@ task (``KilledWorker``), which the driver counts as a death of the trial.
 from __future__ import annotations
 
 import contextlib
+import re
+import threading
 import time
 from typing import Any
 
@@ -24,6 +26,61 @@ from vaegrid.errors import InputError
 from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool, Slot, WorkerDied
 
 CONNECT_TIMEOUT_S = 10
+
+
+# --cluster: a Dask scheduler's TCP address (tls:// needs certificates vaegrid does not
+# pass; ucx://, inproc:// and ws:// are not what a sweep's scheduler listens on).
+ADDRESS = re.compile(r"tcp://(?P<host>[A-Za-z0-9._-]+|\[[0-9A-Fa-f:.]+\]):(?P<port>[0-9]{1,5})")
+
+
+def check_address(address: str) -> str:
+    """``--cluster``'s value, refused in one line unless it is ``tcp://HOST:PORT``.
+
+    Raises:
+        InputError: naming what was given (cut to one line) and what is allowed.
+    """
+    found = ADDRESS.fullmatch(address)
+    if found is None or not 1 <= int(found["port"]) <= 65535 or len(found["host"]) > 253:
+        shown = repr(address[:200]) + (
+            f"... ({len(address)} characters)" if len(address) > 200 else ""
+        )
+        raise InputError(
+            f"--cluster: {shown} is not allowed; expected a Dask scheduler's address "
+            "tcp://HOST:PORT (a host name of at most 253 characters, PORT 1 to 65535; "
+            "`dask scheduler` prints it)"
+        )
+    return address
+
+
+def _connect(address: str, resource: str) -> Any:
+    """A Dask client of the scheduler at ``address``, or one line within
+    :data:`CONNECT_TIMEOUT_S` seconds and a few more: a port that accepts and never
+    answers (or answers HTTP, as Dask's dashboard does) keeps Dask's own handshake waiting
+    for minutes, so the attempt runs in a thread of its own that the driver waits for at
+    most that long, and whatever Dask says of it afterwards is dropped."""
+    from distributed import Client
+
+    found: dict[str, Any] = {}
+
+    def attempt() -> None:
+        try:
+            found["client"] = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+        except BaseException as e:  # reported below, in one line
+            found["error"] = e
+
+    thread = threading.Thread(target=attempt, name="vaegrid-dask-connect", daemon=True)
+    thread.start()
+    thread.join(CONNECT_TIMEOUT_S + 5)
+    if "client" in found:
+        return found["client"]
+    error = found.get("error")
+    why = "no answer within 15 s" if error is None else f"{type(error).__name__}"
+    if error is not None and str(error).strip():
+        why += f": {str(error).strip().splitlines()[0][:200]}"
+    raise InputError(
+        f"--cluster: cannot reach a Dask scheduler at {address} ({why}); start one with "
+        f"`dask scheduler` and workers with `dask worker {address} --resources {resource}=K`"
+    )
 
 
 class DaskExecutor:
@@ -37,18 +94,8 @@ class DaskExecutor:
         Raises:
             InputError: the scheduler cannot be reached within 10 s.
         """
-        from distributed import Client
-
-        self.address, self.resource = address, resource
-        try:
-            self.client = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
-        except (OSError, TimeoutError, ValueError) as e:
-            raise InputError(
-                f"--cluster: cannot reach a Dask scheduler at {address} "
-                f"({type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'no answer'}); "
-                "start one with `dask scheduler` and workers with "
-                f"`dask worker {address} --resources {resource}=K`"
-            ) from None
+        self.address, self.resource = check_address(address), resource
+        self.client = _connect(self.address, resource)
 
     def pool(self) -> Pool:
         """A pool of one device, "cluster", with a slot per unit of the resource offered.
