@@ -87,6 +87,7 @@ class DriverLock:
 
     def __enter__(self) -> DriverLock:
         ensure_dir(self.path.parent)
+        self.created = not self.path.exists() and not self.path.is_symlink()
         fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -106,6 +107,12 @@ class DriverLock:
     def __exit__(self, *exc: object) -> None:
         if self.fd is not None:
             os.close(self.fd)
+
+    def undo(self) -> None:
+        """Remove the lock file if this lock made it (a run refused right after: nothing
+        written)."""
+        if self.fd is not None and self.created:
+            self.path.unlink(missing_ok=True)
 
     @staticmethod
     def holder(path: Path) -> int | None:
@@ -197,8 +204,17 @@ def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]
     """One driver per study: the flock on SQLite, the server's advisory lock otherwise."""
     if db.is_sqlite:  # the database first: a refusal then writes nothing in the folder
         assert db.path is not None
-        with DriverLock(database_lock(db.path), "a study on this database"), DriverLock.of(layout):
-            yield
+        with DriverLock(database_lock(db.path), "a study on this database") as on_db:
+            folder = DriverLock.of(layout)
+            try:
+                folder.__enter__()
+            except InputError:
+                on_db.undo()
+                raise
+            try:
+                yield
+            finally:
+                folder.__exit__()
         return
     ensure_dir(layout.root)  # trial folders live there, whatever the database
     try:
