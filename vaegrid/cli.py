@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from vaegrid import signals
 from vaegrid.errors import InputError
 from vaegrid.run.pool import MAX_WORKER_DEATHS
 
@@ -92,12 +93,33 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    try:
-        args = _parser().parse_args(argv)
-        return _dispatch(args)
-    except InputError as e:
-        print(f"vaegrid: error: {e}", file=sys.stderr)
-        return 2
+    """Run one command; its exit code: 0 done, 1 some trials failed (run), 2 bad input
+    (one line, nothing written), 3 the cluster's scheduler went away (run), 128 + N
+    stopped by signal N (130 Ctrl-C, 143 SIGTERM), what was committed kept."""
+    signals.reset()
+    with signals.handled():
+        try:
+            args = _parser().parse_args(argv)
+            code = _dispatch(args)
+        except InputError as e:
+            print(f"vaegrid: error: {_one_line(str(e))}", file=sys.stderr)
+            return 2
+        except KeyboardInterrupt:
+            code = 0  # said below, in one line
+        stopped = signals.received()  # raised, or swallowed on its way by a library
+        if stopped is not None and code in (0, 1):
+            print(
+                f"vaegrid: interrupted ({stopped.name}); what was committed is kept: run the "
+                "same command again",
+                file=sys.stderr,
+            )
+            return stopped.exit_code
+        return code
+
+
+def _one_line(text: str) -> str:
+    """A message as one line: control characters (a newline in a path) escaped."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def _dispatch(args: argparse.Namespace) -> int:

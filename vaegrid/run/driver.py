@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import signal
 import threading
 import traceback
 import uuid
@@ -29,7 +28,7 @@ from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from vaegrid import halving
+from vaegrid import halving, signals
 from vaegrid.db.engine import Database, pg_advisory_lock, reason
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
@@ -177,9 +176,8 @@ def run_study(
     Store.check_compatible(db, study)
     grid = expand(study)
     token = uuid.uuid4().hex
-    with _driver_lock(db, layout, study.name):
+    with signals.handled(), _driver_lock(db, layout, study.name):
         store = Store(db)
-        previous = signal.signal(signal.SIGTERM, _stop)
         executor = executor or LocalExecutor(pool, initializer=init_worker)
         beating = executor.watch == "heartbeat" or not db.is_sqlite
         try:
@@ -195,7 +193,6 @@ def run_study(
             )
             return 1
         finally:
-            signal.signal(signal.SIGTERM, previous)
             store.close()
 
 
@@ -265,11 +262,6 @@ def _heartbeat(store: Store, study: str, token: str, on: bool) -> Iterator[None]
             store.driver_gone(study, token)
 
 
-def _stop(signum: int, frame: object) -> None:
-    """SIGTERM stops a sweep as cleanly as Ctrl-C does."""
-    raise KeyboardInterrupt
-
-
 Running = dict[Any, tuple[str, Slot]]  # a trial's future -> (its key, its slot)
 
 
@@ -321,6 +313,7 @@ class _Sweep:
         free = self.pool.slot_list()
         try:
             while self.scheduler.queue or running:
+                signals.check()  # a signal a library swallowed still stops the sweep
                 self._dispatch(free, running)
                 done = self.executor.wait(list(running), 1.0)
                 for future in done:
@@ -330,8 +323,9 @@ class _Sweep:
                 if done and self.study.halving is not None:
                     self._advance({k for k, _ in running.values()})
                 self.progress.show(self.view)
-        except KeyboardInterrupt:
-            return self._abandon(running, "interrupted", "run the same command again", 130)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (signals.Interrupted)
+            code = e.exit_code if isinstance(e, signals.Interrupted) else 130
+            return self._abandon(running, "interrupted", "run the same command again", code)
         except ClusterGone as e:
             then = "run the same command again once it is back"
             return self._abandon(running, f"vaegrid: {e}", then, EXIT_CLUSTER_GONE)

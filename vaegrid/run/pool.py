@@ -19,9 +19,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -281,6 +284,20 @@ class Executor(Protocol):
         ...
 
 
+@contextmanager
+def _sigint_blocked() -> Iterator[None]:
+    """SIGINT blocked in this thread while the block runs: a worker process (or a thread
+    that starts them) made meanwhile inherits the blocked signal, across exec too, so a
+    Ctrl-C at the terminal, which reaches the whole process group, never interrupts a
+    worker (not even while it imports, before its initializer runs) and only the driver
+    acts on it. The driver's own Ctrl-C waits until the block ends: delayed, never lost."""
+    before = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, before)
+
+
 class LocalExecutor:
     """One single-worker loky process pool per slot, pinned to the slot's device."""
 
@@ -329,7 +346,8 @@ class LocalExecutor:
         from joblib.externals.loky.process_executor import BrokenProcessPool
 
         try:
-            future: Future[Any] = self._executor(slot).submit(fn, arg)
+            with _sigint_blocked():  # loky starts the slot's worker here
+                future: Future[Any] = self._executor(slot).submit(fn, arg)
         except BrokenProcessPool as e:  # its worker died while idle
             raise WorkerDied(str(e)) from e
         return future
