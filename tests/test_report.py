@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import importlib.metadata
+import io
 import os
 import shutil
 from collections.abc import Callable
@@ -352,14 +353,40 @@ def test_a_corrupt_winner_weights_file_is_one_line_and_exit_2(
 ) -> None:
     ranking_key = _winner(study_dir)
     weights = study_dir / "trials" / ranking_key / "weights.pt"
-    if isinstance(damage, str):  # a real state dict, of another shape
-        torch.save(VAE(8, 2).state_dict(), weights)
+    if isinstance(damage, str):  # this trial's stamp on a real state dict of another shape
+        identity = torch.load(weights, weights_only=True)["identity"]
+        torch.save({"identity": identity, "model": VAE(8, 2).state_dict()}, weights)
     else:
         weights.write_bytes(damage)
     assert main(["report", str(study_dir), "--data-dir", str(mnist_root)]) == 2
     err = capsys.readouterr().err
     assert f"{weights}: not this trial's weights (" in err and err.count("\n") == 1, err
     assert not (study_dir / "ranking.csv").exists() and not (study_dir / "report.md").exists()
+
+
+def test_weights_of_another_trial_unstamped_or_huge_are_refused_before_any_test(
+    study_dir: Path, mnist_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trials = vaegrid.load(study_dir.parent, study_dir.name).trials
+    winner = _winner(study_dir)
+    other = next(k for k in trials["key"] if k != winner)
+    weights = study_dir / "trials" / winner / "weights.pt"
+    original = weights.read_bytes()
+    state = torch.load(io.BytesIO(original), weights_only=True)
+    # Another trial's file of the same shapes: the winner's tensors under the other's stamp.
+    torch.save({"identity": {**state["identity"], "key": other}, "model": state["model"]}, weights)
+    argv = ["report", str(study_dir), "--data-dir", str(mnist_root)]
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert f"weights of key '{other}', not this trial's '{winner}'" in err, err
+    torch.save(state["model"], weights)
+    assert main(argv) == 2  # a bare state dict: whose?
+    assert "weights that do not say which trial they belong to" in capsys.readouterr().err
+    with weights.open("wb") as f:  # 3 GB, sparse: refused by its size, never read
+        f.truncate(3 << 30)
+    assert main(argv) == 2
+    assert "refused before reading" in capsys.readouterr().err
+    assert not (study_dir / "report.md").exists() and not (study_dir / "test.csv").exists()
 
 
 def _winner(study_dir: Path) -> str:
@@ -376,7 +403,7 @@ def test_importance_sampled_nll_is_below_the_elbo_and_tightens_with_k(
     from vaegrid.train.model import VAE
 
     model = VAE(cfg.hidden, cfg.latent)
-    model.load_state_dict(torch.load(tmp_path / "t" / "weights.pt", weights_only=True))
+    model.load_state_dict(torch.load(tmp_path / "t" / "weights.pt", weights_only=True)["model"])
     model.eval()
     elbo = evaluate(model, splits.test, seed=1).elbo
     nll = {

@@ -74,7 +74,8 @@ def test_a_version_1_database_is_read_as_it_is_and_migrated_by_the_next_run(
     assert not AXIS_COLUMNS & _columns(old, "vg_trial")
     assert "description" in _columns(old, "vg_study")
     with sqlite3.connect(old) as con:
-        assert con.execute("SELECT value FROM vg_meta").fetchall() == [(str(SCHEMA_VERSION),)]
+        meta = dict(con.execute("SELECT name, value FROM vg_meta").fetchall())
+    assert meta == {"schema_version": str(SCHEMA_VERSION), "created_schema": "1"}
     store = Store.reader(old)
     try:
         assert sorted(t.status for t in store.trials()) == [

@@ -58,7 +58,8 @@ def test_short_trial_lowers_validation_elbo_and_writes_its_folder(splits, tmp_pa
         assert abs(r.val.elbo - (r.val.recon + r.val.kl)) < 1e-3 and r.seconds > 0
     assert {p.name for p in (tmp_path / "t").iterdir()} == {CONFIG, CHECKPOINT, WEIGHTS, LOG}
     state = torch.load(tmp_path / "t" / WEIGHTS, weights_only=True)
-    assert state["mu.weight"].shape == (8, 32)
+    assert state["identity"]["key"] == config().key and state["identity"]["model"] == MODEL
+    assert state["model"]["mu.weight"].shape == (8, 32)
     finalize(tmp_path / "t")
     assert not (tmp_path / "t" / CHECKPOINT).exists()
 

@@ -42,6 +42,7 @@ class StudyRows:
     description: str | None  # the study file's words on the study
     # Each trial as the halving rule sees it (halving.read_standings); None without halving.
     standings: dict[str, Standing] | None
+    created_schema: int  # the schema version the database was made at (schema.py)
 
     @property
     def axes(self) -> list[str]:
@@ -81,6 +82,7 @@ def read_study(db: Database) -> StudyRows:
             runs=reader.runs(),
             description=reader.study_description(),
             standings=standings,
+            created_schema=reader.created_schema(),
         )
     finally:
         reader.close()

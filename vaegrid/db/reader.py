@@ -182,6 +182,14 @@ class ReaderMixin(StoreBase):
                 raise InputError(f"{self.path}: holds no vaegrid study")
             return row[0], row[1]
 
+    def created_schema(self) -> int:
+        """The schema version this database was made at (version 1's final weights carry no
+        identity: report.py accepts them only from such a study)."""
+        from vaegrid.db.schema import created_schema
+
+        with self.engine.connect() as con:
+            return created_schema(con)
+
     def study_description(self) -> str | None:
         """The study file's ``description`` (None: it has none), for report.md."""
         with self.session() as s:

@@ -213,16 +213,31 @@ def prepare(con: Connection, where: str) -> None:
             return
     if found is None:
         Base.metadata.create_all(con)
+        _set(con, "created_schema", SCHEMA_VERSION)
     elif found > SCHEMA_VERSION:
         raise _newer(where, found)
     else:
         for step in range(found, SCHEMA_VERSION):
             MIGRATIONS[step](con)
-    con.execute(text("DELETE FROM vg_meta WHERE name = 'schema_version'"))
+        if found == 1:  # what it was made as: its final weights carry no identity
+            _set(con, "created_schema", 1)
+    _set(con, "schema_version", SCHEMA_VERSION)
+
+
+def _set(con: Connection, name: str, value: int) -> None:
+    con.execute(text("DELETE FROM vg_meta WHERE name = :n"), {"n": name})
     con.execute(
-        text("INSERT INTO vg_meta (name, value) VALUES ('schema_version', :v)"),
-        {"v": str(SCHEMA_VERSION)},
+        text("INSERT INTO vg_meta (name, value) VALUES (:n, :v)"), {"n": name, "v": str(value)}
     )
+
+
+def created_schema(con: Connection) -> int:
+    """The schema version the database was made at (1: before versions were kept)."""
+    if MetaRow.__tablename__ not in set(inspect(con).get_table_names()):
+        return 1
+    row = con.execute(text("SELECT value FROM vg_meta WHERE name = 'created_schema'")).first()
+    value = row[0] if row is not None else "1"
+    return int(value) if isinstance(value, str) and value.isdigit() else 1
 
 
 def _newer(where: str, found: int) -> InputError:

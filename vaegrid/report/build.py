@@ -94,7 +94,10 @@ def make_report(
     tested = per_trial[
         per_trial["config"].isin(winners["key"]) & (per_trial["status"] == COMPLETED)
     ]
-    loaded = load_winners(layout, {k: rows.configs[k] for k in tested["key"]}, data_root, device)
+    # Final weights are stamped with their trial since schema version 2.
+    unstamped_ok = rows.created_schema < 2
+    configs = {k: rows.configs[k] for k in tested["key"]}
+    loaded = load_winners(layout, configs, data_root, device, unstamped_ok)
     stored = rows.tests
     todo = [
         k for k in loaded.configs

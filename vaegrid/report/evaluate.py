@@ -48,7 +48,11 @@ class Winners:
 
 
 def load_winners(
-    layout: StudyLayout, configs: dict[str, TrialConfig], data_root: Path, device: str
+    layout: StudyLayout,
+    configs: dict[str, TrialConfig],
+    data_root: Path,
+    device: str,
+    unstamped_ok: bool = False,
 ) -> Winners:
     """The test split (of the first config's data) and every trial's final weights.
 
@@ -57,22 +61,59 @@ def load_winners(
     """
     first = next(iter(configs.values()))
     test_x = load_splits(data_root, first.data, first.seed, device).test
-    models = {k: _load_model(cfg, layout, test_x.device) for k, cfg in configs.items()}
+    models = {
+        k: _load_model(cfg, layout, test_x.device, unstamped_ok) for k, cfg in configs.items()
+    }
     return Winners(configs, models, test_x)
 
 
-def _load_model(cfg: TrialConfig, layout: StudyLayout, device: torch.device) -> VAE:
-    """A winner's final weights, refused in one line if they are not this config's model."""
+def _load_model(
+    cfg: TrialConfig, layout: StudyLayout, device: torch.device, unstamped_ok: bool
+) -> VAE:
+    """A winner's final weights, refused in one line unless they are this trial's.
+
+    The file is sized before it is read (its model's parameters, 4 bytes each, and room
+    for torch's framing), and must carry the identity the trial stamped on it (trial key
+    and model version). Weights without one are accepted only from a study made before
+    weights were stamped (``unstamped_ok``), by shape alone.
+    """
     model = VAE(cfg.hidden, cfg.latent)
     path = layout.trial(cfg.key).weights
     if not path.is_file():
         raise InputError(f"{path}: a winner's weights are missing")
+    limit = 2 * 4 * sum(p.numel() for p in model.state_dict().values()) + (1 << 20)
+    size = path.stat().st_size
+    if size > limit:
+        raise InputError(
+            f"{path}: {size:,} bytes, not this trial's weights (its model's are at most "
+            f"{limit:,}); refused before reading"
+        )
     try:
         state = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
-        model.load_state_dict(state)
     except InputError:
         raise
-    except Exception as e:  # truncated, not a torch file, other shapes: all the same to a user
+    except Exception as e:  # truncated, not a torch file: all the same to a user
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
+    stamped = isinstance(state, dict) and isinstance(state.get("identity"), dict)
+    if stamped:
+        identity = state["identity"]
+        for field, want in (("key", cfg.key), ("model", cfg.model)):
+            if identity.get(field) != want:
+                found = str(identity.get(field))[:40]
+                raise InputError(
+                    f"{path}: weights of {field} {found!r}, not this trial's {want!r} "
+                    "(copied from another trial?)"
+                )
+        state = state.get("model")
+    elif not unstamped_ok:
+        raise InputError(
+            f"{path}: weights that do not say which trial they belong to; this study's "
+            "trials stamp theirs (copied from elsewhere?)"
+        )
+    try:
+        model.load_state_dict(state)
+    except Exception as e:  # another shape, not a state dict
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
     return model.to(device).eval()

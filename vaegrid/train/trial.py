@@ -191,8 +191,10 @@ def run_trial(
                 on_epoch(record)
         if len(history) < cfg.epochs:  # stopped at a rung: no final weights yet
             return TrialResult(PAUSED, history)
-        if not files.weights.exists():
-            save_with(files.weights, torch.save, model.state_dict())
+        if not files.weights.exists():  # stamped, as the checkpoint: a copy is caught
+            save_with(
+                files.weights, torch.save, {"identity": identity, "model": model.state_dict()}
+            )
         return TrialResult(COMPLETED, history)
 
 
