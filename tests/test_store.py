@@ -233,3 +233,60 @@ def test_runs_record_provenance_and_optuna_names_the_objective(
     assert devices == {run["key"]: run["device_kind"]}  # the trial is bound to that kind
     report = (tmp_path / "r" / "one" / "trials" / run["key"] / "log.txt").read_text()
     assert "epoch 2/2" in report
+
+
+TAMPERED = {
+    "text in a metric": ("UPDATE vg_epoch SET elbo = 'abc' WHERE rowid = 1", "vg_epoch", "elbo"),
+    "a negative kl": ("UPDATE vg_epoch SET kl = -5, elbo = recon - 5 WHERE rowid = 2", "vg_epoch",
+                      "kl"),
+    "an infinite metric": ("UPDATE vg_epoch SET kl = 9e999 WHERE rowid = 3", "vg_epoch", "kl"),
+    "a metric of -1e308": (
+        "UPDATE vg_epoch SET elbo = -1e308, recon = -1e308 WHERE rowid = 1", "vg_epoch", "recon"
+    ),
+    "an elbo that is not recon + kl": (
+        "UPDATE vg_epoch SET elbo = elbo - 50 WHERE rowid = 1", "vg_epoch", "elbo"
+    ),
+    "a completed trial without its epochs": (
+        "DELETE FROM vg_epoch WHERE key = (SELECT min(key) FROM vg_trial)", "vg_epoch", "epoch"
+    ),
+    "a forged epoch 99 of a 2-epoch study": (
+        "INSERT INTO vg_epoch SELECT key, 99, split, elbo - 90, recon - 90, kl, seconds "
+        "FROM vg_epoch WHERE rowid = 1", "vg_epoch", "epoch",
+    ),
+    "text in epochs_done": ("UPDATE vg_trial SET epochs_done = 'x' WHERE rowid = 1", "vg_trial",
+                            "epochs_done"),
+    "a vg_trial without its primary key, a row doubled": (
+        "CREATE TABLE t AS SELECT * FROM vg_trial; DROP TABLE vg_trial; "
+        "ALTER TABLE t RENAME TO vg_trial; INSERT INTO vg_trial SELECT * FROM vg_trial LIMIT 1",
+        "vg_trial", "primary key",
+    ),
+    "a test row of a trial that is not there": (
+        "INSERT INTO vg_test VALUES ('0123456789ab', 1, 1, 0, 1, 5, 1, 1)", "vg_test", "key"
+    ),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("what", list(TAMPERED))
+def test_rows_vaegrid_could_not_have_written_are_refused_naming_table_and_column(
+    what: str,
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import vaegrid
+
+    path = write_study()
+    assert run_inline(path, tmp_path / "r", mnist_root) == 0
+    study_dir = tmp_path / "r" / "tiny"
+    sql, table, column = TAMPERED[what]
+    con = sqlite3.connect(study_dir / "study.db")
+    con.executescript(sql)
+    con.close()
+    for argv in (["report", str(study_dir), "--data-dir", str(mnist_root), "--nll-samples", "5"],):
+        assert main(argv) == 2, what
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and table in err and column in err, (what, err)
+    with pytest.raises(InputError, match=table):
+        vaegrid.load(tmp_path / "r", "tiny")
+    assert not (study_dir / "report.md").exists() and not (study_dir / "ranking.csv").exists()

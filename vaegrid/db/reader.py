@@ -16,10 +16,10 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import inspect, select
 
+from vaegrid.db.checks import check
 from vaegrid.db.schema import (
     Base,
     DriverRow,
-    EpochRow,
     ProvenanceRow,
     RunRow,
     StopRow,
@@ -36,6 +36,7 @@ from vaegrid.status import Status, parse
 if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
     import pandas as pd
 
+CHECKED = ("vg_trial", "vg_epoch", "vg_test", "vg_stop")  # tables read through db/checks.py
 KEY_PATTERN = re.compile(r"[0-9a-f]{12}")  # TrialConfig.key: anything else is not ours
 
 
@@ -99,21 +100,19 @@ class ReaderMixin(StoreBase):
         self, metric: str, epochs: Sequence[int]
     ) -> tuple[dict[str, tuple[Status, int, str | None]], dict[str, dict[int, float]]]:
         """What the halving rule reads: every trial's (status, epochs_done, cause), and its
-        validation ``metric`` ("val_elbo" or "val_recon") at each of ``epochs``."""
-        column = {"val_elbo": EpochRow.elbo, "val_recon": EpochRow.recon}[metric]
-        with self.session() as s:
-            rows = {
-                key: (parse(status, f"{self.path}: trial {key}"), done, cause)
-                for key, status, done, cause in s.execute(
-                    select(TrialRow.key, TrialRow.status, TrialRow.epochs_done, TrialRow.cause)
-                )
-            }
-            values: dict[str, dict[int, float]] = defaultdict(dict)
-            query = select(EpochRow.key, EpochRow.epoch, column).where(
-                EpochRow.split == "val", EpochRow.epoch.in_(list(epochs))
-            )
-            for key, epoch, value in s.execute(query):
-                values[key][epoch] = value
+        validation ``metric`` ("val_elbo" or "val_recon") at each of ``epochs``, every row
+        checked (a forged value must not decide a rung)."""
+        column = {"val_elbo": "elbo", "val_recon": "recon"}[metric]
+        trial_rows = self.frame("vg_trial")
+        epoch_rows = self.frame("vg_epoch")
+        rows = {
+            r["key"]: (Status(r["status"]), int(r["epochs_done"]), r["cause"])
+            for r in trial_rows.to_dict("records")
+        }
+        values: dict[str, dict[int, float]] = defaultdict(dict)
+        at = epoch_rows[(epoch_rows["split"] == "val") & epoch_rows["epoch"].isin(list(epochs))]
+        for r in at.to_dict("records"):
+            values[r["key"]][int(r["epoch"])] = float(r[column])
         return rows, dict(values)
 
     def live_driver(self, timeout: float) -> DriverRow | None:
@@ -155,7 +154,22 @@ class ReaderMixin(StoreBase):
         with self.engine.connect() as con:
             if not self.engine.dialect.has_table(con, table):  # a table older versions lack
                 return pd.DataFrame(columns=[c.name for c in columns])
-            return pd.read_sql_query(select(*columns), con)
+            frame = pd.read_sql_query(select(*columns), con)
+        if table in CHECKED:
+            trials = self.trials()
+            configs = {t.key: t.config for t in trials}
+            statuses = {t.key: t.status for t in trials}
+            done = {t.key: t.epochs_done for t in trials}
+            if table != "vg_trial":
+                check(self.path, "vg_trial", self._raw("vg_trial"), configs, statuses, done)
+            check(self.path, table, frame, configs, statuses, done)
+        return frame
+
+    def _raw(self, table: str) -> pd.DataFrame:
+        import pandas as pd
+
+        with self.engine.connect() as con:
+            return pd.read_sql_query(select(*Base.metadata.tables[table].columns), con)
 
     def fingerprint(self) -> dict[str, Any]:
         """The stored study's fixed settings (its ``[halving]`` among them, if any)."""

@@ -184,14 +184,37 @@ def version(con: Connection, where: str) -> int | None:
 
 
 def check_readable(con: Connection, where: str) -> None:
-    """Refuse a database newer than this vaegrid (a reader migrates nothing).
+    """Refuse a database newer than this vaegrid (a reader migrates nothing), or one whose
+    tables lost their primary keys.
 
     Raises:
-        InputError: naming both versions.
+        InputError: naming both versions, or the table.
     """
     found = version(con, where)
     if found is not None and found > SCHEMA_VERSION:
         raise _newer(where, found)
+    check_keys(con, where)
+
+
+def check_keys(con: Connection, where: str) -> None:
+    """Refuse a vaegrid table without its primary key: the one-row-per-key upserts rest on
+    it (a vg_trial remade without one doubled its rows on the next run).
+
+    Raises:
+        InputError: naming the table and the key it should have.
+    """
+    seen = inspect(con)
+    present = set(seen.get_table_names())
+    for name, table in Base.metadata.tables.items():
+        if name not in present:
+            continue
+        want = [c.name for c in table.primary_key.columns]
+        got = seen.get_pk_constraint(name).get("constrained_columns") or []
+        if sorted(got) != sorted(want):
+            raise InputError(
+                f"{where}: table {name} has primary key {got or 'none'}, not "
+                f"({', '.join(want)}) as vaegrid makes it; not a vaegrid study database, or edited"
+            )
 
 
 def prepare(con: Connection, where: str) -> None:
@@ -204,6 +227,8 @@ def prepare(con: Connection, where: str) -> None:
             vaegrid wrote.
     """
     found = version(con, where)
+    if found is not None:
+        check_keys(con, where)
     if found == SCHEMA_VERSION:
         return  # nothing to write: workers open the database often
     if con.dialect.name == "postgresql":  # one migrator at a time (a driver, a report...)
