@@ -259,3 +259,48 @@ def test_a_fifo_anywhere_vaegrid_reads_is_refused_never_waited_on(
     with pytest.raises(InputError, match="is not a regular file"):
         os.mkfifo(tmp_path / "pipe")
         open_fd(tmp_path / "pipe", os.O_WRONLY | os.O_CREAT)
+
+
+def test_report_refuses_a_taken_output_path_before_computing_anything(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from conftest import run_inline
+
+    assert run_inline(write_study(), tmp_path / "r", mnist_root) == 0
+    study_dir = tmp_path / "r" / "tiny"
+    argv = ["report", str(study_dir), "--data-dir", str(mnist_root), "--nll-samples", "5"]
+    (study_dir / "report.md").mkdir()
+    assert main(argv) == 2
+    one_line(capsys, "report.md: is a folder; the report writes a file there")
+    (study_dir / "report.md").rmdir()
+    (study_dir / "figures").write_text("a file where the figures go")
+    assert main(argv) == 2
+    one_line(capsys, "figures: is not a folder; the report draws its figures there")
+    assert not (study_dir / "ranking.csv").exists()
+    store = Store.reader(study_dir / "study.db")
+    try:
+        assert store.frame("vg_test").empty  # no winner was tested
+    finally:
+        store.close()
+    assert main([*argv[:4], "--device", "tpu:0"]) == 2
+    one_line(capsys, "--device: 'tpu:0' is not a device here")
+
+
+def test_a_run_refused_under_its_lock_leaves_no_folder_and_no_lock(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def refuse(*args: object) -> None:
+        raise InputError("refused under the lock")
+
+    monkeypatch.setattr(Store, "sync_study", refuse)
+    argv = ["run", str(write_study()), "--results", str(tmp_path / "r"), "--devices", "cpu"]
+    assert main([*argv, "--data-dir", str(mnist_root)]) == 2
+    one_line(capsys, "refused under the lock")
+    assert list((tmp_path / "r").iterdir()) == []

@@ -586,7 +586,7 @@ def test_a_fixed_setting_is_in_the_fingerprint_and_a_searched_one_is_not() -> No
          r"200 x 3 x 1 x 2 values of hidden, latent, lr, clip x 100 repeats = 120000 trials"),
         ({"data": {"binarize": "otsu"}}, r'data\.binarize = "otsu" .* one of "none", "dynamic"'),
         ({"grid": {"momentum": [0.0, 0.9]}}, r"grid\.momentum = \[0\.0, 0\.9\] .* only 0 without"),
-        ({"train": {"momentum": 0.9}}, r'train\.momentum = \[0\.9\] .* optimizer "sgd"'),
+        ({"train": {"momentum": 0.9}}, r'train\.momentum = 0\.9 is not allowed.* optimizer "sgd"'),
         ({"data": {"dataset": "emnist"}}, r'data\.dataset = "emnist" .* "mnist", "fashion-mnist"'),
         ({"grid": {"repeats": 2}, "halving": {"rungs": [1], "keep": 0.5}},
          r"\[halving\] with repeats = 2 is not supported"),

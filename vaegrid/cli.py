@@ -183,7 +183,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vaegrid.run.pool import make_pool
         from vaegrid.train.data import data_dir
 
-        device = make_pool(args.device).devices[0]  # validates the device name
+        if "," in args.device or args.device == "auto":
+            raise InputError(f"--device: {args.device!r} is not allowed; expected cpu or cuda:N")
+        device = make_pool(args.device, option="--device").devices[0]  # a device here
         done = make_report(
             Path(args.study_dir), data_dir(args.data_dir), top=args.top,
             nll_samples=args.nll_samples, force=args.force, device=device, storage=args.storage,

@@ -21,7 +21,7 @@ from vaegrid.api import StudyRows, read_study
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
 from vaegrid.halving import spec_from_fingerprint
-from vaegrid.layout import StudyLayout
+from vaegrid.layout import TABLES, StudyLayout
 from vaegrid.report.evaluate import NLL_SAMPLES_MAX, Winners, load_winners
 from vaegrid.report.halving_section import halving_lines
 from vaegrid.report.markdown import likelihood_label, markdown, versions_used
@@ -31,6 +31,20 @@ from vaegrid.status import COMPLETED
 
 # Configs the winner is compared with, paired over repeats, in report.md.
 COMPARED = 4
+
+
+def _check_outputs(layout: StudyLayout) -> None:
+    """Refuse, before anything is computed or written, an output path that is taken by
+    something else: a folder where a CSV or report.md goes, a file where figures/ goes.
+
+    Raises:
+        InputError: naming the path and what goes there.
+    """
+    for path in (*(layout.table(n) for n in TABLES), layout.report):
+        if path.is_dir():
+            raise InputError(f"{path}: is a folder; the report writes a file there")
+    if layout.figures.exists() and not layout.figures.is_dir():
+        raise InputError(f"{layout.figures}: is not a folder; the report draws its figures there")
 
 
 @dataclass(frozen=True)
@@ -74,6 +88,7 @@ def make_report(
     layout = StudyLayout(study_dir)
     db = existing_db(layout, storage)
     rows = read_study(db)  # read-only: nothing is written before every check
+    _check_outputs(layout)
     if not 1 <= nll_samples <= NLL_SAMPLES_MAX:
         raise InputError(
             f"--nll-samples: {nll_samples} is not allowed; expected an integer from 1 to "

@@ -201,6 +201,7 @@ def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]
     """One driver per study: the flock on SQLite, the server's advisory lock otherwise."""
     if db.is_sqlite:  # the database first: a refusal then writes nothing in the folder
         assert db.path is not None
+        fresh = not layout.root.exists()
         with DriverLock(database_lock(db.path), "a study on this database") as on_db:
             folder = DriverLock.of(layout)
             try:
@@ -210,14 +211,23 @@ def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]
                 raise
             try:
                 yield
+            except InputError:  # refused under the lock: leave nothing behind
+                folder.undo()
+                on_db.undo()
+                if fresh:
+                    _remove_fresh(layout)
+                raise
             finally:
                 folder.__exit__()
         return
+    fresh = not layout.root.exists()
     ensure_dir(layout.root)  # trial folders live there, whatever the database
     try:
         lock = pg_advisory_lock(db, name)
         held = lock.__enter__()
     except Exception as e:  # unreachable, refused, bad credentials: one line
+        if fresh:
+            _remove_fresh(layout)
         raise InputError(f"{db}: cannot connect ({str(e).strip().splitlines()[0]})") from None
     try:
         if not held:
@@ -232,8 +242,23 @@ def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]
                 "wait for it, or stop it and run again"
             )
         yield
+    except InputError:
+        if fresh:
+            _remove_fresh(layout)
+        raise
     finally:
         lock.__exit__(None, None, None)
+
+
+def _remove_fresh(layout: StudyLayout) -> None:
+    """A study folder this driver made and then refused to use goes again (nothing written):
+    the database and lock files it made there, then the folder if nothing else is in it."""
+    made = [layout.db, *(layout.db.with_name(layout.db.name + x) for x in ("-wal", "-shm"))]
+    for path in (*made, database_lock(layout.db), layout.driver_lock):
+        with suppress(OSError):
+            path.unlink()
+    with suppress(OSError):
+        layout.root.rmdir()  # only if empty
 
 
 @contextmanager

@@ -170,6 +170,7 @@ def make_pool(
     probe: CudaProbe | None = None,
     memory_mb: int | None = None,
     cores: int | None = None,
+    option: str = "--devices",
 ) -> Pool:
     """Resolve ``--devices`` and ``--workers-per-device`` into a pool.
 
@@ -183,6 +184,7 @@ def make_pool(
         devices: ``auto``, ``cpu``, or a comma-separated list such as ``cuda:0,cuda:1``.
         per_device: K, or None for the default.
         probe, memory_mb, cores: what the machine has (measured when None).
+        option: the option the devices came from, for messages (``--device`` in report).
 
     Raises:
         InputError: an unknown or unavailable device, a repeated one, K < 1, or more
@@ -210,10 +212,11 @@ def make_pool(
                 visible = ", ".join(["cpu", *(f"cuda:{i}" for i in range(n_cuda))])
                 why = f" ({probe.reason})" if not n_cuda and probe.reason else ""
                 raise InputError(
-                    f"--devices: {name!r} is not a device here; visible: {visible}{why} (or auto)"
+                    f"{option}: {name!r} is not a device here; visible: {visible}{why}"
+                    + (" (or auto)" if option == "--devices" else "")
                 )
         if len(set(names)) != len(names):
-            raise InputError(f"--devices: {devices!r} names a device twice")
+            raise InputError(f"{option}: {devices!r} names a device twice")
         found = ", ".join(names)
     gpu = any(n.startswith("cuda") for n in names)
     fit = max(1, memory_mb // WORKER_MEMORY_MB // len(names))  # workers per device memory holds

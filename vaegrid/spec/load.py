@@ -334,8 +334,9 @@ def _settings(
         )
     if "sgd" not in by_axis["optimizer"] and any(m != 0 for m in by_axis["momentum"]):
         where = "grid." if "momentum" in grid else "train."
+        table = grid if "momentum" in grid else fixed
         v.fail(
-            where + "momentum", list(by_axis["momentum"]),
+            where + "momentum", table.get("momentum", list(by_axis["momentum"])),
             'only 0 without optimizer "sgd": momentum is SGD\'s (adam and adamw have none)',
         )  # fmt: skip
     n_train = split_sizes(data)[0]
