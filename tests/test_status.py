@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import itertools
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from vaegrid.db.schema import TrialRow
 from vaegrid.db.store import Store
 from vaegrid.db.trials import move
 from vaegrid.spec.load import load_study
-from vaegrid.spec.study import expand
+from vaegrid.spec.study import Study, TrialConfig, expand
 from vaegrid.status import (
     COMPLETED,
     FAILED,
@@ -72,25 +73,31 @@ def test_only_the_database_layer_writes_a_status() -> None:
     assert len(trial_writes) == 1  # the one line in move()
 
 
-def test_the_store_refuses_an_illegal_move_and_keeps_a_committed_end(
-    write_study,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
-) -> None:
+@pytest.fixture
+def started(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> Iterator[tuple[Store, Study, TrialConfig]]:
+    """A synced tiny study whose first trial the driver has just started."""
     path = write_study()
     db = synced_study_db(path, tmp_path / "r" / "tiny")
     study = load_study(path)
     cfg = expand(study)[0]
     store = Store(db)
-    try:
+    store.start_trial(study, cfg)
+    yield store, study, cfg
+    store.close()
+
+
+def test_the_store_refuses_an_illegal_move_and_keeps_a_committed_end(
+    started: tuple[Store, Study, TrialConfig],
+) -> None:
+    store, study, cfg = started
+    with pytest.raises(IllegalTransition, match="running -> running"):
         store.start_trial(study, cfg)
-        with pytest.raises(IllegalTransition, match="running -> running"):
-            store.start_trial(study, cfg)
-        store.mark([cfg.key], FAILED, "worker died")
-        store.fail(cfg.key, "Traceback...\nValueError: late")  # not running: keeps its end
-        assert store.status_of(cfg.key) == FAILED
-        assert store.trials()[0].status in Status
-    finally:
-        store.close()
+    store.mark([cfg.key], FAILED, "worker died")
+    store.fail(cfg.key, "Traceback...\nValueError: late")  # not running: keeps its end
+    assert store.status_of(cfg.key) == FAILED
+    assert store.trials()[0].status in Status
 
 
 def test_a_status_vaegrid_never_writes_is_refused_in_one_line(
@@ -122,19 +129,10 @@ def test_summary_counts_final_waiting_and_paused_from_the_sets() -> None:
 
 
 def test_a_trial_whose_workers_keep_dying_fails_even_if_one_recorded_its_stop(
-    write_study,
-    tmp_path: Path,  # type: ignore[no-untyped-def]
+    started: tuple[Store, Study, TrialConfig],
 ) -> None:
-    path = write_study()
-    db = synced_study_db(path, tmp_path / "r" / "tiny")
-    study = load_study(path)
-    cfg = expand(study)[0]
-    store = Store(db)
-    try:
-        store.start_trial(study, cfg)
-        store.mark([cfg.key], Status.INTERRUPTED)  # its worker recorded its stop, then died
-        assert store.give_up(cfg.key, "worker process died 2 times") == FAILED
-        assert store.trials()[0].status == FAILED
-        assert store.give_up(cfg.key, "again") == FAILED  # final: nothing moves
-    finally:
-        store.close()
+    store, _, cfg = started
+    store.mark([cfg.key], Status.INTERRUPTED)  # its worker recorded its stop, then died
+    assert store.give_up(cfg.key, "worker process died 2 times") == FAILED
+    assert store.trials()[0].status == FAILED
+    assert store.give_up(cfg.key, "again") == FAILED  # final: nothing moves

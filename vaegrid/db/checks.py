@@ -106,18 +106,16 @@ def check(
                 what = f"epoch {missing[0][0]} {missing[0][1]}" if missing else "its rows"
                 _bad(where, table, key, "epoch", what, f"every epoch 1 to {done[key]} it finished")
         return
+    for r in rows:  # vg_test, vg_stop: rows of known trials
+        if r["key"] not in configs:
+            _bad(where, table, r["key"], "key", r["key"], "the key of a trial in vg_trial")
     if table == "vg_test":
         for r in rows:
             key = r["key"]
-            if key not in configs:
-                _bad(where, table, key, "key", key, "the key of a trial in vg_trial")
             for column in ("elbo", "recon", "kl", "nll", "seconds", "evaluated"):
                 _number(where, table, key, column, r[column])
             _integer(where, table, key, "nll_samples", r["nll_samples"], 1, 10**9)
         return
     if table == "vg_stop":
         for r in rows:
-            key = r["key"]
-            if key not in configs:
-                _bad(where, table, key, "key", key, "the key of a trial in vg_trial")
-            _integer(where, table, key, "rung", r["rung"], 1, configs[key].epochs)
+            _integer(where, table, r["key"], "rung", r["rung"], 1, configs[r["key"]].epochs)
