@@ -290,3 +290,30 @@ def test_rows_vaegrid_could_not_have_written_are_refused_naming_table_and_column
     with pytest.raises(InputError, match=table):
         vaegrid.load(tmp_path / "r", "tiny")
     assert not (study_dir / "report.md").exists() and not (study_dir / "ranking.csv").exists()
+
+
+def test_a_reader_sees_one_moment_while_a_sweep_commits_epochs(
+    write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
+) -> None:
+    assert run_inline(write_study(epochs=3), tmp_path / "r", mnist_root) == 0
+    db = tmp_path / "r" / "tiny" / "study.db"
+    with sqlite3.connect(db) as con:  # as if the sweep were at epoch 2 of 3
+        con.execute("DELETE FROM vg_epoch WHERE epoch = 3")
+        con.execute("UPDATE vg_trial SET epochs_done = 2, status = 'running'")
+    store = Store.reader(db)
+    try:
+        with store.snapshot():
+            before = len(store.frame("vg_epoch"))
+            # A worker commits epoch 3 (its rows and its trial's progress together) between
+            # two reads of the same snapshot: the second read is of the same moment.
+            with sqlite3.connect(db, timeout=60) as con:
+                con.execute("UPDATE vg_trial SET epochs_done = 3")
+                con.execute(
+                    "INSERT INTO vg_epoch SELECT key, 3, split, elbo, recon, kl, seconds "
+                    "FROM vg_epoch WHERE epoch = 2"
+                )
+            assert len(store.frame("vg_epoch")) == before
+            assert {t.epochs_done for t in store.trials()} == {2}
+        assert len(store.frame("vg_epoch")) == before + 8  # the next moment, whole
+    finally:
+        store.close()

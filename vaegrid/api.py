@@ -56,34 +56,36 @@ class StudyRows:
 
 
 def read_study(db: Database) -> StudyRows:
-    """Read a study's rows through a read-only connection (nothing is written or locked).
+    """Read a study's rows through a read-only connection (nothing is written or locked),
+    all in one transaction.
 
     Raises:
         InputError: the database holds no vaegrid study, or a hand-edited row.
     """
     reader = Store.reader(db)
     try:
-        name, _ = reader.study_row()
-        fingerprint = reader.fingerprint()
-        configs = {t.key: t.config for t in reader.trials()}
-        trials = tables.with_axes(reader.frame("vg_trial"), configs)
-        spec = spec_from_fingerprint(fingerprint)
-        standings = None
-        if spec is not None:
-            standings, _, _ = read_standings(reader, list(trials["key"]), spec)
-        return StudyRows(
-            name=name,
-            fingerprint=fingerprint,
-            configs=configs,
-            trials=trials,
-            epochs=reader.frame("vg_epoch"),
-            tests=reader.frame("vg_test").set_index("key"),
-            stops=reader.frame("vg_stop"),
-            runs=reader.runs(),
-            description=reader.study_description(),
-            standings=standings,
-            created_schema=reader.created_schema(),
-        )
+        with reader.snapshot():  # every table of one moment, even while a sweep writes
+            name, _ = reader.study_row()
+            fingerprint = reader.fingerprint()
+            configs = {t.key: t.config for t in reader.trials()}
+            trials = tables.with_axes(reader.frame("vg_trial"), configs)
+            spec = spec_from_fingerprint(fingerprint)
+            standings = None
+            if spec is not None:
+                standings, _, _ = read_standings(reader, list(trials["key"]), spec)
+            return StudyRows(
+                name=name,
+                fingerprint=fingerprint,
+                configs=configs,
+                trials=trials,
+                epochs=reader.frame("vg_epoch"),
+                tests=reader.frame("vg_test").set_index("key"),
+                stops=reader.frame("vg_stop"),
+                runs=reader.runs(),
+                description=reader.study_description(),
+                standings=standings,
+                created_schema=reader.created_schema(),
+            )
     finally:
         reader.close()
 

@@ -11,10 +11,12 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import Any
 
 SIGNALS = (signal.SIGINT, signal.SIGTERM)
 _received: list[int] = []
@@ -63,11 +65,23 @@ def handled() -> Iterator[None]:
         yield
         return
     previous = {s: signal.signal(s, _handler) for s in SIGNALS}
+    hook = sys.unraisablehook
+    sys.unraisablehook = _unraisable
     try:
         yield
     finally:
+        sys.unraisablehook = hook
         for s, handler in previous.items():
             signal.signal(s, handler)
+
+
+def _unraisable(unraisable: Any) -> None:
+    """A signal that lands in a callback Python cannot raise from (a garbage collector's
+    weakref callback, a __del__) is remembered, not printed as "Exception ignored": the
+    command answers it at its next check or at its end."""
+    if isinstance(unraisable.exc_value, Interrupted):
+        return
+    sys.__unraisablehook__(unraisable)
 
 
 def received() -> Interrupted | None:

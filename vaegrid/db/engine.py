@@ -185,8 +185,12 @@ class Database:
             assert self.path is not None
             path = self.path
             if readonly:
-                return create_engine(
-                    "sqlite://", creator=lambda: connect_sqlite_read_only(path), poolclass=NullPool
+                return _read_transactions(
+                    create_engine(
+                        "sqlite://",
+                        creator=lambda: connect_sqlite_read_only(path),
+                        poolclass=NullPool,
+                    )
                 )
             return _harden_sqlite(create_engine("sqlite://", **self._sqlite_writer()))
         retry = 0.0 if readonly else RETRY_S
@@ -268,6 +272,21 @@ def _harden_sqlite(engine: Engine) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE")
 
     engine.dispose()  # connections opened before the hooks must not be reused
+    return engine
+
+
+def _read_transactions(engine: Engine) -> Engine:
+    """A SQLite reader whose transactions are real: Python's sqlite3 opens none for a
+    SELECT, so two queries of one snapshot (Store.snapshot) would see two moments."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi: sqlite3.Connection, _record: object) -> None:
+        dbapi.isolation_level = None  # the "begin" hook below opens transactions
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: Any) -> None:
+        conn.exec_driver_sql("BEGIN")
+
     return engine
 
 

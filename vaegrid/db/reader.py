@@ -103,8 +103,9 @@ class ReaderMixin(StoreBase):
         validation ``metric`` ("val_elbo" or "val_recon") at each of ``epochs``, every row
         checked (a forged value must not decide a rung)."""
         column = {"val_elbo": "elbo", "val_recon": "recon"}[metric]
-        trial_rows = self.frame("vg_trial")
-        epoch_rows = self.frame("vg_epoch")
+        with self.snapshot():  # the epochs and the progress of one moment
+            trial_rows = self.frame("vg_trial")
+            epoch_rows = self.frame("vg_epoch")
         rows = {
             r["key"]: (Status(r["status"]), int(r["epochs_done"]), r["cause"])
             for r in trial_rows.to_dict("records")
@@ -151,25 +152,20 @@ class ReaderMixin(StoreBase):
         if table not in Base.metadata.tables:
             raise KeyError(table)
         columns = Base.metadata.tables[table].columns
-        with self.engine.connect() as con:
+        with self.snapshot() as con:  # the table and the trials it is checked against
             if not self.engine.dialect.has_table(con, table):  # a table older versions lack
                 return pd.DataFrame(columns=[c.name for c in columns])
             frame = pd.read_sql_query(select(*columns), con)
-        if table in CHECKED:
-            trials = self.trials()
-            configs = {t.key: t.config for t in trials}
-            statuses = {t.key: t.status for t in trials}
-            done = {t.key: t.epochs_done for t in trials}
-            if table != "vg_trial":
-                check(self.path, "vg_trial", self._raw("vg_trial"), configs, statuses, done)
-            check(self.path, table, frame, configs, statuses, done)
+            if table in CHECKED:
+                trials = self.trials()
+                configs = {t.key: t.config for t in trials}
+                statuses = {t.key: t.status for t in trials}
+                done = {t.key: t.epochs_done for t in trials}
+                if table != "vg_trial":
+                    raw = pd.read_sql_query(select(*TrialRow.__table__.columns), con)
+                    check(self.path, "vg_trial", raw, configs, statuses, done)
+                check(self.path, table, frame, configs, statuses, done)
         return frame
-
-    def _raw(self, table: str) -> pd.DataFrame:
-        import pandas as pd
-
-        with self.engine.connect() as con:
-            return pd.read_sql_query(select(*Base.metadata.tables[table].columns), con)
 
     def fingerprint(self) -> dict[str, Any]:
         """The stored study's fixed settings (its ``[halving]`` among them, if any)."""
@@ -201,7 +197,7 @@ class ReaderMixin(StoreBase):
         identity: report.py accepts them only from such a study)."""
         from vaegrid.db.schema import created_schema
 
-        with self.engine.connect() as con:
+        with self.snapshot() as con:
             return created_schema(con)
 
     def study_description(self) -> str | None:

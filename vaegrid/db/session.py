@@ -23,6 +23,7 @@ from pathlib import Path
 
 import optuna
 from optuna.storages import RDBStorage
+from sqlalchemy import Connection
 from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session
 
@@ -49,6 +50,7 @@ class StoreBase:
         self.readonly = readonly
         self._optuna: RDBStorage | None = None
         self._lock = threading.Lock()
+        self._snapshot: Connection | None = None  # while snapshot() runs: every read uses it
         if db.path is not None:
             refuse_link(db.path)
         self.engine = db.engine(readonly)
@@ -87,6 +89,30 @@ class StoreBase:
 
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """One transaction: committed at the end of the block, rolled back on any error."""
+        """One transaction: committed at the end of the block, rolled back on any error.
+        Inside :meth:`snapshot`, a session of the snapshot's transaction (reads only)."""
+        if self._snapshot is not None:
+            with Session(bind=self._snapshot) as s:
+                yield s
+            return
         with Session(self.engine) as s, s.begin():
             yield s
+
+    @contextmanager
+    def snapshot(self) -> Iterator[Connection]:
+        """Reads inside the block see one state of the database: one transaction
+        (REPEATABLE READ on PostgreSQL, a read transaction on SQLite), so a sweep that
+        commits an epoch meanwhile is seen whole or not at all, never its rows without its
+        trial's progress. Nested calls share the outer one."""
+        if self._snapshot is not None:
+            yield self._snapshot
+            return
+        with self.engine.connect() as con:
+            if con.dialect.name == "postgresql":
+                con = con.execution_options(isolation_level="REPEATABLE READ")
+            with con.begin():
+                self._snapshot = con
+                try:
+                    yield con
+                finally:
+                    self._snapshot = None
