@@ -260,6 +260,18 @@ TAMPERED = {
         "ALTER TABLE t RENAME TO vg_trial; INSERT INTO vg_trial SELECT * FROM vg_trial LIMIT 1",
         "vg_trial", "primary key",
     ),
+    "a forged test result": (
+        "INSERT INTO vg_test SELECT key, -5, -10, 5, -100, 5, 1, 1 FROM vg_trial LIMIT 1",
+        "vg_test", "recon",
+    ),
+    "a metric of 1e300": (
+        "UPDATE vg_epoch SET elbo = elbo + 1e300, recon = recon + 1e300 WHERE rowid = 1",
+        "vg_epoch", "recon",
+    ),
+    "a run of a time past any clock": (
+        "UPDATE vg_run SET started = -1e308, ended = 1e308 WHERE rowid = 1", "vg_run", "started"
+    ),
+    "text as a run's end": ("UPDATE vg_run SET ended = 'abc' WHERE rowid = 1", "vg_run", "ended"),
     "a test row of a trial that is not there": (
         "INSERT INTO vg_test VALUES ('0123456789ab', 1, 1, 0, 1, 5, 1, 1)", "vg_test", "key"
     ),

@@ -24,6 +24,11 @@ if TYPE_CHECKING:
 SPLITS = ("train", "val")
 # kl is analytic and >= 0; its float sum can land a hair below.
 KL_FLOOR = -1e-3
+# No metric of a trial that did not diverge comes near this (nats per image); past it,
+# squares overflow in the statistics and the figures.
+METRIC_MAX = 1e30
+# Unix times: after 1970 and before the year 5000.
+TIME_MAX = 1e11
 
 
 def _bad(where: str, table: str, key: object, column: str, value: object, allowed: str) -> NoReturn:
@@ -35,13 +40,27 @@ def _bad(where: str, table: str, key: object, column: str, value: object, allowe
 
 
 def _number(
-    where: str, table: str, key: object, column: str, value: Any, low: float = -math.inf
+    where: str,
+    table: str,
+    key: object,
+    column: str,
+    value: Any,
+    low: float = -METRIC_MAX,
+    high: float = METRIC_MAX,
 ) -> float:
     ok = isinstance(value, int | float) and not isinstance(value, bool)
-    if not ok or not math.isfinite(value) or value < low:
-        allowed = "a finite number" + (f" >= {low:g}" if low > -math.inf else "")
-        _bad(where, table, key, column, value, allowed)
+    if not ok or not math.isfinite(value) or not low <= value <= high:
+        _bad(where, table, key, column, value, f"a number from {low:g} to {high:g}")
     return float(value)
+
+
+def _metrics(where: str, table: str, key: object, row: Mapping[Any, Any]) -> None:
+    """recon >= 0, kl >= 0 (up to rounding), elbo = recon + kl: as every split computes them."""
+    recon = _number(where, table, key, "recon", row["recon"], 0.0)
+    kl = _number(where, table, key, "kl", row["kl"], KL_FLOOR)
+    elbo = _number(where, table, key, "elbo", row["elbo"])
+    if abs(elbo - (recon + kl)) > 1e-6 * max(1.0, abs(elbo)):
+        _bad(where, table, key, "elbo", elbo, f"recon + kl = {recon + kl:g}")
 
 
 def _integer(
@@ -81,6 +100,19 @@ def check(
                 _bad(where, table, r["key"], "epochs_done", got, f"{epochs} for a completed trial")
             _number(where, table, r["key"], "seconds", r["seconds"], 0.0)
         return
+    if table == "vg_run":
+        for r in rows:
+            key = r["key"]
+            if key not in configs:
+                _bad(where, table, key, "key", key, "the key of a trial in vg_trial")
+            if r["status"] not in {s.value for s in Status}:
+                _bad(where, table, key, "status", r["status"], "one of vaegrid's statuses")
+            _number(where, table, key, "started", r["started"], 0.0, TIME_MAX)
+            if r["ended"] is not None and not (
+                isinstance(r["ended"], float) and math.isnan(r["ended"])
+            ):
+                _number(where, table, key, "ended", r["ended"], 0.0, TIME_MAX)
+        return
     if table == "vg_epoch":
         seen: dict[str, set[tuple[int, str]]] = {k: set() for k in configs}
         for r in rows:
@@ -93,11 +125,7 @@ def check(
             if (epoch, r["split"]) in seen[key]:
                 _bad(where, table, key, "epoch", epoch, "one row per epoch and split")
             seen[key].add((epoch, r["split"]))
-            recon = _number(where, table, key, "recon", r["recon"], 0.0)
-            kl = _number(where, table, key, "kl", r["kl"], KL_FLOOR)
-            elbo = _number(where, table, key, "elbo", r["elbo"])
-            if abs(elbo - (recon + kl)) > 1e-6 * max(1.0, abs(elbo)):
-                _bad(where, table, key, "elbo", elbo, f"recon + kl = {recon + kl:g}")
+            _metrics(where, table, key, r)
             _number(where, table, key, "seconds", r["seconds"], 0.0)
         for key in statuses:
             want = {(e, s) for e in range(1, done[key] + 1) for s in SPLITS}
@@ -109,11 +137,15 @@ def check(
     for r in rows:  # vg_test, vg_stop: rows of known trials
         if r["key"] not in configs:
             _bad(where, table, r["key"], "key", r["key"], "the key of a trial in vg_trial")
-    if table == "vg_test":
+    if table == "vg_test":  # only completed trials are tested
         for r in rows:
             key = r["key"]
-            for column in ("elbo", "recon", "kl", "nll", "seconds", "evaluated"):
-                _number(where, table, key, column, r[column])
+            if statuses[key] != COMPLETED:
+                _bad(where, table, key, "key", key, "a completed trial's")
+            _metrics(where, table, key, r)
+            _number(where, table, key, "nll", r["nll"], 0.0)  # -log p(x) of a Bernoulli
+            _number(where, table, key, "seconds", r["seconds"], 0.0)
+            _number(where, table, key, "evaluated", r["evaluated"], 0.0, TIME_MAX)
             _integer(where, table, key, "nll_samples", r["nll_samples"], 1, 10**9)
         return
     if table == "vg_stop":

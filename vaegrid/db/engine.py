@@ -110,7 +110,9 @@ class Database:
                 + ("" if storage.isprintable() else " with control characters")
                 + f"; {expected} (at most {URL_MAX_CHARS} characters)"
             )
-        netloc = storage.partition("://")[2].split("/", 1)[0] if "://" in storage else ""
+        # Everything up to the last '@' before the options is a user and password, even one
+        # holding '/' (a URL parser would take that for the path, and print the password).
+        netloc = storage.partition("://")[2].split("?", 1)[0] if "://" in storage else ""
         if netloc.count("@") > 1:
             raise InputError(
                 f"--storage: {masked(storage)} holds more than one '@' before the host; write "
@@ -127,7 +129,8 @@ class Database:
         if backend == "sqlite":
             problem = (
                 "another driver than Python's sqlite3" if driver not in ("", "pysqlite")
-                else "a host" if url.host or url.username or url.port
+                else "a host" if url.host or url.username is not None
+                or url.password is not None or url.port is not None or "@" in storage
                 else "options (?...): vaegrid sets the file's options itself" if url.query
                 else "no file" if not url.database or url.database == ":memory:"
                 or url.database.startswith("file:")
@@ -140,6 +143,14 @@ class Database:
                 )
             return cls.sqlite(Path(str(url.database)))
         if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg2", ""):
+            twice = sorted(k for k, v in url.query.items() if not isinstance(v, str))
+            moved = sorted({"host", "port", "hostaddr"} & set(url.query))
+            if twice or moved:
+                what = f"{twice[0]} given twice" if twice else f"{moved[0]} as an option"
+                raise InputError(
+                    f"--storage: {masked(storage)} names {what}; expected one server: "
+                    "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
+                )
             timeout = url.query.get("connect_timeout")
             if timeout is not None and not (
                 isinstance(timeout, str) and timeout.isdigit() and 1 <= int(timeout) <= 600
@@ -225,10 +236,10 @@ def masked(url: str) -> str:
     line of at most 200 characters."""
     scheme, sep, rest = url.partition("://")
     if sep:
-        netloc, slash, path = rest.partition("/")
-        if "@" in netloc:
-            netloc = "***@" + netloc.rsplit("@", 1)[1]
-        url = scheme + sep + netloc + slash + path.split("?", 1)[0]
+        rest = rest.split("?", 1)[0]
+        if "@" in rest:  # the last '@': a password may hold '/' or '@'
+            rest = "***@" + rest.rsplit("@", 1)[1]
+        url = scheme + sep + rest
     return _shown(url)
 
 

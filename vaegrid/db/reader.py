@@ -36,7 +36,13 @@ from vaegrid.status import Status, parse
 if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
     import pandas as pd
 
-CHECKED = ("vg_trial", "vg_epoch", "vg_test", "vg_stop")  # tables read through db/checks.py
+CHECKED = (
+    "vg_trial",
+    "vg_epoch",
+    "vg_test",
+    "vg_stop",
+    "vg_run",
+)  # tables read through db/checks.py
 KEY_PATTERN = re.compile(r"[0-9a-f]{12}")  # TrialConfig.key: anything else is not ours
 
 
@@ -129,7 +135,8 @@ class ReaderMixin(StoreBase):
 
     def runs(self) -> list[dict[str, Any]]:
         """Every run, oldest first, with its provenance (device_kind, host, versions)."""
-        with self.session() as s:
+        with self.snapshot(), self.session() as s:
+            self.frame("vg_run")  # every row checked
             old = not inspect(s.connection()).has_table(ProvenanceRow.__tablename__)
             prov = {} if old else {p.run_id: p for p in s.scalars(select(ProvenanceRow))}
             out = []
