@@ -584,3 +584,37 @@ def test_one_and_two_workers_give_identical_metrics(
     assert run(study, tmp_path / "two", mnist_root, "--workers-per-device", "2") == 0
     one = metric_rows(tmp_path / "one" / "tiny" / "study.db")
     assert one == metric_rows(tmp_path / "two" / "tiny" / "study.db") and len(one) == 16
+
+
+def test_a_hard_link_or_a_server_database_is_no_way_around_a_live_driver(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    import fcntl
+
+    study = write_study()
+    assert run(study, tmp_path / "rA", mnist_root) == 0
+    db = tmp_path / "rA" / "tiny" / "study.db"
+    (tmp_path / "hl").mkdir()
+    os.link(db, tmp_path / "hl" / "study.db")
+    capsys.readouterr()
+    with open(db, "rb") as held:  # rA's driver holds its database file
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        other = ["--storage", f"sqlite:///{tmp_path / 'hl' / 'study.db'}"]
+        assert run(study, tmp_path / "rB", mnist_root, *other) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and "reached through another path" in err, err
+    assert not (tmp_path / "rB").exists()
+    assert sorted(p.name for p in (tmp_path / "hl").iterdir()) == ["study.db"]
+    # A server database does not make the study folder free to share: its lock is taken too
+    # (before the server is asked: this one is never reached).
+    from vaegrid.db.engine import Database
+    from vaegrid.run.driver import _driver_lock
+
+    layout = StudyLayout(tmp_path / "rA" / "tiny")
+    server = Database.for_study(layout, "postgresql://me@127.0.0.1:1/x")
+    refused = pytest.raises(InputError, match="another driver")
+    with DriverLock.of(layout), refused, _driver_lock(server, layout, "tiny"):
+        pass

@@ -15,6 +15,7 @@ decided so far allow (halving.py, re-derived from the database after every resul
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import threading
@@ -22,7 +23,7 @@ import traceback
 import uuid
 from collections import Counter
 from collections.abc import Iterator
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -98,6 +99,10 @@ class DriverLock:
                 f"{where}: another driver (pid {pid}) is running {self.what}; "
                 "wait for it, or stop it and run again"
             ) from None
+        except OSError as e:  # a filesystem without flock (some NFS): the server's lock rules
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise InputError(f"{self.path}: cannot lock ({e.strerror})") from None
         os.ftruncate(fd, 0)
         os.write(fd, f"{os.getpid()}\n".encode())
         self.fd = fd
@@ -108,9 +113,8 @@ class DriverLock:
             os.close(self.fd)
 
     def undo(self) -> None:
-        """Remove the lock file if this lock made it (a run refused right after: nothing
-        written)."""
-        if self.fd is not None and self.created:
+        """Remove the lock file if this lock made it (a run refused: nothing written)."""
+        if getattr(self, "created", False):
             self.path.unlink(missing_ok=True)
 
     @staticmethod
@@ -178,6 +182,12 @@ def run_study(
     token = uuid.uuid4().hex
     with signals.handled(), _driver_lock(db, layout, study.name):
         store = Store(db)
+        try:
+            lock = _file_lock(db)
+            lock.__enter__()
+        except InputError:
+            store.close()
+            raise
         executor = executor or LocalExecutor(pool, initializer=init_worker)
         beating = executor.watch == "heartbeat" or not db.is_sqlite
         try:
@@ -193,41 +203,60 @@ def run_study(
             )
             return 1
         finally:
+            lock.__exit__(None, None, None)
             store.close()
 
 
 @contextmanager
 def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]:
-    """One driver per study: the flock on SQLite, the server's advisory lock otherwise."""
-    if db.is_sqlite:  # the database first: a refusal then writes nothing in the folder
-        assert db.path is not None
-        fresh = not layout.root.exists()
-        with DriverLock(database_lock(db.path), "a study on this database") as on_db:
-            folder = DriverLock.of(layout)
-            try:
-                folder.__enter__()
-            except InputError:
-                on_db.undo()
-                raise
-            try:
-                yield
-            except InputError:  # refused under the lock: leave nothing behind
-                folder.undo()
-                on_db.undo()
-                if fresh:
-                    _remove_fresh(layout)
-                raise
-            finally:
-                folder.__exit__()
-        return
-    fresh = not layout.root.exists()
-    ensure_dir(layout.root)  # trial folders live there, whatever the database
+    """One driver per study folder and one per database, however either is named.
+
+    The study folder's flock, always (a PostgreSQL study's trial folders are a folder too);
+    then on SQLite the database's own lock file beside it, and on a server PostgreSQL's
+    advisory lock. Refused at any point, even later inside the block, the run leaves
+    nothing behind: the lock files, folders and database file it made go again.
+    """
+    made = _missing(layout.root) + (_missing(db.path.parent) if db.path is not None else [])
+    fresh_db = db.path is not None and not db.path.exists()
+    locks = [DriverLock.of(layout)]
+    if db.path is not None:
+        locks.append(DriverLock(database_lock(db.path), "a study on this database"))
+    try:
+        with ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
+            if db.path is None:
+                stack.enter_context(_server_lock(db, name))
+            yield
+    except InputError:
+        for lock in locks:
+            lock.undo()
+        if fresh_db and db.path is not None:
+            for suffix in ("", "-wal", "-shm"):
+                with suppress(OSError):
+                    db.path.with_name(db.path.name + suffix).unlink()
+        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+            with suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise
+
+
+def _missing(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet (what a refused run must remove)."""
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
+@contextmanager
+def _server_lock(db: Database, name: str) -> Iterator[None]:
+    """PostgreSQL's advisory lock for the study, held on a connection of its own."""
     try:
         lock = pg_advisory_lock(db, name)
         held = lock.__enter__()
     except Exception as e:  # unreachable, refused, bad credentials: one line
-        if fresh:
-            _remove_fresh(layout)
         raise InputError(f"{db}: cannot connect ({str(e).strip().splitlines()[0]})") from None
     try:
         if not held:
@@ -242,23 +271,30 @@ def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]
                 "wait for it, or stop it and run again"
             )
         yield
-    except InputError:
-        if fresh:
-            _remove_fresh(layout)
-        raise
     finally:
         lock.__exit__(None, None, None)
 
 
-def _remove_fresh(layout: StudyLayout) -> None:
-    """A study folder this driver made and then refused to use goes again (nothing written):
-    the database and lock files it made there, then the folder if nothing else is in it."""
-    made = [layout.db, *(layout.db.with_name(layout.db.name + x) for x in ("-wal", "-shm"))]
-    for path in (*made, database_lock(layout.db), layout.driver_lock):
-        with suppress(OSError):
-            path.unlink()
-    with suppress(OSError):
-        layout.root.rmdir()  # only if empty
+@contextmanager
+def _file_lock(db: Database) -> Iterator[None]:
+    """An flock on the SQLite database file itself: one driver per file, also when it is
+    reached through a hard link (whose path has a lock file of its own). SQLite's own locks
+    are POSIX record locks, which flock does not touch."""
+    if db.path is None:
+        yield
+        return
+    fd = open_fd(db.path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"{db}: another driver is running a study on this database file, reached "
+                "through another path (a hard link?); wait for it, or stop it and run again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
 
 
 @contextmanager
