@@ -304,3 +304,64 @@ def test_a_run_refused_under_its_lock_leaves_no_folder_and_no_lock(
     assert main([*argv, "--data-dir", str(mnist_root)]) == 2
     one_line(capsys, "refused under the lock")
     assert not (tmp_path / "r").exists()  # nor the results folder it had made
+
+
+def test_second_hostile_pass_refusals(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Each a case the second hostile pass found: one line, exit 2, nothing written."""
+    import sqlite3
+
+    import numpy as np
+    import torch
+    from conftest import make_mnist, run_inline, write_idx
+
+    study = write_study()
+    run = ["run", str(study), "--devices", "cpu", "--data-dir", str(mnist_root)]
+    # Another tool's SQLite file holding only a view, or versioned by it: not a study's.
+    for setup in ("CREATE VIEW v AS SELECT 1", "PRAGMA user_version = 7"):
+        other = tmp_path / f"other{len(setup)}.db"
+        with sqlite3.connect(other) as con:
+            con.execute(setup)
+        before = other.read_bytes()
+        assert (
+            main([*run, "--results", str(tmp_path / "r0"), "--storage", f"sqlite:///{other}"]) == 2
+        )
+        one_line(capsys, "not a vaegrid study database")
+        assert other.read_bytes() == before
+    # An IDX header claiming more images than the data set has (a sparse file fits it).
+    data = make_mnist(tmp_path / "big")
+    raw = data / "MNIST" / "raw"
+    write_idx(raw / "t10k-images-idx3-ubyte", np.zeros((10_001, 28, 28), dtype=np.uint8))
+    write_idx(raw / "t10k-labels-idx1-ubyte", np.zeros(10_001, dtype=np.uint8))
+    assert main([*run[:-1], str(data), "--results", str(tmp_path / "r1")]) == 2
+    one_line(capsys, "10001 images, expected at most 10000")
+    # A trial's checkpoint copied over its final weights.
+    assert run_inline(study, tmp_path / "r", mnist_root) == 0
+    study_dir = tmp_path / "r" / "tiny"
+    import vaegrid
+
+    key = str(vaegrid.load(tmp_path / "r", "tiny").trials["key"].iloc[0])  # the best: tested
+    weights = study_dir / "trials" / key / "weights.pt"
+    state = torch.load(weights, weights_only=True)
+    state.pop("file")  # what a checkpoint holds: identity, model, optimizer, history
+    torch.save({**state, "optimizer": {}, "history": []}, weights)
+    argv = ["report", str(study_dir), "--data-dir", str(mnist_root), "--nll-samples", "5"]
+    assert main(argv) == 2
+    one_line(capsys, "a checkpoint, not a trial's final weights")
+    # A schema version that lies (1 on a version-2 database) is migrated again, harmlessly.
+    with sqlite3.connect(study_dir / "study.db") as con:
+        con.execute("UPDATE vg_meta SET value = '1' WHERE name = 'schema_version'")
+    Store(study_dir / "study.db").close()
+    # --resource names a Dask resource; report on a file says what it is, not --results.
+    assert main([*run, "--results", str(tmp_path / "r2"), "--cluster", "tcp://h:1",
+                 "--resource", ""]) == 2  # fmt: skip
+    one_line(capsys, "--resource: '' is not allowed")
+    (tmp_path / "afile").write_text("x")
+    assert main(["report", str(tmp_path / "afile" / "tiny")]) == 2
+    err = capsys.readouterr().err
+    assert "--results" not in err and err.count("\n") == 1, err
+    assert not any((tmp_path / d).exists() for d in ("r0", "r1", "r2"))

@@ -134,7 +134,7 @@ def load(results_dir_or_storage: str | Path, study: str) -> Results:
         db = existing_db(StudyLayout(Path(study)), where)
     else:
         results = Path(where)
-        check_study_dir(results, results / study)
+        check_study_dir(results, results / study, "the results folder")
         db = existing_db(StudyLayout.of(results, study))
     rows = read_study(db)
     if rows.name != study:

@@ -6,6 +6,7 @@ Bad input of any kind is an :class:`InputError`: one line on stderr, exit code 2
 from __future__ import annotations
 
 import argparse
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -156,6 +157,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         if args.cluster is not None:  # '' is no address, never "run locally"
             from vaegrid.run.cluster import DaskExecutor
 
+            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", args.resource):
+                raise InputError(
+                    f"--resource: {args.resource[:100]!r} is not allowed; expected a Dask "
+                    "resource name (letters, digits, '_', '-', '.')"
+                )
             executor = DaskExecutor(args.cluster, args.resource)
             pool = executor.pool()
             print(f"cluster: {pool.found}", flush=True)

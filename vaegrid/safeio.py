@@ -84,28 +84,29 @@ def mount_type(path: Path) -> str:
     return kind
 
 
-def check_results_dir(results: Path) -> None:
-    """Refuse a ``--results`` that is a file, a link, or on a pseudo-filesystem (/proc...).
+def check_results_dir(results: Path, what: str = "--results") -> None:
+    """Refuse a results folder (``what`` names it for messages) that is a file, a link, or
+    on a pseudo-filesystem (/proc...).
 
     Raises:
         InputError: naming the folder and what is wrong.
     """
     if results.is_symlink() and not results.exists():
-        raise InputError(f"--results: {results} is a dangling symbolic link")
+        raise InputError(f"{what}: {results} is a dangling symbolic link")
     if results.exists() and not results.is_dir():
-        raise InputError(f"--results: {results} is not a folder")
+        raise InputError(f"{what}: {results} is not a folder")
     existing = results
     while not existing.exists():
         existing = existing.parent
     kind = mount_type(existing)
     if kind in PSEUDO_FILESYSTEMS:
         raise InputError(
-            f"--results: {results} is on a {kind} filesystem, which holds no files; "
+            f"{what}: {results} is on a {kind} filesystem, which holds no files; "
             "choose a folder on a disk"
         )
 
 
-def check_study_dir(results: Path, study_dir: Path) -> None:
+def check_study_dir(results: Path, study_dir: Path, what: str = "--results") -> None:
     """Refuse a study folder that escapes ``results`` or holds a symbolic link anywhere.
 
     Walks the whole folder without following links (a study folder holds a few files per
@@ -115,12 +116,12 @@ def check_study_dir(results: Path, study_dir: Path) -> None:
         InputError: the folder is a file or a link, resolves outside ``results``, or any
             entry below it is a link.
     """
-    check_results_dir(results)
+    check_results_dir(results, what)
     refuse_link(study_dir)
     if study_dir.exists() and not study_dir.is_dir():
         raise InputError(f"{study_dir}: is a file, not a study folder")
     if not study_dir.resolve().is_relative_to(results.resolve()):
-        raise InputError(f"{study_dir}: resolves outside --results {results}")
+        raise InputError(f"{study_dir}: resolves outside {what} {results}")
     if not study_dir.exists():
         return
     for folder, dirs, files in os.walk(study_dir, followlinks=False):

@@ -78,8 +78,12 @@ def handled() -> Iterator[None]:
 def _unraisable(unraisable: Any) -> None:
     """A signal that lands in a callback Python cannot raise from (a garbage collector's
     weakref callback, a __del__) is remembered, not printed as "Exception ignored": the
-    command answers it at its next check or at its end."""
+    command answers it at its next check or at its end. So is the timeout of a Dask client
+    that could not connect (the command has said so in its one line)."""
     if isinstance(unraisable.exc_value, Interrupted):
+        return
+    where = getattr(unraisable.object, "__qualname__", "")
+    if where == "Client.__del__":  # a Dask client that never connected, closing: said already
         return
     sys.__unraisablehook__(unraisable)
 

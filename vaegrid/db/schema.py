@@ -153,7 +153,8 @@ def _to_2(con: Connection) -> None:
     """1 -> 2: the tables version 1 lacked (it gained some over time), the study's
     description, and no axis columns."""
     Base.metadata.create_all(con)
-    con.execute(text("ALTER TABLE vg_study ADD COLUMN description TEXT"))
+    if "description" not in {c["name"] for c in inspect(con).get_columns("vg_study")}:
+        con.execute(text("ALTER TABLE vg_study ADD COLUMN description TEXT"))
     for column in ("hidden", "latent", "lr", "clip"):
         if column in {c["name"] for c in inspect(con).get_columns("vg_trial")}:
             con.execute(text(f"ALTER TABLE vg_trial DROP COLUMN {column}"))

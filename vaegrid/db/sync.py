@@ -47,7 +47,11 @@ def check_compatible(db: Database, study: Study) -> None:
         with engine.connect() as con:
             found = schema.version(con, str(db))
             if found is None:
-                if inspect(con).get_table_names():  # another tool's database
+                seen = inspect(con)
+                foreign = bool(seen.get_table_names() or seen.get_view_names())
+                if con.dialect.name == "sqlite":  # a file another tool versioned
+                    foreign = foreign or bool(con.exec_driver_sql("PRAGMA user_version").scalar())
+                if foreign:  # another tool's database
                     raise InputError(f"{db}: not a vaegrid study database (no vg_study table)")
                 return
             schema.check_readable(con, str(db))

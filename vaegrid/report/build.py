@@ -84,7 +84,7 @@ def make_report(
             of range, or a winner's weights are missing. Nothing is written then.
     """
     started = time.perf_counter()
-    check_study_dir(study_dir.parent, study_dir)
+    check_study_dir(study_dir.parent, study_dir, "the study folder's parent")
     layout = StudyLayout(study_dir)
     db = existing_db(layout, storage)
     rows = read_study(db)  # read-only: nothing is written before every check
@@ -95,7 +95,9 @@ def make_report(
             f"{NLL_SAMPLES_MAX}"
         )
     if not (rows.trials["status"] == COMPLETED).any():
-        raise InputError(f"{study_dir}: no completed trial to rank yet; run `vaegrid run` first")
+        counts = rows.trials["status"].value_counts().to_dict()
+        have = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
+        raise InputError(f"{study_dir}: no completed trial to rank ({have})")
     names = rows.axes
     per_trial = rows.per_trial()
     ranking = tables.by_config(per_trial, names)

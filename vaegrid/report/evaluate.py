@@ -96,6 +96,8 @@ def _load_model(
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
     stamped = isinstance(state, dict) and isinstance(state.get("identity"), dict)
+    if stamped and state.get("file") != "weights":
+        raise InputError(f"{path}: a checkpoint, not a trial's final weights (copied?)")
     if stamped:
         identity = state["identity"]
         for field, want in (("key", cfg.key), ("model", cfg.model)):

@@ -190,6 +190,10 @@ def make_pool(
         InputError: an unknown or unavailable device, a repeated one, K < 1, or more
             workers than the memory this process may use can hold.
     """
+    if not devices.isprintable() or len(devices) > 1000:
+        raise InputError(
+            f"{option}: {devices[:100]!r} is not allowed; expected auto, cpu or cuda:N,..."
+        )
     wants_cuda = devices == "auto" or "cuda" in devices
     probe = probe if probe is not None else (probe_cuda() if wants_cuda else CudaProbe())
     cores = cores or os.cpu_count() or 1

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaegrid.errors import InputError
+from vaegrid.spec.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
 from vaegrid.spec.study import DATASET_NAMES, DataSpec, derive_seed, split_sizes
 
 if TYPE_CHECKING:
@@ -127,10 +128,15 @@ def check_mnist(root: Path, dataset: str = "mnist") -> tuple[int, int]:
     """
     raw = raw_dir(root, dataset)
     counts = []
-    for prefix in ("train", "t10k"):
+    for prefix, most in (("train", MNIST_TRAIN_IMAGES), ("t10k", MNIST_TEST_IMAGES)):
         images_file = raw / f"{prefix}-images-idx3-ubyte"
         labels_file = raw / f"{prefix}-labels-idx1-ubyte"
         n_images = _idx_count(images_file, IMAGE_SHAPE, "images")
+        if n_images > most:  # a sparse file can claim any count and pass its size check
+            raise InputError(
+                f"{images_file}: {n_images} images, expected at most {most} (the data set's "
+                "own count); every worker would load them all"
+            )
         n_labels = _idx_count(labels_file, (), "labels")
         if n_labels != n_images:
             raise InputError(

@@ -192,9 +192,8 @@ def run_trial(
         if len(history) < cfg.epochs:  # stopped at a rung: no final weights yet
             return TrialResult(PAUSED, history)
         if not files.weights.exists():  # stamped, as the checkpoint: a copy is caught
-            save_with(
-                files.weights, torch.save, {"identity": identity, "model": model.state_dict()}
-            )
+            final = {"identity": identity, "file": "weights", "model": model.state_dict()}
+            save_with(files.weights, torch.save, final)
         return TrialResult(COMPLETED, history)
 
 
@@ -299,6 +298,10 @@ def _restore(
 ) -> list[EpochRecord]:
     if not path.exists() and not path.is_symlink():
         return []
+    # Model and Adam's two moments, 4 bytes each, and the metrics: sized before reading.
+    limit = 4 * 4 * sum(p.numel() for p in model.parameters()) + (16 << 20)
+    if path.is_file() and path.stat().st_size > limit:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, not a checkpoint of this trial")
     try:
         state = torch.load(io.BytesIO(read_bytes(path)), map_location=device, weights_only=True)
         stored = state["identity"]
