@@ -416,3 +416,20 @@ def test_importance_sampled_nll_is_below_the_elbo_and_tightens_with_k(
     assert abs(nll[1] - elbo) < 0.02 * elbo  # k = 1 is a one-sample ELBO
     assert nll[100] < nll[10] < nll[1]
     assert nll[100] <= elbo
+
+
+def test_weights_that_unpack_to_more_than_a_model_holds_are_refused(
+    study_dir: Path, mnist_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import zipfile
+
+    weights = study_dir / "trials" / _winner(study_dir) / "weights.pt"
+    with (
+        zipfile.ZipFile(weights, "w", zipfile.ZIP_DEFLATED) as z,  # 1 GB of zeros, deflated
+        z.open("archive/data/0", "w", force_zip64=True) as member,
+    ):
+        for _ in range(1024):
+            member.write(bytes(1 << 20))
+    assert weights.stat().st_size < 2 << 20
+    assert main(["report", str(study_dir), "--data-dir", str(mnist_root)]) == 2
+    assert "unpacks to 1,073,741,824 bytes" in capsys.readouterr().err

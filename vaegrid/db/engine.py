@@ -40,6 +40,7 @@ from vaegrid.safeio import mount_type, refuse_link
 URL_MAX_CHARS = 4096  # --storage: longer is no database URL (and would not be one line)
 BUSY_TIMEOUT_S = 60  # SQLite: how long a writer waits for another's commit
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: an unreachable server is refused within this
+READ_TIMEOUT_S = 60  # PostgreSQL: a reader's statement gives up after this
 RETRY_S = 60  # PostgreSQL: how long a writer retries a connection (full, slow, restarting)
 # Filesystems on which SQLite's locking cannot be trusted (SQLite FAQ 5, "How To Corrupt").
 NETWORK_FILESYSTEMS = frozenset(
@@ -333,9 +334,11 @@ def _pg_connector(url: URL, readonly: bool, retry_s: float) -> Callable[[], Any]
     params.update(url.query)
     params.setdefault("connect_timeout", CONNECT_TIMEOUT_S)
     params.setdefault("application_name", "vaegrid")
-    if readonly:  # added to the URL's own options (a search_path, say), never replacing them
+    if readonly:  # added to the URL's own options (a search_path, say), never replacing them;
+        # a reader never waits long on a server that answers no more (a locked table)
         own = params.get("options")
-        params["options"] = " ".join(filter(None, [own, "-c default_transaction_read_only=on"]))
+        mine = f"-c default_transaction_read_only=on -c statement_timeout={READ_TIMEOUT_S * 1000}"
+        params["options"] = " ".join(filter(None, [own, mine]))
 
     def connect() -> Any:
         deadline = time.monotonic() + retry_s

@@ -7,7 +7,6 @@ are computed once (from its final weights and seeds derived from its own), store
 
 from __future__ import annotations
 
-import io
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,11 +15,10 @@ import torch
 
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
-from vaegrid.safeio import read_bytes
 from vaegrid.spec.study import TrialConfig, derive_seed
 from vaegrid.train.data import load_splits
 from vaegrid.train.model import VAE, importance_nll
-from vaegrid.train.trial import evaluate
+from vaegrid.train.trial import evaluate, load_bounded
 
 # Most importance samples per test image: a pass holds k x 784 logits (50,000: 157 MB
 # each for the logits, the targets and the BCE); published results use 5,000.
@@ -89,7 +87,7 @@ def _load_model(
             f"{limit:,}); refused before reading"
         )
     try:
-        state = torch.load(io.BytesIO(read_bytes(path)), map_location="cpu", weights_only=True)
+        state = load_bounded(path, limit, "cpu")  # unpacked size checked too
     except InputError:
         raise
     except Exception as e:  # truncated, not a torch file: all the same to a user

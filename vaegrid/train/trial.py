@@ -19,6 +19,7 @@ import json
 import math
 import threading
 import time
+import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,10 +301,8 @@ def _restore(
         return []
     # Model and Adam's two moments, 4 bytes each, and the metrics: sized before reading.
     limit = 4 * 4 * sum(p.numel() for p in model.parameters()) + (16 << 20)
-    if path.is_file() and path.stat().st_size > limit:
-        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, not a checkpoint of this trial")
     try:
-        state = torch.load(io.BytesIO(read_bytes(path)), map_location=device, weights_only=True)
+        state = load_bounded(path, limit, device)
         stored = state["identity"]
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
@@ -324,6 +323,26 @@ def _restore(
                 f"{path}: made for {field} {stored.get(field)!r}, not {identity[field]!r}"
             )
     return history
+
+
+def load_bounded(path: Path, limit: int, device: torch.device | str) -> Any:
+    """``torch.load`` of a file that holds at most ``limit`` bytes, on disk and unpacked
+    (torch's files are zip archives: a small compressed member can unpack to gigabytes).
+
+    Raises:
+        ValueError: larger than ``limit``, or not a torch file; InputError: not a regular
+            file or a link.
+    """
+    if path.is_file() and path.stat().st_size > limit:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, more than {limit:,}")
+    data = read_bytes(path)
+    try:
+        unpacked = sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(data)).infolist())
+    except zipfile.BadZipFile:
+        unpacked = len(data)  # not an archive: torch.load says what it is
+    if unpacked > limit:
+        raise ValueError(f"{path}: unpacks to {unpacked:,} bytes, more than {limit:,}")
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
 
 def _save_checkpoint(
