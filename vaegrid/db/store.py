@@ -54,6 +54,8 @@ def existing_db(layout: StudyLayout, storage: str | None = None) -> Database:
         InputError: a bad ``storage`` URL, or the study folder holds no study database.
     """
     db = Database.for_study(layout, storage)
+    if db.path is not None and storage is not None and not db.path.is_file():
+        raise InputError(f"--storage: {db.path} is not a study database file")
     if db.path is not None and not db.path.is_file():
         raise InputError(
             f"{layout.root}: not a vaegrid study folder (no {db.path.name}); "
