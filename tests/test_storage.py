@@ -245,7 +245,7 @@ def test_a_port_that_accepts_and_never_answers_is_refused_within_20_s(
 def test_a_storage_file_that_is_no_database_file_is_named_as_such(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    for storage in ("sqlite:////dev/null", f"sqlite:///{tmp_path}"):
-        assert main(["status", str(tmp_path / "r" / "tiny"), "--storage", storage]) == 2
+    for url in ("sqlite:////dev/null", f"sqlite:///{tmp_path}"):
+        assert main(["status", str(tmp_path / "r" / "tiny"), "--storage", url]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is not a study database file" in err, err
