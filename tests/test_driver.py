@@ -141,7 +141,7 @@ def test_one_driver_per_database_wherever_it_is_named_from(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     study = write_study()
-    assert run(study, tmp_path / "rA", mnist_root) == 0
+    assert run_inline(study, tmp_path / "rA", mnist_root) == 0
     db = tmp_path / "rA" / "tiny" / "study.db"
     capsys.readouterr()
     # rA's driver lives (it holds its database's lock): a run into rB on rA's database
@@ -595,7 +595,7 @@ def test_a_hard_link_or_a_server_database_is_no_way_around_a_live_driver(
     import fcntl
 
     study = write_study()
-    assert run(study, tmp_path / "rA", mnist_root) == 0
+    assert run_inline(study, tmp_path / "rA", mnist_root) == 0
     db = tmp_path / "rA" / "tiny" / "study.db"
     (tmp_path / "hl").mkdir()
     os.link(db, tmp_path / "hl" / "study.db")
