@@ -314,6 +314,16 @@ class LocalExecutor:
         self.pool = pool
         self.initializer = initializer
         self._executors: dict[Slot, Any] = {}
+        # The resource trackers (the standard library's and loky's) start with the first
+        # worker, and the standard library's unblocks SIGINT in this thread after starting
+        # its own (multiprocessing/resource_tracker.py): started here, before any worker is
+        # spawned under _sigint_blocked, they cannot undo the block.
+        from multiprocessing import resource_tracker
+
+        from joblib.externals.loky.backend import resource_tracker as loky_tracker
+
+        resource_tracker.ensure_running()
+        loky_tracker.ensure_running()
         # loky's resource tracker (started with the first pool) warns about "leaked
         # semlock objects" when a killed driver's tracker cleans up: nothing a user can act
         # on. It inherits this filter from the driver's environment.
