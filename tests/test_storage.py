@@ -173,6 +173,7 @@ def test_a_bad_storage_url_is_one_line_and_never_shows_a_password(
         "postgresql://me:s3cret@[::1/db": "is not a database URL",
         "postgresql://me:s3@cret@host/db": "holds more than one '@'",
         "postgresql://me@host/db?connect_timeout=0": "connect_timeout = '0' is not allowed",
+        "postgresql://me:s3cret@h1,h2,h3/db": "names several hosts",
         "postgresql://me@host/db?connect_timeout=abc": "connect_timeout = 'abc' is not allowed",
         "postgresql://me:s3cret@host/" + "x" * 100_000: "a URL of 100028 characters",
         "postgresql://me:s3cret@host/db\nsecond line": "with control characters",

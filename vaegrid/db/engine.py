@@ -146,8 +146,13 @@ class Database:
         if backend in ("postgresql", "postgres") and driver in ("psycopg", "psycopg2", ""):
             twice = sorted(k for k, v in url.query.items() if not isinstance(v, str))
             moved = sorted({"host", "port", "hostaddr"} & set(url.query))
-            if twice or moved:
-                what = f"{twice[0]} given twice" if twice else f"{moved[0]} as an option"
+            hosts = "," in (url.host or "")  # each tried in turn, each with its own timeout
+            if twice or moved or hosts:
+                what = (
+                    f"{twice[0]} given twice" if twice
+                    else f"{moved[0]} as an option" if moved
+                    else "several hosts"
+                )  # fmt: skip
                 raise InputError(
                     f"--storage: {masked(storage)} names {what}; expected one server: "
                     "postgresql://USER:PASSWORD@HOST:PORT/DATABASE"
