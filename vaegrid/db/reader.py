@@ -66,9 +66,11 @@ class ReaderMixin(StoreBase):
         Raises:
             InputError: a row was edited by hand (or by anything but vaegrid).
         """
+        if self._snapshot is not None and "trials" in self._memo:  # one moment, checked once
+            return list(self._memo["trials"])
         with self.session() as s:
             rows = s.scalars(select(TrialRow)).all()
-            return [
+            found = [
                 TrialInfo(
                     r.key,
                     _config(self.path, r.key, r.config),
@@ -77,14 +79,9 @@ class ReaderMixin(StoreBase):
                 )
                 for r in rows
             ]
-
-    def statuses(self) -> dict[str, Status]:
-        """Every trial's status (checked), by key."""
-        with self.session() as s:
-            return {
-                key: parse(status, f"{self.path}: trial {key}")
-                for key, status in s.execute(select(TrialRow.key, TrialRow.status))
-            }
+        if self._snapshot is not None:
+            self._memo["trials"] = found
+        return found
 
     def status_of(self, key: str) -> Status:
         with self.session() as s:

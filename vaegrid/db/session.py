@@ -20,6 +20,7 @@ import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.storages import RDBStorage
@@ -51,6 +52,7 @@ class StoreBase:
         self._optuna: RDBStorage | None = None
         self._lock = threading.Lock()
         self._snapshot: Connection | None = None  # while snapshot() runs: every read uses it
+        self._memo: dict[str, Any] = {}  # what a snapshot has read and checked once
         if db.path is not None:
             refuse_link(db.path)
         self.engine = db.engine(readonly)
@@ -116,3 +118,4 @@ class StoreBase:
                     yield con
                 finally:
                     self._snapshot = None
+                    self._memo.clear()
