@@ -165,10 +165,11 @@ class ReaderMixin(StoreBase):
                 configs = {t.key: t.config for t in trials}
                 statuses = {t.key: t.status for t in trials}
                 done = {t.key: t.epochs_done for t in trials}
-                if table != "vg_trial":
+                if table != "vg_trial" and "vg_trial" not in self._memo:  # once a snapshot
                     raw = pd.read_sql_query(select(*TrialRow.__table__.columns), con)
                     check(self.path, "vg_trial", raw, configs, statuses, done)
                 check(self.path, table, frame, configs, statuses, done)
+                self._memo[table] = True  # checked in this snapshot
         return frame
 
     def fingerprint(self) -> dict[str, Any]:
