@@ -100,6 +100,21 @@ def test_stop_and_continue_gives_identical_metrics(splits, tmp_path: Path) -> No
     assert [line.split()[1] for line in log] == ["1/4", "2/4", "3/4", "4/4"]
 
 
+def test_an_epoch_checkpointed_but_not_logged_is_logged_on_resume(splits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    cut = tmp_path / "cut"
+    run_trial(config(), splits.train, splits.val, cut, stop_at=2)
+    lines = (cut / LOG).read_text().splitlines(keepends=True)
+    # killed after epoch 2's checkpoint, before its log line (CI caught it under kill -9);
+    # a failed run's traceback stays where it was
+    (cut / LOG).write_text(lines[0] + "failed on cpu (pid 1):\nTraceback ...\n")
+    run_trial(config(), splits.train, splits.val, cut)
+    log = (cut / LOG).read_text().splitlines()
+    assert [line.split()[1] for line in log if line.startswith("epoch")] == [
+        "1/4", "2/4", "3/4", "4/4"
+    ]
+    assert log[1] == "failed on cpu (pid 1):" and log[3] == lines[1].rstrip("\n")
+
+
 def test_paused_at_rungs_then_continued_gives_the_uninterrupted_numbers(
     splits, tmp_path: Path
 ) -> None:  # type: ignore[no-untyped-def]

@@ -17,6 +17,7 @@ import dataclasses
 import io
 import json
 import math
+import re
 import threading
 import time
 import zipfile
@@ -167,6 +168,10 @@ def run_trial(
     val_seed = derive_seed(cfg.seed, cfg.repeat, "val")
     last = cfg.epochs if stop_at is None else min(stop_at, cfg.epochs)
     with open_file(files.log, "a") as log:
+        # A worker killed between saving an epoch's checkpoint and logging it left that line
+        # out: it is written now, from the checkpoint, before the next epoch's.
+        logged = _last_logged_epoch(files.log)
+        log.writelines(_log_line(r, cfg.epochs) for r in history if r.epoch > logged)
         for epoch in range(len(history) + 1, last + 1):
             started = time.perf_counter()
             try:
@@ -183,10 +188,7 @@ def run_trial(
             record = EpochRecord(epoch, train, val, time.perf_counter() - started)
             history.append(record)
             _save_checkpoint(files.checkpoint, model, optimizer, history, identity)
-            log.write(
-                f"epoch {epoch}/{cfg.epochs} train elbo {train.elbo:.3f} val elbo "
-                f"{val.elbo:.3f} recon {val.recon:.3f} kl {val.kl:.3f} ({record.seconds:.2f}s)\n"
-            )
+            log.write(_log_line(record, cfg.epochs))
             log.flush()
             if on_epoch:
                 on_epoch(record)
@@ -196,6 +198,25 @@ def run_trial(
             final = {"identity": identity, "file": "weights", "model": model.state_dict()}
             save_with(files.weights, torch.save, final)
         return TrialResult(COMPLETED, history)
+
+
+_LOG_TAIL = 64 << 10  # bytes of an existing log read back on resume: its last lines
+
+
+def _last_logged_epoch(path: Path) -> int:
+    """The epoch of the last ``epoch N/M`` line in the log's tail, 0 when there is none."""
+    with open_file(path, "rb") as f:
+        f.seek(max(0, f.seek(0, io.SEEK_END) - _LOG_TAIL))
+        tail = f.read(_LOG_TAIL).decode("utf-8", "replace")
+    epochs = re.findall(r"^epoch (\d{1,9})/\d+ ", tail, flags=re.MULTILINE)
+    return int(epochs[-1]) if epochs else 0
+
+
+def _log_line(r: EpochRecord, epochs: int) -> str:
+    return (
+        f"epoch {r.epoch}/{epochs} train elbo {r.train.elbo:.3f} val elbo {r.val.elbo:.3f} "
+        f"recon {r.val.recon:.3f} kl {r.val.kl:.3f} ({r.seconds:.2f}s)\n"
+    )
 
 
 def make_optimizer(cfg: TrialConfig, params: Iterable[torch.nn.Parameter]) -> torch.optim.Optimizer:
