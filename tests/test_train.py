@@ -110,7 +110,10 @@ def test_an_epoch_checkpointed_but_not_logged_is_logged_on_resume(splits, tmp_pa
     run_trial(config(), splits.train, splits.val, cut)
     log = (cut / LOG).read_text().splitlines()
     assert [line.split()[1] for line in log if line.startswith("epoch")] == [
-        "1/4", "2/4", "3/4", "4/4"
+        "1/4",
+        "2/4",
+        "3/4",
+        "4/4",
     ]
     assert log[1] == "failed on cpu (pid 1):" and log[3] == lines[1].rstrip("\n")
 
