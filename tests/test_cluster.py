@@ -243,8 +243,9 @@ def test_the_scheduler_gone_ends_the_driver_in_one_line_and_nothing_is_lost(
         doomed.scheduler.kill()
         out, err = p.communicate(timeout=120)
     assert p.returncode == 3, (out, err)
-    last = out.strip().splitlines()[-1]
-    assert last.startswith(f"vaegrid: the Dask scheduler at {doomed.address} is gone"), out
+    said = [line for line in err.splitlines() if line.startswith("vaegrid: ")]
+    assert said[0].startswith(f"vaegrid: the Dask scheduler at {doomed.address} is gone"), err
+    assert "is gone" not in out  # messages go to stderr
     with dask_cluster() as fresh:
         fresh.add_worker("vaegrid=2", nthreads=2)
         fresh.wait_for(1)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import socket
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -190,7 +192,9 @@ def test_a_bad_storage_url_is_one_line_and_never_shows_a_password(
     import psycopg
 
     seen: list[dict[str, object]] = []
-    monkeypatch.setattr(psycopg, "connect", lambda **kw: seen.append(kw))
+    monkeypatch.setattr(
+        psycopg.Connection, "connect", classmethod(lambda cls, **kw: seen.append(kw))
+    )
     url = "postgresql://me@db.lab/x?options=-csearch_path%3Ds1"
     for readonly in (False, True):
         storage._pg_connector(Database.for_study(layout, url).url, readonly, 0.0)()
@@ -250,3 +254,55 @@ def test_a_storage_file_that_is_no_database_file_is_named_as_such(
         assert main(["status", str(tmp_path / "r" / "tiny"), "--storage", url]) == 2
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and "is not a study database file" in err, err
+
+
+def _mute_postgres(listener: socket.socket, stop: threading.Event) -> None:
+    """Completes PostgreSQL's handshake (no TLS, no password), then never answers."""
+    held = []
+    listener.settimeout(0.2)
+    while not stop.is_set():
+        try:
+            con, _ = listener.accept()
+        except TimeoutError:
+            continue
+        held.append(con)
+        con.settimeout(5)
+        while True:  # TLS and GSS requests are declined; the startup message is answered
+            size = int.from_bytes(con.recv(4), "big")
+            body = con.recv(size - 4)
+            if int.from_bytes(body[:4], "big") in (80877103, 80877104):
+                con.sendall(b"N")
+                continue
+            break
+        ok = b"R" + (8).to_bytes(4, "big") + (0).to_bytes(4, "big")
+        key = b"K" + (12).to_bytes(4, "big") + (1).to_bytes(4, "big") + (2).to_bytes(4, "big")
+        con.sendall(ok + key + b"Z" + (5).to_bytes(4, "big") + b"I")
+    for con in held:
+        con.close()
+
+
+@pytest.mark.parametrize("command", ["status", "report"])
+def test_a_server_that_stops_answering_after_the_handshake_is_one_line_within_the_bound(
+    command: str,
+    monkeypatch: pytest.MonkeyPatch,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setitem(storage.ANSWER_TIMEOUT_S, True, 2)
+    monkeypatch.setitem(storage.ANSWER_TIMEOUT_S, False, 2)
+    stop = threading.Event()
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(8)
+        server = threading.Thread(target=_mute_postgres, args=(listener, stop), daemon=True)
+        server.start()
+        url = f"postgresql://me:s3cret@127.0.0.1:{listener.getsockname()[1]}/sweeps"
+        started = time.perf_counter()
+        try:
+            code = main([command, str(tmp_path / "r" / "tiny"), "--storage", url])
+        finally:
+            stop.set()
+            server.join()
+    assert code == 2 and time.perf_counter() - started < 10
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "no answer within 2 s" in err and "s3cret" not in err, err

@@ -41,6 +41,10 @@ URL_MAX_CHARS = 4096  # --storage: longer is no database URL (and would not be o
 BUSY_TIMEOUT_S = 60  # SQLite: how long a writer waits for another's commit
 CONNECT_TIMEOUT_S = 5  # PostgreSQL: an unreachable server is refused within this
 READ_TIMEOUT_S = 60  # PostgreSQL: a reader's statement gives up after this
+# PostgreSQL, client side: the longest a connection waits for any answer of the server (a
+# server, or something posing as one, that stops answering). A reader's statement_timeout
+# ends a real server's slow statement first; a writer may wait on another's locks longer.
+ANSWER_TIMEOUT_S = {True: READ_TIMEOUT_S + 10, False: 600}
 RETRY_S = 60  # PostgreSQL: how long a writer retries a connection (full, slow, restarting)
 # Filesystems on which SQLite's locking cannot be trusted (SQLite FAQ 5, "How To Corrupt").
 NETWORK_FILESYSTEMS = frozenset(
@@ -345,12 +349,14 @@ def _pg_connector(url: URL, readonly: bool, retry_s: float) -> Callable[[], Any]
         mine = f"-c default_transaction_read_only=on -c statement_timeout={READ_TIMEOUT_S * 1000}"
         params["options"] = " ".join(filter(None, [own, mine]))
 
+    kind = _bounded_connection(ANSWER_TIMEOUT_S[readonly])
+
     def connect() -> Any:
         deadline = time.monotonic() + retry_s
         delay = 0.05
         while True:
             try:
-                return psycopg.connect(**params)
+                return kind.connect(**params)
             except psycopg.OperationalError:
                 if time.monotonic() > deadline:
                     raise
@@ -358,6 +364,29 @@ def _pg_connector(url: URL, readonly: bool, retry_s: float) -> Callable[[], Any]
                 delay = min(delay * 2, 2.0)
 
     return connect
+
+
+def _bounded_connection(seconds: float) -> Any:
+    """A psycopg connection class whose every wait on the server ends after ``seconds``:
+    the connection is then closed (its state is unknown) and OperationalError says so.
+    connect_timeout bounds the handshake; this bounds everything after it."""
+    import psycopg
+
+    class Bounded(psycopg.Connection):  # type: ignore[type-arg]
+        def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
+            if len(args) < 2 and kwargs.get("timeout") is None:
+                kwargs["timeout"] = seconds
+            try:
+                return super().wait(gen, *args, **kwargs)
+            except psycopg.errors.OperationalError as e:
+                if type(e).__name__ != "_WaitTimeout":
+                    raise
+                self.pgconn.finish()
+                raise psycopg.OperationalError(
+                    f"the server sent no answer within {seconds:g} s"
+                ) from None
+
+    return Bounded
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+import sys
 import threading
 import traceback
 import uuid
@@ -389,7 +390,7 @@ class _Sweep:
             return self._abandon(running, "interrupted", "run the same command again", code)
         except ClusterGone as e:
             then = "run the same command again once it is back"
-            return self._abandon(running, f"vaegrid: {e}", then, EXIT_CLUSTER_GONE)
+            return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
         self.executor.shutdown(kill=False)
         self.progress.close()
         return self._exit_code()
@@ -415,7 +416,10 @@ class _Sweep:
         self.executor.shutdown(kill=True)
         self.store.mark([k for k, _ in running.values()], INTERRUPTED)
         self.progress.close()
-        print(f"{why}: {len(running)} running trials keep their last finished epoch; {then}")
+        print(
+            f"vaegrid: {why}: {len(running)} running trials keep their last finished epoch; {then}",
+            file=sys.stderr,
+        )
         return code
 
     def _decide(self) -> halving.Applied:
