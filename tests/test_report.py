@@ -12,8 +12,10 @@ import pytest
 import torch
 from conftest import sweep, synced_study_db
 from PIL import Image
+from test_tables import trials_frame
 
 import vaegrid
+from vaegrid.analysis import tables
 from vaegrid.analysis.tables import rank
 from vaegrid.cli import main
 from vaegrid.db.store import Store
@@ -21,6 +23,7 @@ from vaegrid.halving import Standing
 from vaegrid.layout import StudyLayout, TrialFiles
 from vaegrid.report.build import make_report
 from vaegrid.report.halving_section import halving_lines
+from vaegrid.report.markdown import markdown
 from vaegrid.spec.study import DataSpec, HalvingSpec, TrialConfig
 from vaegrid.train.data import load_splits
 from vaegrid.train.model import VAE, importance_nll
@@ -301,6 +304,46 @@ def test_report_shows_the_study_description_and_nothing_of_another_study(
     lowered = md.lower()
     for words in ("the seed", "seed study", "lr ", "1e-5", "1e-05", "another cpu"):
         assert words not in lowered, words
+
+
+def test_the_paired_tests_of_a_report_are_holm_adjusted_as_one_family() -> None:
+    # 4 configs x 3 repeats; against the winner (100, 102, 104) the others differ by
+    # (1, 1, 1): p = 0; (1.5, 3.5, -0.5): t = 1.5 / (2 / sqrt 3), p = 0.32; (3, 4, 5):
+    # t = 4 sqrt 3, p = 1 - t / sqrt(2 + t^2) = 0.0202 (Student t, 2 degrees of freedom).
+    trials = trials_frame(
+        {(400, 0.03): [100.0, 102.0, 104.0], (500, 0.03): [101.0, 103.0, 105.0],
+         (600, 0.03): [101.5, 105.5, 103.5], (700, 0.03): [103.0, 106.0, 109.0]}
+    )  # fmt: skip
+    names = ["hidden", "lr"]
+    ranking = tables.by_config(trials, names)
+    compared = [c for k in tables.CRITERIA for c in tables.comparisons(ranking, trials, k)]
+    assert len(compared) == 6  # both criteria rank the configs alike: 3 + 3 tests
+    test = ranking.head(1).assign(
+        criterion="val_elbo", rank=1, n_tested=3, test_elbo=100.0, test_recon=90.0,
+        test_kl=10.0, test_nll=99.0, test_nll_std=1.0, nll_samples=5, likelihood="NLL",
+    )  # fmt: skip
+    md = markdown(
+        ranking, test, 4, 0.1, names=names, data=DataSpec(), compared=compared,
+        importance="too few", heatmap=None, n_trials=12,
+    )  # fmt: skip
+    section = md.split("## Is the winner better than the next configs?\n\n", 1)[1]
+    section = section.split("\n\n## ", 1)[0]
+    assert "The p-values are Holm-adjusted over the 6 comparisons of this report" in section
+    lines = [line for line in section.splitlines() if line.startswith("- By ")]
+    assert len(lines) == 6
+    # Holm over 0, 0, 0.0202, 0.0202, 0.32, 0.32: 0.0202 x 4 = 0.081, and 0.32 x 2 = 0.65.
+    # Alone, p = 0.02 would call the gap to hidden 700 larger than the noise; one of 6, not.
+    far = [line for line in lines if "hidden 700" in line]
+    assert len(far) == 2
+    for line in far:
+        assert line.endswith(
+            "Holm-adjusted p = 0.081 (raw p = 0.02) over 3 seeds: "
+            "not distinguishable from seed-to-seed noise"
+        )
+    near = [line for line in lines if "hidden 500" in line]
+    assert all("Holm-adjusted p < 0.001" in line and "larger than the" in line for line in near)
+    middle = [line for line in lines if "hidden 600" in line]
+    assert all("Holm-adjusted p = 0.65 (raw p = 0.32)" in line for line in middle)
 
 
 FLAT = """

@@ -6,11 +6,20 @@ The references: t-table quantiles, and the closed forms of Student's t distribut
 
 from __future__ import annotations
 
+import itertools
 import math
 
 import pytest
 
-from vaegrid.analysis.stats import Paired, Summary, format_p, paired, summarize, verdict
+from vaegrid.analysis.stats import (
+    Paired,
+    Summary,
+    format_p,
+    holm,
+    paired,
+    summarize,
+    verdict,
+)
 
 T_975_1 = 12.706205  # t-table: t(0.975, 1 degree of freedom)
 T_975_2 = 4.302653
@@ -128,4 +137,47 @@ def test_verdict_tiny_p_one_repeat_tie_and_nothing() -> None:
     assert tie.startswith("A ties with B") and "p = 1 over 2 seeds: not distinguishable" in tie
     assert verdict("A", "B", paired([], [])) == (
         "A and B cannot be compared over 0 seeds: no paired values"
+    )
+
+
+def test_holm_against_a_hand_worked_family() -> None:
+    # sorted: 0.005 x 4 = 0.02, 0.01 x 3 = 0.03, 0.03 x 2 = 0.06, 0.04 x 1 = 0.04 -> 0.06
+    # (the step-down's running maximum); returned in the order given
+    assert holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    # capped at 1: 0.3 x 3 = 0.9, 0.4 x 2 = 0.8 -> 0.9, 0.6 x 1 -> 0.9; 0.5 x 3 = 1.5 -> 1
+    assert holm([0.4, 0.3, 0.6]) == pytest.approx([0.9, 0.9, 0.9])
+    assert holm([0.5, 0.9, 0.2]) == pytest.approx([1.0, 1.0, 0.6])
+
+
+def test_holm_keeps_the_order_of_the_raw_p_and_never_lowers_one() -> None:
+    raw = [0.001, 0.2, 0.011, 0.04, 0.012, 0.9, 0.012, 0.03]
+    adjusted = holm(raw)
+    for (p, a), (q, b) in itertools.product(zip(raw, adjusted, strict=True), repeat=2):
+        assert a >= p and a <= 1
+        if p <= q:
+            assert a <= b  # a smaller raw p never gets a larger adjusted one
+    # sorted: 0.008, 0.077, 0.072 -> 0.077, 0.06 -> 0.077, 0.12, 0.12, 0.4, 0.9
+    assert adjusted == pytest.approx([0.008, 0.4, 0.077, 0.12, 0.077, 0.9, 0.077, 0.12])
+
+
+def test_holm_of_one_p_is_that_p_and_untested_ones_stay_out_of_the_family() -> None:
+    assert holm([0.031]) == [0.031]
+    assert holm([]) == []
+    nan = float("nan")
+    found = holm([nan, 0.02, 0.01])  # m = 2: the NaN (one repeat, no test) does not count
+    assert math.isnan(found[0]) and found[1:] == pytest.approx([0.02, 0.02])
+    with pytest.raises(ValueError, match=r"p-values in \[0, 1\]; got 1.5"):
+        holm([0.1, 1.5])
+
+
+def test_verdict_calls_by_the_adjusted_p_and_shows_both() -> None:
+    r = Paired(5, 0.3312, 0.1234, 0.0, 0.7, 0.0123)  # raw p alone would call it
+    text = verdict("A", "B", r, p_adjusted=0.0492)
+    assert text.endswith(
+        "Holm-adjusted p = 0.049 (raw p = 0.012) over 5 seeds: larger than the seed-to-seed noise"
+    )
+    text = verdict("A", "B", r, p_adjusted=0.072)
+    assert text.endswith(
+        "Holm-adjusted p = 0.072 (raw p = 0.012) over 5 seeds: "
+        "not distinguishable from seed-to-seed noise"
     )

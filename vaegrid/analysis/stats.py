@@ -2,7 +2,9 @@
 
 Repeat r of every config draws from the same seeds (common random numbers, train/trial.py), so
 two configs are compared repeat by repeat: the paired t-test of their differences, whose
-noise is what is left after the shared seeds' luck cancels.
+noise is what is left after the shared seeds' luck cancels. One report makes several such
+tests; their p-values are Holm-adjusted as a family (``holm``) before any is called larger
+than the noise.
 """
 
 from __future__ import annotations
@@ -91,11 +93,43 @@ def paired(a: Sequence[float], b: Sequence[float]) -> Paired:
     return Paired(n, diff, se, diff - half, diff + half, p)
 
 
-def verdict(winner: str, other: str, result: Paired, unit: str = "nats") -> str:
+def holm(p_values: Sequence[float]) -> list[float]:
+    """Holm's step-down adjustment of a family of p-values (Holm 1979), in their order.
+
+    The i-th smallest of the m p-values becomes max over j <= i of min(1, (m - j + 1) p_(j)):
+    calling every adjusted p below ALPHA significant keeps the chance of any false call in
+    the family below ALPHA, whatever the tests' dependence, and calls at least as many as
+    Bonferroni's m p would. NaN (no test: one repeat) stays NaN and is not counted in m.
+
+    Raises:
+        ValueError: a p-value outside [0, 1].
+    """
+    bad = [p for p in p_values if not 0 <= p <= 1 and not math.isnan(p)]
+    if bad:
+        raise ValueError(f"holm needs p-values in [0, 1]; got {bad[0]}")
+    tested = sorted((p, i) for i, p in enumerate(p_values) if not math.isnan(p))
+    out = [NAN] * len(p_values)
+    running = 0.0  # the step-down's running maximum: adjusted p-values keep the raw order
+    for rank, (p, i) in enumerate(tested):
+        running = max(running, min(1.0, (len(tested) - rank) * p))
+        out[i] = running
+    return out
+
+
+def verdict(
+    winner: str,
+    other: str,
+    result: Paired,
+    unit: str = "nats",
+    *,
+    p_adjusted: float | None = None,
+) -> str:
     """One plain-English sentence on ``result = paired(winner's values, other's values)``.
 
     For a lower-is-better metric: a positive ``diff`` says the winner beats the other,
-    a negative one that it trails it on these repeats.
+    a negative one that it trails it on these repeats. ``p_adjusted``: the test's p once
+    adjusted for the family it belongs to (``holm``); given, the sentence shows it beside the
+    raw p and calls the difference larger than the noise by it, not by the raw p.
     """
     seeds = f"{result.n} seed" + ("" if result.n == 1 else "s")
     if not math.isfinite(result.diff):
@@ -109,14 +143,20 @@ def verdict(winner: str, other: str, result: Paired, unit: str = "nats") -> str:
     size = _number(abs(result.diff))
     if result.n < 2:
         return f"{head} {size} {unit} over {seeds}: no test possible (one repeat)"
+    p = result.p if p_adjusted is None else p_adjusted
     noise = (
         "larger than the seed-to-seed noise"
-        if result.p < ALPHA
+        if p < ALPHA
         else "not distinguishable from seed-to-seed noise"
+    )
+    shown = (
+        format_p(p)
+        if p_adjusted is None
+        else f"Holm-adjusted {format_p(p)} (raw {format_p(result.p)})"
     )
     return (
         f"{head} {size} ± {_number(result.se)} {unit} (mean ± standard error of the paired "
-        f"difference), {format_p(result.p)} over {seeds}: {noise}"
+        f"difference), {shown} over {seeds}: {noise}"
     )
 
 
