@@ -5,6 +5,7 @@ Each test keeps the Figure it saved (``drawn``) to read back its texts, ticks an
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -23,6 +24,7 @@ from vaegrid.spec.axes import AXIS, Axis
 
 NAN = float("nan")
 HEAT_AXES = [AXIS["hidden"], AXIS["lr"], AXIS["clip"]]
+LRS = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
 
 
 @pytest.fixture
@@ -97,8 +99,12 @@ def test_heatmap_cells_panels_and_labels(tmp_path: Path, drawn: list[Figure]) ->
     assert panels[0].get_ylabel() == "hidden width (units)"
     assert fig.get_suptitle() == "Final validation \N{MINUS SIGN}ELBO (nats, lower is better)"
     (colorbar,) = [ax for ax in fig.axes if not ax.images]
-    assert colorbar.get_ylabel() == "final validation \N{MINUS SIGN}ELBO (nats)"
-    assert not isinstance(panels[0].images[0].norm, LogNorm)  # 99 to 150: a linear scale
+    # cells 99.0, 111.1, 120.0 | 130.0, 150.3: spaced as evenly as the better half (99.0 to
+    # the median 120.0, 2 ranks), the worst would be 99.0 + 4 x 21.0 / 2 = 141.0
+    assert colorbar.get_ylabel() == (
+        "final validation \N{MINUS SIGN}ELBO (nats)\nclipped at 141.0: worse configs are darkest"
+    )
+    assert not isinstance(panels[0].images[0].norm, LogNorm)  # 99 to 141: a linear scale
 
 
 def test_heatmap_log_scale_when_values_span_decades(tmp_path: Path, drawn: list[Figure]) -> None:
@@ -112,6 +118,34 @@ def test_heatmap_log_scale_when_values_span_decades(tmp_path: Path, drawn: list[
     assert texts == {"": [["90.0", "2000.0"]]}  # no other axis: one untitled panel
     (fig,) = drawn
     assert isinstance(fig.axes[0].images[0].norm, LogNorm)
+    colorbar = fig.axes[1]  # two values: nothing to clip
+    assert colorbar.get_ylabel() == "final validation \N{MINUS SIGN}ELBO (nats)"
+    assert colorbar._colorbar.extend == "neither"
+
+
+def test_heatmap_colours_tell_the_good_configs_apart_beside_far_worse_ones(
+    tmp_path: Path, drawn: list[Figure]
+) -> None:
+    # The seed study's shape: good configs at 106.5-111.7 nats, slow ones at 210-310.
+    values = [106.5, 108.0, 111.7, 210.0, 310.0]
+    frame = pd.DataFrame(
+        [config("completed", v, hidden=400, lr=lr) for v, lr in zip(values, LRS, strict=True)]
+    )
+    texts = figures.heatmap(frame, "lr", "hidden", HEAT_AXES[:2], tmp_path / "h.png")
+    assert texts == {"": [["106.5", "108.0", "111.7", "210.0", "310.0"]]}  # the true values
+    (fig,) = drawn
+    panel, colorbar = fig.axes
+    assert [t.get_text() for t in panel.texts] == texts[""][0]
+    image = panel.images[0]
+    rgb = [image.cmap(float(image.norm(v)))[:3] for v in values]
+    darkest = image.cmap(1.0)[:3]
+    assert rgb[3] == rgb[4] == darkest  # both far worse configs: the darkest colour
+    for i, j in itertools.combinations(range(4), 2):  # the good ones and the first bad one
+        assert np.abs(np.subtract(rgb[i], rgb[j])).max() > 0.1, (values[i], values[j])
+    # better half 106.5-111.7 over 2 ranks: the scale ends at 106.5 + 4 x 5.2 / 2 = 116.9
+    assert colorbar.get_ylabel().endswith("\nclipped at 116.9: worse configs are darkest")
+    assert colorbar._colorbar.extend == "max"
+    assert [t.get_color() for t in panel.texts][3:] == ["white", "white"]  # on the darkest
 
 
 @pytest.mark.parametrize("clips", [12, 13])
@@ -286,6 +320,35 @@ def test_curves_legend_names_any_axes(tmp_path: Path, drawn: list[Figure]) -> No
     assert [t.get_text() for t in legend.get_texts()] == [
         "a (hidden 400, beta 1, optimizer sgd, lr 0.0003): val_elbo, val_recon"
     ]
+
+
+def test_a_clipped_norm_spends_the_scale_on_the_better_values() -> None:
+    values = np.array([106.5, 108.0, 111.7, 210.0, 310.0, NAN])
+    full = figures._norm(values)
+    assert full is not None and float(full(111.7)) < 0.03  # the good ones: one colour
+    norm = figures._norm(values, clip_worse=True)
+    assert norm is not None and not isinstance(norm, LogNorm)
+    assert norm.vmin == 106.5 and norm.vmax == pytest.approx(116.9)
+    good = np.asarray(norm(values[:3]))
+    assert good == pytest.approx([0.0, 1.5 / 10.4, 0.5])  # half the scale, not 3 %
+    assert (np.asarray(norm(values[3:5])) > 1).all()  # above the top: the "over" colour
+    # Evenly spread values keep their whole range (of 6, the lower median 120 is 2 ranks from
+    # the best: 100 + 5 x 20 / 2 = 150); so do two values and a better half without spread.
+    for kept in ([100.0, 110.0, 120.0, 130.0, 140.0, 150.0], [90.0, 200.0], [5.0, 5.0, 9.0]):
+        unclipped = figures._norm(np.array(kept), clip_worse=True)
+        assert unclipped is not None and unclipped.vmax == max(kept), kept
+
+
+def test_a_clipped_norm_clips_on_the_log_axis_and_is_log_only_if_what_is_left_spans_decades() -> (
+    None
+):
+    evenly = figures._norm(np.array([1.0, 10.0, 100.0, 1000.0, 10000.0]), clip_worse=True)
+    assert isinstance(evenly, LogNorm) and evenly.vmax == 10000.0  # even on the log axis
+    # A far outlier makes the span logarithmic; the better half (100, 110: 1 rank) caps it
+    # 3 ranks on at 100 x 1.1^3 = 133.1 on the log axis, and 100 to 133.1 is drawn linear.
+    outlier = figures._norm(np.array([100.0, 110.0, 115.0, 1e5]), clip_worse=True)
+    assert outlier is not None and not isinstance(outlier, LogNorm)
+    assert outlier.vmin == 100.0 and outlier.vmax == pytest.approx(133.1)
 
 
 def test_norm_is_logarithmic_only_beyond_a_factor_of_10() -> None:

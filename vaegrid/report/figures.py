@@ -114,7 +114,9 @@ def heatmap(
     ``frame`` holds one row per config: a column per axis, ``status`` and ``metric``. A
     cell shows the lowest ``metric`` of its completed configs; without one it is grey,
     "div." when all its configs diverged, else "—". Over PANELS_MAX combinations, one
-    panel shows the best over the other axes instead.
+    panel shows the best over the other axes instead. The colours show the better cells:
+    the scale ends where :func:`_cap` puts it, worse cells take its darkest colour and the
+    colorbar says where it was clipped; every cell's number is its true value.
 
     Returns:
         Each panel's title ("" for the one panel of a study without other axes) and its
@@ -149,7 +151,8 @@ def heatmap(
                 (describe(dict(zip(others, key, strict=True)), others), sub) for key, sub in groups
             ]
     cells = [_cells(sub, x, y, xs, ys, metric) for _, sub in panels]
-    norm = _norm(np.concatenate([values.ravel() for values, _ in cells]))
+    shown = np.concatenate([values.ravel() for values, _ in cells])
+    norm = _norm(shown, clip_worse=True)
     cmap = plt.get_cmap(CMAP).with_extremes(bad=GREY)
 
     ncols = _columns(len(panels))
@@ -187,7 +190,12 @@ def heatmap(
         ax.set_axis_off()
     if norm is not None:
         mappable = plt.cm.ScalarMappable(norm=norm, cmap=cmap)
-        fig.colorbar(mappable, ax=grid, label=f"{_metric_label(metric)} (nats)")
+        label = f"{_metric_label(metric)} (nats)"
+        top = float(norm.vmax if norm.vmax is not None else np.nanmax(shown))
+        clipped = bool(np.nanmax(shown) > top)
+        if clipped:
+            label += f"\nclipped at {_value_text(top)}: worse configs are darkest"
+        fig.colorbar(mappable, ax=grid, label=label, extend="max" if clipped else "neither")
     fig.suptitle(title)
     _save(fig, path)
     return out
@@ -353,21 +361,45 @@ def _line_cmap() -> Colormap:
     return ListedColormap(full(np.linspace(0.12, 1.0, 256)), name=f"{CMAP}_lines")
 
 
-def _norm(values: np.ndarray) -> Normalize | None:
+def _norm(values: np.ndarray, clip_worse: bool = False) -> Normalize | None:
     """A colour scale over the finite ``values``: logarithmic when they span decades.
 
+    ``clip_worse``: the scale ends at :func:`_cap` instead of the greatest value, so that it
+    shows the differences among the better values; greater ones map above 1 (the colour
+    map's "over" colour). Logarithmic only when what is left still spans decades.
     None when there are none.
     """
     finite = values[np.isfinite(values)]
     if not len(finite):
         return None
     low, high = float(finite.min()), float(finite.max())
+    if clip_worse:
+        high = _cap(finite, log=low > 0 and high / low > LOG_SPAN)
     if low > 0 and high / low > LOG_SPAN:
         return LogNorm(low, high)
     if low == high:  # one value: centre it
         pad = max(0.01 * abs(low), 0.5)
         return Normalize(low - pad, high + pad)
     return Normalize(low, high)
+
+
+def _cap(finite: np.ndarray, log: bool) -> float:
+    """Where a colour scale that shows the better half of ``finite`` ends: the value the
+    worst would have if all were as evenly spaced as the better half (best to lower median,
+    extrapolated by rank), in log10 when ``log``; the greatest value when that is no lower.
+
+    Evenly spread values keep their whole range. A tail of far worse ones (the seed study's
+    lr 1e-5 configs at 210-310 nats) is cut off, so that the good ones (106.5-111.7) spread
+    over half the scale instead of sharing one colour; the grid's best half sets the scale.
+    """
+    t = np.sort(np.log10(finite) if log else finite)
+    median = (len(t) - 1) // 2  # rank of the lower median
+    if median == 0 or t[median] == t[0]:  # no spread of the better half to extrapolate
+        return float(finite.max())
+    top = t[0] + (t[median] - t[0]) * (len(t) - 1) / median
+    if top >= t[-1] - 1e-9 * (t[-1] - t[0]):  # rounding must not clip even spacing
+        return float(finite.max())
+    return float(10**top if log else top)
 
 
 def _cells(

@@ -253,7 +253,10 @@ def _importance_lines(
     if heatmap is not None:
         lines += [
             f"Final validation elbo over {heatmap[0]} and {heatmap[1]} (the two axes that "
-            "mattered most), one panel per value of the others:",
+            "mattered most), one panel per value of the others. The colours show the "
+            "differences among the better configs: where some are far worse, the colour "
+            "scale stops short of them (its colorbar says where) and they are all the "
+            "darkest; each cell's number is its true value.",
             "",
             f"![heatmap]({_figure('heatmap')})",
             "",
