@@ -11,6 +11,7 @@ import pytest
 
 from vaegrid.cli import main
 from vaegrid.errors import InputError
+from vaegrid.spec.axes import AXES
 from vaegrid.spec.load import load_study, parse_study
 from vaegrid.spec.study import (
     DataSpec,
@@ -20,7 +21,7 @@ from vaegrid.spec.study import (
     parameter_count,
     split_sizes,
 )
-from vaegrid.train.model import VAE
+from vaegrid.train.model import make_model
 
 STUDIES = Path(__file__).parent.parent / "studies"
 # The shipped studies' first key and the hash of all their keys (model linear-vae-2).
@@ -68,7 +69,7 @@ CHANGED = {
     "weight_decay": BASE.replace(weight_decay=1e-4),
     "beta": BASE.replace(beta=0.5),
     "repeat": BASE.replace(repeat=1),
-    "model": BASE.replace(model="linear-vae-1"),
+    "model": BASE.replace(model="mlp"),
     "hidden": BASE.replace(hidden=600),
     "latent": BASE.replace(latent=200),
     "lr": BASE.replace(lr=3e-2),
@@ -83,6 +84,41 @@ def test_the_key_test_changes_every_field_of_a_trial_config() -> None:
     for name, value in BASE.as_dict().items():
         names |= {f"{name}.{g}" for g in value} if isinstance(value, dict) else {name}
     assert set(CHANGED) == names
+    optional = {a.name for a in AXES if a.optional and a.name != "model"}
+    assert set(OPTIONAL) == optional  # left out of a key at their default, changed below
+
+
+# Settings added after keys existed, each changed where it applies (at its default it is
+# left out of the key: a linear elbo trial keeps the key it always had).
+MLP, CONV, IWAE = (
+    BASE.replace(model="mlp"),
+    BASE.replace(model="conv"),
+    BASE.replace(objective="iwae"),
+)
+OPTIONAL = {
+    "depth": (MLP, MLP.replace(depth=3)),
+    "activation": (MLP, MLP.replace(activation="relu")),
+    "channels": (CONV, CONV.replace(channels=16)),
+    "objective": (BASE, IWAE),
+    "samples": (IWAE, IWAE.replace(samples=50)),
+}
+
+
+@pytest.mark.parametrize("setting", OPTIONAL)
+def test_keys_change_with_settings_added_later_where_they_apply(setting: str) -> None:
+    base, changed = OPTIONAL[setting]
+    assert changed.key != base.key and TrialConfig.from_json(changed.to_json()) == changed
+    assert setting not in base.as_dict() and setting in changed.as_dict()
+
+
+def test_the_seed_study_keeps_the_keys_it_had_before_other_models() -> None:
+    # Computed by main before models were a setting (commit 725b802): a linear ELBO trial's
+    # key must never change, or every stored study would re-train.
+    keys = [t.key for t in expand(parse({}))]  # type: ignore[arg-type]
+    assert keys[:3] == ["a34b3b379904", "ab3bfed9326d", "5427b52e7784"]
+    assert hashlib.sha256(" ".join(keys).encode()).hexdigest() == (
+        "276865742c095fc06e3ee4a77479260d376b928af684e6ec0bd29542d90d7d5b"
+    )
 
 
 @pytest.mark.parametrize("setting", CHANGED)
@@ -124,7 +160,7 @@ def test_smoke_study_is_a_2x2_grid_on_a_subset() -> None:
         ({"epochs": 3}, r"unknown key 'epochs'; allowed keys: data, description, grid"),
         (
             {"train": {"epoch": 3}},
-            r"unknown key 'train\.epoch'; allowed keys in \[train\]: batch_size",
+            r"unknown key 'train\.epoch'; allowed keys in \[train\]: activation, batch_size",
         ),
         ({"grid": {"dropout": [0.1]}}, r"unknown key 'grid\.dropout'"),
         (
@@ -383,9 +419,24 @@ FOLDER_NAME = r"expected a folder name of at most 100 characters: a letter or di
         ),
         (
             {"grid": {"hidden": [400, 8_000], "latent": [10, 2_000]}},
-            r"hidden = 8000 with latent = 2000 gives a VAE of 60596784 parameters; "
+            r"model linear with hidden = 8000, latent = 2000 has 60596784 parameters; "
             r"expected at most 50000000",
         ),
+        (
+            {"train": {"model": "conv", "channels": 512, "hidden": 2_000}},
+            r"model conv with hidden = 2000, latent = 400, channels = 512 has 220067073 param",
+        ),
+        ({"train": {"depth": 3}}, r'train\.depth = 3 .* only 2 without model "mlp"'),
+        ({"grid": {"channels": [8, 16]}}, r'grid\.channels = \[8, 16\] .* without model "conv"'),
+        ({"train": {"samples": 50}}, r'train\.samples = 50 .* only 5 without objective "iwae"'),
+        (
+            {"train": {"objective": "iwae", "beta": 0.5}},
+            r'train\.beta = 0\.5 .* only 1 without objective "elbo"',
+        ),
+        ({"train": {"model": "mlp", "depth": 17}}, r"train\.depth = 17 .* from 1 to 16"),
+        ({"train": {"model": "conv", "channels": 0}}, r"train\.channels = 0 .* from 1 to 512"),
+        ({"train": {"objective": "iwae", "samples": 5001}}, r"train\.samples = 5001 .* 1 to 5000"),
+        ({"train": {"model": "resnet"}}, r'train\.model = "resnet" .* one of "linear"'),
         ({"a" * 20: {"b": 1}, "x\ny": 1}, r"unknown key 'a{20}'"),
         ({"x\ny": 1}, r"""unknown key '"x\\ny"'"""),
     ],
@@ -436,9 +487,15 @@ def test_the_grid_size_is_refused_before_the_grid_is_expanded() -> None:
 
 
 @pytest.mark.parametrize(("hidden", "latent"), [(1, 1), (32, 4), (400, 100), (800, 400)])
-def test_parameter_count_is_the_models(hidden: int, latent: int) -> None:
-    model = VAE(hidden, latent)
-    assert parameter_count(hidden, latent) == sum(p.numel() for p in model.parameters())
+@pytest.mark.parametrize(
+    "model", [{"model": "linear"}, {"model": "mlp", "depth": 1, "activation": "tanh"},
+              {"model": "mlp", "depth": 3, "activation": "relu"},
+              {"model": "conv", "channels": 1}, {"model": "conv", "channels": 8}],
+)  # fmt: skip
+def test_parameter_count_is_the_models(hidden: int, latent: int, model: dict) -> None:  # type: ignore[type-arg]
+    settings = {"hidden": hidden, "latent": latent, **model}
+    built = make_model(settings)
+    assert parameter_count(settings) == sum(p.numel() for p in built.parameters())
 
 
 def nested_dict(depth: int) -> dict:  # type: ignore[type-arg]
@@ -553,10 +610,12 @@ def test_any_setting_may_be_searched_and_flows_to_the_trials() -> None:
     }
     assert {t.beta for t in trials} == {0.5, 1.0} and {t.weight_decay for t in trials} == {1e-4}
     assert {t.epochs for t in trials} == {2}
+    # a trial is described by the settings that apply to it: adam has no momentum
     assert trials[0].describe(study.searched) == (  # type: ignore[attr-defined]
-        "hidden 400, latent 20, optimizer adam, lr 0.001, momentum 0, weight_decay 0.0001, "
-        "clip 1, beta 0.5"
+        "hidden 400, latent 20, optimizer adam, lr 0.001, weight_decay 0.0001, clip 1, beta 0.5"
     )
+    sgd = next(t for t in trials if t.optimizer == "sgd")
+    assert "momentum" in sgd.describe(study.searched)  # type: ignore[attr-defined]
 
 
 def test_a_fixed_setting_is_in_the_fingerprint_and_a_searched_one_is_not() -> None:

@@ -372,7 +372,7 @@ def _bounded_connection(seconds: float) -> Any:
     connect_timeout bounds the handshake; this bounds everything after it."""
     import psycopg
 
-    class Bounded(psycopg.Connection):  # type: ignore[type-arg]
+    class Bounded(psycopg.Connection):
         def wait(self, gen: Any, *args: Any, **kwargs: Any) -> Any:
             if len(args) < 2 and kwargs.get("timeout") is None:
                 kwargs["timeout"] = seconds

@@ -17,7 +17,7 @@ from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
 from vaegrid.spec.study import TrialConfig, derive_seed
 from vaegrid.train.data import load_splits
-from vaegrid.train.model import VAE, importance_nll
+from vaegrid.train.model import BaseVAE, importance_nll, make_model
 from vaegrid.train.trial import evaluate, load_bounded
 
 # Most importance samples per test image: a pass holds k x 784 logits (50,000: 157 MB
@@ -30,7 +30,7 @@ class Winners:
     """The tested trials, loaded: each one's config and model, and the test split."""
 
     configs: dict[str, TrialConfig]  # by trial key
-    models: dict[str, VAE]  # by trial key, on the test split's device, in eval mode
+    models: dict[str, BaseVAE]  # by trial key, on the test split's device, in eval mode
     test_x: torch.Tensor
 
     def evaluate(self, key: str, k: int) -> dict[str, object]:
@@ -67,7 +67,7 @@ def load_winners(
 
 def _load_model(
     cfg: TrialConfig, layout: StudyLayout, device: torch.device, unstamped_ok: bool
-) -> VAE:
+) -> BaseVAE:
     """A winner's final weights, refused in one line unless they are this trial's.
 
     The file is sized before it is read (its model's parameters, 4 bytes each, and room
@@ -75,7 +75,7 @@ def _load_model(
     and model version). Weights without one are accepted only from a study made before
     weights were stamped (``unstamped_ok``), by shape alone.
     """
-    model = VAE(cfg.hidden, cfg.latent)
+    model = make_model(cfg.axis_values())
     path = layout.trial(cfg.key).weights
     if not path.is_file():
         raise InputError(f"{path}: a winner's weights are missing")
@@ -98,7 +98,7 @@ def _load_model(
         raise InputError(f"{path}: a checkpoint, not a trial's final weights (copied?)")
     if stamped:
         identity = state["identity"]
-        for field, want in (("key", cfg.key), ("model", cfg.model)):
+        for field, want in (("key", cfg.key), ("model", cfg.version)):
             if identity.get(field) != want:
                 found = str(identity.get(field))[:40]
                 raise InputError(
@@ -119,7 +119,7 @@ def _load_model(
     return model.to(device).eval()
 
 
-def _evaluate(cfg: TrialConfig, model: VAE, test_x: torch.Tensor, k: int) -> dict[str, object]:
+def _evaluate(cfg: TrialConfig, model: BaseVAE, test_x: torch.Tensor, k: int) -> dict[str, object]:
     """A winner on the test split: metrics as for validation, plus the IS estimate of the NLL."""
     started = time.perf_counter()
     metrics = evaluate(model, test_x, derive_seed(cfg.seed, cfg.repeat, "test"))

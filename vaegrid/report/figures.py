@@ -26,7 +26,7 @@ from torchvision.utils import make_grid, save_image
 from vaegrid.safeio import save_with
 from vaegrid.spec.axes import AXIS, Axis, describe, format_value
 from vaegrid.status import COMPLETED, DIVERGED
-from vaegrid.train.model import VAE
+from vaegrid.train.model import BaseVAE
 
 SIDE = 28
 PAIRS = 32  # test digits shown beside their reconstructions
@@ -307,7 +307,7 @@ def importance(importances: Mapping[str, float], axes: Sequence[Axis], path: Pat
 
 
 @torch.inference_mode()
-def reconstructions(model: VAE, test_x: torch.Tensor, path: Path) -> None:
+def reconstructions(model: BaseVAE, test_x: torch.Tensor, path: Path) -> None:
     """The first test digits (odd rows) above their reconstructions from z = mu (even rows)."""
     x = test_x[:PAIRS]
     mu, _ = model.encode(x)
@@ -320,7 +320,7 @@ def reconstructions(model: VAE, test_x: torch.Tensor, path: Path) -> None:
 
 
 @torch.inference_mode()
-def samples(model: VAE, generator: torch.Generator, path: Path, n: int = 64) -> None:
+def samples(model: BaseVAE, generator: torch.Generator, path: Path, n: int = 64) -> None:
     """``n`` digits decoded from z ~ N(0, I): the Bernoulli means, 8 to a row."""
     device = next(model.parameters()).device
     z = torch.randn(n, model.latent, generator=generator, device=device)

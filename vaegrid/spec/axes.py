@@ -19,6 +19,12 @@ if TYPE_CHECKING:  # optuna loads only where a distribution is made
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
 OPTIMIZERS = ("adam", "adamw", "sgd")
+# The built-in models (train/model.py): the seed's linear VAE, Burda et al.'s MLP, a
+# convolutional VAE.
+MODELS = ("linear", "mlp", "conv")
+ACTIVATIONS = ("tanh", "relu", "leaky_relu")
+# What training minimises: the negative ELBO, or Burda et al.'s importance-weighted bound.
+OBJECTIVES = ("elbo", "iwae")
 
 # Bounds on the settings. Everything in a study file comes from outside: each bound keeps a
 # bad value from crashing, exhausting or silently misleading a later stage.
@@ -36,6 +42,12 @@ BETA_RANGE = (0.0, 1e4)
 WEIGHT_DECAY_RANGE = (0.0, 1e3)
 # momentum: SGD's momentum, 0 (none) up to this (1 would never forget a gradient).
 MOMENTUM_RANGE = (0.0, 0.999)
+# depth: the MLP's deterministic layers (each side), 1..DEPTH_MAX.
+DEPTH_MAX = 16
+# channels: the conv model's first convolution's channels (the second has twice), 1..this.
+CHANNELS_MAX = 512
+# samples: IWAE's importance samples per image in training, 1..SAMPLES_MAX.
+SAMPLES_MAX = 5_000
 # epochs: 1..EPOCHS_MAX.
 EPOCHS_MAX = 10_000
 # data.limit: 0 (all) or up to the MNIST pool, 60,000 + 10,000 images.
@@ -61,6 +73,13 @@ class Axis:
     choices: tuple[str, ...] = ()  # strings: the allowed values
     log: bool = False  # values span decades: log scale in Optuna and the figures
     label: str = ""  # for figures and tables: what it is, with its unit
+    # The setting means something only where the axis ``applies[0]`` takes one of the values
+    # ``applies[1]`` (momentum: optimizer sgd); elsewhere a trial records ``default[0]``, a
+    # neutral value, and a study file may not set another.
+    applies: tuple[str, tuple[str, ...]] | None = None
+    # Added after trial keys existed (model version 2): left out of a trial's key and of the
+    # study's fingerprint while at ``default[0]``, so every older study keeps its keys.
+    optional: bool = False
 
     def allowed(self) -> str:
         """What a value of this axis may be, for messages."""
@@ -109,13 +128,39 @@ AXES: tuple[Axis, ...] = (
          label="batch size (images)"),
     Axis("optimizer", str, ("adam",), False, choices=OPTIMIZERS, label="optimizer"),
     Axis("lr", float, (1.0, 1e-5, 3e-2), True, *LR_RANGE, log=True, label="learning rate"),
-    Axis("momentum", float, (0.0,), False, *MOMENTUM_RANGE, label="SGD momentum"),
+    Axis("momentum", float, (0.0,), False, *MOMENTUM_RANGE, label="SGD momentum",
+         applies=("optimizer", ("sgd",))),
     Axis("weight_decay", float, (0.0,), False, *WEIGHT_DECAY_RANGE, label="weight decay"),
     Axis("clip", float, (1.0, 2e-4), True, *CLIP_RANGE, log=True,
          label="max gradient norm"),
-    Axis("beta", float, (1.0,), False, *BETA_RANGE, label="KL weight beta"),
+    Axis("beta", float, (1.0,), False, *BETA_RANGE, label="KL weight beta",
+         applies=("objective", ("elbo",))),
+    Axis("model", str, ("linear",), False, choices=MODELS, label="model", optional=True),
+    Axis("depth", int, (2,), False, 1, DEPTH_MAX, label="MLP layers",
+         applies=("model", ("mlp",)), optional=True),
+    Axis("activation", str, ("tanh",), False, choices=ACTIVATIONS, label="MLP activation",
+         applies=("model", ("mlp",)), optional=True),
+    Axis("channels", int, (32,), False, 1, CHANNELS_MAX, log=True, label="conv channels",
+         applies=("model", ("conv",)), optional=True),
+    Axis("objective", str, ("elbo",), False, choices=OBJECTIVES, label="objective",
+         optional=True),
+    Axis("samples", int, (5,), False, 1, SAMPLES_MAX, log=True, label="IWAE samples k",
+         applies=("objective", ("iwae",)), optional=True),
 )  # fmt: skip
 AXIS = {a.name: a for a in AXES}
+
+
+def applies(axis: Axis, settings: Mapping[str, Any]) -> bool:
+    """Whether ``axis`` means something in a trial of these settings."""
+    return axis.applies is None or settings[axis.applies[0]] in axis.applies[1]
+
+
+def neutralize(settings: dict[str, Any]) -> dict[str, Any]:
+    """``settings`` with every setting that does not apply set to its neutral value."""
+    for axis in AXES:
+        if not applies(axis, settings):
+            settings[axis.name] = axis.default[0]
+    return settings
 
 
 def is_number(x: object) -> bool:

@@ -22,7 +22,17 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vaegrid.errors import InputError
-from vaegrid.spec.axes import AXES, AXIS, LIMIT_MAX, REPEATS_MAX, Axis, is_number
+from vaegrid.spec.axes import (
+    AXES,
+    AXIS,
+    LIMIT_MAX,
+    REPEATS_MAX,
+    SAMPLES_MAX,
+    Axis,
+    applies,
+    format_value,
+    is_number,
+)
 from vaegrid.spec.study import (
     BINARIZE,
     DATASETS,
@@ -76,12 +86,18 @@ def config_problem(cfg: TrialConfig) -> str | None:
     """
     if type(cfg.repeat) is not int or not 0 <= cfg.repeat < REPEATS_MAX:
         return f"repeat = {_show(cfg.repeat)}, expected an integer from 0 to {REPEATS_MAX - 1}"
+    settings = cfg.axis_values()
     for axis in AXES:
-        value = getattr(cfg, axis.name)
+        value = settings[axis.name]
         if not axis.check(value):
             return f"{axis.name} = {_show(value)}, expected {axis.allowed()}"
-    if cfg.optimizer != "sgd" and cfg.momentum != 0:
-        return f"momentum = {_show(cfg.momentum)} with optimizer {cfg.optimizer}: sgd only"
+    for axis in AXES:
+        if not applies(axis, settings) and settings[axis.name] != axis.default[0]:
+            other, where = axis.applies or ("", ())
+            return (
+                f"{axis.name} = {_show(settings[axis.name])} with {other} "
+                f"{settings[other]}: {' or '.join(where)} only"
+            )
     if not isinstance(cfg.data, DataSpec):
         return "data is not a table of data settings"
     data: dict[str, Any] = dataclasses.asdict(cfg.data)
@@ -90,7 +106,9 @@ def config_problem(cfg: TrialConfig) -> str | None:
     if data.get("split") == "official":  # as a study file writes it: no holdout settings
         defaults = {"fractions": list(DataSpec.fractions), "limit": 0}
         data = {k: v for k, v in data.items() if k not in defaults or v != defaults[k]}
-    fixed = {"batch_size": cfg.batch_size, "hidden": cfg.hidden, "latent": cfg.latent}
+    names = ("batch_size", "hidden", "latent", "model", "depth", "channels")
+    fixed = {n: settings[n] for n in names if n in ("batch_size", "hidden", "latent")}
+    fixed |= {n: settings[n] for n in names[3:] if settings[n] != AXIS[n].default[0]}
     return _study_problem(json.dumps({"seed": cfg.seed, "data": data, "train": fixed}))
 
 
@@ -189,7 +207,7 @@ def _check_lines(path: Path, text: str) -> None:
             )
 
 
-_TOP_KEYS = {"name", "description", "seed", "data", "train", "grid", "halving"}
+_TOP_KEYS = {"name", "description", "seed", "data", "train", "grid", "halving", "rank"}
 
 
 def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study:
@@ -218,7 +236,9 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
     seed = v.integer(raw, "", "seed", 0, 0, SEED_END - 1, "an integer >= 0 and < 2**63")
     data = _data(v, raw)
     settings, searched, repeats = _settings(v, raw, data)
-    study = Study(name, seed, data, settings, searched, source, None, repeats, description)
+    rank = v.table(raw, "rank", {"nll_samples"})
+    nll = v.integer(rank, "rank.", "nll_samples", 0, 0, SAMPLES_MAX)
+    study = Study(name, seed, data, settings, searched, source, None, repeats, description, nll)
     if "halving" in raw:
         study = dataclasses.replace(study, halving=_halving(v, raw, study))
     return study
@@ -324,21 +344,33 @@ def _settings(
             f" x {repeats} repeats = {count} trials is not allowed; expected at most "
             f"{TRIALS_MAX} trials"
         )
-    # The parameter count grows with both, so the largest pair is the one to check.
-    hidden, latent = max(by_axis["hidden"]), max(by_axis["latent"])
-    n_params = parameter_count(hidden, latent)
-    if n_params > MODEL_PARAMETERS_MAX:
-        raise InputError(
-            f"{v.source}: hidden = {hidden} with latent = {latent} gives a VAE of "
-            f"{n_params} parameters; expected at most {MODEL_PARAMETERS_MAX} for every pair"
-        )
-    if "sgd" not in by_axis["optimizer"] and any(m != 0 for m in by_axis["momentum"]):
-        where = "grid." if "momentum" in grid else "train."
-        table = grid if "momentum" in grid else fixed
-        v.fail(
-            where + "momentum", table.get("momentum", list(by_axis["momentum"])),
-            'only 0 without optimizer "sgd": momentum is SGD\'s (adam and adamw have none)',
-        )  # fmt: skip
+    # The parameter count grows with every size, so each model's largest is the one to check.
+    for model in by_axis["model"]:
+        largest = {n: max(by_axis[n]) for n in ("hidden", "latent", "depth", "channels")}
+        n_params = parameter_count({**largest, "model": model})
+        if n_params > MODEL_PARAMETERS_MAX:
+            named = ", ".join(
+                f"{n} = {largest[n]}" for n in largest if applies(AXIS[n], {"model": model})
+            )
+            raise InputError(
+                f"{v.source}: model {model} with {named} has {n_params} parameters; "
+                f"expected at most {MODEL_PARAMETERS_MAX} for every config"
+            )
+    for axis in AXES:  # a setting no trial of the study uses (momentum without sgd)
+        if axis.applies is None:
+            continue
+        other, users = axis.applies
+        if any(x in users for x in by_axis[other]):
+            continue
+        if any(x != axis.default[0] for x in by_axis[axis.name]):
+            section = "grid." if axis.name in grid else "train."
+            table = grid if axis.name in grid else fixed
+            v.fail(
+                section + axis.name, table.get(axis.name, list(by_axis[axis.name])),
+                f"only {format_value(axis.default[0])} without {other} "
+                + " or ".join(f'"{w}"' for w in users)
+                + f": {axis.name} is {' and '.join(users)}'s (no trial of this study uses it)",
+            )  # fmt: skip
     n_train = split_sizes(data)[0]
     batch = max(by_axis["batch_size"])
     if batch > n_train:
@@ -384,6 +416,11 @@ def _halving(v: _Validator, raw: Mapping[str, Any], study: Study) -> HalvingSpec
             "a number between 0 and 1, exclusive: the share of trials that goes on at a rung",
         )
     metric = v.choice(h, "halving.", "metric", HalvingSpec.metric, HALVING_METRICS)
+    if metric == "val_nll" and not study.nll_samples:
+        v.fail(
+            "halving.metric", metric,
+            'val_nll only with [rank] nll_samples = K (K > 0): the samples of the NLL',
+        )  # fmt: skip
     return HalvingSpec(tuple(int(r) for r in rungs), float(keep), metric)
 
 

@@ -12,13 +12,25 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from vaegrid.spec.axes import AXES, AXIS, MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES, describe
+from vaegrid.spec.axes import (
+    AXES,
+    AXIS,
+    MNIST_TEST_IMAGES,
+    MNIST_TRAIN_IMAGES,
+    applies,
+    describe,
+    neutralize,
+)
 
 # Bump when the model or the training loop changes what a config computes: it is part
 # of every trial key and of the study's fingerprint, so old results never pass for new.
 # 2: common random numbers: initial weights from (study seed, repeat, hidden, latent), data
 # order, z draws and binarization from (study seed, repeat), not from the trial key.
 MODEL = "linear-vae-2"
+# Each built-in model's version, bumped as MODEL is: a trial key holds its model's version
+# (a linear trial's key is what it was before other models existed).
+MODEL_VERSIONS = {"linear": MODEL, "mlp": "mlp-vae-1", "conv": "conv-vae-1"}
+_MODEL_OF = {v: k for k, v in MODEL_VERSIONS.items()}
 SPLITS = ("holdout", "official")
 # Both have 60,000 + 10,000 images of 28 x 28 grey levels in the same IDX layout.
 DATASETS = ("mnist", "fashion-mnist")
@@ -28,9 +40,10 @@ DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # as messa
 # Bernoulli(pixel) each epoch; "static": drawn once. Validation and test: drawn once.
 BINARIZE = ("none", "dynamic", "static")
 # [halving] metric: the validation metric trials are compared by at a rung (lower is better).
-HALVING_METRICS = ("val_elbo", "val_recon")
+HALVING_METRICS = ("val_elbo", "val_recon", "val_nll")
 # Pixels per MNIST image; data.PIXELS too (data imports study, not the reverse).
-_PIXELS = 28 * 28
+_SIDE = 28
+_PIXELS = _SIDE * _SIDE
 
 
 @dataclass(frozen=True)
@@ -82,6 +95,9 @@ class Study:
     halving: HalvingSpec | None = None  # None: every trial runs all its epochs
     repeats: int = 1  # runs of every config, with seeds from (study seed, repeat)
     description: str = ""  # the study file's words on it, for report.md (not a setting)
+    # [rank] nll_samples: k of the importance-sampled validation NLL (val_nll) computed at
+    # the end of every trial (and at the rungs when halving compares by it); 0: none.
+    nll_samples: int = 0
 
     def values(self, axis: str) -> tuple[Any, ...]:
         return dict(self.settings)[axis]
@@ -94,41 +110,53 @@ class Study:
     def fingerprint(self) -> dict[str, Any]:
         """The fixed settings: a stored study is only resumed by a study with the same ones.
 
-        ``train`` holds every axis the study does not search, with its one value; the grid
-        (and ``repeats``) may grow between runs. ``halving`` is in it only when the study
-        has a ``[halving]`` table.
+        ``train`` holds every axis the study does not search, with its one value (an
+        optional axis only when not at its default); the grid (and ``repeats``) may grow
+        between runs. ``searched`` names the optional axes the study searches, ``halving``
+        is in it only when the study has a ``[halving]`` table: a study of the settings
+        older vaegrids knew keeps the fingerprint it had.
         """
+        fixed = {k: v[0] for k, v in self.settings if k not in self.searched}
         out: dict[str, Any] = {
             "model": MODEL,
             "seed": self.seed,
             "data": dataclasses.asdict(self.data),
-            "train": {k: v[0] for k, v in self.settings if k not in self.searched},
+            "train": {
+                k: v for k, v in fixed.items() if not (AXIS[k].optional and v == AXIS[k].default[0])
+            },
         }
+        optional = [n for n in self.searched if AXIS[n].optional]
+        if optional:
+            out["searched"] = optional
         if self.halving is not None:
             out["halving"] = dataclasses.asdict(self.halving)
+        if self.nll_samples:
+            out["rank"] = {"nll_samples": self.nll_samples}
         return out
 
 
 def searched_axes(fingerprint: Mapping[str, Any]) -> list[str]:
-    """The axes a stored study searches: those its fingerprint does not fix."""
+    """The axes a stored study searches: those its fingerprint does not fix (an optional
+    axis only when named as searched: one not in ``train`` is at its default)."""
     fixed = fingerprint.get("train", {})
-    return [a.name for a in AXES if a.name not in fixed]
+    optional = fingerprint.get("searched", [])
+    return [a.name for a in AXES if (a.name in optional if a.optional else a.name not in fixed)]
 
 
 @dataclass(frozen=True, eq=True)
 class TrialConfig:
     """Everything one trial computes from; its hash is the trial key.
 
-    The study's seed and data, the repeat (which seeds it draws from), the model version,
-    and one value of every axis of ``AXES``: ``cfg.lr`` reads a setting like a field.
-    Make one with :meth:`make`, which fills unnamed settings with their axis's default.
+    The study's seed and data, the repeat (which seeds it draws from) and one value of
+    every axis of ``AXES``: ``cfg.lr`` reads a setting like a field, ``cfg.model`` names the
+    model, ``cfg.version`` is that model's version (in the key). Make one with
+    :meth:`make`, which fills unnamed settings with their axis's default.
     """
 
     seed: int
     data: DataSpec
     settings: tuple[tuple[str, Any], ...]  # (axis name, value) for every axis, AXES order
     repeat: int = 0
-    model: str = MODEL
 
     def __post_init__(self) -> None:
         names = tuple(n for n, _ in self.settings)
@@ -142,10 +170,13 @@ class TrialConfig:
                 return value
         raise AttributeError(name)
 
+    @property
+    def version(self) -> str:
+        """The model's version: what its trial key and weights say it was computed by."""
+        return MODEL_VERSIONS[self.model]
+
     @classmethod
-    def make(
-        cls, seed: int, data: DataSpec, repeat: int = 0, model: str = MODEL, **settings: Any
-    ) -> TrialConfig:
+    def make(cls, seed: int, data: DataSpec, repeat: int = 0, **settings: Any) -> TrialConfig:
         """A config from settings by name; every axis not named takes its default.
 
         Raises:
@@ -155,17 +186,16 @@ class TrialConfig:
         if unknown:
             raise TypeError(f"{', '.join(unknown)}: not a setting (see spec/axes.py's AXES)")
         values = tuple((a.name, settings.get(a.name, a.default[0])) for a in AXES)
-        return cls(seed, data, values, repeat, model)
+        return cls(seed, data, values, repeat)
 
     def replace(self, **changes: Any) -> TrialConfig:
         """This config with some fields or settings changed."""
-        fields = {k: changes.pop(k) for k in ("seed", "data", "repeat", "model") if k in changes}
+        fields = {k: changes.pop(k) for k in ("seed", "data", "repeat") if k in changes}
         merged = {**dict(self.settings), **changes}
         return TrialConfig.make(
             fields.get("seed", self.seed),
             fields.get("data", self.data),
             fields.get("repeat", self.repeat),
-            fields.get("model", self.model),
             **merged,
         )
 
@@ -185,18 +215,28 @@ class TrialConfig:
         return {n: values[n] for n in (names if names is not None else AXIS)}
 
     def describe(self, names: Sequence[str]) -> str:
-        """``hidden 400, latent 100, lr 0.03, clip 1`` (and the repeat when not 0)."""
-        parts = [describe(dict(self.settings), names)] if names else []
+        """``hidden 400, latent 100, lr 0.03, clip 1`` (and the repeat when not 0): the
+        settings ``names`` that apply to this trial (no depth for a linear model)."""
+        values = dict(self.settings)
+        names = [n for n in names if applies(AXIS[n], values)]
+        parts = [describe(values, names)] if names else []
         return ", ".join(parts + ([f"repeat {self.repeat}"] if self.repeat else []))
 
     def as_dict(self) -> dict[str, Any]:
-        """The config as one flat mapping: what its JSON and key are made of."""
+        """The config as one flat mapping: what its JSON and key are made of. ``model``
+        holds the model's version; an optional axis at its default is left out (a linear
+        VAE's key is the one it had before other models existed)."""
+        settings = {
+            a.name: v
+            for a, (_, v) in zip(AXES, self.settings, strict=True)
+            if not (a.optional and v == a.default[0])
+        }
         return {
             "seed": self.seed,
             "data": dataclasses.asdict(self.data),
             "repeat": self.repeat,
-            "model": self.model,
-            **dict(self.settings),
+            **settings,
+            "model": self.version,
         }
 
     def to_json(self) -> str:
@@ -214,7 +254,10 @@ class TrialConfig:
             raise ValueError("not a trial config (a JSON object with its data settings)")
         data = raw.pop("data")
         data = DataSpec(**{**data, "fractions": tuple(data["fractions"])})
-        return cls.make(raw.pop("seed"), data, **raw)
+        version = raw.pop("model", None)
+        if version not in _MODEL_OF:
+            raise ValueError(f"model {str(version)[:40]!r} is no model this vaegrid computes")
+        return cls.make(raw.pop("seed"), data, model=_MODEL_OF[version], **raw)
 
 
 _AXIS_NAMES = tuple(a.name for a in AXES)
@@ -239,35 +282,43 @@ def split_sizes(data: DataSpec) -> tuple[int, int, int]:
 
 def expand(study: Study) -> list[TrialConfig]:
     """The grid's trials: repeat by repeat, each the cross product of the axes' values in
-    the order of the study file. ``momentum`` applies to sgd only: for adam and adamw it is
-    recorded as 0, and the trials that then coincide are one trial."""
+    the order of the study file. A setting that does not apply to a trial (momentum without
+    sgd, depth without mlp: ``Axis.applies``) is recorded at its neutral value, and the
+    trials that then coincide are one trial."""
     names = [name for name, _ in study.settings]
     out: dict[str, TrialConfig] = {}
     for repeat in range(study.repeats):
         for values in itertools.product(*(v for _, v in study.settings)):
-            setting = dict(zip(names, values, strict=True))
-            if setting["optimizer"] != "sgd":
-                setting["momentum"] = 0.0
+            setting = neutralize(dict(zip(names, values, strict=True)))
             cfg = TrialConfig.make(study.seed, study.data, repeat=repeat, **setting)
             out.setdefault(cfg.key, cfg)
     return list(out.values())
 
 
-def parameter_count(hidden: int, latent: int, pixels: int = _PIXELS) -> int:
-    """Trainable parameters of ``model.VAE(hidden, latent)``, without building it.
+def parameter_count(settings: Mapping[str, Any], pixels: int = _PIXELS) -> int:
+    """Trainable parameters of the model of ``settings`` (train/model.py), without building
+    it. H = hidden, Z = latent, P = pixels; a BatchNorm has a weight and a bias per feature.
 
-    Encoder Linear(P, H) + BatchNorm(H), heads 2 x Linear(H, Z), decoder Linear(Z, H) +
-    BatchNorm(H) + Linear(H, P); a BatchNorm has a weight and a bias per feature.
-
-    Args:
-        hidden: Width H of the hidden layers.
-        latent: Dimension Z of the latent code.
-        pixels: Pixels P per image.
-
-    Returns:
-        The number of parameters (running statistics of BatchNorm are buffers, not counted).
+    - linear: Linear(P, H) + BatchNorm(H), heads 2 x Linear(H, Z), Linear(Z, H) +
+      BatchNorm(H) + Linear(H, P);
+    - mlp: ``depth`` Linear layers of H each side, heads, Linear(H, P);
+    - conv: two 4 x 4 convolutions (1 -> C -> 2C channels, stride 2: 28 -> 14 -> 7),
+      Linear(2C x 7 x 7, H), heads, Linear(Z, H), Linear(H, 2C x 7 x 7), two transposed
+      convolutions back (2C -> C -> 1); a BatchNorm after every layer but the heads and
+      the last.
     """
-    encoder = pixels * hidden + hidden + 2 * hidden
-    heads = 2 * (hidden * latent + latent)
-    decoder = latent * hidden + hidden + 2 * hidden + hidden * pixels + pixels
+    h, z, model = settings["hidden"], settings["latent"], settings["model"]
+    heads = 2 * (h * z + z)
+    if model == "mlp":
+        stack = (settings["depth"] - 1) * (h * h + h)
+        return (pixels * h + h + stack) + heads + (z * h + h + stack + h * pixels + pixels)
+    if model == "conv":
+        c1, c2 = settings["channels"], 2 * settings["channels"]
+        convs = 16 * c1 + c1 + 16 * c1 * c2 + c2 + 2 * (c1 + c2)  # encoder, BatchNorms
+        flat = c2 * (_SIDE // 4) ** 2
+        dense = flat * h + h + 2 * h
+        decoder = z * h + 3 * h + h * flat + 3 * flat + 16 * c2 * c1 + 3 * c1 + 16 * c1 + 1
+        return convs + dense + heads + decoder
+    encoder = pixels * h + h + 2 * h
+    decoder = z * h + h + 2 * h + h * pixels + pixels
     return encoder + heads + decoder

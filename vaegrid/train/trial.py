@@ -31,11 +31,11 @@ import torch
 from vaegrid.errors import InputError
 from vaegrid.layout import TrialFiles
 from vaegrid.safeio import ensure_dir, open_file, read_bytes, save_with, write_atomic
-from vaegrid.spec.study import MODEL, TrialConfig, derive_seed
+from vaegrid.spec.study import TrialConfig, derive_seed
 from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED, Status
 from vaegrid.train import provenance
 from vaegrid.train.data import binarize
-from vaegrid.train.model import VAE
+from vaegrid.train.model import BaseVAE, importance_nll, iwae_terms, make_model
 
 EVAL_CHUNK = 10_000  # images per forward pass when evaluating a whole split
 
@@ -69,6 +69,17 @@ class TrialResult:
     history: list[EpochRecord]  # every finished epoch, resumed ones included
     cause: str | None = None  # for diverged: what went non-finite, where
     diverged_epoch: int | None = None
+    nll: ValNll | None = None  # the validation NLL at the last epoch (asked for: run_trial)
+
+
+@dataclass(frozen=True)
+class ValNll:
+    """The importance-sampled validation NLL of a trial at an epoch."""
+
+    epoch: int
+    nll: float  # -log p(x), nats per image, mean over the validation split
+    samples: int  # k
+    seconds: float
 
 
 OnEpoch = Callable[[EpochRecord], None]
@@ -94,16 +105,16 @@ class DeviceMismatch(Exception):
 _INIT_LOCK = threading.Lock()
 
 
-def build_model(cfg: TrialConfig, device: torch.device | str) -> VAE:
+def build_model(cfg: TrialConfig, device: torch.device | str) -> BaseVAE:
     """The trial's model with its seeded initial weights, on ``device``."""
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, cfg.repeat, cfg.hidden, cfg.latent, "init"))
-        model = VAE(cfg.hidden, cfg.latent)
+        model = make_model(cfg.axis_values())
     return model.to(device)
 
 
 @torch.inference_mode()
-def evaluate(model: VAE, x: torch.Tensor, seed: int) -> Metrics:
+def evaluate(model: BaseVAE, x: torch.Tensor, seed: int) -> Metrics:
     """Mean loss terms of ``x`` in eval mode, with one z per image drawn from ``seed``."""
     was_training = model.training
     model.eval()
@@ -128,6 +139,8 @@ def run_trial(
     on_epoch: OnEpoch | None = None,
     stop: threading.Event | None = None,
     stop_at: int | None = None,
+    nll_samples: int = 0,
+    nll_when_paused: bool = False,
 ) -> TrialResult:
     """Train ``cfg`` on the device that holds ``train_x``, continuing from a checkpoint if any.
 
@@ -144,6 +157,10 @@ def run_trial(
         stop_at: Train only up to this epoch (a halving rung) and return ``paused`` with
             the checkpoint kept; None (or ``cfg.epochs`` or more) trains to the end.
             Stopping and going on later computes exactly what one run would.
+        nll_samples: k > 0: the importance-sampled validation NLL with k samples per image
+            is computed once training ends (completed), and when ``nll_when_paused``, at
+            the epoch it pauses at too (a halving rung that compares by it). Its draws come
+            from (study seed, repeat, epoch): the same value however the run was cut.
 
     Returns:
         ``completed`` with the history, ``diverged`` with the epoch and cause, or ``paused``
@@ -160,7 +177,7 @@ def run_trial(
     device = train_x.device
     model = build_model(cfg, device)
     optimizer = make_optimizer(cfg, model.parameters())
-    identity = {"key": cfg.key, "model": MODEL, "device": device_kind(device)}
+    identity = {"key": cfg.key, "model": cfg.version, "device": device_kind(device)}
     history = _restore(files.checkpoint, model, optimizer, device, identity)
     for record in history:
         if on_epoch:
@@ -193,11 +210,25 @@ def run_trial(
             if on_epoch:
                 on_epoch(record)
         if len(history) < cfg.epochs:  # stopped at a rung: no final weights yet
+            if nll_samples and nll_when_paused:
+                paused = val_nll(model, val_x, cfg, len(history), nll_samples)
+                return TrialResult(PAUSED, history, nll=paused)
             return TrialResult(PAUSED, history)
         if not files.weights.exists():  # stamped, as the checkpoint: a copy is caught
             final = {"identity": identity, "file": "weights", "model": model.state_dict()}
             save_with(files.weights, torch.save, final)
-        return TrialResult(COMPLETED, history)
+        nll = val_nll(model, val_x, cfg, len(history), nll_samples) if nll_samples else None
+        return TrialResult(COMPLETED, history, nll=nll)
+
+
+def val_nll(model: BaseVAE, val_x: torch.Tensor, cfg: TrialConfig, epoch: int, k: int) -> ValNll:
+    """The importance-sampled NLL of the validation split with ``k`` samples per image."""
+    started = time.perf_counter()
+    g = torch.Generator(val_x.device).manual_seed(
+        derive_seed(cfg.seed, cfg.repeat, "val-nll", epoch)
+    )
+    nll = importance_nll(model, val_x, k, g).mean().item()
+    return ValNll(epoch, nll, k, time.perf_counter() - started)
 
 
 _LOG_TAIL = 64 << 10  # bytes of an existing log read back on resume: its last lines
@@ -239,7 +270,7 @@ class _Stopped(Exception):
 
 
 def _train_epoch(
-    model: VAE,
+    model: BaseVAE,
     optimizer: torch.optim.Optimizer,
     x: torch.Tensor,
     cfg: TrialConfig,
@@ -271,10 +302,15 @@ def _train_epoch(
         if draw:
             xb = binarize(xb, cfg.seed, cfg.repeat, "epoch", epoch, "batch", start)
         n += len(xb)
-        eps = torch.randn(len(xb), model.latent, generator=g, device=device)
-        terms = model(xb, eps)
-        # beta weighs the KL in what is minimised (a beta-VAE); the metrics stay the ELBO's.
-        loss = (terms.recon + cfg.beta * terms.kl).mean()
+        if cfg.objective == "iwae":  # Burda et al.'s bound; the metrics stay the ELBO's
+            eps = torch.randn(cfg.samples, len(xb), model.latent, generator=g, device=device)
+            bound, terms = iwae_terms(model, xb, eps)
+            loss = bound.mean()
+        else:
+            eps = torch.randn(len(xb), model.latent, generator=g, device=device)
+            terms = model(xb, eps)
+            # beta weighs the KL in what is minimised (a beta-VAE); the metrics stay the ELBO's.
+            loss = (terms.recon + cfg.beta * terms.kl).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
@@ -313,7 +349,7 @@ def _write_config(cfg: TrialConfig, files: TrialFiles) -> None:
 
 def _restore(
     path: Path,
-    model: VAE,
+    model: BaseVAE,
     optimizer: torch.optim.Optimizer,
     device: torch.device,
     identity: dict[str, str],
@@ -368,7 +404,7 @@ def load_bounded(path: Path, limit: int, device: torch.device | str) -> Any:
 
 def _save_checkpoint(
     path: Path,
-    model: VAE,
+    model: BaseVAE,
     optimizer: torch.optim.Optimizer,
     history: list[EpochRecord],
     identity: dict[str, str],

@@ -1,0 +1,175 @@
+"""The built-in models (linear, mlp, conv) and the IWAE objective: their terms, training,
+resume, and a study that mixes them (fast, on synthetic images)."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import torch.nn.functional as F
+from conftest import run_inline
+
+from vaegrid.cli import main
+from vaegrid.layout import TrialFiles
+from vaegrid.spec.load import load_study
+from vaegrid.spec.study import DataSpec, TrialConfig, expand
+from vaegrid.train.data import load_splits
+from vaegrid.train.model import MLPVAE, ConvVAE, iwae_terms, log_weights, make_model
+from vaegrid.train.trial import run_trial
+
+DATA = DataSpec(fractions=(0.6, 0.2, 0.2))
+MODELS = {
+    "linear": {"model": "linear"},
+    "mlp": {"model": "mlp", "depth": 2, "activation": "tanh"},
+    "conv": {"model": "conv", "channels": 4},
+}
+
+
+def config(model: str, epochs: int = 3, **more: object) -> TrialConfig:
+    return TrialConfig.make(
+        0, DATA, hidden=32, latent=4, lr=3e-3, clip=1.0, epochs=epochs, batch_size=50,
+        **MODELS[model], **more,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def splits(mnist_root: Path):  # type: ignore[no-untyped-def]
+    return load_splits(mnist_root, DATA, seed=0, device="cpu")
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_each_model_gives_the_elbo_of_its_own_encoder_and_decoder(model: str) -> None:
+    torch.manual_seed(0)
+    net = make_model(config(model).axis_values()).double().eval()
+    x = torch.rand(6, 784, dtype=torch.float64)
+    eps = torch.randn(6, 4, dtype=torch.float64)
+    mu, logvar = net.encode(x)
+    assert mu.shape == logvar.shape == (6, 4)
+    logits = net.decode(mu + torch.exp(0.5 * logvar) * eps)
+    assert logits.shape == (6, 784)
+    terms = net(x, eps)
+    recon = F.binary_cross_entropy(torch.sigmoid(logits), x, reduction="none").sum(1)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - 1 - logvar).sum(1)
+    torch.testing.assert_close(terms.recon, recon)
+    torch.testing.assert_close(terms.kl, kl)
+    for i in range(6):  # each image's terms are its own
+        alone = net(x[i : i + 1], eps[i : i + 1])
+        torch.testing.assert_close(alone.recon, terms.recon[i : i + 1])
+
+
+def test_mlp_and_conv_are_the_architectures_their_settings_say() -> None:
+    mlp = make_model({"model": "mlp", "hidden": 200, "latent": 50, "depth": 2,
+                      "activation": "tanh"})  # fmt: skip
+    assert isinstance(mlp, MLPVAE)
+    linears = [m for m in mlp.encoder if isinstance(m, torch.nn.Linear)]
+    assert [lin.out_features for lin in linears] == [200, 200]  # Burda et al.'s 2 x 200 tanh
+    assert sum(isinstance(m, torch.nn.Tanh) for m in mlp.encoder) == 2
+    conv = make_model({"model": "conv", "hidden": 64, "latent": 8, "channels": 16})
+    assert isinstance(conv, ConvVAE)
+    strides = [m.stride for m in conv.encoder if isinstance(m, torch.nn.Conv2d)]
+    assert strides == [(2, 2), (2, 2)]
+    assert sum(isinstance(m, torch.nn.ConvTranspose2d) for m in conv.deconv) == 2
+
+
+def test_iwae_with_one_sample_is_the_single_sample_elbo_exactly() -> None:
+    torch.manual_seed(0)
+    net = make_model(config("mlp").axis_values()).double().eval()
+    x = torch.rand(5, 784, dtype=torch.float64).round()
+    eps = torch.randn(1, 5, 4, dtype=torch.float64)
+    bound, terms = iwae_terms(net, x, eps)
+    mu, logvar = net.encode(x)
+    z = mu + torch.exp(0.5 * logvar) * eps[0]
+    recon = F.binary_cross_entropy_with_logits(net.decode(z), x, reduction="none").sum(1)
+    normal = torch.distributions.Normal
+    log_q = normal(mu, torch.exp(0.5 * logvar)).log_prob(z).sum(1)
+    log_p = normal(torch.zeros_like(z), torch.ones_like(z)).log_prob(z).sum(1)
+    torch.testing.assert_close(bound, recon + log_q - log_p)  # -ELBO with this one z
+    torch.testing.assert_close(terms.recon, recon)
+    analytic = net(x, eps[0])  # the ELBO with its KL in closed form: the same in expectation
+    torch.testing.assert_close(terms.kl, analytic.kl)
+
+
+def test_the_iwae_bound_tightens_as_k_grows() -> None:
+    torch.manual_seed(0)
+    net = make_model(config("linear").axis_values()).eval()
+    x = torch.rand(20, 784).round()
+    g = torch.Generator().manual_seed(1)
+    means = []
+    for k in (1, 5, 50):
+        draws = [iwae_terms(net, x, torch.randn(k, 20, 4, generator=g))[0] for _ in range(40)]
+        means.append(torch.stack(draws).mean().item())
+    assert means[0] > means[1] > means[2], means  # a lower -log p(x) bound: tighter
+    w = log_weights(net, x, torch.randn(3, 20, 4, generator=g))[0]
+    assert w.shape == (3, 20) and torch.isfinite(w).all()
+
+
+@pytest.mark.parametrize(
+    ("model", "more"),
+    [("linear", {}), ("mlp", {}), ("conv", {}), ("mlp", {"objective": "iwae", "samples": 3})],
+)
+def test_each_model_trains_and_resumes_bit_identically(  # type: ignore[no-untyped-def]
+    model: str, more: dict, splits, tmp_path: Path
+) -> None:
+    cfg = config(model, **more)
+    whole = run_trial(cfg, splits.train, splits.val, TrialFiles(tmp_path / "whole"))
+    assert whole.status == "completed"
+    assert whole.history[-1].val.elbo < whole.history[0].val.elbo
+    for r in whole.history:  # the metrics are the ELBO's terms whatever is minimised
+        assert math.isclose(r.val.elbo, r.val.recon + r.val.kl, rel_tol=1e-6)
+    cut = TrialFiles(tmp_path / "cut")
+    assert run_trial(cfg, splits.train, splits.val, cut, stop_at=1).status == "paused"
+    resumed = run_trial(cfg, splits.train, splits.val, cut)
+    assert [(r.train, r.val) for r in resumed.history] == [(r.train, r.val) for r in whole.history]
+    assert cut.weights.read_bytes() == (tmp_path / "whole" / "weights.pt").read_bytes()
+
+
+def test_iwae_training_computes_something_else_than_elbo_training(splits, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    elbo = run_trial(config("mlp"), splits.train, splits.val, TrialFiles(tmp_path / "e"))
+    iwae = run_trial(
+        config("mlp", objective="iwae", samples=3), splits.train, splits.val,
+        TrialFiles(tmp_path / "i"),
+    )  # fmt: skip
+    assert elbo.history[-1].val != iwae.history[-1].val
+
+
+MIXED = """
+name = "mixed"
+[data]
+fractions = [0.6, 0.2, 0.2]
+[train]
+epochs = 2
+batch_size = 50
+hidden = 32
+latent = 4
+lr = 3e-3
+clip = 1.0
+[grid]
+model = ["linear", "mlp", "conv"]
+depth = [1, 2]
+channels = [4]
+"""
+
+
+def test_a_study_that_mixes_models_runs_them_once_each_and_ranks_them_in_one_table(
+    mnist_root: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "mixed.toml"
+    path.write_text(MIXED)
+    trials = expand(load_study(path))
+    # depth applies to mlp only: linear and conv record it as 2, and coincide with depth 1's
+    assert sorted((t.model, t.depth) for t in trials) == [
+        ("conv", 2), ("linear", 2), ("mlp", 1), ("mlp", 2)
+    ]  # fmt: skip
+    assert run_inline(path, tmp_path / "r", mnist_root) == 0
+    said = capsys.readouterr().out  # each trial described by the settings that apply to it
+    assert "(model linear):" in said and "(model mlp, depth 1):" in said
+    assert "(model conv, channels 4):" in said
+    assert main(["report", str(tmp_path / "r" / "mixed"), "--data-dir", str(mnist_root)]) == 0
+    ranked = pd.read_csv(tmp_path / "r" / "mixed" / "ranking.csv")
+    assert sorted(ranked["model"]) == ["conv", "linear", "mlp", "mlp"]
+    assert {"model", "depth", "channels"} <= set(ranked.columns)
+    report = (tmp_path / "r" / "mixed" / "report.md").read_text()
+    assert "| conv | 2 | 4 |" in report and "| linear | 2 | 32 |" in report  # one table
