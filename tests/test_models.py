@@ -173,3 +173,100 @@ def test_a_study_that_mixes_models_runs_them_once_each_and_ranks_them_in_one_tab
     assert {"model", "depth", "channels"} <= set(ranked.columns)
     report = (tmp_path / "r" / "mixed" / "report.md").read_text()
     assert "| conv | 2 | 4 |" in report and "| linear | 2 | 32 |" in report  # one table
+
+
+RANKED_BY_NLL = """
+name = "nll"
+[data]
+fractions = [0.6, 0.2, 0.2]
+binarize = "dynamic"
+[train]
+epochs = {epochs}
+batch_size = 50
+hidden = 32
+latent = 4
+lr = 3e-3
+clip = 1.0
+[grid]
+model = ["linear", "mlp"]
+objective = ["elbo", "iwae"]
+samples = [3]
+[rank]
+nll_samples = 20
+{halving}
+"""
+
+
+def _rows(db: Path, sql: str) -> list[tuple[object, ...]]:
+    import sqlite3
+
+    con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return con.execute(sql).fetchall()
+    finally:
+        con.close()
+
+
+def test_the_validation_nll_is_stored_at_each_trials_end_and_ranks_the_study(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    from vaegrid.train.trial import val_nll
+
+    path = tmp_path / "nll.toml"
+    path.write_text(RANKED_BY_NLL.format(epochs=2, halving=""))
+    assert run_inline(path, tmp_path / "r", mnist_root) == 0
+    db = tmp_path / "r" / "nll" / "study.db"
+    stored = {
+        k: (e, v, s) for k, e, v, s in _rows(db, "SELECT key, epoch, nll, samples FROM vg_nll")
+    }
+    trials = {t.key: t for t in expand(load_study(path))}
+    assert set(stored) == set(trials) and len(trials) == 4
+    assert {(e, s) for e, _, s in stored.values()} == {(2, 20)}
+    # the stored value is the final weights' NLL with the trial's own draws
+    key = sorted(trials)[0]
+    cfg = trials[key]
+    net = make_model(cfg.axis_values())
+    net.load_state_dict(torch.load(tmp_path / "r" / "nll" / "trials" / key / "weights.pt")["model"])
+    splits = load_splits(mnist_root, cfg.data, cfg.seed, "cpu")
+    assert val_nll(net, splits.val, cfg, 2, 20).nll == stored[key][1]
+    assert main(["report", str(tmp_path / "r" / "nll"), "--data-dir", str(mnist_root),
+                 "--nll-samples", "10"]) == 0  # fmt: skip
+    ranking = pd.read_csv(tmp_path / "r" / "nll" / "ranking.csv").set_index("key")
+    assert ranking.loc[key, "val_nll"] == pytest.approx(stored[key][1], rel=1e-12)
+    by_nll = ranking.sort_values("val_nll").index.tolist()
+    assert ranking.loc[by_nll, "rank_val_nll"].tolist() == [1, 2, 3, 4]
+    report = (tmp_path / "r" / "nll" / "report.md").read_text()
+    assert "## Top 10 by validation NLL" in report
+    test = pd.read_csv(tmp_path / "r" / "nll" / "test.csv")
+    assert "val_nll" in set(test["criterion"])
+
+
+def test_halving_by_the_validation_nll_compares_the_nll_at_the_rung(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    path = tmp_path / "nll.toml"
+    halving = '[halving]\nrungs = [1]\nkeep = 0.5\nmetric = "val_nll"'
+    path.write_text(RANKED_BY_NLL.format(epochs=2, halving=halving))
+    assert run_inline(path, tmp_path / "r", mnist_root) == 0
+    db = tmp_path / "r" / "nll" / "study.db"
+    at_rung = dict(_rows(db, "SELECT key, nll FROM vg_nll WHERE epoch = 1"))
+    assert len(at_rung) == 4  # every trial's NLL at the rung
+    status = dict(_rows(db, "SELECT key, status FROM vg_trial"))
+    best = sorted(at_rung, key=lambda k: (at_rung[k], k))[:2]
+    assert {k for k, s in status.items() if s == "completed"} == set(best)
+    assert {k for k, s in status.items() if s == "stopped"} == set(at_rung) - set(best)
+    # the survivors' NLL at their end too
+    assert dict(_rows(db, "SELECT key, epoch FROM vg_nll WHERE epoch = 2")).keys() == set(best)
+
+
+def test_halving_by_val_nll_needs_its_samples(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "nll.toml"
+    text = RANKED_BY_NLL.format(
+        epochs=2, halving='[halving]\nrungs = [1]\nkeep = 0.5\nmetric = "val_nll"'
+    )
+    path.write_text(text.replace("nll_samples = 20", "nll_samples = 0"))
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "halving.metric" in err and "nll_samples" in err

@@ -38,6 +38,7 @@ class StudyRows:
     epochs: pd.DataFrame  # vg_epoch
     tests: pd.DataFrame  # vg_test, indexed by trial key
     stops: pd.DataFrame  # vg_stop
+    nll: pd.DataFrame  # vg_nll: validation NLLs ([rank] nll_samples)
     runs: list[dict[str, Any]]
     description: str | None  # the study file's words on the study
     # Each trial as the halving rule sees it (halving.read_standings); None without halving.
@@ -52,7 +53,9 @@ class StudyRows:
     def per_trial(self) -> pd.DataFrame:
         """:func:`tables.rank`: one row per trial."""
         halving = spec_from_fingerprint(self.fingerprint) is not None
-        return tables.rank(self.trials, self.epochs, self.axes, self.stops if halving else None)
+        nll = self.nll if self.fingerprint.get("rank", {}).get("nll_samples") else None
+        stops = self.stops if halving else None
+        return tables.rank(self.trials, self.epochs, self.axes, stops, nll)
 
 
 def read_study(db: Database) -> StudyRows:
@@ -81,6 +84,7 @@ def read_study(db: Database) -> StudyRows:
                 epochs=reader.frame("vg_epoch"),
                 tests=reader.frame("vg_test").set_index("key"),
                 stops=reader.frame("vg_stop"),
+                nll=reader.frame("vg_nll"),
                 runs=reader.runs(),
                 description=reader.study_description(),
                 standings=standings,

@@ -170,7 +170,12 @@ def read_standings(
         status, epochs_done, causes[key] = rows[key]
         ended = status == DIVERGED or (status == FAILED and key not in retry)
         completed = status == COMPLETED
-        standings[key] = Standing(key, epochs_done, ended, values.get(key, {}), completed)
+        got = values.get(key, {})
+        if spec.metric == "val_nll" and not ended:  # its NLL at a rung is written once it
+            # paused there: one killed in between is behind that rung until it is
+            missing = [r for r in spec.rungs if r <= epochs_done and r not in got]
+            epochs_done = missing[0] - 1 if missing else epochs_done
+        standings[key] = Standing(key, epochs_done, ended, got, completed)
         statuses[key] = status
     return standings, statuses, causes
 

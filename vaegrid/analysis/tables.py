@@ -20,6 +20,16 @@ from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
 
 # Ranking criteria: column of ranking.csv -> what it ranks by (lower is better).
 CRITERIA = {"val_elbo": "validation elbo", "val_recon": "validation reconstruction"}
+# A study with [rank] nll_samples ranks by the importance-sampled validation NLL too (the
+# ELBO ranks models trained on another bound, IWAE's, unfairly).
+NLL_CRITERION = {"val_nll": "validation NLL"}
+
+
+def criteria(frame: pd.DataFrame) -> dict[str, str]:
+    """The criteria ``frame`` (a :func:`rank` or :func:`by_config` table) is ranked by."""
+    return {**CRITERIA, **(NLL_CRITERION if "val_nll" in frame.columns else {})}
+
+
 METRICS = ("elbo", "recon", "kl")
 SPLIT_METRICS = [f"{s}_{m}" for s in ("train", "val") for m in METRICS]
 # Summarised over repeats in the per-config ranking: mean, std and 95% interval of each.
@@ -45,6 +55,7 @@ def rank(
     epochs: pd.DataFrame,
     names: Sequence[str],
     stops: pd.DataFrame | None = None,
+    nll: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """One row per trial: config, status, final and best metrics, ranks.
 
@@ -59,6 +70,8 @@ def rank(
         names: The searched axes: the columns shown.
         stops: ``vg_stop`` of a halving study: adds the column ``rung``, where each stopped
             trial was stopped. None (a study without halving): no such column.
+        nll: ``vg_nll`` of a study with ``[rank] nll_samples``: adds ``val_nll`` (at the
+            trial's last finished epoch) and ``rank_val_nll``. None: no such columns.
     """
     done = (trials["status"] == COMPLETED).to_numpy()
     stopped = (trials["status"] == STOPPED).to_numpy()
@@ -73,11 +86,18 @@ def rank(
     out = trials[[*head, "status", "epochs_done", "seconds", "cause"]].join(finals, on="key")
     out = out.join(best, on="key")
     metric_cols = [*SPLIT_METRICS, "best_val_elbo", "best_epoch"]
+    if nll is not None:  # the NLL at the epoch the trial's metrics are from
+        rows = zip(nll["key"], nll["epoch"], nll["nll"], strict=True)
+        at = {(k, int(e)): float(v) for k, e, v in rows}
+        done_at = zip(out["key"], out["epochs_done"], strict=True)
+        out["val_nll"] = [at.get((k, int(e)), math.nan) for k, e in done_at]
+        metric_cols.append("val_nll")
     out.loc[~(done | stopped), metric_cols] = math.nan
     _rank_columns(out)
     out["best_epoch"] = out["best_epoch"].astype("Int64")
-    order = [*head, "status", *SPLIT_METRICS, "best_val_elbo", "best_epoch", "seconds"]
-    order += ["rank_val_elbo", "rank_val_recon", "epochs_done", "cause"]
+    nll_cols = ["val_nll"] if nll is not None else []
+    order = [*head, "status", *SPLIT_METRICS, *nll_cols, "best_val_elbo", "best_epoch"]
+    order += ["seconds", *(f"rank_{c}" for c in criteria(out)), "epochs_done", "cause"]
     if stops is not None:
         out["rung"] = out["key"].map(stops.set_index("key")["rung"]).astype("Int64")
         order.append("rung")
@@ -89,7 +109,7 @@ def _rank_columns(out: pd.DataFrame) -> None:
     done = out["status"] == COMPLETED
     stopped = out["status"] == STOPPED
     n_done, n_stopped = int(done.sum()), int(stopped.sum())
-    for column in CRITERIA:
+    for column in criteria(out):
         ranks = out.loc[done, column].rank(method="min")
         after = out.loc[stopped, column].rank(method="min") + n_done
         ranks = pd.concat([ranks, after]).reindex(out.index)
@@ -122,7 +142,7 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
         row.update({n: group[n].iloc[0] for n in names})
         row.update(status=status, repeats=len(group))
         row["n_repeats"] = int(group["val_elbo"].notna().sum())
-        for column in SUMMARISED:
+        for column in [*SUMMARISED, *(["val_nll"] if "val_nll" in group.columns else [])]:
             s = stats.summarize(group[column].dropna().tolist())
             row[column] = s.mean
             row[f"{column}_std"], row[f"{column}_ci_low"] = s.std, s.ci_low
@@ -141,9 +161,11 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     out["best_epoch"] = out["best_epoch"].round().astype("Int64")
     if "rung" in out.columns:
         out["rung"] = out["rung"].astype("Int64")
-    spread = [f"{c}_{s}" for c in SUMMARISED for s in ("std", "ci_low", "ci_high")]
-    order = ["key", *names, "status", "n_repeats", "repeats", *SPLIT_METRICS, "best_val_elbo"]
-    order += ["best_epoch", "seconds", "rank_val_elbo", "rank_val_recon", "epochs_done", "cause"]
+    nll_cols = ["val_nll"] if "val_nll" in out.columns else []
+    spread = [f"{c}_{s}" for c in [*SUMMARISED, *nll_cols] for s in ("std", "ci_low", "ci_high")]
+    order = ["key", *names, "status", "n_repeats", "repeats", *SPLIT_METRICS, *nll_cols]
+    order += ["best_val_elbo", "best_epoch", "seconds", *(f"rank_{c}" for c in criteria(out))]
+    order += ["epochs_done", "cause"]
     order += [*(["rung"] if "rung" in out.columns else []), *spread]
     return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
 
@@ -151,12 +173,13 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
 def pick_winners(ranking: pd.DataFrame, top: int, names: Sequence[str]) -> pd.DataFrame:
     """The top ``top`` completed configs of each criterion (ties broken by key)."""
     rows = []
-    for column in CRITERIA:
+    for column in criteria(ranking):
         best = (
             ranking[ranking["status"] == COMPLETED].sort_values(["rank_" + column, "key"]).head(top)
         )
         rows.append(best.assign(criterion=column, rank=best["rank_" + column]))
     cols = ["criterion", "rank", "key", *names, "n_repeats", "val_elbo", "val_recon", "val_kl"]
+    cols += ["val_nll"] if "val_nll" in ranking.columns else []
     return pd.concat(rows)[cols].reset_index(drop=True)
 
 

@@ -134,7 +134,7 @@ def check(
                 what = f"epoch {missing[0][0]} {missing[0][1]}" if missing else "its rows"
                 _bad(where, table, key, "epoch", what, f"every epoch 1 to {done[key]} it finished")
         return
-    for r in rows:  # vg_test, vg_stop: rows of known trials
+    for r in rows:  # vg_test, vg_nll, vg_stop: rows of known trials
         if r["key"] not in configs:
             _bad(where, table, r["key"], "key", r["key"], "the key of a trial in vg_trial")
     if table == "vg_test":  # only completed trials are tested
@@ -147,6 +147,18 @@ def check(
             _number(where, table, key, "seconds", r["seconds"], 0.0)
             _number(where, table, key, "evaluated", r["evaluated"], 0.0, TIME_MAX)
             _integer(where, table, key, "nll_samples", r["nll_samples"], 1, 10**9)
+        return
+    if table == "vg_nll":  # at an epoch the trial finished, once
+        pairs = set()
+        for r in rows:
+            key = r["key"]
+            epoch = _integer(where, table, key, "epoch", r["epoch"], 1, done[key])
+            if (key, epoch) in pairs:
+                _bad(where, table, key, "epoch", epoch, "one row per epoch")
+            pairs.add((key, epoch))
+            _number(where, table, key, "nll", r["nll"], 0.0)  # -log p(x) of a Bernoulli
+            _integer(where, table, key, "samples", r["samples"], 1, 10**9)
+            _number(where, table, key, "seconds", r["seconds"], 0.0)
         return
     if table == "vg_stop":
         for r in rows:

@@ -40,6 +40,7 @@ CHECKED = (
     "vg_trial",
     "vg_epoch",
     "vg_test",
+    "vg_nll",
     "vg_stop",
     "vg_run",
 )  # tables read through db/checks.py
@@ -103,18 +104,20 @@ class ReaderMixin(StoreBase):
         self, metric: str, epochs: Sequence[int]
     ) -> tuple[dict[str, tuple[Status, int, str | None]], dict[str, dict[int, float]]]:
         """What the halving rule reads: every trial's (status, epochs_done, cause), and its
-        validation ``metric`` ("val_elbo" or "val_recon") at each of ``epochs``, every row
-        checked (a forged value must not decide a rung)."""
-        column = {"val_elbo": "elbo", "val_recon": "recon"}[metric]
+        validation ``metric`` ("val_elbo", "val_recon" or "val_nll") at each of ``epochs``,
+        every row checked (a forged value must not decide a rung)."""
+        column = {"val_elbo": "elbo", "val_recon": "recon", "val_nll": "nll"}[metric]
         with self.snapshot():  # the epochs and the progress of one moment
             trial_rows = self.frame("vg_trial")
-            epoch_rows = self.frame("vg_epoch")
+            epoch_rows = self.frame("vg_nll" if metric == "val_nll" else "vg_epoch")
         rows = {
             r["key"]: (Status(r["status"]), int(r["epochs_done"]), r["cause"])
             for r in trial_rows.to_dict("records")
         }
         values: dict[str, dict[int, float]] = defaultdict(dict)
-        at = epoch_rows[(epoch_rows["split"] == "val") & epoch_rows["epoch"].isin(list(epochs))]
+        at = epoch_rows[epoch_rows["epoch"].isin(list(epochs))]
+        if metric != "val_nll":
+            at = at[at["split"] == "val"]
         for r in at.to_dict("records"):
             values[r["key"]][int(r["epoch"])] = float(r[column])
         return rows, dict(values)

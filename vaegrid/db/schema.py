@@ -30,7 +30,7 @@ from vaegrid.status import PENDING, RUNNING
 #    as columns hidden, latent, lr, clip).
 # 2: vg_meta; vg_study.description; vg_trial without axis columns (a trial's settings
 #    live in its config alone).
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 class Base(DeclarativeBase):
@@ -137,6 +137,18 @@ class StopRow(Base):
     rung: Mapped[int] = mapped_column(Integer)  # the epoch it was compared at, and stopped
 
 
+class NllRow(Base):
+    """A trial's importance-sampled validation NLL at an epoch ([rank] nll_samples): at its
+    last epoch, and at the rungs of a halving study that compares by it."""
+
+    __tablename__ = "vg_nll"
+    key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    epoch: Mapped[int] = mapped_column(Integer, primary_key=True)
+    nll: Mapped[float] = mapped_column(Float)  # -log p(x), nats per image, mean over val
+    samples: Mapped[int] = mapped_column(Integer)  # k, importance samples per image
+    seconds: Mapped[float] = mapped_column(Float)  # time it took
+
+
 class TestRow(Base):
     __tablename__ = "vg_test"
     key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
@@ -160,8 +172,13 @@ def _to_2(con: Connection) -> None:
             con.execute(text(f"ALTER TABLE vg_trial DROP COLUMN {column}"))
 
 
+def _to_3(con: Connection) -> None:
+    """2 -> 3: the validation NLL's table (vg_nll)."""
+    NllRow.__table__.create(con, checkfirst=True)  # type: ignore[attr-defined]
+
+
 # The step that brings a database of version N to N + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}
 assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION))
 
 

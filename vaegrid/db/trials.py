@@ -22,6 +22,7 @@ from vaegrid.db.engine import insert_if_absent
 from vaegrid.db.ledger import LedgerMixin
 from vaegrid.db.schema import (
     EpochRow,
+    NllRow,
     ProvenanceRow,
     RunRow,
     StopRow,
@@ -239,6 +240,11 @@ class TrialsMixin(LedgerMixin):
             prov = s.get(ProvenanceRow, run_id)
             if prov is not None:
                 prov.peak_device_mb = peak_device_mb
+            if result is not None and result.nll is not None:  # with the status that needs it
+                n = result.nll
+                row_ = {"key": key, "epoch": n.epoch, "nll": n.nll, "samples": n.samples,
+                        "seconds": n.seconds}  # fmt: skip
+                insert_if_absent(s, NllRow, [row_])
         if status in FINAL:
             self.finish_optuna(key, status, cause)
         return status

@@ -16,7 +16,6 @@ from pathlib import Path
 import pandas as pd
 
 from vaegrid.analysis import tables
-from vaegrid.analysis.tables import CRITERIA
 from vaegrid.api import StudyRows, read_study
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
@@ -137,7 +136,7 @@ def make_report(
     pair = _heatmap_axes(ranking, names, found)
     _draw(layout, rows.epochs, per_trial, ranking, test, loaded, names, found, pair)
     seconds = time.perf_counter() - started
-    compared = [c for criterion in CRITERIA for c in tables.comparisons(
+    compared = [c for criterion in tables.criteria(ranking) for c in tables.comparisons(
         ranking, per_trial, criterion, COMPARED)]  # fmt: skip
     text = markdown(
         ranking, test, completed, seconds, versions_used(rows.runs), _early(rows),

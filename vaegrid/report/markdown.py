@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from vaegrid.analysis import stats, tables
-from vaegrid.analysis.tables import CRITERIA, Comparison
+from vaegrid.analysis.tables import Comparison, criteria
 from vaegrid.layout import StudyLayout
 from vaegrid.spec.axes import AXIS, describe
 from vaegrid.spec.study import DATASET_NAMES, DataSpec
@@ -116,14 +116,17 @@ def markdown(
         lines += early
     spread = ["val_elbo_std"] if repeats > 1 else []
     show = ["key", *names, "n_repeats", "val_elbo", *spread, "val_recon", "val_kl"]
+    show += ["val_nll"] if "val_nll" in ranking.columns else []
     show += ["best_val_elbo", "best_epoch"]
-    for column, title in CRITERIA.items():
+    for column, title in criteria(ranking).items():
         top10 = ranking.sort_values(["rank_" + column, "key"]).head(10)
         lines += [f"## Top 10 by {title}", "", table(top10[["rank_" + column, *show]]), ""]
     lines += ["## Is the winner better than the next configs?", ""]
     lines += _comparison_lines(ranking, names, compared, repeats)
     label = str(test["likelihood"].iloc[0])
-    test_cols = ["criterion", "rank", "key", *names, "val_elbo", "val_recon", "n_tested"]
+    test_cols = ["criterion", "rank", "key", *names, "val_elbo", "val_recon"]
+    test_cols += ["val_nll"] if "val_nll" in ranking.columns else []
+    test_cols += ["n_tested"]
     test_cols += ["test_elbo", "test_recon", "test_kl", "test_nll"]
     test_cols += ["test_nll_std"] if repeats > 1 else []
     test_cols += ["nll_samples"]
@@ -223,7 +226,7 @@ def _comparison_lines(
         "",
     ]
     for c, p in zip(compared, adjusted, strict=True):
-        title = CRITERIA[c.criterion]
+        title = criteria(ranking)[c.criterion]
         winner = describe(rows[c.winner], shown)
         other = describe(rows[c.other], shown)
         out.append(f"- By {title}: " + stats.verdict(winner, other, c.result, p_adjusted=p))

@@ -507,6 +507,9 @@ class _Sweep:
             watch=self.executor.watch,
             driver_token=self.token,
             stop_at=self._stop_at(key),
+            nll_samples=self.study.nll_samples,
+            nll_when_paused=self.study.halving is not None
+            and self.study.halving.metric == "val_nll",
         )
         return self.executor.submit(slot, execute, task)
 

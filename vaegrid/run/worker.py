@@ -53,6 +53,8 @@ class Task:
     watch: str = "parent"  # "parent" (local pool) or "heartbeat" (cluster)
     driver_token: str = ""  # the driver's id: in the study folder and its heartbeat row
     stop_at: int | None = None  # halving: train only to this epoch (a rung), then pause
+    nll_samples: int = 0  # [rank] nll_samples: k of the validation NLL at the end; 0: none
+    nll_when_paused: bool = False  # halving by val_nll: the NLL at the rung it pauses at too
 
 
 # A cluster worker stops a trial whose driver's heartbeat is older than this.
@@ -258,6 +260,8 @@ def _train(
         on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r, kind),
         stop=stop,
         stop_at=task.stop_at,
+        nll_samples=task.nll_samples,
+        nll_when_paused=task.nll_when_paused,
     )
 
 
