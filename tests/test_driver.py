@@ -370,6 +370,12 @@ def test_workers_per_device_respect_the_memory_the_process_may_use() -> None:
     ):
         make_pool("cpu", 10_000, cores=2, memory_mb=24_000)
     assert memory_limit_mb() > 0
+    # a study whose trials need 2.6 GB each beyond the worker's own: 24 GB holds 6 workers
+    assert make_pool("cpu", cores=8, memory_mb=24_000, trial_mb=2_600).per_device == 6
+    with pytest.raises(InputError, match=r"4000 MB each: 1400 measured, 2600 for the study"):
+        make_pool("cpu", 7, cores=8, memory_mb=24_000, trial_mb=2_600)
+    two = CudaProbe(["GPU A"])  # on a GPU the trial's memory is the GPU's
+    assert make_pool("cuda:0", 3, probe=two, memory_mb=24_000, trial_mb=2_600).per_device == 3
 
 
 def test_missing_data_is_refused_before_anything_is_written(

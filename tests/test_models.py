@@ -270,3 +270,63 @@ def test_halving_by_val_nll_needs_its_samples(
     assert main(["plan", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "halving.metric" in err and "nll_samples" in err
+
+
+_STEP = """
+import json, resource, sys, torch
+from vaegrid.spec.study import DataSpec, TrialConfig, training_mb
+from vaegrid.train.model import iwae_terms, make_model
+torch.set_num_threads(1)
+cfg = TrialConfig.make(0, DataSpec(), lr=1e-3, clip=1.0, **json.loads(sys.argv[1]))
+net = make_model(cfg.axis_values())
+opt = torch.optim.Adam(net.parameters())
+x = torch.rand(cfg.batch_size, 784).round()
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+for _ in range(2):
+    if cfg.objective == "iwae":
+        loss = iwae_terms(net, x, torch.randn(cfg.samples, len(x), cfg.latent))[0].mean()
+    else:
+        loss = net(x, torch.randn(len(x), cfg.latent)).elbo.mean()
+    opt.zero_grad()
+    loss.backward()
+    opt.step()
+grew = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - before
+print(json.dumps([training_mb(cfg.axis_values()), grew]))
+"""
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"model": "linear", "hidden": 800, "latent": 400, "batch_size": 1000},
+        {"model": "conv", "hidden": 200, "latent": 50, "batch_size": 500, "channels": 32},
+        {"model": "mlp", "hidden": 200, "latent": 50, "batch_size": 100, "objective": "iwae",
+         "samples": 500},
+    ],
+)  # fmt: skip
+def test_the_training_memory_estimate_is_within_a_factor_of_2_of_a_measured_step(
+    settings: dict,  # type: ignore[type-arg]
+) -> None:
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "-c", _STEP, json.dumps(settings)],
+        capture_output=True, text=True, check=True, timeout=120,
+    )  # fmt: skip
+    estimate, grew = json.loads(out.stdout)
+    assert grew > 20 and grew / 2 <= estimate <= 2 * grew, (estimate, grew)
+
+
+def test_a_study_whose_training_step_would_not_fit_is_refused_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    path = tmp_path / "big.toml"
+    path.write_text(
+        '[train]\nobjective = "iwae"\nsamples = 5000\nbatch_size = 1000\n'
+        "[grid]\nhidden = [400]\nlatent = [100]\nlr = [1e-3]\nclip = [1.0]\n"
+    )
+    assert main(["plan", str(path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "MB per training step" in err and "samples = 5000" in err

@@ -166,7 +166,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             pool = executor.pool()
             print(f"cluster: {pool.found}", flush=True)
         else:
-            pool = make_pool(args.devices, args.workers_per_device)
+            pool = make_pool(args.devices, args.workers_per_device, trial_mb=study.training_mb)
             print(f"devices: {pool.found}; {pool.per_device} trials at once per device", flush=True)
         try:
             return run_study(

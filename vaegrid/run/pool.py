@@ -171,6 +171,7 @@ def make_pool(
     memory_mb: int | None = None,
     cores: int | None = None,
     option: str = "--devices",
+    trial_mb: int = 0,
 ) -> Pool:
     """Resolve ``--devices`` and ``--workers-per-device`` into a pool.
 
@@ -185,6 +186,8 @@ def make_pool(
         per_device: K, or None for the default.
         probe, memory_mb, cores: what the machine has (measured when None).
         option: the option the devices came from, for messages (``--device`` in report).
+        trial_mb: memory one trial's training takes beyond a worker's own (the study's
+            largest, spec.study.training_mb): a CPU worker holds both.
 
     Raises:
         InputError: an unknown or unavailable device, a repeated one, K < 1, or more
@@ -223,7 +226,8 @@ def make_pool(
             raise InputError(f"{option}: {devices!r} names a device twice")
         found = ", ".join(names)
     gpu = any(n.startswith("cuda") for n in names)
-    fit = max(1, memory_mb // WORKER_MEMORY_MB // len(names))  # workers per device memory holds
+    each = WORKER_MEMORY_MB + (0 if gpu else trial_mb)  # a GPU's trials use its own memory
+    fit = max(1, memory_mb // each // len(names))  # workers per device memory holds
     if per_device is None:
         k = min(CUDA_DEFAULT_K if gpu else cores, fit)
     elif per_device < 1:
@@ -233,9 +237,9 @@ def make_pool(
     elif per_device > fit:
         raise InputError(
             f"--workers-per-device: {per_device} is not allowed; {per_device * len(names)} "
-            f"workers need about {per_device * len(names) * WORKER_MEMORY_MB:,} MB "
-            f"({WORKER_MEMORY_MB} MB each, measured) and this process may use {memory_mb:,} MB: "
-            f"at most {fit}"
+            f"workers need about {per_device * len(names) * each:,} MB "
+            f"({each} MB each: {WORKER_MEMORY_MB} measured, {each - WORKER_MEMORY_MB} for the "
+            f"study's largest trial) and this process may use {memory_mb:,} MB: at most {fit}"
         )
     else:
         k = per_device

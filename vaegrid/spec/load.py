@@ -42,8 +42,10 @@ from vaegrid.spec.study import (
     HalvingSpec,
     Study,
     TrialConfig,
+    largest_trials,
     parameter_count,
     split_sizes,
+    training_mb,
 )
 
 # Bounds on a study file. Everything in it comes from outside: each bound keeps a bad
@@ -72,6 +74,9 @@ GRID_VALUES_MAX = 1_000
 TRIALS_MAX = 10_000
 # Every (hidden, latent) pair gives a VAE of at most this many parameters (200 MB float32).
 MODEL_PARAMETERS_MAX = 50_000_000
+# A training step of any trial needs at most this much memory (study.training_mb's
+# estimate): IWAE's k samples of a batch multiply the decoder's activations.
+TRAINING_MB_MAX = 16_384
 # Longest value quoted in a message: a 1 MiB value would not be one readable line.
 SHOWN_MAX_CHARS = 200
 
@@ -356,6 +361,16 @@ def _settings(
                 f"{v.source}: model {model} with {named} has {n_params} parameters; "
                 f"expected at most {MODEL_PARAMETERS_MAX} for every config"
             )
+    worst = max(largest_trials(by_axis), key=training_mb)
+    if training_mb(worst) > TRAINING_MB_MAX:
+        shown = ", ".join(f"{n} = {worst[n]}" for n in ("model", "batch_size", "hidden")) + (
+            f", samples = {worst['samples']}" if worst["objective"] == "iwae" else ""
+        )
+        raise InputError(
+            f"{v.source}: {shown} needs about {training_mb(worst):,} MB per training step "
+            f"(parameters, Adam's moments, activations); expected at most "
+            f"{TRAINING_MB_MAX:,} MB: a smaller batch_size or fewer samples"
+        )
     for axis in AXES:  # a setting no trial of the study uses (momentum without sgd)
         if axis.applies is None:
             continue
