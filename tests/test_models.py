@@ -4,6 +4,7 @@ resume, and a study that mixes them (fast, on synthetic images)."""
 from __future__ import annotations
 
 import math
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -330,3 +331,22 @@ def test_a_study_whose_training_step_would_not_fit_is_refused_before_anything_ru
     assert main(["plan", str(path)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "MB per training step" in err and "samples = 5000" in err
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.environ.get("VAEGRID_DATA"), reason="VAEGRID_DATA is not set")
+def test_the_conv_model_reconstructs_real_mnist_better_than_the_linear_one(tmp_path: Path) -> None:
+    # The seed's convolutional VAE gave degraded images; this one must beat the linear VAE
+    # at equal settings: 2 epochs on 9,600 dynamically binarized images (3 s and 1 s here).
+    data = DataSpec(fractions=(0.8, 0.1, 0.1), limit=12_000, binarize="dynamic")
+    splits = load_splits(Path(os.environ["VAEGRID_DATA"]), data, seed=0, device="cpu")
+    recon = {}
+    for model, more in (("linear", {}), ("conv", {"channels": 16})):
+        cfg = TrialConfig.make(
+            0, data, model=model, hidden=256, latent=16, lr=3e-3, clip=1.0, epochs=2,
+            batch_size=100, **more,
+        )  # fmt: skip
+        result = run_trial(cfg, splits.train, splits.val, TrialFiles(tmp_path / model))
+        recon[model] = [r.val.recon for r in result.history]
+    # measured: linear 113.5, 103.9; conv 101.4, 89.3 (nats per image)
+    assert all(c < lin - 5 for c, lin in zip(recon["conv"], recon["linear"], strict=True)), recon
