@@ -147,8 +147,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vaegrid.run.driver import run_study
         from vaegrid.run.pool import make_pool
         from vaegrid.train.data import data_dir
+        from vaegrid.train.probe import check_plugins
 
         study = load_study(args.study)
+        check_plugins(study)  # before anything is written
         if not 1 <= args.max_deaths <= 100:
             raise InputError(
                 f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"

@@ -13,6 +13,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vaegrid.spec.plugins import registered
+
 if TYPE_CHECKING:  # optuna loads only where a distribution is made
     from optuna.distributions import BaseDistribution
 
@@ -147,6 +149,37 @@ AXES: tuple[Axis, ...] = (
     Axis("samples", int, (5,), False, 1, SAMPLES_MAX, log=True, label="IWAE samples k",
          applies=("objective", ("iwae",)), optional=True),
 )  # fmt: skip
+
+
+def _with_plugins(builtin: tuple[Axis, ...]) -> tuple[Axis, ...]:
+    """AXES with the models and settings of installed plug-ins (spec/plugins.py)."""
+    plugins = [p for p in PLUGINS.values() if p.problem is None]
+    if not plugins:
+        return builtin
+    names = tuple(p.name for p in plugins)
+    out = [
+        Axis(a.name, a.kind, a.default, a.searched, choices=a.choices + names, label=a.label,
+             optional=True) if a.name == "model" else a
+        for a in builtin
+    ]  # fmt: skip
+    users: dict[str, tuple[str, ...]] = {}  # setting -> the models that declare it
+    declared: dict[str, dict[str, Any]] = {}
+    for p in plugins:
+        for s in p.settings:
+            users[s["name"]] = (*users.get(s["name"], ()), p.name)
+            declared[s["name"]] = s
+    for name, s in declared.items():
+        out.append(Axis(
+            name, s["type"], (s["default"],), False, s.get("low", 0.0), s.get("high", 0.0),
+            s.get("choices", ()), label=s["label"], applies=("model", users[name]),
+            optional=True,
+        ))  # fmt: skip
+    return tuple(out)
+
+
+# Every installed plug-in model, by name, usable or not (``problem``).
+PLUGINS = registered(frozenset({a.name for a in AXES} | set(MODELS)))
+AXES = _with_plugins(AXES)
 AXIS = {a.name: a for a in AXES}
 
 

@@ -26,6 +26,7 @@ from vaegrid.spec.axes import (
     AXES,
     AXIS,
     LIMIT_MAX,
+    PLUGINS,
     REPEATS_MAX,
     SAMPLES_MAX,
     Axis,
@@ -517,6 +518,11 @@ class _Validator:
         """An axis's values: one value, or (``list_ok``) a non-empty list of distinct ones."""
         key = prefix + axis.name
         value = table[axis.name]
+        for item in value if isinstance(value, list) else [value]:
+            broken = PLUGINS.get(item) if axis.name == "model" and isinstance(item, str) else None
+            if broken is not None and broken.problem is not None:
+                self.fail(key, item, f"a usable model: {broken.dist} {broken.version} "
+                          f"registers it, but {broken.problem}")  # fmt: skip
         if not isinstance(value, list):
             if not axis.check(value):
                 self.fail(key, value, axis.allowed() + (" or a list of such" if list_ok else ""))

@@ -17,6 +17,7 @@ from vaegrid.spec.axes import (
     AXIS,
     MNIST_TEST_IMAGES,
     MNIST_TRAIN_IMAGES,
+    PLUGINS,
     applies,
     describe,
     neutralize,
@@ -30,6 +31,8 @@ MODEL = "linear-vae-2"
 # Each built-in model's version, bumped as MODEL is: a trial key holds its model's version
 # (a linear trial's key is what it was before other models existed).
 MODEL_VERSIONS = {"linear": MODEL, "mlp": "mlp-vae-1", "conv": "conv-vae-1"}
+# A plug-in's (spec/plugins.py): its name, distribution and version.
+MODEL_VERSIONS |= {n: p.model_version for n, p in PLUGINS.items() if n in AXIS["model"].choices}
 _MODEL_OF = {v: k for k, v in MODEL_VERSIONS.items()}
 SPLITS = ("holdout", "official")
 # Both have 60,000 + 10,000 images of 28 x 28 grey levels in the same IDX layout.
@@ -313,6 +316,8 @@ def parameter_count(settings: Mapping[str, Any], pixels: int = _PIXELS) -> int:
       the last.
     """
     h, z, model = settings["hidden"], settings["latent"], settings["model"]
+    if model not in ("linear", "mlp", "conv"):
+        return 0  # a plug-in's: counted when the driver probes it (run/probe.py)
     heads = 2 * (h * z + z)
     if model == "mlp":
         stack = (settings["depth"] - 1) * (h * h + h)

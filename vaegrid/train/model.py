@@ -157,6 +157,27 @@ class ConvVAE(BaseVAE):
         return self.deconv(h).flatten(1)
 
 
+class PluginVAE(BaseVAE):
+    """A plug-in's model (spec/plugins.py): its ``encode`` and ``decode`` work on images
+    ``[B, C, H, W]``; seen from here as every model is, on flattened images."""
+
+    def __init__(self, inner: Any, latent: int, shape: tuple[int, int, int]) -> None:
+        super().__init__()
+        self.inner: Any = inner  # a torch.nn.Module with encode and decode
+        self.latent, self.shape = latent, shape
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        mu, logvar = self.inner.encode(x.view(-1, *self.shape))
+        return mu, logvar
+
+    def decode(self, z: torch.Tensor) -> torch.Tensor:
+        logits: torch.Tensor = self.inner.decode(z)
+        return logits.flatten(1)
+
+
+IMAGE_SHAPE = (1, 28, 28)  # what a plug-in's factory is told: MNIST's channels, height, width
+
+
 def make_model(settings: Mapping[str, Any]) -> BaseVAE:
     """The model that a trial's settings name (``model``), built on the CPU."""
     hidden, latent, model = settings["hidden"], settings["latent"], settings["model"]
@@ -164,6 +185,11 @@ def make_model(settings: Mapping[str, Any]) -> BaseVAE:
         return MLPVAE(hidden, latent, settings["depth"], settings["activation"])
     if model == "conv":
         return ConvVAE(hidden, latent, settings["channels"])
+    if model != "linear":
+        from vaegrid.spec.plugins import load_factory
+
+        inner = load_factory(model)(IMAGE_SHAPE, dict(settings))
+        return PluginVAE(inner, latent, IMAGE_SHAPE)
     return VAE(hidden, latent)
 
 

@@ -1,0 +1,141 @@
+"""The user's own models, registered by installed packages: no edit of vaegrid, and no
+module or path in a study file (study files stay data).
+
+A plug-in package declares, in its ``pyproject.toml``::
+
+    [project.entry-points."vaegrid.models"]
+    toy = "toyvae:make"            # factory(shape, settings) -> torch.nn.Module
+    [project.entry-points."vaegrid.settings"]
+    toy = "toyvae.settings:SETTINGS"   # optional: its own settings (a torch-free module)
+
+``make((channels, height, width), settings)`` returns a module with ``encode(x) -> (mu,
+logvar)`` (x: ``[B, C, H, W]`` in [0, 1]; each ``[B, latent]``) and ``decode(z) -> logits``
+(``[B, C, H, W]``, Bernoulli). ``SETTINGS`` is a list of ``{"name", "type" ("int", "float"
+or "str"), "default", "low", "high" (numbers) or "choices" (strings), "label"}``: each
+becomes an axis of ``AXES`` that applies to that model only, and works everywhere a
+built-in setting does (study files, the grid, the key, Optuna, tables, figures).
+
+Only the settings are read in every process (their module must not import torch: the
+driver stays torch-free); the factory is loaded where a trial or the probe runs. The
+distribution's name and version join the trial key (``toy@toyvae==0.1``): results of
+another version are never mixed in. A plug-in whose declaration is broken is left out,
+and a study that names it is refused in one line saying why.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import metadata
+from typing import Any
+
+MODELS_GROUP = "vaegrid.models"
+SETTINGS_GROUP = "vaegrid.settings"
+NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # a model's or a setting's name
+SETTINGS_MAX = 32  # settings one plug-in may declare
+CHOICES_MAX = 100
+NUMBER_MAX = 1e12  # bounds of a plug-in's numeric setting, in absolute value
+
+
+@dataclass(frozen=True)
+class Plugin:
+    """A registered model."""
+
+    name: str  # as a study file names it
+    target: str  # "package.module:factory"
+    dist: str  # the distribution that registered it
+    version: str
+    settings: tuple[dict[str, Any], ...] = ()  # checked declarations
+    problem: str | None = None  # why it cannot be used (a broken declaration)
+
+    @property
+    def model_version(self) -> str:
+        """What a trial key holds for it: name, distribution and version."""
+        return f"{self.name}@{self.dist}=={self.version}"
+
+
+@lru_cache(maxsize=1)
+def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
+    """Every model registered under ``vaegrid.models``, by name (``reserved``: the built-in
+    models and settings, which a plug-in may not take)."""
+    found: dict[str, Plugin] = {}
+    declared = {ep.name: ep for ep in metadata.entry_points(group=SETTINGS_GROUP)}
+    for ep in sorted(metadata.entry_points(group=MODELS_GROUP), key=lambda e: e.name):
+        dist = ep.dist.name if ep.dist is not None else "unknown"
+        version = ep.dist.version if ep.dist is not None else "0"
+        problem = None
+        if not NAME.fullmatch(ep.name) or ep.name in reserved:
+            problem = f"its name {ep.name[:40]!r} is not allowed or is taken"
+        elif ep.name in found:
+            problem = f"registered twice ({found[ep.name].dist} and {dist})"
+        settings: tuple[dict[str, Any], ...] = ()
+        if problem is None and ep.name in declared:
+            try:
+                settings = _checked(declared[ep.name].load(), reserved)
+            except Exception as e:  # anything a foreign module raises: named, not raised
+                problem = f"its settings ({declared[ep.name].value}): {_line(e)}"
+        for s in settings:  # a setting two models declare is one: declared alike
+            other = next((o for p in found.values() if p.problem is None
+                          for o in p.settings if o["name"] == s["name"]), s)  # fmt: skip
+            if other != s:
+                problem = f"its setting {s['name']} is declared otherwise by another model"
+        found[ep.name] = Plugin(ep.name, ep.value, dist, version, settings, problem)
+    return found
+
+
+def _checked(raw: object, reserved: frozenset[str]) -> tuple[dict[str, Any], ...]:
+    if not isinstance(raw, list | tuple) or len(raw) > SETTINGS_MAX:
+        raise ValueError(f"expected a list of at most {SETTINGS_MAX} settings")
+    out: list[dict[str, Any]] = []
+    names: set[str] = set()
+    for s in raw:
+        if not isinstance(s, dict):
+            raise ValueError("a setting is a dict")
+        name, kind, default = s.get("name"), s.get("type"), s.get("default")
+        if not isinstance(name, str) or not NAME.fullmatch(name) or name in reserved | names:
+            raise ValueError(f"setting name {str(name)[:40]!r} is not allowed or is taken")
+        names.add(name)
+        label = s.get("label", name)
+        if not isinstance(label, str) or len(label) > 60 or not label.isprintable():
+            raise ValueError(f"{name}: label is not a short line of text")
+        if kind == "str":
+            choices = s.get("choices")
+            if (
+                not isinstance(choices, list | tuple)
+                or not 1 <= len(choices) <= CHOICES_MAX
+                or not all(isinstance(c, str) and NAME.fullmatch(c) for c in choices)
+                or default not in choices
+            ):
+                raise ValueError(f"{name}: choices and default are not allowed")
+            out.append({"name": name, "type": str, "default": default,
+                        "choices": tuple(choices), "label": label})  # fmt: skip
+            continue
+        if kind not in ("int", "float"):
+            raise ValueError(f"{name}: type {str(kind)[:20]!r} is not int, float or str")
+        low, high = s.get("low"), s.get("high")
+        numbers = (low, high, default)
+        ints = all(isinstance(v, int) and not isinstance(v, bool) for v in numbers)
+        floats = all(isinstance(v, int | float) and not isinstance(v, bool) for v in numbers)
+        if not (ints if kind == "int" else floats) or not all(
+            abs(v) <= NUMBER_MAX  # type: ignore[arg-type]
+            for v in numbers
+        ):
+            raise ValueError(f"{name}: low, high and default must be {kind}s within ±1e12")
+        if not low <= default <= high:  # type: ignore[operator]
+            raise ValueError(f"{name}: expected low <= default <= high")
+        out.append({"name": name, "type": int if kind == "int" else float, "default": default,
+                    "low": low, "high": high, "label": label})  # fmt: skip
+    return tuple(out)
+
+
+def _line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return (text[0] if text else type(e).__name__)[:200]
+
+
+def load_factory(name: str) -> Any:
+    """The factory of the registered model ``name`` (imports its module: torch with it)."""
+    for ep in metadata.entry_points(group=MODELS_GROUP, name=name):
+        return ep.load()
+    raise KeyError(name)
