@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-TOY = '''
+TOY = """
 import torch
 from torch import nn
 
@@ -47,14 +47,14 @@ class Flat(Toy):
 
 def flat(shape, settings):
     return Flat(shape, settings)
-'''
-SETTINGS = '''
+"""
+SETTINGS = """
 SETTINGS = [
     {"name": "width", "type": "int", "low": 1, "high": 8, "default": 1, "label": "toy width"},
     {"name": "squash", "type": "str", "choices": ["tanh", "relu"], "default": "tanh"},
 ]
 BROKEN = [{"name": "lr", "type": "float", "low": 0, "high": 1, "default": 0.5}]
-'''
+"""
 ENTRY_POINTS = """
 [vaegrid.models]
 toy = toyvae:make
