@@ -97,3 +97,20 @@ def test_importance_nll_is_exact_when_q_is_the_prior_and_the_decoder_ignores_z(k
     assert torch.allclose(nll, exact, rtol=0, atol=1e-3)
     elbo = model(x, torch.randn(6, 4)).elbo  # and the ELBO is exact too: KL = 0
     assert torch.allclose(elbo, exact, rtol=0, atol=1e-3)
+
+
+def test_importance_nll_streams_samples_in_blocks_with_the_same_value() -> None:
+    # k above the rows a pass may hold: the samples come in blocks, their log-sum-exp is
+    # accumulated; the value is the one-pass formula over the same draws.
+    from vaegrid.train.model import log_weights
+
+    torch.manual_seed(0)
+    model = VAE(hidden=16, latent=4).double().eval()
+    x = torch.rand(3, 784, dtype=torch.float64).round()
+    got = importance_nll(model, x, 50, torch.Generator().manual_seed(7), max_rows=20)
+    g = torch.Generator().manual_seed(7)
+    for i in range(3):  # one image per pass (k > max_rows), blocks of 20, 20, 10
+        eps = torch.cat([torch.randn(n, 1, 4, generator=g) for n in (20, 20, 10)])
+        log_w = log_weights(model, x[i : i + 1], eps)[0]
+        want = math.log(50) - torch.logsumexp(log_w, dim=0)
+        torch.testing.assert_close(got[i : i + 1], want)

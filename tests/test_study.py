@@ -428,6 +428,7 @@ FOLDER_NAME = r"expected a folder name of at most 100 characters: a letter or di
         ),
         ({"train": {"depth": 3}}, r'train\.depth = 3 .* only 2 without model "mlp"'),
         ({"grid": {"channels": [8, 16]}}, r'grid\.channels = \[8, 16\] .* without model "conv"'),
+        ({"grid": {"depth": [2]}}, r'grid\.depth = \[2\] .* without model "mlp"'),
         ({"train": {"samples": 50}}, r'train\.samples = 50 .* only 5 without objective "iwae"'),
         (
             {"train": {"objective": "iwae", "beta": 0.5}},
@@ -675,3 +676,15 @@ def test_data_settings_change_the_fingerprint_and_every_key() -> None:
         other = parse({"data": data})
         assert other.fingerprint() != base.fingerprint()  # type: ignore[attr-defined]
         assert {t.key for t in expand(other)}.isdisjoint(t.key for t in expand(base))  # type: ignore[arg-type]
+
+
+def test_the_trial_cap_counts_distinct_trials_a_setting_counting_only_where_it_applies() -> None:
+    base = {"hidden": [16], "latent": [4], "lr": [1e-3], "clip": [1.0]}
+    # linear + conv x 512 channels x elbo + iwae x 9 samples: (1 + 512) x (1 + 9) = 5,130
+    grid = {**base, "model": ["linear", "conv"], "channels": list(range(1, 513)),
+            "objective": ["elbo", "iwae"], "samples": list(range(1, 10))}  # fmt: skip
+    study = parse({"train": {"batch_size": 20}, "grid": grid})  # type: ignore[arg-type]
+    assert len(expand(study)) == 5_130  # type: ignore[arg-type]
+    grid["samples"] = list(range(1, 21))  # (1 + 512) x (1 + 20) = 10,773: over the cap
+    with pytest.raises(InputError, match=r"= 40960 combinations, 10773 distinct trials"):
+        parse({"train": {"batch_size": 20}, "grid": grid})

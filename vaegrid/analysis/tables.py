@@ -237,9 +237,27 @@ def comparisons(
     return out
 
 
-def varying(ranking: pd.DataFrame, names: Sequence[str]) -> list[str]:
-    """The searched axes that take more than one value among the configs."""
-    return [n for n in names if ranking[n].nunique() > 1]
+def applicable(ranking: pd.DataFrame, name: str) -> pd.Series:
+    """The rows the setting ``name`` means something for (``Axis.applies``: depth for mlp
+    configs only); the others hold its neutral value."""
+    parent = AXIS[name].applies
+    if parent is None:
+        return pd.Series(True, index=ranking.index)
+    return ranking[parent[0]].isin(parent[1])
+
+
+def varying(ranking: pd.DataFrame, names: Sequence[str], everywhere: bool = True) -> list[str]:
+    """The searched axes that take more than one value among the configs they apply to;
+    with ``everywhere``, only those that apply to every config (fANOVA, the heatmap and the
+    parallel coordinates compare configs by all their axes: a neutral value is no value)."""
+    out = []
+    for n in names:
+        mask = applicable(ranking, n)
+        if everywhere and not mask.all():
+            continue
+        if ranking.loc[mask, n].nunique() > 1:
+            out.append(n)
+    return out
 
 
 def importances(

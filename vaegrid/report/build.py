@@ -142,6 +142,7 @@ def make_report(
         ranking, test, completed, seconds, versions_used(rows.runs), _early(rows),
         names=names, data=data, compared=compared, importance=found, heatmap=pair,
         n_trials=len(per_trial), description=rows.description,
+        val_nll_samples=int(rows.fingerprint.get("rank", {}).get("nll_samples", 0)),
     )  # fmt: skip
     write_atomic(layout.report, text)
     return Report(study_dir, ranking, test, todo, seconds, per_trial)

@@ -48,6 +48,7 @@ def markdown(
     heatmap: tuple[str, str] | None,
     n_trials: int,
     description: str | None = None,
+    val_nll_samples: int = 0,
 ) -> str:
     """report.md: the study's description, counts, rankings, paired comparisons, test table,
     what mattered, figures, how each value of each searched axis fared, and the versions.
@@ -118,6 +119,14 @@ def markdown(
     show = ["key", *names, "n_repeats", "val_elbo", *spread, "val_recon", "val_kl"]
     show += ["val_nll"] if "val_nll" in ranking.columns else []
     show += ["best_val_elbo", "best_epoch"]
+    if "val_nll" in ranking.columns:
+        lines += [
+            f"`val_nll`: the importance-sampled -log p(x) of the validation split with k = "
+            f"{val_nll_samples} samples per image (`[rank] nll_samples`), at each trial's "
+            "last epoch; it ranks models trained on different bounds (ELBO, IWAE) fairly, "
+            "where the ELBO favours the ELBO-trained.",
+            "",
+        ]
     for column, title in criteria(ranking).items():
         top10 = ranking.sort_values(["rank_" + column, "key"]).head(10)
         lines += [f"## Top 10 by {title}", "", table(top10[["rank_" + column, *show]]), ""]
@@ -272,8 +281,9 @@ def _value_lines(ranking: pd.DataFrame, names: list[str]) -> list[str]:
     final validation elbo against the best of all."""
     best = ranking.loc[ranking["status"] == COMPLETED, "val_elbo"].min()
     out = []
-    for name in tables.varying(ranking, names):
-        for value, group in ranking.groupby(name):
+    for name in tables.varying(ranking, names, everywhere=False):
+        # the configs it applies to (a linear model has no depth)
+        for value, group in ranking[tables.applicable(ranking, name)].groupby(name):
             ok = group[group["status"] == COMPLETED]
             n_diverged = (group["status"] == DIVERGED).sum()
             line = f"- {describe({name: value}, [name])}: {len(ok)} of {len(group)} completed, "

@@ -341,13 +341,15 @@ def _settings(
             searched.append(axis.name)
     repeats = v.integer(grid, "grid.", "repeats", 1, 1, REPEATS_MAX)
     by_axis = dict(settings)
-    # The product of the lengths, not len(expand(...)): a huge grid must not be built.
+    # Counted, not len(expand(...)): a huge grid must not be built.
     sizes = [len(by_axis[n]) for n in searched]
-    count = math.prod(sizes) * repeats
+    count = _distinct_trials(by_axis, searched) * repeats
     if count > TRIALS_MAX:
+        combos = math.prod(sizes) * repeats
+        merged = f" combinations, {count} distinct" if combos != count else ""
         raise InputError(
             f"{v.source}: grid = {' x '.join(map(str, sizes))} values of {', '.join(searched)}"
-            f" x {repeats} repeats = {count} trials is not allowed; expected at most "
+            f" x {repeats} repeats = {combos}{merged} trials is not allowed; expected at most "
             f"{TRIALS_MAX} trials"
         )
     # The parameter count grows with every size, so each model's largest is the one to check.
@@ -364,9 +366,10 @@ def _settings(
             )
     worst = max(largest_trials(by_axis), key=training_mb)
     if training_mb(worst) > TRAINING_MB_MAX:
-        shown = ", ".join(f"{n} = {worst[n]}" for n in ("model", "batch_size", "hidden")) + (
-            f", samples = {worst['samples']}" if worst["objective"] == "iwae" else ""
-        )
+        named = ["model", "batch_size", "hidden"]
+        named += ["channels"] if worst["model"] == "conv" else []
+        named += ["samples"] if worst["objective"] == "iwae" else []
+        shown = ", ".join(f"{n} = {worst[n]}" for n in named)
         raise InputError(
             f"{v.source}: {shown} needs about {training_mb(worst):,} MB per training step "
             f"(parameters, Adam's moments, activations); expected at most "
@@ -378,7 +381,8 @@ def _settings(
         other, users = axis.applies
         if any(x in users for x in by_axis[other]):
             continue
-        if any(x != axis.default[0] for x in by_axis[axis.name]):
+        # at its default in [train] it says nothing; searched, it would be a column of nothing
+        if axis.name in grid or any(x != axis.default[0] for x in by_axis[axis.name]):
             section = "grid." if axis.name in grid else "train."
             table = grid if axis.name in grid else fixed
             v.fail(
@@ -393,6 +397,22 @@ def _settings(
         where = "grid." if "batch_size" in grid else "train."
         v.fail(where + "batch_size", batch, f"at most the {n_train} images of the training split")
     return tuple(settings), tuple(searched), repeats
+
+
+def _distinct_trials(by_axis: Mapping[str, tuple[Any, ...]], searched: list[str]) -> int:
+    """The trials of one repeat of a grid, as expand makes them, without expanding it: a
+    setting's values count only where it applies (``Axis.applies``: depth for mlp), so for
+    every combination of the settings others depend on (model, objective, optimizer: a few
+    values each), the product of the sizes of the settings that apply there."""
+    parents = sorted({a.applies[0] for a in AXES if a.applies is not None})
+    total = 0
+    for combo in itertools.product(*(by_axis[p] for p in parents)):
+        at = dict(zip(parents, combo, strict=True))
+        total += math.prod(
+            len(by_axis[n]) for n in searched
+            if n not in at and applies(AXIS[n], at)
+        )  # fmt: skip
+    return total
 
 
 def _halving(v: _Validator, raw: Mapping[str, Any], study: Study) -> HalvingSpec:

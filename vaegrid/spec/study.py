@@ -47,6 +47,10 @@ HALVING_METRICS = ("val_elbo", "val_recon", "val_nll")
 # Pixels per MNIST image; data.PIXELS too (data imports study, not the reverse).
 _SIDE = 28
 _PIXELS = _SIDE * _SIDE
+# Images per evaluation pass (train/trial.py) and decoded images per pass of the
+# importance-sampled NLL (train/model.py): what bounds their memory.
+EVAL_ROWS = 10_000
+NLL_ROWS = 1_000
 
 
 @dataclass(frozen=True)
@@ -335,10 +339,11 @@ def parameter_count(settings: Mapping[str, Any], pixels: int = _PIXELS) -> int:
 
 
 def training_mb(settings: Mapping[str, Any], pixels: int = _PIXELS) -> int:
-    """An estimate of the memory one training step of ``settings`` needs beyond the worker's
-    own (MB): the parameters, their gradients and Adam's two moments, and the forward
-    pass's activations kept for the backward pass, half again for the backward's own
-    (within a factor of 2 of a measured step for linear, conv and IWAE trials: tested).
+    """An estimate of the memory a trial of ``settings`` needs beyond the worker's own (MB):
+    the parameters, their gradients and Adam's two moments, and the larger of a training
+    step's activations (kept for the backward pass, half again for the backward's own) and
+    an evaluation or NLL pass's (within a factor of 2 of what a training step, a validation
+    pass and an NLL pass measured for linear, conv and IWAE trials: tested).
 
     The activations of a batch of B images with k samples (k = 1 for the ELBO) are
     dominated by the decoder's k x B x (two hidden layers and the P logits with their
@@ -357,7 +362,12 @@ def training_mb(settings: Mapping[str, Any], pixels: int = _PIXELS) -> int:
     else:
         decoded = 3 * pixels + per_image
     activations = batch * (pixels + per_image) + k * batch * decoded
-    floats = 4 * parameter_count(settings, pixels) + 3 * activations // 2
+    # Evaluation (EVAL_ROWS images a pass) and the validation NLL (NLL_ROWS decoded images
+    # a pass) keep no activations for a backward pass: their widest layers at once.
+    widest = max(h, 2 * settings["channels"] * (_SIDE // 2) ** 2 if settings["model"] == "conv"
+                 else h)  # fmt: skip
+    passes = max(EVAL_ROWS, NLL_ROWS) * (3 * pixels + 2 * widest)
+    floats = 4 * parameter_count(settings, pixels) + max(3 * activations // 2, passes)
     return 4 * floats // (1 << 20) + 1
 
 

@@ -31,13 +31,13 @@ import torch
 from vaegrid.errors import InputError
 from vaegrid.layout import TrialFiles
 from vaegrid.safeio import ensure_dir, open_file, read_bytes, save_with, write_atomic
-from vaegrid.spec.study import TrialConfig, derive_seed
+from vaegrid.spec.study import EVAL_ROWS, TrialConfig, derive_seed
 from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED, Status
 from vaegrid.train import provenance
 from vaegrid.train.data import binarize
 from vaegrid.train.model import BaseVAE, importance_nll, iwae_terms, make_model
 
-EVAL_CHUNK = 10_000  # images per forward pass when evaluating a whole split
+EVAL_CHUNK = EVAL_ROWS  # images per forward pass when evaluating a whole split
 
 
 @dataclass(frozen=True)
