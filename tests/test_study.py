@@ -419,12 +419,12 @@ FOLDER_NAME = r"expected a folder name of at most 100 characters: a letter or di
         ),
         (
             {"grid": {"hidden": [400, 8_000], "latent": [10, 2_000]}},
-            r"model linear with hidden = 8000, latent = 2000 has 60596784 parameters; "
-            r"expected at most 50000000",
+            r"model linear with hidden = 8000, latent = 2000 has 60,596,784 parameters; "
+            r"expected at most 50,000,000",
         ),
         (
             {"train": {"model": "conv", "channels": 512, "hidden": 2_000}},
-            r"model conv with hidden = 2000, latent = 400, channels = 512 has 220067073 param",
+            r"model conv with hidden = 2000, latent = 400, channels = 512 has 220,067,073 param",
         ),
         ({"train": {"depth": 3}}, r'train\.depth = 3 .* only 2 without model "mlp"'),
         ({"grid": {"channels": [8, 16]}}, r'grid\.channels = \[8, 16\] .* without model "conv"'),

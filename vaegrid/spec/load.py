@@ -361,15 +361,15 @@ def _settings(
                 f"{n} = {largest[n]}" for n in largest if applies(AXIS[n], {"model": model})
             )
             raise InputError(
-                f"{v.source}: model {model} with {named} has {n_params} parameters; "
-                f"expected at most {MODEL_PARAMETERS_MAX} for every config"
+                f"{v.source}: model {model} with {named} has {n_params:,} parameters; "
+                f"expected at most {MODEL_PARAMETERS_MAX:,} for every config"
             )
     worst = max(largest_trials(by_axis), key=training_mb)
     if training_mb(worst) > TRAINING_MB_MAX:
-        named = ["model", "batch_size", "hidden"]
-        named += ["channels"] if worst["model"] == "conv" else []
-        named += ["samples"] if worst["objective"] == "iwae" else []
-        shown = ", ".join(f"{n} = {worst[n]}" for n in named)
+        which = ["model", "batch_size", "hidden"]
+        which += ["channels"] if worst["model"] == "conv" else []
+        which += ["samples"] if worst["objective"] == "iwae" else []
+        shown = ", ".join(f"{n} = {worst[n]}" for n in which)
         raise InputError(
             f"{v.source}: {shown} needs about {training_mb(worst):,} MB per training step "
             f"(parameters, Adam's moments, activations); expected at most "
