@@ -322,3 +322,51 @@ def test_a_halving_sweep_on_a_cluster_resumed_after_kill_9_at_a_rung_equals_a_lo
     assert again.returncode == 0, out + err
     assert "--devices" not in out + err
     assert ledger(db, "clh") == want
+
+
+MODELS = """
+name = "clm"
+[data]
+fractions = [0.8, 0.1, 0.1]
+binarize = "dynamic"
+[train]
+epochs = 2
+batch_size = 50
+hidden = 64
+latent = 8
+lr = 1e-3
+clip = 1.0
+channels = 4
+samples = 3
+[grid]
+model = ["linear", "mlp", "conv"]
+objective = ["elbo", "iwae"]
+[rank]
+nll_samples = 5
+"""
+
+
+def test_every_model_and_objective_on_dask_and_postgres_gives_the_local_rows_bit_for_bit(
+    data: Path, tmp_path: Path, pg_url: str, cluster: DaskCluster
+) -> None:
+    def nll(db: Database) -> list[tuple[Any, ...]]:
+        store = Store.reader(db)
+        try:
+            frame = store.frame("vg_nll").sort_values(["key", "epoch"])
+        finally:
+            store.close()
+        return [tuple(r) for r in frame[["key", "epoch", "nll", "samples"]].to_numpy()]
+
+    (tmp_path / "study.toml").write_text(MODELS)
+    local = ["run", str(tmp_path / "study.toml"), "--results", str(tmp_path / "local")]
+    local += ["--data-dir", str(data), "--devices", "cpu", "--no-progress"]
+    assert main(local) == 0
+    here = Database.sqlite(tmp_path / "local" / "clm" / "study.db")
+    cluster.add_worker("vaegrid=2", nthreads=2)
+    cluster.wait_for(1)
+    p = driver(tmp_path / "study.toml", tmp_path / "r", data, pg_url, cluster.address)
+    _, err = p.communicate(timeout=600)
+    assert p.returncode == 0, err
+    there = Database.for_study(StudyLayout(tmp_path), pg_url)
+    assert len(rows(here)) == 6 * 2 * 2 and rows(there) == rows(here)
+    assert len(nll(here)) == 6 and nll(there) == nll(here)

@@ -241,7 +241,8 @@ def applicable(ranking: pd.DataFrame, name: str) -> pd.Series:
     """The rows the setting ``name`` means something for (``Axis.applies``: depth for mlp
     configs only); the others hold its neutral value."""
     parent = AXIS[name].applies
-    if parent is None:
+    # A fixed parent is no column: a study file searches a setting only where it applies.
+    if parent is None or parent[0] not in ranking.columns:
         return pd.Series(True, index=ranking.index)
     return ranking[parent[0]].isin(parent[1])
 

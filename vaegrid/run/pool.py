@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import warnings
 from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
@@ -333,6 +334,13 @@ class LocalExecutor:
         # on. It inherits this filter from the driver's environment.
         os.environ.setdefault(
             "PYTHONWARNINGS", "ignore::UserWarning:joblib.externals.loky.backend.resource_tracker"
+        )
+        # loky restarts a worker whose memory grew 300 MB past its first task's (its leak
+        # check): after a small trial, a large one (a conv or IWAE trial) does. The restart
+        # is harmless, between trials; its warning ("A worker stopped while some jobs were
+        # given to the executor") said nothing a user could act on, in every mixed sweep.
+        warnings.filterwarnings(
+            "ignore", "A worker stopped while some jobs", UserWarning, "joblib.externals.loky"
         )
 
     def _env(self, slot: Slot) -> dict[str, str]:
