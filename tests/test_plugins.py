@@ -118,7 +118,7 @@ def test_a_plugin_model_and_its_settings_are_settings_like_any_other(
     lines = done.stdout.splitlines()
     assert lines[0].split() == ["key", "model", "width"] and lines[-1] == "3 trials"
     rows = sorted(tuple(line.split()[1:]) for line in lines[1:-1])
-    assert rows == [("linear", "1"), ("toy", "1"), ("toy", "2")]  # width is toy's only
+    assert rows == [("linear", "-"), ("toy", "1"), ("toy", "2")]  # width is toy's only
     # the distribution and its version are in the key
     code = "from vaegrid.spec.study import TrialConfig, DataSpec; " \
         "print(TrialConfig.make(0, DataSpec(), model='toy').to_json())"  # fmt: skip

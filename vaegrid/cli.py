@@ -124,7 +124,7 @@ def _one_line(text: str) -> str:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from vaegrid.spec.axes import format_value
+    from vaegrid.spec.axes import AXIS, applies, format_value
     from vaegrid.spec.load import load_study
     from vaegrid.spec.study import expand
 
@@ -139,8 +139,13 @@ def _dispatch(args: argparse.Namespace) -> int:
             return f"{first:<12}" + "".join(f"  {c:>{w}}" for c, w in pairs)
 
         print(line("key", names))
-        for t in trials:
-            print(line(t.key, [format_value(getattr(t, n)) for n in names]))
+        for t in trials:  # "-": a setting that does not apply to the trial (no depth for linear)
+            values = t.axis_values()
+            cells = [
+                format_value(getattr(t, n)) if n == "repeat" or applies(AXIS[n], values) else "-"
+                for n in names
+            ]
+            print(line(t.key, cells))
         print(f"{len(trials)} trials")
         return 0
     if args.command == "run":
