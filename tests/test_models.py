@@ -242,6 +242,10 @@ def test_the_validation_nll_is_stored_at_each_trials_end_and_ranks_the_study(
     assert "## Top 10 by validation NLL" in report and "k = 20 samples per image" in report
     test = pd.read_csv(tmp_path / "r" / "nll" / "test.csv")
     assert "val_nll" in set(test["criterion"])
+    import vaegrid
+
+    results = vaegrid.load(tmp_path / "r", "nll")  # the Python API ranks by it too
+    assert results.best("val_nll")["key"] == by_nll[0]
 
 
 def test_halving_by_the_validation_nll_compares_the_nll_at_the_rung(

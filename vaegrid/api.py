@@ -106,12 +106,13 @@ class Results:
     test: pd.DataFrame  # one row per tested trial: axes, test elbo, recon, kl, nll, nll_samples
 
     def best(self, metric: str = "val_elbo") -> pd.Series:
-        """The completed config with the lowest mean ``metric`` over its repeats (ties by key).
+        """The completed config with the lowest mean ``metric`` over its repeats (ties by key);
+        ``val_nll`` too in a study with ``[rank] nll_samples``.
 
         Raises:
             ValueError: ``metric`` is not a metric column, or no config has completed.
         """
-        allowed = [*tables.SUMMARISED]
+        allowed = [*tables.SUMMARISED, *(["val_nll"] if "val_nll" in self.configs else [])]
         if metric not in allowed:
             raise ValueError(f"metric = {metric!r} is not allowed; expected one of {allowed}")
         done = self.configs[self.configs["status"] == COMPLETED]
