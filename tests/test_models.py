@@ -165,6 +165,14 @@ def test_a_study_that_mixes_models_runs_them_once_each_and_ranks_them_in_one_tab
         ("conv", 2), ("linear", 2), ("mlp", 1), ("mlp", 2)
     ]  # fmt: skip
     assert run_inline(path, tmp_path / "r", mnist_root) == 0
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'r' / 'mixed' / 'study.db'}"
+    ledger = optuna.load_study(study_name="mixed", storage=storage).trials
+    # the model is an attribute, not a parameter: Optuna refuses a categorical whose
+    # choices change, and installing a plug-in model changes the model's choices
+    assert {t.user_attrs["model"] for t in ledger} == {"linear", "mlp", "conv"}
+    assert all(set(t.params) == {"depth", "channels", "repeat"} for t in ledger)
     said = capsys.readouterr().out  # each trial described by the settings that apply to it
     assert "(model linear):" in said and "(model mlp, depth 1):" in said
     assert "(model conv, channels 4):" in said
@@ -371,3 +379,22 @@ def test_the_conv_model_reconstructs_real_mnist_better_than_the_linear_one(tmp_p
         recon[model] = [r.val.recon for r in result.history]
     # measured: linear 113.5, 103.9; conv 101.4, 89.3 (nats per image)
     assert all(c < lin - 5 for c, lin in zip(recon["conv"], recon["linear"], strict=True)), recon
+
+
+def test_a_validation_nll_that_is_not_finite_ends_the_trial_as_diverged(
+    splits,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,  # type: ignore[no-untyped-def]
+) -> None:
+    from vaegrid.train import trial
+
+    # a model whose importance weights overflow: its NLL is inf, which no table may hold
+    monkeypatch.setattr(trial, "importance_nll", lambda *a, **k: torch.tensor([math.inf]))
+    result = run_trial(config("linear", epochs=2), splits.train, splits.val,
+                       TrialFiles(tmp_path / "t"), nll_samples=5)  # fmt: skip
+    assert result.status == "diverged" and result.nll is None
+    assert result.cause == "non-finite validation NLL at epoch 2"
+    paused = run_trial(config("linear", epochs=2), splits.train, splits.val,
+                       TrialFiles(tmp_path / "p"), stop_at=1, nll_samples=5,
+                       nll_when_paused=True)  # fmt: skip
+    assert paused.status == "diverged" and paused.diverged_epoch == 1

@@ -47,23 +47,31 @@ class Flat(Toy):
 
 def flat(shape, settings):
     return Flat(shape, settings)
+
+
+def picky(shape, settings):
+    if settings["squash"] == "relu":
+        raise ValueError("no relu here")
+    return Toy(shape, settings)
 """
 SETTINGS = """
 SETTINGS = [
     {"name": "width", "type": "int", "low": 1, "high": 8, "default": 1, "label": "toy width"},
     {"name": "squash", "type": "str", "choices": ["tanh", "relu"], "default": "tanh"},
 ]
-BROKEN = [{"name": "lr", "type": "float", "low": 0, "high": 1, "default": 0.5}]
+BROKEN = [{"name": "repeat", "type": "int", "low": 0, "high": 1, "default": 0}]
 """
 ENTRY_POINTS = """
 [vaegrid.models]
 toy = toyvae:make
 flat = toyvae:flat
+picky = toyvae:picky
 taken = toyvae:make
 
 [vaegrid.settings]
 toy = toyvae.settings:SETTINGS
 flat = toyvae.settings:SETTINGS
+picky = toyvae.settings:SETTINGS
 taken = toyvae.settings:BROKEN
 """
 
@@ -126,10 +134,11 @@ def test_a_plugin_model_and_its_settings_are_settings_like_any_other(
                            env={**os.environ, "PYTHONPATH": str(site)}, check=True)  # fmt: skip
     assert '"model": "toy@toyvae==0.1"' in shown.stdout
     for bad, message in (
-        ("[train]\nmodel = \"nope\"\n", 'expected one of "linear", "mlp", "conv", "flat", "toy"'),
+        ("[train]\nmodel = \"nope\"\n",
+         'expected one of "linear", "mlp", "conv", "flat", "picky", "toy"'),
         ("[train]\nwidth = 9\nmodel = \"toy\"\n", "train.width = 9 is not allowed; expected an "
          "integer from 1 to 8"),
-        ("[train]\nwidth = 2\n", 'only 1 without model "flat" or "toy"'),
+        ("[train]\nwidth = 2\n", 'only 1 without model "flat" or "picky" or "toy"'),
         ("[train]\nmodel = \"taken\"\n", "registers it, but its settings"),
     ):  # fmt: skip
         study.write_text(bad)
@@ -159,3 +168,8 @@ def test_a_plugin_model_runs_end_to_end_and_a_broken_one_is_refused_before_anyth
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1, broken.stderr
     assert "model flat (toyvae 0.1) failed its probe: ValueError: decode gave" in broken.stderr
     assert not (tmp_path / "r" / "q").exists()
+    # every combination of a plug-in's choices is built: picky fails on relu only
+    study.write_text(STUDY.format(name="q", models='["picky"]') + 'squash = ["tanh", "relu"]\n')
+    broken = vaegrid(site, "run", str(study), *args)
+    assert broken.returncode == 2 and broken.stderr.count("\n") == 1, broken.stderr
+    assert "failed its probe: ValueError: no relu here (with squash relu)" in broken.stderr

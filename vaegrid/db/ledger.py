@@ -24,28 +24,32 @@ from sqlalchemy import select
 
 from vaegrid.db.schema import EpochRow, TrialRow
 from vaegrid.db.session import StoreBase
-from vaegrid.spec.axes import AXES, REPEATS_MAX
+from vaegrid.spec.axes import AXES, AXIS, REPEATS_MAX
 from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import COMPLETED, FINAL, STOPPED, Status
 
 METRIC_NAME = "val_elbo"  # what Optuna's value is, as optuna-dashboard shows it
 
 
-PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {a.name: a.distribution() for a in AXES}
+PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
+    a.name: a.distribution() for a in AXES if a.ledgered
+}
 PARAM_DISTRIBUTIONS["repeat"] = IntDistribution(0, REPEATS_MAX - 1)
 
 
 class LedgerMixin(StoreBase):
     def new_optuna_trial(self, study: Study, cfg: TrialConfig) -> int:
+        params = [n for n in study.searched if AXIS[n].ledgered]
+        others = [n for n in study.searched if not AXIS[n].ledgered]  # the model: attributes
         template = FrozenTrial(
             number=-1,
             state=TrialState.RUNNING,
             value=None,
             datetime_start=datetime.now(),
             datetime_complete=None,
-            params={**cfg.axis_values(study.searched), "repeat": cfg.repeat},
-            distributions={n: PARAM_DISTRIBUTIONS[n] for n in (*study.searched, "repeat")},
-            user_attrs={"key": cfg.key},
+            params={**cfg.axis_values(params), "repeat": cfg.repeat},
+            distributions={n: PARAM_DISTRIBUTIONS[n] for n in (*params, "repeat")},
+            user_attrs={"key": cfg.key, **cfg.axis_values(others)},
             system_attrs={},
             intermediate_values={},
             trial_id=-1,

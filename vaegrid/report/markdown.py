@@ -217,7 +217,8 @@ def _comparison_lines(
             "`[grid] repeats = N` to run every config N times and test the differences.",
             "",
         ]
-    shown = tables.varying(ranking, names) or names
+    # the settings that tell configs apart, each where it applies (an mlp's depth)
+    shown = tables.varying(ranking, names, everywhere=False) or names
     rows = {str(r["key"]): {str(k): v for k, v in r.items()} for r in ranking.to_dict("records")}
     adjusted = stats.holm([c.result.p for c in compared])
     tests = sum(not math.isnan(p) for p in adjusted)
@@ -236,8 +237,8 @@ def _comparison_lines(
     ]
     for c, p in zip(compared, adjusted, strict=True):
         title = criteria(ranking)[c.criterion]
-        winner = describe(rows[c.winner], shown)
-        other = describe(rows[c.other], shown)
+        winner = describe(rows[c.winner], [n for n in shown if _applies(n, rows[c.winner])])
+        other = describe(rows[c.other], [n for n in shown if _applies(n, rows[c.other])])
         out.append(f"- By {title}: " + stats.verdict(winner, other, c.result, p_adjusted=p))
     return [*out, ""]
 
@@ -295,6 +296,13 @@ def _value_lines(ranking: pd.DataFrame, names: list[str]) -> list[str]:
                 line += f"; best validation elbo {low:.2f} ({low - best:+.2f} vs the overall best)"
             out.append(line + ".")
     return out
+
+
+def _applies(name: str, row: Mapping[str, Any]) -> bool:
+    """Whether the setting ``name`` means something for a config's row (a fixed parent, no
+    column, applies to every config: a study file searches a setting only where it does)."""
+    parent = AXIS[name].applies
+    return parent is None or parent[0] not in row or row[parent[0]] in parent[1]
 
 
 def table(df: pd.DataFrame) -> str:

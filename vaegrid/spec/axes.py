@@ -8,6 +8,7 @@ labels, ``plan``, the progress line and ``status`` all follow from it.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -82,6 +83,10 @@ class Axis:
     # Added after trial keys existed (model version 2): left out of a trial's key and of the
     # study's fingerprint while at ``default[0]``, so every older study keeps its keys.
     optional: bool = False
+    # Its allowed values never change: an Optuna parameter. The model's (plug-ins come and
+    # go) and a plug-in's own choices are recorded as user attributes instead, since Optuna
+    # refuses a categorical parameter whose choices change within a study.
+    ledgered: bool = True
 
     def allowed(self) -> str:
         """What a value of this axis may be, for messages."""
@@ -137,7 +142,8 @@ AXES: tuple[Axis, ...] = (
          label="max gradient norm"),
     Axis("beta", float, (1.0,), False, *BETA_RANGE, label="KL weight beta",
          applies=("objective", ("elbo",))),
-    Axis("model", str, ("linear",), False, choices=MODELS, label="model", optional=True),
+    Axis("model", str, ("linear",), False, choices=MODELS, label="model", optional=True,
+         ledgered=False),
     Axis("depth", int, (2,), False, 1, DEPTH_MAX, label="MLP layers",
          applies=("model", ("mlp",)), optional=True),
     Axis("activation", str, ("tanh",), False, choices=ACTIVATIONS, label="MLP activation",
@@ -158,8 +164,7 @@ def _with_plugins(builtin: tuple[Axis, ...]) -> tuple[Axis, ...]:
         return builtin
     names = tuple(p.name for p in plugins)
     out = [
-        Axis(a.name, a.kind, a.default, a.searched, choices=a.choices + names, label=a.label,
-             optional=True) if a.name == "model" else a
+        dataclasses.replace(a, choices=a.choices + names) if a.name == "model" else a
         for a in builtin
     ]  # fmt: skip
     users: dict[str, tuple[str, ...]] = {}  # setting -> the models that declare it
@@ -172,13 +177,23 @@ def _with_plugins(builtin: tuple[Axis, ...]) -> tuple[Axis, ...]:
         out.append(Axis(
             name, s["type"], (s["default"],), False, s.get("low", 0.0), s.get("high", 0.0),
             s.get("choices", ()), label=s["label"], applies=("model", users[name]),
-            optional=True,
+            optional=True, ledgered=s["type"] is not str,
         ))  # fmt: skip
     return tuple(out)
 
 
 # Every installed plug-in model, by name, usable or not (``problem``).
-PLUGINS = registered(frozenset({a.name for a in AXES} | set(MODELS)))
+# Names a plug-in's setting may not take: the settings', the trial config's fields and the
+# tables' columns (a setting called "repeat" or "status" would overwrite one).
+RESERVED = frozenset(
+    {a.name for a in AXES} | set(MODELS) | {
+        "seed", "data", "repeat", "repeats", "key", "config", "config_id", "settings",
+        "version", "describe", "replace", "make", "status", "seconds", "cause", "rung",
+        "epochs_done", "epoch", "split", "criterion", "rank", "model_version", "n_repeats",
+        "n_tested", "best_epoch", "nll_samples", "likelihood",
+    }
+)  # fmt: skip
+PLUGINS = registered(RESERVED)
 AXES = _with_plugins(AXES)
 AXIS = {a.name: a for a in AXES}
 

@@ -93,7 +93,14 @@ def _checked(raw: object, reserved: frozenset[str]) -> tuple[dict[str, Any], ...
         if not isinstance(s, dict):
             raise ValueError("a setting is a dict")
         name, kind, default = s.get("name"), s.get("type"), s.get("default")
-        if not isinstance(name, str) or not NAME.fullmatch(name) or name in reserved | names:
+        taken = reserved | names
+        if (
+            not isinstance(name, str)
+            or not NAME.fullmatch(name)
+            or name in taken
+            or name.startswith(("train_", "val_", "test_", "rank_"))  # the metrics' columns
+            or name.endswith(("_std", "_ci_low", "_ci_high"))
+        ):
             raise ValueError(f"setting name {str(name)[:40]!r} is not allowed or is taken")
         names.add(name)
         label = s.get("label", name)
@@ -134,6 +141,7 @@ def _line(e: BaseException) -> str:
     return (text[0] if text else type(e).__name__)[:200]
 
 
+@lru_cache(maxsize=64)
 def load_factory(name: str) -> Any:
     """The factory of the registered model ``name`` (imports its module: torch with it)."""
     for ep in metadata.entry_points(group=MODELS_GROUP, name=name):

@@ -9,6 +9,7 @@ at construction, wrong shapes, non-finite outputs or gradients) is its error, in
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -21,6 +22,7 @@ if TYPE_CHECKING:
     from vaegrid.spec.study import Study
 
 PROBE_TIMEOUT_S = 300  # building and stepping every plug-in model of a study, torch's import
+PROBES_MAX = 64  # builds per model: its string settings' combinations, the first this many
 
 
 def check_plugins(study: Study) -> None:
@@ -38,13 +40,19 @@ def check_plugins(study: Study) -> None:
         return
     todo = []
     for model in models:
-        settings: dict[str, Any] = {"model": model}
-        for axis in AXES:
-            if axis.name != "model":
-                values = by_axis[axis.name]
-                settings[axis.name] = values[0] if axis.kind is str else max(values)
-        todo.append({a.name: settings[a.name] if applies(a, settings) else a.default[0]
-                     for a in AXES})  # fmt: skip
+        # every combination of the choices that apply to it (a few), each size at its largest
+        at: dict[str, Any] = {"model": model}
+        choices = [a for a in AXES if a.kind is str and a.name != "model" and applies(a, at)]
+        for combo in itertools.islice(
+            itertools.product(*(by_axis[a.name] for a in choices)), PROBES_MAX
+        ):
+            settings = {**dict(zip([a.name for a in choices], combo, strict=True)), **at}
+            for axis in AXES:
+                if axis.name not in settings:
+                    values = by_axis[axis.name]
+                    settings[axis.name] = values[0] if axis.kind is str else max(values)
+            todo.append({a.name: settings[a.name] if applies(a, settings) else a.default[0]
+                         for a in AXES})  # fmt: skip
     try:
         done = subprocess.run(
             [sys.executable, "-m", "vaegrid.train.probe", json.dumps(todo)],
@@ -55,11 +63,15 @@ def check_plugins(study: Study) -> None:
             f"{study.source}: probing the plug-in models {', '.join(models)} took more than "
             f"{PROBE_TIMEOUT_S} s"
         ) from None
-    found = {}
+    found: dict[str, dict[str, Any]] = {}
     for line in done.stdout.splitlines():
         try:
             row = json.loads(line)
-            found[row["model"]] = row
+            kept = found.get(row["model"])
+            if kept is None or (row["error"] and not kept["error"]):  # its first failure
+                found[row["model"]] = row
+            elif not kept["error"]:
+                kept["parameters"] = max(kept["parameters"], row["parameters"])
         except (ValueError, KeyError, TypeError):
             continue
     for model in models:
@@ -83,7 +95,7 @@ def probe(settings: dict[str, Any]) -> dict[str, Any]:
 
     from vaegrid.train.model import make_model
 
-    out: dict[str, Any] = {"model": settings["model"], "parameters": None, "error": None}
+    out: dict[str, Any] = {"model": settings["model"], "parameters": 0, "error": None}
     try:
         torch.manual_seed(0)
         model = make_model(settings)
@@ -113,8 +125,15 @@ def probe(settings: dict[str, Any]) -> dict[str, Any]:
             raise ValueError("it has no parameters to train")
     except Exception as e:
         lines = str(e).strip().splitlines()
-        out["error"] = f"{type(e).__name__}: {lines[0] if lines else ''}"[:300]
+        which = ", ".join(f"{k} {v}" for k, v in settings.items() if isinstance(v, str)
+                          and k != "model" and k in _applying(settings))  # fmt: skip
+        at = f" (with {which})" if which else ""
+        out["error"] = f"{type(e).__name__}: {lines[0] if lines else ''}{at}"[:300]
     return out
+
+
+def _applying(settings: dict[str, Any]) -> set[str]:
+    return {a.name for a in AXES if a.applies is not None and applies(a, settings)}
 
 
 def main() -> None:

@@ -31,6 +31,8 @@ import torch
 from vaegrid.errors import InputError
 from vaegrid.layout import TrialFiles
 from vaegrid.safeio import ensure_dir, open_file, read_bytes, save_with, write_atomic
+from vaegrid.spec.axes import PLUGINS
+from vaegrid.spec.plugins import load_factory
 from vaegrid.spec.study import EVAL_ROWS, TrialConfig, derive_seed
 from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED, Status
 from vaegrid.train import provenance
@@ -107,6 +109,8 @@ _INIT_LOCK = threading.Lock()
 
 def build_model(cfg: TrialConfig, device: torch.device | str) -> BaseVAE:
     """The trial's model with its seeded initial weights, on ``device``."""
+    if cfg.model in PLUGINS:  # imported before seeding: an import that draws numbers
+        load_factory(cfg.model)  # must not shift the first trial's weights
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, cfg.repeat, cfg.hidden, cfg.latent, "init"))
         model = make_model(cfg.axis_values())
@@ -212,13 +216,24 @@ def run_trial(
         if len(history) < cfg.epochs:  # stopped at a rung: no final weights yet
             if nll_samples and nll_when_paused:
                 paused = val_nll(model, val_x, cfg, len(history), nll_samples)
+                if not math.isfinite(paused.nll):
+                    return _nll_diverged(history, paused)
                 return TrialResult(PAUSED, history, nll=paused)
             return TrialResult(PAUSED, history)
+        nll = val_nll(model, val_x, cfg, len(history), nll_samples) if nll_samples else None
+        if nll is not None and not math.isfinite(nll.nll):
+            return _nll_diverged(history, nll)
         if not files.weights.exists():  # stamped, as the checkpoint: a copy is caught
             final = {"identity": identity, "file": "weights", "model": model.state_dict()}
             save_with(files.weights, torch.save, final)
-        nll = val_nll(model, val_x, cfg, len(history), nll_samples) if nll_samples else None
         return TrialResult(COMPLETED, history, nll=nll)
+
+
+def _nll_diverged(history: list[EpochRecord], nll: ValNll) -> TrialResult:
+    """A validation NLL that is not finite: the trial's result, as a non-finite loss is."""
+    return TrialResult(
+        DIVERGED, history, f"non-finite validation NLL at epoch {nll.epoch}", nll.epoch
+    )
 
 
 def val_nll(model: BaseVAE, val_x: torch.Tensor, cfg: TrialConfig, epoch: int, k: int) -> ValNll:
