@@ -10,11 +10,12 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import pandas as pd
 
 from vaegrid.analysis import stats
-from vaegrid.spec.axes import AXIS
+from vaegrid.spec.axes import AXIS, applies
 from vaegrid.spec.study import TrialConfig
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
 
@@ -240,11 +241,9 @@ def comparisons(
 def applicable(ranking: pd.DataFrame, name: str) -> pd.Series:
     """The rows the setting ``name`` means something for (``Axis.applies``: depth for mlp
     configs only); the others hold its neutral value."""
-    parent = AXIS[name].applies
-    # A fixed parent is no column: a study file searches a setting only where it applies.
-    if parent is None or parent[0] not in ranking.columns:
-        return pd.Series(True, index=ranking.index)
-    return ranking[parent[0]].isin(parent[1])
+    rows: list[dict[str, Any]] = ranking.to_dict("records")  # type: ignore[assignment]
+    mask: list[bool] = [applies(AXIS[name], r) for r in rows]
+    return pd.Series(mask, index=ranking.index, dtype=bool)
 
 
 def varying(ranking: pd.DataFrame, names: Sequence[str], everywhere: bool = True) -> list[str]:

@@ -16,7 +16,7 @@ import pandas as pd
 from vaegrid.analysis import stats, tables
 from vaegrid.analysis.tables import Comparison, criteria
 from vaegrid.layout import StudyLayout
-from vaegrid.spec.axes import AXIS, describe
+from vaegrid.spec.axes import AXIS, applies, describe
 from vaegrid.spec.study import DATASET_NAMES, DataSpec
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
 
@@ -237,8 +237,8 @@ def _comparison_lines(
     ]
     for c, p in zip(compared, adjusted, strict=True):
         title = criteria(ranking)[c.criterion]
-        winner = describe(rows[c.winner], [n for n in shown if _applies(n, rows[c.winner])])
-        other = describe(rows[c.other], [n for n in shown if _applies(n, rows[c.other])])
+        winner = describe(rows[c.winner], [n for n in shown if applies(AXIS[n], rows[c.winner])])
+        other = describe(rows[c.other], [n for n in shown if applies(AXIS[n], rows[c.other])])
         out.append(f"- By {title}: " + stats.verdict(winner, other, c.result, p_adjusted=p))
     return [*out, ""]
 
@@ -296,13 +296,6 @@ def _value_lines(ranking: pd.DataFrame, names: list[str]) -> list[str]:
                 line += f"; best validation elbo {low:.2f} ({low - best:+.2f} vs the overall best)"
             out.append(line + ".")
     return out
-
-
-def _applies(name: str, row: Mapping[str, Any]) -> bool:
-    """Whether the setting ``name`` means something for a config's row (a fixed parent, no
-    column, applies to every config: a study file searches a setting only where it does)."""
-    parent = AXIS[name].applies
-    return parent is None or parent[0] not in row or row[parent[0]] in parent[1]
 
 
 def table(df: pd.DataFrame) -> str:

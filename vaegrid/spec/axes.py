@@ -199,8 +199,11 @@ AXIS = {a.name: a for a in AXES}
 
 
 def applies(axis: Axis, settings: Mapping[str, Any]) -> bool:
-    """Whether ``axis`` means something in a trial of these settings."""
-    return axis.applies is None or settings[axis.applies[0]] in axis.applies[1]
+    """Whether ``axis`` means something in a trial of these settings. A row of a table
+    without the parent's column (a study that fixes it) is one it applies to: a study file
+    searches a setting only where it applies."""
+    parent = axis.applies
+    return parent is None or parent[0] not in settings or settings[parent[0]] in parent[1]
 
 
 def neutralize(settings: dict[str, Any]) -> dict[str, Any]:
