@@ -88,6 +88,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyvae\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(ENTRY_POINTS)
     (info / "RECORD").write_text("")
+    odd = root / "oddvae-1.dist-info"  # a version a key could not hold as it is
+    odd.mkdir()
+    (odd / "METADATA").write_text("Metadata-Version: 2.1\nName: oddvae\nVersion: 1 / 2\n")
+    (odd / "entry_points.txt").write_text("[vaegrid.models]\nodd = toyvae:make\n")
     return root
 
 
@@ -140,6 +144,7 @@ def test_a_plugin_model_and_its_settings_are_settings_like_any_other(
          "integer from 1 to 8"),
         ("[train]\nwidth = 2\n", 'only 1 without model "flat" or "picky" or "toy"'),
         ("[train]\nmodel = \"taken\"\n", "registers it, but its settings"),
+        ("[train]\nmodel = \"odd\"\n", "its distribution 'oddvae' '1 / 2' is no name and version"),
     ):  # fmt: skip
         study.write_text(bad)
         done = vaegrid(site, "plan", str(study))

@@ -16,6 +16,7 @@ PgBouncer in front (README, Scale).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 import sqlite3
@@ -366,6 +367,7 @@ def _pg_connector(url: URL, readonly: bool, retry_s: float) -> Callable[[], Any]
     return connect
 
 
+@functools.cache
 def _bounded_connection(seconds: float) -> Any:
     """A psycopg connection class whose every wait on the server ends after ``seconds``:
     the connection is then closed (its state is unknown) and OperationalError says so.

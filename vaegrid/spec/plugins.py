@@ -33,6 +33,8 @@ from typing import Any
 MODELS_GROUP = "vaegrid.models"
 SETTINGS_GROUP = "vaegrid.settings"
 NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # a model's or a setting's name
+DIST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a distribution's name (PEP 508)
+VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}")  # a version, as a key holds it
 SETTINGS_MAX = 32  # settings one plug-in may declare
 CHOICES_MAX = 100
 NUMBER_MAX = 1e12  # bounds of a plug-in's numeric setting, in absolute value
@@ -65,7 +67,10 @@ def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
         dist = ep.dist.name if ep.dist is not None else "unknown"
         version = ep.dist.version if ep.dist is not None else "0"
         problem = None
-        if not NAME.fullmatch(ep.name) or ep.name in reserved:
+        if not DIST.fullmatch(dist) or not VERSION.fullmatch(version):  # they go in keys
+            problem = f"its distribution {dist[:40]!r} {version[:40]!r} is no name and version"
+            dist, version = "unknown", "0"
+        elif not NAME.fullmatch(ep.name) or ep.name in reserved:
             problem = f"its name {ep.name[:40]!r} is not allowed or is taken"
         elif ep.name in found:
             problem = f"registered twice ({found[ep.name].dist} and {dist})"
@@ -74,7 +79,7 @@ def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
             try:
                 settings = _checked(declared[ep.name].load(), reserved)
             except Exception as e:  # anything a foreign module raises: named, not raised
-                problem = f"its settings ({declared[ep.name].value}): {_line(e)}"
+                problem = f"its settings ({declared[ep.name].value[:100]!r}): {_line(e)}"
         for s in settings:  # a setting two models declare is one: declared alike
             other = next((o for p in found.values() if p.problem is None
                           for o in p.settings if o["name"] == s["name"]), s)  # fmt: skip

@@ -22,6 +22,9 @@ from vaegrid.spec.axes import (
     describe,
     neutralize,
 )
+from vaegrid.spec.axes import (
+    MODELS as BUILTIN_MODELS,
+)
 
 # Bump when the model or the training loop changes what a config computes: it is part
 # of every trial key and of the study's fingerprint, so old results never pass for new.
@@ -320,7 +323,7 @@ def parameter_count(settings: Mapping[str, Any], pixels: int = _PIXELS) -> int:
       the last.
     """
     h, z, model = settings["hidden"], settings["latent"], settings["model"]
-    if model not in ("linear", "mlp", "conv"):
+    if model not in BUILTIN_MODELS:
         return 0  # a plug-in's: counted when the driver probes it (run/probe.py)
     heads = 2 * (h * z + z)
     if model == "mlp":

@@ -305,6 +305,9 @@ def _train_epoch(
     g = torch.Generator(device).manual_seed(derive_seed(cfg.seed, cfg.repeat, "epoch", epoch))
     perm = torch.randperm(len(x), generator=g, device=device)
     draw = cfg.data.binarize == "dynamic"  # a fresh binary image of every image each epoch
+    # read once: a setting is looked up by name, and the loop below runs every batch
+    k = cfg.samples if cfg.objective == "iwae" else 0
+    beta, clip = cfg.beta, cfg.clip
     batch = cfg.batch_size
     params = list(model.parameters())
     losses, norms, sums = [], [], []
@@ -317,18 +320,18 @@ def _train_epoch(
         if draw:
             xb = binarize(xb, cfg.seed, cfg.repeat, "epoch", epoch, "batch", start)
         n += len(xb)
-        if cfg.objective == "iwae":  # Burda et al.'s bound; the metrics stay the ELBO's
-            eps = torch.randn(cfg.samples, len(xb), model.latent, generator=g, device=device)
+        if k:  # Burda et al.'s bound; the metrics stay the ELBO's
+            eps = torch.randn(k, len(xb), model.latent, generator=g, device=device)
             bound, terms = iwae_terms(model, xb, eps)
             loss = bound.mean()
         else:
             eps = torch.randn(len(xb), model.latent, generator=g, device=device)
             terms = model(xb, eps)
             # beta weighs the KL in what is minimised (a beta-VAE); the metrics stay the ELBO's.
-            loss = (terms.recon + cfg.beta * terms.kl).mean()
+            loss = (terms.recon + beta * terms.kl).mean()
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        norms.append(torch.nn.utils.clip_grad_norm_(params, cfg.clip))
+        norms.append(torch.nn.utils.clip_grad_norm_(params, clip))
         optimizer.step()
         losses.append(loss.detach())
         sums.append(torch.stack([terms.recon.detach().sum(), terms.kl.detach().sum()]))
