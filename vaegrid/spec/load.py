@@ -352,19 +352,18 @@ def _settings(
             f" x {repeats} repeats = {combos}{merged} trials is not allowed; expected at most "
             f"{TRIALS_MAX} trials"
         )
-    # The parameter count grows with every size, so each model's largest is the one to check.
-    for model in by_axis["model"]:
-        largest = {n: max(by_axis[n]) for n in ("hidden", "latent", "depth", "channels")}
-        n_params = parameter_count({**largest, "model": model})
+    # Parameters and memory grow with every size: each model's largest trial is the one.
+    largest = largest_trials(by_axis)
+    for trial in largest:
+        n_params = parameter_count(trial)
         if n_params > MODEL_PARAMETERS_MAX:
-            named = ", ".join(
-                f"{n} = {largest[n]}" for n in largest if applies(AXIS[n], {"model": model})
-            )
+            dims = ("hidden", "latent", "depth", "channels")
+            named = ", ".join(f"{n} = {trial[n]}" for n in dims if applies(AXIS[n], trial))
             raise InputError(
-                f"{v.source}: model {model} with {named} has {n_params:,} parameters; "
+                f"{v.source}: model {trial['model']} with {named} has {n_params:,} parameters; "
                 f"expected at most {MODEL_PARAMETERS_MAX:,} for every config"
             )
-    worst = max(largest_trials(by_axis), key=training_mb)
+    worst = max(largest, key=training_mb)
     if training_mb(worst) > TRAINING_MB_MAX:
         which = ["model", "batch_size", "hidden"]
         which += ["channels"] if worst["model"] == "conv" else []
