@@ -49,6 +49,7 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trial.py
+	$(BIN)/python bench/bench_nll.py
 
 # Load test of the study database (SQLite, PostgreSQL 15) and the driver's overhead per trial.
 bench-store: $(STAMP)

@@ -206,22 +206,58 @@ def loss_terms(
 _LOG_2PI = math.log(2 * math.pi)
 
 
-def log_weights(model: BaseVAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def log_weights(
+    model: BaseVAE, x: torch.Tensor, eps: torch.Tensor, *, fast: bool = False
+) -> tuple[torch.Tensor, ...]:
     """Importance weights of ``k`` samples z_i = mu + sigma * eps_i of q(z|x), per image.
 
     Returns ``(log_w, recon, mu, logvar)``: log_w = log p(x|z_i) + log p(z_i) - log q(z_i|x)
-    and recon = -log p(x|z_i), each ``[k, batch]``; eps is ``[k, batch, Z]``.
+    and recon = -log p(x|z_i), each ``[k, batch]``; eps is ``[k, batch, Z]``. ``fast``
+    computes recon with :func:`bernoulli_nll_fast` (no gradient; the likelihood's), else
+    as training's loss does.
     """
     k, b = eps.shape[0], len(x)
     mu, logvar = model.encode(x)
     z = mu + torch.exp(0.5 * logvar) * eps  # [k, b, Z]
     logits = model.decode(z.reshape(-1, z.shape[-1])).reshape(k, b, -1)
-    recon = F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").sum(
-        -1
-    )
+    if fast:
+        recon = bernoulli_nll_fast(logits, x)
+    else:
+        recon = F.binary_cross_entropy_with_logits(
+            logits, x.expand_as(logits), reduction="none"
+        ).sum(-1)
     log_pz = -0.5 * (z.pow(2) + _LOG_2PI).sum(-1)
     log_qz = -0.5 * (eps.pow(2) + _LOG_2PI + logvar).sum(-1)
     return -recon + log_pz - log_qz, recon, mu, logvar
+
+
+# Pixels whose 1 + exp(-|logit|) (each in (1, 2]) are multiplied before one log is taken:
+# 2 ** 100 stays far below float32's largest number (2 ** 128).
+_PRODUCT_GROUP = 100
+
+
+@torch.inference_mode()
+def bernoulli_nll_fast(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """-log p(x | logits) summed over the last dimension, as the binary cross-entropy with
+    logits, ``logits`` ``[..., b, P]`` and ``x`` ``[b, P]`` in [0, 1]; about 7x faster on
+    the CPU, for the likelihood's thousands of samples per image.
+
+    softplus(l) - x l = relu(l) + log(1 + exp(-|l|)) - x l, summed: 0.5 |l| + (0.5 - x) l
+    are two reductions, and the logs of the (1 + exp(-|l|)) become one log of their product
+    per group of 100 pixels (torch's log1p, log_sigmoid and softplus are not vectorised on
+    x86: 9-10 ns a pixel on one core against 1.4 for this). It differs from
+    ``F.binary_cross_entropy_with_logits`` by float32 rounding (2.5e-7 of the sum).
+    """
+    a = logits.abs()
+    out = 0.5 * a.sum(-1) + (logits * (0.5 - x)).sum(-1)
+    e = a.neg_().exp_().add_(1)
+    whole = e.shape[-1] // _PRODUCT_GROUP * _PRODUCT_GROUP
+    if whole:
+        groups = e[..., :whole].unflatten(-1, (-1, _PRODUCT_GROUP))
+        out += groups.prod(-1).log_().sum(-1)
+    if whole < e.shape[-1]:
+        out += e[..., whole:].prod(-1).log_()
+    return out
 
 
 def iwae_terms(model: BaseVAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torch.Tensor, Terms]:
@@ -260,7 +296,7 @@ def importance_nll(
         for done in range(0, k, block):
             n = min(block, k - done)
             eps = torch.randn(n, len(xb), model.latent, generator=generator, device=x.device)
-            part = torch.logsumexp(log_weights(model, xb, eps)[0], dim=0)  # over [n, b]
+            part = torch.logsumexp(log_weights(model, xb, eps, fast=True)[0], dim=0)  # over [n, b]
             lse = part if lse is None else torch.logaddexp(lse, part)
         assert lse is not None
         out.append(math.log(k) - lse)
