@@ -223,7 +223,10 @@ def test_parallel_axes_positions_and_colours(tmp_path: Path, drawn: list[Figure]
     (fig,) = drawn
     ax, colorbar = fig.axes
     assert [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()] == labels
-    assert colorbar.get_ylabel() == labels[-1]
+    # 150 is beyond the scale of the better half (100 + 2 x 20 = 140): at the top, darkest
+    assert colorbar.get_ylabel() == labels[-1] + (
+        "\nclipped at 140.0: worse configs are darkest, at the top"
+    )
     grey, coloured = [c for c in ax.collections if isinstance(c, LineCollection)]
     # hidden on a log scale (100, 1000, 10000 evenly), beta linear (0, 0.5, 2), optimizer in
     # the order of its choices (adam, sgd: adamw absent), the metric from best (0) to worst.
@@ -231,13 +234,38 @@ def test_parallel_axes_positions_and_colours(tmp_path: Path, drawn: list[Figure]
     assert np.allclose(diverged[:, 1], [0.5, 1.0, 1.0, figures.NOT_DONE_Y])
     assert grey.get_linestyle() != coloured.get_linestyle()  # dashed, not solid
     lines = {tuple(np.round(s[:, 1], 6)) for s in coloured.get_segments()}
-    assert lines == {(0.0, 0.0, 0.0, 0.0), (0.5, 0.25, 1.0, 1.0), (1.0, 1.0, 0.0, 0.4)}
+    assert lines == {(0.0, 0.0, 0.0, 0.0), (0.5, 0.25, 1.0, 1.0), (1.0, 1.0, 0.0, 0.5)}
     worst_first = coloured.get_array()
     assert worst_first is not None and list(worst_first) == [150.0, 120.0, 100.0]
     ticks = [t.get_text() for t in ax.texts]
     assert {"100", "1000", "10000", "0", "0.5", "2", "adam", "sgd"} <= set(ticks)
     assert "adamw" not in ticks and "diverged / not completed (1)" in ticks
-    assert "100.0" in ticks and "150.0" in ticks  # the metric axis's ends
+    assert "100.0" in ticks and "\N{GREATER-THAN OR EQUAL TO} 140.0" in ticks  # its ends
+
+
+def test_parallel_tells_the_good_configs_apart_beside_far_worse_ones(
+    tmp_path: Path, drawn: list[Figure]
+) -> None:
+    # The seed study's shape again: far worse configs end at the top of the metric axis,
+    # in the darkest colour; the good ones spread over the scale instead of sharing its
+    # bottom tenth.
+    values = [106.5, 108.0, 111.7, 210.0, 310.0]
+    frame = pd.DataFrame(
+        [config("completed", v, hidden=400, lr=lr) for v, lr in zip(values, LRS, strict=True)]
+    )
+    figures.parallel(frame, [AXIS["lr"]], tmp_path / "p.png")
+    (fig,) = drawn
+    ax, colorbar = fig.axes
+    _, coloured = [c for c in ax.collections if isinstance(c, LineCollection)]
+    pairs = zip(coloured.get_array(), coloured.get_segments(), strict=True)  # type: ignore[arg-type]
+    ends = {float(v): float(s[-1, 1]) for v, s in pairs}
+    assert ends[310.0] == ends[210.0] == 1.0  # at the top
+    assert ends[106.5] == 0.0 and 0.35 < ends[111.7] < 0.6  # 5.2 of the 10.4 shown
+    assert colorbar.get_ylabel().endswith(
+        "\nclipped at 116.9: worse configs are darkest, at the top"
+    )
+    assert colorbar._colorbar.extend == "max"
+    assert "\N{GREATER-THAN OR EQUAL TO} 116.9" in [t.get_text() for t in ax.texts]
 
 
 def test_parallel_takes_any_axis_strings_in_the_order_of_their_choices(

@@ -28,7 +28,6 @@ from vaegrid.spec.axes import AXIS, Axis, describe, format_value
 from vaegrid.status import COMPLETED, DIVERGED
 from vaegrid.train.model import BaseVAE
 
-SIDE = 28
 PAIRS = 32  # test digits shown beside their reconstructions
 ROW = 16  # digits per row of the reconstruction grid
 
@@ -218,18 +217,24 @@ def parallel(
     scaled = [_place(frame[a.name], a) for a in axes]
     values = frame[metric].to_numpy(dtype=float)
     done = (frame["status"] == COMPLETED).to_numpy() & np.isfinite(values)
-    norm = _norm(values[done])
+    # The scale shows the better configs apart (as the heatmap's): far worse ones end at
+    # its top, in its darkest colour, under a tick that says they are beyond it.
+    norm = _norm(values[done], clip_worse=True)
     cmap = _line_cmap()
+    clipped = False
     if norm is None:
         metric_y = np.full(len(frame), NOT_DONE_Y)
         metric_ticks: list[tuple[float, str]] = []
     else:
         fill = norm.vmin if norm.vmin is not None else 0.0  # stands in for the rest
         placed = np.asarray(norm(np.where(done, values, fill)), dtype=np.float64)
-        metric_y = np.where(done, placed, NOT_DONE_Y)
+        clipped = bool((placed[done] > 1.0).any())
+        metric_y = np.where(done, np.minimum(placed, 1.0), NOT_DONE_Y)
         metric_ticks = [
             (float(t), _value_text(float(norm.inverse(t)))) for t in np.linspace(0, 1, TICKS)
         ]
+        if clipped:
+            metric_ticks[-1] = (1.0, f"\N{GREATER-THAN OR EQUAL TO} {metric_ticks[-1][1]}")
     if not done.all():
         metric_ticks.append((NOT_DONE_Y, f"{NOT_DONE} ({int((~done).sum())})"))
     heights = np.column_stack([*(h for h, _ in scaled), metric_y])  # rows: configs
@@ -254,7 +259,11 @@ def parallel(
             zorder=2,
         )
         ax.add_collection(lines)
-        fig.colorbar(lines, ax=ax, label=f"{_metric_label(metric)} (nats)")
+        label = f"{_metric_label(metric)} (nats)"
+        if clipped:
+            top = _value_text(float(norm.vmax if norm.vmax is not None else 0.0))
+            label += f"\nclipped at {top}: worse configs are darkest, at the top"
+        fig.colorbar(lines, ax=ax, label=label, extend="max" if clipped else "neither")
     for x, ticks in zip(xs, [*(t for _, t in scaled), metric_ticks], strict=True):
         ax.axvline(x, color="black", linewidth=1.0, zorder=3)
         for y, text in ticks:
@@ -307,24 +316,34 @@ def importance(importances: Mapping[str, float], axes: Sequence[Axis], path: Pat
 
 
 @torch.inference_mode()
-def reconstructions(model: BaseVAE, test_x: torch.Tensor, path: Path) -> None:
-    """The first test digits (odd rows) above their reconstructions from z = mu (even rows)."""
+def reconstructions(
+    model: BaseVAE, test_x: torch.Tensor, shape: tuple[int, int, int], path: Path
+) -> None:
+    """The first test images (odd rows) above their reconstructions from z = mu (even
+    rows); ``shape`` is the images' (C, H, W): grey or colour."""
     x = test_x[:PAIRS]
     mu, _ = model.encode(x)
     recon = torch.sigmoid(model.decode(mu))
     rows = []
     for start in range(0, PAIRS, ROW):
         rows += [x[start : start + ROW], recon[start : start + ROW]]
-    images = torch.cat(rows).reshape(-1, 1, SIDE, SIDE).cpu()
+    images = torch.cat(rows).reshape(-1, *shape).cpu()
     save_with(path, save_image, make_grid(images, nrow=ROW, pad_value=0.5), format="png")
 
 
 @torch.inference_mode()
-def samples(model: BaseVAE, generator: torch.Generator, path: Path, n: int = 64) -> None:
-    """``n`` digits decoded from z ~ N(0, I): the Bernoulli means, 8 to a row."""
+def samples(
+    model: BaseVAE,
+    generator: torch.Generator,
+    shape: tuple[int, int, int],
+    path: Path,
+    n: int = 64,
+) -> None:
+    """``n`` images decoded from z ~ N(0, I): the Bernoulli means, 8 to a row; ``shape``
+    is the images' (C, H, W)."""
     device = next(model.parameters()).device
     z = torch.randn(n, model.latent, generator=generator, device=device)
-    images = torch.sigmoid(model.decode(z)).reshape(-1, 1, SIDE, SIDE).cpu()
+    images = torch.sigmoid(model.decode(z)).reshape(-1, *shape).cpu()
     save_with(path, save_image, make_grid(images, nrow=8, pad_value=0.5), format="png")
 
 
