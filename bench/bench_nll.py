@@ -27,7 +27,7 @@ from vaegrid.train.data import data_dir, load_splits
 from vaegrid.train.model import MLPVAE, VAE, BaseVAE, importance_nll, log_weights
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
-from bench_trial import matmul_peak  # noqa: E402
+from bench_trial import matmul_peak
 
 
 @torch.inference_mode()
@@ -52,7 +52,9 @@ def baseline_nll(model: BaseVAE, x: torch.Tensor, k: int, g: torch.Generator) ->
 def decoder_macs(model: BaseVAE) -> int:
     """Multiply-adds of the decoder's linear layers for one sample."""
     decoder: nn.Module = model.decoder  # type: ignore[assignment]
-    return sum(m.in_features * m.out_features for m in decoder.modules() if isinstance(m, nn.Linear))
+    return sum(
+        m.in_features * m.out_features for m in decoder.modules() if isinstance(m, nn.Linear)
+    )
 
 
 def main() -> None:
@@ -86,14 +88,15 @@ def main() -> None:
         flops = 2 * decoder_macs(model) * args.k * len(test)
         best = {label: min(t) for label, t in times.items()}
         diff = float((values["after"] - values["before"]).abs().max())
-        print(f"{name}: mean NLL {float(values['after'].mean()):.3f} (|after - before| <= {diff:.1e})")
+        print(
+            f"{name}: mean NLL {float(values['after'].mean()):.3f} (|after - before| <= {diff:.1e})"
+        )
         for label in ("before", "after"):
             rate = flops / best[label]
             full = best[label] * 10_000 / len(test)
-            print(
-                f"  {label:<6} {best[label]:8.2f} s  {rate / 1e9:6.1f} GFLOP/s = {rate / peak:5.1%} "
-                f"of {peak / 1e9:.0f}   10,000 images: {full / 60:5.1f} min"
-            )
+            share = f"{rate / 1e9:6.1f} GFLOP/s = {rate / peak:5.1%} of {peak / 1e9:.0f}"
+            whole = f"10,000 images: {full / 60:5.1f} min"
+            print(f"  {label:<6} {best[label]:8.2f} s  {share}   {whole}")
         print(f"  after/before speed = {best['before'] / best['after']:.2f}x")
 
 

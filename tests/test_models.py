@@ -292,11 +292,14 @@ import json, sys, torch
 from vaegrid.spec.study import DataSpec, TrialConfig, training_mb
 from vaegrid.train.model import iwae_terms, make_model
 torch.set_num_threads(1)
-cfg = TrialConfig.make(0, DataSpec(), lr=1e-3, clip=1.0, **json.loads(sys.argv[1]))
-net = make_model(cfg.axis_values())
+settings = json.loads(sys.argv[1])
+shape = tuple(settings.pop("shape", (1, 28, 28)))
+cfg = TrialConfig.make(0, DataSpec(), lr=1e-3, clip=1.0, **settings)
+net = make_model(cfg.axis_values(), shape)
 opt = torch.optim.Adam(net.parameters())
-x = torch.rand(cfg.batch_size, 784).round()
-val = torch.rand(10_000, 784).round()
+pixels = shape[0] * shape[1] * shape[2]
+x = torch.rand(cfg.batch_size, pixels).round()
+val = torch.rand(10_000, pixels).round()
 
 
 def status(field):  # MB, from /proc/self/status
@@ -320,7 +323,7 @@ from vaegrid.train.model import importance_nll
 evaluate(net, val, 0)
 importance_nll(net, x[:20], 100, torch.Generator().manual_seed(0))
 grew = status("VmHWM") - before
-print(json.dumps([training_mb(cfg.axis_values()), grew]))
+print(json.dumps([training_mb(cfg.axis_values(), shape), grew]))
 """
 
 
@@ -332,6 +335,8 @@ print(json.dumps([training_mb(cfg.axis_values()), grew]))
         {"model": "mlp", "hidden": 200, "latent": 50, "batch_size": 100, "objective": "iwae",
          "samples": 500},
         {"model": "conv", "hidden": 200, "latent": 50, "batch_size": 100, "channels": 128},
+        {"model": "conv", "hidden": 200, "latent": 50, "batch_size": 100, "channels": 32,
+         "shape": [3, 64, 64]},  # a plug-in data set's colour images
     ],
 )  # fmt: skip
 def test_the_memory_estimate_is_within_a_factor_of_2_of_a_step_an_evaluation_and_an_nll(

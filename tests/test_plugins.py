@@ -1,6 +1,7 @@
-"""The user's own model, registered by an installed package (spec/plugins.py): a test
-distribution is installed into a site folder of the test (a real dist-info with entry
-points, found by importlib.metadata, not mocked) and vaegrid runs with it on its path."""
+"""The user's own model and data, registered by installed packages (spec/plugins.py,
+spec/datasets.py): test distributions are installed into a site folder of the test (real
+dist-infos with entry points, found by importlib.metadata, not mocked) and vaegrid runs
+with them on its path."""
 
 from __future__ import annotations
 
@@ -76,6 +77,58 @@ taken = toyvae.settings:BROKEN
 """
 
 
+SHAPES = """
+import numpy as np
+
+
+def _draw(n, c, side, seed):
+    # squares of one colour each on black: images whose channels differ when c = 3
+    g = np.random.default_rng(seed)
+    x = np.zeros((n, c, side, side), np.uint8)
+    for i in range(n):
+        a, b = g.integers(0, side - 4, 2)
+        s = g.integers(3, side // 2)
+        x[i, :, a : a + s, b : b + s] = g.integers(64, 256, c)[:, None, None]
+    return x
+
+
+def load(root):
+    return _draw(240, 3, 16, 0), _draw(60, 3, 16, 1)  # colour, with a test set
+
+
+def grey(root):
+    import torch
+
+    return torch.from_numpy(_draw(200, 1, 12, 2))  # one set: no official split
+
+
+def floaty(root):
+    return _draw(10, 1, 8, 0).astype("float32")
+
+
+def flat(root):
+    return _draw(10, 1, 8, 0).reshape(10, 64)
+
+
+def boom(root):
+    raise OSError("no archive " + str(root / "shapes.tar"))
+
+
+def odd(root):
+    return _draw(100, 1, 10, 3)
+"""
+DATA_ENTRY_POINTS = """
+[vaegrid.datasets]
+shapes = shapesdata:load
+blobs = shapesdata:grey
+floaty = shapesdata:floaty
+flatimages = shapesdata:flat
+boom = shapesdata:boom
+odd = shapesdata:odd
+mnist = shapesdata:load
+"""
+
+
 @pytest.fixture(scope="module")
 def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A site folder holding the installed distribution toyvae 0.1."""
@@ -88,6 +141,12 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: toyvae\nVersion: 0.1\n")
     (info / "entry_points.txt").write_text(ENTRY_POINTS)
     (info / "RECORD").write_text("")
+    (root / "shapesdata.py").write_text(SHAPES)
+    data = root / "shapesdata-0.1.dist-info"
+    data.mkdir()
+    (data / "METADATA").write_text("Metadata-Version: 2.1\nName: shapesdata\nVersion: 0.1\n")
+    (data / "entry_points.txt").write_text(DATA_ENTRY_POINTS)
+    (data / "RECORD").write_text("")
     odd = root / "oddvae-1.dist-info"  # a version a key could not hold as it is
     odd.mkdir()
     (odd / "METADATA").write_text("Metadata-Version: 2.1\nName: oddvae\nVersion: 1 / 2\n")
@@ -178,3 +237,108 @@ def test_a_plugin_model_runs_end_to_end_and_a_broken_one_is_refused_before_anyth
     broken = vaegrid(site, "run", str(study), *args)
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1, broken.stderr
     assert "failed its probe: ValueError: no relu here (with squash relu)" in broken.stderr
+
+
+DATA_STUDY = """
+name = "{name}"
+[data]
+dataset = "{dataset}"
+split = "{split}"
+[train]
+epochs = 2
+batch_size = 40
+hidden = 16
+latent = 4
+lr = 3e-3
+clip = 1.0
+channels = 4
+[grid]
+model = {models}
+"""
+
+
+def test_a_plugin_data_set_is_named_like_a_built_in_one_and_keyed_by_its_version(
+    site: Path, tmp_path: Path
+) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text(DATA_STUDY.format(name="d", dataset="shapes", split="official",
+                                       models='["linear", "conv"]'))  # fmt: skip
+    done = vaegrid(site, "plan", str(study))
+    assert done.returncode == 0 and done.stdout.endswith("2 trials\n"), done.stderr
+    code = "from vaegrid.spec.study import TrialConfig, DataSpec; " \
+        "c = TrialConfig.make(0, DataSpec(dataset='shapes')); " \
+        "print(c.to_json()); print(TrialConfig.from_json(c.to_json()) == c)"  # fmt: skip
+    shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                           env={**os.environ, "PYTHONPATH": str(site)}, check=True)  # fmt: skip
+    assert '"dataset": "shapes@shapesdata==0.1"' in shown.stdout
+    assert shown.stdout.endswith("True\n")  # the key's JSON names the data set back
+    for bad, message in (
+        ('[data]\ndataset = "nope"\n',
+         'expected one of "mnist", "fashion-mnist", "blobs", "boom", "flatimages", "floaty", '
+         '"odd", "shapes"'),
+        ('[data]\ndataset = "mnist"\n', ""),  # the built-in one: the plug-in may not take it
+    ):  # fmt: skip
+        study.write_text(bad)
+        done = vaegrid(site, "plan", str(study))
+        if not message:
+            assert done.returncode == 0, done.stderr
+            continue
+        assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+        assert message in done.stderr, done.stderr
+
+
+BOTH = '["linear", "conv"]'
+
+
+@pytest.mark.parametrize(
+    ("dataset", "split", "models", "message"),
+    [
+        ("floaty", "holdout", BOTH, "data set floaty (shapesdata 0.1): its images are "
+         "float32, expected uint8"),
+        ("flatimages", "holdout", BOTH, "have 2 dimensions, expected 4: [N, C, H, W]"),
+        ("boom", "holdout", BOTH, "data set boom (shapesdata 0.1) failed to load from "),
+        ("blobs", "official", BOTH, 'has no official test set (its loader gave one set of '
+         'images); data.split = "official" needs one: use "holdout"'),
+        ("odd", "holdout", BOTH, 'data.dataset = "odd" is not allowed; expected '
+         "images whose sides are divisible by 4 for model conv"),
+    ],
+)  # fmt: skip
+def test_a_plugin_data_set_is_checked_once_before_anything_is_written(
+    site: Path, tmp_path: Path, dataset: str, split: str, models: str, message: str
+) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text(DATA_STUDY.format(name="d", dataset=dataset, split=split, models=models))
+    results = tmp_path / "r"
+    done = vaegrid(site, "run", str(study), "--results", str(results), "--data-dir",
+                   str(tmp_path), "--no-progress", "--devices", "cpu")  # fmt: skip
+    assert done.returncode == 2 and done.stderr.count("\n") == 1, done.stderr
+    assert message in done.stderr, done.stderr
+    assert not results.exists()
+
+
+@pytest.mark.slow
+def test_a_plugin_data_set_in_colour_runs_every_model_end_to_end(
+    site: Path, tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    study = tmp_path / "c.toml"
+    study.write_text(DATA_STUDY.format(name="c", dataset="shapes", split="official",
+                                       models='["linear", "mlp", "conv", "toy"]'))  # fmt: skip
+    args = ["--results", str(tmp_path / "r"), "--data-dir", str(tmp_path), "--no-progress"]
+    done = vaegrid(site, "run", str(study), *args, "--devices", "cpu")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.count(": completed") == 4
+    report = vaegrid(site, "report", str(tmp_path / "r" / "c"), "--data-dir", str(tmp_path),
+                     "--nll-samples", "5", "--top", "4")  # fmt: skip
+    assert report.returncode == 0, report.stderr
+    text = (tmp_path / "r" / "c" / "report.md").read_text()
+    assert "shapes (shapesdata 0.1)" in text
+    pictures = sorted((tmp_path / "r" / "c" / "figures").glob("*_reconstructions.png"))
+    assert len(pictures) == 4
+    for path in pictures:  # 16 images of 16 x 16 (2 px apart) a row, 4 rows: in colour
+        image = Image.open(path).convert("RGB")
+        assert image.size == (16 * 18 + 2, 4 * 18 + 2)
+        assert image.getchannel("R").tobytes() != image.getchannel("G").tobytes()
+    samples = Image.open(next((tmp_path / "r" / "c" / "figures").glob("*_samples.png")))
+    assert samples.size == (8 * 18 + 2, 8 * 18 + 2)

@@ -493,10 +493,17 @@ def test_the_grid_size_is_refused_before_the_grid_is_expanded() -> None:
               {"model": "mlp", "depth": 3, "activation": "relu"},
               {"model": "conv", "channels": 1}, {"model": "conv", "channels": 8}],
 )  # fmt: skip
-def test_parameter_count_is_the_models(hidden: int, latent: int, model: dict) -> None:  # type: ignore[type-arg]
+@pytest.mark.parametrize("shape", [(1, 28, 28), (3, 16, 16), (1, 12, 20)])
+def test_parameter_count_is_the_models(
+    hidden: int,
+    latent: int,
+    model: dict,  # type: ignore[type-arg]
+    shape: tuple[int, int, int],
+) -> None:
+    # MNIST's images and a plug-in data set's (colour, not square): counted as built
     settings = {"hidden": hidden, "latent": latent, **model}
-    built = make_model(settings)
-    assert parameter_count(settings) == sum(p.numel() for p in built.parameters())
+    built = make_model(settings, shape)
+    assert parameter_count(settings, shape) == sum(p.numel() for p in built.parameters())
 
 
 def nested_dict(depth: int) -> dict:  # type: ignore[type-arg]

@@ -155,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vaegrid.train.probe import check_plugins
 
         study = load_study(args.study)
-        check_plugins(study)  # before anything is written
+        study = check_plugins(study, data_dir(args.data_dir))  # before anything is written
         if not 1 <= args.max_deaths <= 100:
             raise InputError(
                 f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"

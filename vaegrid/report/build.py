@@ -212,8 +212,10 @@ def _draw(
         figures.importance(found, [AXIS[n] for n in found], layout.figure("importance"))
     for key in _pictured(test, loaded):
         model = loaded.models[key]
-        figures.reconstructions(model, loaded.test_x, layout.figure(f"{key}_reconstructions"))
-        figures.samples(model, loaded.generator(key, "samples"), layout.figure(f"{key}_samples"))
+        shape, where = loaded.shape, layout.figure(f"{key}_reconstructions")
+        figures.reconstructions(model, loaded.test_x, shape, where)
+        where = layout.figure(f"{key}_samples")
+        figures.samples(model, loaded.generator(key, "samples"), shape, where)
 
 
 def _pictured(test: pd.DataFrame, loaded: Winners) -> list[str]:

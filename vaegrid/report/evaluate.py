@@ -16,7 +16,7 @@ import torch
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
 from vaegrid.spec.study import TrialConfig, derive_seed
-from vaegrid.train.data import load_splits
+from vaegrid.train.data import image_shape, load_splits
 from vaegrid.train.model import BaseVAE, importance_nll, make_model
 from vaegrid.train.trial import evaluate, load_bounded
 
@@ -32,6 +32,7 @@ class Winners:
     configs: dict[str, TrialConfig]  # by trial key
     models: dict[str, BaseVAE]  # by trial key, on the test split's device, in eval mode
     test_x: torch.Tensor
+    shape: tuple[int, int, int]  # the images' (C, H, W)
 
     def evaluate(self, key: str, k: int) -> dict[str, object]:
         """A ``vg_test`` row: the metrics as for validation, plus the importance-sampled NLL
@@ -58,11 +59,11 @@ def load_winners(
         InputError: a trial's weights are missing, or not its model's.
     """
     first = next(iter(configs.values()))
-    test_x = load_splits(data_root, first.data, first.seed, device).test
+    splits = load_splits(data_root, first.data, first.seed, device)
     models = {
-        k: _load_model(cfg, layout, test_x.device, unstamped_ok) for k, cfg in configs.items()
+        k: _load_model(cfg, layout, splits.test.device, unstamped_ok) for k, cfg in configs.items()
     }
-    return Winners(configs, models, test_x)
+    return Winners(configs, models, splits.test, splits.shape)
 
 
 def _load_model(
@@ -75,7 +76,7 @@ def _load_model(
     and model version). Weights without one are accepted only from a study made before
     weights were stamped (``unstamped_ok``), by shape alone.
     """
-    model = make_model(cfg.axis_values())
+    model = make_model(cfg.axis_values(), image_shape(cfg.data))
     path = layout.trial(cfg.key).weights
     if not path.is_file():
         raise InputError(f"{path}: a winner's weights are missing")

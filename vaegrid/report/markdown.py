@@ -17,7 +17,8 @@ from vaegrid.analysis import stats, tables
 from vaegrid.analysis.tables import Comparison, criteria
 from vaegrid.layout import StudyLayout
 from vaegrid.spec.axes import AXIS, applies, describe
-from vaegrid.spec.study import DATASET_NAMES, DataSpec
+from vaegrid.spec.datasets import label as dataset_label
+from vaegrid.spec.study import DataSpec
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
 
 # The study folder as report.md, which lies in it, names its files: relative paths.
@@ -27,7 +28,7 @@ _HOW = {"dynamic": "dynamically", "static": "statically"}
 
 def likelihood_label(data: DataSpec, k: int) -> str:
     """What a test NLL of this data is, in words: comparable with the literature or not."""
-    name = DATASET_NAMES[data.dataset]
+    name = dataset_label(data.dataset)
     if data.binarize == "none":
         return f"Bernoulli NLL of grey levels (not comparable with binarized-{name} results)"
     return f"test NLL of {_HOW[data.binarize]} binarized {name}, importance-sampled, k = {k}"
@@ -94,7 +95,7 @@ def markdown(
         + (
             "grey levels in [0, 1]: a Bernoulli likelihood of grey levels, which no model can "
             "push below the targets' own entropy; not comparable with published results on "
-            f"binarized {DATASET_NAMES[data.dataset]}."
+            f"binarized {dataset_label(data.dataset)}."
             if grey
             else f"{_HOW[data.binarize]} binarized pixels (training images "
             + ("drawn afresh every epoch" if data.binarize == "dynamic" else "drawn once")
@@ -147,7 +148,7 @@ def markdown(
         "`nll_samples` samples per image (Burda et al. 2015), "
         + (
             "an upper bound on the NLL of grey levels: not comparable with published "
-            f"{DATASET_NAMES[data.dataset]} VAE results, which are on binarized pixels."
+            f"{dataset_label(data.dataset)} VAE results, which are on binarized pixels."
             if grey
             else "comparable with published results on binarized data at the same k."
         )

@@ -48,6 +48,7 @@ from vaegrid.run.progress import Progress
 from vaegrid.run.scheduler import Scheduler
 from vaegrid.run.worker import DRIVER_TIMEOUT_S, Task, execute, init_worker
 from vaegrid.safeio import check_study_dir, ensure_dir, open_fd, write_atomic
+from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.spec.study import Study, TrialConfig, expand
 from vaegrid.status import (
     FAILED,
@@ -177,7 +178,12 @@ def run_study(
     check_study_dir(results, layout.root)
     db = Database.for_study(layout, storage)
     db.check_location()
-    ensure_mnist(data_root, study.data)
+    if study.data.dataset in BUILTIN_DATASETS:
+        ensure_mnist(data_root, study.data)
+    elif study.images is None:  # a plug-in data set not probed by the caller yet
+        from vaegrid.train.probe import check_plugins
+
+        study = check_plugins(study, data_root)
     Store.check_compatible(db, study)
     grid = expand(study)
     token = uuid.uuid4().hex

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vaegrid.errors import InputError
+from vaegrid.spec import datasets
 from vaegrid.spec.axes import (
     AXES,
     AXIS,
@@ -36,7 +37,6 @@ from vaegrid.spec.axes import (
 )
 from vaegrid.spec.study import (
     BINARIZE,
-    DATASETS,
     HALVING_METRICS,
     SPLITS,
     DataSpec,
@@ -244,9 +244,12 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
     settings, searched, repeats = _settings(v, raw, data)
     rank = v.table(raw, "rank", {"nll_samples"})
     nll = v.integer(rank, "rank.", "nll_samples", 0, 0, SAMPLES_MAX)
-    study = Study(name, seed, data, settings, searched, source, None, repeats, description, nll)
+    study = Study(name, seed, data, settings, searched, source, None, repeats, description, nll,
+                  datasets.BUILTIN.get(data.dataset))  # fmt: skip
     if "halving" in raw:
         study = dataclasses.replace(study, halving=_halving(v, raw, study))
+    if study.images is not None:  # a plug-in data set's: once the driver has probed it
+        check_sizes(study)
     return study
 
 
@@ -298,12 +301,22 @@ def _name(v: _Validator, raw: Mapping[str, Any], default_name: str) -> str:
 
 def _data(v: _Validator, raw: Mapping[str, Any]) -> DataSpec:
     d = v.table(raw, "data", {f.name for f in dataclasses.fields(DataSpec)})
-    dataset = v.choice(d, "data.", "dataset", DataSpec.dataset, DATASETS)
+    broken = datasets.PLUGINS.get(d["dataset"]) if isinstance(d.get("dataset"), str) else None
+    if (
+        d.get("dataset") not in datasets.BUILTIN
+        and broken is not None
+        and broken.problem is not None
+    ):
+        v.fail("data.dataset", d["dataset"], f"a usable data set: {broken.dist} "
+               f"{broken.version} registers it, but {broken.problem}")  # fmt: skip
+    dataset = v.choice(d, "data.", "dataset", DataSpec.dataset, datasets.DATASETS)
     split = v.choice(d, "data.", "split", DataSpec.split, SPLITS)
     fractions = _fractions(v, d)
+    most = LIMIT_MAX if dataset in datasets.BUILTIN else 2 * datasets.IMAGES_MAX
     limit = v.integer(
-        d, "data.", "limit", DataSpec.limit, 0, LIMIT_MAX,
-        f"0 (all images) or at most {LIMIT_MAX}, the images of MNIST",
+        d, "data.", "limit", DataSpec.limit, 0, most,
+        f"0 (all images) or at most {most}, the images of "
+        + (datasets.label(dataset) if dataset in datasets.BUILTIN else "a plug-in data set"),
     )  # fmt: skip
     binarize = v.choice(d, "data.", "binarize", DataSpec.binarize, BINARIZE)
     if split == "official" and ("fractions" in d or limit):
@@ -352,28 +365,6 @@ def _settings(
             f" x {repeats} repeats = {combos}{merged} trials is not allowed; expected at most "
             f"{TRIALS_MAX} trials"
         )
-    # Parameters and memory grow with every size: each model's largest trial is the one.
-    largest = largest_trials(by_axis)
-    for trial in largest:
-        n_params = parameter_count(trial)
-        if n_params > MODEL_PARAMETERS_MAX:
-            dims = ("hidden", "latent", "depth", "channels")
-            named = ", ".join(f"{n} = {trial[n]}" for n in dims if applies(AXIS[n], trial))
-            raise InputError(
-                f"{v.source}: model {trial['model']} with {named} has {n_params:,} parameters; "
-                f"expected at most {MODEL_PARAMETERS_MAX:,} for every config"
-            )
-    worst = max(largest, key=training_mb)
-    if training_mb(worst) > TRAINING_MB_MAX:
-        which = ["model", "batch_size", "hidden"]
-        which += ["channels"] if worst["model"] == "conv" else []
-        which += ["samples"] if worst["objective"] == "iwae" else []
-        shown = ", ".join(f"{n} = {worst[n]}" for n in which)
-        raise InputError(
-            f"{v.source}: {shown} needs about {training_mb(worst):,} MB per training step "
-            f"(parameters, Adam's moments, activations); expected at most "
-            f"{TRAINING_MB_MAX:,} MB: a smaller batch_size or fewer samples"
-        )
     for axis in AXES:  # a setting no trial of the study uses (momentum without sgd)
         if axis.applies is None:
             continue
@@ -390,12 +381,63 @@ def _settings(
                 + " or ".join(f'"{w}"' for w in users)
                 + f": {axis.name} is {' and '.join(users)}'s (no trial of this study uses it)",
             )  # fmt: skip
-    n_train = split_sizes(data)[0]
-    batch = max(by_axis["batch_size"])
-    if batch > n_train:
-        where = "grid." if "batch_size" in grid else "train."
-        v.fail(where + "batch_size", batch, f"at most the {n_train} images of the training split")
     return tuple(settings), tuple(searched), repeats
+
+
+def check_sizes(study: Study) -> None:
+    """Refuse what the study's images (``study.images``: a built-in data set's when it is
+    loaded, a plug-in's once probed, train/probe.py) do not allow: a limit beyond its
+    images, official split without a test set, a batch larger than the training split,
+    the conv model on sides not divisible by 4, a model over MODEL_PARAMETERS_MAX
+    parameters or a training step over TRAINING_MB_MAX at its largest settings.
+
+    Raises:
+        InputError: naming the study file, the setting and what is allowed.
+    """
+    v = _Validator(study.source)
+    images, data, by_axis = study.images, study.data, dict(study.settings)
+    assert images is not None
+    shown = f"{datasets.label(data.dataset)} ({images.describe()}, {images.train:,} training"
+    shown += f" and {images.test:,} test images)" if images.test else " images, no test set)"
+    if data.limit > images.train + images.test:
+        v.fail("data.limit", data.limit, f"at most the {images.train + images.test:,} images "
+               f"of {shown}")  # fmt: skip
+    if data.split == "official" and not images.test:
+        v.fail("data.split", data.split, f'"holdout": {shown} has no official test split')
+    if min(split_sizes(data, images)) < 1:
+        v.fail("data.fractions", list(data.fractions), f"shares that leave no split of {shown} "
+               "empty")  # fmt: skip
+    where = "grid." if "batch_size" in study.searched else "train."
+    n_train, batch = split_sizes(data, images)[0], max(by_axis["batch_size"])
+    if batch > n_train:
+        v.fail(where + "batch_size", batch, f"at most the {n_train} images of the training split")
+    if "conv" in by_axis["model"] and (images.shape[1] % 4 or images.shape[2] % 4):
+        v.fail("data.dataset", data.dataset, f"images whose sides are divisible by 4 for "
+               f"model conv (two stride-2 convolutions); {shown}")  # fmt: skip
+    # Parameters and memory grow with every size: each model's largest trial is the one.
+    largest = largest_trials(by_axis)
+    for trial in largest:
+        n_params = parameter_count(trial, images.shape)
+        if n_params > MODEL_PARAMETERS_MAX:
+            dims = ("hidden", "latent", "depth", "channels")
+            named = ", ".join(f"{n} = {trial[n]}" for n in dims if applies(AXIS[n], trial))
+            raise InputError(
+                f"{v.source}: model {trial['model']} with {named} has {n_params:,} parameters; "
+                f"expected at most {MODEL_PARAMETERS_MAX:,} for every config (images of "
+                f"{images.describe()})"
+            )
+    worst = max(largest, key=lambda t: training_mb(t, images.shape))
+    need = training_mb(worst, images.shape)
+    if need > TRAINING_MB_MAX:
+        which = ["model", "batch_size", "hidden"]
+        which += ["channels"] if worst["model"] == "conv" else []
+        which += ["samples"] if worst["objective"] == "iwae" else []
+        named = ", ".join(f"{n} = {worst[n]}" for n in which)
+        raise InputError(
+            f"{v.source}: {named} needs about {need:,} MB per training step (parameters, "
+            f"Adam's moments, activations); expected at most {TRAINING_MB_MAX:,} MB: a "
+            f"smaller batch_size or fewer samples (images of {images.describe()})"
+        )
 
 
 def _distinct_trials(by_axis: Mapping[str, tuple[Any, ...]], searched: list[str]) -> int:

@@ -1,5 +1,6 @@
-"""The user's own models, registered by installed packages: no edit of vaegrid, and no
-module or path in a study file (study files stay data).
+"""The user's own models (and data sets: spec/datasets.py), registered by installed
+packages: no edit of vaegrid, and no module or path in a study file (study files stay
+data).
 
 A plug-in package declares, in its ``pyproject.toml``::
 
@@ -32,6 +33,7 @@ from typing import Any
 
 MODELS_GROUP = "vaegrid.models"
 SETTINGS_GROUP = "vaegrid.settings"
+DATASETS_GROUP = "vaegrid.datasets"
 NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # a model's or a setting's name
 DIST = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")  # a distribution's name (PEP 508)
 VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}")  # a version, as a key holds it
@@ -56,6 +58,11 @@ class Plugin:
         """What a trial key holds for it: name, distribution and version."""
         return f"{self.name}@{self.dist}=={self.version}"
 
+    @property
+    def who(self) -> str:
+        """How messages name it: ``toy (toyvae 0.1)``."""
+        return f"{self.name} ({self.dist} {self.version})"
+
 
 @lru_cache(maxsize=1)
 def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
@@ -64,16 +71,7 @@ def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
     found: dict[str, Plugin] = {}
     declared = {ep.name: ep for ep in metadata.entry_points(group=SETTINGS_GROUP)}
     for ep in sorted(metadata.entry_points(group=MODELS_GROUP), key=lambda e: e.name):
-        dist = ep.dist.name if ep.dist is not None else "unknown"
-        version = ep.dist.version if ep.dist is not None else "0"
-        problem = None
-        if not DIST.fullmatch(dist) or not VERSION.fullmatch(version):  # they go in keys
-            problem = f"its distribution {dist[:40]!r} {version[:40]!r} is no name and version"
-            dist, version = "unknown", "0"
-        elif not NAME.fullmatch(ep.name) or ep.name in reserved:
-            problem = f"its name {ep.name[:40]!r} is not allowed or is taken"
-        elif ep.name in found:
-            problem = f"registered twice ({found[ep.name].dist} and {dist})"
+        dist, version, problem = _identity(ep, reserved, found)
         settings: tuple[dict[str, Any], ...] = ()
         if problem is None and ep.name in declared:
             try:
@@ -87,6 +85,34 @@ def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
                 problem = f"its setting {s['name']} is declared otherwise by another model"
         found[ep.name] = Plugin(ep.name, ep.value, dist, version, settings, problem)
     return found
+
+
+@lru_cache(maxsize=1)
+def registered_datasets(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
+    """Every data set registered under ``vaegrid.datasets``, by name (``reserved``: the
+    built-in data sets' names). Its factory is read only where images are loaded."""
+    found: dict[str, Plugin] = {}
+    for ep in sorted(metadata.entry_points(group=DATASETS_GROUP), key=lambda e: e.name):
+        dist, version, problem = _identity(ep, reserved, found)
+        found[ep.name] = Plugin(ep.name, ep.value, dist, version, (), problem)
+    return found
+
+
+def _identity(
+    ep: metadata.EntryPoint, reserved: frozenset[str], found: dict[str, Plugin]
+) -> tuple[str, str, str | None]:
+    """An entry point's distribution and version (as keys hold them), and why it cannot be
+    used when it cannot: a name or version a key cannot hold, a taken or doubled name."""
+    dist = ep.dist.name if ep.dist is not None else "unknown"
+    version = ep.dist.version if ep.dist is not None else "0"
+    if not DIST.fullmatch(dist) or not VERSION.fullmatch(version):  # they go in keys
+        problem = f"its distribution {dist[:40]!r} {version[:40]!r} is no name and version"
+        return "unknown", "0", problem
+    if not NAME.fullmatch(ep.name) or ep.name in reserved:
+        return dist, version, f"its name {ep.name[:40]!r} is not allowed or is taken"
+    if ep.name in found:
+        return dist, version, f"registered twice ({found[ep.name].dist} and {dist})"
+    return dist, version, None
 
 
 def _checked(raw: object, reserved: frozenset[str]) -> tuple[dict[str, Any], ...]:
@@ -147,8 +173,9 @@ def _line(e: BaseException) -> str:
 
 
 @lru_cache(maxsize=64)
-def load_factory(name: str) -> Any:
-    """The factory of the registered model ``name`` (imports its module: torch with it)."""
-    for ep in metadata.entry_points(group=MODELS_GROUP, name=name):
+def load_factory(name: str, group: str = MODELS_GROUP) -> Any:
+    """The factory of the model (or, with ``DATASETS_GROUP``, the data set) registered as
+    ``name`` (imports its module: torch with it)."""
+    for ep in metadata.entry_points(group=group, name=name):
         return ep.load()
     raise KeyError(name)

@@ -8,15 +8,15 @@ import dataclasses
 import hashlib
 import itertools
 import json
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vaegrid.spec import datasets
 from vaegrid.spec.axes import (
     AXES,
     AXIS,
-    MNIST_TEST_IMAGES,
-    MNIST_TRAIN_IMAGES,
     PLUGINS,
     applies,
     describe,
@@ -25,6 +25,7 @@ from vaegrid.spec.axes import (
 from vaegrid.spec.axes import (
     MODELS as BUILTIN_MODELS,
 )
+from vaegrid.spec.datasets import Images
 
 # Bump when the model or the training loop changes what a config computes: it is part
 # of every trial key and of the study's fingerprint, so old results never pass for new.
@@ -38,18 +39,14 @@ MODEL_VERSIONS = {"linear": MODEL, "mlp": "mlp-vae-1", "conv": "conv-vae-1"}
 MODEL_VERSIONS |= {n: p.model_version for n, p in PLUGINS.items() if n in AXIS["model"].choices}
 _MODEL_OF = {v: k for k, v in MODEL_VERSIONS.items()}
 SPLITS = ("holdout", "official")
-# Both have 60,000 + 10,000 images of 28 x 28 grey levels in the same IDX layout.
-DATASETS = ("mnist", "fashion-mnist")
-DATASET_NAMES = {"mnist": "MNIST", "fashion-mnist": "Fashion-MNIST"}  # as messages write them
 # "none": grey levels in [0, 1] (the seed's; a Bernoulli likelihood of grey levels is not
 # comparable with published results). "dynamic": every training image drawn afresh as
 # Bernoulli(pixel) each epoch; "static": drawn once. Validation and test: drawn once.
 BINARIZE = ("none", "dynamic", "static")
 # [halving] metric: the validation metric trials are compared by at a rung (lower is better).
 HALVING_METRICS = ("val_elbo", "val_recon", "val_nll")
-# Pixels per MNIST image; data.PIXELS too (data imports study, not the reverse).
-_SIDE = 28
-_PIXELS = _SIDE * _SIDE
+MNIST_IMAGES = Images()  # MNIST's (and Fashion-MNIST's): 1 x 28 x 28, 60,000 + 10,000
+MNIST_SHAPE = MNIST_IMAGES.shape  # (channels, height, width)
 # Images per evaluation pass (train/trial.py) and decoded images per pass of the
 # importance-sampled NLL (train/model.py): what bounds their memory.
 EVAL_ROWS = 10_000
@@ -60,7 +57,8 @@ NLL_ROWS = 1_000
 class DataSpec:
     """Which images a study trains, selects and tests on."""
 
-    # "mnist" (the seed's) or "fashion-mnist" (torchvision's FashionMNIST files).
+    # "mnist" (the seed's), "fashion-mnist" (torchvision's FashionMNIST files) or a
+    # registered plug-in's (spec/datasets.py).
     dataset: str = "mnist"
     # "holdout": pool all 70,000 images, seeded permutation, cut by `fractions` (the seed's
     # protocol). "official": 54,000 / 6,000 of the training set and the 10,000 test images.
@@ -108,6 +106,20 @@ class Study:
     # [rank] nll_samples: k of the importance-sampled validation NLL (val_nll) computed at
     # the end of every trial (and at the rungs when halving compares by it); 0: none.
     nll_samples: int = 0
+    # What the data set's images are (shape, counts): a built-in data set's from the start,
+    # a plug-in's once the driver has probed it (train/probe.py); None until then.
+    images: Images | None = MNIST_IMAGES
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The images' (channels, height, width).
+
+        Raises:
+            RuntimeError: a plug-in data set not probed yet (train/probe.py).
+        """
+        if self.images is None:
+            raise RuntimeError(f"data set {self.data.dataset} has not been probed")
+        return self.images.shape
 
     def values(self, axis: str) -> tuple[Any, ...]:
         return dict(self.settings)[axis]
@@ -115,7 +127,7 @@ class Study:
     @property
     def training_mb(self) -> int:
         """The memory its largest trial's training step needs (:func:`training_mb`)."""
-        return max(map(training_mb, largest_trials(dict(self.settings))))
+        return max(training_mb(t, self.shape) for t in largest_trials(dict(self.settings)))
 
     @property
     def epochs(self) -> int:
@@ -135,7 +147,7 @@ class Study:
         out: dict[str, Any] = {
             "model": MODEL,
             "seed": self.seed,
-            "data": dataclasses.asdict(self.data),
+            "data": data_dict(self.data),
             "train": {
                 k: v for k, v in fixed.items() if not (AXIS[k].optional and v == AXIS[k].default[0])
             },
@@ -248,7 +260,7 @@ class TrialConfig:
         }
         return {
             "seed": self.seed,
-            "data": dataclasses.asdict(self.data),
+            "data": data_dict(self.data),
             "repeat": self.repeat,
             **settings,
             "model": self.version,
@@ -268,7 +280,10 @@ class TrialConfig:
         if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
             raise ValueError("not a trial config (a JSON object with its data settings)")
         data = raw.pop("data")
-        data = DataSpec(**{**data, "fractions": tuple(data["fractions"])})
+        dataset = datasets.from_tag(data.get("dataset"))
+        if dataset is None:
+            raise ValueError(f"data set {str(data.get('dataset'))[:60]!r} is not installed here")
+        data = DataSpec(**{**data, "dataset": dataset, "fractions": tuple(data["fractions"])})
         version = raw.pop("model", None)
         if version not in _MODEL_OF:
             raise ValueError(f"model {str(version)[:40]!r} is no model this vaegrid computes")
@@ -278,18 +293,25 @@ class TrialConfig:
 _AXIS_NAMES = tuple(a.name for a in AXES)
 
 
+def data_dict(data: DataSpec) -> dict[str, Any]:
+    """The data settings as keys and fingerprints hold them: a plug-in data set by its name,
+    distribution and version (images of another version are never mixed in)."""
+    return {**dataclasses.asdict(data), "dataset": datasets.tag(data.dataset)}
+
+
 def derive_seed(*parts: object) -> int:
     """A 63-bit seed from any parts, stable across processes and platforms."""
     digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
     return int.from_bytes(digest[:8], "little") >> 1
 
 
-def split_sizes(data: DataSpec) -> tuple[int, int, int]:
-    """Images in the train, validation and test splits of ``data``."""
+def split_sizes(data: DataSpec, images: Images = MNIST_IMAGES) -> tuple[int, int, int]:
+    """Images in the train, validation and test splits of ``data`` drawn from ``images``'
+    training and test sets (default: MNIST's)."""
     if data.split == "official":
-        n_val = MNIST_TRAIN_IMAGES // 10
-        return MNIST_TRAIN_IMAGES - n_val, n_val, MNIST_TEST_IMAGES
-    pool = data.limit or MNIST_TRAIN_IMAGES + MNIST_TEST_IMAGES
+        n_val = images.train // 10
+        return images.train - n_val, n_val, images.test
+    pool = data.limit or images.train + images.test
     n_train = round(data.fractions[0] * pool)
     n_val = round(data.fractions[1] * pool)
     return n_train, n_val, pool - n_train - n_val
@@ -310,67 +332,71 @@ def expand(study: Study) -> list[TrialConfig]:
     return list(out.values())
 
 
-def parameter_count(settings: Mapping[str, Any], pixels: int = _PIXELS) -> int:
-    """Trainable parameters of the model of ``settings`` (train/model.py), without building
-    it. H = hidden, Z = latent, P = pixels; a BatchNorm has a weight and a bias per feature.
+def parameter_count(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> int:
+    """Trainable parameters of the model of ``settings`` (train/model.py) for images of
+    ``shape`` (C, H, W), without building it. H = hidden, Z = latent, P = C x H x W
+    values; a BatchNorm has a weight and a bias per feature.
 
     - linear: Linear(P, H) + BatchNorm(H), heads 2 x Linear(H, Z), Linear(Z, H) +
       BatchNorm(H) + Linear(H, P);
     - mlp: ``depth`` Linear layers of H each side, heads, Linear(H, P);
-    - conv: two 4 x 4 convolutions (1 -> C -> 2C channels, stride 2: 28 -> 14 -> 7),
-      Linear(2C x 7 x 7, H), heads, Linear(Z, H), Linear(H, 2C x 7 x 7), two transposed
-      convolutions back (2C -> C -> 1); a BatchNorm after every layer but the heads and
-      the last.
+    - conv: two 4 x 4 convolutions (C -> K -> 2K channels, stride 2: sides / 4),
+      Linear(2K x H/4 x W/4, H), heads, Linear(Z, H), Linear(H, 2K x H/4 x W/4), two
+      transposed convolutions back (2K -> K -> C); a BatchNorm after every layer but the
+      heads and the last.
     """
     h, z, model = settings["hidden"], settings["latent"], settings["model"]
     if model not in BUILTIN_MODELS:
         return 0  # a plug-in's: counted when the driver probes it (run/probe.py)
+    pixels = math.prod(shape)
     heads = 2 * (h * z + z)
     if model == "mlp":
         stack = (settings["depth"] - 1) * (h * h + h)
         return (pixels * h + h + stack) + heads + (z * h + h + stack + h * pixels + pixels)
     if model == "conv":
-        c1, c2 = settings["channels"], 2 * settings["channels"]
-        convs = 16 * c1 + c1 + 16 * c1 * c2 + c2 + 2 * (c1 + c2)  # encoder, BatchNorms
-        flat = c2 * (_SIDE // 4) ** 2
+        c, c1, c2 = shape[0], settings["channels"], 2 * settings["channels"]
+        convs = 16 * c * c1 + c1 + 16 * c1 * c2 + c2 + 2 * (c1 + c2)  # encoder, BatchNorms
+        flat = c2 * (shape[1] // 4) * (shape[2] // 4)
         dense = flat * h + h + 2 * h
-        decoder = z * h + 3 * h + h * flat + 3 * flat + 16 * c2 * c1 + 3 * c1 + 16 * c1 + 1
+        decoder = z * h + 3 * h + h * flat + 3 * flat + 16 * c2 * c1 + 3 * c1 + 16 * c1 * c + c
         return convs + dense + heads + decoder
     encoder = pixels * h + h + 2 * h
     decoder = z * h + h + 2 * h + h * pixels + pixels
     return encoder + heads + decoder
 
 
-def training_mb(settings: Mapping[str, Any], pixels: int = _PIXELS) -> int:
-    """An estimate of the memory a trial of ``settings`` needs beyond the worker's own (MB):
-    the parameters, their gradients and Adam's two moments, and the larger of a training
-    step's activations (kept for the backward pass, half again for the backward's own) and
-    an evaluation or NLL pass's (within a factor of 2 of what a training step, a validation
-    pass and an NLL pass measured for linear, conv and IWAE trials: tested).
+def training_mb(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> int:
+    """An estimate of the memory a trial of ``settings`` on images of ``shape`` needs beyond
+    the worker's own (MB): the parameters, their gradients and Adam's two moments, and the
+    larger of a training step's activations (kept for the backward pass, half again for the
+    backward's own) and an evaluation or NLL pass's (within a factor of 2 of what a
+    training step, a validation pass and an NLL pass measured for linear, conv and IWAE
+    trials: tested).
 
     The activations of a batch of B images with k samples (k = 1 for the ELBO) are
-    dominated by the decoder's k x B x (two hidden layers and the P logits with their
-    loss), the encoder's B x (its layers), and for conv the feature maps, C x 14 x 14 and
-    2C x 7 x 7 per image on each side.
+    dominated by the decoder's k x B x (two hidden layers and the P values' logits with
+    their loss), the encoder's B x (its layers), and for conv the feature maps, K x H/2 x
+    W/2 and 2K x H/4 x W/4 per image on each side.
     """
     h, batch = settings["hidden"], settings["batch_size"]
+    pixels, area = math.prod(shape), shape[1] * shape[2]
     k = settings["samples"] if settings["objective"] == "iwae" else 1
     layers = settings["depth"] if settings["model"] == "mlp" else 1
     per_image = 2 * h * layers  # pre- and post-activation
+    widest = h
     if settings["model"] == "conv":
         c = settings["channels"]
-        maps = 2 * (c * (_SIDE // 2) ** 2 + 2 * c * (_SIDE // 4) ** 2)
+        maps = 2 * (c * area // 4 + 2 * c * area // 16)
         per_image += maps
         decoded = 3 * pixels + per_image + maps
+        widest = max(h, c * area // 2)
     else:
         decoded = 3 * pixels + per_image
     activations = batch * (pixels + per_image) + k * batch * decoded
     # Evaluation (EVAL_ROWS images a pass) and the validation NLL (NLL_ROWS decoded images
     # a pass) keep no activations for a backward pass: their widest layers at once.
-    widest = max(h, 2 * settings["channels"] * (_SIDE // 2) ** 2 if settings["model"] == "conv"
-                 else h)  # fmt: skip
     passes = max(EVAL_ROWS, NLL_ROWS) * (3 * pixels + 2 * widest)
-    floats = 4 * parameter_count(settings, pixels) + max(3 * activations // 2, passes)
+    floats = 4 * parameter_count(settings, shape) + max(3 * activations // 2, passes)
     return 4 * floats // (1 << 20) + 1
 
 

@@ -1,8 +1,11 @@
-"""MNIST on the device: the study's splits as three float tensors, cached per process.
+"""The study's images on the device: its splits as three float tensors, cached per
+process.
 
-Pixels are scaled to [0, 1] once and each split is one ``[n, 784]`` tensor on the trial's
-device, so training takes batches as slices of a permutation: no DataLoader, no
-per-sample transform (see bench/ for what that costs).
+MNIST and Fashion-MNIST come from their IDX files (checked here), a plug-in data set from
+its package's loader (spec/datasets.py; checked here too). Pixels are scaled to [0, 1]
+once and each split is one ``[n, C x H x W]`` tensor on the trial's device, so training
+takes batches as slices of a permutation: no DataLoader, no per-sample transform (see
+bench/ for what that costs).
 
 torch is imported inside the functions that need it: the sweep driver checks the data
 folder with ``ensure_mnist`` and must stay small (it never holds a tensor).
@@ -19,8 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaegrid.errors import InputError
+from vaegrid.spec import datasets
 from vaegrid.spec.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
-from vaegrid.spec.study import DATASET_NAMES, DataSpec, derive_seed, split_sizes
+from vaegrid.spec.plugins import DATASETS_GROUP, load_factory
+from vaegrid.spec.study import MNIST_SHAPE, DataSpec, derive_seed, split_sizes
 
 if TYPE_CHECKING:
     import torch
@@ -41,11 +46,13 @@ IDX_UBYTE = 0x08
 
 @dataclass(frozen=True)
 class Splits:
-    """The three splits of a study, each ``[n, 784]`` float32 in [0, 1] on one device."""
+    """The three splits of a study, each ``[n, C x H x W]`` float32 in [0, 1] on one
+    device, and the images' shape (C, H, W)."""
 
     train: torch.Tensor
     val: torch.Tensor
     test: torch.Tensor
+    shape: tuple[int, int, int] = MNIST_SHAPE
 
 
 def data_dir(arg: str | os.PathLike[str] | None = None) -> Path:
@@ -101,7 +108,7 @@ def _download(root: Path, dataset: str) -> None:
             if folder.is_dir() and not any(folder.iterdir()):
                 folder.rmdir()
         raise InputError(
-            f"{DATASET_NAMES[dataset]} not found in {raw} and could not be downloaded "
+            f"{datasets.label(dataset)} not found in {raw} and could not be downloaded "
             f"({type(e).__name__}); "
             f"put {', '.join(RAW_FILES)} there, or point --data-dir / VAEGRID_DATA at a folder "
             f"that has {FOLDERS[dataset]}/raw/"
@@ -252,16 +259,87 @@ def load_splits(root: Path, spec: DataSpec, seed: int, device: str | torch.devic
 
     cache_key = (str(root.resolve()), spec, seed, str(torch.device(device)))
     if cache_key not in _CACHE:
-        ensure_mnist(root, spec)
-        train, val, test = _split(
-            _images(root, spec.dataset, True), _images(root, spec.dataset, False), spec, seed
-        )
+        if spec.dataset in datasets.BUILTIN:
+            ensure_mnist(root, spec)
+            sets: tuple[torch.Tensor, torch.Tensor | None] = (
+                _images(root, spec.dataset, True),
+                _images(root, spec.dataset, False),
+            )
+            shape = MNIST_SHAPE
+        else:
+            sets = plugin_images(root, spec)
+            shape = tuple(sets[0].shape[1:])  # type: ignore[assignment]
+        train, val, test = _split(*sets, spec, seed)
         if spec.binarize != "none":
             val, test = binarize(val, seed, "val"), binarize(test, seed, "test")
         if spec.binarize == "static":
             train = binarize(train, seed, "train")
-        _CACHE[cache_key] = Splits(*(s.to(device) for s in (train, val, test)))
+        on = [s.to(device) for s in (train, val, test)]
+        _CACHE[cache_key] = Splits(on[0], on[1], on[2], shape)
     return _CACHE[cache_key]
+
+
+def plugin_images(root: Path, spec: DataSpec) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """A plug-in data set's training and test images (None: it has no official split), each
+    uint8 ``[N, C, H, W]``, from its package's loader, checked.
+
+    Raises:
+        InputError: the loader raised, or gave something else than uint8 images within the
+            bounds of spec/datasets.py, two sets of unlike images, or one set where the
+            study asks for the official split. Named with the distribution.
+    """
+    import numpy as np
+    import torch
+
+    who = f"data set {datasets.label(spec.dataset)}"
+    try:
+        raw = load_factory(spec.dataset, DATASETS_GROUP)(root)
+    except Exception as e:  # anything a foreign module raises: named, not raised
+        lines = str(e).strip().splitlines()
+        raise InputError(
+            f"{who} failed to load from {root}: {type(e).__name__}: {lines[0] if lines else ''}"[
+                :400
+            ]
+        ) from None
+    parts = list(raw) if isinstance(raw, tuple | list) else [raw]
+    if not 1 <= len(parts) <= 2:
+        raise InputError(f"{who} gave {len(parts)} sets of images, expected 1 or 2 (train, test)")
+    out: list[torch.Tensor] = []
+    for what, part in zip(("images", "test images"), parts, strict=False):
+        if not isinstance(part, torch.Tensor | np.ndarray):
+            raise InputError(f"{who}: its {what} are a {type(part).__name__}, expected a uint8 "
+                             "torch tensor or numpy array [N, C, H, W]")  # fmt: skip
+        why = datasets.problem(tuple(part.shape), str(part.dtype), what)
+        if why is not None:
+            raise InputError(f"{who}: {why}")
+        out.append(torch.as_tensor(part).contiguous())
+    if sum(t.numel() for t in out) > datasets.BYTES_MAX:
+        raise InputError(f"{who}: its images take more than {datasets.BYTES_MAX:,} bytes in all")
+    if len(out) == 2 and out[0].shape[1:] != out[1].shape[1:]:
+        shapes = " and ".join(" x ".join(map(str, t.shape[1:])) for t in out)
+        raise InputError(f"{who}: its training and test images differ in shape: {shapes}")
+    if spec.split == "official" and len(out) == 1:
+        raise InputError(
+            f"{who} has no official test set (its loader gave one set of images); data.split "
+            f'= "official" needs one: use "holdout"'
+        )
+    return out[0], (out[1] if len(out) == 2 else None)
+
+
+def image_shape(spec: DataSpec) -> tuple[int, int, int]:
+    """The (C, H, W) of the images of ``spec``: MNIST's, or a plug-in's as loaded in this
+    process (by :func:`load_splits`, which a worker and the report call before they build
+    a model).
+
+    Raises:
+        RuntimeError: a plug-in data set not loaded in this process.
+    """
+    if spec.dataset in datasets.BUILTIN:
+        return MNIST_SHAPE
+    for (_, loaded, _, _), splits in _CACHE.items():
+        if loaded.dataset == spec.dataset:
+            return splits.shape
+    raise RuntimeError(f"data set {spec.dataset} is not loaded in this process")
 
 
 def binarize(x: torch.Tensor, *seed_parts: object) -> torch.Tensor:
@@ -276,21 +354,22 @@ def binarize(x: torch.Tensor, *seed_parts: object) -> torch.Tensor:
 
 
 def _split(
-    train_images: torch.Tensor, test_images: torch.Tensor, spec: DataSpec, seed: int
+    train_images: torch.Tensor, test_images: torch.Tensor | None, spec: DataSpec, seed: int
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     import torch
 
     g = torch.Generator().manual_seed(seed)
 
     def scaled(images: torch.Tensor) -> torch.Tensor:
-        return images.reshape(len(images), PIXELS).to(torch.float32).div_(255.0)
+        return images.reshape(len(images), -1).to(torch.float32).div_(255.0)
 
     if spec.split == "official":
+        assert test_images is not None  # plugin_images refuses "official" without one
         perm = torch.randperm(len(train_images), generator=g)
         n_val = len(train_images) // 10
         train = scaled(train_images[perm[n_val:]])
         return train, scaled(train_images[perm[:n_val]]), scaled(test_images)
-    pool = torch.cat([train_images, test_images])
+    pool = train_images if test_images is None else torch.cat([train_images, test_images])
     perm = torch.randperm(len(pool), generator=g)
     if spec.limit:
         perm = perm[: spec.limit]

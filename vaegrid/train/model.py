@@ -4,9 +4,10 @@ the importance-sampled likelihood, one computation of the importance weights for
 
 Kingma & Welling, "Auto-Encoding Variational Bayes" (https://arxiv.org/abs/1312.6114):
 the encoder gives q(z|x) = N(mu, diag(exp(logvar))), z = mu + sigma * eps, the decoder
-gives Bernoulli logits over the 784 pixels. The seed put a ReLU on the mu and sigma
-heads, so mu could never be negative; here the heads are plain linear layers. Every model
-takes and gives images flattened to ``[batch, 784]``.
+gives Bernoulli logits over the pixels (784 of MNIST's, C x H x W of a plug-in data set's).
+The seed put a ReLU on the mu and sigma heads, so mu could never be negative; here the
+heads are plain linear layers. Every model takes and gives images flattened to ``[batch,
+C x H x W]``.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from vaegrid.spec.study import NLL_ROWS
+from vaegrid.spec.study import MNIST_SHAPE, NLL_ROWS
 from vaegrid.train.data import PIXELS
 
 
@@ -116,25 +117,25 @@ class MLPVAE(BaseVAE):
 
 
 class ConvVAE(BaseVAE):
-    """Two stride-2 4 x 4 convolutions (1 -> C -> 2C channels, 28 -> 14 -> 7 pixels a
-    side), a dense layer of ``hidden`` units, the two heads; the decoder mirrors it with
-    transposed convolutions of the same shape. Kernel 4 with stride 2 and padding 1 gives
-    every output pixel the same number of kernel taps (no checkerboard of uneven overlap,
-    Odena et al. 2016), the last layer gives logits, not a sigmoid's output, and every
-    other layer is batch-normalised as the linear model's are (without: on 9,600 real
-    MNIST images it trailed the linear model for 5 epochs; with: ahead from the first).
-    The seed's convolutional VAE produced degraded images."""
+    """Two stride-2 4 x 4 convolutions (C -> K -> 2K channels, sides 28 -> 14 -> 7 for
+    MNIST: any sides divisible by 4), a dense layer of ``hidden`` units, the two heads; the
+    decoder mirrors it with transposed convolutions of the same shape. Kernel 4 with stride
+    2 and padding 1 gives every output pixel the same number of kernel taps (no
+    checkerboard of uneven overlap, Odena et al. 2016), the last layer gives logits, not a
+    sigmoid's output, and every other layer is batch-normalised as the linear model's are
+    (without: on 9,600 real MNIST images it trailed the linear model for 5 epochs; with:
+    ahead from the first). The seed's convolutional VAE produced degraded images."""
 
-    SIDE = 28
-
-    def __init__(self, hidden: int, latent: int, channels: int) -> None:
+    def __init__(
+        self, hidden: int, latent: int, channels: int, shape: tuple[int, int, int] = MNIST_SHAPE
+    ) -> None:
         super().__init__()
-        self.latent = latent
-        c1, c2 = channels, 2 * channels
-        self.shape = (c2, self.SIDE // 4, self.SIDE // 4)
-        flat = c2 * (self.SIDE // 4) ** 2
+        self.latent, self.image = latent, shape
+        c, c1, c2 = shape[0], channels, 2 * channels
+        self.shape = (c2, shape[1] // 4, shape[2] // 4)
+        flat = c2 * (shape[1] // 4) * (shape[2] // 4)
         self.encoder = nn.Sequential(
-            nn.Conv2d(1, c1, 4, stride=2, padding=1), nn.BatchNorm2d(c1), nn.LeakyReLU(),
+            nn.Conv2d(c, c1, 4, stride=2, padding=1), nn.BatchNorm2d(c1), nn.LeakyReLU(),
             nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.BatchNorm2d(c2), nn.LeakyReLU(),
             nn.Flatten(), nn.Linear(flat, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(),
         )  # fmt: skip
@@ -146,11 +147,11 @@ class ConvVAE(BaseVAE):
         )  # fmt: skip
         self.deconv = nn.Sequential(
             nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.BatchNorm2d(c1),
-            nn.LeakyReLU(), nn.ConvTranspose2d(c1, 1, 4, stride=2, padding=1),
+            nn.LeakyReLU(), nn.ConvTranspose2d(c1, c, 4, stride=2, padding=1),
         )  # fmt: skip
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x.view(-1, 1, self.SIDE, self.SIDE))
+        h = self.encoder(x.view(-1, *self.image))
         return self.mu(h), self.logvar(h)
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
@@ -176,22 +177,21 @@ class PluginVAE(BaseVAE):
         return logits.flatten(1)
 
 
-IMAGE_SHAPE = (1, 28, 28)  # what a plug-in's factory is told: MNIST's channels, height, width
-
-
-def make_model(settings: Mapping[str, Any]) -> BaseVAE:
-    """The model that a trial's settings name (``model``), built on the CPU."""
+def make_model(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> BaseVAE:
+    """The model that a trial's settings name (``model``) for images of ``shape`` (C, H,
+    W), built on the CPU."""
     hidden, latent, model = settings["hidden"], settings["latent"], settings["model"]
+    pixels = math.prod(shape)
     if model == "mlp":
-        return MLPVAE(hidden, latent, settings["depth"], settings["activation"])
+        return MLPVAE(hidden, latent, settings["depth"], settings["activation"], pixels)
     if model == "conv":
-        return ConvVAE(hidden, latent, settings["channels"])
+        return ConvVAE(hidden, latent, settings["channels"], shape)
     if model != "linear":
         from vaegrid.spec.plugins import load_factory
 
-        inner = load_factory(model)(IMAGE_SHAPE, dict(settings))
-        return PluginVAE(inner, latent, IMAGE_SHAPE)
-    return VAE(hidden, latent)
+        inner = load_factory(model)(shape, dict(settings))
+        return PluginVAE(inner, latent, shape)
+    return VAE(hidden, latent, pixels)
 
 
 def loss_terms(

@@ -1,43 +1,55 @@
-"""The probe of the study's plug-in models, run in a child process before any trial (the
-driver stays torch-free): ``python -m vaegrid.train.probe SETTINGS_JSON`` prints one JSON
-line per model, ``{"model", "parameters", "error"}``.
+"""The probe of the study's plug-ins, run in a child process before any trial (the driver
+stays torch-free): ``python -m vaegrid.train.probe JOB_JSON`` prints one JSON line for a
+plug-in data set, ``{"images": {"shape", "train", "test"}, "error"}``, then one per model,
+``{"model", "parameters", "error"}``.
 
-Each model is built at the given settings (the largest of the study), encodes a batch of 4
-images and decodes their codes; then one training step. Whatever goes wrong (an exception
-at construction, wrong shapes, non-finite outputs or gradients) is its error, in one line.
+The data set is loaded and checked as every worker loads it (train/data.py), and gives the
+images' shape and counts the study's bounds are then checked with. Each model is built at
+the given settings (the largest of the study) for that shape, encodes a batch of 4 images
+and decodes their codes; then one training step. Whatever goes wrong (an exception at
+construction, wrong shapes, non-finite outputs or gradients) is its error, in one line.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 import subprocess
 import sys
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 from vaegrid.errors import InputError
+from vaegrid.spec import datasets
 from vaegrid.spec.axes import AXES, PLUGINS, applies
+from vaegrid.spec.study import MNIST_SHAPE, DataSpec, Study
 
-if TYPE_CHECKING:
-    from vaegrid.spec.study import Study
-
-PROBE_TIMEOUT_S = 300  # building and stepping every plug-in model of a study, torch's import
+PROBE_TIMEOUT_S = 300  # loading a plug-in data set, stepping every plug-in model, torch's import
 PROBES_MAX = 64  # builds per model: its string settings' combinations, the first this many
 
 
-def check_plugins(study: Study) -> None:
-    """Probe every plug-in model of ``study`` at its largest settings in a child process.
+def check_plugins(study: Study, root: Path) -> Study:
+    """Probe the study's plug-ins in a child process: its data set when a plug-in's (loaded
+    from ``root`` and checked, as workers load it), then every plug-in model at its largest
+    settings on those images.
+
+    Returns:
+        The study with its images (shape and counts), its bounds checked against them.
 
     Raises:
-        InputError: a model failed (named with its distribution, what went wrong), or has
-            more parameters than a study may have.
+        InputError: the data set failed to load or its images are not allowed, the study's
+            settings do not fit them (spec/load.py's check_sizes), or a model failed (named
+            with its distribution, what went wrong) or has more parameters than a study may
+            have.
     """
-    from vaegrid.spec.load import MODEL_PARAMETERS_MAX
+    from vaegrid.spec.load import MODEL_PARAMETERS_MAX, check_sizes
 
     by_axis = dict(study.settings)
     models = [m for m in by_axis["model"] if m in PLUGINS]
-    if not models:
-        return
+    plugin_data = study.data.dataset not in datasets.BUILTIN
+    if not models and not plugin_data:
+        return study
     todo = []
     for model in models:
         # every combination of the choices that apply to it (a few), each size at its largest
@@ -53,20 +65,25 @@ def check_plugins(study: Study) -> None:
                     settings[axis.name] = values[0] if axis.kind is str else max(values)
             todo.append({a.name: settings[a.name] if applies(a, settings) else a.default[0]
                          for a in AXES})  # fmt: skip
+    job = {"models": todo, "root": str(root), "data": dataclasses.asdict(study.data)}
+    what = ", ".join([f"data set {study.data.dataset}"] * plugin_data + models)
     try:
         done = subprocess.run(
-            [sys.executable, "-m", "vaegrid.train.probe", json.dumps(todo)],
+            [sys.executable, "-m", "vaegrid.train.probe", json.dumps(job)],
             capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False,
         )  # fmt: skip
     except subprocess.TimeoutExpired:
         raise InputError(
-            f"{study.source}: probing the plug-in models {', '.join(models)} took more than "
-            f"{PROBE_TIMEOUT_S} s"
+            f"{study.source}: probing the plug-ins ({what}) took more than {PROBE_TIMEOUT_S} s"
         ) from None
     found: dict[str, dict[str, Any]] = {}
+    images: dict[str, Any] | None = None
     for line in done.stdout.splitlines():
         try:
             row = json.loads(line)
+            if "images" in row:
+                images = row
+                continue
             kept = found.get(row["model"])
             if kept is None or (row["error"] and not kept["error"]):  # its first failure
                 found[row["model"]] = row
@@ -74,6 +91,20 @@ def check_plugins(study: Study) -> None:
                 kept["parameters"] = max(kept["parameters"], row["parameters"])
         except (ValueError, KeyError, TypeError):
             continue
+    if plugin_data:
+        if images is None:
+            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
+            raise InputError(f"{study.source}: data set {study.data.dataset} crashed its probe: "
+                             f"{last}")  # fmt: skip
+        if images["error"]:
+            raise InputError(f"{study.source}: {images['error']}")
+        info = images["images"]
+        shape = tuple(info["shape"])
+        study = dataclasses.replace(
+            study,
+            images=datasets.Images(shape, info["train"], info["test"]),
+        )
+        check_sizes(study)
     for model in models:
         plugin = PLUGINS[model]
         who = f"model {model} ({plugin.dist} {plugin.version})"
@@ -88,9 +119,10 @@ def check_plugins(study: Study) -> None:
                 f"{study.source}: {who} has {row['parameters']} parameters at the study's "
                 f"largest settings; expected at most {MODEL_PARAMETERS_MAX}"
             )
+    return study
 
 
-def probe(settings: dict[str, Any]) -> dict[str, Any]:
+def probe(settings: dict[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> dict[str, Any]:
     import torch
 
     from vaegrid.train.model import make_model
@@ -98,9 +130,10 @@ def probe(settings: dict[str, Any]) -> dict[str, Any]:
     out: dict[str, Any] = {"model": settings["model"], "parameters": 0, "error": None}
     try:
         torch.manual_seed(0)
-        model = make_model(settings)
+        model = make_model(settings, shape)
         out["parameters"] = sum(p.numel() for p in model.parameters())
-        x = torch.rand(4, 784).round()
+        pixels = shape[0] * shape[1] * shape[2]
+        x = torch.rand(4, pixels).round()
         mu, logvar = model.encode(x)
         want = (4, settings["latent"])
         if tuple(mu.shape) != want or tuple(logvar.shape) != want:
@@ -109,10 +142,10 @@ def probe(settings: dict[str, Any]) -> dict[str, Any]:
                 f"images, expected {want} each"
             )
         logits = model.decode(mu)
-        if tuple(logits.shape) != (4, 784):
+        if tuple(logits.shape) != (4, pixels):
             raise ValueError(
                 f"decode gave {tuple(logits.shape)} elements per batch of 4, expected images "
-                "of 1 x 28 x 28"
+                f"of {' x '.join(map(str, shape))}"
             )
         terms = model(x, torch.randn(4, settings["latent"]))
         loss = terms.elbo.mean()
@@ -136,9 +169,33 @@ def _applying(settings: dict[str, Any]) -> set[str]:
     return {a.name for a in AXES if a.applies is not None and applies(a, settings)}
 
 
+def probe_images(root: Path, data: DataSpec) -> dict[str, Any]:
+    """Load a plug-in data set as a worker does (train/data.py checks it), and say what its
+    images are, or why they cannot be used."""
+    from vaegrid.train.data import plugin_images
+
+    try:
+        train, test = plugin_images(root, data)
+    except InputError as e:
+        return {"images": None, "error": str(e)}
+    shape = [int(n) for n in train.shape[1:]]
+    counts = {"train": len(train), "test": 0 if test is None else len(test)}
+    return {"images": {"shape": shape, **counts}, "error": None}
+
+
 def main() -> None:
-    for settings in json.loads(sys.argv[1]):
-        print(json.dumps(probe(settings)), flush=True)
+    job = json.loads(sys.argv[1])
+    raw = job["data"]
+    data = DataSpec(**{**raw, "fractions": tuple(raw["fractions"])})
+    shape = MNIST_SHAPE
+    if data.dataset not in datasets.BUILTIN:
+        found = probe_images(Path(job["root"]), data)
+        print(json.dumps(found), flush=True)
+        if found["error"]:
+            return
+        shape = tuple(found["images"]["shape"])
+    for settings in job["models"]:
+        print(json.dumps(probe(settings, shape)), flush=True)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ from vaegrid.spec.plugins import load_factory
 from vaegrid.spec.study import EVAL_ROWS, TrialConfig, derive_seed
 from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED, Status
 from vaegrid.train import provenance
-from vaegrid.train.data import binarize
+from vaegrid.train.data import binarize, image_shape
 from vaegrid.train.model import BaseVAE, importance_nll, iwae_terms, make_model
 
 EVAL_CHUNK = EVAL_ROWS  # images per forward pass when evaluating a whole split
@@ -113,7 +113,7 @@ def build_model(cfg: TrialConfig, device: torch.device | str) -> BaseVAE:
         load_factory(cfg.model)  # must not shift the first trial's weights
     with _INIT_LOCK, torch.random.fork_rng(devices=[]):
         torch.manual_seed(derive_seed(cfg.seed, cfg.repeat, cfg.hidden, cfg.latent, "init"))
-        model = make_model(cfg.axis_values())
+        model = make_model(cfg.axis_values(), image_shape(cfg.data))
     return model.to(device)
 
 
