@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -108,7 +109,14 @@ def test_sweep_commits_every_epoch_and_optuna_reads_the_study(
     devices, *lines = capsys.readouterr().out.splitlines()  # --no-progress: a line per trial
     assert devices == "devices: cpu; 2 trials at once per device"
     assert sorted(line.split()[0] for line in lines) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
-    assert all(line.endswith(": completed") and line.split()[1] in keys for line in lines)
+    # each line: the trial, and the share of the work done (counted, not trials) and time left
+    line_re = re.compile(r"\[\d/4\] (\w{12}) \(.*\): completed; (\d+)% of the work done, "
+                         r"(about .+ left|time left unknown yet)")  # fmt: skip
+    said = [line_re.fullmatch(line) for line in lines]
+    assert all(said) and {m[1] for m in said if m} == keys, lines
+    shares = [int(m[2]) for m in said if m]
+    assert shares == sorted(shares) and shares[-1] == 100 and shares[0] < 100
+    assert lines[-1].endswith("100% of the work done, about 0 s left")
     assert main(["status", str(tmp_path / "r" / "tiny")]) == 0
     assert capsys.readouterr().out.startswith("tiny: 4/4 done (4 completed, 0 diverged, 0 failed)")
     # the same command again has nothing left to do, and says so
@@ -172,13 +180,17 @@ def test_status_shows_running_trials_while_a_driver_lives(
         assert main(["status", str(study_dir)]) == 0
     first, running = capsys.readouterr().out.splitlines()
     summary = "tiny: 0/4 done (0 completed, 0 diverged, 0 failed), 1 running, 3 waiting"
-    assert first == f"{summary}; driver pid {os.getpid()}"
+    assert (
+        first == f"{summary}; 0% of the work done, time left unknown yet; driver pid {os.getpid()}"
+    )
     assert (
         running
         == f"  running {cfg.key} (hidden 32, latent 4, lr 0.01, clip 1): epoch 0/2 done, on cpu"
     )
     assert main(["status", str(study_dir)]) == 0  # the driver is gone: nothing is running
-    assert capsys.readouterr().out.endswith("0 running, 4 waiting; no driver running\n")
+    assert capsys.readouterr().out.endswith(
+        "0 running, 4 waiting; 0% of the work done; no driver running\n"
+    )
     assert main(["status", str(tmp_path)]) == 2
     assert "not a vaegrid study folder" in capsys.readouterr().err
 

@@ -305,10 +305,11 @@ def test_status_counts_stopped_and_paused_trials(
     capsys.readouterr()
     assert main(["status", str(tmp_path / "r" / "h")]) == 0
     line = capsys.readouterr().out
-    # 10 trials ran to rung 1 (2 diverged), 2 have yet to: rung 1 is undecided
+    # 10 trials ran to rung 1 (the largest first: 3 diverged), 2 have yet to: rung 1 is
+    # undecided
     assert line == (
-        "h: 2/12 done (0 completed, 2 diverged, 0 failed), 0 running, 2 waiting, "
-        "8 paused at a rung; no driver running\n"
+        "h: 3/12 done (0 completed, 3 diverged, 0 failed), 0 running, 2 waiting, "
+        "7 paused at a rung; 41% of the work done; no driver running\n"
     )
     assert sweep(study, tmp_path / "r", mnist_root) == 0
     capsys.readouterr()

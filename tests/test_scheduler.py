@@ -30,6 +30,26 @@ def test_the_scheduler_queues_places_and_strands_by_the_rule() -> None:
     )
 
 
+def test_the_queue_gives_the_most_work_left_first_after_the_trials_put_back() -> None:
+    # Longest first (run/cost.py's work left, as offered), ties by key; a trial put back
+    # after an interruption before them all; a slot skips what it may not run.
+    local = Pool(("cpu",), 2, 1, (CPU,))
+    work = {"a": 1.0, "b": 5.0, "c": 5.0, "d": 3.0, "e": 0.5, "f": 9.0}
+    scheduler = Scheduler(local, {"f": GPU}, cost=work.__getitem__)
+    for key in "abcd":
+        scheduler.offer(key)
+    scheduler.offer("e", front=True)
+    assert scheduler.queue == ["e", "b", "c", "d", "a"]
+    assert [scheduler.take(CPU) for _ in range(3)] == ["e", "b", "c"]
+    scheduler.offer("c")  # back in line by its work
+    assert scheduler.queue == ["c", "d", "a"]
+    cluster = Scheduler(Pool(("cluster",), 4, 1, (ANY_KIND,), remedy=""), {"f": GPU},
+                        cost=work.__getitem__)  # fmt: skip
+    for key in "af":
+        cluster.offer(key)
+    assert cluster.take(CPU) == "a" and cluster.take(GPU) == "f"  # f started on a GPU
+
+
 def test_a_cluster_pool_strands_nothing_and_never_suggests_devices() -> None:
     cluster = Pool(("cluster",), 4, 1, (ANY_KIND,), remedy="")
     scheduler = Scheduler(cluster, {"a": CPU, "b": GPU})

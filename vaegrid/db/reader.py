@@ -55,6 +55,7 @@ class TrialInfo:
     config: TrialConfig
     status: Status
     epochs_done: int
+    seconds: float = 0.0  # training time of its epochs, all runs
 
 
 class ReaderMixin(StoreBase):
@@ -77,6 +78,7 @@ class ReaderMixin(StoreBase):
                     _config(self.path, r.key, r.config),
                     parse(r.status, f"{self.path}: trial {r.key}"),
                     r.epochs_done,
+                    r.seconds,
                 )
                 for r in rows
             ]
@@ -89,6 +91,13 @@ class ReaderMixin(StoreBase):
             row = s.get(TrialRow, key)
             assert row is not None
             return parse(row.status, f"{self.path}: trial {key}")
+
+    def trial_progress(self, key: str) -> tuple[int, float]:
+        """A trial's finished epochs and their training seconds (all runs)."""
+        with self.session() as s:
+            row = s.get(TrialRow, key)
+            assert row is not None
+            return row.epochs_done, row.seconds
 
     def trial_devices(self) -> dict[str, str]:
         """The device kind each started trial is bound to (see :class:`TrialDeviceRow`)."""

@@ -20,6 +20,7 @@ import fcntl
 import os
 import sys
 import threading
+import time
 import traceback
 import uuid
 from collections import Counter
@@ -35,6 +36,8 @@ from vaegrid.db.engine import Database, pg_advisory_lock, reason
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout, database_lock
+from vaegrid.run import cost
+from vaegrid.run.cost import CostModel, Forecast
 from vaegrid.run.pool import (
     MAX_WORKER_DEATHS,
     ClusterGone,
@@ -355,11 +358,22 @@ class _Sweep:
         self.data_root = data_root.resolve()
         self.executor, self.token = executor, token
         self.grid = {cfg.key: cfg for cfg in grid}
-        self.scheduler = Scheduler(pool, store.trial_devices())
+        bound = store.trial_devices()
+        self.scheduler = Scheduler(pool, bound, cost=self._left)
         self.deaths: Counter[str] = Counter()
         self.versions = tuple(sorted(provenance.versions().items()))
-        statuses = {t.key: t.status for t in store.trials()}  # every row checked
-        self.view: dict[str, Status] = {k: statuses[k] for k in self.grid}
+        trials = {t.key: t for t in store.trials()}  # every row checked
+        self.view: dict[str, Status] = {k: trials[k].status for k in self.grid}
+        # What each trial costs (run/cost.py), corrected by what earlier runs measured.
+        self.cost = CostModel.of(study)
+        self.epochs_done = {k: trials[k].epochs_done for k in self.grid}
+        self.seconds = {k: trials[k].seconds for k in self.grid}
+        for key, kind in bound.items():
+            if key in self.grid:
+                work = self.epochs_done[key] * self.cost.epoch_work(self.grid[key])
+                self.cost.observe(kind, self.seconds[key], work)
+        self.submitted: dict[str, tuple[float, float, str]] = {}  # key -> (when, work, kind)
+        self.open_rung: int | None = None  # halving: the first undecided rung
         self.targets: dict[str, int] = {}  # halving: trial -> the epoch it may run to now
         self.retry: set[str] = set()  # failed trials this driver has yet to rerun
         self.decided = 0  # halving: rungs decided so far
@@ -375,7 +389,7 @@ class _Sweep:
             print(f"{self.study.name}: nothing to do: {summary(self.view.values())}")
             return self._exit_code()
         self.progress = Progress(
-            self.study.name, self.view, self.study.halving is not None, progress
+            self.study.name, self.view, self.study.halving is not None, progress, self._forecast
         )
         running: Running = {}
         free = self.pool.slot_list()
@@ -436,6 +450,7 @@ class _Sweep:
             self.store, list(self.grid), self.study.halving, self.study.epochs, self.retry
         )
         self.targets = applied.plan.targets
+        self.open_rung = applied.plan.open_rung
         for rung in applied.plan.decided[self.decided :]:
             line = (
                 f"rung {rung.epoch}: the best {len(rung.survivors)} of {len(rung.ranked)} "
@@ -495,11 +510,53 @@ class _Sweep:
             try:
                 running[self._submit(key, slot)] = (key, slot)
             except WorkerDied as e:  # the slot's worker died while idle
+                self.submitted.pop(key, None)
                 free.append(slot)
                 self.executor.reset(slot)
                 self._worker_died(key, e)
 
+    def _left(self, key: str) -> float:
+        """The work ``key`` has left: to the rung it may run to now, or to its end."""
+        cfg = self.grid[key]
+        target = self.targets.get(key, cfg.epochs) if self.study.halving else cfg.epochs
+        return self.cost.work(cfg, self.epochs_done[key], target)
+
+    def _forecast(self) -> Forecast:
+        """The share of the work done and the seconds left, from the cost model: trials
+        running (their predicted seconds less the time they have run), queued (longest
+        first onto the slots that free first), and with halving the rungs' survivors still
+        to come (the plan's counts of the trials still in the running, at their mean cost)."""
+        now = time.monotonic()
+        done = sum(self.epochs_done[k] * self.cost.epoch_work(c) for k, c in self.grid.items())
+        running, left = [], 0.0
+        for when, work, kind in self.submitted.values():
+            seconds = self.cost.seconds(work, kind)
+            share = min(1.0, (now - when) / seconds) if seconds > 0 else 1.0
+            running.append(seconds * (1 - share))
+            done += work * share
+            left += work * (1 - share)
+        queued = [self._left(k) for k in self.scheduler.queue]
+        left += sum(queued)
+        rest_s = 0.0
+        halving = self.study.halving
+        if halving is not None:
+            alive = [k for k, s in self.view.items() if s not in FINAL]
+            if alive:
+                mean = sum(self.cost.epoch_work(self.grid[k]) for k in alive) / len(alive)
+                nll = sum(self.cost.nll_work(self.grid[k]) for k in alive) / len(alive)
+                stretches = cost.halving_rest(
+                    len(alive), self.open_rung, halving.rungs, halving.keep, self.study.epochs
+                )
+                rest = sum(n * epochs * mean for n, epochs in stretches)
+                rest += stretches[-1][0] * nll if stretches else 0.0
+                left += rest
+                rest_s = self.cost.seconds(rest) / max(1, self.pool.slots)
+        seconds = cost.makespan(running, map(self.cost.seconds, queued), self.pool.slots)
+        total = done + left
+        return Forecast(done / total if total else 1.0, seconds + rest_s, self.cost.measured())
+
     def _submit(self, key: str, slot: Slot) -> Any:
+        self.submitted[key] = (time.monotonic(), self._left(key), self.pool.kind(slot.device))
         task = Task(
             config=self.grid[key].to_json(),
             optuna_trial_id=self.store.start_trial(self.study, self.grid[key]),
@@ -524,8 +581,18 @@ class _Sweep:
         target = self.targets.get(key)
         return target if target is not None and target < self.study.epochs else None
 
+    def _measure(self, key: str, slot: Slot) -> None:
+        """A run of ``key`` ended: what its epochs took corrects the cost model."""
+        self.submitted.pop(key, None)
+        done, seconds = self.store.trial_progress(key)
+        epochs = done - self.epochs_done[key]
+        work = epochs * self.cost.epoch_work(self.grid[key])
+        self.cost.observe(self.pool.kind(slot.device), seconds - self.seconds[key], work)
+        self.epochs_done[key], self.seconds[key] = done, seconds
+
     def _collect(self, key: str, slot: Slot, future: Any) -> None:
         """A trial's future ended: its status, its worker's death, or an unrecorded error."""
+        self._measure(key, slot)
         try:
             returned = self.executor.result(future)
         except WorkerDied as e:  # the worker process died (killed, out of memory)
@@ -551,7 +618,8 @@ class _Sweep:
     def _finished(self, key: str, status: Status) -> None:
         self.view[key] = status
         done = sum(1 for s in self.view.values() if s in FINAL)
-        self.progress.say(f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}")
+        said = f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}"
+        self.progress.say(f"{said}; {self._forecast().words()}")
 
     def _worker_died(self, key: str, error: BaseException) -> None:
         """The worker running ``key`` died: the trial ended (if its end was committed first),

@@ -8,11 +8,13 @@ the database's read by ``status``.
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from vaegrid.run.cost import CostModel, Forecast, duration, halving_rest, makespan
 from vaegrid.status import (
     COMPLETED,
     DIVERGED,
@@ -27,29 +29,44 @@ from vaegrid.status import (
     summary,
 )
 
+if TYPE_CHECKING:
+    from vaegrid.db.reader import TrialInfo
+
 
 class Progress:
-    """The live bar of a sweep (``--no-progress``: one printed line per event instead)."""
+    """The live bar of a sweep (``--no-progress``: one printed line per event instead). It
+    counts work, not trials (trials differ in cost 10x and more): the share done and the
+    time left come from ``forecast`` (run/cost.py)."""
 
-    def __init__(self, name: str, view: Mapping[str, Status], halving: bool, live: bool) -> None:
-        self.halving = halving
+    def __init__(
+        self,
+        name: str,
+        view: Mapping[str, Status],
+        halving: bool,
+        live: bool,
+        forecast: Callable[[], Forecast],
+    ) -> None:
+        self.halving, self.forecast, self.trials = halving, forecast, len(view)
         self.bar = tqdm(
-            total=len(view),
-            initial=done(view),
+            total=100,
             desc=name,
-            unit="trial",
             disable=not live,
             dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}% of the work |{bar}| {postfix}",
         )
 
     def show(self, view: Mapping[str, Status]) -> None:
-        """Bring the bar in line with ``view``."""
+        """Bring the bar in line with ``view`` and the forecast."""
+        if self.bar.disable:
+            return
         counts = Counter(view.values())
-        self.bar.n = done(view)
+        now = self.forecast()
+        self.bar.n = round(100 * now.done, 1)
         halving = f", paused {counts[PAUSED]}, stopped {counts[STOPPED]}" if self.halving else ""
+        left = f"about {duration(now.seconds)} left" if now.measured else "time left: measuring"
         self.bar.set_postfix_str(
-            f"running {counts[RUNNING]}, diverged {counts[DIVERGED]}, "
-            f"failed {counts[FAILED]}{halving}",
+            f"{left}; trials {done(view)}/{self.trials} done, running {counts[RUNNING]}, "
+            f"diverged {counts[DIVERGED]}, failed {counts[FAILED]}{halving}",
             refresh=False,
         )
         self.bar.refresh()
@@ -92,7 +109,9 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
         name, slots = store.study_row()
         trials = store.trials()
         runs = store.runs()
-        searched = searched_axes(store.fingerprint())
+        devices = store.trial_devices()
+        fingerprint = store.fingerprint()
+        searched = searched_axes(fingerprint)
         live = None if db.is_sqlite else store.live_driver(DRIVER_TIMEOUT_S)
     finally:
         store.close()
@@ -103,11 +122,9 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     if pid is None:  # no live driver: what was running is only interrupted
         counts[INTERRUPTED] += counts.pop(RUNNING, 0)
     line = f"{name}: {summary(counts, len(trials))}"
-    # Diverged runs end early: the completed ones say how long a trial takes.
-    took = [r["ended"] - r["started"] for r in runs if r["status"] == COMPLETED]
-    left = sum(counts[s] for s in (*WAITING, RUNNING))
-    if took and left:
-        line += f", ETA {_duration(sum(took) / len(took) * left / max(1, slots))}"
+    forecast = stored_forecast(trials, devices, fingerprint, slots)
+    if forecast is not None and any(counts[s] for s in (*WAITING, RUNNING)):
+        line += f"; {forecast.words()}" if pid else f"; {forecast.done:.0%} of the work done"
     if not pid:
         return line + "; no driver running"
     device = {r["key"]: r["device"] for r in runs if r["status"] == RUNNING}
@@ -122,7 +139,50 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     return "\n".join(lines)
 
 
-def _duration(seconds: float) -> str:
-    m, s = divmod(int(seconds), 60)
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m" if h else f"{m}m{s:02d}s"
+def stored_forecast(
+    trials: Sequence[TrialInfo],
+    devices: Mapping[str, str],
+    fingerprint: Mapping[str, Any],
+    slots: int,
+) -> Forecast | None:
+    """The share of a stored study's work done and its time left on ``slots`` slots, from
+    the cost model (run/cost.py) corrected by the epochs its database holds: each trial
+    left runs to its end, or with halving to its next rung, and the plan's survivors after.
+    A plug-in data set's images are taken as MNIST's here (``status`` loads no data)."""
+    from vaegrid.halving import spec_from_fingerprint
+
+    if not trials:
+        return None
+    model = CostModel(trials[0].config.data, int(fingerprint.get("rank", {}).get("nll_samples", 0)))
+    halving = spec_from_fingerprint(fingerprint)
+    done = 0.0
+    for t in trials:
+        work = t.epochs_done * model.epoch_work(t.config)
+        done += work + (model.nll_work(t.config) if t.status == COMPLETED else 0.0)
+        if t.key in devices:
+            model.observe(devices[t.key], t.seconds, work)
+    alive = [t for t in trials if t.status not in FINAL]
+    epochs = max(t.config.epochs for t in trials)
+
+    def target(t: TrialInfo) -> int:
+        if halving is None:
+            return t.config.epochs
+        if t.status == PAUSED:  # at its rung: what comes after is the plan's
+            return t.epochs_done
+        return min([r for r in halving.rungs if r > t.epochs_done] + [t.config.epochs])
+
+    left = [model.work(t.config, t.epochs_done, target(t)) for t in alive]
+    rest = 0.0
+    if halving is not None and alive:
+        at = min(target(t) for t in alive)
+        mean = sum(model.epoch_work(t.config) for t in alive) / len(alive)
+        nll = sum(model.nll_work(t.config) for t in alive) / len(alive)
+        open_rung = at if at < epochs else None
+        stretches = halving_rest(len(alive), open_rung, halving.rungs, halving.keep, epochs)
+        rest = sum(n * e * mean for n, e in stretches) + (
+            stretches[-1][0] * nll if stretches else 0
+        )
+    seconds = makespan([], map(model.seconds, left), max(1, slots))
+    seconds += model.seconds(rest) / max(1, slots)
+    total = done + sum(left) + rest
+    return Forecast(done / total if total else 1.0, seconds, model.measured())

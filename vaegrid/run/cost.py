@@ -1,0 +1,161 @@
+"""What a trial costs: predicted before it runs, corrected by what the study has measured.
+
+The one owner of cost: the driver's longest-first order, the bar's and ``status``'s work
+done and time left, and the report's timeline all ask it. Torch-free (the driver reads it).
+
+**Work** is counted in multiply-adds (MACs) of the model's layers for the images a trial
+processes: a training epoch is 3 forward passes' worth (forward and backward) of the
+encoder and of the decoder k times (IWAE's samples) over the training split, plus one
+forward pass over the validation split; the validation NLL at the end is the encoder and k
+decoder passes per validation image. Counted from the settings and the images' shape (as
+``parameter_count`` counts parameters): every weight of a dense layer is one MAC per image,
+a convolution's weights once per output position. A plug-in model's layers are unknown to
+the driver: it is counted as a one-hidden-layer model of its hidden width.
+
+**Seconds** are work x the seconds per MAC that the study's finished epochs measured on
+that kind of device (their training time over their work), or, before any has, on any
+kind, or a prior (a CPU slot of one thread: ``PRIOR_MACS_PER_S``). Diverged trials cannot
+be foreseen: each is predicted to run to its end, and the estimate drops when it stops.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from vaegrid.spec.axes import MODELS as BUILTIN_MODELS
+from vaegrid.spec.datasets import Images
+from vaegrid.spec.study import MNIST_IMAGES, DataSpec, Study, TrialConfig, split_sizes
+
+# A CPU slot of one thread: the seed study's trials (hidden 400-800) measured 2.4-3.5e10
+# MAC/s on this project's machine; only used until the study's first epoch is measured.
+PRIOR_MACS_PER_S = 2.5e10
+
+
+def forward_macs(settings: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Multiply-adds of one image's pass through the encoder and through the decoder."""
+    h, z, model = settings["hidden"], settings["latent"], settings["model"]
+    pixels = math.prod(shape)
+    if model not in BUILTIN_MODELS:  # a plug-in's layers are not known here
+        return pixels * h + 2 * h * z, z * h + h * pixels
+    if model == "conv":
+        c, c1, c2 = shape[0], settings["channels"], 2 * settings["channels"]
+        half, quarter = (shape[1] // 2) * (shape[2] // 2), (shape[1] // 4) * (shape[2] // 4)
+        flat = c2 * quarter
+        convs = 16 * (half * c1 * c + quarter * c2 * c1)  # each output position: 4 x 4 taps
+        return convs + flat * h + 2 * h * z, z * h + h * flat + convs
+    stack = (settings["depth"] - 1) * h * h if model == "mlp" else 0
+    return pixels * h + stack + 2 * h * z, z * h + stack + h * pixels
+
+
+class CostModel:
+    """The work and the seconds of any part of any trial of one study."""
+
+    @classmethod
+    def of(cls, study: Study) -> CostModel:
+        return cls(study.data, study.nll_samples, study.images)
+
+    def __init__(self, data: DataSpec, nll_samples: int, images: Images | None = None) -> None:
+        images = images or MNIST_IMAGES  # a plug-in data set not probed (status): MNIST's
+        self.shape = images.shape
+        self.n_train, self.n_val, _ = split_sizes(data, images)
+        self.nll_samples = nll_samples
+        self._measured: dict[str, list[float]] = {}  # device kind -> [seconds, work]
+        self._epoch: dict[str, float] = {}  # trial key -> work of one epoch
+
+    def epoch_work(self, cfg: TrialConfig) -> float:
+        """MACs of one training epoch and its validation pass."""
+        if cfg.key not in self._epoch:
+            enc, dec = forward_macs(cfg.axis_values(), self.shape)
+            k = cfg.samples if cfg.objective == "iwae" else 1
+            self._epoch[cfg.key] = 3 * (enc + k * dec) * self.n_train + (enc + dec) * self.n_val
+        return self._epoch[cfg.key]
+
+    def nll_work(self, cfg: TrialConfig) -> float:
+        """MACs of the validation NLL a trial computes at its end (0 without one)."""
+        enc, dec = forward_macs(cfg.axis_values(), self.shape)
+        return float((enc + self.nll_samples * dec) * self.n_val) if self.nll_samples else 0.0
+
+    def work(self, cfg: TrialConfig, start: int, end: int) -> float:
+        """MACs of epochs ``start`` + 1 to ``end``, and of the NLL when ``end`` is the last."""
+        if end <= start:
+            return 0.0
+        nll = self.nll_work(cfg) if end >= cfg.epochs else 0.0
+        return (end - start) * self.epoch_work(cfg) + nll
+
+    def observe(self, kind: str, seconds: float, work: float) -> None:
+        """Epochs of ``work`` MACs took ``seconds`` of training on a device of ``kind``."""
+        if seconds > 0 and work > 0 and math.isfinite(seconds):
+            seen = self._measured.setdefault(kind, [0.0, 0.0])
+            seen[0] += seconds
+            seen[1] += work
+
+    def measured(self) -> bool:
+        """Whether any epoch has been measured."""
+        return bool(self._measured)
+
+    def seconds_per_mac(self, kind: str | None = None) -> float:
+        """What a MAC costs on ``kind`` as measured; any kind's when it has none yet; the
+        prior when nothing was measured."""
+        seen = self._measured.get(kind) if kind is not None else None
+        if seen is None and self._measured:
+            seconds = sum(s for s, _ in self._measured.values())
+            return seconds / sum(w for _, w in self._measured.values())
+        return seen[0] / seen[1] if seen is not None else 1.0 / PRIOR_MACS_PER_S
+
+    def seconds(self, work: float, kind: str | None = None) -> float:
+        return work * self.seconds_per_mac(kind)
+
+
+class Forecast(NamedTuple):
+    """Where a sweep stands: the share of its work done, and the seconds left."""
+
+    done: float  # 0 to 1
+    seconds: float
+    measured: bool  # False: the seconds are the prior's (no epoch measured yet)
+
+    def words(self) -> str:
+        """``38% of the work done, about 11 min left``."""
+        left = f"about {duration(self.seconds)} left" if self.measured else "time left unknown yet"
+        return f"{self.done:.0%} of the work done, {left}"
+
+
+def makespan(running: Iterable[float], queued: Iterable[float], slots: int) -> float:
+    """Seconds until the last of ``queued`` trials ends when each, longest first, goes to the
+    slot that frees first, with ``running`` trials' seconds left on their slots."""
+    free = sorted(running)[:slots]
+    free += [0.0] * (slots - len(free))
+    heapq.heapify(free)
+    for seconds in sorted(queued, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + seconds)
+    return max(free, default=0.0)
+
+
+def halving_rest(
+    contenders: int, open_rung: int | None, rungs: tuple[int, ...], keep: float, epochs: int
+) -> list[tuple[int, int]]:
+    """The work a halving plan still allows beyond its open rung: ``(trials, epochs)`` per
+    stretch, for the ``contenders`` of the open rung (each stretch's survivors, as the rule
+    keeps them)."""
+    from vaegrid.halving import n_survivors
+
+    if open_rung is None or not contenders:
+        return []
+    out, n = [], contenders
+    bounds = [r for r in rungs if r >= open_rung] + [epochs]
+    for start, end in itertools.pairwise(bounds):
+        n = n_survivors(n, keep)
+        out.append((n, end - start))
+    return out
+
+
+def duration(seconds: float) -> str:
+    """``11 min``, ``1 h 05 min``, ``40 s``: a time left, as the bar and ``status`` say it."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{round(seconds)} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
