@@ -210,6 +210,9 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     sizes = {p.name: Image.open(p).size for p in (study_dir / "figures").iterdir()}
     assert sizes.pop("curves.png") == (800, 500)
     assert sizes.pop("parallel.png")[0] > 300 and sizes.pop("heatmap.png")[0] > 300
+    assert sizes.pop("timeline.png")[0] == 1100  # its 4 runs on their slots
+    spent = md.split("## Where the time went", 1)[1].split("\n\n")[1]
+    assert spent.startswith("4 runs on ") and "slots busy " in spent and "idle tail " in spent
     for key in set(test["key"]):
         assert sizes[f"{key}_reconstructions.png"] == (
             16 * 30 + 2,

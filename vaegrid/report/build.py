@@ -16,6 +16,7 @@ from pathlib import Path
 import pandas as pd
 
 from vaegrid.analysis import tables
+from vaegrid.analysis.timing import timing, timing_lines
 from vaegrid.api import StudyRows, read_study
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
@@ -138,11 +139,18 @@ def make_report(
     seconds = time.perf_counter() - started
     compared = [c for criterion in tables.criteria(ranking) for c in tables.comparisons(
         ranking, per_trial, criterion, COMPARED)]  # fmt: skip
+    spent = timing(rows.runs)
+    if spent is not None:
+        from vaegrid.report import figures  # matplotlib loads only when pictures are drawn
+
+        done = dict(zip(rows.trials["key"], rows.trials["epochs_done"].astype(int), strict=True))
+        figures.timeline(spent, done, layout.figure("timeline"))
     text = markdown(
         ranking, test, completed, seconds, versions_used(rows.runs), _early(rows),
         names=names, data=data, compared=compared, importance=found, heatmap=pair,
         n_trials=len(per_trial), description=rows.description,
         val_nll_samples=int(rows.fingerprint.get("rank", {}).get("nll_samples", 0)),
+        spent=timing_lines(spent) if spent is not None else None,
     )  # fmt: skip
     write_atomic(layout.report, text)
     return Report(study_dir, ranking, test, todo, seconds, per_trial)

@@ -23,6 +23,7 @@ from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid, save_image
 
+from vaegrid.analysis.timing import Timing
 from vaegrid.safeio import save_with
 from vaegrid.spec.axes import AXIS, Axis, describe, format_value
 from vaegrid.status import COMPLETED, DIVERGED
@@ -313,6 +314,53 @@ def importance(importances: Mapping[str, float], axes: Sequence[Axis], path: Pat
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
     return labels
+
+
+# timeline.png: a run's colour by how it ended.
+RUN_COLOURS = {
+    "completed": "#2a9d8f",
+    "diverged": "#e76f51",
+    "paused": "#8ab6d6",
+    "stopped": "#b0b0b0",
+    "interrupted": "#f4a261",
+    "failed": "#264653",
+}
+
+
+def timeline(t: Timing, epochs_done: Mapping[str, int], path: Path) -> int:
+    """Every run of the study on its slot over the sweep's time: a bar from its start to its
+    end, coloured by how it ended, labelled with its trial's key and finished epochs where
+    it is wide enough; halving's rung decisions as dashed vertical lines.
+
+    Returns:
+        The number of bars drawn.
+    """
+    start = t.runs[0].started
+    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.45 * t.lanes), dpi=100, layout="constrained")
+    for run in t.runs:
+        x, width = run.started - start, max(run.ended - run.started, t.span * 1e-4)
+        colour = RUN_COLOURS.get(run.status, "black")
+        ax.barh(run.lane, width, left=x, height=0.7, color=colour, edgecolor="white",
+                linewidth=0.5)  # fmt: skip
+        if width > t.span / 25:
+            ax.text(x + width / 2, run.lane, f"{run.key[:6]} {epochs_done.get(run.key, 0)}e",
+                    ha="center", va="center", fontsize=6, color="black", clip_on=True)  # fmt: skip
+    for rung, when in t.rungs:
+        ax.axvline(when - start, color="black", linestyle="--", linewidth=0.9)
+        ax.text(when - start, -0.75, f" rung {rung}", fontsize=7, va="center")
+    seen = sorted({run.status for run in t.runs})
+    handles = [plt.Rectangle((0, 0), 1, 1, color=RUN_COLOURS.get(s, "black")) for s in seen]
+    fig.legend(handles, seen, loc="outside lower center", fontsize=7, ncols=len(seen))
+    ax.set_yticks(range(t.lanes), [f"slot {i + 1}" for i in range(t.lanes)])
+    ax.set_ylim(t.lanes - 0.4, -0.9)  # slot 1 on top, room above it for the rungs' names
+    ax.set_xlim(0, t.span * 1.01 if t.span else 1)
+    ax.set_xlabel("seconds since the first run started")
+    ax.set_title(
+        f"Where the time went: {len(t.runs)} runs on {t.lanes} slots, busy {t.occupancy:.0%}, "
+        f"idle tail {t.tail:,.0f} s (label: trial key, epochs done)"
+    )
+    _save(fig, path)
+    return len(t.runs)
 
 
 @torch.inference_mode()

@@ -50,6 +50,7 @@ def markdown(
     n_trials: int,
     description: str | None = None,
     val_nll_samples: int = 0,
+    spent: list[str] | None = None,
 ) -> str:
     """report.md: the study's description, counts, rankings, paired comparisons, test table,
     what mattered, figures, how each value of each searched axis fared, and the versions.
@@ -62,6 +63,7 @@ def markdown(
         versions: The lines of :func:`versions_used`.
         early: A halving study's section (``halving_section.halving_lines``); None without
             halving.
+        spent: Where the time went (``analysis.timing.timing_lines``); None: no run ended.
         names: The searched axes.
         data: The study's data settings (what a likelihood of it means).
         compared: The winners against the next configs, paired over repeats.
@@ -116,6 +118,8 @@ def markdown(
         ]
     if early is not None:
         lines += early
+    if spent is not None:
+        lines += spent
     spread = ["val_elbo_std"] if repeats > 1 else []
     show = ["key", *names, "n_repeats", "val_elbo", *spread, "val_recon", "val_kl"]
     show += ["val_nll"] if "val_nll" in ranking.columns else []

@@ -12,10 +12,12 @@ decoder passes per validation image. Counted from the settings and the images' s
 a convolution's weights once per output position. A plug-in model's layers are unknown to
 the driver: it is counted as a one-hidden-layer model of its hidden width.
 
-**Seconds** are work x the seconds per MAC that the study's finished epochs measured on
-that kind of device (their training time over their work), or, before any has, on any
-kind, or a prior (a CPU slot of one thread: ``PRIOR_MACS_PER_S``). Diverged trials cannot
-be foreseen: each is predicted to run to its end, and the estimate drops when it stops.
+**Seconds** are work x the seconds per MAC that the study's runs measured on that kind of
+device (their wall time over their work: loading and checkpoints count), or, before any
+has, on any kind, or a prior (a CPU slot of one thread: ``PRIOR_MACS_PER_S``). Which
+trial will diverge cannot be foreseen: each is predicted to run to its end, and the
+forecast scales the work still queued by the share of their predicted work that ended
+runs did (a grid whose lr = 1 third diverges at once runs two thirds of its prediction).
 """
 
 from __future__ import annotations
@@ -33,6 +35,8 @@ from vaegrid.spec.study import MNIST_IMAGES, DataSpec, Study, TrialConfig, split
 # A CPU slot of one thread: the seed study's trials (hidden 400-800) measured 2.4-3.5e10
 # MAC/s on this project's machine; only used until the study's first epoch is measured.
 PRIOR_MACS_PER_S = 2.5e10
+# Runs that must have ended before the forecast trusts the share of predicted work done.
+REALIZED_AFTER = 3
 
 
 def forward_macs(settings: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -64,6 +68,7 @@ class CostModel:
         self.n_train, self.n_val, _ = split_sizes(data, images)
         self.nll_samples = nll_samples
         self._measured: dict[str, list[float]] = {}  # device kind -> [seconds, work]
+        self._runs = [0.0, 0.0, 0]  # work predicted at the runs' starts, work they did, runs
         self._epoch: dict[str, float] = {}  # trial key -> work of one epoch
 
     def epoch_work(self, cfg: TrialConfig) -> float:
@@ -92,6 +97,21 @@ class CostModel:
             seen = self._measured.setdefault(kind, [0.0, 0.0])
             seen[0] += seconds
             seen[1] += work
+
+    def finished(self, predicted: float, ran: float) -> None:
+        """A run predicted to do ``predicted`` MACs did ``ran`` (less when it diverged)."""
+        if predicted > 0 and math.isfinite(ran):
+            self._runs[0] += predicted
+            self._runs[1] += min(ran, predicted)
+            self._runs[2] += 1
+
+    def realized(self) -> float:
+        """The share of their predicted work that runs did (trials that diverge stop early),
+        once REALIZED_AFTER runs have ended; 1 before. The forecast scales the queue by it."""
+        predicted, ran, runs = self._runs
+        if runs < REALIZED_AFTER or predicted <= 0:
+            return 1.0
+        return max(0.05, ran / predicted)
 
     def measured(self) -> bool:
         """Whether any epoch has been measured."""

@@ -67,6 +67,9 @@ from vaegrid.status import (
 from vaegrid.train import provenance
 from vaegrid.train.data import ensure_mnist
 
+# The forecast's share of a running trial done is at most this: one over its predicted
+# time is not done, and is not said to be.
+RUNNING_SHARE_MAX = 0.95
 HEARTBEAT_S = 4.0  # the driver's heartbeat (servers, clusters); workers allow DRIVER_TIMEOUT_S
 EXIT_CLUSTER_GONE = 3
 
@@ -531,11 +534,13 @@ class _Sweep:
         running, left = [], 0.0
         for when, work, kind in self.submitted.values():
             seconds = self.cost.seconds(work, kind)
-            share = min(1.0, (now - when) / seconds) if seconds > 0 else 1.0
+            # a trial over its prediction is not done: it is said to be nearly
+            share = min(RUNNING_SHARE_MAX, (now - when) / seconds) if seconds > 0 else 0.0
             running.append(seconds * (1 - share))
             done += work * share
             left += work * (1 - share)
-        queued = [self._left(k) for k in self.scheduler.queue]
+        realized = self.cost.realized()  # trials that diverge run less than predicted
+        queued = [self._left(k) * realized for k in self.scheduler.queue]
         left += sum(queued)
         rest_s = 0.0
         halving = self.study.halving
@@ -582,12 +587,16 @@ class _Sweep:
         return target if target is not None and target < self.study.epochs else None
 
     def _measure(self, key: str, slot: Slot) -> None:
-        """A run of ``key`` ended: what its epochs took corrects the cost model."""
-        self.submitted.pop(key, None)
+        """A run of ``key`` ended: what it took (its wall time: loading and checkpoints
+        count) for the work it did corrects the cost model, and so does how much of the
+        work predicted at its start it did (a diverged trial stops early)."""
+        cfg, before = self.grid[key], self.epochs_done[key]
         done, seconds = self.store.trial_progress(key)
-        epochs = done - self.epochs_done[key]
-        work = epochs * self.cost.epoch_work(self.grid[key])
-        self.cost.observe(self.pool.kind(slot.device), seconds - self.seconds[key], work)
+        ran = self.cost.work(cfg, before, done) if done > before else 0.0
+        when, predicted, kind = self.submitted.pop(key, (None, 0.0, ""))
+        if when is not None:
+            self.cost.observe(kind, time.monotonic() - when, ran)
+            self.cost.finished(predicted, ran)
         self.epochs_done[key], self.seconds[key] = done, seconds
 
     def _collect(self, key: str, slot: Slot, future: Any) -> None:

@@ -1,0 +1,54 @@
+"""Where a sweep's time went (analysis/timing.py) and its picture (figures.timeline)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from vaegrid.analysis.timing import timing, timing_lines
+
+
+def run(key: str, started: float, ended: float | None, status: str = "completed") -> dict:  # type: ignore[type-arg]
+    return {"key": key, "started": started, "ended": ended, "status": status}
+
+
+def test_lanes_occupancy_tail_overhead_and_rungs() -> None:
+    rows = [
+        run("a", 100, 110, "paused"),  # slot 1
+        run("b", 100, 104, "paused"),  # slot 2
+        run("c", 104.5, 108, "diverged"),  # slot 2 again, 0.5 s after b
+        run("b", 111, 120),  # slot 1: b goes on after rung 1 (decided at 111)
+        run("a", 110.2, 115),  # slot 2
+        run("d", 200, 205),  # a resumed session, 80 s later: no hand-over counted
+        run("e", 199, None, "running"),  # still open: left out
+    ]
+    t = timing(rows)
+    assert t is not None
+    assert [(r.key, r.lane) for r in t.runs] == [
+        ("b", 0), ("a", 1), ("c", 0), ("a", 0), ("b", 1), ("d", 0)
+    ]  # fmt: skip
+    assert t.lanes == 2 and t.span == 105
+    assert t.busy == pytest.approx(10 + 4 + 3.5 + 9 + 4.8 + 5)
+    assert t.occupancy == pytest.approx(t.busy / (105 * 2))
+    # slot 2 (lane 1) ran out of work at 120, the last run ended at 205
+    assert t.tail == 85 and t.tail_idle == 85
+    assert sorted(round(g, 2) for g in t.gaps) == [0.5, 1.0, 2.2]  # 85 s: not a hand-over
+    assert t.rungs == ((1, 110.2),)  # the first run to go on after a pause
+    (line,) = [x for x in timing_lines(t) if x.startswith("6 runs")]
+    assert "slots busy 17.3%" in line and "idle tail 85 s" in line
+    assert "median 1.00 s, max 2.20 s over 3 hand-overs" in line
+    assert "Rungs decided at 1: 10 s" in line
+    assert timing([run("x", 1, None)]) is None and timing([]) is None
+
+
+def test_the_timeline_draws_every_run_on_its_slot(tmp_path: Path) -> None:
+    from vaegrid.report import figures
+
+    rows = [run("a" * 12, 0, 10, "paused"), run("b" * 12, 0, 4, "diverged"),
+            run("a" * 12, 11, 20)]  # fmt: skip
+    t = timing(rows)
+    assert t is not None
+    path = tmp_path / "timeline.png"
+    assert figures.timeline(t, {"a" * 12: 6, "b" * 12: 1}, path) == 3
+    assert path.stat().st_size > 5_000
