@@ -13,10 +13,12 @@ import sys
 import time
 from pathlib import Path
 
-from vaegrid.db.store import Store
 from vaegrid.run.cost import CostModel
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import expand
+
+sys.path.insert(0, str(Path(__file__).parent))
+from rows import dump  # bench/rows.py: the rows as hex floats
 
 SLICE = """
 name = "slice"
@@ -31,15 +33,6 @@ latent = [100, 200]
 clip = [1.0, 2e-4]
 repeats = 2
 """
-
-
-def rows(db: Path) -> list[tuple[object, ...]]:
-    store = Store.reader(db)
-    try:
-        frame = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
-    finally:
-        store.close()
-    return list(frame[["key", "epoch", "split", "elbo", "recon", "kl"]].itertuples(index=False))
 
 
 def sampler(out: Path) -> subprocess.Popen[bytes] | None:
@@ -77,7 +70,7 @@ def main() -> None:
             smi.wait()
         if done.returncode != 0:
             sys.exit(f"gpu_slice: K = {k} exited {done.returncode}: {done.stderr[-500:]}")
-        found[k] = rows(results / "slice" / "study.db")
+        found[k] = dump(str(results / "slice" / "study.db"))["epochs"]  # bit for bit
         util, mem = [], []
         for line in (args.out / f"smi-k{k}.csv").read_text().splitlines() if smi else []:
             u, m = (float(x) for x in line.split(","))

@@ -312,3 +312,27 @@ def test_fashion_mnist_is_read_from_its_own_folder(tmp_path: Path) -> None:
     (tmp_path / "FashionMNIST" / "raw" / "t10k-labels-idx1-ubyte").unlink()
     with pytest.raises(InputError, match=r"FashionMNIST/raw/t10k-labels-idx1-ubyte: MNIST file"):
         check_mnist(tmp_path, "fashion-mnist")
+
+
+def test_a_plugin_data_sets_images_are_checked_against_the_digest_in_the_key(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # What every worker does: the images its loader gives now must be those the driver's
+    # probe saw (their SHA-256 is in the trial key); the loader itself is the package's.
+    import numpy as np
+
+    from vaegrid.errors import InputError
+    from vaegrid.spec.study import DataSpec
+    from vaegrid.train import data
+
+    images = np.arange(20 * 3 * 4 * 4, dtype=np.uint8).reshape(20, 3, 4, 4)
+    monkeypatch.setattr(data, "load_factory", lambda name, group: lambda root: images)
+    spec = DataSpec(dataset="mine")
+    train, test = data.plugin_images(tmp_path, spec)
+    digest = data.images_digest(train, test)
+    assert test is None and len(digest) == 64
+    same = DataSpec(dataset="mine", images=digest)
+    assert data.plugin_images(tmp_path, same)[0].equal(train)
+    images[0, 0, 0, 0] += 1  # one pixel of one image
+    with pytest.raises(InputError, match="not those the study was run with"):
+        data.plugin_images(tmp_path, same)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -116,6 +117,41 @@ def boom(root):
 
 def odd(root):
     return _draw(100, 1, 10, 3)
+
+
+def flipped(root):  # a negative-stride view (BGR -> RGB), read-only too
+    x = _draw(100, 3, 8, 8)[:, ::-1]
+    x.flags.writeable = False
+    return x
+
+
+def chatty(root):
+    print("loading", end="")  # no newline: must not garble the probe's answers
+    return _draw(100, 1, 8, 8)
+
+
+def lingering(root):
+    import subprocess
+
+    subprocess.Popen(["sleep", "600"])  # a leftover process: must not hold the probe up
+    return _draw(100, 1, 8, 8)
+
+
+def exits(root):
+    import os
+
+    os._exit(3)
+
+
+def meta(root):
+    import torch
+
+    return torch.empty(100, 1, 8, 8, dtype=torch.uint8, device="meta")
+
+
+def changing(root):  # other images when the file says so: a loader that is not deterministic
+    seed = int((root / "variant").read_text()) if (root / "variant").exists() else 0
+    return _draw(60, 1, 8, 8) if seed == 0 else _draw(60, 1, 8, 8)[::-1].copy()
 """
 DATA_ENTRY_POINTS = """
 [vaegrid.datasets]
@@ -125,6 +161,12 @@ floaty = shapesdata:floaty
 flatimages = shapesdata:flat
 boom = shapesdata:boom
 odd = shapesdata:odd
+flipped = shapesdata:flipped
+chatty = shapesdata:chatty
+lingering = shapesdata:lingering
+exits = shapesdata:exits
+meta = shapesdata:meta
+changing = shapesdata:changing
 mnist = shapesdata:load
 """
 
@@ -147,6 +189,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (data / "METADATA").write_text("Metadata-Version: 2.1\nName: shapesdata\nVersion: 0.1\n")
     (data / "entry_points.txt").write_text(DATA_ENTRY_POINTS)
     (data / "RECORD").write_text("")
+    nameless = root / "nameless-0.1.dist-info"  # metadata without a version
+    nameless.mkdir()
+    (nameless / "METADATA").write_text("Metadata-Version: 2.1\nName: nameless\n")
+    (nameless / "entry_points.txt").write_text("[vaegrid.datasets]\nnover = shapesdata:load\n")
     odd = root / "oddvae-1.dist-info"  # a version a key could not hold as it is
     odd.mkdir()
     (odd / "METADATA").write_text("Metadata-Version: 2.1\nName: oddvae\nVersion: 1 / 2\n")
@@ -274,8 +320,10 @@ def test_a_plugin_data_set_is_named_like_a_built_in_one_and_keyed_by_its_version
     assert shown.stdout.endswith("True\n")  # the key's JSON names the data set back
     for bad, message in (
         ('[data]\ndataset = "nope"\n',
-         'expected one of "mnist", "fashion-mnist", "blobs", "boom", "flatimages", "floaty", '
-         '"odd", "shapes"'),
+         'expected one of "mnist", "fashion-mnist", "blobs", "boom", "changing", "chatty", '
+         '"exits", "flatimages", "flipped", "floaty", "lingering", "meta", "odd", "shapes"'),
+        ('[data]\ndataset = "nover"\n', "a usable data set: an installed package registers "
+         "it, but its distribution's metadata has no name or no version"),
         ('[data]\ndataset = "mnist"\n', ""),  # the built-in one: the plug-in may not take it
     ):  # fmt: skip
         study.write_text(bad)
@@ -301,6 +349,10 @@ BOTH = '["linear", "conv"]'
          'images); data.split = "official" needs one: use "holdout"'),
         ("odd", "holdout", BOTH, 'data.dataset = "odd" is not allowed; expected '
          "images whose sides are divisible by 4 for model conv"),
+        ("exits", "holdout", BOTH, "data set exits crashed its probe: it exited with code 3 "
+         "before answering"),
+        ("meta", "holdout", BOTH, "data set meta (shapesdata 0.1): its images are a "
+         "torch.strided tensor on meta, expected a dense one in CPU memory"),
     ],
 )  # fmt: skip
 def test_a_plugin_data_set_is_checked_once_before_anything_is_written(
@@ -342,3 +394,36 @@ def test_a_plugin_data_set_in_colour_runs_every_model_end_to_end(
         assert image.getchannel("R").tobytes() != image.getchannel("G").tobytes()
     samples = Image.open(next((tmp_path / "r" / "c" / "figures").glob("*_samples.png")))
     assert samples.size == (8 * 18 + 2, 8 * 18 + 2)
+
+
+@pytest.mark.parametrize("dataset", ["flipped", "chatty", "lingering"])
+def test_a_plugin_loader_may_flip_print_and_leave_processes_behind(
+    site: Path, tmp_path: Path, dataset: str
+) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text(DATA_STUDY.format(name="d", dataset=dataset, split="holdout", models=BOTH))
+    started = time.monotonic()
+    done = vaegrid(site, "plan", str(study), "--data-dir", str(tmp_path))  # plan probes it
+    assert done.returncode == 0 and done.stdout.endswith("2 trials\n"), done.stderr
+    assert time.monotonic() - started < 60  # a leftover process does not hold the probe up
+    subprocess.run(["pkill", "-f", "sleep 600"], check=False)
+
+
+def test_a_plugin_data_set_whose_images_change_is_never_mixed_with_its_results(
+    site: Path, tmp_path: Path
+) -> None:
+    study = tmp_path / "s.toml"
+    study.write_text(DATA_STUDY.format(name="d", dataset="changing", split="holdout",
+                                       models='["linear"]').replace("channels = 4\n", "")
+                     .replace("epochs = 2", "epochs = 1"))  # fmt: skip
+    args = ["--results", str(tmp_path / "r"), "--data-dir", str(tmp_path), "--no-progress",
+            "--devices", "cpu"]  # fmt: skip
+    first = vaegrid(site, "run", str(study), *args)
+    assert first.returncode == 0 and ": completed" in first.stdout, first.stderr
+    keys = vaegrid(site, "plan", str(study), "--data-dir", str(tmp_path)).stdout
+    (tmp_path / "variant").write_text("1")  # the loader now gives other images
+    again = vaegrid(site, "run", str(study), *args)
+    assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
+    assert "other fixed settings" in again.stderr or "data" in again.stderr, again.stderr
+    other = vaegrid(site, "plan", str(study), "--data-dir", str(tmp_path)).stdout
+    assert keys.splitlines()[1].split()[0] != other.splitlines()[1].split()[0]  # other keys

@@ -695,3 +695,15 @@ def test_the_trial_cap_counts_distinct_trials_a_setting_counting_only_where_it_a
     grid["samples"] = list(range(1, 21))  # (1 + 512) x (1 + 20) = 10,773: over the cap
     with pytest.raises(InputError, match=r"= 40960 combinations, 10773 distinct trials"):
         parse({"train": {"batch_size": 20}, "grid": grid})
+
+
+def test_a_plugin_data_sets_images_count_in_each_workers_memory() -> None:
+    # Each slot's worker holds the float32 splits (and as much again while making them):
+    # beyond MNIST's, which the worker's measured memory already counts.
+    from vaegrid.spec.datasets import Images
+
+    study = parse({})
+    assert study.data_mb == 0  # MNIST
+    big = replace(study, images=Images((3, 32, 32), 90_000, 10_000))
+    assert big.data_mb == 2 * 4 * (100_000 * 3072 - 70_000 * 784) // (1 << 20)  # 1,925 MB
+    assert replace(study, images=Images((1, 8, 8), 100, 0)).data_mb == 0

@@ -28,6 +28,10 @@ def _parser() -> argparse.ArgumentParser:
 
     plan = sub.add_parser("plan", help="print the expanded grid with each trial's key")
     plan.add_argument("study", help="a study file, e.g. studies/seed.toml")
+    plan.add_argument(
+        "--data-dir",
+        help="the data folder, for a plug-in data set (whose images' digest is in the keys)",
+    )
 
     run = sub.add_parser("run", help="sweep a study (resumes whatever is already done)")
     run.add_argument("study", help="a study file, e.g. studies/seed.toml")
@@ -130,6 +134,11 @@ def _dispatch(args: argparse.Namespace) -> int:
 
     if args.command == "plan":
         study = load_study(args.study)
+        if study.images is None:  # a plug-in data set: its images' digest is in the keys
+            from vaegrid.train.data import data_dir
+            from vaegrid.train.probe import check_plugins
+
+            study = check_plugins(study, data_dir(args.data_dir))
         trials = expand(study)
         names = [*study.searched, *(["repeat"] if study.repeats > 1 else [])]
         widths = [max(6, len(n)) for n in names]
@@ -173,7 +182,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             pool = executor.pool()
             print(f"cluster: {pool.found}", flush=True)
         else:
-            pool = make_pool(args.devices, args.workers_per_device, trial_mb=study.training_mb)
+            slot_mb = study.training_mb + study.data_mb  # each slot's worker holds the data
+            pool = make_pool(args.devices, args.workers_per_device, trial_mb=slot_mb)
             print(f"devices: {pool.found}; {pool.per_device} trials at once per device", flush=True)
         try:
             return run_study(

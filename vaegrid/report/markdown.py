@@ -17,6 +17,7 @@ from vaegrid.analysis import stats, tables
 from vaegrid.analysis.tables import Comparison, criteria
 from vaegrid.layout import StudyLayout
 from vaegrid.spec.axes import AXIS, applies, describe
+from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.spec.datasets import label as dataset_label
 from vaegrid.spec.study import DataSpec
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
@@ -30,6 +31,8 @@ def likelihood_label(data: DataSpec, k: int) -> str:
     """What a test NLL of this data is, in words: comparable with the literature or not."""
     name = dataset_label(data.dataset)
     if data.binarize == "none":
+        if data.dataset not in BUILTIN_DATASETS:  # a plug-in's: no literature to name
+            return "Bernoulli NLL of grey levels (not comparable with results on binarized pixels)"
         return f"Bernoulli NLL of grey levels (not comparable with binarized-{name} results)"
     return f"test NLL of {_HOW[data.binarize]} binarized {name}, importance-sampled, k = {k}"
 
@@ -97,7 +100,7 @@ def markdown(
         + (
             "grey levels in [0, 1]: a Bernoulli likelihood of grey levels, which no model can "
             "push below the targets' own entropy; not comparable with published results on "
-            f"binarized {dataset_label(data.dataset)}."
+            "binarized pixels."
             if grey
             else f"{_HOW[data.binarize]} binarized pixels (training images "
             + ("drawn afresh every epoch" if data.binarize == "dynamic" else "drawn once")
@@ -151,8 +154,8 @@ def markdown(
         "its final weights; `test_nll` is the importance-sampled estimate of -log p(x) with "
         "`nll_samples` samples per image (Burda et al. 2015), "
         + (
-            "an upper bound on the NLL of grey levels: not comparable with published "
-            f"{dataset_label(data.dataset)} VAE results, which are on binarized pixels."
+            "an upper bound on the NLL of grey levels: not comparable with published VAE "
+            "results, which are on binarized pixels."
             if grey
             else "comparable with published results on binarized data at the same k."
         )

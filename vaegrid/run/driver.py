@@ -377,6 +377,7 @@ class _Sweep:
                 self.cost.observe(kind, self.seconds[key], work)
         self.submitted: dict[str, tuple[float, float, str]] = {}  # key -> (when, work, kind)
         self.open_rung: int | None = None  # halving: the first undecided rung
+        self.said_done = 0.0  # the share of the work done said last
         self.targets: dict[str, int] = {}  # halving: trial -> the epoch it may run to now
         self.retry: set[str] = set()  # failed trials this driver has yet to rerun
         self.decided = 0  # halving: rungs decided so far
@@ -558,7 +559,10 @@ class _Sweep:
                 rest_s = self.cost.seconds(rest) / max(1, self.pool.slots)
         seconds = cost.makespan(running, map(self.cost.seconds, queued), self.pool.slots)
         total = done + left
-        return Forecast(done / total if total else 1.0, seconds + rest_s, self.cost.measured())
+        # Never back: a trial that ran longer than predicted, or a rate learned anew, can
+        # lower the estimate a little; the share said stays where it was.
+        self.said_done = max(self.said_done, done / total if total else 1.0)
+        return Forecast(self.said_done, seconds + rest_s, self.cost.measured())
 
     def _submit(self, key: str, slot: Slot) -> Any:
         self.submitted[key] = (time.monotonic(), self._left(key), self.pool.kind(slot.device))

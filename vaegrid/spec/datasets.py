@@ -40,6 +40,7 @@ class Images:
     shape: tuple[int, int, int] = (1, 28, 28)
     train: int = MNIST_TRAIN_IMAGES
     test: int = MNIST_TEST_IMAGES
+    digest: str = ""  # a plug-in's: SHA-256 of the images' shapes and bytes (DataSpec.images)
 
     @property
     def pixels(self) -> int:
@@ -75,7 +76,8 @@ def from_tag(value: object) -> str | None:
 
 def label(name: str) -> str:
     """How messages and reports name it: ``MNIST``, ``shapes (shapesdata 0.1)``."""
-    return _LABELS.get(name) or PLUGINS[name].who
+    plugin = PLUGINS.get(name)
+    return _LABELS.get(name) or (plugin.who if plugin is not None else name)
 
 
 def problem(shape: tuple[int, ...], dtype: str, what: str) -> str | None:

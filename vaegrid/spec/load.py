@@ -107,6 +107,9 @@ def config_problem(cfg: TrialConfig) -> str | None:
     if not isinstance(cfg.data, DataSpec):
         return "data is not a table of data settings"
     data: dict[str, Any] = dataclasses.asdict(cfg.data)
+    digest = data.pop("images")  # the probe's, not a study file's
+    if digest and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest)):
+        return f"data.images = {_show(digest)}, expected a SHA-256 in hex"
     if isinstance(data["fractions"], tuple):
         data["fractions"] = list(data["fractions"])
     if data.get("split") == "official":  # as a study file writes it: no holdout settings
@@ -300,15 +303,15 @@ def _name(v: _Validator, raw: Mapping[str, Any], default_name: str) -> str:
 
 
 def _data(v: _Validator, raw: Mapping[str, Any]) -> DataSpec:
-    d = v.table(raw, "data", {f.name for f in dataclasses.fields(DataSpec)})
+    d = v.table(raw, "data", {f.name for f in dataclasses.fields(DataSpec)} - {"images"})
     broken = datasets.PLUGINS.get(d["dataset"]) if isinstance(d.get("dataset"), str) else None
     if (
         d.get("dataset") not in datasets.BUILTIN
         and broken is not None
         and broken.problem is not None
     ):
-        v.fail("data.dataset", d["dataset"], f"a usable data set: {broken.dist} "
-               f"{broken.version} registers it, but {broken.problem}")  # fmt: skip
+        v.fail("data.dataset", d["dataset"], f"a usable data set: {broken.who_registers} it, "
+               f"but {broken.problem}")  # fmt: skip
     dataset = v.choice(d, "data.", "dataset", DataSpec.dataset, datasets.DATASETS)
     split = v.choice(d, "data.", "split", DataSpec.split, SPLITS)
     fractions = _fractions(v, d)
@@ -405,6 +408,9 @@ def check_sizes(study: Study) -> None:
     if data.split == "official" and not images.test:
         v.fail("data.split", data.split, f'"holdout": {shown} has no official test split')
     if min(split_sizes(data, images)) < 1:
+        if data.split == "official":
+            v.fail("data.split", data.split, f'"holdout": {shown} has too few training images '
+                   "for the official split's validation tenth (at least 10)")  # fmt: skip
         v.fail("data.fractions", list(data.fractions), f"shares that leave no split of {shown} "
                "empty")  # fmt: skip
     where = "grid." if "batch_size" in study.searched else "train."
@@ -582,8 +588,8 @@ class _Validator:
         for item in value if isinstance(value, list) else [value]:
             broken = PLUGINS.get(item) if axis.name == "model" and isinstance(item, str) else None
             if broken is not None and broken.problem is not None:
-                self.fail(key, item, f"a usable model: {broken.dist} {broken.version} "
-                          f"registers it, but {broken.problem}")  # fmt: skip
+                self.fail(key, item, f"a usable model: {broken.who_registers} it, "
+                          f"but {broken.problem}")  # fmt: skip
         if not isinstance(value, list):
             if not axis.check(value):
                 self.fail(key, value, axis.allowed() + (" or a list of such" if list_ok else ""))

@@ -59,6 +59,14 @@ class Plugin:
         return f"{self.name}@{self.dist}=={self.version}"
 
     @property
+    def who_registers(self) -> str:
+        """``toyvae 0.1 registers``, or for a distribution whose name or version is not one
+        a key can hold, ``an installed package registers``."""
+        if self.dist == "unknown":
+            return "an installed package registers"
+        return f"{self.dist} {self.version} registers"
+
+    @property
     def who(self) -> str:
         """How messages name it: ``toy (toyvae 0.1)``."""
         return f"{self.name} ({self.dist} {self.version})"
@@ -103,13 +111,26 @@ def _identity(
 ) -> tuple[str, str, str | None]:
     """An entry point's distribution and version (as keys hold them), and why it cannot be
     used when it cannot: a name or version a key cannot hold, a taken or doubled name."""
-    dist = ep.dist.name if ep.dist is not None else "unknown"
-    version = ep.dist.version if ep.dist is not None else "0"
+    try:  # a dist-info without Name or Version gives None (or raises, in some versions)
+        dist, version = ep.dist.name, ep.dist.version  # type: ignore[union-attr]
+    except Exception:
+        dist = version = None
+    if not isinstance(dist, str) or not isinstance(version, str):
+        return "unknown", "0", "its distribution's metadata has no name or no version"
     if not DIST.fullmatch(dist) or not VERSION.fullmatch(version):  # they go in keys
         problem = f"its distribution {dist[:40]!r} {version[:40]!r} is no name and version"
         return "unknown", "0", problem
-    if not NAME.fullmatch(ep.name) or ep.name in reserved:
-        return dist, version, f"its name {ep.name[:40]!r} is not allowed or is taken"
+    if ep.name in reserved:
+        return dist, version, f"its name {ep.name[:40]!r} is a built-in one's"
+    if not NAME.fullmatch(ep.name):
+        return (
+            dist,
+            version,
+            (
+                f"its name {ep.name[:40]!r} is not a lowercase letter then up to 39 lowercase "
+                "letters, digits or '_'"
+            ),
+        )
     if ep.name in found:
         return dist, version, f"registered twice ({found[ep.name].dist} and {dist})"
     return dist, version, None

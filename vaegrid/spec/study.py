@@ -69,6 +69,11 @@ class DataSpec:
     limit: int = 0
     # Grey levels ("none") or binarized pixels ("dynamic", "static"): see BINARIZE.
     binarize: str = "none"
+    # A plug-in data set's images: the SHA-256 of their shapes and bytes, as the driver's
+    # probe loaded them (train/probe.py): in the key, so changed images are never mixed
+    # with old results, and checked by every worker that loads them. Not a study file's
+    # key; "" for the built-in data sets (their keys are what they were).
+    images: str = ""
 
 
 @dataclass(frozen=True)
@@ -128,6 +133,16 @@ class Study:
     def training_mb(self) -> int:
         """The memory its largest trial's training step needs (:func:`training_mb`)."""
         return max(training_mb(t, self.shape) for t in largest_trials(dict(self.settings)))
+
+    @property
+    def data_mb(self) -> int:
+        """What a worker holds of a plug-in data set's images beyond MNIST's (which the
+        worker's own measured memory counts): its float32 splits and, while they are made,
+        as much again (MB); 0 for the built-in data sets."""
+        images = self.images or MNIST_IMAGES
+        floats = (images.train + images.test) * images.pixels
+        mnist = (MNIST_IMAGES.train + MNIST_IMAGES.test) * MNIST_IMAGES.pixels
+        return max(0, 2 * 4 * (floats - mnist)) // (1 << 20)
 
     @property
     def epochs(self) -> int:
@@ -296,7 +311,10 @@ _AXIS_NAMES = tuple(a.name for a in AXES)
 def data_dict(data: DataSpec) -> dict[str, Any]:
     """The data settings as keys and fingerprints hold them: a plug-in data set by its name,
     distribution and version (images of another version are never mixed in)."""
-    return {**dataclasses.asdict(data), "dataset": datasets.tag(data.dataset)}
+    out = {**dataclasses.asdict(data), "dataset": datasets.tag(data.dataset)}
+    if not data.images:
+        del out["images"]
+    return out
 
 
 def derive_seed(*parts: object) -> int:

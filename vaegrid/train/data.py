@@ -13,6 +13,7 @@ folder with ``ensure_mnist`` and must stay small (it never holds a tensor).
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 import stat
@@ -306,13 +307,20 @@ def plugin_images(root: Path, spec: DataSpec) -> tuple[torch.Tensor, torch.Tenso
         raise InputError(f"{who} gave {len(parts)} sets of images, expected 1 or 2 (train, test)")
     out: list[torch.Tensor] = []
     for what, part in zip(("images", "test images"), parts, strict=False):
-        if not isinstance(part, torch.Tensor | np.ndarray):
-            raise InputError(f"{who}: its {what} are a {type(part).__name__}, expected a uint8 "
-                             "torch tensor or numpy array [N, C, H, W]")  # fmt: skip
+        kind = type(part).__name__
+        if not isinstance(part, torch.Tensor | np.ndarray) or isinstance(part, np.ma.MaskedArray):
+            raise InputError(f"{who}: its {what} are a {kind}, expected a uint8 torch tensor or "
+                             "numpy array [N, C, H, W]")  # fmt: skip
         why = datasets.problem(tuple(part.shape), str(part.dtype), what)
         if why is not None:
             raise InputError(f"{who}: {why}")
-        out.append(torch.as_tensor(part).contiguous())
+        if isinstance(part, torch.Tensor):
+            if part.layout != torch.strided or part.device.type != "cpu":
+                raise InputError(f"{who}: its {what} are a {part.layout} tensor on "
+                                 f"{part.device}, expected a dense one in CPU memory")  # fmt: skip
+            out.append(part.contiguous())
+        else:  # flipped views (negative strides) and read-only arrays are copied
+            out.append(torch.from_numpy(np.require(part, requirements=["C", "W"])))
     if sum(t.numel() for t in out) > datasets.BYTES_MAX:
         raise InputError(f"{who}: its images take more than {datasets.BYTES_MAX:,} bytes in all")
     if len(out) == 2 and out[0].shape[1:] != out[1].shape[1:]:
@@ -323,7 +331,23 @@ def plugin_images(root: Path, spec: DataSpec) -> tuple[torch.Tensor, torch.Tenso
             f"{who} has no official test set (its loader gave one set of images); data.split "
             f'= "official" needs one: use "holdout"'
         )
-    return out[0], (out[1] if len(out) == 2 else None)
+    test = out[1] if len(out) == 2 else None
+    if spec.images and images_digest(out[0], test) != spec.images:
+        raise InputError(
+            f"{who}: its images are not those the study was run with (their SHA-256 differs "
+            "from the one in the trial key): the loader gave other images than at the probe"
+        )
+    return out[0], test
+
+
+def images_digest(train: torch.Tensor, test: torch.Tensor | None) -> str:
+    """SHA-256 of a plug-in data set's images: each set's shape, then its bytes."""
+    h = hashlib.sha256()
+    for part in (train, test):
+        if part is not None:
+            h.update(repr(tuple(part.shape)).encode())
+            h.update(part.numpy().tobytes())  # contiguous uint8
+    return h.hexdigest()
 
 
 def image_shape(spec: DataSpec) -> tuple[int, int, int]:

@@ -1,7 +1,7 @@
 """The probe of the study's plug-ins, run in a child process before any trial (the driver
-stays torch-free): ``python -m vaegrid.train.probe JOB_JSON`` prints one JSON line for a
-plug-in data set, ``{"images": {"shape", "train", "test"}, "error"}``, then one per model,
-``{"model", "parameters", "error"}``.
+stays torch-free): ``python -m vaegrid.train.probe JOB_JSON ANSWERS`` writes to the file
+ANSWERS one JSON line for a plug-in data set, ``{"images": {"shape", "train", "test",
+"digest"}, "error"}``, then one per model, ``{"model", "parameters", "error"}``.
 
 The data set is loaded and checked as every worker loads it (train/data.py), and gives the
 images' shape and counts the study's bounds are then checked with. Each model is built at
@@ -12,13 +12,17 @@ construction, wrong shapes, non-finite outputs or gradients) is its error, in on
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from vaegrid.errors import InputError
 from vaegrid.spec import datasets
@@ -67,18 +71,10 @@ def check_plugins(study: Study, root: Path) -> Study:
                          for a in AXES})  # fmt: skip
     job = {"models": todo, "root": str(root), "data": dataclasses.asdict(study.data)}
     what = ", ".join([f"data set {study.data.dataset}"] * plugin_data + models)
-    try:
-        done = subprocess.run(
-            [sys.executable, "-m", "vaegrid.train.probe", json.dumps(job)],
-            capture_output=True, text=True, timeout=PROBE_TIMEOUT_S, check=False,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        raise InputError(
-            f"{study.source}: probing the plug-ins ({what}) took more than {PROBE_TIMEOUT_S} s"
-        ) from None
+    answers, crash = _run_probe(job, study.source, what)
     found: dict[str, dict[str, Any]] = {}
     images: dict[str, Any] | None = None
-    for line in done.stdout.splitlines():
+    for line in answers:
         try:
             row = json.loads(line)
             if "images" in row:
@@ -93,16 +89,16 @@ def check_plugins(study: Study, root: Path) -> Study:
             continue
     if plugin_data:
         if images is None:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
             raise InputError(f"{study.source}: data set {study.data.dataset} crashed its probe: "
-                             f"{last}")  # fmt: skip
+                             f"{crash}")  # fmt: skip
         if images["error"]:
             raise InputError(f"{study.source}: {images['error']}")
         info = images["images"]
         shape = tuple(info["shape"])
         study = dataclasses.replace(
             study,
-            images=datasets.Images(shape, info["train"], info["test"]),
+            data=dataclasses.replace(study.data, images=info["digest"]),
+            images=datasets.Images(shape, info["train"], info["test"], info["digest"]),
         )
         check_sizes(study)
     for model in models:
@@ -110,8 +106,7 @@ def check_plugins(study: Study, root: Path) -> Study:
         who = f"model {model} ({plugin.dist} {plugin.version})"
         row = found.get(model)
         if row is None:
-            last = (done.stderr.strip().splitlines() or ["no output"])[-1][:200]
-            raise InputError(f"{study.source}: {who} crashed its probe: {last}")
+            raise InputError(f"{study.source}: {who} crashed its probe: {crash}")
         if row["error"]:
             raise InputError(f"{study.source}: {who} failed its probe: {row['error']}")
         if row["parameters"] > MODEL_PARAMETERS_MAX:
@@ -120,6 +115,42 @@ def check_plugins(study: Study, root: Path) -> Study:
                 f"largest settings; expected at most {MODEL_PARAMETERS_MAX}"
             )
     return study
+
+
+def _run_probe(job: dict[str, Any], source: str, what: str) -> tuple[list[str], str]:
+    """Run the probe's child process on ``job``: its answers (JSON lines, in a file of their
+    own, so that what a plug-in prints cannot garble them) and, for a child that answered
+    short, what it said last. The child runs in a session of its own: a plug-in's leftover
+    processes are ended with it, and cannot hold the probe up.
+
+    Raises:
+        InputError: the child ran past PROBE_TIMEOUT_S.
+    """
+    with tempfile.TemporaryDirectory(prefix="vaegrid-probe-") as tmp:
+        answers, said = Path(tmp) / "answers", Path(tmp) / "said"
+        with open(said, "wb") as out:
+            child = subprocess.Popen(
+                [sys.executable, "-m", "vaegrid.train.probe", json.dumps(job), str(answers)],
+                stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+            )  # fmt: skip
+            try:
+                code = child.wait(PROBE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                code = None
+            finally:
+                with contextlib.suppress(OSError):
+                    os.killpg(child.pid, signal.SIGKILL)
+                child.wait()
+        if code is None:
+            raise InputError(
+                f"{source}: probing the plug-ins ({what}) took more than {PROBE_TIMEOUT_S} s"
+            )
+        lines = answers.read_text().splitlines() if answers.exists() else []
+        with open(said, "rb") as f:  # its last words: the end of what it printed
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 4096))
+            tail = f.read().decode("utf-8", "replace").strip().splitlines()
+    last = tail[-1][:200] if tail else "no output"
+    return lines, f"it exited with code {code} before answering: {last}"
 
 
 def probe(settings: dict[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> dict[str, Any]:
@@ -172,7 +203,7 @@ def _applying(settings: dict[str, Any]) -> set[str]:
 def probe_images(root: Path, data: DataSpec) -> dict[str, Any]:
     """Load a plug-in data set as a worker does (train/data.py checks it), and say what its
     images are, or why they cannot be used."""
-    from vaegrid.train.data import plugin_images
+    from vaegrid.train.data import images_digest, plugin_images
 
     try:
         train, test = plugin_images(root, data)
@@ -180,22 +211,28 @@ def probe_images(root: Path, data: DataSpec) -> dict[str, Any]:
         return {"images": None, "error": str(e)}
     shape = [int(n) for n in train.shape[1:]]
     counts = {"train": len(train), "test": 0 if test is None else len(test)}
-    return {"images": {"shape": shape, **counts}, "error": None}
+    digest = images_digest(train, test)
+    return {"images": {"shape": shape, **counts, "digest": digest}, "error": None}
 
 
 def main() -> None:
     job = json.loads(sys.argv[1])
+    with open(sys.argv[2], "w") as answers:
+        _answer(job, answers)
+
+
+def _answer(job: dict[str, Any], answers: TextIO) -> None:
     raw = job["data"]
     data = DataSpec(**{**raw, "fractions": tuple(raw["fractions"])})
     shape = MNIST_SHAPE
     if data.dataset not in datasets.BUILTIN:
         found = probe_images(Path(job["root"]), data)
-        print(json.dumps(found), flush=True)
+        print(json.dumps(found), file=answers, flush=True)
         if found["error"]:
             return
         shape = tuple(found["images"]["shape"])
     for settings in job["models"]:
-        print(json.dumps(probe(settings, shape)), flush=True)
+        print(json.dumps(probe(settings, shape)), file=answers, flush=True)
 
 
 if __name__ == "__main__":
