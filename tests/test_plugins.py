@@ -427,3 +427,24 @@ def test_a_plugin_data_set_whose_images_change_is_never_mixed_with_its_results(
     assert "other fixed settings" in again.stderr or "data" in again.stderr, again.stderr
     other = vaegrid(site, "plan", str(study), "--data-dir", str(tmp_path)).stdout
     assert keys.splitlines()[1].split()[0] != other.splitlines()[1].split()[0]  # other keys
+
+
+def test_a_plugin_models_work_is_measured_by_its_probe(site: Path, tmp_path: Path) -> None:
+    # The cost model cannot count a plug-in's layers: its probe measures them (torch's FLOP
+    # counter), and the cost of the probed settings is then what toy really does:
+    # encoder 784 x 32 + 32 x 8, decoder 4 x 32 + 32 x 784 (hidden 16 x width 2, latent 4).
+    study = tmp_path / "p.toml"
+    study.write_text(STUDY.format(name="p", models='["linear", "toy"]'))
+    code = (
+        "import sys; from pathlib import Path; from vaegrid.spec.load import load_study; "
+        "from vaegrid.train.probe import check_plugins; from vaegrid.run.cost import CostModel; "
+        "from vaegrid.spec.study import expand; s = check_plugins(load_study(sys.argv[1]), "
+        "Path('.')); m = CostModel.of(s); "
+        "[print(c.model, c.width, *m.forward(c)) for c in expand(s)]"
+    )
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    shown = subprocess.run([sys.executable, "-c", code, str(study)], capture_output=True,
+                           text=True, env=env, check=True)  # fmt: skip
+    found = {tuple(line.split()[:2]): line.split()[2:] for line in shown.stdout.splitlines()}
+    assert found[("toy", "2")] == [str(784.0 * 32 + 32 * 8), str(4.0 * 32 + 32 * 784)]
+    assert found[("linear", "1")] == [str(784.0 * 16 + 2 * 16 * 4), str(4.0 * 16 + 16 * 784)]

@@ -96,7 +96,7 @@ def markdown(
         "per image, in nats (lower is better); elbo is the negative ELBO. "
         f"Report made in {seconds:.1f} s.",
         "",
-        f"Data: {data.dataset}, "
+        f"Data: {dataset_label(data.dataset)}, "
         + (
             "grey levels in [0, 1]: a Bernoulli likelihood of grey levels, which no model can "
             "push below the targets' own entropy; not comparable with published results on "

@@ -10,7 +10,8 @@ forward pass over the validation split; the validation NLL at the end is the enc
 decoder passes per validation image. Counted from the settings and the images' shape (as
 ``parameter_count`` counts parameters): every weight of a dense layer is one MAC per image,
 a convolution's weights once per output position. A plug-in model's layers are unknown to
-the driver: it is counted as a one-hidden-layer model of its hidden width.
+the driver: it is guessed as a one-hidden-layer model of its hidden width, scaled by what
+the probe measured of it (torch's FLOP counter at the study's largest settings).
 
 **Seconds** are work x the seconds per MAC that the study's runs measured on that kind of
 device (their wall time over their work: loading and checkpoints count), or, before any
@@ -60,9 +61,16 @@ class CostModel:
 
     @classmethod
     def of(cls, study: Study) -> CostModel:
-        return cls(study.data, study.nll_samples, study.images)
+        return cls(study.data, study.nll_samples, study.images, study.plugin_work)
 
-    def __init__(self, data: DataSpec, nll_samples: int, images: Images | None = None) -> None:
+    def __init__(
+        self,
+        data: DataSpec,
+        nll_samples: int,
+        images: Images | None = None,
+        plugin_work: tuple[tuple[str, float, float], ...] = (),
+    ) -> None:
+        self.plugin_work = {m: (e, d) for m, e, d in plugin_work}
         images = images or MNIST_IMAGES  # a plug-in data set not probed (status): MNIST's
         self.shape = images.shape
         self.n_train, self.n_val, _ = split_sizes(data, images)
@@ -74,15 +82,22 @@ class CostModel:
     def epoch_work(self, cfg: TrialConfig) -> float:
         """MACs of one training epoch and its validation pass."""
         if cfg.key not in self._epoch:
-            enc, dec = forward_macs(cfg.axis_values(), self.shape)
+            enc, dec = self.forward(cfg)
             k = cfg.samples if cfg.objective == "iwae" else 1
             self._epoch[cfg.key] = 3 * (enc + k * dec) * self.n_train + (enc + dec) * self.n_val
         return self._epoch[cfg.key]
 
     def nll_work(self, cfg: TrialConfig) -> float:
         """MACs of the validation NLL a trial computes at its end (0 without one)."""
-        enc, dec = forward_macs(cfg.axis_values(), self.shape)
+        enc, dec = self.forward(cfg)
         return float((enc + self.nll_samples * dec) * self.n_val) if self.nll_samples else 0.0
+
+    def forward(self, cfg: TrialConfig) -> tuple[float, float]:
+        """MACs of one image through the encoder and the decoder: counted, or for a plug-in
+        model the guess scaled by what the probe measured of it."""
+        enc, dec = forward_macs(cfg.axis_values(), self.shape)
+        scale = self.plugin_work.get(cfg.model, (1.0, 1.0))
+        return enc * scale[0], dec * scale[1]
 
     def work(self, cfg: TrialConfig, start: int, end: int) -> float:
         """MACs of epochs ``start`` + 1 to ``end``, and of the NLL when ``end`` is the last."""

@@ -114,6 +114,9 @@ class Study:
     # What the data set's images are (shape, counts): a built-in data set's from the start,
     # a plug-in's once the driver has probed it (train/probe.py); None until then.
     images: Images | None = MNIST_IMAGES
+    # Plug-in models' work as the probe measured it (train/probe.py): (model, encoder and
+    # decoder factors over the cost model's guess); () until probed. Not a setting.
+    plugin_work: tuple[tuple[str, float, float], ...] = ()
 
     @property
     def shape(self) -> tuple[int, int, int]:

@@ -73,6 +73,7 @@ def check_plugins(study: Study, root: Path) -> Study:
     what = ", ".join([f"data set {study.data.dataset}"] * plugin_data + models)
     answers, crash = _run_probe(job, study.source, what)
     found: dict[str, dict[str, Any]] = {}
+    measured: dict[str, list[tuple[dict[str, Any], list[int]]]] = {}
     images: dict[str, Any] | None = None
     for line in answers:
         try:
@@ -85,6 +86,8 @@ def check_plugins(study: Study, root: Path) -> Study:
                 found[row["model"]] = row
             elif not kept["error"]:
                 kept["parameters"] = max(kept["parameters"], row["parameters"])
+            if not row["error"] and row.get("macs"):
+                measured.setdefault(row["model"], []).append((row["settings"], row["macs"]))
         except (ValueError, KeyError, TypeError):
             continue
     if plugin_data:
@@ -114,7 +117,25 @@ def check_plugins(study: Study, root: Path) -> Study:
                 f"{study.source}: {who} has {row['parameters']} parameters at the study's "
                 f"largest settings; expected at most {MODEL_PARAMETERS_MAX}"
             )
-    return study
+    return dataclasses.replace(study, plugin_work=_plugin_work(measured, study.shape))
+
+
+def _plugin_work(
+    measured: dict[str, list[tuple[dict[str, Any], list[int]]]], shape: tuple[int, int, int]
+) -> tuple[tuple[str, float, float], ...]:
+    """Per plug-in model, what its encoder and decoder measured (torch's FLOP counter on
+    the probe) against the cost model's one-hidden-layer guess at the same settings: the
+    factors the cost model scales its guess by (run/cost.py)."""
+    from vaegrid.run.cost import forward_macs
+
+    out = []
+    for model, rows in sorted(measured.items()):
+        guess = [forward_macs(settings, shape) for settings, _ in rows]
+        enc = sum(m[0] for _, m in rows) / max(1, sum(g[0] for g in guess))
+        dec = sum(m[1] for _, m in rows) / max(1, sum(g[1] for g in guess))
+        if enc > 0 and dec > 0:
+            out.append((model, enc, dec))
+    return tuple(out)
 
 
 def _run_probe(job: dict[str, Any], source: str, what: str) -> tuple[list[str], str]:
@@ -158,7 +179,8 @@ def probe(settings: dict[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -
 
     from vaegrid.train.model import make_model
 
-    out: dict[str, Any] = {"model": settings["model"], "parameters": 0, "error": None}
+    out: dict[str, Any] = {"model": settings["model"], "parameters": 0, "error": None,
+                           "settings": settings, "macs": None}  # fmt: skip
     try:
         torch.manual_seed(0)
         model = make_model(settings, shape)
@@ -178,6 +200,7 @@ def probe(settings: dict[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -
                 f"decode gave {tuple(logits.shape)} elements per batch of 4, expected images "
                 f"of {' x '.join(map(str, shape))}"
             )
+        out["macs"] = _counted(model, x, mu)
         terms = model(x, torch.randn(4, settings["latent"]))
         loss = terms.elbo.mean()
         if not torch.isfinite(loss):
@@ -194,6 +217,25 @@ def probe(settings: dict[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -
         at = f" (with {which})" if which else ""
         out["error"] = f"{type(e).__name__}: {lines[0] if lines else ''}{at}"[:300]
     return out
+
+
+def _counted(model: Any, x: Any, mu: Any) -> list[int] | None:
+    """Multiply-adds per image of the model's encoder and decoder, as torch's FLOP counter
+    counts them on the probe's 4 images; None when it cannot count them."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    try:
+        with torch.no_grad():
+            with FlopCounterMode(display=False) as counted:
+                model.encode(x)
+            encoder = counted.get_total_flops()
+            with FlopCounterMode(display=False) as counted:
+                model.decode(mu)
+            decoder = counted.get_total_flops()
+    except Exception:
+        return None
+    return [encoder // 8, decoder // 8]  # 2 FLOPs a multiply-add, 4 images
 
 
 def _applying(settings: dict[str, Any]) -> set[str]:
