@@ -123,14 +123,19 @@ def test_heatmap_log_scale_when_values_span_decades(tmp_path: Path, drawn: list[
     assert colorbar._colorbar.extend == "neither"
 
 
-def test_heatmap_colours_tell_the_good_configs_apart_beside_far_worse_ones(
-    tmp_path: Path, drawn: list[Figure]
-) -> None:
-    # The seed study's shape: good configs at 106.5-111.7 nats, slow ones at 210-310.
+def seed_shaped() -> tuple[list[float], pd.DataFrame]:
+    """The seed study's shape: good configs at 106.5-111.7 nats, slow ones at 210-310."""
     values = [106.5, 108.0, 111.7, 210.0, 310.0]
     frame = pd.DataFrame(
         [config("completed", v, hidden=400, lr=lr) for v, lr in zip(values, LRS, strict=True)]
     )
+    return values, frame
+
+
+def test_heatmap_colours_tell_the_good_configs_apart_beside_far_worse_ones(
+    tmp_path: Path, drawn: list[Figure]
+) -> None:
+    values, frame = seed_shaped()
     texts = figures.heatmap(frame, "lr", "hidden", HEAT_AXES[:2], tmp_path / "h.png")
     assert texts == {"": [["106.5", "108.0", "111.7", "210.0", "310.0"]]}  # the true values
     (fig,) = drawn
@@ -249,10 +254,7 @@ def test_parallel_tells_the_good_configs_apart_beside_far_worse_ones(
     # The seed study's shape again: far worse configs end at the top of the metric axis,
     # in the darkest colour; the good ones spread over the scale instead of sharing its
     # bottom tenth.
-    values = [106.5, 108.0, 111.7, 210.0, 310.0]
-    frame = pd.DataFrame(
-        [config("completed", v, hidden=400, lr=lr) for v, lr in zip(values, LRS, strict=True)]
-    )
+    _, frame = seed_shaped()
     figures.parallel(frame, [AXIS["lr"]], tmp_path / "p.png")
     (fig,) = drawn
     ax, colorbar = fig.axes
