@@ -637,3 +637,28 @@ def test_a_hard_link_or_a_server_database_is_no_way_around_a_live_driver(
     refused = pytest.raises(InputError, match="another driver")
     with DriverLock.of(layout), refused, _driver_lock(server, layout, "tiny"):
         pass
+
+
+@pytest.mark.parametrize("rank", ['"x"', '{"nll_samples": "50"}', '{"nll_samples": 9999999}'])
+def test_status_refuses_an_edited_rank_in_one_line(
+    write_study: Callable[..., Path],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    rank: str,
+) -> None:
+    import sqlite3
+
+    study = load_study(write_study(epochs=2))
+    study_dir = tmp_path / "r" / "tiny"
+    study_dir.mkdir(parents=True)
+    store = Store(study_dir / "study.db")
+    store.sync_study(study, expand(study), 1)
+    store.close()
+    con = sqlite3.connect(study_dir / "study.db")
+    text = con.execute("SELECT fingerprint FROM vg_study").fetchone()[0]
+    con.execute("UPDATE vg_study SET fingerprint = ?", (text[:-1] + f', "rank": {rank}}}',))
+    con.commit()
+    con.close()
+    assert main(["status", str(study_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "rank.nll_samples" in err, err

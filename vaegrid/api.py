@@ -23,7 +23,7 @@ from vaegrid.halving import Standing, read_standings, spec_from_fingerprint
 from vaegrid.layout import StudyLayout
 from vaegrid.safeio import check_study_dir
 from vaegrid.spec.load import is_study_name
-from vaegrid.spec.study import TrialConfig, searched_axes
+from vaegrid.spec.study import TrialConfig, nll_samples, searched_axes
 from vaegrid.status import COMPLETED
 
 
@@ -53,7 +53,7 @@ class StudyRows:
     def per_trial(self) -> pd.DataFrame:
         """:func:`tables.rank`: one row per trial."""
         halving = spec_from_fingerprint(self.fingerprint) is not None
-        nll = self.nll if self.fingerprint.get("rank", {}).get("nll_samples") else None
+        nll = self.nll if nll_samples(self.fingerprint) else None
         stops = self.stops if halving else None
         return tables.rank(self.trials, self.epochs, self.axes, stops, nll)
 

@@ -29,6 +29,7 @@ from vaegrid.db.schema import (
 )
 from vaegrid.db.session import StoreBase
 from vaegrid.errors import InputError
+from vaegrid.spec.axes import SAMPLES_MAX
 from vaegrid.spec.load import config_problem
 from vaegrid.spec.study import TrialConfig
 from vaegrid.status import Status, parse
@@ -194,6 +195,13 @@ class ReaderMixin(StoreBase):
             if not isinstance(found, dict) or not isinstance(found.get("train", {}), dict):
                 raise InputError(
                     f"{self.path}: the stored study's fingerprint is not vaegrid's (edited?)"
+                )
+            rank = found.get("rank", {})
+            k = rank.get("nll_samples", 0) if isinstance(rank, dict) else None
+            if type(k) is not int or not 0 <= k <= SAMPLES_MAX:
+                raise InputError(
+                    f"{self.path}: the stored study's rank.nll_samples = {str(k)[:40]!r} is not "
+                    f"an integer from 0 to {SAMPLES_MAX} (edited?)"
                 )
             return found
 

@@ -27,6 +27,7 @@ from vaegrid.report.halving_section import halving_lines
 from vaegrid.report.markdown import likelihood_label, markdown, versions_used
 from vaegrid.safeio import check_study_dir, ensure_dir, save_with, write_atomic
 from vaegrid.spec.axes import AXIS
+from vaegrid.spec.study import nll_samples as stored_nll_samples
 from vaegrid.status import COMPLETED
 
 # Configs the winner is compared with, paired over repeats, in report.md.
@@ -149,7 +150,7 @@ def make_report(
         ranking, test, completed, seconds, versions_used(rows.runs), _early(rows),
         names=names, data=data, compared=compared, importance=found, heatmap=pair,
         n_trials=len(per_trial), description=rows.description,
-        val_nll_samples=int(rows.fingerprint.get("rank", {}).get("nll_samples", 0)),
+        val_nll_samples=stored_nll_samples(rows.fingerprint),
         spent=timing_lines(spent) if spent is not None else None,
     )  # fmt: skip
     write_atomic(layout.report, text)

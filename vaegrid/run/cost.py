@@ -31,7 +31,14 @@ from typing import Any, NamedTuple
 
 from vaegrid.spec.axes import MODELS as BUILTIN_MODELS
 from vaegrid.spec.datasets import Images
-from vaegrid.spec.study import MNIST_IMAGES, DataSpec, Study, TrialConfig, split_sizes
+from vaegrid.spec.study import (
+    MNIST_IMAGES,
+    DataSpec,
+    HalvingSpec,
+    Study,
+    TrialConfig,
+    split_sizes,
+)
 
 # A CPU slot of one thread: the seed study's trials (hidden 400-800) measured 2.4-3.5e10
 # MAC/s on this project's machine; only used until the study's first epoch is measured.
@@ -185,6 +192,26 @@ def halving_rest(
         n = n_survivors(n, keep)
         out.append((n, end - start))
     return out
+
+
+def halving_work(
+    model: CostModel,
+    alive: list[TrialConfig],
+    open_rung: int | None,
+    spec: HalvingSpec,
+    epochs: int,
+) -> float:
+    """MACs a halving plan still allows beyond its open rung for the trials ``alive`` (not
+    ended): each stretch's survivors at the mean epoch of those trials, and the last
+    stretch's their NLL too (which survive cannot be known before the rung)."""
+    if not alive:
+        return 0.0
+    stretches = halving_rest(len(alive), open_rung, spec.rungs, spec.keep, epochs)
+    if not stretches:
+        return 0.0
+    mean = sum(map(model.epoch_work, alive)) / len(alive)
+    nll = sum(map(model.nll_work, alive)) / len(alive)
+    return sum(n * e * mean for n, e in stretches) + stretches[-1][0] * nll
 
 
 def duration(seconds: float) -> str:

@@ -546,17 +546,10 @@ class _Sweep:
         rest_s = 0.0
         halving = self.study.halving
         if halving is not None:
-            alive = [k for k, s in self.view.items() if s not in FINAL]
-            if alive:
-                mean = sum(self.cost.epoch_work(self.grid[k]) for k in alive) / len(alive)
-                nll = sum(self.cost.nll_work(self.grid[k]) for k in alive) / len(alive)
-                stretches = cost.halving_rest(
-                    len(alive), self.open_rung, halving.rungs, halving.keep, self.study.epochs
-                )
-                rest = sum(n * epochs * mean for n, epochs in stretches)
-                rest += stretches[-1][0] * nll if stretches else 0.0
-                left += rest
-                rest_s = self.cost.seconds(rest) / max(1, self.pool.slots)
+            alive = [self.grid[k] for k, s in self.view.items() if s not in FINAL]
+            rest = cost.halving_work(self.cost, alive, self.open_rung, halving, self.study.epochs)
+            left += rest
+            rest_s = self.cost.seconds(rest) / max(1, self.pool.slots)
         seconds = cost.makespan(running, map(self.cost.seconds, queued), self.pool.slots)
         total = done + left
         # Never back: a trial that ran longer than predicted, or a rate learned anew, can

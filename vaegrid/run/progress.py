@@ -14,7 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
-from vaegrid.run.cost import CostModel, Forecast, duration, halving_rest, makespan
+from vaegrid.run.cost import CostModel, Forecast, duration, halving_work, makespan
+from vaegrid.spec.study import nll_samples
 from vaegrid.status import (
     COMPLETED,
     DIVERGED,
@@ -153,7 +154,7 @@ def stored_forecast(
 
     if not trials:
         return None
-    model = CostModel(trials[0].config.data, int(fingerprint.get("rank", {}).get("nll_samples", 0)))
+    model = CostModel(trials[0].config.data, nll_samples(fingerprint))
     halving = spec_from_fingerprint(fingerprint)
     done = 0.0
     for t in trials:
@@ -175,13 +176,8 @@ def stored_forecast(
     rest = 0.0
     if halving is not None and alive:
         at = min(target(t) for t in alive)
-        mean = sum(model.epoch_work(t.config) for t in alive) / len(alive)
-        nll = sum(model.nll_work(t.config) for t in alive) / len(alive)
         open_rung = at if at < epochs else None
-        stretches = halving_rest(len(alive), open_rung, halving.rungs, halving.keep, epochs)
-        rest = sum(n * e * mean for n, e in stretches) + (
-            stretches[-1][0] * nll if stretches else 0
-        )
+        rest = halving_work(model, [t.config for t in alive], open_rung, halving, epochs)
     seconds = makespan([], map(model.seconds, left), max(1, slots))
     seconds += model.seconds(rest) / max(1, slots)
     total = done + sum(left) + rest

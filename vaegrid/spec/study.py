@@ -180,6 +180,12 @@ class Study:
         return out
 
 
+def nll_samples(fingerprint: Mapping[str, Any]) -> int:
+    """A stored study's ``[rank] nll_samples`` (0: none), from its fingerprint (checked
+    where the database is read: db/reader.py)."""
+    return int(fingerprint.get("rank", {}).get("nll_samples", 0))
+
+
 def searched_axes(fingerprint: Mapping[str, Any]) -> list[str]:
     """The axes a stored study searches: those its fingerprint does not fix (an optional
     axis only when named as searched: one not in ``train`` is at its default)."""
