@@ -424,7 +424,7 @@ def test_a_plugin_data_set_whose_images_change_is_never_mixed_with_its_results(
     (tmp_path / "variant").write_text("1")  # the loader now gives other images
     again = vaegrid(site, "run", str(study), *args)
     assert again.returncode == 2 and again.stderr.count("\n") == 1, again.stderr
-    assert "other fixed settings" in again.stderr or "data" in again.stderr, again.stderr
+    assert "other fixed settings" in again.stderr and "data.images" in again.stderr, again.stderr
     other = vaegrid(site, "plan", str(study), "--data-dir", str(tmp_path)).stdout
     assert keys.splitlines()[1].split()[0] != other.splitlines()[1].split()[0]  # other keys
 
