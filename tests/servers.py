@@ -7,6 +7,7 @@ as the ``postgres`` user when this process is root.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -127,3 +128,154 @@ def dask_cluster() -> Iterator[DaskCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+SLURM_SBIN = Path("/usr/sbin")
+
+
+def slurm_missing() -> str | None:
+    """Why a single-node Slurm cannot start here (``None``: it can)."""
+    if os.geteuid() != 0:
+        return "a single-node Slurm needs root (slurmd runs jobs as their users)"
+    for tool in ("slurmctld", "slurmd", "munged"):
+        if not (SLURM_SBIN / tool).exists():
+            return f"{SLURM_SBIN / tool} is missing (apt-get install slurm-wlm munge)"
+    for tool in ("sbatch", "squeue", "scancel"):
+        if shutil.which(tool) is None:
+            return f"{tool} is not on PATH (apt-get install slurm-wlm)"
+    if not Path("/etc/munge/munge.key").exists():
+        return "/etc/munge/munge.key is missing (apt-get install munge makes it)"
+    return None
+
+
+@dataclass
+class Slurm:
+    """A running single-node Slurm; its commands find it through ``SLURM_CONF``."""
+
+    conf: Path
+    base: Path
+    partition: str = "debug"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return {**os.environ, "SLURM_CONF": str(self.conf)}
+
+    def squeue(self, name: str | None = None) -> list[tuple[str, str, str]]:
+        """(job id, name, state) of every job in the queue, or of those named ``name``."""
+        out = subprocess.run(
+            ["squeue", "-h", "-o", "%i|%j|%T"], env=self.env, check=True,
+            capture_output=True, text=True, timeout=30,
+        ).stdout  # fmt: skip
+        jobs = [tuple(line.split("|")) for line in out.splitlines() if line.strip()]
+        return [j for j in jobs if name is None or j[1] == name]  # type: ignore[misc]
+
+    def scancel(self, *args: str) -> None:
+        subprocess.run(["scancel", *args], env=self.env, check=True, timeout=30)
+
+
+@contextmanager
+def slurm(cpus: int | None = None) -> Iterator[Slurm]:
+    """A single-node Slurm (slurmctld + slurmd as root, munged as munge) on free ports,
+    its state, spool, logs and munge socket in a temporary folder; every job and daemon
+    ends with it."""
+    why = slurm_missing()
+    if why is not None:
+        raise RuntimeError(why)
+    base = Path(tempfile.mkdtemp(prefix="vaegrid-slurm-"))
+    base.chmod(0o755)
+    munge_dir = base / "munge"
+    munge_dir.mkdir()
+    shutil.chown(munge_dir, "munge", "munge")
+    socket_path = munge_dir / "munge.socket"
+    host = socket.gethostname()
+    cpus = cpus or os.cpu_count() or 1
+    memory_mb = int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**20 * 0.9)
+    conf = base / "slurm.conf"
+    conf.write_text(
+        f"""ClusterName=vaegridtest
+SlurmctldHost={host}
+SlurmctldPort={free_port()}
+SlurmdPort={free_port()}
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+AuthInfo=socket={socket_path}
+CredType=cred/munge
+StateSaveLocation={base}/state
+SlurmdSpoolDir={base}/spool
+SlurmctldPidFile={base}/slurmctld.pid
+SlurmdPidFile={base}/slurmd.pid
+SlurmctldLogFile={base}/slurmctld.log
+SlurmdLogFile={base}/slurmd.log
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+MpiDefault=none
+SwitchType=switch/none
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core_Memory
+ReturnToService=2
+JobCompType=jobcomp/none
+AccountingStorageType=accounting_storage/none
+JobAcctGatherType=jobacct_gather/none
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+MinJobAge=2
+KillWait=5
+OverTimeLimit=0
+SchedulerParameters=defer_batch=0
+NodeName={host} CPUs={cpus} RealMemory={memory_mb} State=UNKNOWN
+PartitionName=debug Nodes={host} Default=YES MaxTime=INFINITE State=UP
+"""
+    )
+    for folder in ("state", "spool"):
+        (base / folder).mkdir()
+    env = {**os.environ, "SLURM_CONF": str(conf)}
+    daemons: list[subprocess.Popen[bytes]] = []
+    cluster = Slurm(conf, base)
+    try:
+        subprocess.run(
+            ["runuser", "-u", "munge", "--", str(SLURM_SBIN / "munged"), "--socket",
+             str(socket_path), "--pid-file", str(munge_dir / "munged.pid"), "--log-file",
+             str(munge_dir / "munged.log"), "--seed-file", str(munge_dir / "seed"),
+             "--force"],
+            check=True, capture_output=True, timeout=60,
+        )  # fmt: skip
+        for daemon in ("slurmctld", "slurmd"):
+            cmd = [str(SLURM_SBIN / daemon), "-D", "-f", str(conf)]
+            with open(base / f"{daemon}.err", "wb") as err:
+                daemons.append(
+                    subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=err)
+                )
+        deadline = time.time() + 60
+        while True:
+            out = subprocess.run(
+                ["sinfo", "-h", "-o", "%T"], env=env, capture_output=True, text=True, timeout=30
+            )
+            if out.returncode == 0 and out.stdout.strip() in ("idle", "mixed", "allocated"):
+                break
+            if time.time() > deadline or any(d.poll() is not None for d in daemons):
+                logs = " ".join(
+                    (base / f).read_text(errors="replace")[-400:]
+                    for f in ("slurmctld.log", "slurmd.log")
+                    if (base / f).exists()
+                )
+                raise RuntimeError(f"Slurm did not come up: {out.stdout}{out.stderr} {logs}")
+            time.sleep(0.3)
+        yield cluster
+    finally:
+        subprocess.run(["scancel", "--full", "-u", "root"], env=env, capture_output=True,
+                       timeout=30)  # fmt: skip
+        for d in reversed(daemons):
+            d.terminate()
+            try:
+                d.wait(15)
+            except subprocess.TimeoutExpired:
+                d.kill()
+                d.wait()
+        pid = munge_dir / "munged.pid"
+        if pid.exists():
+            with contextlib.suppress(ProcessLookupError, ValueError):
+                os.kill(int(pid.read_text().strip()), 15)
+        shutil.rmtree(base, ignore_errors=True)

@@ -10,9 +10,11 @@ import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
 
 from vaegrid import signals
 from vaegrid.errors import InputError
+from vaegrid.run.jobqueue import DEFAULT_JOBS, is_scheduler
 from vaegrid.run.pool import MAX_WORKER_DEATHS
 
 
@@ -52,7 +54,17 @@ def _parser() -> argparse.ArgumentParser:
         "--cluster",
         default=None,
         metavar="ADDRESS",
-        help="run trials on a Dask scheduler (tcp://HOST:8786) instead of the local pool",
+        help="run trials on batch jobs that vaegrid submits (slurm, pbs, sge, lsf, htcondor, "
+        "oar; job settings from Dask's jobqueue.<scheduler>.* configuration), or on the "
+        "workers of a Dask scheduler you started (tcp://HOST:8786), instead of the local pool",
+    )
+    run.add_argument(
+        "--jobs",
+        type=int,
+        default=None,
+        metavar="N",
+        help="with --cluster slurm (pbs...): at most N worker jobs at once, submitted as trials "
+        "can run and cancelled when idle (default 4)",
     )
     run.add_argument(
         "--resource",
@@ -169,8 +181,22 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"
             )
-        executor = None
-        if args.cluster is not None:  # '' is no address, never "run locally"
+        executor: Any = None
+        if args.jobs is not None and (args.cluster is None or not is_scheduler(args.cluster)):
+            raise InputError(
+                "--jobs: only with --cluster slurm, pbs, sge, lsf, htcondor or oar (vaegrid "
+                "submits those jobs; a Dask scheduler's workers are yours)"
+            )
+        if args.cluster is not None and is_scheduler(args.cluster):
+            from vaegrid.run.jobqueue import JobQueueExecutor
+
+            executor = JobQueueExecutor(
+                args.cluster, Path(args.results), study.name, args.jobs or DEFAULT_JOBS,
+                trial_mb=study.training_mb + study.data_mb,
+            )  # fmt: skip
+            pool = executor.pool()
+            print(f"cluster: {pool.found}", flush=True)
+        elif args.cluster is not None:  # '' is no address, never "run locally"
             from vaegrid.run.cluster import DaskExecutor
 
             if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", args.resource):

@@ -11,6 +11,7 @@
             weights.pt      the final weights, with the identity they belong to
             log.txt         one line per epoch, tracebacks of failed runs
             .lock           flock of the worker running it (SQLite studies)
+        jobs/               batch jobs' logs (--cluster slurm...): vaegrid-<study>-<job id>.out/.err
         ranking.csv, trials.csv, epochs.csv, test.csv, report.md
         figures/            curves.png, heatmap.png, ..., <key>_reconstructions.png
 
@@ -76,6 +77,11 @@ class StudyLayout:
     @property
     def driver_token(self) -> Path:
         return self.root / ".vaegrid-driver"
+
+    @property
+    def jobs(self) -> Path:
+        """The logs of the batch jobs that ran this study's workers (``--cluster slurm``)."""
+        return self.root / "jobs"
 
     @property
     def trials(self) -> Path:
