@@ -181,7 +181,8 @@ class JobQueueExecutor(DaskExecutor):
         self.per_job, self.gpus = self._slots(key, conf, trial_mb)
         extra = list(conf.get("worker-extra-args") or [])
         extra += ["--resources", f"{RESOURCE}={self.per_job}"]
-        self.walltime_s = walltime_seconds(conf.get("walltime"))
+        self.walltime = conf.get("walltime")
+        self.walltime_s = walltime_seconds(self.walltime)
         if self.walltime_s is not None and not any(a.startswith("--lifetime") for a in extra):
             extra += lifetime_args(self.walltime_s)
         options = dict(conf.get("scheduler-options") or {})
@@ -287,7 +288,7 @@ class JobQueueExecutor(DaskExecutor):
     def pool(self) -> Pool:
         cores = int(self.cluster._dummy_job.worker_cores)
         kind = "1 GPU" if self.gpus else f"{cores} core{'s' if cores > 1 else ''}"
-        walltime = f", walltime {self.walltime_s} s" if self.walltime_s else ""
+        walltime = f", walltime {self.walltime}" if self.walltime else ""
         found = (
             f"{self.scheduler}: up to {self.jobs} jobs named {self.job_name} ({kind}{walltime}), "
             f"{self.per_job} trial{'s' if self.per_job > 1 else ''} each; "
