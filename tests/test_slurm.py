@@ -4,7 +4,7 @@ study in a real PostgreSQL: jobs submitted, cancelled, timed out and replaced fo
 
 from __future__ import annotations
 
-import os
+import itertools
 import signal
 import subprocess
 import sys
@@ -17,9 +17,11 @@ import optuna
 import pytest
 from servers import Slurm, have_postgres, slurm, slurm_missing
 from test_cluster import (  # noqa: F401  (the module's fixtures: data, PostgreSQL, reference)
+    HALVING,
     STUDY,
     data,
     epochs_done,
+    ledger,
     pg_url,
     reference,
     rows,
@@ -28,7 +30,9 @@ from test_cluster import (  # noqa: F401  (the module's fixtures: data, PostgreS
     wait_until,
 )
 
+from vaegrid.cli import main
 from vaegrid.db.engine import Database
+from vaegrid.db.store import Store
 from vaegrid.layout import StudyLayout
 from vaegrid.run.jobqueue import IDLE_CHECKS, INTERVAL_S
 
@@ -70,10 +74,10 @@ def driver(
     return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
 
 
-def gone_within(s: Slurm, seconds: float) -> float:
+def gone_within(s: Slurm, seconds: float, name: str = JOB) -> float:
     """Seconds until no job of the study is in the queue; fails past ``seconds``."""
     start = time.time()
-    wait_until(lambda: not s.squeue(JOB), seconds)
+    wait_until(lambda: not s.squeue(name), seconds)
     return time.time() - start
 
 
@@ -159,3 +163,116 @@ def test_a_killed_driver_leaves_no_job_beyond_the_death_timeout_and_the_rerun_fi
     assert rerun.returncode == 0, err
     assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == reference
     gone_within(cluster, GONE_S)
+
+
+WALLTIME_EPOCHS = 30  # 4 trials x 30 epochs, about 2 min on one job: past a 1 min walltime
+
+
+@pytest.fixture(scope="module")
+def long_reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tuple[Any, ...]]:
+    """The rows of the study with 30-epoch trials, from the local pool and SQLite."""
+    tmp = tmp_path_factory.mktemp("longref")
+    (tmp / "study.toml").write_text(long_study(WALLTIME_EPOCHS))
+    argv = ["run", str(tmp / "study.toml"), "--results", str(tmp / "r"), "--data-dir", str(data)]
+    assert main([*argv, "--devices", "cpu", "--no-progress", "--workers-per-device", "2"]) == 0
+    return rows(Database.sqlite(tmp / "r" / "cl" / "study.db"))
+
+
+def interrupted_then_completed(url: str, tmp: Path) -> list[dict[str, Any]]:
+    """The runs of the trials that were cut short, each cut once and then completed."""
+    by_key: dict[str, list[str]] = {}
+    for r in runs(url, tmp):
+        by_key.setdefault(r["key"], []).append(r["status"])
+    cut = {k: v for k, v in by_key.items() if v != ["completed"]}
+    assert cut and all(v == ["interrupted", "completed"] for v in cut.values()), by_key
+    return [r for r in runs(url, tmp) if r["key"] in cut]
+
+
+def test_a_job_killed_at_its_time_limit_is_replaced_and_its_trial_continues(
+    data: Path, tmp_path: Path, pg_url: str, cluster: Slurm, long_reference: list[Any]
+) -> None:
+    # a lifetime longer than the walltime: Slurm itself kills the job at its limit
+    env = job_env(cluster, walltime="00:01:00", worker_extra_args='["--lifetime", "1h"]')
+    p = driver(tmp_path, data, pg_url, env, jobs=1, study=long_study(WALLTIME_EPOCHS))
+    _out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+    assert "DUE TO TIME LIMIT" in job_logs(tmp_path)
+    interrupted_then_completed(pg_url, tmp_path)
+    assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == long_reference
+    gone_within(cluster, GONE_S)
+
+
+def test_a_worker_retires_before_its_walltime_and_its_trial_continues_at_once(
+    data: Path, tmp_path: Path, pg_url: str, cluster: Slurm, long_reference: list[Any]
+) -> None:
+    # vaegrid sets Dask's --lifetime from the walltime: retired between 45 and 55 s
+    env = job_env(cluster, walltime="00:01:00")
+    p = driver(tmp_path, data, pg_url, env, jobs=1, study=long_study(WALLTIME_EPOCHS))
+    _out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+    logs = job_logs(tmp_path)
+    assert "TIME LIMIT" not in logs and "lifetime" in logs
+    cut, resumed = interrupted_then_completed(pg_url, tmp_path)
+    # its lease was released, not left to lapse (45 s): the next job took it over at once
+    assert resumed["started"] - cut["ended"] < 30, (cut, resumed)
+    assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == long_reference
+    gone_within(cluster, GONE_S)
+
+
+def test_a_refused_first_job_is_one_line_and_leaves_nothing_queued_or_written(
+    data: Path, tmp_path: Path, pg_url: str, cluster: Slurm
+) -> None:
+    p = driver(tmp_path, data, pg_url, job_env(cluster, queue="nonesuch"), jobs=2)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and out == "", out + err
+    assert err.strip() == (
+        "vaegrid: error: --cluster slurm: `sbatch` refused the first job: "
+        "sbatch: error: invalid partition specified: nonesuch"
+    )
+    assert cluster.squeue() == [] and not (tmp_path / "r").exists()
+
+
+def test_a_halving_study_keeps_no_job_idle_through_a_rung_wait(
+    data: Path, tmp_path: Path, pg_url: str, cluster: Slurm
+) -> None:
+    (tmp_path / "study.toml").write_text(HALVING)
+    local = ["run", str(tmp_path / "study.toml"), "--results", str(tmp_path / "local")]
+    local += ["--data-dir", str(data), "--devices", "cpu", "--no-progress"]
+    assert main([*local, "--workers-per-device", "2"]) == 0
+    want = ledger(Database.sqlite(tmp_path / "local" / "clh" / "study.db"), "clh")
+    db = Database.for_study(StudyLayout(tmp_path), pg_url)
+
+    def running_trials() -> int:
+        try:
+            store = Store.reader(db)
+        except Exception:
+            return 0
+        try:
+            return sum(r["status"] == "running" for r in store.runs())
+        finally:
+            store.close()
+
+    p = driver(tmp_path, data, pg_url, job_env(cluster), jobs=2, study=HALVING)
+    samples = []  # (time, running jobs of the study, running trials): one trial a job
+    while p.poll() is None:
+        jobs = sum(state == "RUNNING" for _, _, state in cluster.squeue("vaegrid-clh"))
+        samples.append((time.time(), jobs, running_trials()))
+        time.sleep(0.5)
+    assert p.returncode == 0, p.communicate()[1]
+    assert ledger(db, "clh") == want
+    idle, longest, since = 0.0, 0.0, None
+    for (t, jobs, trials), (t_next, _, _) in itertools.pairwise(samples):
+        if jobs > trials:
+            since = t if since is None else since
+            idle += t_next - t
+            longest = max(longest, t_next - since)
+        else:
+            since = None
+    # a job without a trial: starting up (torch, Dask), or idle until the adaptive loop
+    # has seen it idle IDLE_CHECKS times and cancelled it
+    bound = INTERVAL_S * (IDLE_CHECKS + 1) + 10
+    span = samples[-1][0] - samples[0][0]
+    print(f"halving on Slurm: {span:.0f} s, job-seconds without a trial {idle:.1f}, "
+          f"longest stretch {longest:.1f} s (bound {bound:.0f} s)")  # fmt: skip
+    assert longest <= bound
+    gone_within(cluster, GONE_S, name="vaegrid-clh")

@@ -191,7 +191,8 @@ def _dispatch(args: argparse.Namespace) -> int:
             from vaegrid.run.jobqueue import JobQueueExecutor
 
             executor = JobQueueExecutor(
-                args.cluster, Path(args.results), study.name, args.jobs or DEFAULT_JOBS,
+                args.cluster, Path(args.results), study.name,
+                DEFAULT_JOBS if args.jobs is None else args.jobs,
                 trial_mb=study.training_mb + study.data_mb,
             )  # fmt: skip
             pool = executor.pool()

@@ -106,6 +106,15 @@ def check_results_dir(results: Path, what: str = "--results") -> None:
         )
 
 
+def missing(folder: Path) -> list[Path]:
+    """``folder`` and its ancestors that do not exist yet (what a refused run must remove)."""
+    out = []
+    while not folder.exists() and folder != folder.parent:
+        out.append(folder)
+        folder = folder.parent
+    return out
+
+
 def check_study_dir(results: Path, study_dir: Path, what: str = "--results") -> None:
     """Refuse a study folder that escapes ``results`` or holds a symbolic link anywhere.
 

@@ -50,7 +50,7 @@ from vaegrid.run.pool import (
 from vaegrid.run.progress import Progress
 from vaegrid.run.scheduler import Scheduler
 from vaegrid.run.worker import DRIVER_TIMEOUT_S, Task, execute, init_worker
-from vaegrid.safeio import check_study_dir, ensure_dir, open_fd, write_atomic
+from vaegrid.safeio import check_study_dir, ensure_dir, missing, open_fd, write_atomic
 from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.spec.study import Study, TrialConfig, expand
 from vaegrid.status import (
@@ -229,7 +229,7 @@ def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]
     advisory lock. Refused at any point, even later inside the block, the run leaves
     nothing behind: the lock files, folders and database file it made go again.
     """
-    made = _missing(layout.root) + (_missing(db.path.parent) if db.path is not None else [])
+    made = missing(layout.root) + (missing(db.path.parent) if db.path is not None else [])
     fresh_db = db.path is not None and not db.path.exists()
     locks = [DriverLock.of(layout)]
     if db.path is not None:
@@ -252,15 +252,6 @@ def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]
             with suppress(OSError):
                 folder.rmdir()  # only if empty
         raise
-
-
-def _missing(folder: Path) -> list[Path]:
-    """``folder`` and its ancestors that do not exist yet (what a refused run must remove)."""
-    out = []
-    while not folder.exists() and folder != folder.parent:
-        out.append(folder)
-        folder = folder.parent
-    return out
 
 
 @contextmanager

@@ -38,8 +38,8 @@ from typing import Any
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
 from vaegrid.run.cluster import CONNECT_TIMEOUT_S, DaskExecutor
-from vaegrid.run.pool import ANY_KIND, Pool
-from vaegrid.safeio import check_study_dir
+from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool
+from vaegrid.safeio import check_study_dir, missing
 
 RESOURCE = "vaegrid"
 INTERVAL_S = 2.0  # the adaptive policy's period
@@ -61,7 +61,7 @@ SCHEDULERS = {
 # A GPU asked for in a job directive: Slurm's --gres=gpu[:type]:N, --gpus[-per-*]=[type:]N,
 # -G N; PBS's ngpus=N. One GPU per job: a job is vaegrid's unit of a GPU.
 _GPUS = re.compile(
-    r"(?:--gres[= ](?:\S*,)?gpu(?::[A-Za-z0-9_.-]+)?(?::(?P<a>\d+))?"
+    r"(?:--gres[= ](?:\S*,)?gpu(?::(?!\d+(?:\D|$))[A-Za-z0-9_.-]+)?(?::(?P<a>\d+))?"
     r"|--gpus(?:-per-[a-z]+)?[= ](?:[A-Za-z0-9_.-]+:)?(?P<b>\d+)"
     r"|-G\s*(?P<c>\d+)|ngpus=(?P<d>\d+))"
 )
@@ -117,6 +117,26 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:300]
 
 
+async def _submit(cluster: Any, n: int) -> str | None:
+    """Grow ``cluster`` to ``n`` jobs now; returns why a submission failed (None: none did).
+
+    dask-jobqueue's own ``scale`` submits in a callback that only logs a refused
+    ``sbatch``, and keeps the failed job in its plan, so that a sweep would wait forever
+    for it: here the submission is awaited, and a failed job leaves the plan (the next
+    adaptive step tries again)."""
+    while len(cluster.worker_spec) < n:
+        cluster.worker_spec.update(cluster.new_worker_spec())
+    try:
+        await cluster._correct_state()
+    except Exception as e:
+        for name, job in list(cluster.workers.items()):
+            if getattr(job, "job_id", "") is None:  # started, never submitted
+                cluster.workers.pop(name, None)
+                cluster.worker_spec.pop(name, None)
+        return _first_line(e)
+    return None
+
+
 def _adaptive_class() -> Any:
     from distributed.deploy import Adaptive
 
@@ -126,6 +146,10 @@ def _adaptive_class() -> Any:
 
         pending: Any = staticmethod(lambda: 0)  # set by the executor
         per_job = 1
+        failure: str | None = None  # why the last submission failed, if it did
+
+        async def scale_up(self, n: int) -> None:  # type: ignore[override]
+            self.failure = await _submit(self.cluster, n)
 
         async def target(self) -> int:
             return min(int(self.maximum), math.ceil(self.pending() / self.per_job))
@@ -172,12 +196,17 @@ class JobQueueExecutor(DaskExecutor):
             raise InputError(f"{where}: needs dask-jobqueue ({e}); install vaegrid[cluster]") from e
         layout = StudyLayout.of(results, study_name)
         check_study_dir(results, layout.root)
-        self.made = [p for p in (layout.root, layout.jobs) if not p.exists()]
+        self.made = missing(layout.jobs)  # a refusal removes them again
         self.scheduler = scheduler
         self.cluster: Any = None
         self.client: Any = None
+        self.adaptive: Any = None
         key = f"jobqueue.{scheduler}"
-        conf = dask.config.get(key, default={}) or {}
+        # each setting through dask.config.get, which takes "worker_extra_args" (as an
+        # environment variable writes it) and "worker-extra-args" (as YAML does) alike
+        names = ("cores", "memory", "processes", "walltime", "worker-extra-args",
+                 "job-extra-directives", "scheduler-options")  # fmt: skip
+        conf = {n: dask.config.get(f"{key}.{n}", default=None) for n in names}
         self.per_job, self.gpus = self._slots(key, conf, trial_mb)
         extra = list(conf.get("worker-extra-args") or [])
         extra += ["--resources", f"{RESOURCE}={self.per_job}"]
@@ -216,6 +245,7 @@ class JobQueueExecutor(DaskExecutor):
             )  # fmt: skip
             adaptive.pending = lambda: len(self.pending)
             adaptive.per_job = self.per_job
+            self.adaptive = adaptive
         except BaseException:
             self.close()
             self._undo()
@@ -272,18 +302,16 @@ class JobQueueExecutor(DaskExecutor):
     def _first_job(self, where: str) -> None:
         """Submit one job now and wait for its submission: a refused one (a wrong
         partition, account or limit) is one line before anything is written."""
-        self.cluster.scale(1)
-        try:
-            self.cluster.sync(self.cluster._correct_state)
-        except Exception as e:
+        failure = self.cluster.sync(_submit, self.cluster, 1)
+        if failure is not None:
             _, submit = SCHEDULERS[self.scheduler]
-            raise InputError(f"{where}: `{submit}` refused the first job: {_first_line(e)}") from e
+            raise InputError(f"{where}: `{submit}` refused the first job: {failure}")
 
     def _undo(self) -> None:
         """Remove the folders this executor made, if they are still empty."""
-        for folder in reversed(self.made):
+        for folder in self.made:  # deepest first
             with contextlib.suppress(OSError):
-                folder.rmdir()
+                folder.rmdir()  # only if empty
 
     def pool(self) -> Pool:
         cores = int(self.cluster._dummy_job.worker_cores)
@@ -300,6 +328,14 @@ class JobQueueExecutor(DaskExecutor):
         future = super().submit(slot, fn, arg)
         self.pending.add(future)
         return future
+
+    def wait(self, futures: list[Any], timeout: float) -> list[Any]:
+        """As the Dask executor's; a scheduler that refuses every job ends the sweep
+        (exit 3) rather than leave it waiting for workers that never come."""
+        if self.adaptive.failure is not None and not self.cluster.workers:
+            _, submit = SCHEDULERS[self.scheduler]
+            raise ClusterGone(f"`{submit}` refused a job ({self.adaptive.failure})")
+        return super().wait(futures, timeout)
 
     def result(self, future: Any) -> Any:
         self.pending.discard(future)

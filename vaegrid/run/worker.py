@@ -15,6 +15,7 @@ from __future__ import annotations
 import fcntl
 import os
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -22,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from vaegrid.db.engine import Database
 from vaegrid.db.store import Store
@@ -162,6 +163,7 @@ def _hold(task: Task, store: Store, key: str, files: TrialFiles) -> Iterator[thr
     """
     stop = threading.Event()
     done = threading.Event()
+    dask_worker = _dask_worker()  # here: Dask knows its worker in the task's thread only
     owner = f"{provenance.host()}:{os.getpid()}:{threading.get_ident()}"
     server = not store.db.is_sqlite
     if server:
@@ -170,7 +172,7 @@ def _hold(task: Task, store: Store, key: str, files: TrialFiles) -> Iterator[thr
                 break
     watcher = threading.Thread(
         target=_watch_trial,
-        args=(task, store, key, owner, server, stop, done),
+        args=(task, store, key, owner, server, stop, done, dask_worker),
         name=f"vaegrid-watch-{key}",
         daemon=True,
     )
@@ -194,12 +196,16 @@ def _watch_trial(
     server: bool,
     stop: threading.Event,
     done: threading.Event,
+    dask_worker: Any = None,
 ) -> None:
     """Renew the lease and watch the driver; set ``stop`` when the trial must stop.
 
     A failed check is retried at the next tick: only a lease taken by another worker, a
-    lease that has lapsed (its last renewal older than :data:`LEASE_S`), or a driver
-    whose heartbeat is stale or replaced stops the trial.
+    lease that has lapsed (its last renewal older than :data:`LEASE_S`), a driver whose
+    heartbeat is stale or replaced, or a Dask worker that is closing (its lifetime ends
+    before its batch job's walltime; Dask waits up to 30 s for running tasks) stops the
+    trial: it ends as ``interrupted`` at its next batch, releases its lease at once, and
+    Dask gives the task to another worker, which continues from the last epoch.
     """
     every = min(5.0, DRIVER_TIMEOUT_S / 4)
     renewed = time.monotonic()
@@ -217,8 +223,25 @@ def _watch_trial(
                 live = store.live_driver(DRIVER_TIMEOUT_S)
                 if live is None or live.token != task.driver_token:
                     stop.set()  # the driver died (or a new one took over): stop, resume later
+        if dask_worker is not None and dask_worker.status.name in _CLOSING:
+            stop.set()  # retiring (--lifetime): stop now rather than be killed later
         if stop.is_set():
             return
+
+
+_CLOSING = ("closing_gracefully", "closing", "closed", "failed")
+
+
+def _dask_worker() -> Any:
+    """The Dask worker running this task (``None`` in vaegrid's own process pool)."""
+    if "distributed" not in sys.modules:  # never imported: not a Dask worker
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:  # distributed imported, but this is no worker's task
+        return None
 
 
 def _setup_device(task: Task) -> tuple[str, str]:
