@@ -283,15 +283,32 @@ def ledger(db: Database, name: str) -> dict[str, Any]:
     }  # fmt: skip
 
 
+def halving_reference(data: Path, tmp: Path) -> dict[str, Any]:
+    """The ledger of the halving study on the local pool with SQLite, uninterrupted
+    (its study file is left in ``tmp``)."""
+    (tmp / "study.toml").write_text(HALVING)
+    local = ["run", str(tmp / "study.toml"), "--results", str(tmp / "local")]
+    local += ["--data-dir", str(data), "--devices", "cpu", "--no-progress"]
+    assert main([*local, "--workers-per-device", "2"]) == 0
+    return ledger(Database.sqlite(tmp / "local" / "clh" / "study.db"), "clh")
+
+
+def count(db: Database, how: Callable[[Store], int]) -> int:
+    """``how`` of a reader of ``db``; 0 while the database is not there yet."""
+    try:
+        store = Store.reader(db)
+    except Exception:
+        return 0
+    try:
+        return how(store)
+    finally:
+        store.close()
+
+
 def test_a_halving_sweep_on_a_cluster_resumed_after_kill_9_at_a_rung_equals_a_local_run(
     data: Path, tmp_path: Path, pg_url: str, cluster: DaskCluster
 ) -> None:
-    # The local reference: the same study on the local pool with SQLite, uninterrupted.
-    (tmp_path / "study.toml").write_text(HALVING)
-    local = ["run", str(tmp_path / "study.toml"), "--results", str(tmp_path / "local")]
-    local += ["--data-dir", str(data), "--devices", "cpu", "--no-progress"]
-    assert main([*local, "--workers-per-device", "2"]) == 0
-    want = ledger(Database.sqlite(tmp_path / "local" / "clh" / "study.db"), "clh")
+    want = halving_reference(data, tmp_path)
     assert sorted(s for _, s, _ in want["trials"]) == ["completed"] * 2 + ["stopped"] * 2
     cluster.add_worker("vaegrid=1")
     cluster.add_worker("vaegrid=1")
@@ -299,14 +316,7 @@ def test_a_halving_sweep_on_a_cluster_resumed_after_kill_9_at_a_rung_equals_a_lo
     db = Database.for_study(StudyLayout(tmp_path), pg_url)
 
     def paused() -> int:
-        try:
-            store = Store.reader(db)
-        except Exception:
-            return 0
-        try:
-            return sum(t.status == "paused" for t in store.trials())
-        finally:
-            store.close()
+        return count(db, lambda store: sum(t.status == "paused" for t in store.trials()))
 
     first = driver(tmp_path / "study.toml", tmp_path / "r", data, pg_url, cluster.address)
     wait_until(lambda: paused() >= 2)  # two trials wait at the rung, two are behind it

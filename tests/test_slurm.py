@@ -19,8 +19,10 @@ from servers import Slurm, have_postgres, slurm, slurm_missing
 from test_cluster import (  # noqa: F401  (the module's fixtures: data, PostgreSQL, reference)
     HALVING,
     STUDY,
+    count,
     data,
     epochs_done,
+    halving_reference,
     ledger,
     pg_url,
     reference,
@@ -32,7 +34,6 @@ from test_cluster import (  # noqa: F401  (the module's fixtures: data, PostgreS
 
 from vaegrid.cli import main
 from vaegrid.db.engine import Database
-from vaegrid.db.store import Store
 from vaegrid.layout import StudyLayout
 from vaegrid.run.jobqueue import IDLE_CHECKS, INTERVAL_S
 
@@ -234,22 +235,11 @@ def test_a_refused_first_job_is_one_line_and_leaves_nothing_queued_or_written(
 def test_a_halving_study_keeps_no_job_idle_through_a_rung_wait(
     data: Path, tmp_path: Path, pg_url: str, cluster: Slurm
 ) -> None:
-    (tmp_path / "study.toml").write_text(HALVING)
-    local = ["run", str(tmp_path / "study.toml"), "--results", str(tmp_path / "local")]
-    local += ["--data-dir", str(data), "--devices", "cpu", "--no-progress"]
-    assert main([*local, "--workers-per-device", "2"]) == 0
-    want = ledger(Database.sqlite(tmp_path / "local" / "clh" / "study.db"), "clh")
+    want = halving_reference(data, tmp_path)
     db = Database.for_study(StudyLayout(tmp_path), pg_url)
 
     def running_trials() -> int:
-        try:
-            store = Store.reader(db)
-        except Exception:
-            return 0
-        try:
-            return sum(r["status"] == "running" for r in store.runs())
-        finally:
-            store.close()
+        return count(db, lambda store: sum(r["status"] == "running" for r in store.runs()))
 
     p = driver(tmp_path, data, pg_url, job_env(cluster), jobs=2, study=HALVING)
     samples = []  # (time, running jobs of the study, running trials): one trial a job
