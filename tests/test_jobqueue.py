@@ -5,30 +5,43 @@ on PATH stands in where a submission must fail; test_slurm.py runs the real one)
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
+from conftest import make_mnist
 
 from vaegrid.cli import main
-from vaegrid.run.jobqueue import _GPUS, lifetime_args, walltime_seconds
+from vaegrid.run.jobqueue import gpus_per_job, lifetime_args, walltime_seconds
 
 
 @pytest.mark.parametrize(
-    ("text", "seconds"),
+    ("scheduler", "text", "seconds"),
     [
-        ("30", 1800),
-        ("30:15", 1815),
-        ("01:00:00", 3600),
-        ("2-00", 172800),
-        ("1-02:03", 93780),
-        ("1-02:03:04", 93784),
-        ("00:00:00", None),
-        ("1 hour", None),
-        (None, None),
+        ("slurm", "30", 1800),
+        ("slurm", "30:15", 1815),
+        ("slurm", "01:00:00", 3600),
+        ("slurm", "2-00", 172800),
+        ("slurm", "1-02:03", 93780),
+        ("slurm", "1-02:03:04", 93784),
+        ("slurm", "00:00:00", None),
+        ("slurm", "1 hour", None),
+        ("slurm", None, None),
+        ("pbs", "01:00:00", 3600),
+        ("pbs", "3600", None),  # PBS's bare seconds: not guessed
+        ("sge", "00:30:00", 1800),
+        ("oar", "2", None),  # OAR's bare hours: not guessed
+        ("lsf", "00:30", 1800),  # dask-jobqueue's default for LSF: 30 min, not 30 s
+        ("lsf", "04:00", 14400),
+        ("lsf", "90", 5400),
+        ("htcondor", "01:00:00", None),
     ],
 )
-def test_walltimes_read_as_slurm_writes_them(text: str | None, seconds: int | None) -> None:
-    assert walltime_seconds(text) == seconds
+def test_walltimes_read_as_each_scheduler_writes_them(
+    scheduler: str, text: str | None, seconds: int | None
+) -> None:
+    assert walltime_seconds(text, scheduler) == seconds
 
 
 def test_a_worker_retires_inside_its_walltime_whatever_the_stagger() -> None:
@@ -40,23 +53,35 @@ def test_a_worker_retires_inside_its_walltime_whatever_the_stagger() -> None:
 
 
 @pytest.mark.parametrize(
-    ("directive", "gpus"),
+    ("directives", "gpus"),
     [
-        ("--gres=gpu:1", 1),
-        ("--gres=gpu:2", 2),
-        ("--gres=gpu:a100:2", 2),
-        ("--gres=gpu", 1),
-        ("--gpus=4", 4),
-        ("--gpus-per-node=a100:1", 1),
-        ("-G 2", 2),
-        ("-l select=1:ngpus=1", 1),
-        ("--mem=4G", 0),
-        ("--qos=gpu_low", 0),
+        (["--gres=gpu:1"], 1),
+        (["--gres=gpu:2"], 2),
+        (["--gres=gpu:a100:2"], 2),
+        (["--gres=gpu:2080ti:1"], 1),
+        (["--gres=gpu:3g.40gb:1"], 1),  # a MIG slice
+        (["--gres=gpu:1g.5gb:7"], 7),
+        (["--gres=gpu"], 1),
+        (["--gres=tmpfs:10G,gpu:1"], 1),
+        (["--gres", "gpu:2"], 2),
+        (["--gpus=4"], 4),
+        (["--gpus-per-node=a100:1"], 1),
+        (["-G 2"], 2),
+        (["-G2"], 2),
+        (["-l select=1:ncpus=4:ngpus=1"], 1),  # PBS
+        (["-l gpu=1"], 1),  # SGE
+        (['-gpu "num=2:mode=shared"'], 2),  # LSF
+        (["-gpu -"], 1),
+        ({"request_gpus": "1"}, 1),  # HTCondor
+        ({"request_memory": "4GB"}, 0),
+        (["--mem=4G"], 0),
+        (["--qos=gpu_low"], 0),
+        (["--constraint=SKYLAKE-G2"], 0),
+        (None, 0),
     ],
 )
-def test_gpus_are_counted_from_the_job_directives(directive: str, gpus: int) -> None:
-    found = [next((g for g in m.groups() if g), "1") for m in _GPUS.finditer(directive)]
-    assert sum(int(g) for g in found) == gpus
+def test_gpus_are_counted_from_the_job_directives(directives: object, gpus: int) -> None:
+    assert gpus_per_job(directives) == gpus
 
 
 @pytest.fixture
@@ -73,6 +98,22 @@ def sbatch(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     fake.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     return calls
+
+
+@contextmanager
+def settings(monkeypatch: pytest.MonkeyPatch, **values: str) -> Iterator[None]:
+    """Dask's jobqueue.slurm.* set as environment variables (as a user would), then unset."""
+    import dask
+
+    for name, value in values.items():
+        monkeypatch.setenv(f"DASK_JOBQUEUE__SLURM__{name}", value)
+    dask.config.refresh()
+    try:
+        yield
+    finally:
+        for name in values:
+            monkeypatch.delenv(f"DASK_JOBQUEUE__SLURM__{name}")
+        dask.config.refresh()
 
 
 def run_slurm(tmp: Path, *extra: str) -> int:
@@ -95,17 +136,39 @@ def refused(tmp: Path, capsys: pytest.CaptureFixture[str], *extra: str) -> str:
 
 
 @pytest.mark.parametrize(
-    ("settings", "says"),
+    ("given", "says"),
     [
         ({}, "jobqueue.slurm.cores and jobqueue.slurm.memory are not set"),
         ({"CORES": "2"}, "jobqueue.slurm.cores and jobqueue.slurm.memory are not set"),
         ({"CORES": "2", "MEMORY": "lots"}, "jobqueue.slurm.memory = 'lots' are not allowed"),
+        ({"CORES": "2", "MEMORY": "[8]"}, "jobqueue.slurm.memory = [8] is not allowed"),
         ({"CORES": "0", "MEMORY": "4GB"}, "jobqueue.slurm.cores = 0 is not allowed"),
+        ({"CORES": "'8'", "MEMORY": "4GB"}, "jobqueue.slurm.cores = '8' is not allowed"),
         ({"CORES": "2", "MEMORY": "4GB", "PROCESSES": "2"}, "processes = 2 is not allowed"),
+        (
+            {"CORES": "2", "MEMORY": "4GB", "WORKER_EXTRA_ARGS": "'--nthreads 2'"},
+            "worker-extra-args = '--nthreads 2' is not allowed; expected a list of strings",
+        ),
+        (
+            {"CORES": "2", "MEMORY": "4GB", "WORKER_EXTRA_ARGS": "['--memory-limit', 0]"},
+            "expected a list of strings",
+        ),
+        (
+            {"CORES": "2", "MEMORY": "4GB", "SCHEDULER_OPTIONS": "'x'"},
+            "scheduler-options = 'x' is not allowed; expected a mapping",
+        ),
+        (
+            {"CORES": "2", "MEMORY": "4GB", "JOB_EXTRA_DIRECTIVES": "5"},
+            "job-extra-directives = 5 is not allowed",
+        ),
         ({"CORES": "2", "MEMORY": "1GB"}, "holds no trial of this study"),
         (
             {"CORES": "2", "MEMORY": "4GB", "JOB_EXTRA_DIRECTIVES": '["--gres=gpu:2"]'},
             "ask for 2 GPUs a job",
+        ),
+        (
+            {"CORES": "4", "MEMORY": "1GB", "JOB_EXTRA_DIRECTIVES": '["--gres=gpu:1"]'},
+            "holds no trial of this study",
         ),
         (
             {"CORES": "2", "MEMORY": "4GB", "INTERFACE": "nonesuch0"},
@@ -118,23 +181,12 @@ def test_job_settings_that_cannot_run_are_refused_in_one_line(
     capsys: pytest.CaptureFixture[str],
     monkeypatch: pytest.MonkeyPatch,
     sbatch: Path,
-    settings: dict[str, str],
+    given: dict[str, str],
     says: str,
 ) -> None:
-    from conftest import make_mnist
-
     make_mnist(tmp_path / "data", n_train=1200, n_test=100)
-    for name, value in settings.items():
-        monkeypatch.setenv(f"DASK_JOBQUEUE__SLURM__{name}", value)
-    import dask
-
-    dask.config.refresh()
-    try:
+    with settings(monkeypatch, **given):
         err = refused(tmp_path, capsys)
-    finally:
-        for name in settings:
-            monkeypatch.delenv(f"DASK_JOBQUEUE__SLURM__{name}")
-        dask.config.refresh()
     assert says in err and err.startswith("vaegrid: error: --cluster slurm: "), err
     assert not sbatch.exists()  # nothing was submitted
 
@@ -145,20 +197,9 @@ def test_a_refused_submission_is_one_line_and_leaves_nothing(
     monkeypatch: pytest.MonkeyPatch,
     sbatch: Path,
 ) -> None:
-    from conftest import make_mnist
-
     make_mnist(tmp_path / "data", n_train=1200, n_test=100)
-    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__CORES", "2")
-    monkeypatch.setenv("DASK_JOBQUEUE__SLURM__MEMORY", "4GB")
-    import dask
-
-    dask.config.refresh()
-    try:
+    with settings(monkeypatch, CORES="2", MEMORY="4GB"):
         err = refused(tmp_path, capsys)
-    finally:
-        monkeypatch.delenv("DASK_JOBQUEUE__SLURM__CORES")
-        monkeypatch.delenv("DASK_JOBQUEUE__SLURM__MEMORY")
-        dask.config.refresh()
     assert err == (
         "vaegrid: error: --cluster slurm: `sbatch` refused the first job: "
         "sbatch: error: invalid partition specified: nope"
@@ -166,11 +207,22 @@ def test_a_refused_submission_is_one_line_and_leaves_nothing(
     assert len(sbatch.read_text().splitlines()) == 1  # one try, nothing queued
 
 
+def test_a_run_refused_for_its_storage_submits_no_job(
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+    sbatch: Path,
+) -> None:
+    make_mnist(tmp_path / "data", n_train=1200, n_test=100)
+    with settings(monkeypatch, CORES="2", MEMORY="4GB"):
+        err = refused(tmp_path, capsys, "--storage", "mysql://x@y/z")
+    assert "--storage" in err, err
+    assert not sbatch.exists()  # checked before any job is submitted
+
+
 def test_no_sbatch_on_path_and_jobs_without_a_scheduler_are_refused(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from conftest import make_mnist
-
     make_mnist(tmp_path / "data", n_train=1200, n_test=100)
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     err = refused(tmp_path, capsys)

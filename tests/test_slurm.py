@@ -282,13 +282,14 @@ def test_the_driver_as_a_batch_job_resubmits_itself_at_its_walltime_and_finishes
     )  # fmt: skip
     first = submitted.stdout.strip().split(";")[0]
     wait_until(lambda: epochs_done(pg_url, tmp_path) >= 3, 300)
-    # what Slurm does at --signal=B:TERM@300, 5 minutes before the driver's walltime
-    cluster.scancel("--signal=TERM", "--batch", first)
+    # what Slurm does at --signal=B:USR1@300, 5 minutes before the driver's walltime
+    cluster.scancel("--signal=USR1", "--batch", first)
     wait_until(lambda: not cluster.squeue("vaegrid-driver"), 600)
     logs = sorted(tmp_path.glob("vaegrid-driver-*.out"))
     assert len(logs) == 2, [p.read_text() for p in logs]
     said = [p.read_text() for p in logs]
     assert "vaegrid run exited with 143" in said[0] and "resubmitting" in said[0], said[0]
     assert "vaegrid run exited with 0" in said[1], said[1]
+    assert "resubmitting" not in said[1]
     assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == long_reference
     assert cluster.squeue() == []

@@ -14,7 +14,7 @@ from typing import Any
 
 from vaegrid import signals
 from vaegrid.errors import InputError
-from vaegrid.run.jobqueue import DEFAULT_JOBS, is_scheduler
+from vaegrid.run.jobqueue import DEFAULT_JOBS, MAX_JOBS, is_scheduler
 from vaegrid.run.pool import MAX_WORKER_DEATHS
 
 
@@ -187,16 +187,26 @@ def _dispatch(args: argparse.Namespace) -> int:
                 "--jobs: only with --cluster slurm, pbs, sge, lsf, htcondor or oar (vaegrid "
                 "submits those jobs; a Dask scheduler's workers are yours)"
             )
+        pool: Any = None
         if args.cluster is not None and is_scheduler(args.cluster):
-            from vaegrid.run.jobqueue import JobQueueExecutor
+            jobs = DEFAULT_JOBS if args.jobs is None else args.jobs
+            if not 1 <= jobs <= MAX_JOBS:
+                raise InputError(
+                    f"--jobs: {jobs} is not allowed; expected an integer 1 to {MAX_JOBS}"
+                )
 
-            executor = JobQueueExecutor(
-                args.cluster, Path(args.results), study.name,
-                DEFAULT_JOBS if args.jobs is None else args.jobs,
-                trial_mb=study.training_mb + study.data_mb,
-            )  # fmt: skip
-            pool = executor.pool()
-            print(f"cluster: {pool.found}", flush=True)
+            def start() -> Any:  # by run_study, once the study is checked and locked
+                from vaegrid.run.jobqueue import JobQueueExecutor
+
+                started = JobQueueExecutor(
+                    args.cluster, Path(args.results), study.name, jobs,
+                    trial_mb=study.training_mb + study.data_mb,
+                )  # fmt: skip
+                pool = started.pool()
+                print(f"cluster: {pool.found}", flush=True)
+                return started, pool
+
+            executor = start
         elif args.cluster is not None:  # '' is no address, never "run locally"
             from vaegrid.run.cluster import DaskExecutor
 
@@ -225,7 +235,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 storage=args.storage,
             )
         finally:
-            if executor is not None:
+            if executor is not None and not callable(executor):  # run_study closes its own
                 executor.close()
     if args.command == "report":
         from vaegrid.layout import StudyLayout

@@ -24,7 +24,7 @@ import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager, suppress
 from pathlib import Path
 from typing import Any
@@ -154,18 +154,23 @@ class DriverLock:
 def run_study(
     study: Study,
     results: Path,
-    pool: Pool,
+    pool: Pool | None,
     data_root: Path,
     retry_failed: bool = False,
     progress: bool = True,
     max_deaths: int = MAX_WORKER_DEATHS,
-    executor: Executor | None = None,
+    executor: Executor | Callable[[], tuple[Executor, Pool]] | None = None,
     storage: str | None = None,
 ) -> int:
     """Sweep ``study`` to its end, resuming whatever its database and folder already hold.
 
     Args:
-        executor: Where trials run; default a :class:`LocalExecutor` over ``pool``.
+        pool: The slots of the local pool or of ``executor`` (``None`` when ``executor``
+            is started here: its own pool).
+        executor: Where trials run; default a :class:`LocalExecutor` over ``pool``. A
+            callable starts one, and gives its pool, once every check has passed and the
+            study is locked (batch jobs cost an allocation: none is submitted for a run
+            that is refused); it is closed when the run ends, however it ends.
         storage: The database URL; default ``sqlite:///<results>/<study>/study.db``.
 
     Returns:
@@ -193,7 +198,11 @@ def run_study(
     Store.check_compatible(db, study)
     grid = expand(study)
     token = uuid.uuid4().hex
-    with signals.handled(), _driver_lock(db, layout, study.name):
+    with signals.handled(), _driver_lock(db, layout, study.name), ExitStack() as started:
+        if callable(executor):  # a cluster started now, closed whatever happens
+            executor, pool = executor()
+            started.callback(executor.shutdown, True)
+        assert pool is not None
         store = Store(db)
         try:
             lock = _file_lock(db)

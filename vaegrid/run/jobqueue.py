@@ -47,6 +47,8 @@ IDLE_CHECKS = 3  # checks in a row a job must be idle (or not needed) before it 
 WORKER_MB = 1400  # a Dask worker with torch imported, before any trial
 MAX_JOBS = 10_000
 DEFAULT_JOBS = 4  # --jobs
+SUBMIT_S = 120.0  # the first job's submission answers within this, or the run is refused
+REFUSALS = 5  # submissions refused in a row, with no job left, that end a sweep (exit 3)
 
 # --cluster NAME -> (dask_jobqueue class, the command that submits a job)
 SCHEDULERS = {
@@ -58,13 +60,44 @@ SCHEDULERS = {
     "oar": ("OARCluster", "oarsub"),
 }
 
-# A GPU asked for in a job directive: Slurm's --gres=gpu[:type]:N, --gpus[-per-*]=[type:]N,
-# -G N; PBS's ngpus=N. One GPU per job: a job is vaegrid's unit of a GPU.
-_GPUS = re.compile(
-    r"(?:--gres[= ](?:\S*,)?gpu(?::(?!\d+(?:\D|$))[A-Za-z0-9_.-]+)?(?::(?P<a>\d+))?"
-    r"|--gpus(?:-per-[a-z]+)?[= ](?:[A-Za-z0-9_.-]+:)?(?P<b>\d+)"
-    r"|-G\s*(?P<c>\d+)|ngpus=(?P<d>\d+))"
-)
+
+def gpus_per_job(directives: Any) -> int:
+    """The GPUs a job asks for in its extra directives, read as the schedulers read them.
+
+    Slurm's ``--gres=gpu[:type][:N]`` (one item of a comma list; a last field of digits
+    is the count, as Slurm reads it), ``--gpus[-per-node|-per-task]=[type:]N`` and
+    ``-G N``; PBS's ``ngpus=N``; SGE's ``-l gpu=N``; LSF's ``-gpu "num=N"`` (1 without
+    ``num``); HTCondor's ``request_gpus``.
+    """
+    if isinstance(directives, dict):  # HTCondor: submit-file keys
+        value = {str(k).lower(): v for k, v in directives.items()}.get("request_gpus")
+        return int(str(value)) if str(value).isdigit() else 0
+    tokens: list[str] = []
+    for directive in directives or []:
+        tokens += str(directive).replace('"', " ").replace("'", " ").split()
+    gpus = 0
+    for i, token in enumerate(tokens):
+        following = tokens[i + 1] if i + 1 < len(tokens) else ""
+        option, _, value = token.partition("=")
+        if option in ("--gres", "--gpus", "--gpus-per-node", "--gpus-per-task", "-G"):
+            value = value or following
+        elif token.startswith("-G") and token[2:].isdigit():
+            option, value = "-G", token[2:]
+        if option == "--gres":
+            for item in value.split(","):
+                fields = item.split(":")
+                if fields[0] == "gpu":
+                    gpus += int(fields[-1]) if len(fields) > 1 and fields[-1].isdigit() else 1
+        elif option in ("--gpus", "--gpus-per-node", "--gpus-per-task", "-G"):
+            count = value.split(":")[-1]
+            gpus += int(count) if count.isdigit() else 1
+        elif token == "-gpu":  # LSF
+            found = re.search(r"(?:^|:)num=(\d+)", following)
+            gpus += int(found[1]) if found else 1
+        else:
+            for found in re.finditer(r"(?:^|[:,])n?gpus?=(\d+)", token):  # PBS, SGE
+                gpus += int(found[1])
+    return gpus
 
 
 def is_scheduler(name: str) -> bool:
@@ -72,13 +105,28 @@ def is_scheduler(name: str) -> bool:
     return name in SCHEDULERS
 
 
-def walltime_seconds(value: Any) -> int | None:
-    """A job walltime in seconds: Slurm's ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``,
-    ``D-HH:MM``, ``D-HH:MM:SS`` (PBS, SGE, LSF and OAR write ``HH:MM:SS`` or ``HH:MM``
-    likewise); ``None`` for none or a form this does not know (then no lifetime is set)."""
-    if value is None:
+def walltime_seconds(value: Any, scheduler: str = "slurm") -> int | None:
+    """A job walltime in seconds as ``scheduler`` reads it; ``None`` for none, or a form
+    this does not know for sure (then vaegrid sets no lifetime: the workers run until
+    the scheduler ends their jobs, and their trials continue in others).
+
+    Slurm: ``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH``, ``D-HH:MM``, ``D-HH:MM:SS``. PBS, SGE
+    and OAR: ``HH:MM:SS``. LSF: ``[HH:]MM``. HTCondor has none."""
+    if value is None or isinstance(value, bool) or scheduler == "htcondor":
         return None
     text = str(value).strip()
+    if scheduler == "lsf":
+        found = re.fullmatch(r"(?:(\d{1,6}):)?(\d{1,6})", text)
+        if found is None:
+            return None
+        seconds = int(found[1] or 0) * 3600 + int(found[2]) * 60
+        return seconds or None
+    if scheduler != "slurm":
+        found = re.fullmatch(r"(\d{1,6}):(\d{1,2}):(\d{1,2})", text)
+        if found is None:
+            return None
+        seconds = int(found[1]) * 3600 + int(found[2]) * 60 + int(found[3])
+        return seconds or None
     found = re.fullmatch(r"(?:(\d{1,4})-)?(\d{1,6})(?::(\d{1,2}))?(?::(\d{1,2}))?", text)
     if found is None:
         return None
@@ -117,20 +165,26 @@ def _first_line(error: BaseException) -> str:
     return (lines[0] if lines else type(error).__name__)[:300]
 
 
-async def _submit(cluster: Any, n: int) -> str | None:
-    """Grow ``cluster`` to ``n`` jobs now; returns why a submission failed (None: none did).
+async def _submit(cluster: Any, n: int | None = None) -> str | None:
+    """Grow ``cluster`` to ``n`` jobs (``None``: submit what its plan lacks, as a job
+    that ended is replaced) and await the submissions; returns why one failed (None: none
+    did).
 
     dask-jobqueue's own ``scale`` submits in a callback that only logs a refused
     ``sbatch``, and keeps the failed job in its plan, so that a sweep would wait forever
     for it: here the submission is awaited, and a failed job leaves the plan (the next
-    adaptive step tries again)."""
-    while len(cluster.worker_spec) < n:
+    adaptive check tries again)."""
+    from distributed.core import Status
+
+    while n is not None and len(cluster.worker_spec) < n:
         cluster.worker_spec.update(cluster.new_worker_spec())
     try:
         await cluster._correct_state()
     except Exception as e:
         for name, job in list(cluster.workers.items()):
             if getattr(job, "job_id", "") is None:  # started, never submitted
+                job.status = Status.failed  # so that closing the cluster does not wait
+                cluster._created.discard(job)
                 cluster.workers.pop(name, None)
                 cluster.worker_spec.pop(name, None)
         return _first_line(e)
@@ -147,17 +201,31 @@ def _adaptive_class() -> Any:
         pending: Any = staticmethod(lambda: 0)  # set by the executor
         per_job = 1
         failure: str | None = None  # why the last submission failed, if it did
+        refusals = 0  # submissions refused in a row
+
+        async def _submitted(self, n: int | None) -> None:
+            self.failure = await _submit(self.cluster, n)
+            self.refusals = 0 if self.failure is None else self.refusals + 1
 
         async def scale_up(self, n: int) -> None:  # type: ignore[override]
-            self.failure = await _submit(self.cluster, n)
+            await self._submitted(n)
+
+        async def recommendations(self, target: int) -> dict[str, Any]:
+            if len(self.plan) != len(self.requested):  # a job ended: its replacement
+                await self._submitted(None)
+            return await super().recommendations(target)
 
         async def target(self) -> int:
             return min(int(self.maximum), math.ceil(self.pending() / self.per_job))
 
         async def workers_to_close(self, target: int) -> list[str]:
+            # Dask closes jobs still in the queue first; of those that run, only idle
+            # ones, and no more than the target leaves over
+            spare = len(self.plan) - target
+            spare -= min(spare, len(self.requested - self.observed))
             workers = self.cluster.scheduler.workers.values()  # type: ignore[attr-defined]
-            idle = [w.name for w in workers if not w.processing]
-            return idle[: max(0, len(self.plan) - target)]
+            idle = [w.name for w in workers if not w.processing and w.status.name == "running"]
+            return idle[: max(0, spare)]
 
     return TrialAdaptive
 
@@ -180,8 +248,6 @@ class JobQueueExecutor(DaskExecutor):
                 dask-jobqueue refuses or that hold no trial, or a failed submission;
                 nothing is left queued and the study folder is as it was.
         """
-        if not 1 <= jobs <= MAX_JOBS:
-            raise InputError(f"--jobs: {jobs} is not allowed; expected an integer 1 to {MAX_JOBS}")
         cls_name, submit = SCHEDULERS[scheduler]
         where = f"--cluster {scheduler}"
         if shutil.which(submit) is None:
@@ -207,11 +273,12 @@ class JobQueueExecutor(DaskExecutor):
         names = ("cores", "memory", "processes", "walltime", "worker-extra-args",
                  "job-extra-directives", "scheduler-options")  # fmt: skip
         conf = {n: dask.config.get(f"{key}.{n}", default=None) for n in names}
+        self._check_types(key, conf)
         self.per_job, self.gpus = self._slots(key, conf, trial_mb)
         extra = list(conf.get("worker-extra-args") or [])
         extra += ["--resources", f"{RESOURCE}={self.per_job}"]
         self.walltime = conf.get("walltime")
-        self.walltime_s = walltime_seconds(self.walltime)
+        self.walltime_s = walltime_seconds(self.walltime, scheduler)
         if self.walltime_s is not None and not any(a.startswith("--lifetime") for a in extra):
             extra += lifetime_args(self.walltime_s)
         options = dict(conf.get("scheduler-options") or {})
@@ -229,8 +296,10 @@ class JobQueueExecutor(DaskExecutor):
                 worker_extra_args=extra,
                 scheduler_options=options,
             )
-        except Exception as e:  # dask-jobqueue refuses a setting: ValueError, TypeError...
+        except BaseException as e:  # dask-jobqueue refuses a setting: ValueError, TypeError...
             self._undo()
+            if not isinstance(e, Exception):  # Ctrl-C
+                raise
             raise InputError(
                 f"{where}: dask-jobqueue refuses the job settings ({key}.*): {_first_line(e)}"
             ) from e
@@ -251,6 +320,39 @@ class JobQueueExecutor(DaskExecutor):
             self._undo()
             raise
 
+    def _check_types(self, key: str, conf: dict[str, Any]) -> None:
+        """Each setting vaegrid reads has the type dask-jobqueue expects, or one line."""
+        strings = (
+            lambda v: isinstance(v, list) and all(isinstance(x, str) for x in v),
+            "a list of strings",
+        )
+        allowed: dict[str, tuple[Any, str]] = {
+            "cores": (lambda v: isinstance(v, int) and not isinstance(v, bool), "an integer"),
+            "memory": (
+                lambda v: isinstance(v, str | int) and not isinstance(v, bool),
+                "a size such as '16GB'",
+            ),
+            "processes": (lambda v: v == 1 and not isinstance(v, bool), "1"),
+            "walltime": (lambda v: isinstance(v, str | int) and not isinstance(v, bool), "text"),
+            "worker-extra-args": strings,
+            "job-extra-directives": (
+                (lambda v: isinstance(v, dict), "a mapping of submit-file keys")
+                if self.scheduler == "htcondor"
+                else strings
+            ),
+            "scheduler-options": (lambda v: isinstance(v, dict), "a mapping"),
+        }
+        for name, (ok, expected) in allowed.items():
+            value = conf.get(name)
+            if value is not None and not ok(value):
+                shown = repr(value)[:100]
+                if name == "processes":
+                    expected = "1 (one worker process a job, a trial slot per core)"
+                raise InputError(
+                    f"--cluster {self.scheduler}: {key}.{name} = {shown} is not allowed; "
+                    f"expected {expected}"
+                )
+
     def _slots(self, key: str, conf: dict[str, Any], trial_mb: float) -> tuple[int, int]:
         """(K trials a job, GPUs a job) from the job's cores, memory and directives."""
         from dask.utils import parse_bytes
@@ -261,11 +363,6 @@ class JobQueueExecutor(DaskExecutor):
                 f"--cluster {self.scheduler}: {key}.cores and {key}.memory are not set; set "
                 f"both in ~/.config/dask/jobqueue.yaml or as DASK_{key.upper().replace('.', '__')}"
                 "__CORES=4 and ...__MEMORY=16GB (a job's cores and memory)"
-            )
-        if conf.get("processes") not in (None, 1):
-            raise InputError(
-                f"--cluster {self.scheduler}: {key}.processes = {conf['processes']!r} is not "
-                "allowed; vaegrid runs one worker process a job, with a trial slot per core"
             )
         try:
             n_cores, n_bytes = int(cores), parse_bytes(memory)
@@ -279,10 +376,7 @@ class JobQueueExecutor(DaskExecutor):
                 f"--cluster {self.scheduler}: {key}.cores = {cores!r} is not allowed; "
                 "expected an integer 1 to 4096"
             )
-        directives = " ".join(str(d) for d in conf.get("job-extra-directives") or [])
-        gpus = 0
-        for found in _GPUS.finditer(directives):
-            gpus += int(next((g for g in found.groups() if g is not None), "1"))
+        gpus = gpus_per_job(conf.get("job-extra-directives"))
         if gpus > 1:
             raise InputError(
                 f"--cluster {self.scheduler}: {key}.job-extra-directives ask for {gpus} GPUs "
@@ -290,7 +384,7 @@ class JobQueueExecutor(DaskExecutor):
                 "(--gres=gpu:1) and more jobs with --jobs"
             )
         room = int((n_bytes / 2**20 - WORKER_MB) // max(trial_mb, 1.0))
-        per_job = 1 if gpus else min(n_cores, room)
+        per_job = min(1 if gpus else n_cores, room)
         if per_job < 1:
             raise InputError(
                 f"--cluster {self.scheduler}: {key}.memory = {memory!r} holds no trial of "
@@ -302,9 +396,15 @@ class JobQueueExecutor(DaskExecutor):
     def _first_job(self, where: str) -> None:
         """Submit one job now and wait for its submission: a refused one (a wrong
         partition, account or limit) is one line before anything is written."""
-        failure = self.cluster.sync(_submit, self.cluster, 1)
+        _, submit = SCHEDULERS[self.scheduler]
+        try:
+            failure = self.cluster.sync(_submit, self.cluster, 1, callback_timeout=SUBMIT_S)
+        except TimeoutError as e:
+            raise InputError(
+                f"{where}: `{submit}` did not answer within {SUBMIT_S:.0f} s; is the "
+                f"{self.scheduler} controller up?"
+            ) from e
         if failure is not None:
-            _, submit = SCHEDULERS[self.scheduler]
             raise InputError(f"{where}: `{submit}` refused the first job: {failure}")
 
     def _undo(self) -> None:
@@ -332,7 +432,8 @@ class JobQueueExecutor(DaskExecutor):
     def wait(self, futures: list[Any], timeout: float) -> list[Any]:
         """As the Dask executor's; a scheduler that refuses every job ends the sweep
         (exit 3) rather than leave it waiting for workers that never come."""
-        if self.adaptive.failure is not None and not self.cluster.workers:
+        refused = self.adaptive.refusals >= REFUSALS and self.adaptive.failure is not None
+        if refused and not self.cluster.workers:
             _, submit = SCHEDULERS[self.scheduler]
             raise ClusterGone(f"`{submit}` refused a job ({self.adaptive.failure})")
         return super().wait(futures, timeout)
