@@ -5,6 +5,8 @@ on PATH stands in where a submission must fail; test_slurm.py runs the real one)
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -232,3 +234,19 @@ def test_no_sbatch_on_path_and_jobs_without_a_scheduler_are_refused(
     assert "--jobs: only with --cluster slurm" in capsys.readouterr().err
     assert run_slurm(tmp_path, "--jobs", "0") == 2  # checked before anything else
     assert "--jobs: 0 is not allowed" in capsys.readouterr().err
+
+
+def test_importing_dask_jobqueue_leaves_ctrl_c_to_vaegrid() -> None:
+    # dask-jobqueue 0.9.0 sets SIGINT to sys.exit() when imported: a Ctrl-C ended the
+    # driver with exit 0 and no line (found by the Slurm test); in a fresh process, as
+    # the driver imports it
+    code = (
+        "import signal\n"
+        "def mine(*_): pass\n"
+        "signal.signal(signal.SIGINT, mine)\n"
+        "from vaegrid.run.jobqueue import import_dask_jobqueue\n"
+        "import_dask_jobqueue()\n"
+        "print(signal.getsignal(signal.SIGINT) is mine)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.stdout.strip() == "True", out.stderr

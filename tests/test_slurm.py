@@ -293,3 +293,21 @@ def test_the_driver_as_a_batch_job_resubmits_itself_at_its_walltime_and_finishes
     assert "resubmitting" not in said[1]
     assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == long_reference
     assert cluster.squeue() == []
+
+
+def test_jobs_that_die_before_their_worker_starts_end_the_sweep_in_one_line(
+    data: Path, tmp_path: Path, pg_url: str, cluster: Slurm
+) -> None:
+    # a broken job environment: every job exits before its Dask worker starts
+    env = job_env(cluster, job_script_prologue='["echo no such environment >&2", "exit 1"]')
+    p = driver(tmp_path, data, pg_url, env, jobs=2)
+    started = time.time()
+    _out, err = p.communicate(timeout=300)
+    took = time.time() - started
+    assert p.returncode == 3, err
+    line = err.strip().splitlines()[-1]
+    assert "5 jobs in a row ended before their Dask worker started" in line, err
+    log = Path(line.split("output: ")[1].split(")")[0])
+    assert "no such environment" in log.read_text()
+    print(f"a sweep whose jobs die at once ended after {took:.0f} s")
+    gone_within(cluster, GONE_S)

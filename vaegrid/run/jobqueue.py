@@ -191,6 +191,58 @@ async def _submit(cluster: Any, n: int | None = None) -> str | None:
     return None
 
 
+# The jobs of one name still in the queue (pending or running), one id a line: a job whose
+# worker never connected and that is not listed ended before its worker started (a broken
+# job-script-prologue, a node without the environment). Other schedulers: not checked.
+QUEUE_COMMANDS = {"slurm": ["squeue", "--me", "--noheader", "--format=%i", "--name"]}
+CHECK_QUEUE_EVERY = 3  # adaptive checks (6 s)
+
+
+async def _vanished(cluster: Any, scheduler: str, job_name: str) -> list[tuple[str, str]]:
+    """(name, job id) of the jobs whose worker never connected and that left the queue."""
+    import asyncio
+
+    command = QUEUE_COMMANDS.get(scheduler)
+    observed = set(cluster.observed)
+    waiting = {
+        name: str(job.job_id)
+        for name, job in cluster.workers.items()
+        if name not in observed and getattr(job, "job_id", None)
+    }
+    if command is None or not waiting:
+        return []
+    try:
+        process = await asyncio.create_subprocess_exec(
+            *command, job_name, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL
+        )
+        out, _ = await asyncio.wait_for(process.communicate(), 30)
+    except (OSError, TimeoutError):
+        return []  # asked again at the next check
+    if process.returncode != 0:
+        return []
+    queued = set(out.decode(errors="replace").split())
+    observed = set(cluster.observed)  # a worker that connected meanwhile did start
+    return [(n, i) for n, i in waiting.items() if i not in queued and n not in observed]
+
+
+def import_dask_jobqueue() -> Any:
+    """``dask_jobqueue``, imported without its side effect: its ``runner`` module sets
+    SIGINT to ``sys.exit()`` for the whole process on import (dask-jobqueue 0.9.0), so
+    that a Ctrl-C would end the driver with exit 0, its running trials unmarked. vaegrid's
+    own handler is put back."""
+    import signal
+    import threading
+
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGINT) if main else None
+    try:
+        import dask_jobqueue
+    finally:
+        if main and signal.getsignal(signal.SIGINT) is not previous:
+            signal.signal(signal.SIGINT, previous)
+    return dask_jobqueue
+
+
 def _adaptive_class() -> Any:
     from distributed.deploy import Adaptive
 
@@ -202,6 +254,10 @@ def _adaptive_class() -> Any:
         per_job = 1
         failure: str | None = None  # why the last submission failed, if it did
         refusals = 0  # submissions refused in a row
+        scheduler_kind, job_name = "", ""  # set by the executor
+        checks = 0
+        stillborn = 0  # jobs in a row that ended before their worker connected
+        last_stillborn = ""  # the last one's job id
 
         async def _submitted(self, n: int | None) -> None:
             self.failure = await _submit(self.cluster, n)
@@ -211,6 +267,22 @@ def _adaptive_class() -> Any:
             await self._submitted(n)
 
         async def recommendations(self, target: int) -> dict[str, Any]:
+            self.checks += 1
+            if self.observed:
+                self.stillborn = 0
+            if self.checks % CHECK_QUEUE_EVERY == 0:
+                from distributed.core import Status
+
+                cluster: Any = self.cluster
+                gone = await _vanished(cluster, self.scheduler_kind, self.job_name)
+                for name, job_id in gone:  # out of the plan: the next check replaces it
+                    job = cluster.workers.pop(name, None)
+                    if job is not None:
+                        job.status = Status.failed
+                        cluster._created.discard(job)
+                    cluster.worker_spec.pop(name, None)
+                    self.stillborn += 1
+                    self.last_stillborn = job_id
             if len(self.plan) != len(self.requested):  # a job ended: its replacement
                 await self._submitted(None)
             return await super().recommendations(target)
@@ -257,7 +329,8 @@ class JobQueueExecutor(DaskExecutor):
             )
         try:
             import dask
-            import dask_jobqueue
+
+            dask_jobqueue = import_dask_jobqueue()
         except ImportError as e:
             raise InputError(f"{where}: needs dask-jobqueue ({e}); install vaegrid[cluster]") from e
         layout = StudyLayout.of(results, study_name)
@@ -314,7 +387,9 @@ class JobQueueExecutor(DaskExecutor):
             )  # fmt: skip
             adaptive.pending = lambda: len(self.pending)
             adaptive.per_job = self.per_job
+            adaptive.scheduler_kind, adaptive.job_name = scheduler, self.job_name
             self.adaptive = adaptive
+            self.logs = layout.jobs
         except BaseException:
             self.close()
             self._undo()
@@ -432,10 +507,17 @@ class JobQueueExecutor(DaskExecutor):
     def wait(self, futures: list[Any], timeout: float) -> list[Any]:
         """As the Dask executor's; a scheduler that refuses every job ends the sweep
         (exit 3) rather than leave it waiting for workers that never come."""
-        refused = self.adaptive.refusals >= REFUSALS and self.adaptive.failure is not None
+        adaptive = self.adaptive
+        refused = adaptive.refusals >= REFUSALS and adaptive.failure is not None
         if refused and not self.cluster.workers:
             _, submit = SCHEDULERS[self.scheduler]
-            raise ClusterGone(f"`{submit}` refused a job ({self.adaptive.failure})")
+            raise ClusterGone(f"`{submit}` refused a job ({adaptive.failure})")
+        if adaptive.stillborn >= REFUSALS and not adaptive.observed:
+            log = self.logs / f"{self.job_name}-{adaptive.last_stillborn}.err"
+            raise ClusterGone(
+                f"{adaptive.stillborn} jobs in a row ended before their Dask worker started "
+                f"(the last one's output: {log})"
+            )
         return super().wait(futures, timeout)
 
     def result(self, future: Any) -> Any:
