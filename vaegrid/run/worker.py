@@ -208,8 +208,17 @@ def _watch_trial(
     Dask gives the task to another worker, which continues from the last epoch.
     """
     every = min(5.0, DRIVER_TIMEOUT_S / 4)
-    renewed = time.monotonic()
-    while not done.wait(every):
+    renewed = checked = time.monotonic()
+    # a closing Dask worker is looked at every second: a job at its walltime or cancelled
+    # gets SIGTERM, then SIGKILL after the scheduler's kill wait (Slurm: 30 s by default)
+    tick = 1.0 if dask_worker is not None else every
+    while not done.wait(tick):
+        if dask_worker is not None and dask_worker.status.name in _CLOSING:
+            stop.set()  # retiring (--lifetime) or ended: stop now rather than be killed
+            return
+        if time.monotonic() - checked < every - tick / 2:
+            continue
+        checked = time.monotonic()
         if server:
             try:
                 if not store.claim(key, owner, LEASE_S):
@@ -223,8 +232,6 @@ def _watch_trial(
                 live = store.live_driver(DRIVER_TIMEOUT_S)
                 if live is None or live.token != task.driver_token:
                     stop.set()  # the driver died (or a new one took over): stop, resume later
-        if dask_worker is not None and dask_worker.status.name in _CLOSING:
-            stop.set()  # retiring (--lifetime): stop now rather than be killed later
         if stop.is_set():
             return
 

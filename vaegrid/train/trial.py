@@ -204,7 +204,7 @@ def run_trial(
                 log.write(f"epoch {epoch}: diverged: {d}\n")
                 return TrialResult(DIVERGED, history, f"{d} in epoch {epoch}", epoch)
             except _Stopped:
-                log.write(f"epoch {epoch}: stopped (driver gone or lease lost)\n")
+                log.write(f"epoch {epoch}: stopped (driver gone, lease lost or worker retiring)\n")
                 return TrialResult(INTERRUPTED, history)
             record = EpochRecord(epoch, train, val, time.perf_counter() - started)
             history.append(record)
