@@ -66,7 +66,11 @@ def test_only_the_database_layer_writes_a_status() -> None:
         lines = _status_writes(ast.parse(path.read_text()))
         if lines:
             writers[str(path.relative_to(PACKAGE))] = lines
-    # db/trials.py: move() for trials, and the runs' own end (vg_run.status).
+    # db/trials.py: move() for trials, and the runs' own end (vg_run.status); and one line
+    # about no trial: run/jobqueue.py marks a Dask batch job that never ran as failed
+    jobs = writers.pop("run/jobqueue.py", [])
+    source = (PACKAGE / "run" / "jobqueue.py").read_text().splitlines()
+    assert [source[n - 1].strip().split("  #")[0] for n in jobs] == ["job.status = Status.failed"]
     assert set(writers) == {"db/trials.py"}, writers
     source = (PACKAGE / "db" / "trials.py").read_text().splitlines()
     trial_writes = [n for n in writers["db/trials.py"] if "row.status" in source[n - 1]]

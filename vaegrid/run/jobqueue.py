@@ -174,8 +174,6 @@ async def _submit(cluster: Any, n: int | None = None) -> str | None:
     ``sbatch``, and keeps the failed job in its plan, so that a sweep would wait forever
     for it: here the submission is awaited, and a failed job leaves the plan (the next
     adaptive check tries again)."""
-    from distributed.core import Status
-
     while n is not None and len(cluster.worker_spec) < n:
         cluster.worker_spec.update(cluster.new_worker_spec())
     try:
@@ -183,12 +181,22 @@ async def _submit(cluster: Any, n: int | None = None) -> str | None:
     except Exception as e:
         for name, job in list(cluster.workers.items()):
             if getattr(job, "job_id", "") is None:  # started, never submitted
-                job.status = Status.failed  # so that closing the cluster does not wait
-                cluster._created.discard(job)
-                cluster.workers.pop(name, None)
-                cluster.worker_spec.pop(name, None)
+                _forget(cluster, name)
         return _first_line(e)
     return None
+
+
+def _forget(cluster: Any, name: str) -> None:
+    """Take the job ``name`` out of the cluster's plan, as failed: the next adaptive check
+    submits a new one if the target still wants it, and closing the cluster does not wait
+    for it (dask's SpecCluster asserts its jobs have closed or failed)."""
+    from distributed.core import Status
+
+    job = cluster.workers.pop(name, None)
+    if job is not None:
+        job.status = Status.failed  # a Dask job's lifecycle, not a trial's status
+        cluster._created.discard(job)
+    cluster.worker_spec.pop(name, None)
 
 
 # The jobs of one name still in the queue (pending or running), one id a line: a job whose
@@ -271,16 +279,10 @@ def _adaptive_class() -> Any:
             if self.observed:
                 self.stillborn = 0
             if self.checks % CHECK_QUEUE_EVERY == 0:
-                from distributed.core import Status
-
                 cluster: Any = self.cluster
                 gone = await _vanished(cluster, self.scheduler_kind, self.job_name)
                 for name, job_id in gone:  # out of the plan: the next check replaces it
-                    job = cluster.workers.pop(name, None)
-                    if job is not None:
-                        job.status = Status.failed
-                        cluster._created.discard(job)
-                    cluster.worker_spec.pop(name, None)
+                    _forget(cluster, name)
                     self.stillborn += 1
                     self.last_stillborn = job_id
             if len(self.plan) != len(self.requested):  # a job ended: its replacement
