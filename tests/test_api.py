@@ -114,3 +114,39 @@ def test_load_reads_a_study_from_its_results_folder_or_its_storage(
         vaegrid.load(results, "other")
     with pytest.raises(InputError, match="is not allowed; expected a study's name"):
         vaegrid.load(results, "../beta")
+
+
+def test_model_gives_a_trials_trained_vae_identity_checked(
+    swept: tuple[Path, str], tmp_path: Path
+) -> None:
+    import shutil
+
+    import torch
+
+    results, _ = swept
+    r = vaegrid.load(results, "beta")
+    best = r.best()["key"]
+    vae = r.model(best)
+    assert not vae.training and next(vae.parameters()).device.type == "cpu"
+    stored = torch.load(results / "beta" / "trials" / best / "weights.pt", weights_only=True)
+    for name, tensor in vae.state_dict().items():  # the trial's final weights, as trained
+        assert torch.equal(tensor, stored["model"][name]), name
+    x = torch.rand(5, 784)
+    with torch.no_grad():  # reconstruct and sample, as README shows
+        mu, _ = vae.encode(x)
+        assert torch.sigmoid(vae.decode(mu)).shape == (5, 784)
+        assert vae.decode(torch.randn(3, vae.latent)).shape == (3, 784)
+    with pytest.raises(ValueError, match="no trial of study beta has that key"):
+        r.model("000000000000")
+    url = f"sqlite:///{results / 'beta' / 'study.db'}"
+    with pytest.raises(InputError, match="pass results=RESULTS_DIR"):
+        vaegrid.load(url, "beta").model(best)
+    assert vaegrid.load(url, "beta", results=results).model(best).latent == vae.latent
+    # another trial's weights copied in its place are refused, as report refuses them
+    copy = tmp_path / "copy"
+    shutil.copytree(results / "beta", copy / "beta")
+    other = next(k for k in r.trials["key"] if k != best)
+    trials = copy / "beta" / "trials"
+    shutil.copy(trials / other / "weights.pt", trials / best / "weights.pt")
+    with pytest.raises(InputError, match="not this trial's"):
+        vaegrid.load(copy, "beta").model(best)

@@ -29,12 +29,15 @@ LRS = [1e-5, 1e-4, 1e-3, 1e-2, 1e-1]
 
 @pytest.fixture
 def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
-    """Every Figure the figures module saves, in order (it still writes the file)."""
+    """Every Figure the figures module saves, in order, once (it still writes its PNG and
+    its SVG)."""
     saved: list[Figure] = []
     real = figures.save_with
 
     def keep(path: Path, write: Callable[..., Any], *args: Any, **kwargs: Any) -> None:
-        saved.append(write.__self__)  # fig.savefig, bound to its figure
+        figure = write.__self__  # fig.savefig, bound to its figure
+        if not saved or saved[-1] is not figure:
+            saved.append(figure)
         real(path, write, *args, **kwargs)
 
     monkeypatch.setattr(figures, "save_with", keep)
@@ -78,10 +81,11 @@ def test_heatmap_cells_panels_and_labels(tmp_path: Path, drawn: list[Figure]) ->
     # Rows: hidden 400, 800; columns: lr 0.001, 0.01; panels by clip, in increasing order.
     assert texts == {
         "clip 0.5": [["150.3", "—"], ["130.0", "111.1"]],
-        "clip 1": [["99.0", "div."], ["120.0", "—"]],
+        "clip 1": [["99.0\nof 2", "div."], ["120.0", "—"]],  # latent 4 and 8 pooled
     }
     height, width = png_shape(path)
-    assert 250 <= height <= 1200 and 500 <= width <= 1600
+    assert 500 <= height <= 2400 and 1000 <= width <= 3200  # at 200 dpi
+    assert path.with_suffix(".svg").read_text().lstrip().startswith("<?xml")  # the vector file
     (fig,) = drawn
     panels = [ax for ax in fig.axes if ax.images]
     assert [ax.get_title() for ax in panels] == ["clip 0.5", "clip 1"]
@@ -93,11 +97,13 @@ def test_heatmap_cells_panels_and_labels(tmp_path: Path, drawn: list[Figure]) ->
         assert grey.tolist() == [[c in ("div.", "—") for c in row] for row in cells]
     assert not panels[0].yaxis_inverted()  # row 0 (hidden 400) at the bottom
     colours = {t.get_text(): t.get_color() for ax in panels for t in ax.texts}
-    assert colours["99.0"] == "black" and colours["150.3"] == "white"  # on yellow, on purple
+    assert colours["99.0\nof 2"] == "black" and colours["150.3"] == "white"  # yellow, purple
     assert colours["div."] == "black"  # on grey
     assert panels[0].get_xlabel() == "learning rate"
     assert panels[0].get_ylabel() == "hidden width (units)"
-    assert fig.get_suptitle() == "Final validation \N{MINUS SIGN}ELBO (nats, lower is better)"
+    assert fig.get_suptitle().startswith(
+        "Final validation \N{MINUS SIGN}ELBO (nats, lower is better)\na cell pools up to 2 configs"
+    )  # latent is not on the heatmap's axes: its configs share cells, and it says so
     (colorbar,) = [ax for ax in fig.axes if not ax.images]
     # cells 99.0, 111.1, 120.0 | 130.0, 150.3: spaced as evenly as the better half (99.0 to
     # the median 120.0, 2 ranks), the worst would be 99.0 + 4 x 21.0 / 2 = 141.0
@@ -168,9 +174,11 @@ def test_heatmap_more_than_12_panels_collapses_to_the_best(
         assert texts["clip 1e-11"] == [["189.0", "div."]]
         assert len([ax for ax in fig.axes if ax.images]) == 12
     else:
-        assert texts == {"best over clip": [[f"{200.0 - 12:.1f}", "div."]]}
+        assert texts == {"best over clip": [[f"{200.0 - 12:.1f}\nof 13", "div."]]}
         assert len([ax for ax in fig.axes if ax.images]) == 1
-        assert "the best (lowest) over clip (13 combinations" in fig.get_suptitle()
+        assert "the best (lowest) over clip (13 combinations" in fig.get_suptitle().replace(
+            "\n", " "
+        )
 
 
 def test_heatmap_string_axis_single_value_and_all_diverged(tmp_path: Path) -> None:
@@ -224,7 +232,7 @@ def test_parallel_axes_positions_and_colours(tmp_path: Path, drawn: list[Figure]
         "final validation \N{MINUS SIGN}ELBO (nats)",
     ]
     height, width = png_shape(path)
-    assert 400 <= height <= 800 and 700 <= width <= 1500
+    assert 800 <= height <= 1600 and 1400 <= width <= 3000  # at 200 dpi
     (fig,) = drawn
     ax, colorbar = fig.axes
     assert [t.get_text().replace("\n", " ") for t in ax.get_xticklabels()] == labels
@@ -314,15 +322,17 @@ def test_importance_sorts_and_labels(tmp_path: Path, drawn: list[Figure]) -> Non
     ]
     assert labels == expected
     height, width = png_shape(path)
-    assert width == 800 and 300 <= height <= 500
+    assert width == 1400 and 600 <= height <= 1000  # 7 inches at 200 dpi
     (fig,) = drawn
     (ax,) = fig.axes
     assert [t.get_text() for t in ax.get_yticklabels()] == expected
     assert [round(p.get_width(), 6) for p in ax.patches] == [0.55, 0.3, 0.1, 0.05, 0.0]
     assert ax.yaxis_inverted()  # the first, most important, on top
     assert ax.get_title() == (
-        "What mattered for the final validation \N{MINUS SIGN}ELBO (fANOVA, one study)"
+        "What mattered for the final validation \N{MINUS SIGN}ELBO\n(fANOVA over the configs)"
     )
+    figures.importance(found, [AXIS[n] for n in found], path, "val_nll")
+    assert drawn[-1].axes[0].get_title().startswith("What mattered for the final validation NLL")
     assert [t.get_text() for t in ax.texts] == ["0.55", "0.30", "0.10", "0.05", "n/a"]
 
 
@@ -340,16 +350,54 @@ def test_curves_legend_names_any_axes(tmp_path: Path, drawn: list[Figure]) -> No
             {"key": "a", "hidden": 400, "beta": 1.0, "optimizer": "sgd", "lr": 3e-4},
             {"key": "b", "hidden": 800, "beta": 1.0, "optimizer": "adam", "lr": 1e-2},
         ]
-    ).assign(status="completed", val_elbo=[119.0, 134.0])
+    ).assign(status="completed", val_elbo=[119.0, 134.0], config=["a", "b"])
     test = pd.DataFrame({"key": ["a", "a"], "criterion": ["val_elbo", "val_recon"]})
     path = tmp_path / "curves.png"
     figures.curves(epochs, ranking, test, path, ["hidden", "beta", "optimizer", "lr"])
-    assert png_shape(path) == (500, 800)
+    assert png_shape(path)[1] == 1400  # 7 inches at 200 dpi
     (fig,) = drawn
-    legend = fig.axes[0].get_legend()
-    assert [t.get_text() for t in legend.get_texts()] == [
-        "a (hidden 400, beta 1, optimizer sgd, lr 0.0003): val_elbo, val_recon"
+    # every config labelled by the settings that differ (beta does not), the winner its wins
+    assert [t.get_text() for t in fig.legends[0].get_texts()] == [
+        "hidden 400, optimizer sgd, lr 0.0003 \N{EM DASH} best by val_elbo, val_recon",
+        "hidden 800, optimizer adam, lr 0.01",
     ]
+
+
+def test_curves_show_the_mean_of_the_repeats_in_a_band_and_colour_many_configs_by_axis(
+    tmp_path: Path, drawn: list[Figure]
+) -> None:
+    rows, trials = [], []
+    for hidden, lr, repeat in itertools.product((100, 200, 400, 800), (1e-3, 1e-2, 1e-1, 1.0),
+                                                (0, 1)):  # fmt: skip
+        config = f"h{hidden}-lr{lr}"
+        key = f"{config}-r{repeat}"
+        base = 100.0 + hidden / 100 + 10 * math.log10(lr) ** 2 + repeat  # repeats 1 apart
+        trials.append({"key": key, "config": config, "hidden": hidden, "lr": lr,
+                       "status": "completed", "val_elbo": base})  # fmt: skip
+        rows += [{"key": key, "epoch": e, "split": "val", "elbo": base + 10 / e} for e in (1, 2)]
+    ranking = pd.DataFrame(trials)
+    test = pd.DataFrame({"key": ["h100-lr0.01"], "criterion": ["val_elbo"]})
+    labels = figures.curves(pd.DataFrame(rows), ranking, test, tmp_path / "c.png",
+                            ["hidden", "lr"], order=["lr", "hidden"])  # fmt: skip
+    (fig,) = drawn
+    ax = fig.axes[0]
+    assert len(ax.lines) == 16  # one per config: the mean of its 2 repeats
+    means = {tuple(np.round(line.get_ydata(), 6)) for line in ax.lines}
+    assert (120.5 + 1, 115.5 + 1) in means  # h100, lr 0.01: repeats at +0 and +1, mean +0.5
+    assert len(ax.collections) == 16  # a band per config, from its lowest repeat to its highest
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    # 16 configs: colour by lr (it mattered most), style by hidden; the winner by name
+    assert texts[0].startswith("h100-lr0.01: hidden 100, lr 0.01 (val_elbo)")
+    assert texts[1:] == [f"lr {v}" for v in ("0.001", "0.01", "0.1", "1")] + [
+        f"hidden {h}" for h in (100, 200, 400, 800)
+    ]
+    assert labels["h100-lr0.01"] and not labels["h800-lr1.0"]
+    colour = {line.get_color() for line in ax.lines if line.get_linestyle() == "-"}
+    assert len(colour) == 4  # hidden 100 (solid): a colour per lr
+    assert (
+        "Validation \N{MINUS SIGN}ELBO of 16 configs (mean, band: lowest to highest of 2 "
+        "repeats)" in ax.get_title().replace("\n", " ")
+    )
 
 
 def test_a_clipped_norm_spends_the_scale_on_the_better_values() -> None:

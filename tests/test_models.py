@@ -169,10 +169,11 @@ def test_a_study_that_mixes_models_runs_them_once_each_and_ranks_them_in_one_tab
 
     storage = f"sqlite:///{tmp_path / 'r' / 'mixed' / 'study.db'}"
     ledger = optuna.load_study(study_name="mixed", storage=storage).trials
-    # the model is an attribute, not a parameter: Optuna refuses a categorical whose
-    # choices change, and installing a plug-in model changes the model's choices
-    assert {t.user_attrs["model"] for t in ledger} == {"linear", "mlp", "conv"}
-    assert all(set(t.params) == {"depth", "channels", "repeat"} for t in ledger)
+    # the model is a categorical over the study's own models (never the installed plug-ins,
+    # which come and go); the repeat is no parameter
+    assert {t.params["model"] for t in ledger} == {"linear", "mlp", "conv"}
+    assert all(set(t.params) == {"model", "depth", "channels"} for t in ledger)
+    assert {t.distributions["model"].choices for t in ledger} == {("conv", "linear", "mlp")}
     said = capsys.readouterr().out  # each trial described by the settings that apply to it
     assert "(model linear):" in said and "(model mlp, depth 1):" in said
     assert "(model conv, channels 4):" in said
@@ -184,6 +185,31 @@ def test_a_study_that_mixes_models_runs_them_once_each_and_ranks_them_in_one_tab
     assert "| conv | 2 | 4 |" in report and "| linear | 2 | 32 |" in report  # one table
     # how each value fared counts the configs a setting applies to: depth 2 is one mlp
     assert "- depth 2: 1 of 1 completed" in report and "channels 32" not in report
+
+
+def test_a_grown_grid_rewrites_every_trials_model_choices_so_optuna_sees_one_space(
+    mnist_root: Path, tmp_path: Path
+) -> None:
+    import optuna
+
+    two = MIXED.replace('model = ["linear", "mlp", "conv"]', 'model = ["mlp", "linear"]')
+    two = two.replace("depth = [1, 2]\nchannels = [4]\n", "").replace("epochs = 2", "epochs = 1")
+    path = tmp_path / "mixed.toml"
+    path.write_text(two)
+    assert run_inline(path, tmp_path / "r", mnist_root) == 0
+    storage = f"sqlite:///{tmp_path / 'r' / 'mixed' / 'study.db'}"
+    before = optuna.load_study(study_name="mixed", storage=storage).trials
+    assert {t.distributions["model"].choices for t in before} == {("linear", "mlp")}
+    path.write_text(two.replace('model = ["mlp", "linear"]', 'model = ["mlp", "conv", "linear"]'))
+    assert run_inline(path, tmp_path / "r", mnist_root) == 0  # conv sorts first: indices move
+    study = optuna.load_study(study_name="mixed", storage=storage)
+    after = {t.user_attrs["key"]: t for t in study.trials}
+    assert len(after) == 3
+    assert {t.distributions["model"].choices for t in after.values()} == {("conv", "linear", "mlp")}
+    for t in before:  # the old trials keep their models under the new choices
+        assert after[t.user_attrs["key"]].params["model"] == t.params["model"]
+    assert set(optuna.importance.get_param_importances(study)) == {"model"}
+    assert "model" in optuna.search_space.intersection_search_space(study.trials)
 
 
 RANKED_BY_NLL = """
@@ -247,7 +273,8 @@ def test_the_validation_nll_is_stored_at_each_trials_end_and_ranks_the_study(
     by_nll = ranking.sort_values("val_nll").index.tolist()
     assert ranking.loc[by_nll, "rank_val_nll"].tolist() == [1, 2, 3, 4]
     report = (tmp_path / "r" / "nll" / "report.md").read_text()
-    assert "## Top 10 by validation NLL" in report and "k = 20 samples per image" in report
+    assert "## Ranking: the top 4 by validation NLL" in report  # the study ranks by it
+    assert "k = 20 samples per image" in report
     test = pd.read_csv(tmp_path / "r" / "nll" / "test.csv")
     assert "val_nll" in set(test["criterion"])
     import vaegrid

@@ -194,7 +194,15 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     assert {"test_elbo", "test_recon", "test_kl", "test_nll", "nll_samples"} <= set(test.columns)
     assert (abs(test["test_elbo"] - test["test_recon"] - test["test_kl"]) < 1e-3).all()
     md = (study_dir / "report.md").read_text()
-    assert "## Top 10 by validation elbo" in md and "2 completed, 2 diverged, 0 failed" in md
+    assert "## Ranking: the top 4 by validation elbo" in md
+    assert "2 completed, 2 diverged, 0 failed" in md
+    # the answer first, then the rankings, the tests, what mattered; the time last
+    sections = [line for line in md.splitlines() if line.startswith("## ")]
+    assert sections[:3] == [
+        "## Verdict", "## Ranking: the top 4 by validation elbo", "## Winners on the test split"
+    ]  # fmt: skip
+    assert sections.index("## Where the time went") > sections.index("## What mattered")
+    assert md.count("| val_elbo #1") == 1  # one test row per winning config, its wins named
     assert "## How each value fared" in md and "- lr 1000: 0 of 2 completed, 2 diverged." in md
     assert "## About this study" not in md  # the study has no description
     torch_version = importlib.metadata.version("torch")
@@ -207,18 +215,21 @@ def test_report_writes_tables_figures_and_markdown(study_dir: Path, mnist_root: 
     }
     assert "One repeat per config: nothing tells a difference from seed-to-seed noise" in md
     assert "No importances: 2 completed configs varying 1 axes: too few to tell." in md
-    sizes = {p.name: Image.open(p).size for p in (study_dir / "figures").iterdir()}
-    assert sizes.pop("curves.png") == (800, 500)
-    assert sizes.pop("parallel.png")[0] > 300 and sizes.pop("heatmap.png")[0] > 300
-    assert sizes.pop("timeline.png")[0] == 1100  # its 4 runs on their slots
+    figures = study_dir / "figures"
+    sizes = {p.name: Image.open(p).size for p in figures.glob("*.png")}
+    charts = {p.stem for p in figures.glob("*.svg")}  # every chart as a vector file too
+    assert charts == {"curves", "parallel", "heatmap", "timeline"}
+    assert sizes.pop("curves.png")[0] == 1400  # 7 inches at 200 dpi
+    assert sizes.pop("parallel.png")[0] > 600 and sizes.pop("heatmap.png")[0] > 600
+    assert sizes.pop("timeline.png")[0] == 2200  # its 4 runs on their slots
     spent = md.split("## Where the time went", 1)[1].split("\n\n")[1]
     assert spent.startswith("4 runs on ") and "slots busy " in spent and "idle tail " in spent
     for key in set(test["key"]):
         assert sizes[f"{key}_reconstructions.png"] == (
-            16 * 30 + 2,
-            4 * 30 + 2,
-        )  # 32 pairs, 28 px + padding
-        assert sizes[f"{key}_samples.png"] == (8 * 30 + 2, 8 * 30 + 2)
+            16 * 58 + 2,
+            4 * 58 + 2,
+        )  # 32 pairs, each 28 px scaled to 56 (a judgeable digit), + padding
+        assert sizes[f"{key}_samples.png"] == (8 * 58 + 2, 8 * 58 + 2)
     assert done.evaluated == list(dict.fromkeys(test["key"]))
 
 
@@ -479,3 +490,66 @@ def test_weights_that_unpack_to_more_than_a_model_holds_are_refused(
     assert weights.stat().st_size < 2 << 20
     assert main(["report", str(study_dir), "--data-dir", str(mnist_root)]) == 2
     assert "unpacks to 1,073,741,824 bytes" in capsys.readouterr().err
+
+
+RANKED = STUDY.replace('name = "rep"', 'name = "rk"').replace("lr = [1e-2, 1e3]", "lr = [1e-2]")
+RANKED += "[rank]\nnll_samples = 3\n"
+
+
+def test_the_test_k_is_the_studys_and_another_k_is_added_beside_the_stored_ones(
+    tmp_path: Path, mnist_root: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    sweep(tmp_path, RANKED, mnist_root)
+    folder = tmp_path / "r" / "rk"
+    argv = ["report", str(folder), "--data-dir", str(mnist_root)]
+    assert main(argv) == 0
+    err = capsys.readouterr().err.splitlines()
+    # where it is, stage by stage: the study, each trial evaluated with its k, the figures
+    assert err[0].startswith("report: rk: 2 trials, 2 configs ranked by val_nll;")
+    assert "trials to test at k = 3 (" in err[0]
+    assert any(line.startswith("report: testing 1/") and "at k = 3, " in line for line in err)
+    assert any(line.startswith("report: drawing the figures") for line in err)
+
+    def stored() -> dict[tuple[str, int], float]:
+        store = Store.reader(folder / "study.db")
+        try:
+            rows = store.frame("vg_test")
+        finally:
+            store.close()
+        return {(k, int(n)): v for k, n, v in zip(rows["key"], rows["nll_samples"], rows["nll"],
+                                                  strict=True)}  # fmt: skip
+
+    at_3 = stored()
+    assert at_3 and {n for _, n in at_3} == {3}  # the study's [rank] nll_samples
+    assert set(pd.read_csv(folder / "test.csv")["nll_samples"]) == {3}
+    assert main([*argv, "--nll-samples", "7"]) == 0
+    capsys.readouterr()
+    both = stored()
+    assert {n for _, n in both} == {3, 7} and {k: v for k, v in both.items() if k[1] == 3} == at_3
+    test = pd.read_csv(folder / "test.csv")
+    assert set(test["nll_samples"]) == {7} and test["test_nll_k3"].notna().all()
+    md = (folder / "report.md").read_text()
+    assert "test_nll (k = 7)" in md and "test_nll (k = 3)" in md  # each number says its k
+    assert main(argv) == 0  # back to the study's k: nothing computed again
+    assert "(0 to evaluate," in capsys.readouterr().err
+    test = pd.read_csv(folder / "test.csv")
+    assert set(test["nll_samples"]) == {3} and test["test_nll_k7"].notna().all()
+    assert stored() == both
+    # the test metrics reach Optuna as user attributes of the (finished) trials
+    study = optuna.load_study(study_name="rk", storage=f"sqlite:///{folder / 'study.db'}")
+    tested = [t for t in study.get_trials() if "test_nll_k3" in t.user_attrs]
+    assert tested and all(
+        t.user_attrs["test_nll_k7"] == both[(t.user_attrs["key"], 7)] for t in tested
+    )
+    assert all("val_nll" in t.user_attrs and "repeat" not in t.params for t in study.trials)
+
+
+def test_report_help_gives_every_default(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit) as done:
+        main(["report", "--help"])
+    assert done.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "(default 1)" in text and "else 1000" in text and "5000" in text
+    assert "[rank] nll_samples" in text

@@ -128,3 +128,50 @@ def test_a_newer_or_unknown_version_is_refused_in_one_line_and_nothing_written(
     assert old.read_bytes() == raw
     with pytest.raises(Exception, match=message):
         Store(old)
+
+
+@pytest.fixture
+def v3(tmp_path: Path) -> Path:
+    """A copy of a study database of schema version 3 (main at e554445): two models, two
+    repeats, Optuna's parameter "repeat", the model as an attribute, one winner tested."""
+    folder = tmp_path / "r" / "schema3"
+    folder.mkdir(parents=True)
+    shutil.copy(FIXTURES / "schema3.db", folder / "study.db")
+    return folder / "study.db"
+
+
+def test_version_3_is_migrated_in_place_its_tests_kept_and_optuna_sees_no_repeat(
+    v3: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import optuna
+
+    with sqlite3.connect(v3) as con:
+        tested = con.execute("SELECT key, nll_samples, nll FROM vg_test ORDER BY 1").fetchall()
+        params = {r[0] for r in con.execute("SELECT DISTINCT param_name FROM trial_params")}
+    assert len(tested) == 2 and params == {"repeat"}  # as version 3 wrote it
+    raw = v3.read_bytes()
+    assert main(["status", str(v3.parent)]) == 0  # a reader reads it as it is
+    assert "schema3: 4/4 done (4 completed" in capsys.readouterr().out
+    assert v3.read_bytes() == raw
+    Store(v3).close()  # a writer migrates it
+    with sqlite3.connect(v3) as con:
+        assert con.execute("SELECT key, nll_samples, nll FROM vg_test ORDER BY 1").fetchall() == (
+            tested
+        )
+        version = con.execute("SELECT value FROM vg_meta WHERE name = 'schema_version'").fetchone()
+    assert version == (str(SCHEMA_VERSION),)
+    study = optuna.load_study(study_name="schema3", storage=f"sqlite:///{v3}")
+    trials = study.get_trials()
+    assert len(trials) == 4
+    for t in trials:  # the repeat an attribute; the model a categorical of the study's values
+        assert set(t.params) == {"model"} and t.user_attrs["repeat"] in (0, 1)
+        assert t.distributions["model"] == optuna.distributions.CategoricalDistribution(
+            ["linear", "mlp"]
+        )
+        assert "val_nll" in t.user_attrs  # [rank] nll_samples = 5
+    assert sorted(t.user_attrs["repeat"] for t in trials) == [0, 0, 1, 1]
+    by_key = {t.user_attrs["key"]: t for t in trials}
+    for key, k, nll in tested:  # the test metrics, on trials Optuna has finished
+        assert by_key[key].user_attrs[f"test_nll_k{k}"] == pytest.approx(nll)
+    found = optuna.importance.get_param_importances(study)
+    assert set(found) == {"model"}  # the repeat is no parameter: it can matter nothing

@@ -261,7 +261,8 @@ TAMPERED = {
         "vg_trial", "primary key",
     ),
     "a forged test result": (
-        "INSERT INTO vg_test SELECT key, -5, -10, 5, -100, 5, 1, 1 FROM vg_trial LIMIT 1",
+        "INSERT INTO vg_test (key, elbo, recon, kl, nll, nll_samples, seconds, evaluated) "
+        "SELECT key, -5, -10, 5, -100, 5, 1, 1 FROM vg_trial LIMIT 1",
         "vg_test", "recon",
     ),
     "a metric of 1e300": (

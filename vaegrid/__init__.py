@@ -11,8 +11,11 @@ if TYPE_CHECKING:
 __version__ = "0.1.0"
 
 
-def load(results_dir_or_storage: str | Path, study: str) -> Results:
-    """A study's results as pandas frames, read-only: see :func:`vaegrid.api.load`."""
+def load(
+    results_dir_or_storage: str | Path, study: str, *, results: str | Path | None = None
+) -> Results:
+    """A study's results as pandas frames, read-only, and its trained models
+    (``.model(key)``): see :func:`vaegrid.api.load`."""
     from vaegrid.api import load as _load  # pandas and optuna load only when asked
 
-    return _load(results_dir_or_storage, study)
+    return _load(results_dir_or_storage, study, results=results)

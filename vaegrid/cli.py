@@ -83,15 +83,25 @@ def _parser() -> argparse.ArgumentParser:
 
     report = sub.add_parser("report", help="rank, test the winners, export CSV, figures, report.md")
     report.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
-    report.add_argument("--top", type=int, default=1, metavar="K", help="winners per criterion (1)")
+    report.add_argument(
+        "--top",
+        type=int,
+        default=1,
+        metavar="K",
+        help="winners per ranking criterion tested on the test split (default 1)",
+    )
     report.add_argument(
         "--nll-samples",
         type=int,
-        default=1000,
+        default=None,
         metavar="k",
-        help="importance samples per test image (1000)",
+        help="importance samples per test image of the test NLL (default: the study's "
+        "[rank] nll_samples, else 1000; published results use 5000). Another k is added "
+        "beside the ones stored, never in their place: the test table shows each k",
     )
-    report.add_argument("--force", action="store_true", help="evaluate the winners on test again")
+    report.add_argument(
+        "--force", action="store_true", help="evaluate the winners on test again at this k"
+    )
     report.add_argument(
         "--data-dir", default=None, help="MNIST root (default: $VAEGRID_DATA, else data/)"
     )
@@ -99,7 +109,21 @@ def _parser() -> argparse.ArgumentParser:
 
     status = sub.add_parser("status", help="progress of a study, from its database")
     status.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
-    for command in (run, report, status):
+
+    export = sub.add_parser(
+        "export", help="per-epoch metrics, settings and figures to TensorBoard or MLflow"
+    )
+    export.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
+    export.add_argument(
+        "--to",
+        nargs="+",
+        required=True,
+        metavar=("FORMAT", "DEST"),
+        help="tensorboard [DIR] (default: STUDY/tensorboard; then tensorboard --logdir DIR) "
+        "or mlflow [URI] (default: sqlite:///STUDY/mlflow.db; then mlflow ui "
+        "--backend-store-uri URI). Exporting again adds what is new, never a second copy",
+    )
+    for command in (run, report, status, export):
         command.add_argument(
             "--storage",
             default=None,
@@ -249,6 +273,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         done = make_report(
             Path(args.study_dir), data_dir(args.data_dir), top=args.top,
             nll_samples=args.nll_samples, force=args.force, device=device, storage=args.storage,
+            say=lambda line: print(line, file=sys.stderr, flush=True),
         )  # fmt: skip
         tested = int(done.test.drop_duplicates("key")["n_tested"].sum())
         print(
@@ -257,6 +282,28 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"({len(done.evaluated)} trials evaluated, {tested - len(done.evaluated)} reused), "
             f"in {done.seconds:.1f} s"
         )
+        return 0
+    if args.command == "export":
+        from vaegrid.api import read_study
+        from vaegrid.db.store import existing_db
+        from vaegrid.layout import StudyLayout
+        from vaegrid.report.export import FORMATS, default_destination
+        from vaegrid.report.export import export as export_study
+        from vaegrid.safeio import check_study_dir
+
+        if len(args.to) > 2 or args.to[0] not in FORMATS:
+            raise InputError(
+                f"--to: {' '.join(args.to)[:200]!r} is not allowed; expected tensorboard [DIR] "
+                "or mlflow [URI]"
+            )
+        folder = Path(args.study_dir)
+        check_study_dir(folder.parent, folder, "the study folder's parent")
+        layout = StudyLayout(folder)
+        rows = read_study(existing_db(layout, args.storage))
+        fmt = args.to[0]
+        dest = args.to[1] if len(args.to) == 2 else default_destination(fmt, layout)
+        n = export_study(rows, layout, fmt, dest, lambda line: print(line, file=sys.stderr))
+        print(f"{rows.name}: {n} trials exported to {fmt} at {dest}")
         return 0
     if args.command == "status":
         from vaegrid.run.progress import status_line

@@ -31,6 +31,13 @@ def criteria(frame: pd.DataFrame) -> dict[str, str]:
     return {**CRITERIA, **(NLL_CRITERION if "val_nll" in frame.columns else {})}
 
 
+def ranked_by(frame: pd.DataFrame) -> str:
+    """The metric that ranks the study: ``val_nll`` in a study with ``[rank] nll_samples``
+    (fair to models trained on other bounds), else ``val_elbo``. The importances, the
+    heatmap and the parallel plot show it."""
+    return "val_nll" if "val_nll" in frame.columns else "val_elbo"
+
+
 METRICS = ("elbo", "recon", "kl")
 SPLIT_METRICS = [f"{s}_{m}" for s in ("train", "val") for m in METRICS]
 # Summarised over repeats in the per-config ranking: mean, std and 95% interval of each.
@@ -184,28 +191,45 @@ def pick_winners(ranking: pd.DataFrame, top: int, names: Sequence[str]) -> pd.Da
     return pd.concat(rows)[cols].reset_index(drop=True)
 
 
-def test_table(winners: pd.DataFrame, trials: pd.DataFrame, tests: pd.DataFrame) -> pd.DataFrame:
+def test_table(
+    winners: pd.DataFrame, trials: pd.DataFrame, tests: pd.DataFrame, k: int
+) -> pd.DataFrame:
     """Each winner on the test split: the mean, std and 95% interval over its tested repeats.
+
+    ``test_nll`` is the NLL at ``k`` samples (``nll_samples``); every other k stored for a
+    winner's trials adds ``test_nll_k<k>`` (and its std) beside it, NaN where not computed.
 
     Args:
         winners: :func:`pick_winners`.
         trials: :func:`rank`'s per-trial table (which trial is which config's repeat).
-        tests: ``vg_test`` indexed by trial key.
+        tests: ``vg_test``: a row per tested trial and k.
+        k: The importance samples of the NLL the table stands on.
     """
+    at_k = tests[tests["nll_samples"] == k].set_index("key")
     rows = []
     for winner in winners.to_dict("records"):
         keys = trials.loc[trials["config"] == winner["key"], "key"]
-        found = tests.reindex(keys).dropna(subset=["nll"])
+        found = at_k.reindex(keys).dropna(subset=["nll"])
         row = dict(winner)
         row["n_tested"] = len(found)
         for metric in ("elbo", "recon", "kl", "nll"):
             s = stats.summarize(found[metric].tolist())
             row[f"test_{metric}"], row[f"test_{metric}_std"] = s.mean, s.std
             row[f"test_{metric}_ci_low"], row[f"test_{metric}_ci_high"] = s.ci_low, s.ci_high
-        samples = found["nll_samples"].unique()
-        row["nll_samples"] = int(samples[0]) if len(samples) == 1 else math.nan
+        row["nll_samples"] = k
         rows.append(row)
-    return pd.DataFrame(rows)
+    out = pd.DataFrame(rows)
+    mine = tests[tests["key"].isin(trials.loc[trials["config"].isin(winners["key"]), "key"])]
+    for other in sorted(set(mine["nll_samples"].astype(int)) - {k}):
+        at = mine[mine["nll_samples"] == other].set_index("key")["nll"]
+        means, stds = [], []
+        for config in out["key"]:
+            s = stats.summarize(at.reindex(trials.loc[trials["config"] == config, "key"])
+                                .dropna().tolist())  # fmt: skip
+            means.append(s.mean)
+            stds.append(s.std)
+        out[f"test_nll_k{other}"], out[f"test_nll_k{other}_std"] = means, stds
+    return out
 
 
 @dataclass(frozen=True)

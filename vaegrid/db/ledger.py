@@ -1,8 +1,10 @@
 """Optuna's ledger of the sweep: one Optuna trial per vaegrid trial, following vg_* tables.
 
 ``optuna.load_study`` and optuna-dashboard read a sweep as-is: params are the searched
-settings and the repeat, the value is the final validation elbo, intermediate values the
-per-epoch validation elbo, and the trial key is the user attribute ``key``.
+settings (a string setting whose choices follow the installed plug-ins, ``model``, as a
+categorical over the study's own values: optuna_align.py), the value is the final
+validation elbo, intermediate values the per-epoch validation elbo; the trial key, the
+repeat, ``val_nll`` and the test metrics are user attributes.
 
 vaegrid's tables are the truth and this ledger follows them: every write of a trial's life
 goes to ``vg_*`` first, then here, and :meth:`LedgerMixin.reconcile_optuna` repairs
@@ -17,14 +19,15 @@ from collections import defaultdict
 from contextlib import suppress
 from datetime import datetime
 
-from optuna.distributions import BaseDistribution, IntDistribution
+from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 
-from vaegrid.db.schema import EpochRow, TrialRow
+from vaegrid.db import optuna_align
+from vaegrid.db.schema import EpochRow, NllRow, TrialRow
 from vaegrid.db.session import StoreBase
-from vaegrid.spec.axes import AXES, AXIS, REPEATS_MAX
+from vaegrid.spec.axes import AXES, AXIS
 from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import COMPLETED, FINAL, STOPPED, Status
 
@@ -34,22 +37,37 @@ METRIC_NAME = "val_elbo"  # what Optuna's value is, as optuna-dashboard shows it
 PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
     a.name: a.distribution() for a in AXES if a.ledgered
 }
-PARAM_DISTRIBUTIONS["repeat"] = IntDistribution(0, REPEATS_MAX - 1)
 
 
 class LedgerMixin(StoreBase):
+    _choices: dict[str, BaseDistribution] | None = None  # categoricals, as align() left them
+
+    def align_optuna(self) -> None:
+        """Optuna's trials in line with vaegrid's tables (optuna_align.align)."""
+        with self.session() as s:
+            optuna_align.align(s.connection())
+        self._choices = None
+
+    def _categoricals(self, study: Study) -> dict[str, BaseDistribution]:
+        if self._choices is None:
+            configs = {t.key: t.config for t in self.trials()}  # type: ignore[attr-defined]
+            self._choices = optuna_align.categoricals(configs, list(study.searched))
+        return self._choices
+
     def new_optuna_trial(self, study: Study, cfg: TrialConfig) -> int:
         params = [n for n in study.searched if AXIS[n].ledgered]
-        others = [n for n in study.searched if not AXIS[n].ledgered]  # the model: attributes
+        chosen = self._categoricals(study)
+        distributions = {n: PARAM_DISTRIBUTIONS[n] for n in params} | chosen
+        others = [n for n in study.searched if not AXIS[n].ledgered and n not in chosen]
         template = FrozenTrial(
             number=-1,
             state=TrialState.RUNNING,
             value=None,
             datetime_start=datetime.now(),
             datetime_complete=None,
-            params={**cfg.axis_values(params), "repeat": cfg.repeat},
-            distributions={n: PARAM_DISTRIBUTIONS[n] for n in (*params, "repeat")},
-            user_attrs={"key": cfg.key, **cfg.axis_values(others)},
+            params=cfg.axis_values([*params, *chosen]),
+            distributions=distributions,
+            user_attrs={"key": cfg.key, "repeat": cfg.repeat, **cfg.axis_values(others)},
             system_attrs={},
             intermediate_values={},
             trial_id=-1,
@@ -85,6 +103,10 @@ class LedgerMixin(StoreBase):
                     select(EpochRow).where(EpochRow.key == key, EpochRow.split == "val")
                 )
             }
+            at = s.scalars(
+                select(NllRow).where(NllRow.key == key).order_by(NllRow.epoch.desc())
+            ).first()
+            nll = at.nll if at is not None and val and at.epoch == max(val) else None
         if status not in FINAL or trial_id is None:  # paused at a rung: its trial runs on
             return
         trial = self.optuna.get_trial(trial_id)
@@ -94,6 +116,8 @@ class LedgerMixin(StoreBase):
             for epoch in sorted(set(val) - set(trial.intermediate_values)):  # a kill's gap
                 self.optuna.set_trial_intermediate_value(trial_id, epoch, val[epoch])
         if status == COMPLETED:
+            if nll is not None:  # the validation NLL at the trial's last epoch ([rank])
+                self.optuna.set_trial_user_attr(trial_id, "val_nll", nll)
             self.optuna.set_trial_state_values(trial_id, TrialState.COMPLETE, [val[max(val)]])
             return
         self.optuna.set_trial_user_attr(trial_id, "status", str(status))

@@ -30,7 +30,10 @@ from vaegrid.status import PENDING, RUNNING
 #    as columns hidden, latent, lr, clip).
 # 2: vg_meta; vg_study.description; vg_trial without axis columns (a trial's settings
 #    live in its config alone).
-SCHEMA_VERSION = 3
+# 3: vg_nll, the validation NLL.
+# 4: vg_test keyed by (key, nll_samples): a report adds a test NLL at another k beside the
+#    stored ones; Optuna's ledger without the parameter "repeat" (optuna_align.py).
+SCHEMA_VERSION = 4
 
 
 class Base(DeclarativeBase):
@@ -150,13 +153,16 @@ class NllRow(Base):
 
 
 class TestRow(Base):
+    """A tested trial's metrics on the test split, one row per k of its NLL."""
+
     __tablename__ = "vg_test"
     key: Mapped[str] = mapped_column(ForeignKey("vg_trial.key"), primary_key=True)
+    # k, importance samples per image of ``nll``; elbo, recon and kl do not depend on it
+    nll_samples: Mapped[int] = mapped_column(Integer, primary_key=True)
     elbo: Mapped[float] = mapped_column(Float)  # test metrics, as validation's: one z per image
     recon: Mapped[float] = mapped_column(Float)
     kl: Mapped[float] = mapped_column(Float)
     nll: Mapped[float] = mapped_column(Float)  # importance-sampled -log p(x), nats per image
-    nll_samples: Mapped[int] = mapped_column(Integer)  # k, importance samples per image
     seconds: Mapped[float] = mapped_column(Float)  # time the evaluation took
     evaluated: Mapped[float] = mapped_column(Float)  # unix time
 
@@ -177,8 +183,26 @@ def _to_3(con: Connection) -> None:
     NllRow.__table__.create(con, checkfirst=True)  # type: ignore[attr-defined]
 
 
+def _to_4(con: Connection) -> None:
+    """3 -> 4: vg_test keyed by (key, nll_samples), its rows kept; Optuna's trials without
+    the parameter "repeat" (its value becomes a user attribute), the searched string
+    settings as categorical parameters, val_nll and the test metrics as attributes."""
+    from vaegrid.db.optuna_align import align
+
+    table = Base.metadata.tables[TestRow.__tablename__]
+    rows = []
+    if inspect(con).has_table(table.name):
+        rows = [dict(r._mapping) for r in con.execute(text("SELECT * FROM vg_test"))]
+        table.drop(con)
+    table.create(con)
+    names = {c.name for c in table.columns}
+    if rows:
+        con.execute(table.insert(), [{n: r[n] for n in names} for r in rows])
+    align(con)
+
+
 # The step that brings a database of version N to N + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4}
 assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION))
 
 
@@ -211,10 +235,14 @@ def check_readable(con: Connection, where: str) -> None:
     found = version(con, where)
     if found is not None and found > SCHEMA_VERSION:
         raise _newer(where, found)
-    check_keys(con, where)
+    check_keys(con, where, found)
 
 
-def check_keys(con: Connection, where: str) -> None:
+# Tables whose primary key changed: (the version that changed it, the key before it).
+FORMER_KEYS = {"vg_test": (4, ["key"])}
+
+
+def check_keys(con: Connection, where: str, found: int | None = None) -> None:
     """Refuse a vaegrid table without its primary key: the one-row-per-key upserts rest on
     it (a vg_trial remade without one doubled its rows on the next run).
 
@@ -227,8 +255,13 @@ def check_keys(con: Connection, where: str) -> None:
         if name not in present:
             continue
         want = [c.name for c in table.primary_key.columns]
+        allowed = [sorted(want)]
+        changed, before = FORMER_KEYS.get(name, (0, want))
+        if found is not None and found < changed:  # a database this vaegrid migrates (or
+            allowed.append(sorted(before))  # one whose version lies: migrated again)
+            want = before
         got = seen.get_pk_constraint(name).get("constrained_columns") or []
-        if sorted(got) != sorted(want):
+        if sorted(got) not in allowed:
             raise InputError(
                 f"{where}: table {name} has primary key {got or 'none'}, not "
                 f"({', '.join(want)}) as vaegrid makes it; not a vaegrid study database, or edited"
@@ -246,7 +279,7 @@ def prepare(con: Connection, where: str) -> None:
     """
     found = version(con, where)
     if found is not None:
-        check_keys(con, where)
+        check_keys(con, where, found)
     if found == SCHEMA_VERSION:
         return  # nothing to write: workers open the database often
     if con.dialect.name == "postgresql":  # one migrator at a time (a driver, a report...)

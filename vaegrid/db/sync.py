@@ -107,6 +107,7 @@ class SyncMixin(TrialsMixin):
             with warnings.catch_warnings():  # "experimental": the API, not our use of it
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 created.set_metric_names([METRIC_NAME])
+        self.align_optuna()  # a grown grid's new choices: every trial's categoricals rewritten
         self.reconcile_optuna(study.name)
 
 

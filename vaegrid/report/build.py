@@ -10,6 +10,7 @@ this module reads, checks, and writes.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,11 +28,17 @@ from vaegrid.report.halving_section import halving_lines
 from vaegrid.report.markdown import likelihood_label, markdown, versions_used
 from vaegrid.safeio import check_study_dir, ensure_dir, save_with, write_atomic
 from vaegrid.spec.axes import AXIS
+from vaegrid.spec.datasets import Images
 from vaegrid.spec.study import nll_samples as stored_nll_samples
 from vaegrid.status import COMPLETED
 
 # Configs the winner is compared with, paired over repeats, in report.md.
 COMPARED = 4
+# The test NLL's k when the study has no [rank] nll_samples (the literature's is 5,000:
+# Burda et al. 2015; ``--nll-samples 5000`` adds it beside).
+DEFAULT_TEST_K = 1000
+# While a winner is evaluated, a line on where the report is at most this often (seconds).
+PROGRESS_S = 10.0
 
 
 def _check_outputs(layout: StudyLayout) -> None:
@@ -64,10 +71,11 @@ def make_report(
     study_dir: Path,
     data_root: Path,
     top: int = 1,
-    nll_samples: int = 1000,
+    nll_samples: int | None = None,
     force: bool = False,
     device: str = "cpu",
     storage: str | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> Report:
     """Rank, test the winners, and write the CSVs, figures and ``report.md`` into ``study_dir``.
 
@@ -75,21 +83,30 @@ def make_report(
         study_dir: ``RESULTS_DIR/STUDY``, as ``vaegrid run`` made it.
         data_root: MNIST root, for the test split.
         top: Winners per criterion.
-        nll_samples: Importance samples per test image for the NLL estimate.
-        force: Evaluate the winners on the test split again even if stored.
+        nll_samples: Importance samples per test image of the test NLL this report stands
+            on (default: the study's ``[rank] nll_samples``, else ``DEFAULT_TEST_K``). A
+            tested trial's NLL at each k is computed once and kept: another k is added
+            beside the stored ones, and the test table shows every k stored.
+        force: Evaluate the winners on the test split again (at ``nll_samples``) even if
+            stored.
         device: Where to evaluate.
         storage: The study database URL (default: the folder's study.db).
+        say: Told one line per stage, and while the winners are evaluated, where it is
+            (the trial, k, share of the work done, time left). None: silent.
 
     Raises:
         InputError: not a study folder, no completed trial, ``top`` or ``nll_samples`` out
             of range, or a winner's weights are missing. Nothing is written then.
     """
     started = time.perf_counter()
+    tell = say or (lambda _: None)
     check_study_dir(study_dir.parent, study_dir, "the study folder's parent")
     layout = StudyLayout(study_dir)
     db = existing_db(layout, storage)
     rows = read_study(db)  # read-only: nothing is written before every check
     _check_outputs(layout)
+    if nll_samples is None:
+        nll_samples = stored_nll_samples(rows.fingerprint) or DEFAULT_TEST_K
     if not 1 <= nll_samples <= NLL_SAMPLES_MAX:
         raise InputError(
             f"--nll-samples: {nll_samples} is not allowed; expected an integer from 1 to "
@@ -117,25 +134,31 @@ def make_report(
     configs = {k: rows.configs[k] for k in tested["key"]}
     loaded = load_winners(layout, configs, data_root, device, unstamped_ok)
     stored = rows.tests
-    todo = [
-        k for k in loaded.configs
-        if force or k not in stored.index or stored.loc[k, "nll_samples"] != nll_samples
-    ]  # fmt: skip
+    stored_at = set(zip(stored["key"], stored["nll_samples"], strict=True))
+    todo = [k for k in loaded.configs if force or (k, nll_samples) not in stored_at]
     # Every check has passed: from here on, the study's folder and database are written.
-    if todo:
-        store = Store(db)
-        try:
-            for key in todo:
-                store.save_test(loaded.evaluate(key, nll_samples))
-            stored = store.frame("vg_test").set_index("key")
-        finally:
-            store.close()
+    metric = tables.ranked_by(ranking)
+    tell(
+        f"report: {rows.name}: {len(rows.trials)} trials, {len(ranking)} configs ranked by "
+        f"{metric}; {winners['key'].nunique()} winning configs, {len(tested)} trials to test "
+        f"at k = {nll_samples} ({len(todo)} to evaluate, {len(tested) - len(todo)} stored)"
+    )
+    store = Store(db)
+    try:
+        if todo:
+            _evaluate(store, loaded, todo, nll_samples, tell)
+            stored = store.frame("vg_test")
+        tell(f"report: writing the tables into {study_dir}")
+        store.align_optuna()  # the test metrics as Optuna user attributes
+    finally:
+        store.close()
     data = next(iter(loaded.configs.values())).data
-    test = tables.test_table(winners, per_trial, stored)
+    test = tables.test_table(winners, per_trial, stored, nll_samples)
     test["likelihood"] = likelihood_label(data, nll_samples)
     _write_tables(layout, rows, ranking, per_trial, test)
-    found = tables.importances(ranking, names)
+    found = tables.importances(ranking, names, metric)
     pair = _heatmap_axes(ranking, names, found)
+    tell(f"report: drawing the figures into {layout.figures}")
     _draw(layout, rows.epochs, per_trial, ranking, test, loaded, names, found, pair)
     seconds = time.perf_counter() - started
     compared = [c for criterion in tables.criteria(ranking) for c in tables.comparisons(
@@ -155,6 +178,41 @@ def make_report(
     )  # fmt: skip
     write_atomic(layout.report, text)
     return Report(study_dir, ranking, test, todo, seconds, per_trial)
+
+
+def _evaluate(
+    store: Store, loaded: Winners, todo: list[str], k: int, tell: Callable[[str], None]
+) -> None:
+    """Evaluate and store each of ``todo`` on the test split at ``k``, saying where it is:
+    a line as each trial starts, and every ``PROGRESS_S`` seconds within one (the share of
+    the work is counted by the cost model, the time left from this report's own rate)."""
+    from vaegrid.run.cost import CostModel, Forecast
+
+    first = next(iter(loaded.configs.values()))
+    cost = CostModel(first.data, 0, Images(shape=loaded.shape))
+    images = len(loaded.test_x)
+    work = {key: cost.test_work(loaded.configs[key], k, images) for key in todo}
+    total, done, began = sum(work.values()), 0.0, time.monotonic()
+    last = [began]
+
+    def where(i: int, key: str, images_done: int) -> str:
+        now = done + work[key] * images_done / images
+        spent = time.monotonic() - began
+        left = spent / now * (total - now) if now > 0 else 0.0
+        forecast = Forecast(now / total, left, measured=now > 0 and spent > 0)
+        return f"report: testing {i}/{len(todo)}: trial {key} at k = {k}, {forecast.words()}"
+
+    for i, key in enumerate(todo, 1):
+        tell(where(i, key, 0))
+
+        def tick(images_done: int, i: int = i, key: str = key) -> None:
+            if time.monotonic() - last[0] >= PROGRESS_S and images_done < images:
+                last[0] = time.monotonic()
+                tell(where(i, key, images_done))
+
+        store.save_test(loaded.evaluate(key, k, tick))
+        done += work[key]
+    tell(f"report: tested {len(todo)} trials at k = {k} in {time.monotonic() - began:.1f} s")
 
 
 def _early(rows: StudyRows) -> list[str] | None:
@@ -211,14 +269,17 @@ def _draw(
     from vaegrid.report import figures  # matplotlib loads only when pictures are drawn
 
     ensure_dir(layout.figures)
-    figures.curves(epochs, per_trial, test, layout.figure("curves"), names)
+    metric = tables.ranked_by(ranking)
+    order = sorted(found, key=lambda n: -found[n]) if isinstance(found, dict) else []
+    figures.curves(epochs, per_trial, test, layout.figure("curves"), names, order)
     axes = [AXIS[n] for n in tables.varying(ranking, names)]
     if axes:
-        figures.parallel(ranking, axes, layout.figure("parallel"))
+        figures.parallel(ranking, axes, layout.figure("parallel"), metric)
     if pair is not None:
-        figures.heatmap(ranking, pair[0], pair[1], axes, layout.figure("heatmap"))
+        figures.heatmap(ranking, pair[0], pair[1], axes, layout.figure("heatmap"), metric)
     if isinstance(found, dict):
-        figures.importance(found, [AXIS[n] for n in found], layout.figure("importance"))
+        where = layout.figure("importance")
+        figures.importance(found, [AXIS[n] for n in found], where, metric)
     for key in _pictured(test, loaded):
         model = loaded.models[key]
         shape, where = loaded.shape, layout.figure(f"{key}_reconstructions")

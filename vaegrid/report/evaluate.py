@@ -8,6 +8,7 @@ are computed once (from its final weights and seeds derived from its own), store
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,10 +35,12 @@ class Winners:
     test_x: torch.Tensor
     shape: tuple[int, int, int]  # the images' (C, H, W)
 
-    def evaluate(self, key: str, k: int) -> dict[str, object]:
+    def evaluate(
+        self, key: str, k: int, progress: Callable[[int], None] | None = None
+    ) -> dict[str, object]:
         """A ``vg_test`` row: the metrics as for validation, plus the importance-sampled NLL
-        with ``k`` samples per image."""
-        return _evaluate(self.configs[key], self.models[key], self.test_x, k)
+        with ``k`` samples per image; ``progress`` is told the test images done."""
+        return _evaluate(self.configs[key], self.models[key], self.test_x, k, progress)
 
     def generator(self, key: str, purpose: str) -> torch.Generator:
         """A generator on the test split's device, seeded from the trial's seed and repeat."""
@@ -61,15 +64,16 @@ def load_winners(
     first = next(iter(configs.values()))
     splits = load_splits(data_root, first.data, first.seed, device)
     models = {
-        k: _load_model(cfg, layout, splits.test.device, unstamped_ok) for k, cfg in configs.items()
+        k: load_model(cfg, layout, splits.test.device, unstamped_ok) for k, cfg in configs.items()
     }
     return Winners(configs, models, splits.test, splits.shape)
 
 
-def _load_model(
-    cfg: TrialConfig, layout: StudyLayout, device: torch.device, unstamped_ok: bool
+def load_model(
+    cfg: TrialConfig, layout: StudyLayout, device: torch.device | str, unstamped_ok: bool
 ) -> BaseVAE:
-    """A winner's final weights, refused in one line unless they are this trial's.
+    """A trial's model with its final weights, in eval mode on ``device``, refused in one
+    line unless the weights are this trial's (``report`` and ``vaegrid.load().model``).
 
     The file is sized before it is read (its model's parameters, 4 bytes each, and room
     for torch's framing), and must carry the identity the trial stamped on it (trial key
@@ -120,12 +124,18 @@ def _load_model(
     return model.to(device).eval()
 
 
-def _evaluate(cfg: TrialConfig, model: BaseVAE, test_x: torch.Tensor, k: int) -> dict[str, object]:
+def _evaluate(
+    cfg: TrialConfig,
+    model: BaseVAE,
+    test_x: torch.Tensor,
+    k: int,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, object]:
     """A winner on the test split: metrics as for validation, plus the IS estimate of the NLL."""
     started = time.perf_counter()
     metrics = evaluate(model, test_x, derive_seed(cfg.seed, cfg.repeat, "test"))
     g = torch.Generator(test_x.device).manual_seed(derive_seed(cfg.seed, cfg.repeat, "test-nll"))
-    nll = float(importance_nll(model, test_x, k, g).mean())
+    nll = float(importance_nll(model, test_x, k, g, progress=progress).mean())
     return {
         "key": cfg.key, "elbo": metrics.elbo, "recon": metrics.recon, "kl": metrics.kl, "nll": nll,
         "nll_samples": k, "seconds": time.perf_counter() - started, "evaluated": time.time(),

@@ -8,6 +8,7 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 
@@ -25,10 +26,26 @@ from torchvision.utils import make_grid, save_image
 
 from vaegrid.analysis.timing import Timing
 from vaegrid.safeio import save_with
-from vaegrid.spec.axes import AXIS, Axis, describe, format_value
+from vaegrid.spec.axes import AXIS, Axis, applies, describe, format_value
 from vaegrid.status import COMPLETED, DIVERGED
 from vaegrid.train.model import BaseVAE
 
+# Readable where a paper prints them: a figure of 7 inches shrinks to a column's 3.5, so
+# no text is smaller than 8 points (4 when printed) and most is 9 to 11.
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8,
+    "svg.fonttype": "none",  # text stays text in the SVG: searchable, editable
+}
+plt.rcParams.update(STYLE)  # type: ignore[arg-type]
+DPI = 200  # every chart's PNG; an SVG beside it is the vector file
+PIXELS_MIN = 56  # digit grids: each image scaled up to at least this many pixels a side
+CURVES_LABELLED = 12  # curves: up to this many configs each get a colour and a legend entry
+LINE_STYLES = ("-", "--", ":", "-.")
 PAIRS = 32  # test digits shown beside their reconstructions
 ROW = 16  # digits per row of the reconstruction grid
 
@@ -38,6 +55,7 @@ METRIC_LABELS = {
     "val_elbo": f"final validation {MINUS}ELBO",
     "val_recon": "final validation reconstruction loss",
     "val_kl": "final validation KL",
+    "val_nll": "final validation NLL",
     "best_val_elbo": f"best validation {MINUS}ELBO",
     "train_elbo": f"final training {MINUS}ELBO",
     "test_elbo": f"test {MINUS}ELBO",
@@ -67,38 +85,108 @@ def curves(
     test: pd.DataFrame,
     path: Path,
     names: Sequence[str],
-) -> None:
-    """Validation elbo per epoch for every trial (grey), the winners highlighted.
+    order: Sequence[str] = (),
+) -> dict[str, str]:
+    """Validation -ELBO per epoch: one line per config, the mean over its repeats with a band
+    from the lowest to the highest repeat, every line identifiable.
 
-    ``names``: the searched axes, columns of ``ranking``; the winners' legend shows them.
+    Up to ``CURVES_LABELLED`` configs each gets its own colour and a legend entry naming the
+    settings that differ between configs. Past that, the colour is the value of the first
+    of ``order`` (the axes by importance; else the searched axes) that varies, the line
+    style the second's, and the legend names those values. The winners (``test``'s keys)
+    are drawn thick and named in the legend with the criteria they won. The y-axis shows
+    the better configs: where far worse ones are cut off, the axis label says so.
+
+    Args:
+        epochs: ``vg_epoch`` rows.
+        ranking: One row per trial (``tables.rank``): ``key``, ``config``, the axes.
+        test: The test table: its ``key`` and ``criterion`` columns.
+        path: Where the PNG goes (the SVG beside it).
+        names: The searched axes.
+        order: The axes in order of importance, for colour and style past the labelled count.
+
+    Returns:
+        The legend's entries by config key ("" for a config drawn without an entry).
     """
-    val = epochs[epochs["split"] == "val"]
-    winners = list(dict.fromkeys(test["key"]))
-    info = ranking.set_index("key")
-    fig, ax = plt.subplots(figsize=(8, 5), dpi=100)
-    for key, trial in val.groupby("key"):
-        if key not in winners:
-            ax.plot(trial["epoch"], trial["elbo"], color="0.75", linewidth=0.8)
-    for key in winners:
-        trial = val[val["key"] == key]
-        row = info.loc[key]
-        roles = ", ".join(test.loc[test["key"] == key, "criterion"])
-        config = describe(row, names)
-        label = f"{key} ({config}): {roles}"
-        ax.plot(trial["epoch"], trial["elbo"], linewidth=2.2, marker="o", markersize=3, label=label)
+    val = epochs[epochs["split"] == "val"].merge(ranking[["key", "config"]], on="key")
+    configs = ranking.drop_duplicates("config").set_index("config")
+    varying = [n for n in names if configs[n].nunique() > 1]
+    winners: dict[str, list[str]] = {}
+    for key, criterion in zip(test["key"], test["criterion"], strict=True):
+        winners.setdefault(str(key), []).append(str(criterion))
+    fig, ax = plt.subplots(figsize=(7.0, 4.6), layout="constrained")
+    many = val["config"].nunique() > CURVES_LABELLED
+    keyed = [n for n in [*order, *varying] if n in varying]
+    by_colour, by_style = (keyed[0] if keyed else None), (keyed[1] if len(keyed) > 1 else None)
+    palette = plt.get_cmap("tab10" if val["config"].nunique() <= 10 or many else "tab20")
+    colours: dict[object, Any] = {}
+    styles: dict[object, Any] = {}
+    labels: dict[str, str] = {}
+    for i, (config, trials) in enumerate(val.groupby("config", sort=True)):
+        row: dict[str, Any] = {str(k): v for k, v in configs.loc[config].items()}
+        shown = [n for n in varying if applies(AXIS[n], row)]
+        words = describe(row, shown) if shown else str(config)
+        per_epoch = trials.groupby("epoch")["elbo"]
+        mean, low, high = per_epoch.mean(), per_epoch.min(), per_epoch.max()
+        won = winners.get(str(config))
+        if many:
+            cv = row[by_colour] if by_colour else None
+            sv = row[by_style] if by_style else None
+            colour = colours.setdefault(cv, palette(len(colours) % palette.N))
+            style = styles.setdefault(sv, LINE_STYLES[len(styles) % len(LINE_STYLES)])
+            label = f"{config}: {words} ({', '.join(won)})" if won else ""
+        else:
+            colour, style = palette(i % palette.N), "-"
+            label = f"{words}" + (f" \N{EM DASH} best by {', '.join(won)}" if won else "")
+        labels[str(config)] = label
+        width = 2.6 if won else 1.2
+        ax.plot(mean.index, mean.to_numpy(), color=colour, linestyle=style, linewidth=width,
+                marker="o" if won else None, markersize=3, label=label or None,
+                zorder=3 if won else 2)  # fmt: skip
+        if (trials["key"].nunique() > 1) and (high > low).any():
+            ax.fill_between(mean.index, low.to_numpy(), high.to_numpy(), color=colour,
+                            alpha=0.15, linewidth=0, zorder=1)  # fmt: skip
+    handles, texts = ax.get_legend_handles_labels()
+    if many:  # what the colours and styles mean
+        from matplotlib.lines import Line2D
+
+        for value, colour in sorted(colours.items(), key=lambda kv: _order_key(kv[0])):
+            handles.append(Line2D([], [], color=colour, linewidth=2))
+            texts.append(describe({by_colour: value}, [by_colour]) if by_colour else "")
+        if by_style and len(styles) > 1:
+            for value, style in sorted(styles.items(), key=lambda kv: _order_key(kv[0])):
+                handles.append(Line2D([], [], color="0.3", linestyle=style))
+                texts.append(describe({by_style: value}, [by_style]))
     finals = ranking.loc[ranking["status"] == COMPLETED, "val_elbo"].dropna()
+    ylabel = f"validation {MINUS}ELBO (nats per image)"
+    note = ""
     if len(finals):  # keep the interesting range: slow and bad starts would flatten the rest
-        low, high = val["elbo"].min(), max(finals.quantile(0.9), finals.min() * 1.1)
-        ax.set_ylim(low - 0.02 * abs(low), high + 0.05 * abs(high))
+        low_y = val["elbo"].min()
+        top = max(finals.quantile(0.9), finals.min() * 1.1)
+        high_y = top + 0.05 * abs(top)
+        ax.set_ylim(low_y - 0.02 * abs(low_y), high_y)
+        cut = val.groupby("config")["elbo"].max() > high_y
+        if cut.any():
+            note = f"axis cut at {_value_text(high_y)}: {int(cut.sum())} configs have epochs above"
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.set_xlabel("epoch")
-    ax.set_ylabel("validation negative ELBO (nats per image)")
-    ax.set_title(f"Validation elbo of {val['key'].nunique()} trials (grey), winners highlighted")
+    ax.set_ylabel(ylabel)
+    if note:
+        ax.text(0.99, 0.98, note, transform=ax.transAxes, ha="right", va="top", fontsize=8,
+                bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9})  # fmt: skip
+    repeats = val.groupby("config")["key"].nunique().max()
+    band = f", band: lowest to highest of {repeats} repeats" if repeats > 1 else ""
+    title = f"Validation {MINUS}ELBO of {val['config'].nunique()} configs (mean{band})"
+    missing = configs.index.nunique() - val["config"].nunique()
+    if missing:
+        title += f"; {missing} without a finished epoch (diverged or not started)"
+    ax.set_title(_wrap(title, fig))
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper right")
-    fig.tight_layout()
-    save_with(path, fig.savefig, format="png")
-    plt.close(fig)
+    if handles:
+        ncols = 1 if max(map(len, texts)) > 45 else 2
+        fig.legend(handles, texts, loc="outside lower center", fontsize=8, ncols=ncols)
+    _save(fig, path)
+    return labels
 
 
 def heatmap(
@@ -151,6 +239,12 @@ def heatmap(
                 (describe(dict(zip(others, key, strict=True)), others), sub) for key, sub in groups
             ]
     cells = [_cells(sub, x, y, xs, ys, metric) for _, sub in panels]
+    pooled = max((int(_pooled(sub, x, y).max()) for _, sub in panels), default=1)
+    if pooled > 1 and not title.count("\n"):  # (a collapsed panel says it pools already)
+        title += (
+            f"\na cell pools up to {pooled} configs (settings not on its axes, or that apply "
+            "to some configs only): it shows their best, 'of N' their number"
+        )
     shown = np.concatenate([values.ravel() for values, _ in cells])
     norm = _norm(shown, clip_worse=True)
     cmap = plt.get_cmap(CMAP).with_extremes(bad=GREY)
@@ -158,11 +252,11 @@ def heatmap(
     ncols = _columns(len(panels))
     nrows = math.ceil(len(panels) / ncols)
     width = min(ncols * max(3.0, 0.6 * len(xs) + 1.6) + 1.4, FIGURE_INCHES_MAX)
-    height = min(nrows * max(2.6, 0.42 * len(ys) + 1.4) + 0.9, FIGURE_INCHES_MAX)
+    height = min(nrows * max(3.0, 0.42 * len(ys) + 1.4) + 1.1, FIGURE_INCHES_MAX)
     fig, grid = plt.subplots(
-        nrows, ncols, figsize=(width, height), dpi=100, squeeze=False, layout="constrained"
+        nrows, ncols, figsize=(width, height), squeeze=False, layout="constrained"
     )
-    fontsize = 9 if len(xs) <= 6 else 7 if len(xs) <= 12 else 5
+    fontsize = 9 if len(xs) <= 6 else 8
     out: dict[str, list[list[str]]] = {}
     for i, ((name, _), (values, texts)) in enumerate(zip(panels, cells, strict=True)):
         ax = grid.flat[i]
@@ -196,7 +290,7 @@ def heatmap(
         if clipped:
             label += f"\nclipped at {_value_text(top)}: worse configs are darkest"
         fig.colorbar(mappable, ax=grid, label=label, extend="max" if clipped else "neither")
-    fig.suptitle(title)
+    fig.suptitle("\n".join(_wrap(line, fig) for line in title.split("\n")))
     _save(fig, path)
     return out
 
@@ -241,9 +335,7 @@ def parallel(
     heights = np.column_stack([*(h for h, _ in scaled), metric_y])  # rows: configs
     xs = np.arange(len(labels), dtype=float)
 
-    fig, ax = plt.subplots(
-        figsize=(max(6.5, 1.8 * len(labels) + 2.0), 5.5), dpi=100, layout="constrained"
-    )
+    fig, ax = plt.subplots(figsize=(max(6.5, 1.8 * len(labels) + 2.0), 5.5), layout="constrained")
     failed = [np.column_stack([xs, h]) for h in heights[~done]]
     ax.add_collection(
         LineCollection(failed, colors=LINE_GREY, linewidths=0.8, linestyles="--", zorder=1)
@@ -270,7 +362,7 @@ def parallel(
         for y, text in ticks:
             ax.plot([x - 0.03, x], [y, y], color="black", linewidth=1.0, zorder=3)
             ax.text(
-                x - 0.05, y, text, ha="right", va="center", fontsize=7, zorder=4,
+                x - 0.05, y, text, ha="right", va="center", fontsize=8, zorder=4,
                 bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.7, "pad": 0.5},
             )  # fmt: skip
     ax.set_xticks(xs, [textwrap.fill(label, 16) for label in labels])
@@ -279,16 +371,20 @@ def parallel(
     ax.set_ylim(-0.06, NOT_DONE_Y + 0.08)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    ax.set_title(
-        f"Searched settings of {len(frame)} configs and their {_metric_label(metric)}\n"
-        "(one line per config; lower is better)"
-    )
+    title = f"Searched settings of {len(frame)} configs and their {_metric_label(metric)}"
+    ax.set_title(_wrap(title, fig) + "\n(one line per config; lower is better)")
     _save(fig, path)
     return labels
 
 
-def importance(importances: Mapping[str, float], axes: Sequence[Axis], path: Path) -> list[str]:
-    """A bar per axis: its share of the variance of the final validation -ELBO (0 to 1).
+def importance(
+    importances: Mapping[str, float],
+    axes: Sequence[Axis],
+    path: Path,
+    metric: str = "val_elbo",
+) -> list[str]:
+    """A bar per axis: its share of the variance of ``metric`` (0 to 1), the metric that
+    ranks the study.
 
     Returns:
         The bars' labels (``Axis.label``), most important first, as drawn top to bottom.
@@ -297,7 +393,7 @@ def importance(importances: Mapping[str, float], axes: Sequence[Axis], path: Pat
     order = sorted(shares, key=lambda n: -shares[n])  # stable: ties keep their order
     labels = [_axis_label(n, axes) for n in order]
     height = 1.4 + 0.45 * max(len(order), 1)
-    fig, ax = plt.subplots(figsize=(8, height), dpi=100, layout="constrained")
+    fig, ax = plt.subplots(figsize=(7, height), layout="constrained")
     ax.barh(range(len(order)), [shares[n] for n in order], color="tab:blue")
     for i, n in enumerate(order):
         v = importances[n]
@@ -310,7 +406,7 @@ def importance(importances: Mapping[str, float], axes: Sequence[Axis], path: Pat
     ax.invert_yaxis()  # most important on top
     ax.set_xlim(0, 1.08)
     ax.set_xlabel("share of the variance explained (fraction, 0 to 1)")
-    ax.set_title(f"What mattered for the {METRIC_LABELS['val_elbo']} (fANOVA, one study)")
+    ax.set_title(f"What mattered for the {_metric_label(metric)}\n(fANOVA over the configs)")
     ax.grid(axis="x", alpha=0.3)
     _save(fig, path)
     return labels
@@ -336,7 +432,7 @@ def timeline(t: Timing, epochs_done: Mapping[str, int], path: Path) -> int:
         The number of bars drawn.
     """
     start = t.runs[0].started
-    fig, ax = plt.subplots(figsize=(11, 1.2 + 0.45 * t.lanes), dpi=100, layout="constrained")
+    fig, ax = plt.subplots(figsize=(11, 1.4 + 0.5 * t.lanes), layout="constrained")
     for run in t.runs:
         x, width = run.started - start, max(run.ended - run.started, t.span * 1e-4)
         colour = RUN_COLOURS.get(run.status, "black")
@@ -344,21 +440,22 @@ def timeline(t: Timing, epochs_done: Mapping[str, int], path: Path) -> int:
                 linewidth=0.5)  # fmt: skip
         if width > t.span / 25:
             ax.text(x + width / 2, run.lane, f"{run.key[:6]} {epochs_done.get(run.key, 0)}e",
-                    ha="center", va="center", fontsize=6, color="black", clip_on=True)  # fmt: skip
+                    ha="center", va="center", fontsize=8, color="black", clip_on=True)  # fmt: skip
     for rung, when in t.rungs:
         ax.axvline(when - start, color="black", linestyle="--", linewidth=0.9)
-        ax.text(when - start, -0.75, f" rung {rung}", fontsize=7, va="center")
+        ax.text(when - start, -0.75, f" rung {rung}", fontsize=8, va="center")
     seen = sorted({run.status for run in t.runs})
     handles = [plt.Rectangle((0, 0), 1, 1, color=RUN_COLOURS.get(s, "black")) for s in seen]
-    fig.legend(handles, seen, loc="outside lower center", fontsize=7, ncols=len(seen))
+    fig.legend(handles, seen, loc="outside lower center", fontsize=8, ncols=len(seen))
     ax.set_yticks(range(t.lanes), [f"slot {i + 1}" for i in range(t.lanes)])
     ax.set_ylim(t.lanes - 0.4, -0.9)  # slot 1 on top, room above it for the rungs' names
     ax.set_xlim(0, t.span * 1.01 if t.span else 1)
     ax.set_xlabel("seconds since the first run started")
-    ax.set_title(
+    title = (
         f"Where the time went: {len(t.runs)} runs on {t.lanes} slots, busy {t.occupancy:.0%}, "
         f"idle tail {t.tail:,.0f} s (label: trial key, epochs done)"
     )
+    ax.set_title(_wrap(title, fig))
     _save(fig, path)
     return len(t.runs)
 
@@ -375,7 +472,7 @@ def reconstructions(
     rows = []
     for start in range(0, PAIRS, ROW):
         rows += [x[start : start + ROW], recon[start : start + ROW]]
-    images = torch.cat(rows).reshape(-1, *shape).cpu()
+    images = _large(torch.cat(rows).reshape(-1, *shape).cpu())
     save_with(path, save_image, make_grid(images, nrow=ROW, pad_value=0.5), format="png")
 
 
@@ -391,8 +488,17 @@ def samples(
     is the images' (C, H, W)."""
     device = next(model.parameters()).device
     z = torch.randn(n, model.latent, generator=generator, device=device)
-    images = torch.sigmoid(model.decode(z)).reshape(-1, *shape).cpu()
+    images = _large(torch.sigmoid(model.decode(z)).reshape(-1, *shape).cpu())
     save_with(path, save_image, make_grid(images, nrow=8, pad_value=0.5), format="png")
+
+
+def _large(images: torch.Tensor) -> torch.Tensor:
+    """Images ``[N, C, H, W]`` scaled up by a whole factor (each pixel a block: nothing
+    smoothed away) until their shorter side is at least ``PIXELS_MIN``."""
+    factor = math.ceil(PIXELS_MIN / min(images.shape[-2:]))
+    if factor <= 1:
+        return images
+    return images.repeat_interleave(factor, dim=-2).repeat_interleave(factor, dim=-1)
 
 
 def _value_text(value: float) -> str:
@@ -483,13 +589,19 @@ def _cells(
             scores = scores[np.isfinite(scores)]
             if len(scores):
                 values[r, c] = scores.min()
-                row.append(_value_text(values[r, c]))
+                pooled = f"\nof {len(cell)}" if len(cell) > 1 else ""
+                row.append(_value_text(values[r, c]) + pooled)
             elif len(cell) and (cell["status"] == DIVERGED).all():
                 row.append("div.")
             else:
                 row.append("—")
         texts.append(row)
     return values, texts
+
+
+def _pooled(sub: pd.DataFrame, x: str, y: str) -> pd.Series:
+    """How many configs each (x, y) cell of a panel stands for."""
+    return sub.groupby([x, y], dropna=False).size()
 
 
 def _text_colour(cmap: Colormap, norm: Normalize | None, value: float) -> str:
@@ -542,7 +654,19 @@ def _place(column: pd.Series, axis: Axis) -> tuple[np.ndarray, list[tuple[float,
     return height(t), ticks
 
 
+def _order_key(value: object) -> tuple[int, object]:
+    """Numbers before strings, each in their order (a legend's values)."""
+    return (0, value) if isinstance(value, int | float | np.number) else (1, str(value))
+
+
+def _wrap(text: str, fig: Figure, points: float = 11.0) -> str:
+    """``text`` broken into lines that fit the figure's width at ``points`` (a title)."""
+    chars = int(fig.get_figwidth() * 72 / (0.6 * points))
+    return textwrap.fill(text, max(20, chars))
+
+
 def _save(fig: Figure, path: Path) -> None:
-    """Write ``fig`` as PNG (atomically) and free it."""
-    save_with(path, fig.savefig, format="png")
+    """Write ``fig`` as a PNG at ``DPI`` and, beside it, an SVG (each atomically); free it."""
+    save_with(path, fig.savefig, format="png", dpi=DPI)
+    save_with(path.with_suffix(".svg"), fig.savefig, format="svg")
     plt.close(fig)

@@ -25,6 +25,7 @@ from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
 # The study folder as report.md, which lies in it, names its files: relative paths.
 _HERE = StudyLayout(Path())
 _HOW = {"dynamic": "dynamically", "static": "statically"}
+_WORDS = {"val_elbo": "validation elbo", "val_nll": "validation NLL"}
 
 
 def likelihood_label(data: DataSpec, k: int) -> str:
@@ -119,14 +120,9 @@ def markdown(
             f"{_file('trials')} has every repeat.",
             "",
         ]
-    if early is not None:
-        lines += early
-    if spent is not None:
-        lines += spent
-    spread = ["val_elbo_std"] if repeats > 1 else []
-    show = ["key", *names, "n_repeats", "val_elbo", *spread, "val_recon", "val_kl"]
-    show += ["val_nll"] if "val_nll" in ranking.columns else []
-    show += ["best_val_elbo", "best_epoch"]
+    metric = tables.ranked_by(ranking)
+    show = _ranking_columns(ranking, names, repeats, metric)
+    lines += _verdict(ranking, test, names, metric)
     if "val_nll" in ranking.columns:
         lines += [
             f"`val_nll`: the importance-sampled -log p(x) of the validation split with k = "
@@ -135,24 +131,23 @@ def markdown(
             "where the ELBO favours the ELBO-trained.",
             "",
         ]
-    for column, title in criteria(ranking).items():
-        top10 = ranking.sort_values(["rank_" + column, "key"]).head(10)
-        lines += [f"## Top 10 by {title}", "", table(top10[["rank_" + column, *show]]), ""]
-    lines += ["## Is the winner better than the next configs?", ""]
-    lines += _comparison_lines(ranking, names, compared, repeats)
+    ranks = [f"rank_{c}" for c in criteria(ranking)]
+    top10 = ranking.sort_values([f"rank_{metric}", "key"]).head(10)
+    lines += [
+        f"## Ranking: the top {len(top10)} by {criteria(ranking)[metric]}",
+        "",
+        f"One row per config; a rank column per criterion. Every config: {_file('ranking')}.",
+        "",
+        table(top10[[*ranks, *show]]),
+        "",
+    ]
     label = str(test["likelihood"].iloc[0])
-    test_cols = ["criterion", "rank", "key", *names, "val_elbo", "val_recon"]
-    test_cols += ["val_nll"] if "val_nll" in ranking.columns else []
-    test_cols += ["n_tested"]
-    test_cols += ["test_elbo", "test_recon", "test_kl", "test_nll"]
-    test_cols += ["test_nll_std"] if repeats > 1 else []
-    test_cols += ["nll_samples"]
     lines += [
         "## Winners on the test split",
         "",
-        f"`test_nll`: {label}. Each tested repeat of a winning config is evaluated once with "
-        "its final weights; `test_nll` is the importance-sampled estimate of -log p(x) with "
-        "`nll_samples` samples per image (Burda et al. 2015), "
+        f"{label}. Each tested repeat of a winning config is evaluated once per k with its "
+        "final weights; `test_nll (k = K)` is the importance-sampled estimate of -log p(x) "
+        "with K samples per image (Burda et al. 2015), "
         + (
             "an upper bound on the NLL of grey levels: not comparable with published VAE "
             "results, which are on binarized pixels."
@@ -161,14 +156,17 @@ def markdown(
         )
         + (" Test figures are means over the tested repeats, ± std." if repeats > 1 else ""),
         "",
-        table(test[test_cols]),
+        table(_test_rows(test, names, ranking, repeats)),
         "",
+        "## Is the winner better than the next configs?",
+        "",
+        *_comparison_lines(ranking, names, compared, repeats),
         "## What mattered",
         "",
-        *_importance_lines(importance, heatmap),
+        *_importance_lines(importance, heatmap, metric),
         "## Figures",
         "",
-        f"![validation elbo per epoch]({_figure('curves')})",
+        f"![validation -ELBO per epoch of every config]({_figure('curves')})",
         "",
     ]
     for key in dict.fromkeys(test["key"]):
@@ -180,9 +178,13 @@ def markdown(
             f"![samples]({_figure(f'{key}_samples')})",
             "",
         ]
-    by_value = _value_lines(ranking, names)
+    by_value = _value_lines(ranking, names, metric)
     if by_value:
         lines += ["## How each value fared", "", *by_value, ""]
+    if early is not None:
+        lines += early
+    if spent is not None:
+        lines += spent
     if versions:
         lines += [
             "## Computed with",
@@ -194,6 +196,60 @@ def markdown(
             "",
         ]
     return "\n".join(lines)
+
+
+def _ranking_columns(
+    ranking: pd.DataFrame, names: list[str], repeats: int, metric: str
+) -> list[str]:
+    """The ranking table's columns after the ranks: the config, then its metrics (the one
+    that ranks the study first, ± its std over repeats)."""
+    spread = [f"{metric}_std"] if repeats > 1 else []
+    metrics = [metric, *spread]
+    others = ("val_elbo", "val_recon", "val_kl", "val_nll")
+    metrics += [m for m in others if m in ranking and m != metric]
+    return ["key", *names, "n_repeats", *metrics, "best_val_elbo", "best_epoch"]
+
+
+def _verdict(ranking: pd.DataFrame, test: pd.DataFrame, names: list[str], metric: str) -> list[str]:
+    """The answer first: the best config by the metric that ranks the study, and its test
+    figures."""
+    done = ranking[ranking["status"] == COMPLETED].sort_values([f"rank_{metric}", "key"])
+    if done.empty:
+        return []
+    best = {str(k): v for k, v in done.iloc[0].items()}
+    shown = [n for n in (tables.varying(ranking, names, everywhere=False) or names)
+             if applies(AXIS[n], best)]  # fmt: skip
+    words = describe(best, shown) if shown else "the only config"
+    line = (f"**Best by {criteria(ranking)[metric]}: `{best['key']}` ({words}), "
+            f"{metric} {best[metric]:.2f} nats")  # fmt: skip
+    tested = test[test["key"] == best["key"]]
+    if len(tested) and not math.isnan(float(tested["test_nll"].iloc[0])):
+        row = tested.iloc[0]
+        line += (f"; on the test split -ELBO {row['test_elbo']:.2f}, NLL {row['test_nll']:.2f} "
+                 f"(k = {int(row['nll_samples'])})")  # fmt: skip
+    return ["## Verdict", "", line + ".**", ""]
+
+
+def _test_rows(
+    test: pd.DataFrame, names: list[str], ranking: pd.DataFrame, repeats: int
+) -> pd.DataFrame:
+    """The test table of report.md: one row per winning config (the criteria it won in
+    ``wins``), every NLL headed by its k."""
+    wins: dict[str, list[str]] = {}
+    for key, criterion, rank in zip(test["key"], test["criterion"], test["rank"], strict=True):
+        wins.setdefault(str(key), []).append(f"{criterion} #{int(rank)}")
+    out = test.drop_duplicates("key").copy()
+    out.insert(0, "wins", [", ".join(wins[str(k)]) for k in out["key"]])
+    k = int(out["nll_samples"].iloc[0])
+    cols = ["wins", "key", *names, *[c for c in ("val_elbo", "val_nll") if c in ranking]]
+    cols += ["n_tested", "test_elbo", "test_recon", "test_kl", "test_nll"]
+    cols += ["test_nll_std"] if repeats > 1 else []
+    heads = {"test_nll": f"test_nll (k = {k})", "test_nll_std": "std"}
+    for c in out.columns:
+        if c.startswith("test_nll_k") and not c.endswith("_std"):
+            cols.append(c)
+            heads[c] = f"test_nll (k = {c.removeprefix('test_nll_k')})"
+    return out[cols].rename(columns=heads)
 
 
 def versions_used(runs: Sequence[Mapping[str, Any]]) -> list[str]:
@@ -252,7 +308,7 @@ def _comparison_lines(
 
 
 def _importance_lines(
-    importance: dict[str, float] | str, heatmap: tuple[str, str] | None
+    importance: dict[str, float] | str, heatmap: tuple[str, str] | None, metric: str
 ) -> list[str]:
     if isinstance(importance, str):
         return [f"No importances: {importance}.", ""]
@@ -261,8 +317,9 @@ def _importance_lines(
         [(n, AXIS[n].label, f"{v:.2f}") for n, v in rows], columns=["axis", "what", "importance"]
     )
     lines = [
-        "Each axis's share of the variance of the final validation elbo over the completed "
-        "configs (mean over repeats), by Optuna's fANOVA evaluator (seed 0). One study: it "
+        f"Each axis's share of the variance of the final {_WORDS[metric]} (`{metric}`) over "
+        "the completed configs (mean over repeats), by Optuna's fANOVA evaluator (seed 0); "
+        "the repeat is no axis. One study: it "
         "says what mattered in this grid's range of values, not in general, and it cannot "
         "see configs that diverged.",
         "",
@@ -273,8 +330,10 @@ def _importance_lines(
     ]
     if heatmap is not None:
         lines += [
-            f"Final validation elbo over {heatmap[0]} and {heatmap[1]} (the two axes that "
-            "mattered most), one panel per value of the others. The colours show the "
+            f"Final {_WORDS[metric]} over {heatmap[0]} and {heatmap[1]} (the two axes that "
+            "mattered most), one panel per value of the others; a cell that stands for "
+            "several configs (settings not on the axes, or that apply to some configs only) "
+            "shows the best of them and says how many. The colours show the "
             "differences among the better configs: where some are far worse, the colour "
             "scale stops short of them (its colorbar says where) and they are all the "
             "darkest; each cell's number is its true value.",
@@ -285,10 +344,10 @@ def _importance_lines(
     return [*lines, f"![parallel coordinates]({_figure('parallel')})", ""]
 
 
-def _value_lines(ranking: pd.DataFrame, names: list[str]) -> list[str]:
+def _value_lines(ranking: pd.DataFrame, names: list[str], metric: str) -> list[str]:
     """For each value of each axis the grid varies: how its configs ended, and its best
-    final validation elbo against the best of all."""
-    best = ranking.loc[ranking["status"] == COMPLETED, "val_elbo"].min()
+    final ``metric`` against the best of all."""
+    best = ranking.loc[ranking["status"] == COMPLETED, metric].min()
     out = []
     for name in tables.varying(ranking, names, everywhere=False):
         # the configs it applies to (a linear model has no depth)
@@ -300,8 +359,8 @@ def _value_lines(ranking: pd.DataFrame, names: list[str]) -> list[str]:
             n_stopped = (group["status"] == STOPPED).sum()
             line += f", {n_stopped} stopped early" if n_stopped else ""
             if len(ok):
-                low = ok["val_elbo"].min()
-                line += f"; best validation elbo {low:.2f} ({low - best:+.2f} vs the overall best)"
+                low = ok[metric].min()
+                line += f"; best {_WORDS[metric]} {low:.2f} ({low - best:+.2f} vs the overall best)"
             out.append(line + ".")
     return out
 

@@ -99,6 +99,12 @@ class CostModel:
         enc, dec = self.forward(cfg)
         return float((enc + self.nll_samples * dec) * self.n_val) if self.nll_samples else 0.0
 
+    def test_work(self, cfg: TrialConfig, k: int, images: int) -> float:
+        """MACs of a winner's test evaluation (``report``): the one-z pass (elbo, recon, kl)
+        and the NLL's encoder and ``k`` decoder passes, over ``images`` test images."""
+        enc, dec = self.forward(cfg)
+        return float((2 * enc + (k + 1) * dec) * images)
+
     def forward(self, cfg: TrialConfig) -> tuple[float, float]:
         """MACs of one image through the encoder and the decoder: counted, or for a plug-in
         model the guess scaled by what the probe measured of it."""

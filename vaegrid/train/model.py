@@ -13,7 +13,7 @@ C x H x W]``.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
 import torch
@@ -273,7 +273,12 @@ def iwae_terms(model: BaseVAE, x: torch.Tensor, eps: torch.Tensor) -> tuple[torc
 
 @torch.inference_mode()
 def importance_nll(
-    model: BaseVAE, x: torch.Tensor, k: int, generator: torch.Generator, max_rows: int = NLL_ROWS
+    model: BaseVAE,
+    x: torch.Tensor,
+    k: int,
+    generator: torch.Generator,
+    max_rows: int = NLL_ROWS,
+    progress: Callable[[int], None] | None = None,
 ) -> torch.Tensor:
     """Importance-sampled estimate of -log p(x) per image, in nats, with ``k`` samples of q(z|x).
 
@@ -281,6 +286,7 @@ def importance_nll(
     (Burda et al., "Importance Weighted Autoencoders", https://arxiv.org/abs/1509.00519):
     a stochastic upper bound on the NLL that tightens as k grows and equals the ELBO's
     value for k = 1. It is what published MNIST VAE results report, with k = 5000 or so.
+    ``progress`` is told the images done after each pass (``report``'s time left).
     """
     model.eval()
     out = []
@@ -300,4 +306,6 @@ def importance_nll(
             lse = part if lse is None else torch.logaddexp(lse, part)
         assert lse is not None
         out.append(math.log(k) - lse)
+        if progress is not None:
+            progress(start + len(xb))
     return torch.cat(out)
