@@ -106,8 +106,12 @@ def test_sweep_commits_every_epoch_and_optuna_reads_the_study(
     for key in keys:  # a finished trial keeps its weights, not its resume checkpoint
         files = {p.name for p in (tmp_path / "r" / "tiny" / "trials" / key).iterdir()}
         assert {CONFIG, WEIGHTS} <= files and CHECKPOINT not in files
-    devices, *lines = capsys.readouterr().out.splitlines()  # --no-progress: a line per trial
+    devices, *lines, finished, then = capsys.readouterr().out.splitlines()  # a line per trial
     assert devices == "devices: cpu; 2 trials at once per device"
+    # it ends with what it did, where the results are, and the next command
+    ended = r"tiny: finished in \d+ s: 4/4 done \(4 completed, 0 diverged, 0 failed\), "
+    assert re.fullmatch(ended + r"0 running, 0 waiting; results in .*/r/tiny", finished)
+    assert then == f"next: vaegrid report {tmp_path / 'r' / 'tiny'}"
     assert sorted(line.split()[0] for line in lines) == ["[1/4]", "[2/4]", "[3/4]", "[4/4]"]
     # each line: the trial, and the share of the work done (counted, not trials) and time left
     line_re = re.compile(r"\[\d/4\] (\w{12}) \(.*\): completed; (\d+)% of the work done, "
@@ -630,12 +634,12 @@ def test_a_hard_link_or_a_server_database_is_no_way_around_a_live_driver(
     # A server database does not make the study folder free to share: its lock is taken too
     # (before the server is asked: this one is never reached).
     from vaegrid.db.engine import Database
-    from vaegrid.run.driver import _driver_lock
+    from vaegrid.run.driver import driver_lock
 
     layout = StudyLayout(tmp_path / "rA" / "tiny")
     server = Database.for_study(layout, "postgresql://me@127.0.0.1:1/x")
     refused = pytest.raises(InputError, match="another driver")
-    with DriverLock.of(layout), refused, _driver_lock(server, layout, "tiny"):
+    with DriverLock.of(layout), refused, driver_lock(server, layout, "tiny"):
         pass
 
 

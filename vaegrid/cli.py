@@ -1,7 +1,11 @@
-"""Command line: ``vaegrid plan|run|status|report``. Thin: parses, calls one stage, maps errors.
+"""vaegrid: a grid search over VAE training that resumes, ranks, tests and draws.
 
-Bad input of any kind is an :class:`InputError`: one line on stderr, exit code 2.
+Start with ``vaegrid plan studies/seed.toml`` (what a study will run), then
+``vaegrid run studies/seed.toml`` and ``vaegrid report results/seed``.
 """
+
+# The command line: parses, calls one stage, maps errors. Bad input of any kind is an
+# InputError: one line on stderr, exit code 2.
 
 from __future__ import annotations
 
@@ -20,13 +24,25 @@ from vaegrid.run.pool import MAX_WORKER_DEATHS
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
-        # argparse prints usage + message and exits 2; one line is what every other error gets.
-        raise InputError(f"{self.prog}: {message}")
+        # argparse prints usage + message and exits 2; one line is what every other error
+        # gets. The command's name once ("vaegrid: error: run: ..."), never "vaegrid" twice.
+        command = self.prog.removeprefix("vaegrid").strip()
+        hint = "; see vaegrid --help" if not command else f"; see vaegrid {command} --help"
+        raise InputError(f"{command + ': ' if command else ''}{message}{hint}")
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="vaegrid", description=__doc__.splitlines()[0] if __doc__ else None)
-    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    from vaegrid import __version__
+
+    p = _Parser(
+        prog="vaegrid",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Exit codes: 0 done, 1 some trials failed (run), 2 bad input (one line, nothing "
+        "written), 3 the cluster or its scheduler went away (run), 130 Ctrl-C, 143 SIGTERM.",
+    )
+    p.add_argument("--version", action="version", version=f"vaegrid {__version__}")
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
     plan = sub.add_parser("plan", help="print the expanded grid with each trial's key")
     plan.add_argument("study", help="a study file, e.g. studies/seed.toml")
@@ -110,6 +126,18 @@ def _parser() -> argparse.ArgumentParser:
     status = sub.add_parser("status", help="progress of a study, from its database")
     status.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
 
+    ls = sub.add_parser(
+        "ls", help="the studies of a results folder: trials done, driver, last activity"
+    )
+    ls.add_argument("results", nargs="?", default="results", help="default: results/")
+
+    rm = sub.add_parser(
+        "rm",
+        help="delete a study: its folder and, on a server, its rows (refused while it runs)",
+    )
+    rm.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/smoke")
+    rm.add_argument("--yes", action="store_true", help="do not ask first")
+
     export = sub.add_parser(
         "export", help="per-epoch metrics, settings and figures to TensorBoard or MLflow"
     )
@@ -123,7 +151,7 @@ def _parser() -> argparse.ArgumentParser:
         "or mlflow [URI] (default: sqlite:///STUDY/mlflow.db; then mlflow ui "
         "--backend-store-uri URI). Exporting again adds what is new, never a second copy",
     )
-    for command in (run, report, status, export):
+    for command in (run, report, status, export, ls, rm):
         command.add_argument(
             "--storage",
             default=None,
@@ -304,6 +332,31 @@ def _dispatch(args: argparse.Namespace) -> int:
         dest = args.to[1] if len(args.to) == 2 else default_destination(fmt, layout)
         n = export_study(rows, layout, fmt, dest, lambda line: print(line, file=sys.stderr))
         print(f"{rows.name}: {n} trials exported to {fmt} at {dest}")
+        return 0
+    if args.command == "ls":
+        import time
+
+        from vaegrid.catalog import list_studies
+
+        found = list_studies(None if args.storage else Path(args.results), args.storage)
+        now = time.time()
+        for listed in found:
+            print(listed.words(now))
+        if not found:
+            print(f"{args.results}: no studies yet (vaegrid run STUDY --results {args.results})")
+        return 0
+    if args.command == "rm":
+        from vaegrid.catalog import remove_study
+        from vaegrid.layout import StudyLayout
+
+        def confirm(what: str) -> bool:
+            if args.yes:
+                return True
+            if not sys.stdin.isatty():
+                raise InputError(f"rm: {what}: not removed; say --yes to remove without asking")
+            return input(f"remove {what}? [y/N] ").strip().lower() in ("y", "yes")
+
+        print(remove_study(StudyLayout(Path(args.study_dir)), args.storage, confirm))
         return 0
     if args.command == "status":
         from vaegrid.run.progress import status_line

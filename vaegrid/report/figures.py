@@ -438,7 +438,7 @@ def timeline(t: Timing, epochs_done: Mapping[str, int], path: Path) -> int:
         colour = RUN_COLOURS.get(run.status, "black")
         ax.barh(run.lane, width, left=x, height=0.7, color=colour, edgecolor="white",
                 linewidth=0.5)  # fmt: skip
-        if width > t.span / 25:
+        if width > t.span / 12:  # room for its label at 8 points
             ax.text(x + width / 2, run.lane, f"{run.key[:6]} {epochs_done.get(run.key, 0)}e",
                     ha="center", va="center", fontsize=8, color="black", clip_on=True)  # fmt: skip
     for rung, when in t.rungs:

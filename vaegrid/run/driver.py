@@ -37,7 +37,7 @@ from vaegrid.db.store import Store
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout, database_lock
 from vaegrid.run import cost
-from vaegrid.run.cost import CostModel, Forecast
+from vaegrid.run.cost import CostModel, Forecast, duration
 from vaegrid.run.pool import (
     MAX_WORKER_DEATHS,
     ClusterGone,
@@ -198,7 +198,7 @@ def run_study(
     Store.check_compatible(db, study)
     grid = expand(study)
     token = uuid.uuid4().hex
-    with signals.handled(), _driver_lock(db, layout, study.name), ExitStack() as started:
+    with signals.handled(), driver_lock(db, layout, study.name), ExitStack() as started:
         if callable(executor):  # a cluster started now, closed whatever happens
             executor, pool = executor()
             started.callback(executor.shutdown, True)
@@ -230,7 +230,7 @@ def run_study(
 
 
 @contextmanager
-def _driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]:
+def driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]:
     """One driver per study folder and one per database, however either is named.
 
     The study folder's flock, always (a PostgreSQL study's trial folders are a folder too);
@@ -384,6 +384,9 @@ class _Sweep:
 
     def run(self, retry_failed: bool, progress: bool, max_deaths: int) -> int:
         self.max_deaths = max_deaths
+        started = time.monotonic()
+        resumed = [k for k, s in self.view.items() if s in (INTERRUPTED, PAUSED, RUNNING)
+                   and self.epochs_done[k] > 0]  # fmt: skip
         if retry_failed:
             self.retry = {k for k, s in self.view.items() if s == FAILED}
         if self.study.halving is not None:
@@ -392,8 +395,15 @@ class _Sweep:
         if not self.scheduler.queue:
             print(f"{self.study.name}: nothing to do: {summary(self.view.values())}")
             return self._exit_code()
+        if resumed:
+            print(
+                f"{self.study.name}: resuming: {len(resumed)} trials continue from their last "
+                "finished epoch",
+                flush=True,
+            )
+        live = progress and sys.stdout.isatty()  # a log or a pipe gets a line per trial
         self.progress = Progress(
-            self.study.name, self.view, self.study.halving is not None, progress, self._forecast
+            self.study.name, self.view, self.study.halving is not None, live, self._forecast
         )
         running: Running = {}
         free = self.pool.slot_list()
@@ -417,6 +427,16 @@ class _Sweep:
             return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
         self.executor.shutdown(kill=False)
         self.progress.close()
+        folder = self.layout.root
+        failed = any(s == FAILED for s in self.view.values())
+        print(
+            f"{self.study.name}: finished in {duration(time.monotonic() - started)}: "
+            f"{summary(self.view.values())}; results in {folder}\n"
+            f"next: vaegrid report {folder}"
+            + ("; failed trials keep their traceback (vg_run.error); --retry-failed runs "
+               "them again" if failed else ""),
+            flush=True,
+        )  # fmt: skip
         return self._exit_code()
 
     def _may_go(self, key: str) -> bool:

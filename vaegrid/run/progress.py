@@ -34,6 +34,16 @@ if TYPE_CHECKING:
     from vaegrid.db.reader import TrialInfo
 
 
+class _Bar(tqdm):
+    """tqdm whose text after the bar is ours: its ``{postfix}`` always starts with ", "."""
+
+    info = ""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        return {**super().format_dict, "info": self.info}
+
+
 class Progress:
     """The live bar of a sweep (``--no-progress``: one printed line per event instead). It
     counts work, not trials (trials differ in cost 10x and more): the share done and the
@@ -48,12 +58,12 @@ class Progress:
         forecast: Callable[[], Forecast],
     ) -> None:
         self.halving, self.forecast, self.trials = halving, forecast, len(view)
-        self.bar = tqdm(
+        self.bar = _Bar(
             total=100,
             desc=name,
             disable=not live,
             dynamic_ncols=True,
-            bar_format="{desc}: {percentage:3.0f}% of the work |{bar}| {postfix}",
+            bar_format="{desc}: {percentage:3.0f}% of the work |{bar}| {info}",
         )
 
     def show(self, view: Mapping[str, Status]) -> None:
@@ -65,10 +75,9 @@ class Progress:
         self.bar.n = round(100 * now.done, 1)
         halving = f", paused {counts[PAUSED]}, stopped {counts[STOPPED]}" if self.halving else ""
         left = f"about {duration(now.seconds)} left" if now.measured else "time left: measuring"
-        self.bar.set_postfix_str(
+        self.bar.info = (
             f"{left}; trials {done(view)}/{self.trials} done, running {counts[RUNNING]}, "
-            f"diverged {counts[DIVERGED]}, failed {counts[FAILED]}{halving}",
-            refresh=False,
+            f"diverged {counts[DIVERGED]}, failed {counts[FAILED]}{halving}"
         )
         self.bar.refresh()
 
