@@ -44,12 +44,18 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--version", action="version", version=f"vaegrid {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
 
-    plan = sub.add_parser("plan", help="print the expanded grid with each trial's key")
+    plan = sub.add_parser(
+        "plan",
+        help="what a study will run: its fixed and searched settings, every trial with its "
+        "key, and the estimated time on the pool run would use",
+    )
     plan.add_argument("study", help="a study file, e.g. studies/seed.toml")
     plan.add_argument(
         "--data-dir",
         help="the data folder, for a plug-in data set (whose images' digest is in the keys)",
     )
+    plan.add_argument("--devices", default="auto", help="as run's (default: auto)")
+    plan.add_argument("--workers-per-device", type=int, default=None, metavar="K", help="as run's")
 
     run = sub.add_parser("run", help="sweep a study (resumes whatever is already done)")
     run.add_argument("study", help="a study file, e.g. studies/seed.toml")
@@ -95,7 +101,24 @@ def _parser() -> argparse.ArgumentParser:
         metavar="N",
         help=f"fail a trial whose worker process dies N times (default {MAX_WORKER_DEATHS})",
     )
-    run.add_argument("--no-progress", action="store_true", help="no live progress bar")
+    run.add_argument(
+        "--no-progress",
+        action="store_true",
+        help="a line per finished trial instead of the live bar (the default when the output "
+        "is no terminal)",
+    )
+    for command in (plan, run):
+        command.add_argument(
+            "--set",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            dest="overrides",
+            help="change a setting as if the study file said it (repeatable): --set "
+            "train.epochs=5, --set 'grid.lr=[1e-3, 1e-2]', --set name=seed-5ep. A changed "
+            "fixed setting is another study: resume it with the same --set, or give it its "
+            "own name",
+        )
 
     report = sub.add_parser("report", help="rank, test the winners, export CSV, figures, report.md")
     report.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/seed")
@@ -175,6 +198,11 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             code = 0  # said below, in one line
+        except BrokenPipeError:  # `vaegrid plan ... | head`: the reader has all it wanted
+            import os
+
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            return 0
         stopped = signals.received()  # raised, or swallowed on its way by a library
         if stopped is not None and code in (0, 1):
             print(
@@ -184,6 +212,58 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
             return stopped.exit_code
         return code
+
+
+def _settings_lines(study: Any, n_trials: int) -> str:
+    """plan's head: the study, its fixed settings (those that apply to some trial), the
+    searched ones with their values, repeats, halving and ranking."""
+    from vaegrid.spec.axes import AXIS, applies, format_value
+
+    first = {n: v[0] for n, v in study.settings}
+    fixed = [  # those that apply to some trial (no SGD momentum under Adam)
+        f"{n} {format_value(v[0])}" for n, v in study.settings
+        if n not in study.searched and (n in study.searched or applies(AXIS[n], first)
+                                        or any(a in study.searched for a in AXIS[n].applies or ()))
+    ]  # fmt: skip
+    searched = [
+        f"{n} [{', '.join(format_value(x) for x in study.values(n))}]" for n in study.searched
+    ]
+    configs = n_trials // max(1, study.repeats)
+    lines = [
+        f"study {study.name}: {n_trials} trials = {configs} configs x {study.repeats} "
+        f"repeat{'s' if study.repeats > 1 else ''}",
+        f"fixed: {', '.join(fixed)}",
+        f"searched: {', '.join(searched) or 'nothing (one config)'}",
+    ]
+    if study.halving is not None:
+        h = study.halving
+        lines.append(f"halving: rungs {list(h.rungs)}, keep {h.keep:g} by {h.metric}")
+    if study.nll_samples:
+        lines.append(f"rank: also by the validation NLL, k = {study.nll_samples}")
+    return "\n".join(lines)
+
+
+def _estimate(study: Any, trials: list[Any], args: argparse.Namespace) -> str:
+    """plan's last words: the time the sweep should take on the pool ``run`` would use, by
+    the cost model (counted work at its prior rate; the first measured epochs correct it)."""
+    from vaegrid.run.cost import PRIOR_MACS_PER_S, CostModel, duration, makespan
+    from vaegrid.run.pool import make_pool
+
+    pool = make_pool(args.devices, args.workers_per_device, trial_mb=study.training_mb)
+    cost = CostModel.of(study)
+    seconds = [cost.seconds(cost.work(t, 0, t.epochs)) for t in trials]
+    span = makespan([], seconds, len(pool.slot_list()))
+    bound = "at most " if study.halving is not None else ""
+    unless = "halving stops some early" if study.halving is not None else "none diverges"
+    gpu = any(d.startswith("cuda") for d in pool.devices)
+    rate = (
+        "a CPU thread's prior rate; a GPU is faster" if gpu
+        else f"{PRIOR_MACS_PER_S:.1e} multiply-adds/s a CPU slot, corrected once epochs run"
+    )  # fmt: skip
+    return (
+        f"estimated {bound}{duration(span)} if every trial runs all its epochs ({unless}) on "
+        f"{pool.found} with {len(pool.slot_list())} trials at once ({rate})"
+    )
 
 
 def _one_line(text: str) -> str:
@@ -197,13 +277,14 @@ def _dispatch(args: argparse.Namespace) -> int:
     from vaegrid.spec.study import expand
 
     if args.command == "plan":
-        study = load_study(args.study)
+        study = load_study(args.study, args.overrides)
         if study.images is None:  # a plug-in data set: its images' digest is in the keys
             from vaegrid.train.data import data_dir
             from vaegrid.train.probe import check_plugins
 
             study = check_plugins(study, data_dir(args.data_dir))
         trials = expand(study)
+        print(_settings_lines(study, len(trials)))
         names = [*study.searched, *(["repeat"] if study.repeats > 1 else [])]
         widths = [max(6, len(n)) for n in names]
 
@@ -219,7 +300,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 for n in names
             ]
             print(line(t.key, cells))
-        print(f"{len(trials)} trials")
+        print(f"{len(trials)} trials; {_estimate(study, trials, args)}")
         return 0
     if args.command == "run":
         from vaegrid.run.driver import run_study
@@ -227,7 +308,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         from vaegrid.train.data import data_dir
         from vaegrid.train.probe import check_plugins
 
-        study = load_study(args.study)
+        study = load_study(args.study, args.overrides)
         study = check_plugins(study, data_dir(args.data_dir))  # before anything is written
         if not 1 <= args.max_deaths <= 100:
             raise InputError(

@@ -17,7 +17,7 @@ import os
 import re
 import stat
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -78,6 +78,9 @@ MODEL_PARAMETERS_MAX = 50_000_000
 # A training step of any trial needs at most this much memory (study.training_mb's
 # estimate): IWAE's k samples of a batch multiply the decoder's activations.
 TRAINING_MB_MAX = 16_384
+# --set: at most this many items, each value at most this many characters.
+OVERRIDES_MAX = 100
+OVERRIDE_MAX_CHARS = 10_000
 # Longest value quoted in a message: a 1 MiB value would not be one readable line.
 SHOWN_MAX_CHARS = 200
 
@@ -132,11 +135,13 @@ def _study_problem(text: str) -> str | None:
     return None
 
 
-def load_study(path: str | Path) -> Study:
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
     """Read and validate a study file.
 
     Args:
         path: A TOML study file, UTF-8 (with or without a byte order mark), at most 1 MiB.
+        overrides: ``--set`` items, ``section.key=value`` or ``key=value`` (a TOML value,
+            or a bare word taken as a string), applied to the file's TOML as if it said them.
 
     Returns:
         The validated study.
@@ -162,7 +167,50 @@ def load_study(path: str | Path) -> Study:
             f"{path}: not valid TOML for a study: an integer has too many digits; "
             f"expected integers of at most {INT_BITS_MAX} bits"
         ) from None
-    return parse_study(raw, source=str(path), default_name=path.stem)
+    source = str(path)
+    if overrides:
+        apply_overrides(raw, overrides)
+        source += " with --set " + " --set ".join(overrides)
+    return parse_study(raw, source=source, default_name=path.stem)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Apply ``--set section.key=value`` items to a study's parsed TOML, in order.
+
+    Raises:
+        InputError: an item that is not ``[section.]key=value`` with a TOML value (or a bare
+            word), or that names a section the file holds as a value.
+    """
+    if len(overrides) > OVERRIDES_MAX:
+        raise InputError(f"--set: {len(overrides)} items; expected at most {OVERRIDES_MAX}")
+    for item in overrides:
+        shown = _show(item)
+        where, sep, text = item.partition("=")
+        parts = where.strip().split(".")
+        if not sep or len(parts) > 2 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p)
+                                                for p in parts):  # fmt: skip
+            raise InputError(
+                f"--set: {shown} is not allowed; expected section.key=value or key=value, "
+                "e.g. --set train.epochs=5 or --set 'grid.lr=[1e-3, 1e-2]'"
+            )
+        if len(text) > OVERRIDE_MAX_CHARS:
+            raise InputError(f"--set: {shown}: a value of at most {OVERRIDE_MAX_CHARS} characters")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", text.strip()):
+                raise InputError(
+                    f"--set: {shown}: the value is not TOML (a number, a quoted string, a list "
+                    "such as [1, 2]) nor a bare word"
+                ) from None
+            value = text.strip()  # a bare word: data.binarize=dynamic, train.model=mlp
+        table: dict[str, Any] = raw
+        if len(parts) == 2:
+            found = raw.setdefault(parts[0], {})
+            if not isinstance(found, dict):
+                raise InputError(f"--set: {shown}: {parts[0]} is a value, not a section")
+            table = found
+        table[parts[-1]] = value
 
 
 def _read_text(path: Path) -> str:

@@ -1,0 +1,62 @@
+"""The first hour's command line: plan says what a study will run and cost, ``--set``
+changes a setting as if the study file said it."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from vaegrid.cli import main
+
+
+def test_plan_says_the_fixed_and_searched_settings_and_the_estimated_time(
+    write_study: Callable[..., Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    study = write_study()
+    assert main(["plan", str(study), "--devices", "cpu", "--workers-per-device", "2"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert out[0] == "study tiny: 4 trials = 4 configs x 1 repeat"
+    assert out[1].startswith("fixed: epochs 2, batch_size 50, optimizer adam, weight_decay 0")
+    assert "momentum" not in out[1]  # SGD's, and the study trains with Adam
+    assert out[2] == "searched: hidden [32], latent [4, 8], lr [0.01], clip [1, 0.5]"
+    assert re.fullmatch(r"4 trials; estimated \d+ s if every trial runs all its epochs \(none "
+                        r"diverges\) on cpu.* with 2 trials at once \(.*\)", out[-1])  # fmt: skip
+
+
+def test_set_changes_a_setting_as_the_file_would_and_resuming_without_it_is_refused(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    study = write_study(epochs=1)
+    argv = ["plan", str(study), "--devices", "cpu"]
+    assert main([*argv, "--set", "train.epochs=3", "--set", "grid.latent=[2, 4, 8]"]) == 0
+    out = capsys.readouterr().out
+    assert "epochs 3," in out and "latent [2, 4, 8]" in out and "6 trials;" in out
+    assert main([*argv, "--set", "data.binarize=dynamic"]) == 0  # a bare word: a string
+    assert "searched:" in capsys.readouterr().out
+    bad = {
+        "train.epochs": "expected section.key=value or key=value",
+        "a.b.c=1": "expected section.key=value or key=value",
+        "train.epochs=[1,": "the value is not TOML",
+        "seed.x=1": "seed is a value, not a section",
+        "train.epochs=0": "with --set train.epochs=0: train.epochs = 0 is not allowed",
+        "train.colour=1": "train.colour",
+    }
+    for item, message in bad.items():
+        assert main([*argv, "--set", item]) == 2, item
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and message in err, (item, err)
+    run = ["run", str(study), "--results", str(tmp_path / "r"), "--data-dir", str(mnist_root),
+           "--devices", "cpu", "--no-progress"]  # fmt: skip
+    assert main([*run, "--set", "train.epochs=2"]) == 0
+    capsys.readouterr()
+    assert main(run) == 2  # the file alone says epochs 1: another study, refused in one line
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "train.epochs: stored 2, study file 1" in err
+    assert main([*run, "--set", "train.epochs=2"]) == 0  # the same --set resumes it
+    assert "tiny: nothing to do: 4/4 done" in capsys.readouterr().out
