@@ -60,3 +60,20 @@ def test_set_changes_a_setting_as_the_file_would_and_resuming_without_it_is_refu
     assert err.count("\n") == 1 and "train.epochs: stored 2, study file 1" in err
     assert main([*run, "--set", "train.epochs=2"]) == 0  # the same --set resumes it
     assert "tiny: nothing to do: 4/4 done" in capsys.readouterr().out
+
+
+def test_the_wheel_declares_every_file_of_the_package_that_is_not_python() -> None:
+    import tomllib
+
+    root = Path(__file__).parent.parent
+    declared = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"][
+        "package-data"
+    ]
+    data = {
+        p.relative_to(root).as_posix()
+        for p in (root / "vaegrid").rglob("*")
+        if p.is_file() and p.suffix not in (".py", ".pyc") and "__pycache__" not in p.parts
+    }
+    shipped = {f"{pkg.replace('.', '/')}/{name}" for pkg, names in declared.items()
+               for name in names}  # fmt: skip
+    assert data and data <= shipped, data - shipped  # driver.sbatch: users run it

@@ -1,0 +1,324 @@
+"""A study's tables, from its database rows: per trial, per config over its repeats, the
+winners, the paired comparisons of the winner with the next configs, what mattered.
+
+Pure pandas over frames the caller read (``report`` writes them, ``vaegrid.load`` returns
+them): nothing here touches a file or a database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import pandas as pd
+
+from vaegrid.analysis import stats
+from vaegrid.spec.axes import AXIS, applies
+from vaegrid.spec.study import TrialConfig
+from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
+
+# Ranking criteria: column of ranking.csv -> what it ranks by (lower is better).
+CRITERIA = {"val_elbo": "validation elbo", "val_recon": "validation reconstruction"}
+# A study with [rank] nll_samples ranks by the importance-sampled validation NLL too (the
+# ELBO ranks models trained on another bound, IWAE's, unfairly).
+NLL_CRITERION = {"val_nll": "validation NLL"}
+
+
+def criteria(frame: pd.DataFrame) -> dict[str, str]:
+    """The criteria ``frame`` (a :func:`rank` or :func:`by_config` table) is ranked by."""
+    return {**CRITERIA, **(NLL_CRITERION if "val_nll" in frame.columns else {})}
+
+
+def ranked_by(frame: pd.DataFrame) -> str:
+    """The metric that ranks the study: ``val_nll`` in a study with ``[rank] nll_samples``
+    (fair to models trained on other bounds), else ``val_elbo``. The importances, the
+    heatmap and the parallel plot show it."""
+    return "val_nll" if "val_nll" in frame.columns else "val_elbo"
+
+
+METRICS = ("elbo", "recon", "kl")
+SPLIT_METRICS = [f"{s}_{m}" for s in ("train", "val") for m in METRICS]
+# Summarised over repeats in the per-config ranking: mean, std and 95% interval of each.
+SUMMARISED = [*SPLIT_METRICS, "best_val_elbo"]
+# A config that did not complete every repeat takes the first of these its repeats hold.
+_STATUS_ORDER = (DIVERGED, FAILED, STOPPED)
+
+
+def with_axes(trials: pd.DataFrame, configs: Mapping[str, TrialConfig]) -> pd.DataFrame:
+    """``vg_trial`` rows with a column per axis, the repeat and the config (its repeat-0
+    key) read from each trial's validated config, in place of the stored JSON."""
+    extra = pd.DataFrame(
+        [{"key": k, "config": c.config_id, "repeat": c.repeat, **c.axis_values()}
+         for k, c in configs.items()],
+        columns=["key", "config", "repeat", *AXIS],
+    )  # fmt: skip
+    stored = [c for c in ("config", *AXIS) if c in trials.columns]
+    return trials.drop(columns=stored).merge(extra, on="key", how="left")
+
+
+def rank(
+    trials: pd.DataFrame,
+    epochs: pd.DataFrame,
+    names: Sequence[str],
+    stops: pd.DataFrame | None = None,
+    nll: pd.DataFrame | None = None,
+) -> pd.DataFrame:
+    """One row per trial: config, status, final and best metrics, ranks.
+
+    Ranks follow scikit-learn's rule (``rankdata(method="min")``: ties share the lowest
+    rank). Completed trials rank first; then trials a halving rung stopped, by their last
+    validation metrics (those of the epoch they stopped at), which they keep; then every
+    other trial (diverged, failed, unfinished), last, together, with empty metrics.
+
+    Args:
+        trials: :func:`with_axes` of ``vg_trial``.
+        epochs: ``vg_epoch``.
+        names: The searched axes: the columns shown.
+        stops: ``vg_stop`` of a halving study: adds the column ``rung``, where each stopped
+            trial was stopped. None (a study without halving): no such column.
+        nll: ``vg_nll`` of a study with ``[rank] nll_samples``: adds ``val_nll`` (at the
+            trial's last finished epoch) and ``rank_val_nll``. None: no such columns.
+    """
+    done = (trials["status"] == COMPLETED).to_numpy()
+    stopped = (trials["status"] == STOPPED).to_numpy()
+    last = epochs.sort_values("epoch").groupby(["key", "split"]).tail(1)
+    finals = last.pivot(index="key", columns="split", values=list(METRICS))
+    finals.columns = [f"{col[1]}_{col[0]}" for col in finals.columns]  # ("elbo", "val") -> val_elbo
+    finals = finals.reindex(columns=SPLIT_METRICS)
+    val = epochs[epochs["split"] == "val"]
+    best = val.loc[val.groupby("key")["elbo"].idxmin(), ["key", "elbo", "epoch"]]
+    best = best.set_index("key").rename(columns={"elbo": "best_val_elbo", "epoch": "best_epoch"})
+    head = ["key", "config", "repeat", *names]
+    out = trials[[*head, "status", "epochs_done", "seconds", "cause"]].join(finals, on="key")
+    out = out.join(best, on="key")
+    metric_cols = [*SPLIT_METRICS, "best_val_elbo", "best_epoch"]
+    if nll is not None:  # the NLL at the epoch the trial's metrics are from
+        rows = zip(nll["key"], nll["epoch"], nll["nll"], strict=True)
+        at = {(k, int(e)): float(v) for k, e, v in rows}
+        done_at = zip(out["key"], out["epochs_done"], strict=True)
+        out["val_nll"] = [at.get((k, int(e)), math.nan) for k, e in done_at]
+        metric_cols.append("val_nll")
+    out.loc[~(done | stopped), metric_cols] = math.nan
+    _rank_columns(out)
+    out["best_epoch"] = out["best_epoch"].astype("Int64")
+    nll_cols = ["val_nll"] if nll is not None else []
+    order = [*head, "status", *SPLIT_METRICS, *nll_cols, "best_val_elbo", "best_epoch"]
+    order += ["seconds", *(f"rank_{c}" for c in criteria(out)), "epochs_done", "cause"]
+    if stops is not None:
+        out["rung"] = out["key"].map(stops.set_index("key")["rung"]).astype("Int64")
+        order.append("rung")
+    return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
+
+
+def _rank_columns(out: pd.DataFrame) -> None:
+    """Add ``rank_<criterion>``: completed rows first, then stopped ones, then the rest."""
+    done = out["status"] == COMPLETED
+    stopped = out["status"] == STOPPED
+    n_done, n_stopped = int(done.sum()), int(stopped.sum())
+    for column in criteria(out):
+        ranks = out.loc[done, column].rank(method="min")
+        after = out.loc[stopped, column].rank(method="min") + n_done
+        ranks = pd.concat([ranks, after]).reindex(out.index)
+        out["rank_" + column] = ranks.fillna(n_done + n_stopped + 1).astype(int)
+
+
+def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
+    """One row per config, over its repeats: the mean of each metric (ranks use it), its
+    standard deviation and 95% interval, ``n_repeats`` (repeats with metrics) and
+    ``repeats`` (trials of the config).
+
+    A config is ``completed`` when all its repeats are; otherwise it takes the first of
+    diverged, failed, stopped among its repeats, else the status of its first repeat that
+    has not finished (pending, running, ...): it ranks after every completed config. Its
+    ``key`` is the config's: the key of its repeat 0.
+
+    Args:
+        trials: :func:`rank`'s per-trial table.
+        names: The searched axes.
+    """
+    rows = []
+    for config, group in trials.sort_values("repeat").groupby("config", sort=False):
+        statuses = list(group["status"])
+        if all(s == COMPLETED for s in statuses):
+            status = COMPLETED
+        else:  # the first repeat that ended badly, else the first that has not finished
+            unfinished = [s for s in statuses if s != COMPLETED]
+            status = next((s for s in _STATUS_ORDER if s in statuses), unfinished[0])
+        row: dict[str, object] = {"key": config}
+        row.update({n: group[n].iloc[0] for n in names})
+        row.update(status=status, repeats=len(group))
+        row["n_repeats"] = int(group["val_elbo"].notna().sum())
+        for column in [*SUMMARISED, *(["val_nll"] if "val_nll" in group.columns else [])]:
+            s = stats.summarize(group[column].dropna().tolist())
+            row[column] = s.mean
+            row[f"{column}_std"], row[f"{column}_ci_low"] = s.std, s.ci_low
+            row[f"{column}_ci_high"] = s.ci_high
+        best_epochs = group["best_epoch"].dropna().astype(float)
+        row["best_epoch"] = float(best_epochs.median()) if len(best_epochs) else math.nan
+        row["seconds"] = float(group["seconds"].sum())
+        row["epochs_done"] = int(group["epochs_done"].min())
+        causes = group["cause"].dropna()
+        row["cause"] = causes.iloc[0] if len(causes) else None
+        if "rung" in group.columns:
+            row["rung"] = group["rung"].dropna().min() if group["rung"].notna().any() else None
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    _rank_columns(out)
+    out["best_epoch"] = out["best_epoch"].round().astype("Int64")
+    if "rung" in out.columns:
+        out["rung"] = out["rung"].astype("Int64")
+    nll_cols = ["val_nll"] if "val_nll" in out.columns else []
+    spread = [f"{c}_{s}" for c in [*SUMMARISED, *nll_cols] for s in ("std", "ci_low", "ci_high")]
+    order = ["key", *names, "status", "n_repeats", "repeats", *SPLIT_METRICS, *nll_cols]
+    order += ["best_val_elbo", "best_epoch", "seconds", *(f"rank_{c}" for c in criteria(out))]
+    order += ["epochs_done", "cause"]
+    order += [*(["rung"] if "rung" in out.columns else []), *spread]
+    return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
+
+
+def pick_winners(ranking: pd.DataFrame, top: int, names: Sequence[str]) -> pd.DataFrame:
+    """The top ``top`` completed configs of each criterion (ties broken by key)."""
+    rows = []
+    for column in criteria(ranking):
+        best = (
+            ranking[ranking["status"] == COMPLETED].sort_values(["rank_" + column, "key"]).head(top)
+        )
+        rows.append(best.assign(criterion=column, rank=best["rank_" + column]))
+    cols = ["criterion", "rank", "key", *names, "n_repeats", "val_elbo", "val_recon", "val_kl"]
+    cols += ["val_nll"] if "val_nll" in ranking.columns else []
+    return pd.concat(rows)[cols].reset_index(drop=True)
+
+
+def test_table(
+    winners: pd.DataFrame, trials: pd.DataFrame, tests: pd.DataFrame, k: int
+) -> pd.DataFrame:
+    """Each winner on the test split: the mean, std and 95% interval over its tested repeats.
+
+    ``test_nll`` is the NLL at ``k`` samples (``nll_samples``); every other k stored for a
+    winner's trials adds ``test_nll_k<k>`` (and its std) beside it, NaN where not computed.
+
+    Args:
+        winners: :func:`pick_winners`.
+        trials: :func:`rank`'s per-trial table (which trial is which config's repeat).
+        tests: ``vg_test``: a row per tested trial and k.
+        k: The importance samples of the NLL the table stands on.
+    """
+    at_k = tests[tests["nll_samples"] == k].set_index("key")
+    rows = []
+    for winner in winners.to_dict("records"):
+        keys = trials.loc[trials["config"] == winner["key"], "key"]
+        found = at_k.reindex(keys).dropna(subset=["nll"])
+        row = dict(winner)
+        row["n_tested"] = len(found)
+        for metric in ("elbo", "recon", "kl", "nll"):
+            s = stats.summarize(found[metric].tolist())
+            row[f"test_{metric}"], row[f"test_{metric}_std"] = s.mean, s.std
+            row[f"test_{metric}_ci_low"], row[f"test_{metric}_ci_high"] = s.ci_low, s.ci_high
+        row["nll_samples"] = k
+        rows.append(row)
+    out = pd.DataFrame(rows)
+    mine = tests[tests["key"].isin(trials.loc[trials["config"].isin(winners["key"]), "key"])]
+    for other in sorted(set(mine["nll_samples"].astype(int)) - {k}):
+        at = mine[mine["nll_samples"] == other].set_index("key")["nll"]
+        means, stds = [], []
+        for config in out["key"]:
+            s = stats.summarize(at.reindex(trials.loc[trials["config"] == config, "key"])
+                                .dropna().tolist())  # fmt: skip
+            means.append(s.mean)
+            stds.append(s.std)
+        out[f"test_nll_k{other}"], out[f"test_nll_k{other}_std"] = means, stds
+    return out
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """The winner against another config, paired by repeat."""
+
+    criterion: str
+    winner: str  # config keys
+    other: str
+    result: stats.Paired  # of other - winner: positive when the winner is better
+
+
+def comparisons(
+    ranking: pd.DataFrame, trials: pd.DataFrame, criterion: str, n_next: int = 4
+) -> list[Comparison]:
+    """The best completed config by ``criterion`` against each of the next ``n_next``:
+    the paired difference of their repeats (repeat r of both drew the same seeds)."""
+    done = ranking[ranking["status"] == COMPLETED].sort_values(["rank_" + criterion, "key"])
+    if len(done) < 2:
+        return []
+    values = trials[trials["status"] == COMPLETED].pivot(
+        index="repeat", columns="config", values=criterion
+    )
+    first = str(done["key"].iloc[0])
+    out = []
+    for other in done["key"].iloc[1 : 1 + n_next]:
+        both = values[[first, other]].dropna()
+        result = stats.paired(both[first].tolist(), both[other].tolist())
+        out.append(Comparison(criterion, first, str(other), result))
+    return out
+
+
+def applicable(ranking: pd.DataFrame, name: str) -> pd.Series:
+    """The rows the setting ``name`` means something for (``Axis.applies``: depth for mlp
+    configs only); the others hold its neutral value."""
+    rows: list[dict[str, Any]] = ranking.to_dict("records")  # type: ignore[assignment]
+    mask: list[bool] = [applies(AXIS[name], r) for r in rows]
+    return pd.Series(mask, index=ranking.index, dtype=bool)
+
+
+def varying(ranking: pd.DataFrame, names: Sequence[str], everywhere: bool = True) -> list[str]:
+    """The searched axes that take more than one value among the configs they apply to;
+    with ``everywhere``, only those that apply to every config (fANOVA, the heatmap and the
+    parallel coordinates compare configs by all their axes: a neutral value is no value)."""
+    out = []
+    for n in names:
+        mask = applicable(ranking, n)
+        if everywhere and not mask.all():
+            continue
+        if ranking.loc[mask, n].nunique() > 1:
+            out.append(n)
+    return out
+
+
+def importances(
+    ranking: pd.DataFrame, names: Sequence[str], metric: str = "val_elbo"
+) -> dict[str, float] | str:
+    """Each varying axis's share of the variance of ``metric`` over the completed configs
+    (Optuna's fANOVA evaluator, seeded), or why it cannot be computed.
+
+    The space is the grid's: each axis from its least to its greatest value (log scale
+    where it has one), not its whole allowed range. fANOVA integrates over the space it is
+    given, and the allowed ranges (hidden 1 to 16,384, lr 1e-12 to 1e6) would make it judge
+    mostly where no config ran: a toy grid where only lr mattered gave hidden 0.69.
+    """
+    import optuna
+    from optuna.importance import FanovaImportanceEvaluator, get_param_importances
+
+    done = ranking[ranking["status"] == COMPLETED]
+    axes = varying(done, names)
+    if len(done) < 3 or not axes:
+        return f"{len(done)} completed configs varying {len(axes)} axes: too few to tell"
+    if done[metric].nunique() == 1:  # fANOVA divides by the total variance
+        return f"every completed config has the same {metric}: nothing mattered"
+    space = {n: AXIS[n].distribution([_native(v) for v in done[n].unique()]) for n in axes}
+    study = optuna.create_study(direction="minimize")
+    for row in done.to_dict("records"):
+        study.add_trial(
+            optuna.trial.create_trial(
+                params={n: _native(row[n]) for n in axes},
+                distributions=space,
+                value=float(row[metric]),
+            )
+        )
+    found = get_param_importances(study, evaluator=FanovaImportanceEvaluator(seed=0), params=axes)
+    return {n: float(found.get(n, 0.0)) for n in axes}
+
+
+def _native(value: object) -> object:
+    """A pandas/numpy scalar as the Python value Optuna's distributions check."""
+    item = getattr(value, "item", None)
+    return item() if callable(item) else value

@@ -1,0 +1,56 @@
+"""Who may run what, on a server database: the driver's heartbeat and the workers' leases.
+
+On SQLite the kernel's flocks do this (run/driver.py, run/worker.py); on a server the
+database does: the live driver writes a heartbeat every few seconds that cluster workers
+watch, and a worker holds a lease on the trial it runs, renewed while it lives, taken over
+once it lapses. The driver's own exclusion is PostgreSQL's advisory lock (engine.py).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import delete, or_, update
+from sqlalchemy.engine import CursorResult
+
+from vaegrid.db.engine import insert_if_absent
+from vaegrid.db.schema import ClaimRow, DriverRow
+from vaegrid.db.session import StoreBase
+
+
+class CoordinationMixin(StoreBase):
+    def driver_beat(self, study: str, token: str, pid: int, host: str) -> None:
+        """The driver is alive (written every few seconds while a sweep runs)."""
+        with self.session() as s:
+            row = s.get(DriverRow, study)
+            if row is None:
+                s.add(DriverRow(study=study, token=token, pid=pid, host=host, beat=time.time()))
+            else:
+                row.token, row.pid, row.host, row.beat = token, pid, host, time.time()
+
+    def driver_gone(self, study: str, token: str) -> None:
+        """The driver ended: its heartbeat row says so at once (no timeout to wait out)."""
+        with self.session() as s:
+            s.execute(
+                update(DriverRow)
+                .where(DriverRow.study == study, DriverRow.token == token)
+                .values(beat=0.0)
+            )
+
+    def claim(self, key: str, owner: str, ttl: float) -> bool:
+        """Take (or renew) the lease on ``key`` for ``ttl`` seconds; False if another
+        worker holds a lease that has not expired."""
+        now = time.time()
+        with self.session() as s:
+            insert_if_absent(s, ClaimRow, [{"key": key, "owner": owner, "expires": now + ttl}])
+            taken: CursorResult[Any] = s.execute(  # type: ignore[assignment]
+                update(ClaimRow)
+                .where(ClaimRow.key == key, or_(ClaimRow.owner == owner, ClaimRow.expires < now))
+                .values(owner=owner, expires=now + ttl)
+            )
+            return bool(taken.rowcount == 1)
+
+    def release(self, key: str, owner: str) -> None:
+        with self.session() as s:
+            s.execute(delete(ClaimRow).where(ClaimRow.key == key, ClaimRow.owner == owner))

@@ -1,0 +1,261 @@
+"""Reading a study database: every row checked on its way in, as vaegrid could have written it.
+
+A study database is outside input like any other (it may be edited, or made by another
+tool). What leaves this module is checked once here: a key of vaegrid's form, a config
+that hashes to its key and is one a study file could make, a status of vaegrid's.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import inspect, select
+
+from vaegrid.db.checks import check
+from vaegrid.db.schema import (
+    Base,
+    DriverRow,
+    ProvenanceRow,
+    RunRow,
+    StopRow,
+    StudyRow,
+    TrialDeviceRow,
+    TrialRow,
+)
+from vaegrid.db.session import StoreBase
+from vaegrid.errors import InputError
+from vaegrid.spec.axes import SAMPLES_MAX
+from vaegrid.spec.load import config_problem
+from vaegrid.spec.study import TrialConfig
+from vaegrid.status import Status, parse
+
+if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
+    import pandas as pd
+
+CHECKED = (
+    "vg_trial",
+    "vg_epoch",
+    "vg_test",
+    "vg_nll",
+    "vg_stop",
+    "vg_run",
+)  # tables read through db/checks.py
+KEY_PATTERN = re.compile(r"[0-9a-f]{12}")  # TrialConfig.key: anything else is not ours
+
+
+@dataclass(frozen=True)
+class TrialInfo:
+    """A trial's row, as the driver and the report read it."""
+
+    key: str
+    config: TrialConfig
+    status: Status
+    epochs_done: int
+    seconds: float = 0.0  # training time of its epochs, all runs
+
+
+class ReaderMixin(StoreBase):
+    """Queries: what the driver, ``status``, the report and the API read."""
+
+    def trials(self) -> list[TrialInfo]:
+        """Every trial in the database, each checked: a key of ours, a config that hashes to
+        it, a status of ours.
+
+        Raises:
+            InputError: a row was edited by hand (or by anything but vaegrid).
+        """
+        if self._snapshot is not None and "trials" in self._memo:  # one moment, checked once
+            return list(self._memo["trials"])
+        with self.session() as s:
+            rows = s.scalars(select(TrialRow)).all()
+            found = [
+                TrialInfo(
+                    r.key,
+                    _config(self.path, r.key, r.config),
+                    parse(r.status, f"{self.path}: trial {r.key}"),
+                    r.epochs_done,
+                    r.seconds,
+                )
+                for r in rows
+            ]
+        if self._snapshot is not None:
+            self._memo["trials"] = found
+        return found
+
+    def status_of(self, key: str) -> Status:
+        with self.session() as s:
+            row = s.get(TrialRow, key)
+            assert row is not None
+            return parse(row.status, f"{self.path}: trial {key}")
+
+    def trial_progress(self, key: str) -> tuple[int, float]:
+        """A trial's finished epochs and their training seconds (all runs)."""
+        with self.session() as s:
+            row = s.get(TrialRow, key)
+            assert row is not None
+            return row.epochs_done, row.seconds
+
+    def trial_devices(self) -> dict[str, str]:
+        """The device kind each started trial is bound to (see :class:`TrialDeviceRow`)."""
+        with self.session() as s:
+            return {r.key: r.device_kind for r in s.scalars(select(TrialDeviceRow))}
+
+    def stopped_rungs(self) -> dict[str, int]:
+        """The rung each stopped trial was stopped at."""
+        with self.session() as s:
+            return {r.key: r.rung for r in s.scalars(select(StopRow))}
+
+    def rung_values(
+        self, metric: str, epochs: Sequence[int]
+    ) -> tuple[dict[str, tuple[Status, int, str | None]], dict[str, dict[int, float]]]:
+        """What the halving rule reads: every trial's (status, epochs_done, cause), and its
+        validation ``metric`` ("val_elbo", "val_recon" or "val_nll") at each of ``epochs``,
+        every row checked (a forged value must not decide a rung)."""
+        column = {"val_elbo": "elbo", "val_recon": "recon", "val_nll": "nll"}[metric]
+        with self.snapshot():  # the epochs and the progress of one moment
+            trial_rows = self.frame("vg_trial")
+            epoch_rows = self.frame("vg_nll" if metric == "val_nll" else "vg_epoch")
+        rows = {
+            r["key"]: (Status(r["status"]), int(r["epochs_done"]), r["cause"])
+            for r in trial_rows.to_dict("records")
+        }
+        values: dict[str, dict[int, float]] = defaultdict(dict)
+        at = epoch_rows[epoch_rows["epoch"].isin(list(epochs))]
+        if metric != "val_nll":
+            at = at[at["split"] == "val"]
+        for r in at.to_dict("records"):
+            values[r["key"]][int(r["epoch"])] = float(r[column])
+        return rows, dict(values)
+
+    def live_driver(self, timeout: float) -> DriverRow | None:
+        """The driver whose heartbeat is younger than ``timeout`` seconds, if any."""
+        import time
+
+        with self.session() as s:
+            row = s.scalars(select(DriverRow)).first()
+            if row is None or time.time() - row.beat > timeout:
+                return None
+            s.expunge(row)
+            return row
+
+    def runs(self) -> list[dict[str, Any]]:
+        """Every run, oldest first, with its provenance (device_kind, host, versions)."""
+        with self.snapshot(), self.session() as s:
+            self.frame("vg_run")  # every row checked
+            old = not inspect(s.connection()).has_table(ProvenanceRow.__tablename__)
+            prov = {} if old else {p.run_id: p for p in s.scalars(select(ProvenanceRow))}
+            out = []
+            for r in s.scalars(select(RunRow).order_by(RunRow.id)):
+                row = {c.name: getattr(r, c.name) for c in RunRow.__table__.columns}
+                p = prov.get(r.id)
+                row["device_kind"] = p.device_kind if p else None
+                row["host"] = p.host if p else None
+                row["versions"] = json_or_none(p.versions) if p else None
+                row["peak_device_mb"] = p.peak_device_mb if p else None
+                out.append(row)
+            return out
+
+    def frame(self, table: str) -> pd.DataFrame:
+        """A whole vaegrid table (``vg_trial``, ``vg_epoch``, ``vg_run``, ``vg_test``), with
+        the columns of this vaegrid's schema (a reader of an older database migrates nothing).
+        """
+        import pandas as pd
+
+        if table not in Base.metadata.tables:
+            raise KeyError(table)
+        columns = Base.metadata.tables[table].columns
+        with self.snapshot() as con:  # the table and the trials it is checked against
+            if not self.engine.dialect.has_table(con, table):  # a table older versions lack
+                return pd.DataFrame(columns=[c.name for c in columns])
+            frame = pd.read_sql_query(select(*columns), con)
+            if table in CHECKED:
+                trials = self.trials()
+                configs = {t.key: t.config for t in trials}
+                statuses = {t.key: t.status for t in trials}
+                done = {t.key: t.epochs_done for t in trials}
+                if table != "vg_trial" and "vg_trial" not in self._memo:  # once a snapshot
+                    raw = pd.read_sql_query(select(*TrialRow.__table__.columns), con)
+                    check(self.path, "vg_trial", raw, configs, statuses, done)
+                check(self.path, table, frame, configs, statuses, done)
+                self._memo[table] = True  # checked in this snapshot
+        return frame
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The stored study's fixed settings (its ``[halving]`` among them, if any)."""
+        with self.session() as s:
+            text = s.scalars(select(StudyRow.fingerprint)).first()
+            if text is None:
+                raise InputError(f"{self.path}: holds no vaegrid study")
+            found = json_or_none(text)
+            if not isinstance(found, dict) or not isinstance(found.get("train", {}), dict):
+                raise InputError(
+                    f"{self.path}: the stored study's fingerprint is not vaegrid's (edited?)"
+                )
+            rank = found.get("rank", {})
+            k = rank.get("nll_samples", 0) if isinstance(rank, dict) else None
+            if type(k) is not int or not 0 <= k <= SAMPLES_MAX:
+                raise InputError(
+                    f"{self.path}: the stored study's rank.nll_samples = {str(k)[:40]!r} is not "
+                    f"an integer from 0 to {SAMPLES_MAX} (edited?)"
+                )
+            return found
+
+    def study_row(self) -> tuple[str, int]:
+        """The stored study's name, and the slots of its last run.
+
+        Like every query here, it names its columns: a reader also reads databases of
+        older schema versions, which it never migrates.
+        """
+        with self.session() as s:
+            row = s.execute(select(StudyRow.name, StudyRow.slots)).first()
+            if row is None:
+                raise InputError(f"{self.path}: holds no vaegrid study")
+            return row[0], row[1]
+
+    def created_schema(self) -> int:
+        """The schema version this database was made at (version 1's final weights carry no
+        identity: report.py accepts them only from such a study)."""
+        from vaegrid.db.schema import created_schema
+
+        with self.snapshot() as con:
+            return created_schema(con)
+
+    def study_description(self) -> str | None:
+        """The study file's ``description`` (None: it has none), for report.md."""
+        with self.session() as s:
+            columns = {c["name"] for c in inspect(s.connection()).get_columns("vg_study")}
+            if "description" not in columns:  # schema version 1
+                return None
+            found = s.scalars(select(StudyRow.description)).first()
+        if found is not None and not isinstance(found, str):
+            raise InputError(f"{self.path}: the stored study's description is not text (edited?)")
+        return found or None
+
+
+def _config(path: str, key: str, text: str) -> TrialConfig:
+    """A stored trial's config, refused unless it is well-formed and hashes to its key."""
+    if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
+        raise InputError(f"{path}: vg_trial holds a key {key!r} that vaegrid never makes")
+    try:
+        cfg = TrialConfig.from_json(text)
+        ok = cfg.key == key
+    except Exception as e:  # anything a hand-edited JSON can raise
+        raise InputError(f"{path}: trial {key}: stored config is not valid ({e})") from None
+    if not ok:
+        raise InputError(f"{path}: trial {key}: stored config does not hash to its key (edited?)")
+    problem = config_problem(cfg)
+    if problem is not None:
+        raise InputError(f"{path}: trial {key}: stored config is not valid ({problem})")
+    return cfg
+
+
+def json_or_none(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except ValueError:
+        return None

@@ -1,0 +1,269 @@
+"""A trial's life in the database: its moves, its runs, its epochs, its test result.
+
+:func:`move` is the only code in vaegrid that changes a trial's status (a new trial's row
+is inserted pending by sync.py), and it refuses any move that ``status.TRANSITIONS`` does
+not hold. Each method writes vaegrid's tables in one transaction; those that end a trial
+then finish its Optuna trial (ledger.py), after the vg_* write that is the truth
+(``start_trial`` reads the row, may create an Optuna trial, then moves the row).
+"""
+
+from __future__ import annotations
+
+import json
+import resource
+import time
+from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vaegrid.db.engine import insert_if_absent
+from vaegrid.db.ledger import LedgerMixin
+from vaegrid.db.schema import (
+    EpochRow,
+    NllRow,
+    ProvenanceRow,
+    RunRow,
+    StopRow,
+    TestRow,
+    TrialDeviceRow,
+    TrialRow,
+)
+from vaegrid.spec.study import Study, TrialConfig
+from vaegrid.status import (
+    FAILED,
+    FINAL,
+    INTERRUPTED,
+    PAUSED,
+    RUNNING,
+    STOPPED,
+    TRANSITIONS,
+    Status,
+    check_transition,
+)
+
+if TYPE_CHECKING:  # the driver imports this module and never loads torch
+    from vaegrid.train.trial import EpochRecord, TrialResult
+
+
+def move(
+    row: TrialRow,
+    new: Status,
+    cause: str | None = None,
+    diverged_epoch: int | None = None,
+) -> None:
+    """Set a trial's status, its cause and diverged epoch with it: the only writer.
+
+    Raises:
+        IllegalTransition: ``row``'s status cannot become ``new``.
+    """
+    check_transition(row.key, Status(row.status), new)
+    row.status, row.cause, row.diverged_epoch = new.value, cause, diverged_epoch
+
+
+def close_runs(s: Session, key: str, status: Status, error: str | None = None) -> None:
+    """End the runs of ``key`` still open (their worker died, or the driver ended them)."""
+    for run in s.scalars(select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)):
+        run.status, run.ended, run.error = status.value, time.time(), error
+
+
+class TrialsMixin(LedgerMixin):
+    # -- the driver's side ---------------------------------------------------------------
+
+    def start_trial(self, study: Study, cfg: TrialConfig) -> int:
+        """Mark a trial running and return its Optuna trial id."""
+        with self.session() as s:
+            row = self._row(s, cfg.key)
+            trial_id = row.optuna_trial_id
+        trial_id = self.optuna_trial_for(study, cfg, trial_id)
+        with self.session() as s:
+            row = self._row(s, cfg.key)
+            move(row, RUNNING)
+            row.optuna_trial_id = trial_id
+        return trial_id
+
+    def fail(self, key: str, error: str) -> None:
+        """The driver's record of a running trial whose worker could not record its own end
+        (a trial whose end was committed keeps it)."""
+        cause = _cause(error)
+        with self.session() as s:
+            row = self._row(s, key)
+            if row.status != RUNNING:
+                return
+            move(row, FAILED, cause)
+            close_runs(s, key, FAILED, error)
+        self.finish_optuna(key, FAILED, cause)
+
+    def mark(self, keys: Sequence[str], status: Status, cause: str | None = None) -> None:
+        """Running trials become ``status`` (interrupted, or failed after too many worker
+        deaths), and their open runs close; trials that are not running are left alone."""
+        changed = []
+        with self.session() as s:
+            for key in keys:
+                row = s.get(TrialRow, key)
+                if row is not None and row.status == RUNNING:
+                    move(row, status, cause)
+                    changed.append(key)
+                close_runs(s, key, status, cause)
+        if status in FINAL:
+            for key in changed:
+                self.finish_optuna(key, status, cause)
+
+    def give_up(self, key: str, cause: str) -> Status:
+        """A trial whose worker died too often fails (running, or interrupted by a worker
+        that recorded its stop and then died); returns its status now."""
+        with self.session() as s:
+            row = self._row(s, key)
+            if FAILED in _moves(row):
+                move(row, FAILED, cause)
+                close_runs(s, key, FAILED, cause)
+            status = Status(row.status)
+        if status == FAILED:
+            self.finish_optuna(key, FAILED, cause)
+        return status
+
+    def interrupt_running(self) -> None:
+        """What a dead driver left running is interrupted (the next driver, at its start)."""
+        with self.session() as s:
+            for row in s.scalars(select(TrialRow).where(TrialRow.status == RUNNING)):
+                move(row, INTERRUPTED)
+            for run in s.scalars(select(RunRow).where(RunRow.status == RUNNING)):
+                run.status = INTERRUPTED.value
+
+    def stop(self, rungs: Mapping[str, int], causes: Mapping[str, str]) -> None:
+        """Stop waiting trials at the rung that dropped them (halving), then prune their
+        Optuna trials. A trial that is running or has ended otherwise is left as it is."""
+        changed = []
+        with self.session() as s:
+            for key, rung in rungs.items():
+                row = s.get(TrialRow, key)
+                if row is None or STOPPED not in _moves(row):
+                    continue
+                move(row, STOPPED, causes.get(key))
+                s.merge(StopRow(key=key, rung=rung))
+                changed.append(key)
+        for key in changed:
+            self.finish_optuna(key, STOPPED, causes.get(key))
+
+    def reopen(self, keys: Sequence[str]) -> None:
+        """Stopped trials go on (a grown grid re-decided their rung): paused at their last
+        epoch, checkpoint kept. Their pruned Optuna trial stays; start_trial opens a new one."""
+        with self.session() as s:
+            for key in keys:
+                row = s.get(TrialRow, key)
+                if row is not None and row.status == STOPPED:
+                    move(row, PAUSED)
+                    stop = s.get(StopRow, key)
+                    if stop is not None:
+                        s.delete(stop)
+
+    def save_test(self, row: dict[str, Any]) -> None:
+        """Store (or replace) a winner's test result."""
+        with self.session() as s:
+            s.merge(TestRow(**row))
+
+    # -- the worker's side ---------------------------------------------------------------
+
+    def begin_run(
+        self, key: str, device: str, worker: int, kind: str, host: str, versions: dict[str, str]
+    ) -> int | None:
+        """Open a run of ``key`` with its provenance; None if the trial is not running (its
+        end was committed but the driver did not learn it: nothing to run)."""
+        with self.session() as s:
+            trial = self._row(s, key)
+            if trial.status != RUNNING:
+                return None
+            # Runs of this trial still open belong to a worker that died: this one holds the
+            # trial's lock (or lease) now, so they are over.
+            close_runs(s, key, INTERRUPTED)
+            run = RunRow(key=key, device=device, worker=worker, started=time.time())
+            run.status = RUNNING.value
+            s.add(run)
+            s.flush()
+            s.add(
+                ProvenanceRow(
+                    run_id=run.id, device_kind=kind, host=host, versions=json.dumps(versions)
+                )
+            )
+            return run.id
+
+    def record_epoch(
+        self, key: str, optuna_trial_id: int, record: EpochRecord, kind: str | None = None
+    ) -> None:
+        """Commit one epoch's train and validation rows (idempotent), then its Optuna value.
+
+        The first epoch also binds the trial to ``kind``, the kind of device it runs on.
+        """
+        with self.session() as s:
+            rows = [
+                {"key": key, "epoch": record.epoch, "split": split, "elbo": m.elbo,
+                 "recon": m.recon, "kl": m.kl, "seconds": record.seconds}
+                for split, m in (("train", record.train), ("val", record.val))
+            ]  # fmt: skip
+            insert_if_absent(s, EpochRow, rows)  # a replayed epoch keeps what was committed
+            row = self._row(s, key)
+            if record.epoch > row.epochs_done:
+                row.epochs_done = record.epoch
+                row.seconds += record.seconds
+            if kind is not None:
+                insert_if_absent(s, TrialDeviceRow, [{"key": key, "device_kind": kind}])
+        self.optuna_epoch(optuna_trial_id, record.epoch, record.val.elbo)
+
+    def finish_run(
+        self,
+        key: str,
+        run_id: int,
+        result: TrialResult | None,
+        error: str | None,
+        peak_device_mb: float | None = None,
+    ) -> Status:
+        """Record how a run ended: the trial's result, or the traceback of a crash; returns
+        the trial's status (the one already committed, if its end was written before)."""
+        status, cause, epoch = FAILED, None, None
+        if result is None:
+            cause = _cause(error)
+        else:
+            status, cause, epoch = Status(result.status), result.cause, result.diverged_epoch
+        # vaegrid's tables first: they are the truth. A kill before the Optuna write below
+        # is repaired by the next driver's sync_study.
+        with self.session() as s:
+            row = self._row(s, key)
+            if row.status == RUNNING:  # a trial's end is written once
+                move(row, status, cause, epoch)
+            else:
+                status = Status(row.status)
+            run = s.get(RunRow, run_id)
+            assert run is not None
+            run.status, run.ended, run.error = status.value, time.time(), error
+            run.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            prov = s.get(ProvenanceRow, run_id)
+            if prov is not None:
+                prov.peak_device_mb = peak_device_mb
+            if result is not None and result.nll is not None:  # with the status that needs it
+                n = result.nll
+                row_ = {"key": key, "epoch": n.epoch, "nll": n.nll, "samples": n.samples,
+                        "seconds": n.seconds}  # fmt: skip
+                insert_if_absent(s, NllRow, [row_])
+        if status in FINAL:
+            self.finish_optuna(key, status, cause)
+        return status
+
+    @staticmethod
+    def _row(s: Session, key: str) -> TrialRow:
+        row = s.get(TrialRow, key)
+        assert row is not None, key
+        return row
+
+
+def _moves(row: TrialRow) -> frozenset[Status]:
+    return TRANSITIONS[Status(row.status)]
+
+
+def _cause(error: str | None) -> str:
+    """The cause of a failure: the traceback's last line ("ValueError: ...")."""
+    lines = (error or "error").strip().splitlines()
+    return lines[-1] if lines else "error"
+
+
+__all__ = ["TrialsMixin", "close_runs", "move"]

@@ -1,0 +1,229 @@
+"""What a trial costs: predicted before it runs, corrected by what the study has measured.
+
+The one owner of cost: the driver's longest-first order, the bar's and ``status``'s work
+done and time left, and the report's timeline all ask it. Torch-free (the driver reads it).
+
+**Work** is counted in multiply-adds (MACs) of the model's layers for the images a trial
+processes: a training epoch is 3 forward passes' worth (forward and backward) of the
+encoder and of the decoder k times (IWAE's samples) over the training split, plus one
+forward pass over the validation split; the validation NLL at the end is the encoder and k
+decoder passes per validation image. Counted from the settings and the images' shape (as
+``parameter_count`` counts parameters): every weight of a dense layer is one MAC per image,
+a convolution's weights once per output position. A plug-in model's layers are unknown to
+the driver: it is guessed as a one-hidden-layer model of its hidden width, scaled by what
+the probe measured of it (torch's FLOP counter at the study's largest settings).
+
+**Seconds** are work x the seconds per MAC that the study's runs measured on that kind of
+device (their wall time over their work: loading and checkpoints count), or, before any
+has, on any kind, or a prior (a CPU slot of one thread: ``PRIOR_MACS_PER_S``). Which
+trial will diverge cannot be foreseen: each is predicted to run to its end, and the
+forecast scales the work still queued by the share of their predicted work that ended
+runs did (a grid whose lr = 1 third diverges at once runs two thirds of its prediction).
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Iterable, Mapping
+from typing import Any, NamedTuple
+
+from vaegrid.spec.axes import MODELS as BUILTIN_MODELS
+from vaegrid.spec.datasets import Images
+from vaegrid.spec.study import (
+    MNIST_IMAGES,
+    DataSpec,
+    HalvingSpec,
+    Study,
+    TrialConfig,
+    split_sizes,
+)
+
+# A CPU slot of one thread: the seed study's trials (hidden 400-800) measured 2.4-3.5e10
+# MAC/s on this project's machine; only used until the study's first epoch is measured.
+PRIOR_MACS_PER_S = 2.5e10
+# Runs that must have ended before the forecast trusts the share of predicted work done.
+REALIZED_AFTER = 3
+
+
+def forward_macs(settings: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
+    """Multiply-adds of one image's pass through the encoder and through the decoder."""
+    h, z, model = settings["hidden"], settings["latent"], settings["model"]
+    pixels = math.prod(shape)
+    if model not in BUILTIN_MODELS:  # a plug-in's layers are not known here
+        return pixels * h + 2 * h * z, z * h + h * pixels
+    if model == "conv":
+        c, c1, c2 = shape[0], settings["channels"], 2 * settings["channels"]
+        half, quarter = (shape[1] // 2) * (shape[2] // 2), (shape[1] // 4) * (shape[2] // 4)
+        flat = c2 * quarter
+        convs = 16 * (half * c1 * c + quarter * c2 * c1)  # each output position: 4 x 4 taps
+        return convs + flat * h + 2 * h * z, z * h + h * flat + convs
+    stack = (settings["depth"] - 1) * h * h if model == "mlp" else 0
+    return pixels * h + stack + 2 * h * z, z * h + stack + h * pixels
+
+
+class CostModel:
+    """The work and the seconds of any part of any trial of one study."""
+
+    @classmethod
+    def of(cls, study: Study) -> CostModel:
+        return cls(study.data, study.nll_samples, study.images, study.plugin_work)
+
+    def __init__(
+        self,
+        data: DataSpec,
+        nll_samples: int,
+        images: Images | None = None,
+        plugin_work: tuple[tuple[str, float, float], ...] = (),
+    ) -> None:
+        self.plugin_work = {m: (e, d) for m, e, d in plugin_work}
+        images = images or MNIST_IMAGES  # a plug-in data set not probed (status): MNIST's
+        self.shape = images.shape
+        self.n_train, self.n_val, _ = split_sizes(data, images)
+        self.nll_samples = nll_samples
+        self._measured: dict[str, list[float]] = {}  # device kind -> [seconds, work]
+        self._runs = [0.0, 0.0, 0]  # work predicted at the runs' starts, work they did, runs
+        self._epoch: dict[str, float] = {}  # trial key -> work of one epoch
+
+    def epoch_work(self, cfg: TrialConfig) -> float:
+        """MACs of one training epoch and its validation pass."""
+        if cfg.key not in self._epoch:
+            enc, dec = self.forward(cfg)
+            k = cfg.samples if cfg.objective == "iwae" else 1
+            self._epoch[cfg.key] = 3 * (enc + k * dec) * self.n_train + (enc + dec) * self.n_val
+        return self._epoch[cfg.key]
+
+    def nll_work(self, cfg: TrialConfig) -> float:
+        """MACs of the validation NLL a trial computes at its end (0 without one)."""
+        enc, dec = self.forward(cfg)
+        return float((enc + self.nll_samples * dec) * self.n_val) if self.nll_samples else 0.0
+
+    def test_work(self, cfg: TrialConfig, k: int, images: int) -> float:
+        """MACs of a winner's test evaluation (``report``): the one-z pass (elbo, recon, kl)
+        and the NLL's encoder and ``k`` decoder passes, over ``images`` test images."""
+        enc, dec = self.forward(cfg)
+        return float((2 * enc + (k + 1) * dec) * images)
+
+    def forward(self, cfg: TrialConfig) -> tuple[float, float]:
+        """MACs of one image through the encoder and the decoder: counted, or for a plug-in
+        model the guess scaled by what the probe measured of it."""
+        enc, dec = forward_macs(cfg.axis_values(), self.shape)
+        scale = self.plugin_work.get(cfg.model, (1.0, 1.0))
+        return enc * scale[0], dec * scale[1]
+
+    def work(self, cfg: TrialConfig, start: int, end: int) -> float:
+        """MACs of epochs ``start`` + 1 to ``end``, and of the NLL when ``end`` is the last."""
+        if end <= start:
+            return 0.0
+        nll = self.nll_work(cfg) if end >= cfg.epochs else 0.0
+        return (end - start) * self.epoch_work(cfg) + nll
+
+    def observe(self, kind: str, seconds: float, work: float) -> None:
+        """Epochs of ``work`` MACs took ``seconds`` of training on a device of ``kind``."""
+        if seconds > 0 and work > 0 and math.isfinite(seconds):
+            seen = self._measured.setdefault(kind, [0.0, 0.0])
+            seen[0] += seconds
+            seen[1] += work
+
+    def finished(self, predicted: float, ran: float) -> None:
+        """A run predicted to do ``predicted`` MACs did ``ran`` (less when it diverged)."""
+        if predicted > 0 and math.isfinite(ran):
+            self._runs[0] += predicted
+            self._runs[1] += min(ran, predicted)
+            self._runs[2] += 1
+
+    def realized(self) -> float:
+        """The share of their predicted work that runs did (trials that diverge stop early),
+        once REALIZED_AFTER runs have ended; 1 before. The forecast scales the queue by it."""
+        predicted, ran, runs = self._runs
+        if runs < REALIZED_AFTER or predicted <= 0:
+            return 1.0
+        return max(0.05, ran / predicted)
+
+    def measured(self) -> bool:
+        """Whether any epoch has been measured."""
+        return bool(self._measured)
+
+    def seconds_per_mac(self, kind: str | None = None) -> float:
+        """What a MAC costs on ``kind`` as measured; any kind's when it has none yet; the
+        prior when nothing was measured."""
+        seen = self._measured.get(kind) if kind is not None else None
+        if seen is None and self._measured:
+            seconds = sum(s for s, _ in self._measured.values())
+            return seconds / sum(w for _, w in self._measured.values())
+        return seen[0] / seen[1] if seen is not None else 1.0 / PRIOR_MACS_PER_S
+
+    def seconds(self, work: float, kind: str | None = None) -> float:
+        return work * self.seconds_per_mac(kind)
+
+
+class Forecast(NamedTuple):
+    """Where a sweep stands: the share of its work done, and the seconds left."""
+
+    done: float  # 0 to 1
+    seconds: float
+    measured: bool  # False: the seconds are the prior's (no epoch measured yet)
+
+    def words(self) -> str:
+        """``38% of the work done, about 11 min left``."""
+        left = f"about {duration(self.seconds)} left" if self.measured else "time left unknown yet"
+        return f"{self.done:.0%} of the work done, {left}"
+
+
+def makespan(running: Iterable[float], queued: Iterable[float], slots: int) -> float:
+    """Seconds until the last of ``queued`` trials ends when each, longest first, goes to the
+    slot that frees first, with ``running`` trials' seconds left on their slots."""
+    free = sorted(running)[:slots]
+    free += [0.0] * (slots - len(free))
+    heapq.heapify(free)
+    for seconds in sorted(queued, reverse=True):
+        heapq.heappush(free, heapq.heappop(free) + seconds)
+    return max(free, default=0.0)
+
+
+def halving_rest(
+    contenders: int, open_rung: int | None, rungs: tuple[int, ...], keep: float, epochs: int
+) -> list[tuple[int, int]]:
+    """The work a halving plan still allows beyond its open rung: ``(trials, epochs)`` per
+    stretch, for the ``contenders`` of the open rung (each stretch's survivors, as the rule
+    keeps them)."""
+    from vaegrid.halving import n_survivors
+
+    if open_rung is None or not contenders:
+        return []
+    out, n = [], contenders
+    bounds = [r for r in rungs if r >= open_rung] + [epochs]
+    for start, end in itertools.pairwise(bounds):
+        n = n_survivors(n, keep)
+        out.append((n, end - start))
+    return out
+
+
+def halving_work(
+    model: CostModel,
+    alive: list[TrialConfig],
+    open_rung: int | None,
+    spec: HalvingSpec,
+    epochs: int,
+) -> float:
+    """MACs a halving plan still allows beyond its open rung for the trials ``alive`` (not
+    ended): each stretch's survivors at the mean epoch of those trials, and the last
+    stretch's their NLL too (which survive cannot be known before the rung)."""
+    if not alive:
+        return 0.0
+    stretches = halving_rest(len(alive), open_rung, spec.rungs, spec.keep, epochs)
+    if not stretches:
+        return 0.0
+    mean = sum(map(model.epoch_work, alive)) / len(alive)
+    nll = sum(map(model.nll_work, alive)) / len(alive)
+    return sum(n * e * mean for n, e in stretches) + stretches[-1][0] * nll
+
+
+def duration(seconds: float) -> str:
+    """``11 min``, ``1 h 05 min``, ``40 s``: a time left, as the bar and ``status`` say it."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{round(seconds)} s"
+    minutes = round(seconds / 60)
+    return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"

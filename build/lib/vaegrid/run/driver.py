@@ -1,0 +1,671 @@
+"""The sweep driver: reconcile a study with its database, dispatch trials to slots.
+
+One driver per study: an flock that dies with its holder (SQLite), or PostgreSQL's
+advisory lock on the driver's own connection, which the server drops when the driver
+dies (a server database). The trials the study lets run now go to the executor's slots
+(pool.py) through the scheduler (scheduler.py): a trial is submitted only to a free slot
+the placement rule allows, so no device ever runs more than K trials, every trial runs on
+exactly one device, and a trial that has started only ever continues on a device of the
+kind it started on. A worker's death costs only the trial it was running.
+
+A study with ``[halving]`` runs rung by rung: trials are sent only as far as the rungs
+decided so far allow (halving.py, re-derived from the database after every result), wait
+``paused`` at an undecided rung, and are ``stopped`` when a decided rung drops them.
+"""
+
+from __future__ import annotations
+
+import errno
+import fcntl
+import os
+import sys
+import threading
+import time
+import traceback
+import uuid
+from collections import Counter
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager, suppress
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.exc import SQLAlchemyError
+
+from vaegrid import halving, signals
+from vaegrid.db.engine import Database, pg_advisory_lock, reason
+from vaegrid.db.store import Store
+from vaegrid.errors import InputError
+from vaegrid.layout import StudyLayout, database_lock
+from vaegrid.run import cost
+from vaegrid.run.cost import CostModel, Forecast, duration
+from vaegrid.run.pool import (
+    MAX_WORKER_DEATHS,
+    ClusterGone,
+    Executor,
+    LocalExecutor,
+    Pool,
+    Slot,
+    WorkerDied,
+)
+from vaegrid.run.progress import Progress
+from vaegrid.run.scheduler import Scheduler
+from vaegrid.run.worker import DRIVER_TIMEOUT_S, Task, execute, init_worker
+from vaegrid.safeio import check_study_dir, ensure_dir, missing, open_fd, write_atomic
+from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
+from vaegrid.spec.study import Study, TrialConfig, expand
+from vaegrid.status import (
+    FAILED,
+    FINAL,
+    INTERRUPTED,
+    PAUSED,
+    PENDING,
+    RUNNING,
+    STARTABLE,
+    Status,
+    summary,
+)
+from vaegrid.train import provenance
+from vaegrid.train.data import ensure_mnist
+
+# The forecast's share of a running trial done is at most this: one over its predicted
+# time is not done, and is not said to be.
+RUNNING_SHARE_MAX = 0.95
+HEARTBEAT_S = 4.0  # the driver's heartbeat (servers, clusters); workers allow DRIVER_TIMEOUT_S
+EXIT_CLUSTER_GONE = 3
+
+
+class DriverLock:
+    """An exclusive flock on a lock file, holding the driver's pid: the study folder's
+    ``driver.lock``, and on SQLite the database's own (one driver per folder, and one per
+    database however it is named).
+
+    The kernel releases it when the driver dies, however it dies, so a crashed driver's
+    lock is taken over by the next one without any stale-lock guessing. The lock file is
+    opened without following links, and must be a regular file.
+    """
+
+    def __init__(self, path: Path, what: str = "this study") -> None:
+        self.path = path
+        self.what = what  # for the refusal: "this study", "this database"
+        self.fd: int | None = None
+
+    @classmethod
+    def of(cls, layout: StudyLayout) -> DriverLock:
+        return cls(layout.driver_lock)
+
+    def __enter__(self) -> DriverLock:
+        ensure_dir(self.path.parent)
+        self.created = not self.path.exists() and not self.path.is_symlink()
+        fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
+            os.close(fd)
+            where = self.path.parent if self.what == "this study" else self.path
+            raise InputError(
+                f"{where}: another driver (pid {pid}) is running {self.what}; "
+                "wait for it, or stop it and run again"
+            ) from None
+        except OSError as e:  # a filesystem without flock (some NFS): the server's lock rules
+            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
+                os.close(fd)
+                raise InputError(f"{self.path}: cannot lock ({e.strerror})") from None
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{os.getpid()}\n".encode())
+        self.fd = fd
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+
+    def undo(self) -> None:
+        """Remove the lock file if this lock made it (a run refused: nothing written)."""
+        if getattr(self, "created", False):
+            self.path.unlink(missing_ok=True)
+
+    @staticmethod
+    def holder(path: Path) -> int | None:
+        """The pid of the live driver holding the lock file ``path`` (-1 if unreadable)."""
+        if not path.exists() and not path.is_symlink():
+            return None
+        fd = open_fd(path, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            text = os.read(fd, 32).decode(errors="replace").strip()
+            return int(text) if text.isdigit() else -1
+        finally:
+            os.close(fd)
+        return None
+
+    @staticmethod
+    def live(db: Database, layout: StudyLayout) -> int | None:
+        """The pid of a live driver of this SQLite database or of this study folder."""
+        assert db.path is not None
+        for path in (database_lock(db.path), layout.driver_lock):
+            pid = DriverLock.holder(path)
+            if pid is not None:
+                return pid
+        return None
+
+
+def run_study(
+    study: Study,
+    results: Path,
+    pool: Pool | None,
+    data_root: Path,
+    retry_failed: bool = False,
+    progress: bool = True,
+    max_deaths: int = MAX_WORKER_DEATHS,
+    executor: Executor | Callable[[], tuple[Executor, Pool]] | None = None,
+    storage: str | None = None,
+) -> int:
+    """Sweep ``study`` to its end, resuming whatever its database and folder already hold.
+
+    Args:
+        pool: The slots of the local pool or of ``executor`` (``None`` when ``executor``
+            is started here: its own pool).
+        executor: Where trials run; default a :class:`LocalExecutor` over ``pool``. A
+            callable starts one, and gives its pool, once every check has passed and the
+            study is locked (batch jobs cost an allocation: none is submitted for a run
+            that is refused); it is closed when the run ends, however it ends.
+        storage: The database URL; default ``sqlite:///<results>/<study>/study.db``.
+
+    Returns:
+        0 when every trial completed or diverged; 1 when any failed (tracebacks in the
+        database) or waits for a kind of device the pool lacks; 3 when the cluster's
+        scheduler went away; 130 when stopped by Ctrl-C or SIGTERM (running trials keep
+        their last finished epoch).
+
+    Raises:
+        InputError: missing or corrupt data, a results or study folder that is not a plain
+            folder (a file, a link, on /proc...), a bad or unreachable database, a live
+            driver on the study, an unwritable database, or one made by a study with other
+            fixed settings or a newer vaegrid. Nothing is written then.
+    """
+    layout = StudyLayout.of(results, study.name)
+    check_study_dir(results, layout.root)
+    db = Database.for_study(layout, storage)
+    db.check_location()
+    if study.data.dataset in BUILTIN_DATASETS:
+        ensure_mnist(data_root, study.data)
+    elif study.images is None:  # a plug-in data set not probed by the caller yet
+        from vaegrid.train.probe import check_plugins
+
+        study = check_plugins(study, data_root)
+    Store.check_compatible(db, study)
+    grid = expand(study)
+    token = uuid.uuid4().hex
+    with signals.handled(), driver_lock(db, layout, study.name), ExitStack() as started:
+        if callable(executor):  # a cluster started now, closed whatever happens
+            executor, pool = executor()
+            started.callback(executor.shutdown, True)
+        assert pool is not None
+        store = Store(db)
+        try:
+            lock = _file_lock(db)
+            lock.__enter__()
+        except InputError:
+            store.close()
+            raise
+        executor = executor or LocalExecutor(pool, initializer=init_worker)
+        beating = executor.watch == "heartbeat" or not db.is_sqlite
+        try:
+            store.sync_study(study, grid, pool.slots)
+            write_atomic(layout.driver_token, token + "\n")  # proof a worker sees it
+            with _heartbeat(store, study.name, token, beating):
+                sweep = _Sweep(study, grid, layout, store, pool, data_root, executor, token)
+                return sweep.run(retry_failed, progress, max_deaths)
+        except SQLAlchemyError as e:
+            print(
+                f"vaegrid: the study database failed ({reason(e)}); what was committed is "
+                "kept: run the same command again to continue"
+            )
+            return 1
+        finally:
+            lock.__exit__(None, None, None)
+            store.close()
+
+
+@contextmanager
+def driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]:
+    """One driver per study folder and one per database, however either is named.
+
+    The study folder's flock, always (a PostgreSQL study's trial folders are a folder too);
+    then on SQLite the database's own lock file beside it, and on a server PostgreSQL's
+    advisory lock. Refused at any point, even later inside the block, the run leaves
+    nothing behind: the lock files, folders and database file it made go again.
+    """
+    made = missing(layout.root) + (missing(db.path.parent) if db.path is not None else [])
+    fresh_db = db.path is not None and not db.path.exists()
+    locks = [DriverLock.of(layout)]
+    if db.path is not None:
+        locks.append(DriverLock(database_lock(db.path), "a study on this database"))
+    try:
+        with ExitStack() as stack:
+            for lock in locks:
+                stack.enter_context(lock)
+            if db.path is None:
+                stack.enter_context(_server_lock(db, name))
+            yield
+    except InputError:
+        for lock in locks:
+            lock.undo()
+        if fresh_db and db.path is not None:
+            for suffix in ("", "-wal", "-shm"):
+                with suppress(OSError):
+                    db.path.with_name(db.path.name + suffix).unlink()
+        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
+            with suppress(OSError):
+                folder.rmdir()  # only if empty
+        raise
+
+
+@contextmanager
+def _server_lock(db: Database, name: str) -> Iterator[None]:
+    """PostgreSQL's advisory lock for the study, held on a connection of its own."""
+    try:
+        lock = pg_advisory_lock(db, name)
+        held = lock.__enter__()
+    except Exception as e:  # unreachable, refused, bad credentials: one line
+        raise InputError(f"{db}: cannot connect ({str(e).strip().splitlines()[0]})") from None
+    try:
+        if not held:
+            reader = Store.reader(db)
+            try:
+                live = reader.live_driver(DRIVER_TIMEOUT_S * 3)
+            finally:
+                reader.close()
+            who = f"pid {live.pid} on {live.host}" if live else "pid ?"
+            raise InputError(
+                f"{db}: another driver ({who}) is running study {name!r}; "
+                "wait for it, or stop it and run again"
+            )
+        yield
+    finally:
+        lock.__exit__(None, None, None)
+
+
+@contextmanager
+def _file_lock(db: Database) -> Iterator[None]:
+    """An flock on the SQLite database file itself: one driver per file, also when it is
+    reached through a hard link (whose path has a lock file of its own). SQLite's own locks
+    are POSIX record locks, which flock does not touch."""
+    if db.path is None:
+        yield
+        return
+    fd = open_fd(db.path, os.O_RDONLY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InputError(
+                f"{db}: another driver is running a study on this database file, reached "
+                "through another path (a hard link?); wait for it, or stop it and run again"
+            ) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def _heartbeat(store: Store, study: str, token: str, on: bool) -> Iterator[None]:
+    """While the block runs, tell the database every few seconds that this driver lives."""
+    if not on:
+        yield
+        return
+    host, pid = provenance.host(), os.getpid()
+    store.driver_beat(study, token, pid, host)
+    done = threading.Event()
+
+    def beat() -> None:
+        while not done.wait(HEARTBEAT_S):
+            with suppress(SQLAlchemyError):  # a passing fault: workers allow DRIVER_TIMEOUT_S
+                store.driver_beat(study, token, pid, host)
+
+    thread = threading.Thread(target=beat, name="vaegrid-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+        with suppress(SQLAlchemyError):
+            store.driver_gone(study, token)
+
+
+Running = dict[Any, tuple[str, Slot]]  # a trial's future -> (its key, its slot)
+
+
+class _Sweep:
+    """One driver's pass over the study.
+
+    ``view`` holds every trial's status as the database has it, except that trials this
+    driver has queued show as pending (waiting): the counts on the bar derive from it.
+    """
+
+    def __init__(
+        self,
+        study: Study,
+        grid: list[TrialConfig],
+        layout: StudyLayout,
+        store: Store,
+        pool: Pool,
+        data_root: Path,
+        executor: Executor,
+        token: str,
+    ) -> None:
+        self.study, self.layout, self.store, self.pool = study, layout, store, pool
+        self.data_root = data_root.resolve()
+        self.executor, self.token = executor, token
+        self.grid = {cfg.key: cfg for cfg in grid}
+        bound = store.trial_devices()
+        self.scheduler = Scheduler(pool, bound, cost=self._left)
+        self.deaths: Counter[str] = Counter()
+        self.versions = tuple(sorted(provenance.versions().items()))
+        trials = {t.key: t for t in store.trials()}  # every row checked
+        self.view: dict[str, Status] = {k: trials[k].status for k in self.grid}
+        # What each trial costs (run/cost.py), corrected by what earlier runs measured.
+        self.cost = CostModel.of(study)
+        self.epochs_done = {k: trials[k].epochs_done for k in self.grid}
+        self.seconds = {k: trials[k].seconds for k in self.grid}
+        for key, kind in bound.items():
+            if key in self.grid:
+                work = self.epochs_done[key] * self.cost.epoch_work(self.grid[key])
+                self.cost.observe(kind, self.seconds[key], work)
+        self.submitted: dict[str, tuple[float, float, str]] = {}  # key -> (when, work, kind)
+        self.open_rung: int | None = None  # halving: the first undecided rung
+        self.said_done = 0.0  # the share of the work done said last
+        self.targets: dict[str, int] = {}  # halving: trial -> the epoch it may run to now
+        self.retry: set[str] = set()  # failed trials this driver has yet to rerun
+        self.decided = 0  # halving: rungs decided so far
+
+    def run(self, retry_failed: bool, progress: bool, max_deaths: int) -> int:
+        self.max_deaths = max_deaths
+        started = time.monotonic()
+        resumed = [k for k, s in self.view.items() if s in (INTERRUPTED, PAUSED, RUNNING)
+                   and self.epochs_done[k] > 0]  # fmt: skip
+        if retry_failed:
+            self.retry = {k for k, s in self.view.items() if s == FAILED}
+        if self.study.halving is not None:
+            self._decide()
+        self._enqueue(set())
+        if not self.scheduler.queue:
+            print(f"{self.study.name}: nothing to do: {summary(self.view.values())}")
+            return self._exit_code()
+        if resumed:
+            print(
+                f"{self.study.name}: resuming: {len(resumed)} trials continue from their last "
+                "finished epoch",
+                flush=True,
+            )
+        live = progress and sys.stdout.isatty()  # a log or a pipe gets a line per trial
+        self.progress = Progress(
+            self.study.name, self.view, self.study.halving is not None, live, self._forecast
+        )
+        running: Running = {}
+        free = self.pool.slot_list()
+        try:
+            while self.scheduler.queue or running:
+                signals.check()  # a signal a library swallowed still stops the sweep
+                self._dispatch(free, running)
+                done = self.executor.wait(list(running), 1.0)
+                for future in done:
+                    key, slot = running.pop(future)
+                    free.append(slot)
+                    self._collect(key, slot, future)
+                if done and self.study.halving is not None:
+                    self._advance({k for k, _ in running.values()})
+                self.progress.show(self.view)
+        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (signals.Interrupted)
+            code = e.exit_code if isinstance(e, signals.Interrupted) else 130
+            return self._abandon(running, "interrupted", "run the same command again", code)
+        except ClusterGone as e:
+            then = "run the same command again once it is back"
+            return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
+        self.executor.shutdown(kill=False)
+        self.progress.close()
+        folder = self.layout.root
+        failed = any(s == FAILED for s in self.view.values())
+        print(
+            f"{self.study.name}: finished in {duration(time.monotonic() - started)}: "
+            f"{summary(self.view.values())}; results in {folder}\n"
+            f"next: vaegrid report {folder}"
+            + ("; failed trials keep their traceback (vg_run.error); --retry-failed runs "
+               "them again" if failed else ""),
+            flush=True,
+        )  # fmt: skip
+        return self._exit_code()
+
+    def _may_go(self, key: str) -> bool:
+        """Whether the study lets ``key`` run now (the scheduler then says where): a trial
+        a worker may start, failed ones only when retried, and with halving only as far as
+        the decided rungs allow."""
+        status = self.view[key]
+        startable = status in STARTABLE and (status != FAILED or key in self.retry)
+        return startable and (self.study.halving is None or key in self.targets)
+
+    def _enqueue(self, running: set[str]) -> None:
+        """Offer the scheduler every trial that may run now and is not already offered."""
+        offered = self.scheduler.waiting() | running
+        for key in self.grid:
+            if key not in offered and self._may_go(key):
+                self.scheduler.offer(key)
+                self.view[key] = PENDING
+
+    def _abandon(self, running: Running, why: str, then: str, code: int) -> int:
+        """Stop every worker now; running trials keep their last epoch (interrupted)."""
+        self.executor.shutdown(kill=True)
+        self.store.mark([k for k, _ in running.values()], INTERRUPTED)
+        self.progress.close()
+        print(
+            f"vaegrid: {why}: {len(running)} running trials keep their last finished epoch; {then}",
+            file=sys.stderr,
+        )
+        return code
+
+    def _decide(self) -> halving.Applied:
+        """Halving: take and record every rung decision the database allows (halving.py),
+        and bring the view of the trials that wait in line with them."""
+        assert self.study.halving is not None
+        applied = halving.update(
+            self.store, list(self.grid), self.study.halving, self.study.epochs, self.retry
+        )
+        self.targets = applied.plan.targets
+        self.open_rung = applied.plan.open_rung
+        for rung in applied.plan.decided[self.decided :]:
+            line = (
+                f"rung {rung.epoch}: the best {len(rung.survivors)} of {len(rung.ranked)} "
+                f"trials by {self.study.halving.metric} at epoch {rung.epoch} are kept"
+            )
+            Progress.write(line)
+        self.decided = len(applied.plan.decided)
+        offered = self.scheduler.waiting()
+        for key in self.grid:
+            if key not in offered and self.view[key] != RUNNING:
+                self.view[key] = applied.statuses[key]
+        return applied
+
+    def _advance(self, running: set[str]) -> None:
+        """Halving, after results came in: decide what can be decided, queue what may run
+        now, and say what stopped and what goes on again."""
+        applied = self._decide()
+        self._enqueue(running)
+        done = sum(1 for s in self.view.values() if s in FINAL)
+        first = done - len(applied.stopped) + 1  # numbered as _finished numbers trials
+        for n, key in enumerate(applied.stopped, start=first):
+            rung = applied.plan.stopped[key]
+            self.progress.say(
+                f"[{n}/{len(self.grid)}] {self._describe(key)}: stopped at rung {rung}"
+            )
+        for key in applied.reopened:
+            self.progress.say(f"{self._describe(key)}: goes on (its rung was decided again)")
+
+    def _paused(self, key: str) -> None:
+        self.view[key] = PAUSED
+        self.progress.say(f"{self._describe(key)}: paused at epoch {self.targets.get(key)}")
+
+    def _describe(self, key: str) -> str:
+        return f"{key} ({self.grid[key].describe(self.study.searched)})"
+
+    def _exit_code(self) -> int:
+        for line in self.scheduler.strands():
+            print(line)
+        failed = any(s == FAILED for s in self.view.values())
+        return 1 if failed or self.scheduler.stranded else 0
+
+    def _dispatch(self, free: list[Slot], running: Running) -> None:
+        """Fill free slots, least busy device first, each with the first queued trial that
+        the placement rule lets run there."""
+        busy = Counter(slot.device for _, slot in running.values())
+        candidates = list(free)
+        while candidates and self.scheduler.queue:
+            slot = min(candidates, key=lambda s: (busy[s.device], s.device, s.index))
+            candidates.remove(slot)
+            key = self.scheduler.take(self.pool.kind(slot.device))
+            if key is None:
+                continue
+            self.retry.discard(key)
+            free.remove(slot)
+            busy[slot.device] += 1
+            self.view[key] = RUNNING
+            try:
+                running[self._submit(key, slot)] = (key, slot)
+            except WorkerDied as e:  # the slot's worker died while idle
+                self.submitted.pop(key, None)
+                free.append(slot)
+                self.executor.reset(slot)
+                self._worker_died(key, e)
+
+    def _left(self, key: str) -> float:
+        """The work ``key`` has left: to the rung it may run to now, or to its end."""
+        cfg = self.grid[key]
+        target = self.targets.get(key, cfg.epochs) if self.study.halving else cfg.epochs
+        return self.cost.work(cfg, self.epochs_done[key], target)
+
+    def _forecast(self) -> Forecast:
+        """The share of the work done and the seconds left, from the cost model: trials
+        running (their predicted seconds less the time they have run), queued (longest
+        first onto the slots that free first), and with halving the rungs' survivors still
+        to come (the plan's counts of the trials still in the running, at their mean cost)."""
+        now = time.monotonic()
+        done = sum(self.epochs_done[k] * self.cost.epoch_work(c) for k, c in self.grid.items())
+        running, left = [], 0.0
+        for when, work, kind in self.submitted.values():
+            seconds = self.cost.seconds(work, kind)
+            # a trial over its prediction is not done: it is said to be nearly
+            share = min(RUNNING_SHARE_MAX, (now - when) / seconds) if seconds > 0 else 0.0
+            running.append(seconds * (1 - share))
+            done += work * share
+            left += work * (1 - share)
+        realized = self.cost.realized()  # trials that diverge run less than predicted
+        queued = [self._left(k) * realized for k in self.scheduler.queue]
+        left += sum(queued)
+        rest_s = 0.0
+        halving = self.study.halving
+        if halving is not None:
+            alive = [self.grid[k] for k, s in self.view.items() if s not in FINAL]
+            rest = cost.halving_work(self.cost, alive, self.open_rung, halving, self.study.epochs)
+            left += rest
+            rest_s = self.cost.seconds(rest) / max(1, self.pool.slots)
+        seconds = cost.makespan(running, map(self.cost.seconds, queued), self.pool.slots)
+        total = done + left
+        # Never back: a trial that ran longer than predicted, or a rate learned anew, can
+        # lower the estimate a little; the share said stays where it was.
+        self.said_done = max(self.said_done, done / total if total else 1.0)
+        return Forecast(self.said_done, seconds + rest_s, self.cost.measured())
+
+    def _submit(self, key: str, slot: Slot) -> Any:
+        self.submitted[key] = (time.monotonic(), self._left(key), self.pool.kind(slot.device))
+        task = Task(
+            config=self.grid[key].to_json(),
+            optuna_trial_id=self.store.start_trial(self.study, self.grid[key]),
+            device=self.executor.device(slot),
+            threads=self.pool.threads,
+            db=self.store.db,
+            layout=StudyLayout(self.layout.root.resolve()),
+            data_root=str(self.data_root),
+            driver_pid=os.getpid(),
+            versions=self.versions,
+            watch=self.executor.watch,
+            driver_token=self.token,
+            stop_at=self._stop_at(key),
+            nll_samples=self.study.nll_samples,
+            nll_when_paused=self.study.halving is not None
+            and self.study.halving.metric == "val_nll",
+        )
+        return self.executor.submit(slot, execute, task)
+
+    def _stop_at(self, key: str) -> int | None:
+        """Halving: the rung a trial may run to now; None: to its last epoch."""
+        target = self.targets.get(key)
+        return target if target is not None and target < self.study.epochs else None
+
+    def _measure(self, key: str, slot: Slot) -> None:
+        """A run of ``key`` ended: what it took (its wall time: loading and checkpoints
+        count) for the work it did corrects the cost model, and so does how much of the
+        work predicted at its start it did (a diverged trial stops early)."""
+        cfg, before = self.grid[key], self.epochs_done[key]
+        done, seconds = self.store.trial_progress(key)
+        ran = self.cost.work(cfg, before, done) if done > before else 0.0
+        when, predicted, kind = self.submitted.pop(key, (None, 0.0, ""))
+        if when is not None:
+            self.cost.observe(kind, time.monotonic() - when, ran)
+            self.cost.finished(predicted, ran)
+        self.epochs_done[key], self.seconds[key] = done, seconds
+
+    def _collect(self, key: str, slot: Slot, future: Any) -> None:
+        """A trial's future ended: its status, its worker's death, or an unrecorded error."""
+        self._measure(key, slot)
+        try:
+            returned = self.executor.result(future)
+        except WorkerDied as e:  # the worker process died (killed, out of memory)
+            self.executor.reset(slot)
+            self._worker_died(key, e)
+            return
+        except Exception as e:  # the worker could not even record its own failure
+            self.store.fail(key, "".join(traceback.format_exception(e)))
+            returned = self.store.status_of(key)
+        self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
+        if returned == INTERRUPTED:  # its lease was lost, or it saw a stale heartbeat: again
+            self.scheduler.offer(key, front=True)
+            self.view[key] = PENDING
+            return
+        if returned == PAUSED and self.study.halving is not None:
+            self._paused(key)
+            return
+        if returned not in FINAL:  # never expected; recorded rather than trusted
+            self.store.fail(key, f"worker returned status {returned!r}")
+            returned = self.store.status_of(key)
+        self._finished(key, Status(returned))
+
+    def _finished(self, key: str, status: Status) -> None:
+        self.view[key] = status
+        done = sum(1 for s in self.view.values() if s in FINAL)
+        said = f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}"
+        self.progress.say(f"{said}; {self._forecast().words()}")
+
+    def _worker_died(self, key: str, error: BaseException) -> None:
+        """The worker running ``key`` died: the trial ended (if its end was committed first),
+        resumes, or after ``max_deaths`` deaths fails."""
+        self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
+        status = self.store.status_of(key)
+        if status == PAUSED and self.study.halving is not None:  # its pause was committed
+            self._paused(key)
+            return
+        if status in FINAL:
+            self._finished(key, status)
+            return
+        self.deaths[key] += 1
+        if self.deaths[key] >= self.max_deaths:
+            cause = f"worker process died {self.deaths[key]} times: {error}"
+            self._finished(key, self.store.give_up(key, cause))
+        else:
+            self.store.mark([key], INTERRUPTED)
+            self.scheduler.offer(key, front=True)
+            self.view[key] = PENDING
+
+
+__all__ = ["DriverLock", "run_study"]

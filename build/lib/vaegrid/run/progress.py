@@ -1,0 +1,193 @@
+"""What a sweep tells its user: the live bar and its event lines, and ``vaegrid status``.
+
+Both count statuses through ``status.summary``, from a view of every trial's status: the
+driver's (the database's statuses, with the trials it has queued shown as waiting), or
+the database's read by ``status``.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tqdm import tqdm
+
+from vaegrid.run.cost import CostModel, Forecast, duration, halving_work, makespan
+from vaegrid.spec.study import nll_samples
+from vaegrid.status import (
+    COMPLETED,
+    DIVERGED,
+    FAILED,
+    FINAL,
+    INTERRUPTED,
+    PAUSED,
+    RUNNING,
+    STOPPED,
+    WAITING,
+    Status,
+    summary,
+)
+
+if TYPE_CHECKING:
+    from vaegrid.db.reader import TrialInfo
+
+
+class _Bar(tqdm):
+    """tqdm whose text after the bar is ours: its ``{postfix}`` always starts with ", "."""
+
+    info = ""
+
+    @property
+    def format_dict(self) -> dict[str, Any]:
+        return {**super().format_dict, "info": self.info}
+
+
+class Progress:
+    """The live bar of a sweep (``--no-progress``: one printed line per event instead). It
+    counts work, not trials (trials differ in cost 10x and more): the share done and the
+    time left come from ``forecast`` (run/cost.py)."""
+
+    def __init__(
+        self,
+        name: str,
+        view: Mapping[str, Status],
+        halving: bool,
+        live: bool,
+        forecast: Callable[[], Forecast],
+    ) -> None:
+        self.halving, self.forecast, self.trials = halving, forecast, len(view)
+        self.bar = _Bar(
+            total=100,
+            desc=name,
+            disable=not live,
+            dynamic_ncols=True,
+            bar_format="{desc}: {percentage:3.0f}% of the work |{bar}| {info}",
+        )
+
+    def show(self, view: Mapping[str, Status]) -> None:
+        """Bring the bar in line with ``view`` and the forecast."""
+        if self.bar.disable:
+            return
+        counts = Counter(view.values())
+        now = self.forecast()
+        self.bar.n = round(100 * now.done, 1)
+        halving = f", paused {counts[PAUSED]}, stopped {counts[STOPPED]}" if self.halving else ""
+        left = f"about {duration(now.seconds)} left" if now.measured else "time left: measuring"
+        self.bar.info = (
+            f"{left}; trials {done(view)}/{self.trials} done, running {counts[RUNNING]}, "
+            f"diverged {counts[DIVERGED]}, failed {counts[FAILED]}{halving}"
+        )
+        self.bar.refresh()
+
+    def say(self, line: str) -> None:
+        """One line per event when there is no live bar (logs, --no-progress)."""
+        if self.bar.disable:
+            print(line, flush=True)
+
+    @staticmethod
+    def write(line: str) -> None:
+        """A line that shows either way (above the bar)."""
+        tqdm.write(line)
+
+    def close(self) -> None:
+        self.bar.close()
+
+
+def done(view: Mapping[str, Status]) -> int:
+    return sum(1 for s in view.values() if s in FINAL)
+
+
+def status_line(study_dir: Path, storage: str | None = None) -> str:
+    """``vaegrid status``: a study's progress read from its database, then one line per
+    running trial with its epoch and device. Opens the database read-only.
+
+    Raises:
+        InputError: ``study_dir`` holds no vaegrid study database, or ``storage`` is bad.
+    """
+    from vaegrid.db.store import Store, existing_db
+    from vaegrid.layout import StudyLayout
+    from vaegrid.run.driver import DriverLock
+    from vaegrid.run.worker import DRIVER_TIMEOUT_S
+    from vaegrid.spec.study import searched_axes
+
+    layout = StudyLayout(study_dir)
+    db = existing_db(layout, storage)
+    store = Store.reader(db)
+    try:
+        name, slots = store.study_row()
+        trials = store.trials()
+        runs = store.runs()
+        devices = store.trial_devices()
+        fingerprint = store.fingerprint()
+        searched = searched_axes(fingerprint)
+        live = None if db.is_sqlite else store.live_driver(DRIVER_TIMEOUT_S)
+    finally:
+        store.close()
+    counts = Counter(t.status for t in trials)
+    pid: int | str | None = DriverLock.live(db, layout) if db.is_sqlite else None
+    if live is not None:
+        pid = f"{live.pid} on {live.host}"
+    if pid is None:  # no live driver: what was running is only interrupted
+        counts[INTERRUPTED] += counts.pop(RUNNING, 0)
+    line = f"{name}: {summary(counts, len(trials))}"
+    forecast = stored_forecast(trials, devices, fingerprint, slots)
+    if forecast is not None and any(counts[s] for s in (*WAITING, RUNNING)):
+        line += f"; {forecast.words()}" if pid else f"; {forecast.done:.0%} of the work done"
+    if not pid:
+        return line + "; no driver running"
+    device = {r["key"]: r["device"] for r in runs if r["status"] == RUNNING}
+    lines = [line + f"; driver pid {pid}"]
+    for t in trials:
+        if t.status == RUNNING:
+            c = t.config
+            lines.append(
+                f"  running {t.key} ({c.describe(searched)}): epoch {t.epochs_done}/{c.epochs} "
+                f"done, on {device.get(t.key, '?')}"
+            )
+    return "\n".join(lines)
+
+
+def stored_forecast(
+    trials: Sequence[TrialInfo],
+    devices: Mapping[str, str],
+    fingerprint: Mapping[str, Any],
+    slots: int,
+) -> Forecast | None:
+    """The share of a stored study's work done and its time left on ``slots`` slots, from
+    the cost model (run/cost.py) corrected by the epochs its database holds: each trial
+    left runs to its end, or with halving to its next rung, and the plan's survivors after.
+    A plug-in data set's images are taken as MNIST's here (``status`` loads no data)."""
+    from vaegrid.halving import spec_from_fingerprint
+
+    if not trials:
+        return None
+    model = CostModel(trials[0].config.data, nll_samples(fingerprint))
+    halving = spec_from_fingerprint(fingerprint)
+    done = 0.0
+    for t in trials:
+        work = t.epochs_done * model.epoch_work(t.config)
+        done += work + (model.nll_work(t.config) if t.status == COMPLETED else 0.0)
+        if t.key in devices:
+            model.observe(devices[t.key], t.seconds, work)
+    alive = [t for t in trials if t.status not in FINAL]
+    epochs = max(t.config.epochs for t in trials)
+
+    def target(t: TrialInfo) -> int:
+        if halving is None:
+            return t.config.epochs
+        if t.status == PAUSED:  # at its rung: what comes after is the plan's
+            return t.epochs_done
+        return min([r for r in halving.rungs if r > t.epochs_done] + [t.config.epochs])
+
+    left = [model.work(t.config, t.epochs_done, target(t)) for t in alive]
+    rest = 0.0
+    if halving is not None and alive:
+        at = min(target(t) for t in alive)
+        open_rung = at if at < epochs else None
+        rest = halving_work(model, [t.config for t in alive], open_rung, halving, epochs)
+    seconds = makespan([], map(model.seconds, left), max(1, slots))
+    seconds += model.seconds(rest) / max(1, slots)
+    total = done + sum(left) + rest
+    return Forecast(done / total if total else 1.0, seconds, model.measured())

@@ -1,0 +1,336 @@
+"""What runs inside a pool worker: one trial on one device, recorded as it goes.
+
+Workers are processes started by an executor with their device pinned: a CUDA worker sees
+only its own GPU, as ``cuda:0`` (the local pool sets ``CUDA_VISIBLE_DEVICES``; so does
+dask-cuda). A trial runs only while its worker holds the trial: an flock beside the trial
+on SQLite, a lease in the database on a server (renewed every few seconds; a dead
+worker's lease expires). And only while its driver lives: a local worker exits at once
+when its parent driver dies; a cluster worker stops its trial at the next batch when the
+driver's heartbeat in the database is older than :data:`DRIVER_TIMEOUT_S`. Either way no
+orphan writes a trial that a new driver may be running.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import signal
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from vaegrid.db.engine import Database
+from vaegrid.db.store import Store
+from vaegrid.errors import InputError
+from vaegrid.layout import StudyLayout, TrialFiles
+from vaegrid.safeio import ensure_dir, open_fd, open_file, read_bytes
+from vaegrid.spec.study import TrialConfig
+from vaegrid.status import FINAL, Status
+from vaegrid.train import provenance
+
+if TYPE_CHECKING:
+    from vaegrid.train.trial import TrialResult
+
+
+@dataclass(frozen=True)
+class Task:
+    """One trial to run, as the driver sends it to a worker."""
+
+    config: str  # TrialConfig JSON
+    optuna_trial_id: int
+    device: str  # "cpu", "cuda:N" as the user named it (the worker sees it as cuda:0), "auto"
+    threads: int  # torch intra-op threads for this trial
+    db: Database  # the study database
+    layout: StudyLayout  # the study folder (absolute)
+    data_root: str  # MNIST root (holds MNIST/raw)
+    driver_pid: int  # local workers exit when this process is gone
+    versions: tuple[tuple[str, str], ...] = ()  # the driver's provenance.versions()
+    watch: str = "parent"  # "parent" (local pool) or "heartbeat" (cluster)
+    driver_token: str = ""  # the driver's id: in the study folder and its heartbeat row
+    stop_at: int | None = None  # halving: train only to this epoch (a rung), then pause
+    nll_samples: int = 0  # [rank] nll_samples: k of the validation NLL at the end; 0: none
+    nll_when_paused: bool = False  # halving by val_nll: the NLL at the rung it pauses at too
+
+
+# A cluster worker stops a trial whose driver's heartbeat is older than this.
+DRIVER_TIMEOUT_S = 20.0
+# A server lease on a trial lasts this long; its worker renews it every few seconds. Long
+# enough to outlast a slow server (renewals took up to 29 s at 256 writers on 2 cores).
+LEASE_S = 45.0
+_STORES: dict[str, Store] = {}
+_STORES_LOCK = threading.Lock()
+_WATCHED: set[int] = set()
+
+
+def init_worker() -> None:
+    """Pool initializer: Ctrl-C reaches the whole process group; only the driver acts on it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def execute(task: Task) -> Status:
+    """Run one trial to its end (or its next failure, or ``task.stop_at``) and return its
+    status: final, or ``paused`` at a halving rung.
+
+    Whatever goes wrong inside, in the trial or in its bookkeeping (the store, the trial's
+    lock, a full disk), is recorded with its traceback against this trial alone, never
+    raised: the sweep goes on. If even that record cannot be written, the exception goes
+    back to the driver, which records it. A trial whose driver is gone, or whose lease was
+    lost, stops at the next batch as ``interrupted``; its last finished epoch is where it
+    resumes.
+    """
+    cfg = TrialConfig.from_json(task.config)
+    files = task.layout.trial(cfg.key)
+    if task.watch == "parent":
+        _watch(task.driver_pid)
+    store = _store(task.db)
+    run_id: int | None = None
+    try:
+        _check_study_folder(task.layout, task.driver_token)
+        ensure_dir(files.folder)
+        with _hold(task, store, cfg.key, files) as stop:
+            torch_device, kind = _setup_device(task)
+            versions = dict(task.versions) | _cuda_version()
+            device = task.device if task.device != "auto" else torch_device
+            run_id = store.begin_run(
+                cfg.key, device, os.getpid(), kind, provenance.host(), versions
+            )
+            if run_id is None:  # its end was committed before the driver learned it
+                return store.status_of(cfg.key)
+            result = _train(task, cfg, store, torch_device, kind, stop)
+            status = store.finish_run(cfg.key, run_id, result, None, _peak_device_mb(kind))
+        if status in FINAL:  # a trial paused at a rung goes on from its checkpoint later
+            from vaegrid.train.trial import finalize
+
+            finalize(files)  # its end is committed: the resume checkpoint can go
+        return status
+    except Exception:
+        error = f"failed on {task.device} (pid {os.getpid()}):\n{traceback.format_exc()}"
+        try:
+            with open_file(files.log, "a") as log:
+                log.write(error)
+        except Exception:
+            pass
+        if run_id is None:
+            raise  # nothing of this run is in the database: the driver records it
+        return store.finish_run(cfg.key, run_id, None, error)
+
+
+def _store(db: Database) -> Store:
+    """One store per database and process, shared by the trials of a threaded worker."""
+    with _STORES_LOCK:
+        if db.key not in _STORES:
+            _STORES[db.key] = Store(db)
+        return _STORES[db.key]
+
+
+def reset() -> None:
+    """Forget this process's stores (tests that run trials in-process, one study each)."""
+    with _STORES_LOCK:
+        for store in _STORES.values():
+            store.close()
+        _STORES.clear()
+
+
+def _check_study_folder(layout: StudyLayout, token: str) -> None:
+    """The worker must see the very folder its driver writes (a shared filesystem)."""
+    if not token:
+        return
+    try:
+        seen = read_bytes(layout.driver_token).decode(errors="replace").strip()
+    except InputError:
+        seen = ""
+    if seen != token:
+        raise InputError(
+            f"{layout.root}: this worker ({provenance.host()}) does not see the driver's study "
+            "folder; trial folders must be on a filesystem every worker sees, at the same path"
+        )
+
+
+@contextmanager
+def _hold(task: Task, store: Store, key: str, files: TrialFiles) -> Iterator[threading.Event]:
+    """Hold the trial for this worker while the block runs; yields the trial's stop flag.
+
+    SQLite: an flock beside the trial (the kernel drops it when its holder dies). A server:
+    a lease in the database, waited for while another worker's is live, renewed by a
+    watcher thread that also sets the stop flag when the lease is lost or the driver's
+    heartbeat is older than :data:`DRIVER_TIMEOUT_S`.
+    """
+    stop = threading.Event()
+    done = threading.Event()
+    dask_worker = _dask_worker()  # here: Dask knows its worker in the task's thread only
+    owner = f"{provenance.host()}:{os.getpid()}:{threading.get_ident()}"
+    server = not store.db.is_sqlite
+    if server:
+        while not store.claim(key, owner, LEASE_S):
+            if done.wait(2.0):
+                break
+    watcher = threading.Thread(
+        target=_watch_trial,
+        args=(task, store, key, owner, server, stop, done, dask_worker),
+        name=f"vaegrid-watch-{key}",
+        daemon=True,
+    )
+    try:
+        with _exclusive(files.lock) if not server else nullcontext():
+            watcher.start()
+            yield stop
+    finally:
+        done.set()
+        if watcher.is_alive():
+            watcher.join()
+        if server:
+            store.release(key, owner)
+
+
+def _watch_trial(
+    task: Task,
+    store: Store,
+    key: str,
+    owner: str,
+    server: bool,
+    stop: threading.Event,
+    done: threading.Event,
+    dask_worker: Any = None,
+) -> None:
+    """Renew the lease and watch the driver; set ``stop`` when the trial must stop.
+
+    A failed check is retried at the next tick: only a lease taken by another worker, a
+    lease that has lapsed (its last renewal older than :data:`LEASE_S`), a driver whose
+    heartbeat is stale or replaced, or a Dask worker that is closing (its lifetime ends
+    before its batch job's walltime; Dask waits up to 30 s for running tasks) stops the
+    trial: it ends as ``interrupted`` at its next batch, releases its lease at once, and
+    Dask gives the task to another worker, which continues from the last epoch.
+    """
+    every = min(5.0, DRIVER_TIMEOUT_S / 4)
+    renewed = checked = time.monotonic()
+    # a closing Dask worker is looked at every second: a job at its walltime or cancelled
+    # gets SIGTERM, then SIGKILL after the scheduler's kill wait (Slurm: 30 s by default)
+    tick = 1.0 if dask_worker is not None else every
+    while not done.wait(tick):
+        if dask_worker is not None and dask_worker.status.name in _CLOSING:
+            stop.set()  # retiring (--lifetime) or ended: stop now rather than be killed
+            return
+        if time.monotonic() - checked < every - tick / 2:
+            continue
+        checked = time.monotonic()
+        if server:
+            try:
+                if not store.claim(key, owner, LEASE_S):
+                    stop.set()  # another worker took it over: never two runs at once
+                renewed = time.monotonic()
+            except Exception:  # a slow or unreachable server: retried at the next tick
+                if time.monotonic() - renewed > LEASE_S:
+                    stop.set()  # our lease has lapsed: another worker may take it now
+        if task.watch == "heartbeat":
+            with suppress(Exception):  # an unreachable database: the lease covers it
+                live = store.live_driver(DRIVER_TIMEOUT_S)
+                if live is None or live.token != task.driver_token:
+                    stop.set()  # the driver died (or a new one took over): stop, resume later
+        if stop.is_set():
+            return
+
+
+_CLOSING = ("closing_gracefully", "closing", "closed", "failed")
+
+
+def _dask_worker() -> Any:
+    """The Dask worker running this task (``None`` in vaegrid's own process pool)."""
+    if "distributed" not in sys.modules:  # never imported: not a Dask worker
+        return None
+    from distributed import get_worker
+
+    try:
+        return get_worker()
+    except ValueError:  # distributed imported, but this is no worker's task
+        return None
+
+
+def _setup_device(task: Task) -> tuple[str, str]:
+    """torch settings for this trial's device; returns (torch device, device kind).
+
+    ``auto`` (cluster workers) is the worker's GPU if it has one, else its CPU.
+    """
+    import torch  # here, not at the top: the driver imports this module
+
+    from vaegrid.train.trial import device_kind
+
+    torch.set_num_threads(task.threads)
+    cuda = task.device.startswith("cuda") or (task.device == "auto" and torch.cuda.is_available())
+    if not cuda:
+        return "cpu", device_kind(torch.device("cpu"))
+    # Deterministic CUDA: the same trial twice on one GPU gives the same numbers. The
+    # executor pinned this worker to one GPU, so it is cuda:0 here.
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    device = torch.device("cuda:0")
+    torch.cuda.reset_peak_memory_stats(device)
+    return "cuda:0", device_kind(device)
+
+
+def _train(
+    task: Task, cfg: TrialConfig, store: Store, device: str, kind: str, stop: threading.Event
+) -> TrialResult:
+    from vaegrid.train.data import load_splits
+    from vaegrid.train.trial import run_trial
+
+    splits = load_splits(Path(task.data_root), cfg.data, cfg.seed, device)
+    return run_trial(
+        cfg,
+        splits.train,
+        splits.val,
+        task.layout.trial(cfg.key),
+        on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r, kind),
+        stop=stop,
+        stop_at=task.stop_at,
+        nll_samples=task.nll_samples,
+        nll_when_paused=task.nll_when_paused,
+    )
+
+
+def _cuda_version() -> dict[str, str]:
+    import torch
+
+    return {"cuda": torch.version.cuda or "none"}
+
+
+def _peak_device_mb(kind: str) -> float | None:
+    import torch
+
+    if kind.startswith("cpu"):
+        return None
+    return torch.cuda.max_memory_allocated(torch.device("cuda:0")) / (1 << 20)
+
+
+@contextmanager
+def _exclusive(path: Path) -> Iterator[None]:
+    """An flock on ``path``: a trial never runs in two processes at once. The kernel drops
+    it when its holder dies, so this waits only for an orphan to notice its driver died."""
+    fd = open_fd(path, os.O_RDWR | os.O_CREAT)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _watch(driver_pid: int) -> None:
+    if driver_pid in _WATCHED or driver_pid == os.getpid():  # in-process: nothing to watch
+        return
+    _WATCHED.add(driver_pid)
+
+    def watch() -> None:
+        while True:
+            time.sleep(0.2)
+            # Workers are the driver's children: once it dies they are re-parented.
+            if os.getppid() != driver_pid:
+                os._exit(3)  # no cleanup: whatever was committed is all that counts
+
+    threading.Thread(target=watch, name="vaegrid-driver-watch", daemon=True).start()

@@ -1,0 +1,684 @@
+"""Study files: read a hostile TOML file once, validate it, and build the Study.
+
+A study file holds only overrides of the documented defaults (an empty file is the seed
+study). :func:`load_study` is the only way in: it rejects unknown keys and bad values with
+an :class:`InputError` that names the file, the key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+import codecs
+import dataclasses
+import functools
+import itertools
+import json
+import math
+import os
+import re
+import stat
+import tomllib
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from vaegrid.errors import InputError
+from vaegrid.spec import datasets
+from vaegrid.spec.axes import (
+    AXES,
+    AXIS,
+    LIMIT_MAX,
+    PLUGINS,
+    REPEATS_MAX,
+    SAMPLES_MAX,
+    Axis,
+    applies,
+    format_value,
+    is_number,
+)
+from vaegrid.spec.study import (
+    BINARIZE,
+    HALVING_METRICS,
+    SPLITS,
+    DataSpec,
+    HalvingSpec,
+    Study,
+    TrialConfig,
+    largest_trials,
+    parameter_count,
+    split_sizes,
+    training_mb,
+)
+
+# Bounds on a study file. Everything in it comes from outside: each bound keeps a bad
+# value from crashing, exhausting or silently misleading a later stage.
+
+# Largest study file read: a study is a few lines of TOML; read at most this + 1 byte.
+STUDY_FILE_MAX_BYTES = 1 << 20
+# Most '.' on one line: tomllib's time grows with the square of a dotted key's length
+# (50,000 parts: 40 s); 1,000 grid values of one dot each still fit.
+DOTS_PER_LINE_MAX = 2_000
+# Deepest nesting of tables and lists: a study needs 2 ([data] fractions = [...]).
+NESTING_MAX = 8
+# Integers anywhere in the file hold at most this many bits (sign apart).
+INT_BITS_MAX = 64
+# seed: 0 <= seed < SEED_END (torch and numpy take 64-bit seeds; SQLite stores signed ones).
+SEED_END = 2**63
+# name: a plain folder name under the results folder (no "/", not ".", "..", ".hidden").
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
+# name: at most this many characters.
+NAME_MAX_CHARS = 100
+# description: a string of at most this many characters.
+DESCRIPTION_MAX_CHARS = 10_000
+# Each grid list holds at most this many values.
+GRID_VALUES_MAX = 1_000
+# The grid holds at most this many trials (product of the list lengths, times repeats).
+TRIALS_MAX = 10_000
+# Every (hidden, latent) pair gives a VAE of at most this many parameters (200 MB float32).
+MODEL_PARAMETERS_MAX = 50_000_000
+# A training step of any trial needs at most this much memory (study.training_mb's
+# estimate): IWAE's k samples of a batch multiply the decoder's activations.
+TRAINING_MB_MAX = 16_384
+# --set: at most this many items, each value at most this many characters.
+OVERRIDES_MAX = 100
+OVERRIDE_MAX_CHARS = 10_000
+# Longest value quoted in a message: a 1 MiB value would not be one readable line.
+SHOWN_MAX_CHARS = 200
+
+
+def config_problem(cfg: TrialConfig) -> str | None:
+    """What is wrong with a config read back from outside (a database row), or None.
+
+    A hand-made row that hashes to its own key must still be a config vaegrid could make:
+    every setting within the bounds of a study file, momentum only with sgd, the repeat in
+    range, and its seed and data settings (with its batch size and model size) checked as
+    the study file that would make it.
+    """
+    if type(cfg.repeat) is not int or not 0 <= cfg.repeat < REPEATS_MAX:
+        return f"repeat = {_show(cfg.repeat)}, expected an integer from 0 to {REPEATS_MAX - 1}"
+    settings = cfg.axis_values()
+    for axis in AXES:
+        value = settings[axis.name]
+        if not axis.check(value):
+            return f"{axis.name} = {_show(value)}, expected {axis.allowed()}"
+    for axis in AXES:
+        if not applies(axis, settings) and settings[axis.name] != axis.default[0]:
+            other, where = axis.applies or ("", ())
+            return (
+                f"{axis.name} = {_show(settings[axis.name])} with {other} "
+                f"{settings[other]}: {' or '.join(where)} only"
+            )
+    if not isinstance(cfg.data, DataSpec):
+        return "data is not a table of data settings"
+    data: dict[str, Any] = dataclasses.asdict(cfg.data)
+    digest = data.pop("images")  # the probe's, not a study file's
+    if digest and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest)):
+        return f"data.images = {_show(digest)}, expected a SHA-256 in hex"
+    if isinstance(data["fractions"], tuple):
+        data["fractions"] = list(data["fractions"])
+    if data.get("split") == "official":  # as a study file writes it: no holdout settings
+        defaults = {"fractions": list(DataSpec.fractions), "limit": 0}
+        data = {k: v for k, v in data.items() if k not in defaults or v != defaults[k]}
+    names = ("batch_size", "hidden", "latent", "model", "depth", "channels")
+    fixed = {n: settings[n] for n in names if n in ("batch_size", "hidden", "latent")}
+    fixed |= {n: settings[n] for n in names[3:] if settings[n] != AXIS[n].default[0]}
+    return _study_problem(json.dumps({"seed": cfg.seed, "data": data, "train": fixed}))
+
+
+@functools.lru_cache(maxsize=256)
+def _study_problem(text: str) -> str | None:
+    """What a study file of these settings would be refused for (one per distinct text:
+    a study's thousands of trials share a few)."""
+    try:
+        parse_study(json.loads(text), source="config", default_name="stored")
+    except InputError as e:
+        return str(e).removeprefix("config: ")
+    return None
+
+
+def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
+    """Read and validate a study file.
+
+    Args:
+        path: A TOML study file, UTF-8 (with or without a byte order mark), at most 1 MiB.
+        overrides: ``--set`` items, ``section.key=value`` or ``key=value`` (a TOML value,
+            or a bare word taken as a string), applied to the file's TOML as if it said them.
+
+    Returns:
+        The validated study.
+
+    Raises:
+        InputError: the file is missing, unreadable, too large, not UTF-8, not TOML, nested
+            too deeply, or holds an unknown key or bad value.
+    """
+    path = Path(path)
+    text = _read_text(path)
+    _check_lines(path, text)
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as e:
+        raise InputError(f"{path}: not valid TOML: {e}") from None
+    except RecursionError:  # tomllib recurses once per level of [ or {
+        raise InputError(
+            f"{path}: not valid TOML for a study: nested too deeply; "
+            f"expected tables and lists at most {NESTING_MAX} deep"
+        ) from None
+    except ValueError:  # tomllib lets int() refuse a literal of over 4300 digits itself
+        raise InputError(
+            f"{path}: not valid TOML for a study: an integer has too many digits; "
+            f"expected integers of at most {INT_BITS_MAX} bits"
+        ) from None
+    source = str(path)
+    if overrides:
+        apply_overrides(raw, overrides)
+        source += " with --set " + " --set ".join(overrides)
+    return parse_study(raw, source=source, default_name=path.stem)
+
+
+def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
+    """Apply ``--set section.key=value`` items to a study's parsed TOML, in order.
+
+    Raises:
+        InputError: an item that is not ``[section.]key=value`` with a TOML value (or a bare
+            word), or that names a section the file holds as a value.
+    """
+    if len(overrides) > OVERRIDES_MAX:
+        raise InputError(f"--set: {len(overrides)} items; expected at most {OVERRIDES_MAX}")
+    for item in overrides:
+        shown = _show(item)
+        where, sep, text = item.partition("=")
+        parts = where.strip().split(".")
+        if not sep or len(parts) > 2 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p)
+                                                for p in parts):  # fmt: skip
+            raise InputError(
+                f"--set: {shown} is not allowed; expected section.key=value or key=value, "
+                "e.g. --set train.epochs=5 or --set 'grid.lr=[1e-3, 1e-2]'"
+            )
+        if len(text) > OVERRIDE_MAX_CHARS:
+            raise InputError(f"--set: {shown}: a value of at most {OVERRIDE_MAX_CHARS} characters")
+        try:
+            value = tomllib.loads(f"v = {text.strip()}")["v"]
+        except (tomllib.TOMLDecodeError, RecursionError, ValueError):
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", text.strip()):
+                raise InputError(
+                    f"--set: {shown}: the value is not TOML (a number, a quoted string, a list "
+                    "such as [1, 2]) nor a bare word"
+                ) from None
+            value = text.strip()  # a bare word: data.binarize=dynamic, train.model=mlp
+        table: dict[str, Any] = raw
+        if len(parts) == 2:
+            found = raw.setdefault(parts[0], {})
+            if not isinstance(found, dict):
+                raise InputError(f"--set: {shown}: {parts[0]} is a value, not a section")
+            table = found
+        table[parts[-1]] = value
+
+
+def _read_text(path: Path) -> str:
+    """The file's text: at most STUDY_FILE_MAX_BYTES of UTF-8, a leading BOM dropped."""
+    try:
+        # Non-blocking, then checked: a FIFO or a device would block or never end.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    except FileNotFoundError:
+        raise InputError(f"{path}: study file not found") from None
+    except OSError as e:
+        reason = e.strerror or type(e).__name__
+        raise InputError(f"{path}: cannot read study file: {reason}") from None
+    with os.fdopen(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise InputError(
+                f"{path}: not a regular file (a folder, FIFO or device); expected a TOML file"
+            )
+        os.set_blocking(fd, True)
+        try:
+            # One byte more than allowed tells "too large" without reading a huge file.
+            data = f.read(STUDY_FILE_MAX_BYTES + 1)
+        except OSError as e:
+            reason = e.strerror or type(e).__name__
+            raise InputError(f"{path}: cannot read study file: {reason}") from None
+    if len(data) > STUDY_FILE_MAX_BYTES:
+        raise InputError(
+            f"{path}: study file is larger than {STUDY_FILE_MAX_BYTES} bytes (1 MiB); "
+            "expected a few lines of TOML"
+        )
+    # Editors on Windows save UTF-8 with a BOM; tomllib would call it an "Invalid statement".
+    bom = codecs.BOM_UTF8 if data.startswith(codecs.BOM_UTF8) else b""
+    try:
+        return data[len(bom) :].decode("utf-8")
+    except UnicodeDecodeError as e:
+        offset = len(bom) + e.start  # counted from 0 at the file's first byte, as od/xxd do
+        raise InputError(
+            f"{path}: not UTF-8 text (byte {offset}); expected a TOML file saved as UTF-8"
+        ) from None
+
+
+def _check_lines(path: Path, text: str) -> None:
+    """Refuse a line with more than DOTS_PER_LINE_MAX dots, before tomllib reads it."""
+    # A dotted key lies on one line (TOML separates its parts by spaces and tabs only),
+    # so its parts are at most the dots of its line + 1. TOML ends lines with "\n" only.
+    for number, line in enumerate(text.split("\n"), start=1):
+        dots = line.count(".")
+        if dots > DOTS_PER_LINE_MAX:
+            raise InputError(
+                f"{path}: line {number} holds {dots} '.' characters; expected at most "
+                f"{DOTS_PER_LINE_MAX} on a line (dotted keys that long take minutes to read)"
+            )
+
+
+_TOP_KEYS = {"name", "description", "seed", "data", "train", "grid", "halving", "rank"}
+
+
+def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study:
+    """Validate the parsed TOML of a study file (pure: no I/O).
+
+    Args:
+        raw: The parsed TOML (tables as dicts, arrays as lists).
+        source: The file it came from, to name in messages.
+        default_name: The study's name when ``raw`` has no ``name`` (the file's stem).
+
+    Returns:
+        The validated study.
+
+    Raises:
+        InputError: naming ``source``, the key, the bad value and what is allowed.
+    """
+    v = _Validator(source)
+    _check_structure(v, raw)
+    v.known(raw, "", _TOP_KEYS)
+    name = _name(v, raw, default_name)
+    description = raw.get("description", "")
+    if not isinstance(description, str) or len(description) > DESCRIPTION_MAX_CHARS:
+        v.fail(
+            "description", description, f"a string of at most {DESCRIPTION_MAX_CHARS} characters"
+        )
+    seed = v.integer(raw, "", "seed", 0, 0, SEED_END - 1, "an integer >= 0 and < 2**63")
+    data = _data(v, raw)
+    settings, searched, repeats = _settings(v, raw, data)
+    rank = v.table(raw, "rank", {"nll_samples"})
+    nll = v.integer(rank, "rank.", "nll_samples", 0, 0, SAMPLES_MAX)
+    study = Study(name, seed, data, settings, searched, source, None, repeats, description, nll,
+                  datasets.BUILTIN.get(data.dataset))  # fmt: skip
+    if "halving" in raw:
+        study = dataclasses.replace(study, halving=_halving(v, raw, study))
+    if study.images is not None:  # a plug-in data set's: once the driver has probed it
+        check_sizes(study)
+    return study
+
+
+def _check_structure(v: _Validator, raw: Mapping[str, Any]) -> None:
+    """Refuse nesting deeper than NESTING_MAX and integers of more than INT_BITS_MAX bits.
+
+    Iterative, so that TOML dotted keys thousands deep (which tomllib builds without
+    recursing) cannot exhaust the stack here or later in repr() of a message.
+    """
+    stack: list[tuple[object, str, int]] = [(raw, "", 0)]
+    while stack:
+        value, key, depth = stack.pop()
+        if isinstance(value, dict | list | tuple):
+            if depth > NESTING_MAX:
+                raise InputError(
+                    f"{v.source}: {key} is nested too deeply; "
+                    f"expected tables and lists at most {NESTING_MAX} deep"
+                )
+            if isinstance(value, dict):
+                prefix = key + "." if key else ""
+                stack.extend((item, prefix + _key(k), depth + 1) for k, item in value.items())
+            else:  # a list element is named by its list's key, as the validators name it
+                stack.extend((item, key, depth + 1) for item in value)
+        elif isinstance(value, int) and value.bit_length() > INT_BITS_MAX:
+            v.fail(key, value, f"an integer of at most {INT_BITS_MAX} bits")
+
+
+def is_study_name(name: object) -> bool:
+    """Whether ``name`` is a study name: a plain folder name under the results folder."""
+    return (
+        isinstance(name, str)
+        and len(name) <= NAME_MAX_CHARS
+        and bool(re.fullmatch(NAME_PATTERN, name))
+    )
+
+
+def _name(v: _Validator, raw: Mapping[str, Any], default_name: str) -> str:
+    name = raw.get("name", default_name)
+    if is_study_name(name):
+        return str(name)
+    allowed = (
+        f"a folder name of at most {NAME_MAX_CHARS} characters: a letter or digit, "
+        "then letters, digits, '-', '_' or '.'"
+    )
+    if "name" not in raw:
+        allowed += ' (this name comes from the file name; a name = "..." key sets another)'
+    v.fail("name", name, allowed)
+
+
+def _data(v: _Validator, raw: Mapping[str, Any]) -> DataSpec:
+    d = v.table(raw, "data", {f.name for f in dataclasses.fields(DataSpec)} - {"images"})
+    broken = datasets.PLUGINS.get(d["dataset"]) if isinstance(d.get("dataset"), str) else None
+    if (
+        d.get("dataset") not in datasets.BUILTIN
+        and broken is not None
+        and broken.problem is not None
+    ):
+        v.fail("data.dataset", d["dataset"], f"a usable data set: {broken.who_registers} it, "
+               f"but {broken.problem}")  # fmt: skip
+    dataset = v.choice(d, "data.", "dataset", DataSpec.dataset, datasets.DATASETS)
+    split = v.choice(d, "data.", "split", DataSpec.split, SPLITS)
+    fractions = _fractions(v, d)
+    most = LIMIT_MAX if dataset in datasets.BUILTIN else 2 * datasets.IMAGES_MAX
+    limit = v.integer(
+        d, "data.", "limit", DataSpec.limit, 0, most,
+        f"0 (all images) or at most {most}, the images of "
+        + (datasets.label(dataset) if dataset in datasets.BUILTIN else "a plug-in data set"),
+    )  # fmt: skip
+    binarize = v.choice(d, "data.", "binarize", DataSpec.binarize, BINARIZE)
+    if split == "official" and ("fractions" in d or limit):
+        key = "fractions" if "fractions" in d else "limit"
+        v.fail(f"data.{key}", d[key], 'nothing: it applies to split = "holdout" only')
+    data = DataSpec(dataset, split, fractions, limit, binarize)
+    if limit and min(split_sizes(data)) < 2:
+        v.fail("data.limit", limit, "enough images that each split holds at least 2")
+    return data
+
+
+def _settings(
+    v: _Validator, raw: Mapping[str, Any], data: DataSpec
+) -> tuple[tuple[tuple[str, tuple[Any, ...]], ...], tuple[str, ...], int]:
+    """Each axis's values from [train] (one value) or [grid] (a value or a list), the
+    searched axes, and grid.repeats."""
+    fixed = v.table(raw, "train", set(AXIS))
+    grid = v.table(raw, "grid", {*AXIS, "repeats"})
+    both = sorted(set(fixed) & set(grid))
+    if both:
+        raise InputError(
+            f"{v.source}: {both[0]} is set in both [train] and [grid]; expected it in one: "
+            "[train] fixes one value, [grid] searches a list"
+        )
+    settings, searched = [], []
+    for axis in AXES:
+        if axis.name in fixed:
+            values = v.values(fixed, "train.", axis, list_ok=False)
+        elif axis.name in grid:
+            values = v.values(grid, "grid.", axis, list_ok=True)
+        else:
+            values = axis.default
+        settings.append((axis.name, values))
+        if axis.name in grid or (axis.searched and axis.name not in fixed):
+            searched.append(axis.name)
+    repeats = v.integer(grid, "grid.", "repeats", 1, 1, REPEATS_MAX)
+    by_axis = dict(settings)
+    # Counted, not len(expand(...)): a huge grid must not be built.
+    sizes = [len(by_axis[n]) for n in searched]
+    count = _distinct_trials(by_axis, searched) * repeats
+    if count > TRIALS_MAX:
+        combos = math.prod(sizes) * repeats
+        merged = f" combinations, {count} distinct" if combos != count else ""
+        raise InputError(
+            f"{v.source}: grid = {' x '.join(map(str, sizes))} values of {', '.join(searched)}"
+            f" x {repeats} repeats = {combos}{merged} trials is not allowed; expected at most "
+            f"{TRIALS_MAX} trials"
+        )
+    for axis in AXES:  # a setting no trial of the study uses (momentum without sgd)
+        if axis.applies is None:
+            continue
+        other, users = axis.applies
+        if any(x in users for x in by_axis[other]):
+            continue
+        # at its default in [train] it says nothing; searched, it would be a column of nothing
+        if axis.name in grid or any(x != axis.default[0] for x in by_axis[axis.name]):
+            section = "grid." if axis.name in grid else "train."
+            table = grid if axis.name in grid else fixed
+            v.fail(
+                section + axis.name, table.get(axis.name, list(by_axis[axis.name])),
+                f"only {format_value(axis.default[0])} without {other} "
+                + " or ".join(f'"{w}"' for w in users)
+                + f": {axis.name} is {' and '.join(users)}'s (no trial of this study uses it)",
+            )  # fmt: skip
+    return tuple(settings), tuple(searched), repeats
+
+
+def check_sizes(study: Study) -> None:
+    """Refuse what the study's images (``study.images``: a built-in data set's when it is
+    loaded, a plug-in's once probed, train/probe.py) do not allow: a limit beyond its
+    images, official split without a test set, a batch larger than the training split,
+    the conv model on sides not divisible by 4, a model over MODEL_PARAMETERS_MAX
+    parameters or a training step over TRAINING_MB_MAX at its largest settings.
+
+    Raises:
+        InputError: naming the study file, the setting and what is allowed.
+    """
+    v = _Validator(study.source)
+    images, data, by_axis = study.images, study.data, dict(study.settings)
+    assert images is not None
+    shown = f"{datasets.label(data.dataset)} ({images.describe()}, {images.train:,} training"
+    shown += f" and {images.test:,} test images)" if images.test else " images, no test set)"
+    if data.limit > images.train + images.test:
+        v.fail("data.limit", data.limit, f"at most the {images.train + images.test:,} images "
+               f"of {shown}")  # fmt: skip
+    if data.split == "official" and not images.test:
+        v.fail("data.split", data.split, f'"holdout": {shown} has no official test split')
+    if min(split_sizes(data, images)) < 1:
+        if data.split == "official":
+            v.fail("data.split", data.split, f'"holdout": {shown} has too few training images '
+                   "for the official split's validation tenth (at least 10)")  # fmt: skip
+        v.fail("data.fractions", list(data.fractions), f"shares that leave no split of {shown} "
+               "empty")  # fmt: skip
+    where = "grid." if "batch_size" in study.searched else "train."
+    n_train, batch = split_sizes(data, images)[0], max(by_axis["batch_size"])
+    if batch > n_train:
+        v.fail(where + "batch_size", batch, f"at most the {n_train} images of the training split")
+    if "conv" in by_axis["model"] and (images.shape[1] % 4 or images.shape[2] % 4):
+        v.fail("data.dataset", data.dataset, f"images whose sides are divisible by 4 for "
+               f"model conv (two stride-2 convolutions); {shown}")  # fmt: skip
+    # Parameters and memory grow with every size: each model's largest trial is the one.
+    largest = largest_trials(by_axis)
+    for trial in largest:
+        n_params = parameter_count(trial, images.shape)
+        if n_params > MODEL_PARAMETERS_MAX:
+            dims = ("hidden", "latent", "depth", "channels")
+            named = ", ".join(f"{n} = {trial[n]}" for n in dims if applies(AXIS[n], trial))
+            raise InputError(
+                f"{v.source}: model {trial['model']} with {named} has {n_params:,} parameters; "
+                f"expected at most {MODEL_PARAMETERS_MAX:,} for every config (images of "
+                f"{images.describe()})"
+            )
+    worst = max(largest, key=lambda t: training_mb(t, images.shape))
+    need = training_mb(worst, images.shape)
+    if need > TRAINING_MB_MAX:
+        which = ["model", "batch_size", "hidden"]
+        which += ["channels"] if worst["model"] == "conv" else []
+        which += ["samples"] if worst["objective"] == "iwae" else []
+        named = ", ".join(f"{n} = {worst[n]}" for n in which)
+        raise InputError(
+            f"{v.source}: {named} needs about {need:,} MB per training step (parameters, "
+            f"Adam's moments, activations); expected at most {TRAINING_MB_MAX:,} MB: a "
+            f"smaller batch_size or fewer samples (images of {images.describe()})"
+        )
+
+
+def _distinct_trials(by_axis: Mapping[str, tuple[Any, ...]], searched: list[str]) -> int:
+    """The trials of one repeat of a grid, as expand makes them, without expanding it: a
+    setting's values count only where it applies (``Axis.applies``: depth for mlp), so for
+    every combination of the settings others depend on (model, objective, optimizer: a few
+    values each), the product of the sizes of the settings that apply there."""
+    parents = sorted({a.applies[0] for a in AXES if a.applies is not None})
+    total = 0
+    for combo in itertools.product(*(by_axis[p] for p in parents)):
+        at = dict(zip(parents, combo, strict=True))
+        total += math.prod(
+            len(by_axis[n]) for n in searched
+            if n not in at and applies(AXIS[n], at)
+        )  # fmt: skip
+    return total
+
+
+def _halving(v: _Validator, raw: Mapping[str, Any], study: Study) -> HalvingSpec:
+    h = v.table(raw, "halving", {f.name for f in dataclasses.fields(HalvingSpec)})
+    if len(study.values("epochs")) > 1 or study.repeats > 1:
+        what = "several epochs values" if study.repeats == 1 else f"repeats = {study.repeats}"
+        raise InputError(
+            f"{v.source}: [halving] with {what} is not supported; expected one epochs "
+            "value and repeats = 1 (rungs compare single trials that train equally long)"
+        )
+    epochs = study.epochs
+    last = epochs - 1  # a rung at the last epoch would stop nothing
+    allowed = (
+        f"a non-empty list of strictly increasing integers from 1 to {last} "
+        f"(epochs before the last of epochs = {epochs})"
+    )
+    if last < 1:
+        allowed = f"nothing: epochs = {epochs} leaves no epoch to stop at"
+    for key in ("rungs", "keep"):  # no default fits every study: both are spelled out
+        if key not in h:
+            raise InputError(
+                f"{v.source}: halving.{key} is missing; [halving] needs rungs and keep"
+            )
+    rungs = h["rungs"]
+    if (
+        not isinstance(rungs, list)
+        or not rungs
+        or not all(isinstance(r, int) and not isinstance(r, bool) and 1 <= r <= last for r in rungs)
+        or any(a >= b for a, b in itertools.pairwise(rungs))
+    ):
+        v.fail("halving.rungs", rungs, allowed)
+    keep = h["keep"]
+    if not is_number(keep) or not 0 < keep < 1:  # _is_number refuses bools and nan
+        v.fail(
+            "halving.keep",
+            keep,
+            "a number between 0 and 1, exclusive: the share of trials that goes on at a rung",
+        )
+    metric = v.choice(h, "halving.", "metric", HalvingSpec.metric, HALVING_METRICS)
+    if metric == "val_nll" and not study.nll_samples:
+        v.fail(
+            "halving.metric", metric,
+            'val_nll only with [rank] nll_samples = K (K > 0): the samples of the NLL',
+        )  # fmt: skip
+    return HalvingSpec(tuple(int(r) for r in rungs), float(keep), metric)
+
+
+def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float]:
+    value = d.get("fractions", DataSpec.fractions)
+    allowed = "three numbers in (0, 1) for train, validation, test that sum to 1"
+    if (
+        not isinstance(value, list | tuple)
+        or len(value) != 3
+        or not all(is_number(f) and 0 < f < 1 for f in value)  # before float(): 10**400
+    ):
+        v.fail("data.fractions", value, allowed)
+    fractions = (float(value[0]), float(value[1]), float(value[2]))
+    if not math.isclose(sum(fractions), 1.0):
+        v.fail("data.fractions", value, allowed)
+    data = DataSpec(fractions=fractions)
+    if min(split_sizes(data)) < 1:
+        v.fail("data.fractions", value, "shares that leave no split empty")
+    return fractions
+
+
+class _Validator:
+    """Reads typed values out of the raw TOML, failing with one complete line."""
+
+    def __init__(self, source: str) -> None:
+        self.source = source
+
+    def fail(self, key: str, value: object, allowed: str) -> NoReturn:
+        raise InputError(
+            f"{self.source}: {key} = {_show(value)} is not allowed; expected {allowed}"
+        )
+
+    def known(self, table: Mapping[str, Any], prefix: str, keys: set[str]) -> None:
+        for key in table:
+            if key not in keys:
+                where = f" in [{prefix.rstrip('.')}]" if prefix else ""
+                raise InputError(
+                    f"{self.source}: unknown key '{prefix}{_key(key)}'; "
+                    f"allowed keys{where}: {', '.join(sorted(keys))}"
+                )
+
+    def table(self, raw: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
+        table = raw.get(name, {})
+        if not isinstance(table, dict):
+            self.fail(name, table, f"a table [{name}]")
+        self.known(table, name + ".", keys)
+        return table
+
+    def integer(
+        self,
+        t: Mapping[str, Any],
+        prefix: str,
+        key: str,
+        default: int,
+        minimum: int,
+        maximum: int | None,
+        allowed: str | None = None,
+    ) -> int:
+        value = t.get(key, default)
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
+        if not ok or (maximum is not None and value > maximum):
+            if allowed is None:
+                allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+                allowed += f" up to {maximum}" if maximum is not None else ""
+            self.fail(prefix + key, value, allowed)
+        return int(value)
+
+    def choice(
+        self, t: Mapping[str, Any], prefix: str, key: str, default: str, allowed: tuple[str, ...]
+    ) -> str:
+        value = t.get(key, default)
+        if value not in allowed:
+            self.fail(prefix + key, value, "one of " + ", ".join(f'"{a}"' for a in allowed))
+        return str(value)
+
+    def values(
+        self, table: Mapping[str, Any], prefix: str, axis: Axis, list_ok: bool
+    ) -> tuple[Any, ...]:
+        """An axis's values: one value, or (``list_ok``) a non-empty list of distinct ones."""
+        key = prefix + axis.name
+        value = table[axis.name]
+        for item in value if isinstance(value, list) else [value]:
+            broken = PLUGINS.get(item) if axis.name == "model" and isinstance(item, str) else None
+            if broken is not None and broken.problem is not None:
+                self.fail(key, item, f"a usable model: {broken.who_registers} it, "
+                          f"but {broken.problem}")  # fmt: skip
+        if not isinstance(value, list):
+            if not axis.check(value):
+                self.fail(key, value, axis.allowed() + (" or a list of such" if list_ok else ""))
+            return (axis.kind(value),)
+        if not list_ok:
+            self.fail(key, value, f"{axis.allowed()} (a list of values goes in [grid])")
+        allowed = f"a non-empty list of distinct values, each {axis.allowed()}"
+        if not value:
+            self.fail(key, value, allowed)
+        if len(value) > GRID_VALUES_MAX:
+            self.fail(key, value, f"{allowed}, at most {GRID_VALUES_MAX} of them")
+        for item in value:
+            if not axis.check(item):
+                self.fail(key, item, allowed)
+        out = tuple(axis.kind(item) for item in value)
+        if len(set(out)) != len(out):
+            dup = next(x for x in out if out.count(x) > 1)
+            self.fail(key, value, f"{allowed} ({_show(dup)} is listed twice)")
+        return out
+
+
+def _key(key: str) -> str:
+    """A TOML key as the file spells it: bare, else quoted (so no newline reaches a message)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _show(key)
+
+
+def _show(value: object) -> str:
+    """A value as TOML-ish text on one line, cut to SHOWN_MAX_CHARS."""
+    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
+        return f"<an integer of {value.bit_length()} bits>"  # repr() refuses > 4300 digits
+    if isinstance(value, str):
+        text = json.dumps(value)
+    elif isinstance(value, bool):
+        text = str(value).lower()
+    elif isinstance(value, tuple):
+        text = repr(list(value))
+    else:
+        try:
+            text = repr(value)
+        except ValueError:  # an integer of > 4300 digits inside a list or table
+            text = f"<a {type(value).__name__} too large to show>"
+    if len(text) > SHOWN_MAX_CHARS:
+        text = f"{text[:SHOWN_MAX_CHARS]}... ({len(text)} characters)"
+    return text

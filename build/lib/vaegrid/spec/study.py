@@ -1,0 +1,439 @@
+"""A study and its trials: the validated study, the grid's expansion, the trial config and
+its key. Loading a study file (the hostile part) is spec/load.py's.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import itertools
+import json
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from vaegrid.spec import datasets
+from vaegrid.spec.axes import (
+    AXES,
+    AXIS,
+    PLUGINS,
+    applies,
+    describe,
+    neutralize,
+)
+from vaegrid.spec.axes import (
+    MODELS as BUILTIN_MODELS,
+)
+from vaegrid.spec.datasets import Images
+
+# Bump when the model or the training loop changes what a config computes: it is part
+# of every trial key and of the study's fingerprint, so old results never pass for new.
+# 2: common random numbers: initial weights from (study seed, repeat, hidden, latent), data
+# order, z draws and binarization from (study seed, repeat), not from the trial key.
+MODEL = "linear-vae-2"
+# Each built-in model's version, bumped as MODEL is: a trial key holds its model's version
+# (a linear trial's key is what it was before other models existed).
+MODEL_VERSIONS = {"linear": MODEL, "mlp": "mlp-vae-1", "conv": "conv-vae-1"}
+# A plug-in's (spec/plugins.py): its name, distribution and version.
+MODEL_VERSIONS |= {n: p.model_version for n, p in PLUGINS.items() if n in AXIS["model"].choices}
+_MODEL_OF = {v: k for k, v in MODEL_VERSIONS.items()}
+SPLITS = ("holdout", "official")
+# "none": grey levels in [0, 1] (the seed's; a Bernoulli likelihood of grey levels is not
+# comparable with published results). "dynamic": every training image drawn afresh as
+# Bernoulli(pixel) each epoch; "static": drawn once. Validation and test: drawn once.
+BINARIZE = ("none", "dynamic", "static")
+# [halving] metric: the validation metric trials are compared by at a rung (lower is better).
+HALVING_METRICS = ("val_elbo", "val_recon", "val_nll")
+MNIST_IMAGES = Images()  # MNIST's (and Fashion-MNIST's): 1 x 28 x 28, 60,000 + 10,000
+MNIST_SHAPE = MNIST_IMAGES.shape  # (channels, height, width)
+# Images per evaluation pass (train/trial.py) and decoded images per pass of the
+# importance-sampled NLL (train/model.py): what bounds their memory.
+EVAL_ROWS = 10_000
+NLL_ROWS = 1_000
+
+
+@dataclass(frozen=True)
+class DataSpec:
+    """Which images a study trains, selects and tests on."""
+
+    # "mnist" (the seed's), "fashion-mnist" (torchvision's FashionMNIST files) or a
+    # registered plug-in's (spec/datasets.py).
+    dataset: str = "mnist"
+    # "holdout": pool all 70,000 images, seeded permutation, cut by `fractions` (the seed's
+    # protocol). "official": 54,000 / 6,000 of the training set and the 10,000 test images.
+    split: str = "holdout"
+    # Train / validation / test shares of the pool (holdout only); each split non-empty.
+    fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    # Use only this many images of the permuted pool (0 = all): small smoke studies.
+    limit: int = 0
+    # Grey levels ("none") or binarized pixels ("dynamic", "static"): see BINARIZE.
+    binarize: str = "none"
+    # A plug-in data set's images: the SHA-256 of their shapes and bytes, as the driver's
+    # probe loaded them (train/probe.py): in the key, so changed images are never mixed
+    # with old results, and checked by every worker that loads them. Not a study file's
+    # key; "" for the built-in data sets (their keys are what they were).
+    images: str = ""
+
+
+@dataclass(frozen=True)
+class HalvingSpec:
+    """Synchronous successive halving: which trials go on at each rung (halving.py).
+
+    Opt-in: a study without a ``[halving]`` table runs its full grid. Trial keys never
+    depend on it: a trial that goes on to the end computes exactly what it computes in
+    the full grid.
+    """
+
+    # The epochs at which trials are compared: strictly increasing, each in 1 .. epochs - 1.
+    rungs: tuple[int, ...]
+    # The share that goes on at each rung: the best max(1, ceil(keep x n)) of the n trials
+    # compared, keep taken as the decimal the file writes (0.1 x 30 = 3, not 3.0000000000000004).
+    keep: float
+    # What trials are compared by at a rung: their validation metric at that epoch.
+    metric: str = "val_elbo"
+
+
+@dataclass(frozen=True)
+class Study:
+    """A validated study: its data, each axis's values, which axes it searches."""
+
+    name: str  # results go to <results>/<name>/; defaults to the file's stem
+    seed: int  # seeds the split and every random draw of every trial
+    data: DataSpec
+    # Every axis of AXES, in that order, with its values: one for a fixed setting.
+    settings: tuple[tuple[str, tuple[Any, ...]], ...]
+    searched: tuple[str, ...]  # the axes in the grid (in AXES order): tables' columns
+    source: str  # the file it was loaded from, for messages
+    halving: HalvingSpec | None = None  # None: every trial runs all its epochs
+    repeats: int = 1  # runs of every config, with seeds from (study seed, repeat)
+    description: str = ""  # the study file's words on it, for report.md (not a setting)
+    # [rank] nll_samples: k of the importance-sampled validation NLL (val_nll) computed at
+    # the end of every trial (and at the rungs when halving compares by it); 0: none.
+    nll_samples: int = 0
+    # What the data set's images are (shape, counts): a built-in data set's from the start,
+    # a plug-in's once the driver has probed it (train/probe.py); None until then.
+    images: Images | None = MNIST_IMAGES
+    # Plug-in models' work as the probe measured it (train/probe.py): (model, encoder and
+    # decoder factors over the cost model's guess); () until probed. Not a setting.
+    plugin_work: tuple[tuple[str, float, float], ...] = ()
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The images' (channels, height, width).
+
+        Raises:
+            RuntimeError: a plug-in data set not probed yet (train/probe.py).
+        """
+        if self.images is None:
+            raise RuntimeError(f"data set {self.data.dataset} has not been probed")
+        return self.images.shape
+
+    def values(self, axis: str) -> tuple[Any, ...]:
+        return dict(self.settings)[axis]
+
+    @property
+    def training_mb(self) -> int:
+        """The memory its largest trial's training step needs (:func:`training_mb`)."""
+        return max(training_mb(t, self.shape) for t in largest_trials(dict(self.settings)))
+
+    @property
+    def data_mb(self) -> int:
+        """What a worker holds of a plug-in data set's images beyond MNIST's (which the
+        worker's own measured memory counts): its float32 splits and, while they are made,
+        as much again (MB); 0 for the built-in data sets."""
+        images = self.images or MNIST_IMAGES
+        floats = (images.train + images.test) * images.pixels
+        mnist = (MNIST_IMAGES.train + MNIST_IMAGES.test) * MNIST_IMAGES.pixels
+        return max(0, 2 * 4 * (floats - mnist)) // (1 << 20)
+
+    @property
+    def epochs(self) -> int:
+        """The most epochs any trial trains."""
+        return int(max(self.values("epochs")))
+
+    def fingerprint(self) -> dict[str, Any]:
+        """The fixed settings: a stored study is only resumed by a study with the same ones.
+
+        ``train`` holds every axis the study does not search, with its one value (an
+        optional axis only when not at its default); the grid (and ``repeats``) may grow
+        between runs. ``searched`` names the optional axes the study searches, ``halving``
+        is in it only when the study has a ``[halving]`` table: a study of the settings
+        older vaegrids knew keeps the fingerprint it had.
+        """
+        fixed = {k: v[0] for k, v in self.settings if k not in self.searched}
+        out: dict[str, Any] = {
+            "model": MODEL,
+            "seed": self.seed,
+            "data": data_dict(self.data),
+            "train": {
+                k: v for k, v in fixed.items() if not (AXIS[k].optional and v == AXIS[k].default[0])
+            },
+        }
+        optional = [n for n in self.searched if AXIS[n].optional]
+        if optional:
+            out["searched"] = optional
+        if self.halving is not None:
+            out["halving"] = dataclasses.asdict(self.halving)
+        if self.nll_samples:
+            out["rank"] = {"nll_samples": self.nll_samples}
+        return out
+
+
+def nll_samples(fingerprint: Mapping[str, Any]) -> int:
+    """A stored study's ``[rank] nll_samples`` (0: none), from its fingerprint (checked
+    where the database is read: db/reader.py)."""
+    return int(fingerprint.get("rank", {}).get("nll_samples", 0))
+
+
+def searched_axes(fingerprint: Mapping[str, Any]) -> list[str]:
+    """The axes a stored study searches: those its fingerprint does not fix (an optional
+    axis only when named as searched: one not in ``train`` is at its default)."""
+    fixed = fingerprint.get("train", {})
+    optional = fingerprint.get("searched", [])
+    return [a.name for a in AXES if (a.name in optional if a.optional else a.name not in fixed)]
+
+
+@dataclass(frozen=True, eq=True)
+class TrialConfig:
+    """Everything one trial computes from; its hash is the trial key.
+
+    The study's seed and data, the repeat (which seeds it draws from) and one value of
+    every axis of ``AXES``: ``cfg.lr`` reads a setting like a field, ``cfg.model`` names the
+    model, ``cfg.version`` is that model's version (in the key). Make one with
+    :meth:`make`, which fills unnamed settings with their axis's default.
+    """
+
+    seed: int
+    data: DataSpec
+    settings: tuple[tuple[str, Any], ...]  # (axis name, value) for every axis, AXES order
+    repeat: int = 0
+
+    def __post_init__(self) -> None:
+        names = tuple(n for n, _ in self.settings)
+        if names != _AXIS_NAMES:
+            raise TypeError(f"a trial config holds every setting of AXES, in order; got {names}")
+
+    def __getattr__(self, name: str) -> Any:
+        """A setting's value (``cfg.hidden``): called only when no field has the name."""
+        for n, value in object.__getattribute__(self, "settings"):
+            if n == name:
+                return value
+        raise AttributeError(name)
+
+    @property
+    def version(self) -> str:
+        """The model's version: what its trial key and weights say it was computed by."""
+        return MODEL_VERSIONS[self.model]
+
+    @classmethod
+    def make(cls, seed: int, data: DataSpec, repeat: int = 0, **settings: Any) -> TrialConfig:
+        """A config from settings by name; every axis not named takes its default.
+
+        Raises:
+            TypeError: a name that is no axis of ``AXES``.
+        """
+        unknown = sorted(set(settings) - set(AXIS))
+        if unknown:
+            raise TypeError(f"{', '.join(unknown)}: not a setting (see spec/axes.py's AXES)")
+        values = tuple((a.name, settings.get(a.name, a.default[0])) for a in AXES)
+        return cls(seed, data, values, repeat)
+
+    def replace(self, **changes: Any) -> TrialConfig:
+        """This config with some fields or settings changed."""
+        fields = {k: changes.pop(k) for k in ("seed", "data", "repeat") if k in changes}
+        merged = {**dict(self.settings), **changes}
+        return TrialConfig.make(
+            fields.get("seed", self.seed),
+            fields.get("data", self.data),
+            fields.get("repeat", self.repeat),
+            **merged,
+        )
+
+    @property
+    def key(self) -> str:
+        """A short stable hash of the full config: 12 hex digits of SHA-256."""
+        return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
+
+    @property
+    def config_id(self) -> str:
+        """The key of this config at repeat 0: what the repeats of one config share."""
+        return self.replace(repeat=0).key
+
+    def axis_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
+        """The values of ``names`` (default: every axis), as tables and Optuna name them."""
+        values = dict(self.settings)
+        return {n: values[n] for n in (names if names is not None else AXIS)}
+
+    def describe(self, names: Sequence[str]) -> str:
+        """``hidden 400, latent 100, lr 0.03, clip 1`` (and the repeat when not 0): the
+        settings ``names`` that apply to this trial (no depth for a linear model)."""
+        values = dict(self.settings)
+        names = [n for n in names if applies(AXIS[n], values)]
+        parts = [describe(values, names)] if names else []
+        return ", ".join(parts + ([f"repeat {self.repeat}"] if self.repeat else []))
+
+    def as_dict(self) -> dict[str, Any]:
+        """The config as one flat mapping: what its JSON and key are made of. ``model``
+        holds the model's version; an optional axis at its default is left out (a linear
+        VAE's key is the one it had before other models existed)."""
+        settings = {
+            a.name: v
+            for a, (_, v) in zip(AXES, self.settings, strict=True)
+            if not (a.optional and v == a.default[0])
+        }
+        return {
+            "seed": self.seed,
+            "data": data_dict(self.data),
+            "repeat": self.repeat,
+            **settings,
+            "model": self.version,
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.as_dict(), sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> TrialConfig:
+        """A config from its JSON.
+
+        Raises:
+            ValueError: not JSON, or not a config's (a refused name raises TypeError).
+        """
+        raw = json.loads(text)
+        if not isinstance(raw, dict) or not isinstance(raw.get("data"), dict):
+            raise ValueError("not a trial config (a JSON object with its data settings)")
+        data = raw.pop("data")
+        dataset = datasets.from_tag(data.get("dataset"))
+        if dataset is None:
+            raise ValueError(f"data set {str(data.get('dataset'))[:60]!r} is not installed here")
+        data = DataSpec(**{**data, "dataset": dataset, "fractions": tuple(data["fractions"])})
+        version = raw.pop("model", None)
+        if version not in _MODEL_OF:
+            raise ValueError(f"model {str(version)[:40]!r} is no model this vaegrid computes")
+        return cls.make(raw.pop("seed"), data, model=_MODEL_OF[version], **raw)
+
+
+_AXIS_NAMES = tuple(a.name for a in AXES)
+
+
+def data_dict(data: DataSpec) -> dict[str, Any]:
+    """The data settings as keys and fingerprints hold them: a plug-in data set by its name,
+    distribution and version (images of another version are never mixed in)."""
+    out = {**dataclasses.asdict(data), "dataset": datasets.tag(data.dataset)}
+    if not data.images:
+        del out["images"]
+    return out
+
+
+def derive_seed(*parts: object) -> int:
+    """A 63-bit seed from any parts, stable across processes and platforms."""
+    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> 1
+
+
+def split_sizes(data: DataSpec, images: Images = MNIST_IMAGES) -> tuple[int, int, int]:
+    """Images in the train, validation and test splits of ``data`` drawn from ``images``'
+    training and test sets (default: MNIST's)."""
+    if data.split == "official":
+        n_val = images.train // 10
+        return images.train - n_val, n_val, images.test
+    pool = data.limit or images.train + images.test
+    n_train = round(data.fractions[0] * pool)
+    n_val = round(data.fractions[1] * pool)
+    return n_train, n_val, pool - n_train - n_val
+
+
+def expand(study: Study) -> list[TrialConfig]:
+    """The grid's trials: repeat by repeat, each the cross product of the axes' values in
+    the order of the study file. A setting that does not apply to a trial (momentum without
+    sgd, depth without mlp: ``Axis.applies``) is recorded at its neutral value, and the
+    trials that then coincide are one trial."""
+    names = [name for name, _ in study.settings]
+    out: dict[str, TrialConfig] = {}
+    for repeat in range(study.repeats):
+        for values in itertools.product(*(v for _, v in study.settings)):
+            setting = neutralize(dict(zip(names, values, strict=True)))
+            cfg = TrialConfig.make(study.seed, study.data, repeat=repeat, **setting)
+            out.setdefault(cfg.key, cfg)
+    return list(out.values())
+
+
+def parameter_count(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> int:
+    """Trainable parameters of the model of ``settings`` (train/model.py) for images of
+    ``shape`` (C, H, W), without building it. H = hidden, Z = latent, P = C x H x W
+    values; a BatchNorm has a weight and a bias per feature.
+
+    - linear: Linear(P, H) + BatchNorm(H), heads 2 x Linear(H, Z), Linear(Z, H) +
+      BatchNorm(H) + Linear(H, P);
+    - mlp: ``depth`` Linear layers of H each side, heads, Linear(H, P);
+    - conv: two 4 x 4 convolutions (C -> K -> 2K channels, stride 2: sides / 4),
+      Linear(2K x H/4 x W/4, H), heads, Linear(Z, H), Linear(H, 2K x H/4 x W/4), two
+      transposed convolutions back (2K -> K -> C); a BatchNorm after every layer but the
+      heads and the last.
+    """
+    h, z, model = settings["hidden"], settings["latent"], settings["model"]
+    if model not in BUILTIN_MODELS:
+        return 0  # a plug-in's: counted when the driver probes it (run/probe.py)
+    pixels = math.prod(shape)
+    heads = 2 * (h * z + z)
+    if model == "mlp":
+        stack = (settings["depth"] - 1) * (h * h + h)
+        return (pixels * h + h + stack) + heads + (z * h + h + stack + h * pixels + pixels)
+    if model == "conv":
+        c, c1, c2 = shape[0], settings["channels"], 2 * settings["channels"]
+        convs = 16 * c * c1 + c1 + 16 * c1 * c2 + c2 + 2 * (c1 + c2)  # encoder, BatchNorms
+        flat = c2 * (shape[1] // 4) * (shape[2] // 4)
+        dense = flat * h + h + 2 * h
+        decoder = z * h + 3 * h + h * flat + 3 * flat + 16 * c2 * c1 + 3 * c1 + 16 * c1 * c + c
+        return convs + dense + heads + decoder
+    encoder = pixels * h + h + 2 * h
+    decoder = z * h + h + 2 * h + h * pixels + pixels
+    return encoder + heads + decoder
+
+
+def training_mb(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> int:
+    """An estimate of the memory a trial of ``settings`` on images of ``shape`` needs beyond
+    the worker's own (MB): the parameters, their gradients and Adam's two moments, and the
+    larger of a training step's activations (kept for the backward pass, half again for the
+    backward's own) and an evaluation or NLL pass's (within a factor of 2 of what a
+    training step, a validation pass and an NLL pass measured for linear, conv and IWAE
+    trials: tested).
+
+    The activations of a batch of B images with k samples (k = 1 for the ELBO) are
+    dominated by the decoder's k x B x (two hidden layers and the P values' logits with
+    their loss), the encoder's B x (its layers), and for conv the feature maps, K x H/2 x
+    W/2 and 2K x H/4 x W/4 per image on each side.
+    """
+    h, batch = settings["hidden"], settings["batch_size"]
+    pixels, area = math.prod(shape), shape[1] * shape[2]
+    k = settings["samples"] if settings["objective"] == "iwae" else 1
+    layers = settings["depth"] if settings["model"] == "mlp" else 1
+    per_image = 2 * h * layers  # pre- and post-activation
+    widest = h
+    if settings["model"] == "conv":
+        c = settings["channels"]
+        maps = 2 * (c * area // 4 + 2 * c * area // 16)
+        per_image += maps
+        decoded = 3 * pixels + per_image + maps
+        widest = max(h, c * area // 2)
+    else:
+        decoded = 3 * pixels + per_image
+    activations = batch * (pixels + per_image) + k * batch * decoded
+    # Evaluation (EVAL_ROWS images a pass) and the validation NLL (NLL_ROWS decoded images
+    # a pass) keep no activations for a backward pass: their widest layers at once.
+    passes = max(EVAL_ROWS, NLL_ROWS) * (3 * pixels + 2 * widest)
+    floats = 4 * parameter_count(settings, shape) + max(3 * activations // 2, passes)
+    return 4 * floats // (1 << 20) + 1
+
+
+def largest_trials(by_axis: Mapping[str, Sequence[Any]]) -> list[dict[str, Any]]:
+    """For each model and objective of a study, the settings of its largest trial (every
+    size at its largest: memory grows with each)."""
+    sizes = {n: max(by_axis[n]) for n in ("hidden", "latent", "depth", "channels",
+                                           "samples", "batch_size")}  # fmt: skip
+    return [
+        {**sizes, "model": m, "objective": o}
+        for m in by_axis["model"]
+        for o in by_axis["objective"]
+    ]
