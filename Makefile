@@ -8,16 +8,22 @@ RESULTS ?= results
 
 LOCK    := requirements.lock
 
-.PHONY: install lock test test-slow test-all lint bench bench-store identity grid clean
+.PHONY: install lock test test-slow test-all lint docs bench bench-store identity grid clean
 
 # Exact versions of every package from the checked-in lock, then vaegrid itself (editable,
 # no dependencies of its own): two fresh installs compute with the same libraries.
 # Re-runs only when pyproject.toml or the lock is newer than the last successful install.
 $(STAMP): pyproject.toml $(LOCK)
-	test -x $(BIN)/python || $(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -r $(LOCK)
-	$(BIN)/python -m pip install --quiet --no-deps -e .
-	touch $(STAMP)
+	@echo "make: installing $$(grep -c '==' $(LOCK)) pinned packages into $(VENV) (torch's CUDA build"\
+	  "is most of it: about 2 minutes and 6 GB the first time; seconds when already there)"
+	@start=$$(date +%s); \
+	test -x $(BIN)/python || $(PY) -m venv $(VENV); \
+	$(BIN)/python -m pip install --quiet -r $(LOCK) > $(VENV)/pip.log 2>&1 \
+	  || { grep -v "^WARNING: Location" $(VENV)/pip.log; exit 1; }; \
+	$(BIN)/python -m pip install --quiet --no-deps -e . > $(VENV)/pip.log 2>&1 \
+	  || { grep -v "^WARNING: Location" $(VENV)/pip.log; exit 1; }; \
+	$(BIN)/python -c "import vaegrid, torch, optuna" && touch $(STAMP) && \
+	echo "make: installed in $$(( $$(date +%s) - start )) s; the command is $(BIN)/vaegrid"
 
 install: $(STAMP)
 
@@ -41,6 +47,11 @@ test-slow: $(STAMP)
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The docs site into site/: the reference pages are generated from the code (docs/hooks.py);
+# a broken link or reference fails the build.
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP)
 	$(BIN)/ruff check vaegrid tests bench

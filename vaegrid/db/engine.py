@@ -11,7 +11,7 @@ a worker commits one epoch every few seconds at most, so connections in use at o
 the transactions in flight, not the workers. A writer's connection that fails (a full
 server's "too many clients", a timeout under load) is retried with jittered back-off for
 up to a minute instead of failing the trial. Past about a hundred busy workers, put
-PgBouncer in front (README, Scale).
+PgBouncer in front (docs/explanation/scale.md).
 """
 
 from __future__ import annotations

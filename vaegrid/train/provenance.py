@@ -1,7 +1,7 @@
 """What a result was computed with: library versions, code version, host, device kind.
 
 Results are bit-identical on one machine with one set of libraries, not across CPUs, GPUs
-or torch releases (README, Determinism). So every run records what it ran with, and a
+or torch releases (docs/explanation/computed.md). So every run records what it ran with, and a
 trial is only ever continued on the same kind of device and torch. Nothing here imports
 torch: the driver uses it too.
 """
