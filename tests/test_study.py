@@ -1,7 +1,9 @@
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
+import re
 import time
 from collections.abc import Callable
 from dataclasses import replace
@@ -707,3 +709,61 @@ def test_a_plugin_data_sets_images_count_in_each_workers_memory() -> None:
     big = replace(study, images=Images((3, 32, 32), 90_000, 10_000))
     assert big.data_mb == 2 * 4 * (100_000 * 3072 - 70_000 * 784) // (1 << 20)  # 1,925 MB
     assert replace(study, images=Images((1, 8, 8), 100, 0)).data_mb == 0
+
+
+def _sampled(text: str, tmp_path: Path) -> list[TrialConfig]:
+    path = tmp_path / "s.toml"
+    path.write_text(text)
+    return expand(load_study(path))
+
+
+GRID = """
+[grid]
+hidden = [100, 200, 300, 400]
+latent = [10, 20, 30]
+lr = [1e-3, 1e-2]
+clip = [1.0]
+"""
+
+
+def test_sample_draws_a_deterministic_subset_that_grows_by_keeping_its_first_configs(
+    tmp_path: Path,
+) -> None:
+    full = {c.key for c in _sampled(GRID, tmp_path)}
+    assert len(full) == 24
+    draws = [_sampled(GRID + f"[sample]\nconfigs = {n}\n", tmp_path) for n in (1, 5, 12, 24)]
+    keys = [[c.key for c in d] for d in draws]
+    assert [len(k) for k in keys] == [1, 5, 12, 24] and set(keys[-1]) == full
+    for smaller, larger in itertools.pairwise(keys):
+        assert set(smaller) < set(larger)  # raising N keeps the first N
+    assert keys[1] == [c.key for c in _sampled(GRID + "[sample]\nconfigs = 5\n", tmp_path)]
+    other = {c.key for c in _sampled(GRID + "[sample]\nconfigs = 5\nseed = 1\n", tmp_path)}
+    assert other != set(keys[1])  # another seed, another draw
+    # with repeats: each drawn config, every repeat; the configs drawn are the same
+    grid = GRID.replace("clip = [1.0]", "clip = [1.0]\nrepeats = 3")
+    repeated = _sampled(grid + "[sample]\nconfigs = 5\n", tmp_path)
+    assert len(repeated) == 15 and {c.config_id for c in repeated} == set(keys[1])
+
+
+@pytest.mark.parametrize(
+    ("table", "message"),
+    [
+        ("configs = 0", "sample.configs = 0 is not allowed"),
+        ('configs = "5"', "sample.configs"),
+        ("configs = 5\ncolour = 1", "sample.colour"),
+        ("configs = 5\nseed = -1", "sample.seed = -1 is not allowed"),
+    ],
+)
+def test_a_bad_sample_is_refused_in_one_line(tmp_path: Path, table: str, message: str) -> None:
+    with pytest.raises(InputError, match=re.escape(message)):
+        _sampled(GRID + f"[sample]\n{table}\n", tmp_path)
+
+
+def test_sample_lifts_the_grid_bound_to_what_it_draws(tmp_path: Path) -> None:
+    huge = "[grid]\nhidden = [" + ", ".join(str(h) for h in range(1, 201)) + "]\n"
+    huge += "latent = [" + ", ".join(str(z) for z in range(1, 101)) + "]\nlr = [1e-3]\n"
+    huge += "clip = [1.0]\n"
+    with pytest.raises(InputError, match="20000 trials is not allowed"):
+        _sampled(huge, tmp_path)
+    drawn = _sampled(huge + "[sample]\nconfigs = 50\n", tmp_path)  # 50 of 20,000
+    assert len(drawn) == 50 and len({(c.hidden, c.latent) for c in drawn}) == 50

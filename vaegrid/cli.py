@@ -228,9 +228,14 @@ def _settings_lines(study: Any, n_trials: int) -> str:
     searched = [
         f"{n} [{', '.join(format_value(x) for x in study.values(n))}]" for n in study.searched
     ]
+    from vaegrid.spec.study import grid_configs
+
     configs = n_trials // max(1, study.repeats)
+    drawn = ""
+    if study.sample is not None:
+        drawn = f" (drawn by [sample] seed {study.sample[1]} from the grid's {grid_configs(study)})"
     lines = [
-        f"study {study.name}: {n_trials} trials = {configs} configs x {study.repeats} "
+        f"study {study.name}: {n_trials} trials = {configs} configs{drawn} x {study.repeats} "
         f"repeat{'s' if study.repeats > 1 else ''}",
         f"fixed: {', '.join(fixed)}",
         f"searched: {', '.join(searched) or 'nothing (one config)'}",

@@ -78,6 +78,8 @@ MODEL_PARAMETERS_MAX = 50_000_000
 # A training step of any trial needs at most this much memory (study.training_mb's
 # estimate): IWAE's k samples of a batch multiply the decoder's activations.
 TRAINING_MB_MAX = 16_384
+# [sample]: the grid it draws from holds at most this many configs (each one is ranked).
+SAMPLED_GRID_MAX = 1_000_000
 # --set: at most this many items, each value at most this many characters.
 OVERRIDES_MAX = 100
 OVERRIDE_MAX_CHARS = 10_000
@@ -264,7 +266,9 @@ def _check_lines(path: Path, text: str) -> None:
             )
 
 
-_TOP_KEYS = {"name", "description", "seed", "data", "train", "grid", "halving", "rank"}
+_TOP_KEYS = {
+    "name", "description", "seed", "data", "train", "grid", "halving", "rank", "sample"
+}  # fmt: skip
 
 
 def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study:
@@ -295,8 +299,9 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
     settings, searched, repeats = _settings(v, raw, data)
     rank = v.table(raw, "rank", {"nll_samples"})
     nll = v.integer(rank, "rank.", "nll_samples", 0, 0, SAMPLES_MAX)
+    sample = _sample(v, raw, settings, searched, repeats)
     study = Study(name, seed, data, settings, searched, source, None, repeats, description, nll,
-                  datasets.BUILTIN.get(data.dataset))  # fmt: skip
+                  datasets.BUILTIN.get(data.dataset), sample=sample)  # fmt: skip
     if "halving" in raw:
         study = dataclasses.replace(study, halving=_halving(v, raw, study))
     if study.images is not None:  # a plug-in data set's: once the driver has probed it
@@ -408,6 +413,9 @@ def _settings(
     # Counted, not len(expand(...)): a huge grid must not be built.
     sizes = [len(by_axis[n]) for n in searched]
     count = _distinct_trials(by_axis, searched) * repeats
+    sampled = raw.get("sample", {})
+    if isinstance(sampled, dict) and isinstance(sampled.get("configs"), int):
+        count = min(count, sampled["configs"] * repeats)  # checked with [sample] below
     if count > TRIALS_MAX:
         combos = math.prod(sizes) * repeats
         merged = f" combinations, {count} distinct" if combos != count else ""
@@ -492,6 +500,28 @@ def check_sizes(study: Study) -> None:
             f"Adam's moments, activations); expected at most {TRAINING_MB_MAX:,} MB: a "
             f"smaller batch_size or fewer samples (images of {images.describe()})"
         )
+
+
+def _sample(
+    v: _Validator,
+    raw: Mapping[str, Any],
+    settings: Sequence[tuple[str, tuple[Any, ...]]],
+    searched: Sequence[str],
+    repeats: int,
+) -> tuple[int, int] | None:
+    """[sample] configs = N, seed = S: N configs of the grid, drawn by S (None: all)."""
+    if "sample" not in raw:
+        return None
+    t = v.table(raw, "sample", {"configs", "seed"})
+    configs = v.integer(t, "sample.", "configs", 0, 1, TRIALS_MAX // repeats)
+    seed = v.integer(t, "sample.", "seed", 0, 0, SEED_END - 1, "an integer >= 0 and < 2**63")
+    grid = _distinct_trials(dict(settings), list(searched))
+    if grid > SAMPLED_GRID_MAX:
+        raise InputError(
+            f"{v.source}: [sample] from a grid of {grid:,} configs is not allowed; expected a "
+            f"grid of at most {SAMPLED_GRID_MAX:,} configs (every one is ranked to draw from)"
+        )
+    return configs, seed
 
 
 def _distinct_trials(by_axis: Mapping[str, tuple[Any, ...]], searched: list[str]) -> int:

@@ -117,6 +117,10 @@ class Study:
     # Plug-in models' work as the probe measured it (train/probe.py): (model, encoder and
     # decoder factors over the cost model's guess); () until probed. Not a setting.
     plugin_work: tuple[tuple[str, float, float], ...] = ()
+    # [sample] (configs, seed): that many configs of the grid, the first of its configs in
+    # an order drawn by the seed (more configs keep the ones drawn before); None: all.
+    # Not in the fingerprint: like the grid, it may change between runs.
+    sample: tuple[int, int] | None = None
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -350,13 +354,46 @@ def expand(study: Study) -> list[TrialConfig]:
     sgd, depth without mlp: ``Axis.applies``) is recorded at its neutral value, and the
     trials that then coincide are one trial."""
     names = [name for name, _ in study.settings]
+    chosen = None if study.sample is None else set(sampled(study))
     out: dict[str, TrialConfig] = {}
     for repeat in range(study.repeats):
         for values in itertools.product(*(v for _, v in study.settings)):
             setting = neutralize(dict(zip(names, values, strict=True)))
+            if chosen is not None and _identity(setting, study.searched) not in chosen:
+                continue
             cfg = TrialConfig.make(study.seed, study.data, repeat=repeat, **setting)
             out.setdefault(cfg.key, cfg)
     return list(out.values())
+
+
+def sampled(study: Study) -> list[str]:
+    """``[sample]``'s configs, as identities of their settings: every distinct config of the
+    grid ranked by a hash of (sample seed, its settings), the first ``configs`` of them.
+    The rank of a config never depends on the others, so raising ``configs`` keeps the
+    configs drawn before, and a grown grid keeps those that still rank first."""
+    assert study.sample is not None
+    configs, seed = study.sample
+    ranked = sorted(_distinct(study), key=lambda i: (derive_seed("sample", seed, i), i))
+    return ranked[:configs]
+
+
+def grid_configs(study: Study) -> int:
+    """The distinct configs of the study's whole grid (before ``[sample]``)."""
+    return len(_distinct(study))
+
+
+def _distinct(study: Study) -> set[str]:
+    names = [name for name, _ in study.settings]
+    return {
+        _identity(neutralize(dict(zip(names, values, strict=True))), study.searched)
+        for values in itertools.product(*(v for _, v in study.settings))
+    }
+
+
+def _identity(setting: Mapping[str, Any], searched: Sequence[str]) -> str:
+    """A config's searched settings as one string (the sample's hash input): the same
+    whatever else is installed or fixed."""
+    return json.dumps({n: setting[n] for n in searched}, sort_keys=True)
 
 
 def parameter_count(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> int:
