@@ -161,6 +161,16 @@ def _parser() -> argparse.ArgumentParser:
     rm.add_argument("study_dir", help="RESULTS_DIR/STUDY, e.g. results/smoke")
     rm.add_argument("--yes", action="store_true", help="do not ask first")
 
+    for kind in ("model", "dataset"):
+        new = sub.add_parser(
+            f"new-{kind}",
+            help=f"write a complete plug-in package for your own {kind} into ./NAME "
+            "(pyproject with entry points, the code, a test, a README, a study): "
+            "pip install -e ./NAME, then a study names it",
+        )
+        new.add_argument("name", help="lowercase letters, digits, '_' (a letter first)")
+        new.add_argument("--dir", default=".", help="where to write it (default: here)")
+
     export = sub.add_parser(
         "export", help="per-epoch metrics, settings and figures to TensorBoard or MLflow"
     )
@@ -418,6 +428,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         dest = args.to[1] if len(args.to) == 2 else default_destination(fmt, layout)
         n = export_study(rows, layout, fmt, dest, lambda line: print(line, file=sys.stderr))
         print(f"{rows.name}: {n} trials exported to {fmt} at {dest}")
+        return 0
+    if args.command in ("new-model", "new-dataset"):
+        from vaegrid.scaffold import new_plugin
+
+        kind = args.command.removeprefix("new-")
+        written = new_plugin(kind, args.name, Path(args.dir))
+        root = Path(args.dir) / args.name
+        print(f"wrote {len(written)} files into {root}; next: pip install -e {root}, then "
+              f"vaegrid plan {root / 'study.toml'}")  # fmt: skip
         return 0
     if args.command == "ls":
         import time

@@ -26,6 +26,7 @@ and a study that names it is refused in one line saying why.
 from __future__ import annotations
 
 import re
+import sys
 from dataclasses import dataclass
 from functools import lru_cache
 from importlib import metadata
@@ -82,10 +83,18 @@ def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
         dist, version, problem = _identity(ep, reserved, found)
         settings: tuple[dict[str, Any], ...] = ()
         if problem is None and ep.name in declared:
+            had_torch = "torch" in sys.modules
             try:
                 settings = _checked(declared[ep.name].load(), reserved)
             except Exception as e:  # anything a foreign module raises: named, not raised
                 problem = f"its settings ({declared[ep.name].value[:100]!r}): {_line(e)}"
+            if not had_torch and "torch" in sys.modules:  # every command now pays for it
+                print(
+                    f"vaegrid: warning: the settings of plug-in {ep.name} "
+                    f"({declared[ep.name].value[:100]}) import torch, so every vaegrid "
+                    "command loads it (a second or two); keep that module free of imports",
+                    file=sys.stderr,
+                )
         for s in settings:  # a setting two models declare is one: declared alike
             other = next((o for p in found.values() if p.problem is None
                           for o in p.settings if o["name"] == s["name"]), s)  # fmt: skip
