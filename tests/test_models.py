@@ -182,7 +182,9 @@ def test_a_study_that_mixes_models_runs_them_once_each_and_ranks_them_in_one_tab
     assert sorted(ranked["model"]) == ["conv", "linear", "mlp", "mlp"]
     assert {"model", "depth", "channels"} <= set(ranked.columns)
     report = (tmp_path / "r" / "mixed" / "report.md").read_text()
-    assert "| conv | 2 | 4 |" in report and "| linear | 2 | 32 |" in report  # one table
+    # one table; a setting that does not apply is "-", as plan shows it
+    assert "| conv | - | 4 |" in report and "| linear | - | - |" in report
+    assert "| mlp | 1 | - |" in report
     # how each value fared counts the configs a setting applies to: depth 2 is one mlp
     assert "- depth 2: 1 of 1 completed" in report and "channels 32" not in report
 

@@ -138,7 +138,7 @@ def markdown(
         "",
         f"One row per config; a rank column per criterion. Every config: {_file('ranking')}.",
         "",
-        table(top10[[*ranks, *show]]),
+        table(_dashes(top10[[*ranks, *show]], names)),
         "",
     ]
     label = str(test["likelihood"].iloc[0])
@@ -156,7 +156,7 @@ def markdown(
         )
         + (" Test figures are means over the tested repeats, ± std." if repeats > 1 else ""),
         "",
-        table(_test_rows(test, names, ranking, repeats)),
+        table(_dashes(_test_rows(test, names, ranking, repeats), names)),
         "",
         "## Is the winner better than the next configs?",
         "",
@@ -250,6 +250,16 @@ def _test_rows(
             cols.append(c)
             heads[c] = f"test_nll (k = {c.removeprefix('test_nll_k')})"
     return out[cols].rename(columns=heads)
+
+
+def _dashes(frame: pd.DataFrame, names: list[str]) -> pd.DataFrame:
+    """``frame`` with ``-`` where a setting does not apply to the row's config (no depth for
+    a linear model), as ``plan`` shows it."""
+    out = frame.astype({n: object for n in names if n in frame.columns})
+    for name in names:
+        if name in out.columns:
+            out.loc[~tables.applicable(frame, name), name] = "-"
+    return out
 
 
 def versions_used(runs: Sequence[Mapping[str, Any]]) -> list[str]:
