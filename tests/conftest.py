@@ -220,3 +220,12 @@ class InlineExecutor:
 
     def shutdown(self, kill: bool) -> None:
         pass
+
+
+def plan_table(out: str) -> tuple[list[str], list[list[str]], int]:
+    """``vaegrid plan``'s output: its table's header, its rows (split on spaces) and the
+    trial count of its last line ("N trials; estimated ...")."""
+    lines = out.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("key "))
+    count = int(lines[-1].split(" trials", 1)[0])
+    return lines[start].split(), [line.split() for line in lines[start + 1 : -1]], count

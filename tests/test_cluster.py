@@ -163,7 +163,8 @@ def test_only_workers_offering_the_resource_get_trials(
     cluster.wait_for(2)
     (tmp_path / "study.toml").write_text(STUDY.replace("epochs = 5", "epochs = 1"))
     p = driver(tmp_path / "study.toml", tmp_path / "r", data, pg_url, cluster.address)
-    assert p.wait(timeout=600) == 0
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, out + err
     assert {r["worker"] for r in runs(pg_url, tmp_path)} == {offering.pid}
 
 

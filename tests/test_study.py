@@ -10,6 +10,7 @@ from dataclasses import replace
 from pathlib import Path
 
 import pytest
+from conftest import plan_table
 
 from vaegrid.cli import main
 from vaegrid.errors import InputError
@@ -330,10 +331,10 @@ def test_official_split_sizes() -> None:
 
 
 def test_plan_prints_every_trial_and_the_count(capsys: pytest.CaptureFixture[str]) -> None:
-    assert main(["plan", str(STUDIES / "seed.toml")]) == 0
-    lines = capsys.readouterr().out.splitlines()
-    assert lines[-1] == "54 trials"
-    keys = [line.split()[0] for line in lines[1:-1]]
+    assert main(["plan", str(STUDIES / "seed.toml"), "--devices", "cpu"]) == 0
+    head, rows, count = plan_table(capsys.readouterr().out)
+    assert head == ["key", "hidden", "latent", "lr", "clip"] and count == 54
+    keys = [row[0] for row in rows]
     assert len(keys) == len(set(keys)) == 54
 
 
