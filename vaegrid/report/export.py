@@ -25,6 +25,7 @@ import math
 import os
 import shutil
 import tempfile
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -156,14 +157,28 @@ def _mlflow(
     uri: str,
     say: Callable[[str], None],
 ) -> int:
-    try:
-        from mlflow.entities import Metric, Param
-        from mlflow.exceptions import MlflowException
-        from mlflow.tracking import MlflowClient
-    except ImportError:
-        raise InputError(_missing("mlflow")) from None
+    import importlib.util
+
+    if importlib.util.find_spec("mlflow") is None:
+        raise InputError(_missing("mlflow"))
     for name in ("mlflow", "alembic"):  # their INFO lines on creating tables
         logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():  # MLflow 3.18's own SQLAlchemy deprecations: not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _mlflow_export(rows, trials, layout, uri, say)
+
+
+def _mlflow_export(
+    rows: StudyRows,
+    trials: list[dict[str, Any]],
+    layout: StudyLayout,
+    uri: str,
+    say: Callable[[str], None],
+) -> int:
+    from mlflow.entities import Metric, Param
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
     try:
         client = MlflowClient(tracking_uri=uri)
         found = client.get_experiment_by_name(rows.name)
