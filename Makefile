@@ -37,9 +37,10 @@ lock:
 	  .lock-venv/bin/python -m pip freeze --exclude-editable | grep -v '^vaegrid'; } > $(LOCK)
 	rm -rf .lock-venv
 
-# The fast suite (the README's test command); `make test-all` adds the slow end-to-end tests.
+# The fast suite (the README's test command), on every core (pytest-xdist); `make test-all`
+# adds the slow end-to-end tests.
 test: $(STAMP)
-	$(BIN)/python -m pytest -m "not slow" -q
+	$(BIN)/python -m pytest -m "not slow" -q -n auto
 
 # The slow end-to-end tests: kill -9 and resume, K workers per device, 1 vs 2 workers.
 test-slow: $(STAMP)

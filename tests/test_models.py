@@ -356,6 +356,7 @@ print(json.dumps([training_mb(cfg.axis_values(), shape), grew]))
 """
 
 
+@pytest.mark.slow  # 5 subprocesses that each allocate what a real step needs: 105 s
 @pytest.mark.parametrize(
     "settings",
     [

@@ -413,6 +413,7 @@ def test_a_plugin_loader_may_flip_print_and_leave_processes_behind(
     subprocess.run(["pkill", "-f", "sleep 600"], check=False)
 
 
+@pytest.mark.slow  # four commands in subprocesses, each probing the plug-in: 22 s
 def test_a_plugin_data_set_whose_images_change_is_never_mixed_with_its_results(
     site: Path, tmp_path: Path
 ) -> None:

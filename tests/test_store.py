@@ -59,6 +59,7 @@ def _ledger(db: Path) -> tuple[list[tuple[Any, ...]], list[tuple[Any, ...]], lis
     return [tuple(r) for r in rows], ledger, statuses
 
 
+@pytest.mark.slow  # a sweep crashed at each of its writes in turn: 36 s
 def test_a_crash_at_any_write_of_a_trial_resumes_to_one_optuna_trial_and_the_same_rows(
     write_study: Callable[..., Path],
     mnist_root: Path,

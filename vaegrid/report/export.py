@@ -20,6 +20,7 @@ optional (``pip install 'vaegrid[export]'``); each is imported only here.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import math
 import os
@@ -63,7 +64,13 @@ def export(
     trials = _trials(rows)
     if fmt == "tensorboard":
         return _tensorboard(rows, trials, Path(dest), say)
-    return _mlflow(rows, trials, layout, dest, say)
+    if importlib.util.find_spec("mlflow") is None:
+        raise InputError(_missing("mlflow"))
+    for name in ("mlflow", "alembic"):  # their INFO lines on creating tables
+        logging.getLogger(name).setLevel(logging.WARNING)
+    with warnings.catch_warnings():  # MLflow 3.18's own SQLAlchemy deprecations: not ours
+        warnings.simplefilter("ignore", DeprecationWarning)
+        return _mlflow(rows, trials, layout, dest, say)
 
 
 def _trials(rows: StudyRows) -> list[dict[str, Any]]:
@@ -151,24 +158,6 @@ def _check_run_folder(folder: Path) -> None:
 
 
 def _mlflow(
-    rows: StudyRows,
-    trials: list[dict[str, Any]],
-    layout: StudyLayout,
-    uri: str,
-    say: Callable[[str], None],
-) -> int:
-    import importlib.util
-
-    if importlib.util.find_spec("mlflow") is None:
-        raise InputError(_missing("mlflow"))
-    for name in ("mlflow", "alembic"):  # their INFO lines on creating tables
-        logging.getLogger(name).setLevel(logging.WARNING)
-    with warnings.catch_warnings():  # MLflow 3.18's own SQLAlchemy deprecations: not ours
-        warnings.simplefilter("ignore", DeprecationWarning)
-        return _mlflow_export(rows, trials, layout, uri, say)
-
-
-def _mlflow_export(
     rows: StudyRows,
     trials: list[dict[str, Any]],
     layout: StudyLayout,
