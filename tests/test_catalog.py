@@ -86,6 +86,22 @@ def test_rm_asks_is_refused_while_a_driver_runs_and_removes_only_the_study(
     assert "not a vaegrid study folder" in capsys.readouterr().err
 
 
+def test_rm_never_removes_a_folder_that_is_not_the_studys_own(
+    two: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    b = two / "b"
+    url = f"sqlite:///{b / 'study.db'}"
+    for folder in (two, two / "a"):  # the results folder, another study's: never
+        assert main(["rm", str(folder), "--storage", url, "--yes"]) == 2
+        err = capsys.readouterr().err
+        assert "not the folder of study 'b'" in err and err.count("\n") == 1
+    assert (two / "a" / "study.db").is_file() and (b / "study.db").is_file()
+    (b / "notes.txt").write_text("mine")  # what vaegrid never writes: refused, kept
+    assert main(["rm", str(b), "--yes"]) == 2
+    assert "holds 'notes.txt', which vaegrid never writes" in capsys.readouterr().err
+    assert (b / "notes.txt").read_text() == "mine"
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not have_postgres(), reason="needs PostgreSQL 15 (initdb, pg_ctl)")
 def test_rm_on_postgresql_deletes_the_rows_and_the_same_study_runs_afresh(

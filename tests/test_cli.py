@@ -39,6 +39,9 @@ def test_set_changes_a_setting_as_the_file_would_and_resuming_without_it_is_refu
     assert "epochs 3," in out and "latent [2, 4, 8]" in out and "6 trials;" in out
     assert main([*argv, "--set", "data.binarize=dynamic"]) == 0  # a bare word: a string
     assert "searched:" in capsys.readouterr().out
+    fixed = write_study(text="[train]\nlr = 1e-3\n", file="fixed.toml")
+    assert main(["plan", str(fixed), "--devices", "cpu", "--set", "grid.lr=[1e-3, 1e-2]"]) == 0
+    assert "lr [0.001, 0.01]" in capsys.readouterr().out  # moved from [train] to [grid]
     bad = {
         "train.epochs": "expected section.key=value or key=value",
         "a.b.c=1": "expected section.key=value or key=value",

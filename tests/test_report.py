@@ -244,8 +244,10 @@ def test_only_winners_touch_test_and_only_once_and_report_is_idempotent(
     files = {
         name: (study_dir / name).read_bytes() for name in ("ranking.csv", "epochs.csv", "test.csv")
     }
+    db = (study_dir / "study.db").read_bytes()
     again = make_report(study_dir, mnist_root, top=2, nll_samples=10)
     assert again.evaluated == []  # stored results are reused
+    assert (study_dir / "study.db").read_bytes() == db  # and the database is not written
     assert {name: (study_dir / name).read_bytes() for name in files} == files
     store = Store(study_dir / "study.db")
     tested = store.frame("vg_test")

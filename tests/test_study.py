@@ -768,3 +768,7 @@ def test_sample_lifts_the_grid_bound_to_what_it_draws(tmp_path: Path) -> None:
         _sampled(huge, tmp_path)
     drawn = _sampled(huge + "[sample]\nconfigs = 50\n", tmp_path)  # 50 of 20,000
     assert len(drawn) == 50 and len({(c.hidden, c.latent) for c in drawn}) == 50
+    # what is walked is bounded before merging (an mlp-only depth still multiplies it)
+    vast = huge.replace("lr = [1e-3]", "lr = [" + ", ".join(f"{i}e-4" for i in range(1, 61)) + "]")
+    with pytest.raises(InputError, match="1,200,000 combinations is not allowed"):
+        _sampled(vast + "[sample]\nconfigs = 5\n", tmp_path)

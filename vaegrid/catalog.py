@@ -17,7 +17,7 @@ from pathlib import Path
 
 from vaegrid.db.engine import Database
 from vaegrid.errors import InputError
-from vaegrid.layout import DB_NAME, StudyLayout
+from vaegrid.layout import DB_NAME, TABLES, StudyLayout, database_lock
 from vaegrid.safeio import check_results_dir, check_study_dir
 from vaegrid.status import INTERRUPTED, RUNNING, summary
 
@@ -112,18 +112,44 @@ def remove_study(layout: StudyLayout, storage: str | None, confirm: Callable[[st
         n_trials = len(reader.trials())
     finally:
         reader.close()
+    if layout.root.resolve().name != name:  # never a folder that is not this study's
+        raise InputError(
+            f"{layout.root}: not the folder of study {name!r} that {db} holds; expected "
+            f"RESULTS_DIR/{name}"
+        )
+    foreign = sorted(_foreign(layout))
+    if foreign:
+        raise InputError(
+            f"{layout.root}: holds {foreign[0]!r}, which vaegrid never writes; not removed "
+            "(move what is yours out first)"
+        )
+    own_file = db.path is not None and db.path.resolve() == layout.db.resolve()
     with driver_lock(db, layout, name):
         size = sum(p.stat().st_size for p in layout.root.rglob("*") if p.is_file())
         what = f"study {name}: {n_trials} trials, the folder {layout.root} ({size / 1e6:,.1f} MB)"
-        if db.path is None:
+        if not own_file:
             what += f" and its rows in {db}"
         if not confirm(what):
             raise InputError(f"{layout.root}: not removed (not confirmed)")
-        if db.path is None:
+        if not own_file:  # a server's, or a SQLite file elsewhere: the rows go
             _delete_rows(db, name)
         if layout.root.exists():
             shutil.rmtree(layout.root)
     return f"removed {what}"
+
+
+def _foreign(layout: StudyLayout) -> set[str]:
+    """What the study folder holds that vaegrid does not write there."""
+    if not layout.root.is_dir():
+        return set()
+    own = {
+        DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", layout.driver_lock.name,
+        database_lock(layout.db).name, layout.driver_token.name, layout.trials.name,
+        layout.jobs.name, layout.figures.name, layout.report.name,
+        *(layout.table(n).name for n in TABLES), "tensorboard", "mlflow.db",
+        "mlflow-artifacts",
+    }  # fmt: skip
+    return {p.name for p in layout.root.iterdir()} - own
 
 
 def _delete_rows(db: Database, name: str) -> None:

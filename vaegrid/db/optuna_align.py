@@ -72,9 +72,10 @@ def align(con: Connection) -> None:
     except (TypeError, ValueError):
         return  # refused with its own words wherever the study is read
     configs: dict[str, TrialConfig] = {}
-    trial_rows = con.execute(text("SELECT key, config, status, epochs_done FROM vg_trial"))
+    query = "SELECT key, config, status, epochs_done, optuna_trial_id FROM vg_trial"
     done: dict[str, tuple[str, int]] = {}
-    for key, config, status, epochs in trial_rows:
+    current: dict[str, int] = {}  # key -> the Optuna trial its results are recorded in
+    for key, config, status, epochs, trial_id in con.execute(text(query)):
         try:
             cfg = TrialConfig.from_json(config)
         except Exception:  # a plug-in not installed here, or an edited row
@@ -82,6 +83,8 @@ def align(con: Connection) -> None:
         if cfg.key == key:
             configs[key] = cfg
             done[key] = (status, int(epochs))
+            if trial_id is not None:
+                current[key] = int(trial_id)
     owner: dict[int, str] = {}  # Optuna trial id -> vaegrid key
     found = con.execute(
         text("SELECT trial_id, value_json FROM trial_user_attributes WHERE key = 'key'")
@@ -95,7 +98,11 @@ def align(con: Connection) -> None:
     params = _rows(con, "SELECT trial_id, param_name, param_value, distribution_json "
                         "FROM trial_params", owner)  # fmt: skip
     attrs = _rows(con, "SELECT trial_id, key, value_json FROM trial_user_attributes", owner)
-    con.execute(text("DELETE FROM trial_params WHERE param_name = 'repeat'"))
+    for trial_id in sorted({t for t, name in params if name == "repeat"}):  # this study's
+        con.execute(
+            text("DELETE FROM trial_params WHERE trial_id = :t AND param_name = 'repeat'"),
+            {"t": trial_id},
+        )
     wanted = categoricals(configs, searched_axes(fingerprint))
     for name, dist in wanted.items():
         as_json = distribution_to_json(dist)
@@ -108,9 +115,10 @@ def align(con: Connection) -> None:
     tests = _tests(con)
     for trial_id, key in owner.items():
         want: dict[str, Any] = {"repeat": configs[key].repeat}
-        if key in nll:
-            want["val_nll"] = nll[key]
-        want.update(tests.get(key, {}))
+        if current.get(key) == trial_id:  # results on the run that made them, not on an
+            if key in nll:  # earlier failed or pruned attempt of the same trial
+                want["val_nll"] = nll[key]
+            want.update(tests.get(key, {}))
         for name, value in want.items():
             as_json = json.dumps(value)
             if attrs.get((trial_id, name)) != (as_json,):
@@ -119,10 +127,13 @@ def align(con: Connection) -> None:
 
 def set_attr(con: Connection, trial_id: int, name: str, value_json: str, exists: bool) -> None:
     """Write one user attribute of an Optuna trial, finished or not."""
+    # An upsert either way: a worker may add the same attribute through Optuna (which
+    # upserts too) between this transaction's read and its write, on PostgreSQL.
     query = (
         "UPDATE trial_user_attributes SET value_json = :v WHERE trial_id = :t AND key = :k"
         if exists
-        else "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (:t, :k, :v)"
+        else "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (:t, :k, :v) "
+        "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"
     )
     con.execute(text(query), {"v": value_json, "t": trial_id, "k": name})
 
@@ -140,7 +151,9 @@ def _put_param(
     else:
         con.execute(
             text("INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
-                 "VALUES (:t, :n, :v, :d)"),
+                 "VALUES (:t, :n, :v, :d) ON CONFLICT (trial_id, param_name) DO UPDATE SET "
+                 "param_value = excluded.param_value, "
+                 "distribution_json = excluded.distribution_json"),
             values,
         )  # fmt: skip
 

@@ -143,15 +143,15 @@ def make_report(
         f"{metric}; {winners['key'].nunique()} winning configs, {len(tested)} trials to test "
         f"at k = {nll_samples} ({len(todo)} to evaluate, {len(tested) - len(todo)} stored)"
     )
-    store = Store(db)
-    try:
-        if todo:
+    if todo:  # the only writes to the database (a report with nothing new writes none)
+        store = Store(db)
+        try:
             _evaluate(store, loaded, todo, nll_samples, tell)
             stored = store.frame("vg_test")
-        tell(f"report: writing the tables into {study_dir}")
-        store.align_optuna()  # the test metrics as Optuna user attributes
-    finally:
-        store.close()
+            store.align_optuna()  # the new test metrics as Optuna user attributes
+        finally:
+            store.close()
+    tell(f"report: writing the tables into {study_dir}")
     data = next(iter(loaded.configs.values())).data
     test = tables.test_table(winners, per_trial, stored, nll_samples)
     test["likelihood"] = likelihood_label(data, nll_samples)

@@ -59,8 +59,12 @@ def export(
     Raises:
         InputError: ``fmt`` unknown, its package not installed, or ``dest`` unusable.
     """
+    from vaegrid.spec.load import is_study_name
+
     if fmt not in FORMATS:
         raise InputError(f"--to: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")
+    if not is_study_name(rows.name):  # it names MLflow's experiment and goes in its filters
+        raise InputError(f"the stored study's name {rows.name[:60]!r} is not one vaegrid makes")
     trials = _trials(rows)
     if fmt == "tensorboard":
         return _tensorboard(rows, trials, Path(dest), say)
@@ -115,6 +119,10 @@ def _tensorboard(
     for t in trials:  # every check before anything is written
         _check_run_folder(dest / t["key"])
     dest.mkdir(parents=True, exist_ok=True)
+    for left in dest.glob(".*-*"):  # a killed export's staging folders (event files only)
+        if len(left.name) > 14 and left.name[1:13] in {t["key"] for t in trials}:
+            _check_run_folder(left)
+            shutil.rmtree(left)
     domains = {n: sorted({_plain(t["settings"][n]) for t in trials}, key=str) for n in rows.axes}
     discrete = {n: v for n, v in domains.items() if all(isinstance(x, str) for x in v)}
     for i, t in enumerate(trials, 1):

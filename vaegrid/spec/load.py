@@ -212,6 +212,10 @@ def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
             if not isinstance(found, dict):
                 raise InputError(f"--set: {shown}: {parts[0]} is a value, not a section")
             table = found
+            other = {"train": "grid", "grid": "train"}.get(parts[0])
+            moved = raw.get(other) if other else None
+            if isinstance(moved, dict):  # --set grid.lr=[...] on a file that fixes lr:
+                moved.pop(parts[1], None)  # the setting moves, as an edit would move it
         table[parts[-1]] = value
 
 
@@ -515,11 +519,13 @@ def _sample(
     t = v.table(raw, "sample", {"configs", "seed"})
     configs = v.integer(t, "sample.", "configs", 0, 1, TRIALS_MAX // repeats)
     seed = v.integer(t, "sample.", "seed", 0, 0, SEED_END - 1, "an integer >= 0 and < 2**63")
-    grid = _distinct_trials(dict(settings), list(searched))
+    by_axis = dict(settings)
+    grid = math.prod(len(by_axis[n]) for n in searched)  # before merging: what is walked
     if grid > SAMPLED_GRID_MAX:
         raise InputError(
-            f"{v.source}: [sample] from a grid of {grid:,} configs is not allowed; expected a "
-            f"grid of at most {SAMPLED_GRID_MAX:,} configs (every one is ranked to draw from)"
+            f"{v.source}: [sample] from a grid of {grid:,} combinations is not allowed; "
+            f"expected a grid of at most {SAMPLED_GRID_MAX:,} (every one is ranked to draw "
+            "from)"
         )
     return configs, seed
 

@@ -9,7 +9,7 @@ import hashlib
 import itertools
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -353,17 +353,25 @@ def expand(study: Study) -> list[TrialConfig]:
     the order of the study file. A setting that does not apply to a trial (momentum without
     sgd, depth without mlp: ``Axis.applies``) is recorded at its neutral value, and the
     trials that then coincide are one trial."""
-    names = [name for name, _ in study.settings]
     chosen = None if study.sample is None else set(sampled(study))
+    configs: dict[str, dict[str, Any]] = {}  # one pass over the product, whatever the repeats
+    for setting in _settings(study):
+        identity = _identity(setting, study.searched)
+        if chosen is None or identity in chosen:
+            configs.setdefault(identity, setting)
     out: dict[str, TrialConfig] = {}
     for repeat in range(study.repeats):
-        for values in itertools.product(*(v for _, v in study.settings)):
-            setting = neutralize(dict(zip(names, values, strict=True)))
-            if chosen is not None and _identity(setting, study.searched) not in chosen:
-                continue
+        for setting in configs.values():
             cfg = TrialConfig.make(study.seed, study.data, repeat=repeat, **setting)
             out.setdefault(cfg.key, cfg)
     return list(out.values())
+
+
+def _settings(study: Study) -> Iterator[dict[str, Any]]:
+    """Every combination of the study's values, neutralized (``Axis.applies``)."""
+    names = [name for name, _ in study.settings]
+    for values in itertools.product(*(v for _, v in study.settings)):
+        yield neutralize(dict(zip(names, values, strict=True)))
 
 
 def sampled(study: Study) -> list[str]:
@@ -383,11 +391,7 @@ def grid_configs(study: Study) -> int:
 
 
 def _distinct(study: Study) -> set[str]:
-    names = [name for name, _ in study.settings]
-    return {
-        _identity(neutralize(dict(zip(names, values, strict=True))), study.searched)
-        for values in itertools.product(*(v for _, v in study.settings))
-    }
+    return {_identity(setting, study.searched) for setting in _settings(study)}
 
 
 def _identity(setting: Mapping[str, Any], searched: Sequence[str]) -> str:
