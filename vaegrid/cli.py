@@ -224,63 +224,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         return code
 
 
-def _settings_lines(study: Any, n_trials: int) -> str:
-    """plan's head: the study, its fixed settings (those that apply to some trial), the
-    searched ones with their values, repeats, halving and ranking."""
-    from vaegrid.spec.axes import AXIS, applies, format_value
-
-    first = {n: v[0] for n, v in study.settings}
-    fixed = [  # those that apply to some trial (no SGD momentum under Adam)
-        f"{n} {format_value(v[0])}" for n, v in study.settings
-        if n not in study.searched and (n in study.searched or applies(AXIS[n], first)
-                                        or any(a in study.searched for a in AXIS[n].applies or ()))
-    ]  # fmt: skip
-    searched = [
-        f"{n} [{', '.join(format_value(x) for x in study.values(n))}]" for n in study.searched
-    ]
-    from vaegrid.spec.study import grid_configs
-
-    configs = n_trials // max(1, study.repeats)
-    drawn = ""
-    if study.sample is not None:
-        drawn = f" (drawn by [sample] seed {study.sample[1]} from the grid's {grid_configs(study)})"
-    lines = [
-        f"study {study.name}: {n_trials} trials = {configs} configs{drawn} x {study.repeats} "
-        f"repeat{'s' if study.repeats > 1 else ''}",
-        f"fixed: {', '.join(fixed)}",
-        f"searched: {', '.join(searched) or 'nothing (one config)'}",
-    ]
-    if study.halving is not None:
-        h = study.halving
-        lines.append(f"halving: rungs {list(h.rungs)}, keep {h.keep:g} by {h.metric}")
-    if study.nll_samples:
-        lines.append(f"rank: also by the validation NLL, k = {study.nll_samples}")
-    return "\n".join(lines)
-
-
-def _estimate(study: Any, trials: list[Any], args: argparse.Namespace) -> str:
-    """plan's last words: the time the sweep should take on the pool ``run`` would use, by
-    the cost model (counted work at its prior rate; the first measured epochs correct it)."""
-    from vaegrid.run.cost import PRIOR_MACS_PER_S, CostModel, duration, makespan
-    from vaegrid.run.pool import make_pool
-
-    pool = make_pool(args.devices, args.workers_per_device, trial_mb=study.training_mb)
-    cost = CostModel.of(study)
-    seconds = [cost.seconds(cost.work(t, 0, t.epochs)) for t in trials]
-    span = makespan([], seconds, len(pool.slot_list()))
-    bound = "at most " if study.halving is not None else ""
-    unless = "halving stops some early" if study.halving is not None else "none diverges"
-    gpu = any(d.startswith("cuda") for d in pool.devices)
-    rate = (
-        "a CPU thread's prior rate; a GPU is faster" if gpu
-        else f"{PRIOR_MACS_PER_S:.1e} multiply-adds/s a CPU slot, corrected once epochs run"
-    )  # fmt: skip
-    return (
-        f"estimated {bound}{duration(span)} if every trial runs all its epochs ({unless}) on "
-        f"{pool.found} with {len(pool.slot_list())} trials at once ({rate})"
-    )
-
-
 def _one_line(text: str) -> str:
     """A message as one line: control characters (a newline in a path) escaped."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
@@ -292,6 +235,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     from vaegrid.spec.study import expand
 
     if args.command == "plan":
+        from vaegrid import verbs
+
         study = load_study(args.study, args.overrides)
         if study.images is None:  # a plug-in data set: its images' digest is in the keys
             from vaegrid.train.data import data_dir
@@ -299,7 +244,7 @@ def _dispatch(args: argparse.Namespace) -> int:
 
             study = check_plugins(study, data_dir(args.data_dir))
         trials = expand(study)
-        print(_settings_lines(study, len(trials)))
+        print(verbs.settings_lines(study, len(trials)))
         names = [*study.searched, *(["repeat"] if study.repeats > 1 else [])]
         widths = [max(6, len(n)) for n in names]
 
@@ -315,7 +260,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 for n in names
             ]
             print(line(t.key, cells))
-        print(f"{len(trials)} trials; {_estimate(study, trials, args)}")
+        print(f"{len(trials)} trials; {verbs.estimate(study, trials, args)}")
         return 0
     if args.command == "run":
         from vaegrid.run.driver import run_study
@@ -407,62 +352,10 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"in {done.seconds:.1f} s"
         )
         return 0
-    if args.command == "export":
-        from vaegrid.api import read_study
-        from vaegrid.db.store import existing_db
-        from vaegrid.layout import StudyLayout
-        from vaegrid.report.export import FORMATS, default_destination
-        from vaegrid.report.export import export as export_study
-        from vaegrid.safeio import check_study_dir
+    if args.command in ("export", "new-model", "new-dataset", "ls", "rm"):
+        from vaegrid import verbs
 
-        if len(args.to) > 2 or args.to[0] not in FORMATS:
-            raise InputError(
-                f"--to: {' '.join(args.to)[:200]!r} is not allowed; expected tensorboard [DIR] "
-                "or mlflow [URI]"
-            )
-        folder = Path(args.study_dir)
-        check_study_dir(folder.parent, folder, "the study folder's parent")
-        layout = StudyLayout(folder)
-        rows = read_study(existing_db(layout, args.storage))
-        fmt = args.to[0]
-        dest = args.to[1] if len(args.to) == 2 else default_destination(fmt, layout)
-        n = export_study(rows, layout, fmt, dest, lambda line: print(line, file=sys.stderr))
-        print(f"{rows.name}: {n} trials exported to {fmt} at {dest}")
-        return 0
-    if args.command in ("new-model", "new-dataset"):
-        from vaegrid.scaffold import new_plugin
-
-        kind = args.command.removeprefix("new-")
-        written = new_plugin(kind, args.name, Path(args.dir))
-        root = Path(args.dir) / args.name
-        print(f"wrote {len(written)} files into {root}; next: pip install -e {root}, then "
-              f"vaegrid plan {root / 'study.toml'}")  # fmt: skip
-        return 0
-    if args.command == "ls":
-        import time
-
-        from vaegrid.catalog import list_studies
-
-        found = list_studies(None if args.storage else Path(args.results), args.storage)
-        now = time.time()
-        for listed in found:
-            print(listed.words(now))
-        if not found:
-            print(f"{args.results}: no studies yet (vaegrid run STUDY --results {args.results})")
-        return 0
-    if args.command == "rm":
-        from vaegrid.catalog import remove_study
-        from vaegrid.layout import StudyLayout
-
-        def confirm(what: str) -> bool:
-            if args.yes:
-                return True
-            if not sys.stdin.isatty():
-                raise InputError(f"rm: {what}: not removed; say --yes to remove without asking")
-            return input(f"remove {what}? [y/N] ").strip().lower() in ("y", "yes")
-
-        print(remove_study(StudyLayout(Path(args.study_dir)), args.storage, confirm))
-        return 0
+        return verbs.run(args)
     if args.command == "status":
         from vaegrid.run.progress import status_line
 
