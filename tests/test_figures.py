@@ -20,6 +20,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from vaegrid.report import figures
+from vaegrid.report.curves import curves
 from vaegrid.spec.axes import AXIS, Axis
 
 NAN = float("nan")
@@ -353,7 +354,7 @@ def test_curves_legend_names_any_axes(tmp_path: Path, drawn: list[Figure]) -> No
     ).assign(status="completed", val_elbo=[119.0, 134.0], config=["a", "b"])
     test = pd.DataFrame({"key": ["a", "a"], "criterion": ["val_elbo", "val_recon"]})
     path = tmp_path / "curves.png"
-    figures.curves(epochs, ranking, test, path, ["hidden", "beta", "optimizer", "lr"])
+    curves(epochs, ranking, test, path, ["hidden", "beta", "optimizer", "lr"])
     assert png_shape(path)[1] == 1400  # 7 inches at 200 dpi
     (fig,) = drawn
     # every config labelled by the settings that differ (beta does not), the winner its wins
@@ -377,7 +378,7 @@ def test_curves_show_the_mean_of_the_repeats_in_a_band_and_colour_many_configs_b
         rows += [{"key": key, "epoch": e, "split": "val", "elbo": base + 10 / e} for e in (1, 2)]
     ranking = pd.DataFrame(trials)
     test = pd.DataFrame({"key": ["h100-lr0.01"], "criterion": ["val_elbo"]})
-    labels = figures.curves(pd.DataFrame(rows), ranking, test, tmp_path / "c.png",
+    labels = curves(pd.DataFrame(rows), ranking, test, tmp_path / "c.png",
                             ["hidden", "lr"], order=["lr", "hidden"])  # fmt: skip
     (fig,) = drawn
     ax = fig.axes[0]

@@ -267,11 +267,12 @@ def _draw(
     pair: tuple[str, str] | None,
 ) -> None:
     from vaegrid.report import figures  # matplotlib loads only when pictures are drawn
+    from vaegrid.report.curves import curves
 
     ensure_dir(layout.figures)
     metric = tables.ranked_by(ranking)
     order = sorted(found, key=lambda n: -found[n]) if isinstance(found, dict) else []
-    figures.curves(epochs, per_trial, test, layout.figure("curves"), names, order)
+    curves(epochs, per_trial, test, layout.figure("curves"), names, order)
     axes = [AXIS[n] for n in tables.varying(ranking, names)]
     if axes:
         figures.parallel(ranking, axes, layout.figure("parallel"), metric)

@@ -8,7 +8,6 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import matplotlib
 
@@ -21,12 +20,11 @@ import torch
 from matplotlib.collections import LineCollection
 from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
 from torchvision.utils import make_grid, save_image
 
 from vaegrid.analysis.timing import Timing
 from vaegrid.safeio import save_with
-from vaegrid.spec.axes import AXIS, Axis, applies, describe, format_value
+from vaegrid.spec.axes import AXIS, Axis, describe, format_value
 from vaegrid.status import COMPLETED, DIVERGED
 from vaegrid.train.model import BaseVAE
 
@@ -44,8 +42,6 @@ STYLE = {
 plt.rcParams.update(STYLE)  # type: ignore[arg-type]
 DPI = 200  # every chart's PNG; an SVG beside it is the vector file
 PIXELS_MIN = 56  # digit grids: each image scaled up to at least this many pixels a side
-CURVES_LABELLED = 12  # curves: up to this many configs each get a colour and a legend entry
-LINE_STYLES = ("-", "--", ":", "-.")
 PAIRS = 32  # test digits shown beside their reconstructions
 ROW = 16  # digits per row of the reconstruction grid
 
@@ -77,116 +73,6 @@ TICKS = 5
 NOT_DONE_Y = 1.12
 NOT_DONE = "diverged / not completed"
 FIGURE_INCHES_MAX = 24.0  # heatmaps of long axes stop growing here
-
-
-def curves(
-    epochs: pd.DataFrame,
-    ranking: pd.DataFrame,
-    test: pd.DataFrame,
-    path: Path,
-    names: Sequence[str],
-    order: Sequence[str] = (),
-) -> dict[str, str]:
-    """Validation -ELBO per epoch: one line per config, the mean over its repeats with a band
-    from the lowest to the highest repeat, every line identifiable.
-
-    Up to ``CURVES_LABELLED`` configs each gets its own colour and a legend entry naming the
-    settings that differ between configs. Past that, the colour is the value of the first
-    of ``order`` (the axes by importance; else the searched axes) that varies, the line
-    style the second's, and the legend names those values. The winners (``test``'s keys)
-    are drawn thick and named in the legend with the criteria they won. The y-axis shows
-    the better configs: where far worse ones are cut off, the axis label says so.
-
-    Args:
-        epochs: ``vg_epoch`` rows.
-        ranking: One row per trial (``tables.rank``): ``key``, ``config``, the axes.
-        test: The test table: its ``key`` and ``criterion`` columns.
-        path: Where the PNG goes (the SVG beside it).
-        names: The searched axes.
-        order: The axes in order of importance, for colour and style past the labelled count.
-
-    Returns:
-        The legend's entries by config key ("" for a config drawn without an entry).
-    """
-    val = epochs[epochs["split"] == "val"].merge(ranking[["key", "config"]], on="key")
-    configs = ranking.drop_duplicates("config").set_index("config")
-    varying = [n for n in names if configs[n].nunique() > 1]
-    winners: dict[str, list[str]] = {}
-    for key, criterion in zip(test["key"], test["criterion"], strict=True):
-        winners.setdefault(str(key), []).append(str(criterion))
-    fig, ax = plt.subplots(figsize=(7.0, 4.6), layout="constrained")
-    many = val["config"].nunique() > CURVES_LABELLED
-    keyed = [n for n in [*order, *varying] if n in varying]
-    by_colour, by_style = (keyed[0] if keyed else None), (keyed[1] if len(keyed) > 1 else None)
-    palette = plt.get_cmap("tab10" if val["config"].nunique() <= 10 or many else "tab20")
-    colours: dict[object, Any] = {}
-    styles: dict[object, Any] = {}
-    labels: dict[str, str] = {}
-    for i, (config, trials) in enumerate(val.groupby("config", sort=True)):
-        row: dict[str, Any] = {str(k): v for k, v in configs.loc[config].items()}
-        shown = [n for n in varying if applies(AXIS[n], row)]
-        words = describe(row, shown) if shown else str(config)
-        per_epoch = trials.groupby("epoch")["elbo"]
-        mean, low, high = per_epoch.mean(), per_epoch.min(), per_epoch.max()
-        won = winners.get(str(config))
-        if many:
-            cv = row[by_colour] if by_colour else None
-            sv = row[by_style] if by_style else None
-            colour = colours.setdefault(cv, palette(len(colours) % palette.N))
-            style = styles.setdefault(sv, LINE_STYLES[len(styles) % len(LINE_STYLES)])
-            label = f"{config}: {words} ({', '.join(won)})" if won else ""
-        else:
-            colour, style = palette(i % palette.N), "-"
-            label = f"{words}" + (f" \N{EM DASH} best by {', '.join(won)}" if won else "")
-        labels[str(config)] = label
-        width = 2.6 if won else 1.2
-        ax.plot(mean.index, mean.to_numpy(), color=colour, linestyle=style, linewidth=width,
-                marker="o" if won else None, markersize=3, label=label or None,
-                zorder=3 if won else 2)  # fmt: skip
-        if (trials["key"].nunique() > 1) and (high > low).any():
-            ax.fill_between(mean.index, low.to_numpy(), high.to_numpy(), color=colour,
-                            alpha=0.15, linewidth=0, zorder=1)  # fmt: skip
-    handles, texts = ax.get_legend_handles_labels()
-    if many:  # what the colours and styles mean
-        from matplotlib.lines import Line2D
-
-        for value, colour in sorted(colours.items(), key=lambda kv: _order_key(kv[0])):
-            handles.append(Line2D([], [], color=colour, linewidth=2))
-            texts.append(describe({by_colour: value}, [by_colour]) if by_colour else "")
-        if by_style and len(styles) > 1:
-            for value, style in sorted(styles.items(), key=lambda kv: _order_key(kv[0])):
-                handles.append(Line2D([], [], color="0.3", linestyle=style))
-                texts.append(describe({by_style: value}, [by_style]))
-    finals = ranking.loc[ranking["status"] == COMPLETED, "val_elbo"].dropna()
-    ylabel = f"validation {MINUS}ELBO (nats per image)"
-    note = ""
-    if len(finals):  # keep the interesting range: slow and bad starts would flatten the rest
-        low_y = val["elbo"].min()
-        top = max(finals.quantile(0.9), finals.min() * 1.1)
-        high_y = top + 0.05 * abs(top)
-        ax.set_ylim(low_y - 0.02 * abs(low_y), high_y)
-        cut = val.groupby("config")["elbo"].max() > high_y
-        if cut.any():
-            note = f"axis cut at {_value_text(high_y)}: {int(cut.sum())} configs have epochs above"
-    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(ylabel)
-    if note:
-        ax.text(0.99, 0.98, note, transform=ax.transAxes, ha="right", va="top", fontsize=8,
-                bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9})  # fmt: skip
-    repeats = val.groupby("config")["key"].nunique().max()
-    band = f", band: lowest to highest of {repeats} repeats" if repeats > 1 else ""
-    title = f"Validation {MINUS}ELBO of {val['config'].nunique()} configs (mean{band})"
-    missing = configs.index.nunique() - val["config"].nunique()
-    if missing:
-        title += f"; {missing} without a finished epoch (diverged or not started)"
-    ax.set_title(_wrap(title, fig))
-    ax.grid(alpha=0.3)
-    if handles:
-        ncols = 1 if max(map(len, texts)) > 45 else 2
-        fig.legend(handles, texts, loc="outside lower center", fontsize=8, ncols=ncols)
-    _save(fig, path)
-    return labels
 
 
 def heatmap(
