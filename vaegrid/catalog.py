@@ -9,7 +9,6 @@ study's folder and, on a server, its rows: vaegrid's tables and Optuna's study.
 from __future__ import annotations
 
 import shutil
-from collections import Counter
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass
@@ -19,7 +18,7 @@ from vaegrid.db.engine import Database
 from vaegrid.errors import InputError
 from vaegrid.layout import DB_NAME, TABLES, StudyLayout, database_lock
 from vaegrid.safeio import check_results_dir, check_study_dir
-from vaegrid.status import INTERRUPTED, RUNNING, summary
+from vaegrid.status import summary
 
 # ls lists at most this many studies of a folder (a folder of more is no results folder).
 LS_MAX = 10_000
@@ -68,25 +67,16 @@ def list_studies(results: Path | None, storage: str | None) -> list[Listed]:
 
 def _listed(db: Database, layout: StudyLayout | None, where: str) -> Listed:
     from vaegrid.db.store import Store
-    from vaegrid.run.driver import DriverLock
-    from vaegrid.run.worker import DRIVER_TIMEOUT_S
+    from vaegrid.run.progress import live_counts
 
     store = Store.reader(db)
     try:
         name, _ = store.study_row()
         trials = store.trials()
         runs = store.runs()
-        live = None if db.is_sqlite else store.live_driver(DRIVER_TIMEOUT_S)
+        pid, counts = live_counts(db, layout, store, trials)
     finally:
         store.close()
-    counts = Counter(t.status for t in trials)
-    pid: int | str | None = None
-    if db.is_sqlite and layout is not None:
-        pid = DriverLock.live(db, layout)
-    elif live is not None:
-        pid = f"{live.pid} on {live.host}"
-    if pid is None:  # no live driver: what was running is only interrupted
-        counts[INTERRUPTED] += counts.pop(RUNNING, 0)
     times = [t for r in runs for t in (r.get("started"), r.get("ended")) if t is not None]
     driver = f"driver running (pid {pid})" if pid is not None else "no driver"
     return Listed(name, where, summary(counts, len(trials)), driver, max(times, default=None))

@@ -31,7 +31,10 @@ from vaegrid.status import (
 )
 
 if TYPE_CHECKING:
+    from vaegrid.db.engine import Database
     from vaegrid.db.reader import TrialInfo
+    from vaegrid.db.store import Store
+    from vaegrid.layout import StudyLayout
 
 
 class _Bar(tqdm):
@@ -99,6 +102,28 @@ def done(view: Mapping[str, Status]) -> int:
     return sum(1 for s in view.values() if s in FINAL)
 
 
+def live_counts(
+    db: Database, layout: StudyLayout | None, store: Store, trials: Sequence[TrialInfo]
+) -> tuple[int | str | None, Counter[Status]]:
+    """The study's live driver (its pid; "pid on host" on a server; None: none) and its
+    trials' counts by status, what was running counted interrupted when no driver lives.
+    ``layout`` None (a SQLite database named by --storage): its own lock alone."""
+    from vaegrid.layout import database_lock
+    from vaegrid.run.driver import DriverLock
+    from vaegrid.run.worker import DRIVER_TIMEOUT_S
+
+    pid: int | str | None = None
+    if db.path is not None:
+        pid = DriverLock.live(db, layout) if layout else DriverLock.holder(database_lock(db.path))
+    else:
+        live = store.live_driver(DRIVER_TIMEOUT_S)
+        pid = f"{live.pid} on {live.host}" if live is not None else None
+    counts = Counter(t.status for t in trials)
+    if pid is None:  # no live driver: what was running is only interrupted
+        counts[INTERRUPTED] += counts.pop(RUNNING, 0)
+    return pid, counts
+
+
 def status_line(study_dir: Path, storage: str | None = None) -> str:
     """``vaegrid status``: a study's progress read from its database, then one line per
     running trial with its epoch and device. Opens the database read-only.
@@ -108,8 +133,6 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     """
     from vaegrid.db.store import Store, existing_db
     from vaegrid.layout import StudyLayout
-    from vaegrid.run.driver import DriverLock
-    from vaegrid.run.worker import DRIVER_TIMEOUT_S
     from vaegrid.spec.study import searched_axes
 
     layout = StudyLayout(study_dir)
@@ -122,15 +145,9 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
         devices = store.trial_devices()
         fingerprint = store.fingerprint()
         searched = searched_axes(fingerprint)
-        live = None if db.is_sqlite else store.live_driver(DRIVER_TIMEOUT_S)
+        pid, counts = live_counts(db, layout, store, trials)
     finally:
         store.close()
-    counts = Counter(t.status for t in trials)
-    pid: int | str | None = DriverLock.live(db, layout) if db.is_sqlite else None
-    if live is not None:
-        pid = f"{live.pid} on {live.host}"
-    if pid is None:  # no live driver: what was running is only interrupted
-        counts[INTERRUPTED] += counts.pop(RUNNING, 0)
     line = f"{name}: {summary(counts, len(trials))}"
     forecast = stored_forecast(trials, devices, fingerprint, slots)
     if forecast is not None and any(counts[s] for s in (*WAITING, RUNNING)):
