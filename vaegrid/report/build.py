@@ -19,6 +19,7 @@ import pandas as pd
 from vaegrid.analysis import tables
 from vaegrid.analysis.timing import timing, timing_lines
 from vaegrid.api import StudyRows, read_study
+from vaegrid.db.engine import Database
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
 from vaegrid.halving import spec_from_fingerprint
@@ -105,13 +106,7 @@ def make_report(
     db = existing_db(layout, storage)
     rows = read_study(db)  # read-only: nothing is written before every check
     _check_outputs(layout)
-    if nll_samples is None:
-        nll_samples = stored_nll_samples(rows.fingerprint) or DEFAULT_TEST_K
-    if not 1 <= nll_samples <= NLL_SAMPLES_MAX:
-        raise InputError(
-            f"--nll-samples: {nll_samples} is not allowed; expected an integer from 1 to "
-            f"{NLL_SAMPLES_MAX}"
-        )
+    nll_samples = _test_k(nll_samples, rows)
     if not (rows.trials["status"] == COMPLETED).any():
         counts = rows.trials["status"].value_counts().to_dict()
         have = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
@@ -144,13 +139,7 @@ def make_report(
         f"at k = {nll_samples} ({len(todo)} to evaluate, {len(tested) - len(todo)} stored)"
     )
     if todo:  # the only writes to the database (a report with nothing new writes none)
-        store = Store(db)
-        try:
-            _evaluate(store, loaded, todo, nll_samples, tell)
-            stored = store.frame("vg_test")
-            store.align_optuna()  # the new test metrics as Optuna user attributes
-        finally:
-            store.close()
+        stored = _evaluate(db, loaded, todo, nll_samples, tell)
     tell(f"report: writing the tables into {study_dir}")
     data = next(iter(loaded.configs.values())).data
     test = tables.test_table(winners, per_trial, stored, nll_samples)
@@ -180,12 +169,40 @@ def make_report(
     return Report(study_dir, ranking, test, todo, seconds, per_trial)
 
 
+def _test_k(asked: int | None, rows: StudyRows) -> int:
+    """The k of the test NLL: the one asked for, else the study's [rank] nll_samples, else
+    DEFAULT_TEST_K.
+
+    Raises:
+        InputError: outside 1 to NLL_SAMPLES_MAX.
+    """
+    k = asked if asked is not None else stored_nll_samples(rows.fingerprint) or DEFAULT_TEST_K
+    if not 1 <= k <= NLL_SAMPLES_MAX:
+        raise InputError(
+            f"--nll-samples: {k} is not allowed; expected an integer from 1 to {NLL_SAMPLES_MAX}"
+        )
+    return k
+
+
 def _evaluate(
-    store: Store, loaded: Winners, todo: list[str], k: int, tell: Callable[[str], None]
-) -> None:
+    db: Database, loaded: Winners, todo: list[str], k: int, tell: Callable[[str], None]
+) -> pd.DataFrame:
     """Evaluate and store each of ``todo`` on the test split at ``k``, saying where it is:
     a line as each trial starts, and every ``PROGRESS_S`` seconds within one (the share of
-    the work is counted by the cost model, the time left from this report's own rate)."""
+    the work is counted by the cost model, the time left from this report's own rate); the
+    test metrics join Optuna's trials as user attributes. Returns every stored test row."""
+    store = Store(db)
+    try:
+        _evaluate_each(store, loaded, todo, k, tell)
+        store.align_optuna()
+        return store.frame("vg_test")
+    finally:
+        store.close()
+
+
+def _evaluate_each(
+    store: Store, loaded: Winners, todo: list[str], k: int, tell: Callable[[str], None]
+) -> None:
     from vaegrid.run.cost import CostModel, Forecast
 
     first = next(iter(loaded.configs.values()))
