@@ -3,14 +3,19 @@
 ``reference/settings.md`` is every setting of ``vaegrid.spec.axes.AXES`` (type, the
 seed's value, what is allowed, where it applies) and the study file's bounds from
 ``vaegrid.spec.load``; ``reference/cli-generated.md`` is ``vaegrid``'s own parser's help
-for every command, and the exit codes from ``vaegrid.cli.main``. Both are built in memory
-at each ``mkdocs build`` (``make docs``): edit the code, and the pages follow.
+for every command, and the exit codes from ``vaegrid.cli.main``; ``reference/refusals.md``
+is every one-line refusal the code can raise (each ``InputError`` message, read from the
+source with ``ast``, by module and function); ``reference/layout.md`` is the study folder
+as ``vaegrid/layout.py`` (the one place that names its paths) declares it. All are built in
+memory at each ``mkdocs build`` (``make docs``): edit the code, and the pages follow.
 """
 
 from __future__ import annotations
 
 import argparse
+import ast
 import inspect
+from pathlib import Path
 from typing import Any
 
 from mkdocs.structure.files import File, Files
@@ -19,6 +24,8 @@ from mkdocs.structure.files import File, Files
 def on_files(files: Files, config: Any) -> Files:
     files.append(File.generated(config, "reference/settings.md", content=settings_page()))
     files.append(File.generated(config, "reference/cli-generated.md", content=cli_page()))
+    files.append(File.generated(config, "reference/refusals.md", content=refusals_page()))
+    files.append(File.generated(config, "reference/layout.md", content=layout_page()))
     return files
 
 
@@ -109,3 +116,82 @@ def cli_page() -> str:
     for name, command in sub.choices.items():
         out += [f"## vaegrid {name}", "", "```text", command.format_help().rstrip(), "```", ""]
     return "\n".join(out)
+
+
+def _template(node: ast.expr) -> str:
+    """A message as its source builds it, each computed part shown as ``{what}``."""
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        return node.value
+    if isinstance(node, ast.JoinedStr):
+        return "".join(_template(v) for v in node.values)
+    if isinstance(node, ast.FormattedValue):
+        conversion = "" if node.conversion == -1 else "!" + chr(node.conversion)
+        return "{" + ast.unparse(node.value) + conversion + "}"
+    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
+        return _template(node.left) + _template(node.right)
+    return "{" + ast.unparse(node) + "}"
+
+
+def refusals(root: Path) -> list[tuple[str, str, str]]:
+    """Every ``InputError(message)`` under ``root``: (module, function, message template),
+    in source order."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        module = ".".join(path.relative_to(root.parent).with_suffix("").parts)
+        tree = ast.parse(path.read_text(), str(path))
+        functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+        for call in ast.walk(tree):
+            if not (isinstance(call, ast.Call) and call.args):
+                continue
+            func = call.func
+            if (func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")) != "InputError":
+                continue
+            inside = [f for f in functions if f.lineno <= call.lineno <= (f.end_lineno or 0)]
+            where = max(inside, key=lambda f: f.lineno).name if inside else "(module)"
+            found.append((module, where, _template(call.args[0])))
+    return sorted(found, key=lambda r: r[0])
+
+
+def refusals_page() -> str:
+    import vaegrid
+
+    found = refusals(Path(vaegrid.__file__).parent)
+    out = [
+        "# Every refusal (generated)",
+        "",
+        f"The {len(found)} one-line refusals in vaegrid's source (exit 2, nothing written), "
+        "read from the code at each docs build: every `InputError` message, with its "
+        "computed parts as `{...}` (the file, the key, the value the user gave). "
+        "[Exit codes and refusals](cli.md) groups them by input and says why each exists.",
+        "",
+    ]
+    module = None
+    for mod, function, message in found:
+        if mod != module:
+            out += ["", f"## `{mod}`", "", "| where | message |", "|---|---|"]
+            module = mod
+        text = " ".join(message.split()).replace("|", "\\|").replace("`", "'")
+        out.append(f"| `{function}` | `{text}` |")
+    return "\n".join(out) + "\n"
+
+
+def layout_page() -> str:
+    from vaegrid import layout
+
+    tree = (inspect.getdoc(layout) or "").split("\n\n")[1]
+    return "\n".join(
+        [
+            "# Study folder (generated)",
+            "",
+            "Every path vaegrid keeps in a study folder, as `vaegrid/layout.py` declares them "
+            "(driver, workers, training, report and storage all take their paths from it). "
+            "[Results layout](results.md) says what each CSV column and figure holds.",
+            "",
+            "```text",
+            *(line[4:] for line in tree.splitlines()),
+            "```",
+            "",
+            "The report's tables: " + ", ".join(f"`{t}.csv`" for t in layout.TABLES) + ".",
+            "",
+        ]
+    )

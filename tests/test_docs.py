@@ -44,3 +44,32 @@ def test_readme_is_the_door_not_the_house() -> None:
     assert "make grid" in readme and "make test" in readme
     for link in ("docs/tutorial/first-study.md", "docs/reference/results.md"):
         assert f"]({link})" in readme and (ROOT / link).is_file()
+
+
+def test_the_refusals_page_is_every_input_error_of_the_source() -> None:
+    hooks = _hooks()
+    found = hooks.refusals(ROOT / "vaegrid")
+    raised = sum(
+        p.read_text().count("InputError(") - p.read_text().count("class InputError(")
+        for p in (ROOT / "vaegrid").rglob("*.py")
+    )
+    assert len(found) == raised > 100  # every call site, none missed by the walk
+    page = hooks.refusals_page()
+    assert f"The {len(found)} one-line refusals" in page
+    # a refusal with computed parts, as its source builds it
+    assert "is not allowed; expected cpu or cuda:N" in page and "{args.device!r}" in page
+    assert "| `new_plugin` |" in page  # the function that raises it is named
+
+
+def test_the_layout_page_names_every_path_the_layout_declares() -> None:
+    from vaegrid.layout import StudyLayout, TrialFiles
+
+    page = _hooks().layout_page()
+    layout, trial = StudyLayout(Path("S")), TrialFiles(Path("S/trials/k"))
+    paths = [
+        getattr(obj, n) for obj in (layout, trial) for n, v in vars(type(obj)).items()
+        if isinstance(v, property) and n != "root"
+    ]  # fmt: skip
+    assert len(paths) >= 14
+    for path in paths:  # the docstring tree cannot fall behind the properties
+        assert path.name in page, path.name

@@ -66,3 +66,41 @@ def test_the_packages_install_with_one_pip_line_and_run_in_a_study_as_they_are(
     assert said.returncode == 0
     warning = [line for line in said.stderr.splitlines() if "warning" in line]
     assert len(warning) == 1 and "toy (toy.settings:SETTINGS) import torch" in warning[0]
+
+
+def test_init_writes_every_example_study_keeps_edits_and_refuses_a_link(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from vaegrid.spec.load import load_study
+
+    where = tmp_path / "mine"
+    assert main(["init", str(where)]) == 0
+    shipped = sorted(p.name for p in (Path(__file__).parents[1] / "studies").glob("*.toml"))
+    assert sorted(p.name for p in where.iterdir()) == shipped and len(shipped) >= 5
+    for path in where.iterdir():  # each one as it is: a study vaegrid accepts
+        assert path.read_text() == (Path(__file__).parents[1] / "studies" / path.name).read_text()
+        load_study(path)
+    assert "next: vaegrid plan" in capsys.readouterr().out
+    (where / "smoke.toml").write_text("# mine\n")  # a user's edit survives a second init
+    (where / "seed.toml").unlink()
+    assert main(["init", str(where)]) == 0
+    out = capsys.readouterr().out
+    assert (where / "smoke.toml").read_text() == "# mine\n" and (where / "seed.toml").exists()
+    assert f"kept {where / 'smoke.toml'}" in out and "wrote 1 example studies" in out
+    (tmp_path / "link").symlink_to(where)
+    assert main(["init", str(tmp_path / "link")]) == 2
+    assert "symbolic link" in capsys.readouterr().err
+
+
+def test_the_wheel_lists_every_package_of_the_source_tree() -> None:
+    """pyproject names the packages one by one (vaegrid.studies is studies/): a new
+    subpackage left out of the list would be missing from the wheel."""
+    import tomllib
+
+    root = Path(__file__).parents[1]
+    listed = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]
+    on_disk = {
+        ".".join(p.parent.relative_to(root).parts) for p in (root / "vaegrid").rglob("__init__.py")
+    }
+    assert set(listed["packages"]) == on_disk | {"vaegrid.studies"}
+    assert listed["package-dir"] == {"vaegrid.studies": "studies"}

@@ -136,8 +136,8 @@ def _foreign(layout: StudyLayout) -> set[str]:
         DB_NAME, f"{DB_NAME}-wal", f"{DB_NAME}-shm", layout.driver_lock.name,
         database_lock(layout.db).name, layout.driver_token.name, layout.trials.name,
         layout.jobs.name, layout.figures.name, layout.report.name,
-        *(layout.table(n).name for n in TABLES), "tensorboard", "mlflow.db",
-        "mlflow-artifacts",
+        *(layout.table(n).name for n in TABLES), layout.tensorboard.name,
+        layout.mlflow_db.name, layout.mlflow_artifacts.name,
     }  # fmt: skip
     return {p.name for p in layout.root.iterdir()} - own
 

@@ -171,6 +171,11 @@ def _parser() -> argparse.ArgumentParser:
         new.add_argument("name", help="lowercase letters, digits, '_' (a letter first)")
         new.add_argument("--dir", default=".", help="where to write it (default: here)")
 
+    init = sub.add_parser(
+        "init", help="write the example studies (smoke, seed, halving, repeats...) to start from"
+    )
+    init.add_argument("dir", nargs="?", default="studies", help="where (default: studies/)")
+
     export = sub.add_parser(
         "export", help="per-epoch metrics, settings and figures to TensorBoard or MLflow"
     )
@@ -352,7 +357,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             f"in {done.seconds:.1f} s"
         )
         return 0
-    if args.command in ("export", "new-model", "new-dataset", "ls", "rm"):
+    if args.command in ("export", "new-model", "new-dataset", "init", "ls", "rm"):
         from vaegrid import verbs
 
         return verbs.run(args)

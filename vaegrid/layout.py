@@ -14,6 +14,9 @@
         jobs/               batch jobs' logs (--cluster slurm...): vaegrid-<study>-<job id>.out/.err
         ranking.csv, trials.csv, epochs.csv, test.csv, report.md
         figures/            curves.png, heatmap.png, ..., <key>_reconstructions.png
+                            (and an .svg beside each chart)
+        tensorboard/        vaegrid export --to tensorboard, by default: a run per trial
+        mlflow.db, mlflow-artifacts/  vaegrid export --to mlflow, by default
 
 Driver, worker, training, report and storage take their paths from here; how files are
 opened and written (never through a link, atomically) is ``safeio``'s business.
@@ -105,6 +108,21 @@ class StudyLayout:
 
     def figure(self, name: str) -> Path:
         return self.figures / f"{name}.png"
+
+    @property
+    def tensorboard(self) -> Path:
+        """Where ``vaegrid export --to tensorboard`` writes when told no place."""
+        return self.root / "tensorboard"
+
+    @property
+    def mlflow_db(self) -> Path:
+        """``vaegrid export --to mlflow``'s default tracking database, and the folder its
+        artifacts go to."""
+        return self.root / "mlflow.db"
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.root / "mlflow-artifacts"
 
 
 def database_lock(db: Path) -> Path:

@@ -291,3 +291,31 @@ def new_plugin(kind: str, name: str, where: Path) -> list[Path]:
         write_atomic(path, text)
         written.append(path)
     return written
+
+
+def example_studies(where: Path) -> tuple[list[Path], list[Path]]:
+    """Write the example studies the package carries (``vaegrid.studies``: this checkout's
+    studies/) into ``where``; the files written and those kept because they exist already
+    (a user's edits are never overwritten).
+
+    Raises:
+        InputError: ``where`` or a file in it is a symbolic link, or ``where`` is a file.
+    """
+    from importlib.resources import files
+
+    refuse_link(where)
+    if where.exists() and not where.is_dir():
+        raise InputError(f"{where}: is a file; init writes the example studies into a folder")
+    written, kept = [], []
+    for example in sorted(files("vaegrid.studies").iterdir(), key=lambda p: p.name):
+        if not example.name.endswith(".toml"):
+            continue
+        path = where / example.name
+        refuse_link(path)
+        if path.exists():
+            kept.append(path)
+            continue
+        where.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, example.read_text())
+        written.append(path)
+    return written, kept

@@ -1,5 +1,5 @@
 """The command line's everyday verbs beyond the sweep itself: plan's head and estimate,
-``export``, ``new-model`` / ``new-dataset``, ``ls`` and ``rm``. cli.py parses and maps
+``export``, ``new-model`` / ``new-dataset``, ``init``, ``ls`` and ``rm``. cli.py parses and maps
 errors; each verb here reads its arguments and calls the stage that does the work.
 """
 
@@ -15,7 +15,8 @@ from vaegrid.errors import InputError
 
 def run(args: argparse.Namespace) -> int:
     """Run the verb ``args.command``; its exit code."""
-    verb = {"export": _export, "new-model": _new, "new-dataset": _new, "ls": _ls, "rm": _rm}
+    verb = {"export": _export, "new-model": _new, "new-dataset": _new, "ls": _ls, "rm": _rm,
+            "init": _init}  # fmt: skip
     return verb[args.command](args)
 
 
@@ -108,6 +109,18 @@ def _new(args: argparse.Namespace) -> int:
     root = Path(args.dir) / args.name
     print(f"wrote {len(written)} files into {root}; next: pip install -e {root}, then "
           f"vaegrid plan {root / 'study.toml'}")  # fmt: skip
+    return 0
+
+
+def _init(args: argparse.Namespace) -> int:
+    from vaegrid.scaffold import example_studies
+
+    where = Path(args.dir)
+    written, kept = example_studies(where)
+    for path in kept:
+        print(f"kept {path}: it exists (delete it to get the example back)")
+    print(f"wrote {len(written)} example studies into {where}; next: vaegrid plan "
+          f"{where / 'smoke.toml'}, then vaegrid run {where / 'smoke.toml'}")  # fmt: skip
     return 0
 
 

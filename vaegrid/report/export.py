@@ -47,8 +47,8 @@ MLFLOW_STATUS = {COMPLETED: "FINISHED", STOPPED: "FINISHED", DIVERGED: "FAILED",
 def default_destination(fmt: str, layout: StudyLayout) -> str:
     """Where an export goes when the command names no place: inside the study folder."""
     if fmt == "tensorboard":
-        return str(layout.root / "tensorboard")
-    return f"sqlite:///{(layout.root / 'mlflow.db').resolve()}"
+        return str(layout.tensorboard)
+    return f"sqlite:///{layout.mlflow_db.resolve()}"
 
 
 def export(
@@ -182,7 +182,7 @@ def _mlflow(
         if found is None:
             where = None
             if uri.startswith("sqlite:///") and uri == default_destination("mlflow", layout):
-                where = (layout.root / "mlflow-artifacts").resolve().as_uri()
+                where = layout.mlflow_artifacts.resolve().as_uri()
             experiment = client.create_experiment(rows.name, artifact_location=where)
         else:
             experiment = found.experiment_id
