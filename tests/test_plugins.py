@@ -6,6 +6,7 @@ with them on its path."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -245,7 +246,15 @@ def test_a_plugin_model_and_its_settings_are_settings_like_any_other(
         "print(TrialConfig.make(0, DataSpec(), model='toy').to_json())"  # fmt: skip
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(site)}, check=True)  # fmt: skip
-    assert '"model": "toy@toyvae==0.1"' in shown.stdout
+    # with the digest of its package's code as it is on disk
+    from vaegrid.spec.plugins import code_digest
+
+    digest = subprocess.run([sys.executable, "-c", "from vaegrid.spec.plugins import "
+                             "code_digest as d; print(d('toyvae.model:make')[0])"],
+                            capture_output=True, text=True, check=True,
+                            env={**os.environ, "PYTHONPATH": str(site)}).stdout.strip()  # fmt: skip
+    assert len(digest) == 12 and digest != code_digest("vaegrid.train.model:make")[0]
+    assert f'"model": "toy@toyvae==0.1#code={digest}"' in shown.stdout
     for bad, message in (
         ("[train]\nmodel = \"nope\"\n",
          'expected one of "linear", "mlp", "conv", "flat", "picky", "toy"'),
@@ -265,6 +274,7 @@ def test_a_plugin_model_and_its_settings_are_settings_like_any_other(
 def test_a_plugin_model_runs_end_to_end_and_a_broken_one_is_refused_before_anything(
     site: Path, tmp_path: Path, mnist_root: Path
 ) -> None:
+    site = Path(shutil.copytree(site, tmp_path / "site"))  # its code is edited below
     study = tmp_path / "p.toml"
     study.write_text(STUDY.format(name="p", models='["linear", "toy"]'))
     args = ["--results", str(tmp_path / "r"), "--data-dir", str(mnist_root), "--no-progress"]
@@ -277,6 +287,25 @@ def test_a_plugin_model_runs_end_to_end_and_a_broken_one_is_refused_before_anyth
                      "--nll-samples", "5")  # fmt: skip
     assert report.returncode == 0, report.stderr
     assert "| toy | 2 |" in (tmp_path / "r" / "p" / "report.md").read_text()
+    # The plug-in's code edited, its version not: other keys, the old results kept aside
+    model = site / "toyvae" / "model.py"
+    model.write_text(model.read_text() + "\n# edited\n")
+    status = vaegrid(site, "status", str(tmp_path / "r" / "p"))
+    assert status.returncode == 0, status.stderr
+    assert "p: 1/1 done (1 completed" in status.stdout, status.stdout
+    assert (
+        "2 trials of model toy@toyvae==0.1#code=" in status.stdout and "left out" in status.stdout
+    )
+    report = vaegrid(site, "report", str(tmp_path / "r" / "p"), "--data-dir", str(mnist_root),
+                     "--nll-samples", "5")  # fmt: skip
+    assert report.returncode == 0 and "report: 2 trials of model toy" in report.stderr
+    again = vaegrid(site, "run", str(study), *args, "--devices", "cpu")  # the new code's trials
+    assert again.returncode == 0 and again.stdout.count(": completed") == 2, again.stdout
+    # and without the plug-in at all, its trials are named, the built-in one still read
+    gone = subprocess.run([sys.executable, "-m", "vaegrid", "status", str(tmp_path / "r" / "p")],
+                          capture_output=True, text=True, check=False)  # fmt: skip
+    assert gone.returncode == 0 and "p: 1/1 done" in gone.stdout, gone.stdout + gone.stderr
+    assert "4 trials of model toy@toyvae==0.1#code=" in gone.stdout
     study.write_text(STUDY.format(name="q", models='["flat"]'))
     broken = vaegrid(site, "run", str(study), *args)
     assert broken.returncode == 2 and broken.stderr.count("\n") == 1, broken.stderr
@@ -453,3 +482,17 @@ def test_a_plugin_models_work_is_measured_by_its_probe(site: Path, tmp_path: Pat
     found = {tuple(line.split()[:2]): line.split()[2:] for line in shown.stdout.splitlines()}
     assert found[("toy", "2")] == [str(784.0 * 32 + 32 * 8), str(4.0 * 32 + 32 * 784)]
     assert found[("linear", "1")] == [str(784.0 * 16 + 2 * 16 * 4), str(4.0 * 16 + 16 * 784)]
+
+
+@pytest.mark.parametrize("name", ["elbo", "kl", "recon", "nll", "evaluated", "diverged_epoch"])
+def test_a_plugin_setting_named_like_a_table_column_is_refused(name: str) -> None:
+    from vaegrid.db.schema import Base
+    from vaegrid.spec.axes import RESERVED
+    from vaegrid.spec.plugins import _checked
+
+    columns = {c.name for t in Base.metadata.tables.values() for c in t.columns}
+    assert columns <= RESERVED, sorted(columns - RESERVED)  # a new column is reserved too
+    declared = [{"name": name, "type": "int", "default": 1, "low": 1, "high": 2}]
+    with pytest.raises(ValueError, match=f"setting name '{name}' is not allowed or is taken"):
+        _checked(declared, RESERVED)
+    assert _checked([{**declared[0], "name": "width"}], RESERVED)[0]["name"] == "width"

@@ -19,6 +19,7 @@ import pandas as pd
 
 from vaegrid.analysis import tables
 from vaegrid.db.engine import Database
+from vaegrid.db.reader import ForeignTrial
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
 from vaegrid.halving import Standing, read_standings, spec_from_fingerprint
@@ -49,6 +50,8 @@ class StudyRows:
     # Each trial as the halving rule sees it (halving.read_standings); None without halving.
     standings: dict[str, Standing] | None
     created_schema: int  # the schema version the database was made at (schema.py)
+    # Trials of a plug-in not installed here (in that version, with that code): left out.
+    foreign: list[ForeignTrial] = dataclasses.field(default_factory=list)
 
     @property
     def axes(self) -> list[str]:
@@ -94,6 +97,7 @@ def read_study(db: Database) -> StudyRows:
                 description=reader.study_description(),
                 standings=standings,
                 created_schema=reader.created_schema(),
+                foreign=reader.foreign_trials(),
             )
     finally:
         reader.close()

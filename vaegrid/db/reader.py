@@ -7,6 +7,7 @@ that hashes to its key and is one a study file could make, a status of vaegrid's
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from collections import defaultdict
@@ -31,7 +32,7 @@ from vaegrid.db.session import StoreBase
 from vaegrid.errors import InputError
 from vaegrid.spec.axes import SAMPLES_MAX
 from vaegrid.spec.load import config_problem
-from vaegrid.spec.study import TrialConfig
+from vaegrid.spec.study import NotInstalled, TrialConfig
 from vaegrid.status import Status, parse
 
 if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
@@ -59,6 +60,28 @@ class TrialInfo:
     seconds: float = 0.0  # training time of its epochs, all runs
 
 
+@dataclass(frozen=True)
+class ForeignTrial:
+    """A stored trial that this installation cannot compute (see ``foreign_trials``)."""
+
+    key: str
+    what: str  # "model toy@toyvae==0.1#code=3f2a9c1b7e04"
+    status: Status
+    epochs_done: int
+
+
+def foreign_words(foreign: Sequence[ForeignTrial]) -> str | None:
+    """``3 trials of model toy@toyvae==0.1#code=... left out: ...``, or None."""
+    if not foreign:
+        return None
+    whats = sorted({t.what for t in foreign})
+    named = "; ".join(whats[:3]) + (f"; and {len(whats) - 3} more" if len(whats) > 3 else "")
+    return (
+        f"{len(foreign)} trials of {named} left out: not installed here, or not in that "
+        "version or with that code (their rows are kept; install it as it was to see them)"
+    )
+
+
 class ReaderMixin(StoreBase):
     """Queries: what the driver, ``status``, the report and the API read."""
 
@@ -69,23 +92,29 @@ class ReaderMixin(StoreBase):
         Raises:
             InputError: a row was edited by hand (or by anything but vaegrid).
         """
+        return list(self._trials()[0])
+
+    def foreign_trials(self) -> list[ForeignTrial]:
+        """The trials of a plug-in that is not installed here, or not in the version or
+        with the code that computed them (spec/study.py NotInstalled): kept in the database,
+        left out of everything but these counts."""
+        return list(self._trials()[1])
+
+    def _trials(self) -> tuple[list[TrialInfo], list[ForeignTrial]]:
         if self._snapshot is not None and "trials" in self._memo:  # one moment, checked once
-            return list(self._memo["trials"])
+            return self._memo["trials"]
+        found, foreign = [], []
         with self.session() as s:
-            rows = s.scalars(select(TrialRow)).all()
-            found = [
-                TrialInfo(
-                    r.key,
-                    _config(self.path, r.key, r.config),
-                    parse(r.status, f"{self.path}: trial {r.key}"),
-                    r.epochs_done,
-                    r.seconds,
-                )
-                for r in rows
-            ]
+            for r in s.scalars(select(TrialRow)).all():
+                status = parse(r.status, f"{self.path}: trial {r.key}")
+                cfg = _config(self.path, r.key, r.config)
+                if isinstance(cfg, str):
+                    foreign.append(ForeignTrial(r.key, cfg, status, r.epochs_done))
+                else:
+                    found.append(TrialInfo(r.key, cfg, status, r.epochs_done, r.seconds))
         if self._snapshot is not None:
-            self._memo["trials"] = found
-        return found
+            self._memo["trials"] = (found, foreign)
+        return found, foreign
 
     def status_of(self, key: str) -> Status:
         with self.session() as s:
@@ -174,12 +203,15 @@ class ReaderMixin(StoreBase):
                 return pd.DataFrame(columns=[c.name for c in columns])
             frame = pd.read_sql_query(select(*columns), con)
             if table in CHECKED:
-                trials = self.trials()
+                trials, foreign = self._trials()
                 configs = {t.key: t.config for t in trials}
                 statuses = {t.key: t.status for t in trials}
                 done = {t.key: t.epochs_done for t in trials}
+                other = {t.key for t in foreign}  # another computation's rows: left out
+                frame = frame[~frame["key"].isin(other)].reset_index(drop=True)
                 if table != "vg_trial" and "vg_trial" not in self._memo:  # once a snapshot
                     raw = pd.read_sql_query(select(*TrialRow.__table__.columns), con)
+                    raw = raw[~raw["key"].isin(other)]
                     check(self.path, "vg_trial", raw, configs, statuses, done)
                 check(self.path, table, frame, configs, statuses, done)
                 self._memo[table] = True  # checked in this snapshot
@@ -237,13 +269,21 @@ class ReaderMixin(StoreBase):
         return found or None
 
 
-def _config(path: str, key: str, text: str) -> TrialConfig:
-    """A stored trial's config, refused unless it is well-formed and hashes to its key."""
+def _config(path: str, key: str, text: str) -> TrialConfig | str:
+    """A stored trial's config, refused unless it is well-formed and hashes to its key; or,
+    for a plug-in not installed here (in that version, with that code), which one it is."""
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise InputError(f"{path}: vg_trial holds a key {key!r} that vaegrid never makes")
     try:
         cfg = TrialConfig.from_json(text)
         ok = cfg.key == key
+    except NotInstalled as e:
+        raw = json.dumps(json.loads(text), sort_keys=True)  # the key is this JSON's hash
+        if hashlib.sha256(raw.encode()).hexdigest()[:12] != key:
+            raise InputError(
+                f"{path}: trial {key}: stored config does not hash to its key (edited?)"
+            ) from None
+        return str(e)
     except Exception as e:  # anything a hand-edited JSON can raise
         raise InputError(f"{path}: trial {key}: stored config is not valid ({e})") from None
     if not ok:

@@ -20,6 +20,7 @@ from vaegrid.analysis import tables
 from vaegrid.analysis.timing import timing, timing_lines
 from vaegrid.api import StudyRows, read_study
 from vaegrid.db.engine import Database
+from vaegrid.db.reader import foreign_words
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
 from vaegrid.halving import spec_from_fingerprint
@@ -138,6 +139,9 @@ def make_report(
         f"{metric}; {winners['key'].nunique()} winning configs, {len(tested)} trials to test "
         f"at k = {nll_samples} ({len(todo)} to evaluate, {len(tested) - len(todo)} stored)"
     )
+    aside = foreign_words(rows.foreign)
+    if aside is not None:
+        tell(f"report: {aside}")
     if todo:  # the only writes to the database (a report with nothing new writes none)
         stored = _evaluate(db, loaded, todo, nll_samples, tell)
     tell(f"report: writing the tables into {study_dir}")

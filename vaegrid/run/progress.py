@@ -131,6 +131,7 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     Raises:
         InputError: ``study_dir`` holds no vaegrid study database, or ``storage`` is bad.
     """
+    from vaegrid.db.reader import foreign_words
     from vaegrid.db.store import Store, existing_db
     from vaegrid.layout import StudyLayout
     from vaegrid.spec.study import searched_axes
@@ -141,6 +142,7 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     try:
         name, slots = store.study_row()
         trials = store.trials()
+        foreign = foreign_words(store.foreign_trials())
         runs = store.runs()
         devices = store.trial_devices()
         fingerprint = store.fingerprint()
@@ -152,10 +154,11 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     forecast = stored_forecast(trials, devices, fingerprint, slots)
     if forecast is not None and any(counts[s] for s in (*WAITING, RUNNING)):
         line += f"; {forecast.words()}" if pid else f"; {forecast.done:.0%} of the work done"
+    aside = [f"  {foreign}"] if foreign is not None else []
     if not pid:
-        return line + "; no driver running"
+        return "\n".join([line + "; no driver running", *aside])
     device = {r["key"]: r["device"] for r in runs if r["status"] == RUNNING}
-    lines = [line + f"; driver pid {pid}"]
+    lines = [line + f"; driver pid {pid}", *aside]
     for t in trials:
         if t.status == RUNNING:
             c = t.config

@@ -184,13 +184,18 @@ def _with_plugins(builtin: tuple[Axis, ...]) -> tuple[Axis, ...]:
 
 # Every installed plug-in model, by name, usable or not (``problem``).
 # Names a plug-in's setting may not take: the settings', the trial config's fields and the
-# tables' columns (a setting called "repeat" or "status" would overwrite one).
+# tables' columns (a setting called "repeat", "status" or "elbo" would overwrite one).
 RESERVED = frozenset(
     {a.name for a in AXES} | set(MODELS) | {
         "seed", "data", "repeat", "repeats", "key", "config", "config_id", "settings",
         "version", "describe", "replace", "make", "status", "seconds", "cause", "rung",
         "epochs_done", "epoch", "split", "criterion", "rank", "model_version", "n_repeats",
-        "n_tested", "best_epoch", "nll_samples", "likelihood",
+        "n_tested", "best_epoch", "nll_samples", "likelihood", "wins",
+        # every column of vaegrid's tables (tests/test_plugins.py checks against db/schema.py)
+        "beat", "description", "device", "device_kind", "diverged_epoch", "elbo", "ended",
+        "error", "evaluated", "expires", "fingerprint", "host", "id", "kl", "max_rss_mb",
+        "name", "nll", "optuna_trial_id", "owner", "peak_device_mb", "pid", "recon", "run_id",
+        "slots", "source", "started", "study", "token", "value", "versions", "worker",
     }
 )  # fmt: skip
 PLUGINS = registered(RESERVED)

@@ -18,13 +18,18 @@ built-in setting does (study files, the grid, the key, Optuna, tables, figures).
 
 Only the settings are read in every process (their module must not import torch: the
 driver stays torch-free); the factory is loaded where a trial or the probe runs. The
-distribution's name and version join the trial key (``toy@toyvae==0.1``): results of
-another version are never mixed in. A plug-in whose declaration is broken is left out,
-and a study that names it is refused in one line saying why.
+distribution's name and version join the trial key, and for a model a digest of its
+package's code as it is on disk (``toy@toyvae==0.1#code=3f2a9c1b7e04``, an editable install
+included): results of another version, or of edited code, are never mixed in; the trials of
+a plug-in not installed here as it was are kept and left out (db/reader.py, ForeignTrial).
+A plug-in whose declaration is broken is left out, and a study that names it is refused in
+one line saying why.
 """
 
 from __future__ import annotations
 
+import hashlib
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -41,6 +46,8 @@ VERSION = re.compile(r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}")  # a version, as a ke
 SETTINGS_MAX = 32  # settings one plug-in may declare
 CHOICES_MAX = 100
 NUMBER_MAX = 1e12  # bounds of a plug-in's numeric setting, in absolute value
+CODE_FILES_MAX = 2_000  # the .py files of a model's package that its digest reads, at most
+CODE_BYTES_MAX = 64 << 20
 
 
 @dataclass(frozen=True)
@@ -53,11 +60,14 @@ class Plugin:
     version: str
     settings: tuple[dict[str, Any], ...] = ()  # checked declarations
     problem: str | None = None  # why it cannot be used (a broken declaration)
+    code: str = ""  # a model's: the digest of its package's code (code_digest)
 
     @property
     def model_version(self) -> str:
-        """What a trial key holds for it: name, distribution and version."""
-        return f"{self.name}@{self.dist}=={self.version}"
+        """What a trial key holds for it: name, distribution, version and, for a model,
+        the digest of its code."""
+        code = f"#code={self.code}" if self.code else ""
+        return f"{self.name}@{self.dist}=={self.version}{code}"
 
     @property
     def who_registers(self) -> str:
@@ -81,6 +91,8 @@ def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
     declared = {ep.name: ep for ep in metadata.entry_points(group=SETTINGS_GROUP)}
     for ep in sorted(metadata.entry_points(group=MODELS_GROUP), key=lambda e: e.name):
         dist, version, problem = _identity(ep, reserved, found)
+        code, unreadable = code_digest(ep.value)
+        problem = problem or unreadable
         settings: tuple[dict[str, Any], ...] = ()
         if problem is None and ep.name in declared:
             had_torch = "torch" in sys.modules
@@ -100,7 +112,7 @@ def registered(reserved: frozenset[str] = frozenset()) -> dict[str, Plugin]:
                           for o in p.settings if o["name"] == s["name"]), s)  # fmt: skip
             if other != s:
                 problem = f"its setting {s['name']} is declared otherwise by another model"
-        found[ep.name] = Plugin(ep.name, ep.value, dist, version, settings, problem)
+        found[ep.name] = Plugin(ep.name, ep.value, dist, version, settings, problem, code)
     return found
 
 
@@ -113,6 +125,44 @@ def registered_datasets(reserved: frozenset[str] = frozenset()) -> dict[str, Plu
         dist, version, problem = _identity(ep, reserved, found)
         found[ep.name] = Plugin(ep.name, ep.value, dist, version, (), problem)
     return found
+
+
+def code_digest(target: str) -> tuple[str, str | None]:
+    """12 hex digits of SHA-256 over every ``.py`` file (relative path and bytes) of the
+    top-level package that holds ``target`` (``package.module:factory``), read where the
+    import system finds it (an editable install's source folder included) without importing
+    it; and why it could not be read, if so."""
+    import importlib.util
+
+    top = target.partition(":")[0].partition(".")[0]
+    try:
+        spec = importlib.util.find_spec(top)
+    except (ImportError, ValueError) as e:
+        return "", f"its package {top[:60]!r} cannot be found ({_line(e)})"
+    if spec is None:
+        return "", f"its package {top[:60]!r} is not installed"
+    roots = list(spec.submodule_search_locations or [])
+    files = [] if roots else [(os.path.basename(spec.origin or ""), spec.origin or "")]
+    for root in roots:
+        for folder, dirs, names in os.walk(root):  # links to folders are not followed
+            dirs[:] = sorted(d for d in dirs if d != "__pycache__")
+            rel = os.path.relpath(folder, root)
+            files += [(os.path.join(rel, n), os.path.join(folder, n)) for n in names
+                      if n.endswith(".py")]  # fmt: skip
+            if len(files) > CODE_FILES_MAX:
+                return "", f"its package {top!r} has over {CODE_FILES_MAX:,} .py files to digest"
+    digest, size = hashlib.sha256(), 0
+    try:
+        for rel, path in sorted(files):
+            with open(path, "rb") as f:
+                body = f.read(CODE_BYTES_MAX + 1 - size)
+            size += len(body)
+            if size > CODE_BYTES_MAX:
+                return "", f"its package {top!r} has over {CODE_BYTES_MAX >> 20} MB of code"
+            digest.update(f"{rel}\0{len(body)}\0".encode() + body)
+    except OSError as e:
+        return "", f"its package {top!r} cannot be read ({e.strerror or e})"
+    return digest.hexdigest()[:12], None
 
 
 def _identity(

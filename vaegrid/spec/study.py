@@ -9,6 +9,7 @@ import hashlib
 import itertools
 import json
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -310,15 +311,29 @@ class TrialConfig:
         data = raw.pop("data")
         dataset = datasets.from_tag(data.get("dataset"))
         if dataset is None:
+            if PLUGIN_TAG.fullmatch(str(data.get("dataset"))):
+                raise NotInstalled(f"data set {data['dataset']}")
             raise ValueError(f"data set {str(data.get('dataset'))[:60]!r} is not installed here")
         data = DataSpec(**{**data, "dataset": dataset, "fractions": tuple(data["fractions"])})
         version = raw.pop("model", None)
         if version not in _MODEL_OF:
+            if PLUGIN_TAG.fullmatch(str(version)):
+                raise NotInstalled(f"model {version}")
             raise ValueError(f"model {str(version)[:40]!r} is no model this vaegrid computes")
         return cls.make(raw.pop("seed"), data, model=_MODEL_OF[version], **raw)
 
 
 _AXIS_NAMES = tuple(a.name for a in AXES)
+# A plug-in's tag in a key (spec/plugins.py, Plugin.model_version): name@dist==version, and
+# for a model #code=<digest>.
+PLUGIN_TAG = re.compile(r"[a-z][a-z0-9_]{0,39}@[A-Za-z0-9][A-Za-z0-9._-]{0,99}=="
+                        r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}(#code=[0-9a-f]{12})?")  # fmt: skip
+
+
+class NotInstalled(ValueError):
+    """A stored config of a plug-in (model or data set) that is not installed here, or not
+    in this version or with this code: its trial is another computation's, kept and never
+    mixed with this one's (its text: ``model toy@toyvae==0.1#code=...``)."""
 
 
 def data_dict(data: DataSpec) -> dict[str, Any]:
