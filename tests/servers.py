@@ -37,6 +37,18 @@ def _as_postgres(cmd: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *cmd] if os.geteuid() == 0 else cmd
 
 
+_PG: dict[int, tuple[Path, str, Path]] = {}  # port -> (data folder, options, log)
+
+
+def pg_ctl(url: str, action: str) -> None:
+    """``stop`` (fast: every connection terminated, as a maintenance restart does) or
+    ``start`` the server of ``url`` (made by :func:`postgres`)."""
+    data, options, log = _PG[int(url.rsplit(":", 1)[1].split("/")[0])]
+    cmd = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-w", "-t", "60"]
+    cmd += ["-m", "fast", "stop"] if action == "stop" else ["-o", options, "-l", str(log), "start"]
+    subprocess.run(_as_postgres(cmd), check=True, capture_output=True, timeout=120)
+
+
 @contextmanager
 def postgres(max_connections: int = 100) -> Iterator[str]:
     """A fresh PostgreSQL server; yields the URL of an empty database ``vaegrid``."""
@@ -67,8 +79,10 @@ def postgres(max_connections: int = 100) -> Iterator[str]:
             host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True
         ) as con:
             con.execute("CREATE DATABASE vaegrid")
+        _PG[port] = (data, options, base / "log")
         yield f"postgresql://postgres@127.0.0.1:{port}/vaegrid"
     finally:
+        _PG.pop(port, None)
         subprocess.run(
             _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-m", "immediate", "stop"]),
             capture_output=True, timeout=60,

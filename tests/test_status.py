@@ -95,9 +95,16 @@ def started(
 def test_the_store_refuses_an_illegal_move_and_keeps_a_committed_end(
     started: tuple[Store, Study, TrialConfig],
 ) -> None:
+    from vaegrid.db.trials import move
+
     store, study, cfg = started
-    with pytest.raises(IllegalTransition, match="running -> running"):
-        store.start_trial(study, cfg)
+    # the same start again (a retry whose first answer a dropped connection lost) is that
+    # start, not a second one: the trial keeps its Optuna trial
+    trial_id = store.start_trial(study, cfg)
+    assert store.start_trial(study, cfg) == trial_id
+    with pytest.raises(IllegalTransition, match="running -> pending"), store.session() as s:
+        move(store._row(s, cfg.key), Status.PENDING)
+    assert store.status_of(cfg.key) == Status.RUNNING  # the refused move left nothing
     store.mark([cfg.key], FAILED, "worker died")
     store.fail(cfg.key, "Traceback...\nValueError: late")  # not running: keeps its end
     assert store.status_of(cfg.key) == FAILED

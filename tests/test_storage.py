@@ -133,7 +133,7 @@ def test_a_folder_name_is_never_parsed_as_a_url(
     with sqlite3.connect(victim) as con:
         con.execute("CREATE TABLE mine (x INTEGER)")
     before = victim.read_bytes()
-    study = write_study()
+    study = write_study(epochs=1)  # the paths are under test: one epoch is enough
     for results in (tmp_path / "victim.db?x", tmp_path / "p%41th", tmp_path / "a#b"):
         if results.name == "victim.db?x":  # through the CLI: its workers open the database
             argv = ["run", str(study), "--results", str(results), "--data-dir", str(mnist_root)]

@@ -18,6 +18,7 @@ from typing import Any
 
 from vaegrid import signals
 from vaegrid.errors import InputError
+from vaegrid.faults import FAULT_WAIT_MAX, FAULT_WAIT_S
 from vaegrid.run.jobqueue import DEFAULT_JOBS, MAX_JOBS, is_scheduler
 from vaegrid.run.pool import MAX_WORKER_DEATHS
 
@@ -39,7 +40,8 @@ def _parser() -> argparse.ArgumentParser:
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Exit codes: 0 done, 1 some trials failed (run), 2 bad input (one line, nothing "
-        "written), 3 the cluster or its scheduler went away (run), 130 Ctrl-C, 143 SIGTERM.",
+        "written), 3 the world failed and was waited out in vain: the cluster's scheduler, the "
+        "database, the disk (run: run it again once fixed), 130 Ctrl-C, 143 SIGTERM.",
     )
     p.add_argument("--version", action="version", version=f"vaegrid {__version__}")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser, metavar="COMMAND")
@@ -100,6 +102,14 @@ def _parser() -> argparse.ArgumentParser:
         default=MAX_WORKER_DEATHS,
         metavar="N",
         help=f"fail a trial whose worker process dies N times (default {MAX_WORKER_DEATHS})",
+    )
+    run.add_argument(
+        "--fault-wait",
+        type=float,
+        default=FAULT_WAIT_S,
+        metavar="SECONDS",
+        help="how long a database that is down or a full disk is waited out (trials resume "
+        f"at their last epoch) before the sweep stops with exit 3 (default {FAULT_WAIT_S:g})",
     )
     run.add_argument(
         "--no-progress",
@@ -201,8 +211,10 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run one command; its exit code: 0 done, 1 some trials failed (run), 2 bad input
-    (one line, nothing written), 3 the cluster's scheduler went away (run), 128 + N
-    stopped by signal N (130 Ctrl-C, 143 SIGTERM), what was committed kept."""
+    (one line, nothing written), 3 the world failed (run: the cluster's scheduler went
+    away, or the database or the disk stayed down past --fault-wait; running trials keep
+    their last epoch), 128 + N stopped by signal N (130 Ctrl-C, 143 SIGTERM), what was
+    committed kept."""
     signals.reset()
     with signals.handled():
         try:
@@ -279,6 +291,11 @@ def _dispatch(args: argparse.Namespace) -> int:
             raise InputError(
                 f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"
             )
+        if not 0 <= args.fault_wait <= FAULT_WAIT_MAX:  # nan fails both
+            raise InputError(
+                f"--fault-wait: {args.fault_wait:g} is not allowed; expected seconds from 0 "
+                f"to {FAULT_WAIT_MAX:g}"
+            )
         executor: Any = None
         if args.jobs is not None and (args.cluster is None or not is_scheduler(args.cluster)):
             raise InputError(
@@ -331,6 +348,7 @@ def _dispatch(args: argparse.Namespace) -> int:
                 max_deaths=args.max_deaths,
                 executor=executor,
                 storage=args.storage,
+                fault_wait=args.fault_wait,
             )
         finally:
             if executor is not None and not callable(executor):  # run_study closes its own

@@ -2,9 +2,11 @@
 
 :func:`move` is the only code in vaegrid that changes a trial's status (a new trial's row
 is inserted pending by sync.py), and it refuses any move that ``status.TRANSITIONS`` does
-not hold. Each method writes vaegrid's tables in one transaction; those that end a trial
-then finish its Optuna trial (ledger.py), after the vg_* write that is the truth
-(``start_trial`` reads the row, may create an Optuna trial, then moves the row).
+not hold, checked on the row read under a lock (``_row``: two sessions ending one trial
+at once take turns, and the second sees the first's status). Each method writes
+vaegrid's tables in one transaction; those that end a trial then finish its Optuna trial
+(ledger.py), after the vg_* write that is the truth (``start_trial`` reads the row, may
+create an Optuna trial, then moves the row).
 """
 
 from __future__ import annotations
@@ -72,10 +74,15 @@ class TrialsMixin(LedgerMixin):
     # -- the driver's side ---------------------------------------------------------------
 
     def start_trial(self, study: Study, cfg: TrialConfig) -> int:
-        """Mark a trial running and return its Optuna trial id."""
+        """Mark a trial running and return its Optuna trial id. Only the driver, which
+        holds the study, starts trials, and its sync interrupts every running one first: a
+        trial found running here is this very start, committed once already by a call whose
+        answer a dropped connection lost (faults.py retries it)."""
         with self.session() as s:
             row = self._row(s, cfg.key)
             trial_id = row.optuna_trial_id
+            if row.status == RUNNING and trial_id is not None:
+                return trial_id
         trial_id = self.optuna_trial_for(study, cfg, trial_id)
         with self.session() as s:
             row = self._row(s, cfg.key)
@@ -100,8 +107,8 @@ class TrialsMixin(LedgerMixin):
         deaths), and their open runs close; trials that are not running are left alone."""
         changed = []
         with self.session() as s:
-            for key in keys:
-                row = s.get(TrialRow, key)
+            for key in sorted(keys):  # rows locked in one order: two sessions never deadlock
+                row = s.get(TrialRow, key, with_for_update=True)
                 if row is not None and row.status == RUNNING:
                     move(row, status, cause)
                     changed.append(key)
@@ -126,7 +133,8 @@ class TrialsMixin(LedgerMixin):
     def interrupt_running(self) -> None:
         """What a dead driver left running is interrupted (the next driver, at its start)."""
         with self.session() as s:
-            for row in s.scalars(select(TrialRow).where(TrialRow.status == RUNNING)):
+            locked = select(TrialRow).where(TrialRow.status == RUNNING).with_for_update()
+            for row in s.scalars(locked):
                 move(row, INTERRUPTED)
             for run in s.scalars(select(RunRow).where(RunRow.status == RUNNING)):
                 run.status = INTERRUPTED.value
@@ -136,8 +144,8 @@ class TrialsMixin(LedgerMixin):
         Optuna trials. A trial that is running or has ended otherwise is left as it is."""
         changed = []
         with self.session() as s:
-            for key, rung in rungs.items():
-                row = s.get(TrialRow, key)
+            for key, rung in sorted(rungs.items()):
+                row = s.get(TrialRow, key, with_for_update=True)
                 if row is None or STOPPED not in _moves(row):
                     continue
                 move(row, STOPPED, causes.get(key))
@@ -150,8 +158,8 @@ class TrialsMixin(LedgerMixin):
         """Stopped trials go on (a grown grid re-decided their rung): paused at their last
         epoch, checkpoint kept. Their pruned Optuna trial stays; start_trial opens a new one."""
         with self.session() as s:
-            for key in keys:
-                row = s.get(TrialRow, key)
+            for key in sorted(keys):
+                row = s.get(TrialRow, key, with_for_update=True)
                 if row is not None and row.status == STOPPED:
                     move(row, PAUSED)
                     stop = s.get(StopRow, key)
@@ -251,7 +259,10 @@ class TrialsMixin(LedgerMixin):
 
     @staticmethod
     def _row(s: Session, key: str) -> TrialRow:
-        row = s.get(TrialRow, key)
+        """A trial's row, locked until the transaction ends (``SELECT ... FOR UPDATE`` on
+        PostgreSQL; SQLite has one writer at a time): a move is checked against the status
+        it replaces, never a stale read that another session changes before this commits."""
+        row = s.get(TrialRow, key, with_for_update=True)
         assert row is not None, key
         return row
 

@@ -37,6 +37,7 @@ from vaegrid.spec.study import (
     HalvingSpec,
     Study,
     TrialConfig,
+    parameter_count,
     split_sizes,
 )
 
@@ -45,6 +46,7 @@ from vaegrid.spec.study import (
 PRIOR_MACS_PER_S = 2.5e10
 # Runs that must have ended before the forecast trusts the share of predicted work done.
 REALIZED_AFTER = 3
+CHECKPOINT_EXTRA_BYTES = 64 << 10  # a checkpoint's metrics, generator states and pickling
 
 
 def forward_macs(settings: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -111,6 +113,14 @@ class CostModel:
         enc, dec = forward_macs(cfg.axis_values(), self.shape)
         scale = self.plugin_work.get(cfg.model, (1.0, 1.0))
         return enc * scale[0], dec * scale[1]
+
+    def file_bytes(self, cfg: TrialConfig) -> tuple[int, int]:
+        """Bytes of a trial's final weights and of its checkpoint (the weights, the
+        optimizer's state: Adam's two moments, SGD's momentum; and its metrics), counted as
+        ``parameter_count`` counts parameters (float32); a plug-in model's: 0, unknown here."""
+        params = parameter_count(cfg.axis_values(), self.shape)
+        moments = {"adam": 2, "adamw": 2}.get(cfg.optimizer, 1)
+        return 4 * params, 4 * params * (1 + moments) + CHECKPOINT_EXTRA_BYTES
 
     def work(self, cfg: TrialConfig, start: int, end: int) -> float:
         """MACs of epochs ``start`` + 1 to ``end``, and of the NLL when ``end`` is the last."""

@@ -35,6 +35,7 @@ from vaegrid import halving, signals
 from vaegrid.db.engine import Database, pg_advisory_lock, reason
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
+from vaegrid.faults import FAULT_WAIT_S, WorldFault, backoff, patient
 from vaegrid.layout import StudyLayout, database_lock
 from vaegrid.run import cost
 from vaegrid.run.cost import CostModel, Forecast, duration
@@ -71,7 +72,7 @@ from vaegrid.train.data import ensure_mnist
 # time is not done, and is not said to be.
 RUNNING_SHARE_MAX = 0.95
 HEARTBEAT_S = 4.0  # the driver's heartbeat (servers, clusters); workers allow DRIVER_TIMEOUT_S
-EXIT_CLUSTER_GONE = 3
+EXIT_CLUSTER_GONE = 3  # the world failed: the cluster's scheduler, the database, the disk
 
 
 class DriverLock:
@@ -161,6 +162,7 @@ def run_study(
     max_deaths: int = MAX_WORKER_DEATHS,
     executor: Executor | Callable[[], tuple[Executor, Pool]] | None = None,
     storage: str | None = None,
+    fault_wait: float = FAULT_WAIT_S,
 ) -> int:
     """Sweep ``study`` to its end, resuming whatever its database and folder already hold.
 
@@ -172,12 +174,14 @@ def run_study(
             study is locked (batch jobs cost an allocation: none is submitted for a run
             that is refused); it is closed when the run ends, however it ends.
         storage: The database URL; default ``sqlite:///<results>/<study>/study.db``.
+        fault_wait: Seconds a fault of the world (faults.py: the database unreachable, a
+            full disk) is waited out before the sweep stops with exit 3.
 
     Returns:
         0 when every trial completed or diverged; 1 when any failed (tracebacks in the
         database) or waits for a kind of device the pool lacks; 3 when the cluster's
-        scheduler went away; 130 when stopped by Ctrl-C or SIGTERM (running trials keep
-        their last finished epoch).
+        scheduler went away, or a fault of the world outlasted ``fault_wait``; 130 when
+        stopped by Ctrl-C or SIGTERM (running trials keep their last finished epoch).
 
     Raises:
         InputError: missing or corrupt data, a results or study folder that is not a plain
@@ -216,7 +220,8 @@ def run_study(
             store.sync_study(study, grid, pool.slots)
             write_atomic(layout.driver_token, token + "\n")  # proof a worker sees it
             with _heartbeat(store, study.name, token, beating):
-                sweep = _Sweep(study, grid, layout, store, pool, data_root, executor, token)
+                sweep = _Sweep(study, grid, layout, store, pool, data_root, executor, token,
+                               fault_wait)  # fmt: skip
                 return sweep.run(retry_failed, progress, max_deaths)
         except SQLAlchemyError as e:
             print(
@@ -356,8 +361,16 @@ class _Sweep:
         data_root: Path,
         executor: Executor,
         token: str,
+        fault_wait: float = FAULT_WAIT_S,
     ) -> None:
-        self.study, self.layout, self.store, self.pool = study, layout, store, pool
+        self.study, self.layout, self.pool = study, layout, pool
+        # Every call of the sweep waits out a fault of the world (the database restarting);
+        # the last words of a sweep that stops do not (the next driver repairs them).
+        self.store, self.raw_store = patient(store, fault_wait), store
+        self.fault_wait = fault_wait
+        self.fault_since: float | None = None  # the first fault since the last progress
+        self.faults = 0  # faults since the last progress
+        self.hold_until = 0.0  # no trial starts before this (monotonic): a fault's backoff
         self.data_root = data_root.resolve()
         self.executor, self.token = executor, token
         self.grid = {cfg.key: cfg for cfg in grid}
@@ -401,6 +414,9 @@ class _Sweep:
                 "finished epoch",
                 flush=True,
             )
+        short = self._space_short()
+        if short is not None:
+            print(short, file=sys.stderr, flush=True)
         live = progress and sys.stdout.isatty()  # a log or a pipe gets a line per trial
         self.progress = Progress(
             self.study.name, self.view, self.study.halving is not None, live, self._forecast
@@ -425,6 +441,9 @@ class _Sweep:
         except ClusterGone as e:
             then = "run the same command again once it is back"
             return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
+        except WorldFault as e:
+            then = f"waited {e.waited:.0f} s; run the same command again once it is fixed"
+            return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
         self.executor.shutdown(kill=False)
         self.progress.close()
         folder = self.layout.root
@@ -438,6 +457,29 @@ class _Sweep:
             flush=True,
         )  # fmt: skip
         return self._exit_code()
+
+    def _space_short(self) -> str | None:
+        """A line saying the study folder's disk lacks room for what this sweep writes (the
+        cost model's sizes: every trial left's final weights, and the checkpoints of the
+        trials that run at once, of every trial left with halving); None when it has."""
+        import shutil
+
+        left = [self.grid[k] for k in self.scheduler.queue]
+        sizes = [self.cost.file_bytes(cfg) for cfg in left]
+        at_once = len(left) if self.study.halving is not None else self.pool.slots
+        weights = sum(w for w, _ in sizes)
+        checkpoints = sum(sorted((c for _, c in sizes), reverse=True)[:at_once])
+        free = shutil.disk_usage(self.layout.root).free
+        if free >= weights + checkpoints:
+            return None
+        mb = 1 << 20
+        return (
+            f"vaegrid: warning: {self.layout.root} has {free / mb:,.1f} MB free; this sweep "
+            f"writes about {(weights + checkpoints) / mb:,.1f} MB (weights "
+            f"{weights / mb:,.1f} MB, checkpoints up to {checkpoints / mb:,.1f} MB): when the "
+            f"disk is full its trials wait, and after --fault-wait ({self.fault_wait:g} s) the "
+            "sweep stops with exit 3"
+        )
 
     def _may_go(self, key: str) -> bool:
         """Whether the study lets ``key`` run now (the scheduler then says where): a trial
@@ -458,7 +500,8 @@ class _Sweep:
     def _abandon(self, running: Running, why: str, then: str, code: int) -> int:
         """Stop every worker now; running trials keep their last epoch (interrupted)."""
         self.executor.shutdown(kill=True)
-        self.store.mark([k for k, _ in running.values()], INTERRUPTED)
+        with suppress(Exception):  # a database that is down: the next driver's sync marks them
+            self.raw_store.mark([k for k, _ in running.values()], INTERRUPTED)
         self.progress.close()
         print(
             f"vaegrid: {why}: {len(running)} running trials keep their last finished epoch; {then}",
@@ -504,6 +547,7 @@ class _Sweep:
             self.progress.say(f"{self._describe(key)}: goes on (its rung was decided again)")
 
     def _paused(self, key: str) -> None:
+        self.fault_since, self.faults = None, 0
         self.view[key] = PAUSED
         self.progress.say(f"{self._describe(key)}: paused at epoch {self.targets.get(key)}")
 
@@ -519,6 +563,8 @@ class _Sweep:
     def _dispatch(self, free: list[Slot], running: Running) -> None:
         """Fill free slots, least busy device first, each with the first queued trial that
         the placement rule lets run there."""
+        if time.monotonic() < self.hold_until:  # a fault of the world: not yet
+            return
         busy = Counter(slot.device for _, slot in running.values())
         candidates = list(free)
         while candidates and self.scheduler.queue:
@@ -595,6 +641,7 @@ class _Sweep:
             nll_samples=self.study.nll_samples,
             nll_when_paused=self.study.halving is not None
             and self.study.halving.metric == "val_nll",
+            fault_wait=self.fault_wait,
         )
         return self.executor.submit(slot, execute, task)
 
@@ -625,6 +672,9 @@ class _Sweep:
             self.executor.reset(slot)
             self._worker_died(key, e)
             return
+        except WorldFault as e:  # the database or the disk failed it: not the trial's fault
+            self._world_fault(key, e)
+            return
         except Exception as e:  # the worker could not even record its own failure
             self.store.fail(key, "".join(traceback.format_exception(e)))
             returned = self.store.status_of(key)
@@ -641,7 +691,29 @@ class _Sweep:
             returned = self.store.status_of(key)
         self._finished(key, Status(returned))
 
+    def _world_fault(self, key: str, fault: WorldFault) -> None:
+        """A trial stopped by a fault of the world is interrupted at its last finished epoch
+        and offered again; no trial starts for a backoff that doubles while the faults go
+        on. Past ``fault_wait`` seconds without progress (the worker's own wait counted),
+        the sweep stops (WorldFault, exit 3)."""
+        now = time.monotonic()
+        self.fault_since = min(self.fault_since or now, now - fault.waited)
+        self.faults += 1
+        if now - self.fault_since >= self.fault_wait:
+            raise WorldFault(fault.what, now - self.fault_since)
+        self.store.mark([key], INTERRUPTED)  # the worker may not have reached the database
+        self.scheduler.offer(key, front=True)
+        self.view[key] = PENDING
+        pause = backoff(self.faults)
+        self.hold_until = max(self.hold_until, now + pause)
+        self.progress.say(
+            f"{self._describe(key)}: interrupted by a fault of the world ({fault.what}); "
+            f"no trial starts for {pause:.1f} s, and vaegrid gives up after "
+            f"{self.fault_wait:.0f} s without progress"
+        )
+
     def _finished(self, key: str, status: Status) -> None:
+        self.fault_since, self.faults = None, 0  # progress: the world works again
         self.view[key] = status
         done = sum(1 for s in self.view.values() if s in FINAL)
         said = f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}"

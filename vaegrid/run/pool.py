@@ -327,14 +327,14 @@ class LocalExecutor:
 
         from joblib.externals.loky.backend import resource_tracker as loky_tracker
 
-        resource_tracker.ensure_running()
-        loky_tracker.ensure_running()
-        # loky's resource tracker (started with the first pool) warns about "leaked
-        # semlock objects" when a killed driver's tracker cleans up: nothing a user can act
-        # on. It inherits this filter from the driver's environment.
+        # loky's resource tracker warns about "leaked semlock objects" when a killed
+        # driver's tracker cleans up: nothing a user can act on. It inherits this filter
+        # from the driver's environment, so the filter is set before the tracker starts.
         os.environ.setdefault(
             "PYTHONWARNINGS", "ignore::UserWarning:joblib.externals.loky.backend.resource_tracker"
         )
+        resource_tracker.ensure_running()
+        loky_tracker.ensure_running()
         # loky restarts a worker whose memory grew 300 MB past its first task's (its leak
         # check): after a small trial, a large one (a conv or IWAE trial) does. The restart
         # is harmless, between trials; its warning ("A worker stopped while some jobs were

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from vaegrid.db.engine import Database
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
+from vaegrid.faults import FAULT_WAIT_S, WorldFault, patient, world_fault
 from vaegrid.layout import StudyLayout, TrialFiles
 from vaegrid.safeio import ensure_dir, open_fd, open_file, read_bytes
 from vaegrid.spec.study import TrialConfig
@@ -56,6 +57,7 @@ class Task:
     stop_at: int | None = None  # halving: train only to this epoch (a rung), then pause
     nll_samples: int = 0  # [rank] nll_samples: k of the validation NLL at the end; 0: none
     nll_when_paused: bool = False  # halving by val_nll: the NLL at the rung it pauses at too
+    fault_wait: float = FAULT_WAIT_S  # how long a fault of the world is waited out (faults.py)
 
 
 # A cluster worker stops a trial whose driver's heartbeat is older than this.
@@ -78,22 +80,26 @@ def execute(task: Task) -> Status:
     status: final, or ``paused`` at a halving rung.
 
     Whatever goes wrong inside, in the trial or in its bookkeeping (the store, the trial's
-    lock, a full disk), is recorded with its traceback against this trial alone, never
-    raised: the sweep goes on. If even that record cannot be written, the exception goes
-    back to the driver, which records it. A trial whose driver is gone, or whose lease was
-    lost, stops at the next batch as ``interrupted``; its last finished epoch is where it
-    resumes.
+    lock), is recorded with its traceback against this trial alone, never raised: the sweep
+    goes on. If even that record cannot be written, the exception goes back to the driver,
+    which records it. A fault of the world (faults.py: the database unreachable, a full
+    disk) is no trial's: the database is waited for (``task.fault_wait``), a write to disk
+    is not; the trial ends ``interrupted`` at its last finished epoch and
+    :class:`WorldFault` goes back to the driver, which tries again later. A trial whose
+    driver is gone, or whose lease was lost, stops at the next batch as ``interrupted``;
+    its last finished epoch is where it resumes.
     """
     cfg = TrialConfig.from_json(task.config)
     files = task.layout.trial(cfg.key)
     if task.watch == "parent":
         _watch(task.driver_pid)
-    store = _store(task.db)
+    raw = _store(task.db)  # the lease's watcher asks it and never waits: its own retries
+    store = patient(raw, task.fault_wait)
     run_id: int | None = None
     try:
         _check_study_folder(task.layout, task.driver_token)
         ensure_dir(files.folder)
-        with _hold(task, store, cfg.key, files) as stop:
+        with _hold(task, raw, cfg.key, files) as stop:
             torch_device, kind = _setup_device(task)
             versions = dict(task.versions) | _cuda_version()
             device = task.device if task.device != "auto" else torch_device
@@ -109,16 +115,25 @@ def execute(task: Task) -> Status:
 
             finalize(files)  # its end is committed: the resume checkpoint can go
         return status
-    except Exception:
+    except Exception as e:
+        fault = world_fault(e, where=str(task.layout.root))
         error = f"failed on {task.device} (pid {os.getpid()}):\n{traceback.format_exc()}"
-        try:
-            with open_file(files.log, "a") as log:
-                log.write(error)
-        except Exception:
-            pass
+        with suppress(Exception), open_file(files.log, "a") as log:  # a full disk may refuse it
+            log.write(error if fault is None else f"interrupted: {fault}\n")
+        if fault is not None:
+            if run_id is not None:  # at its last finished epoch; else the driver marks it
+                with suppress(Exception):
+                    raw.finish_run(cfg.key, run_id, _interrupted(), None)
+            raise WorldFault(fault, getattr(e, "waited", 0.0)) from None
         if run_id is None:
             raise  # nothing of this run is in the database: the driver records it
         return store.finish_run(cfg.key, run_id, None, error)
+
+
+def _interrupted() -> TrialResult:
+    from vaegrid.train.trial import TrialResult
+
+    return TrialResult(Status.INTERRUPTED, [])
 
 
 def _store(db: Database) -> Store:
