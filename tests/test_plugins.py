@@ -53,6 +53,10 @@ def flat(shape, settings):
     return Flat(shape, settings)
 
 
+def stuck(shape, settings):  # ignores the latent size it is given: always 16
+    return Toy(shape, {**settings, "latent": 16})
+
+
 def picky(shape, settings):
     if settings["squash"] == "relu":
         raise ValueError("no relu here")
@@ -70,12 +74,14 @@ ENTRY_POINTS = """
 toy = toyvae.model:make
 flat = toyvae.model:flat
 picky = toyvae.model:picky
+stuck = toyvae.model:stuck
 taken = toyvae.model:make
 
 [vaegrid.settings]
 toy = toyvae.settings:SETTINGS
 flat = toyvae.settings:SETTINGS
 picky = toyvae.settings:SETTINGS
+stuck = toyvae.settings:SETTINGS
 taken = toyvae.settings:BROKEN
 """
 
@@ -257,10 +263,10 @@ def test_a_plugin_model_and_its_settings_are_settings_like_any_other(
     assert f'"model": "toy@toyvae==0.1#code={digest}"' in shown.stdout
     for bad, message in (
         ("[train]\nmodel = \"nope\"\n",
-         'expected one of "linear", "mlp", "conv", "flat", "picky", "toy"'),
+         'expected one of "linear", "mlp", "conv", "flat", "picky", "stuck", "toy"'),
         ("[train]\nwidth = 9\nmodel = \"toy\"\n", "train.width = 9 is not allowed; expected an "
          "integer from 1 to 8"),
-        ("[train]\nwidth = 2\n", 'only 1 without model "flat" or "picky" or "toy"'),
+        ("[train]\nwidth = 2\n", 'only 1 without model "flat" or "picky" or "stuck" or "toy"'),
         ("[train]\nmodel = \"taken\"\n", "registers it, but its settings"),
         ("[train]\nmodel = \"odd\"\n", "its distribution 'oddvae' '1 / 2' is no name and version"),
     ):  # fmt: skip
@@ -496,3 +502,25 @@ def test_a_plugin_setting_named_like_a_table_column_is_refused(name: str) -> Non
     with pytest.raises(ValueError, match=f"setting name '{name}' is not allowed or is taken"):
         _checked(declared, RESERVED)
     assert _checked([{**declared[0], "name": "width"}], RESERVED)[0]["name"] == "width"
+
+
+@pytest.mark.slow
+def test_a_plugin_model_that_ignores_a_setting_fails_that_trial_never_computes_it(
+    site: Path, tmp_path: Path, mnist_root: Path
+) -> None:
+    """stuck builds 16 latent units whatever it is asked: the probe (at the grid's largest
+    latent, 16) cannot see it; its latent-1 trial would broadcast [B, 1] noise over a
+    [B, 16] mu and report a 16-d model's numbers as latent 1's. Every call is checked."""
+    study = tmp_path / "s.toml"
+    study.write_text(STUDY.format(name="st", models='["stuck"]').replace(
+        "latent = 4", "epochs = 1").replace("epochs = 2\n", "") + "latent = [1, 16]\n")  # fmt: skip
+    args = ["--results", str(tmp_path / "r"), "--data-dir", str(mnist_root), "--no-progress"]
+    done = vaegrid(site, "run", str(study), *args, "--devices", "cpu")
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert done.stdout.count(": failed") == 2 and done.stdout.count(": completed") == 2
+    status = vaegrid(site, "status", str(tmp_path / "r" / "st"))
+    assert "2 failed" in status.stdout, status.stdout
+    logs = "".join(p.read_text() for p in (tmp_path / "r" / "st" / "trials").glob("*/log.txt"))
+    assert (
+        "encode gave mu [50, 16] and logvar [50, 16] for 50 images, expected [50, 1] each" in logs
+    )

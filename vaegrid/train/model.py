@@ -169,11 +169,28 @@ class PluginVAE(BaseVAE):
         self.latent, self.shape = latent, shape
 
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The plug-in's encode, its shapes checked at every call (the probe's too): a
+        model that ignores its latent size would be broadcast, silently, over the noise."""
         mu, logvar = self.inner.encode(x.view(-1, *self.shape))
+        want = [x.shape[0], self.latent]
+        shapes = [list(getattr(v, "shape", [])) for v in (mu, logvar)]
+        if shapes != [want, want] or not all(isinstance(v, torch.Tensor) for v in (mu, logvar)):
+            raise ValueError(
+                f"encode gave mu {shapes[0]} and logvar {shapes[1]} for {x.shape[0]} images, "
+                f"expected {want} each (latent {self.latent}): does its factory ignore a setting?"
+            )
         return mu, logvar
 
     def decode(self, z: torch.Tensor) -> torch.Tensor:
-        logits: torch.Tensor = self.inner.decode(z)
+        logits = self.inner.decode(z)
+        pixels = math.prod(self.shape)
+        if not isinstance(logits, torch.Tensor) or list(logits.flatten(1).shape) != [
+            z.shape[0], pixels
+        ]:  # fmt: skip
+            raise ValueError(
+                f"decode gave {list(getattr(logits, 'shape', []))} for {z.shape[0]} codes, "
+                f"expected images of {' x '.join(map(str, self.shape))}"
+            )
         return logits.flatten(1)
 
 
