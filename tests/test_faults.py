@@ -283,3 +283,40 @@ def test_a_full_disk_interrupts_stops_in_one_line_with_exit_3_and_the_rerun_cont
         assert rows(db) == reference
     finally:
         subprocess.run(["umount", "-l", str(disk)], check=False)
+
+
+def test_a_trial_whose_workers_never_finish_an_epoch_stops_the_sweep_in_one_line(
+    write_study: Any,
+    mnist_root: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Workers that always stop before an epoch is done (a Slurm walltime of 10 s against
+    an epoch of 30) used to be replaced forever: 50 jobs, no epoch, no word. After
+    STALLED_RUNS runs in a row without an epoch the sweep stops, exit 3, one line."""
+    from conftest import run_inline
+
+    from vaegrid.run import driver
+    from vaegrid.spec.study import TrialConfig
+    from vaegrid.status import INTERRUPTED
+
+    runs = []
+
+    def cut_short(task: Any) -> Status:  # a worker retired at its walltime, mid-epoch
+        key = TrialConfig.from_json(task.config).key
+        runs.append(key)
+        store = Store(task.db)
+        try:
+            store.mark([key], INTERRUPTED)
+        finally:
+            store.close()
+        return INTERRUPTED
+
+    monkeypatch.setattr(driver, "execute", cut_short)
+    assert run_inline(write_study(), tmp_path / "r", mnist_root) == 3
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1, err
+    assert f"trial {runs[0]} was interrupted {driver.STALLED_RUNS} times in a row without " in err
+    assert "give the jobs a longer walltime, then run the same command again" in err
+    assert runs == [runs[0]] * driver.STALLED_RUNS  # the same trial, offered first each time

@@ -73,6 +73,9 @@ from vaegrid.train.data import ensure_mnist
 RUNNING_SHARE_MAX = 0.95
 HEARTBEAT_S = 4.0  # the driver's heartbeat (servers, clusters); workers allow DRIVER_TIMEOUT_S
 EXIT_CLUSTER_GONE = 3  # the world failed: the cluster's scheduler, the database, the disk
+# A trial interrupted this many times in a row without finishing an epoch stops the sweep:
+# its workers never live long enough (a batch job's walltime shorter than an epoch).
+STALLED_RUNS = 5
 
 
 class DriverLock:
@@ -344,6 +347,10 @@ def _heartbeat(store: Store, study: str, token: str, on: bool) -> Iterator[None]
 Running = dict[Any, tuple[str, Slot]]  # a trial's future -> (its key, its slot)
 
 
+class Stalled(Exception):
+    """A trial keeps being interrupted before it finishes an epoch (STALLED_RUNS)."""
+
+
 class _Sweep:
     """One driver's pass over the study.
 
@@ -370,6 +377,7 @@ class _Sweep:
         self.fault_wait = fault_wait
         self.fault_since: float | None = None  # the first fault since the last progress
         self.faults = 0  # faults since the last progress
+        self.stalled: Counter[str] = Counter()  # runs in a row interrupted without an epoch
         self.hold_until = 0.0  # no trial starts before this (monotonic): a fault's backoff
         self.data_root = data_root.resolve()
         self.executor, self.token = executor, token
@@ -443,6 +451,9 @@ class _Sweep:
             return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
         except WorldFault as e:
             then = f"waited {e.waited:.0f} s; run the same command again once it is fixed"
+            return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
+        except Stalled as e:
+            then = "give the jobs a longer walltime, then run the same command again"
             return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
         self.executor.shutdown(kill=False)
         self.progress.close()
@@ -665,7 +676,10 @@ class _Sweep:
 
     def _collect(self, key: str, slot: Slot, future: Any) -> None:
         """A trial's future ended: its status, its worker's death, or an unrecorded error."""
+        before = self.epochs_done[key]
         self._measure(key, slot)
+        if self.epochs_done[key] > before:
+            self.stalled[key] = 0
         try:
             returned = self.executor.result(future)
         except WorkerDied as e:  # the worker process died (killed, out of memory)
@@ -680,6 +694,14 @@ class _Sweep:
             returned = self.store.status_of(key)
         self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
         if returned == INTERRUPTED:  # its lease was lost, or it saw a stale heartbeat: again
+            self.stalled[key] += self.epochs_done[key] == before
+            if self.stalled[key] >= STALLED_RUNS:
+                raise Stalled(
+                    f"trial {key} was interrupted {self.stalled[key]} times in a row without "
+                    "finishing an epoch: its workers stop before its start-up and one epoch "
+                    "are done (is a batch job's walltime shorter than that? an epoch of it "
+                    f"takes {self._epoch_seconds(key)})"
+                )
             self.scheduler.offer(key, front=True)
             self.view[key] = PENDING
             return
@@ -711,6 +733,12 @@ class _Sweep:
             f"no trial starts for {pause:.1f} s, and vaegrid gives up after "
             f"{self.fault_wait:.0f} s without progress"
         )
+
+    def _epoch_seconds(self, key: str) -> str:
+        """How long an epoch of ``key`` takes, as the cost model has it, in words."""
+        seconds = self.cost.seconds(self.cost.epoch_work(self.grid[key]))
+        return f"about {duration(seconds)}" + ("" if self.cost.measured() else
+                                               ", by the prior rate")  # fmt: skip
 
     def _finished(self, key: str, status: Status) -> None:
         self.fault_since, self.faults = None, 0  # progress: the world works again

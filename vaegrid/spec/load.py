@@ -35,6 +35,7 @@ from vaegrid.spec.axes import (
     format_value,
     is_number,
 )
+from vaegrid.spec.plugins import NAME
 from vaegrid.spec.study import (
     BINARIZE,
     HALVING_METRICS,
@@ -624,9 +625,15 @@ class _Validator:
         for key in table:
             if key not in keys:
                 where = f" in [{prefix.rstrip('.')}]" if prefix else ""
+                hint = (  # a setting of a plug-in model that is not installed here
+                    " (a plug-in model's setting? no installed plug-in declares it: pip "
+                    "install the package that does)"
+                    if prefix in ("train.", "grid.") and isinstance(key, str)
+                    and NAME.fullmatch(key) else ""
+                )  # fmt: skip
                 raise InputError(
                     f"{self.source}: unknown key '{prefix}{_key(key)}'; "
-                    f"allowed keys{where}: {', '.join(sorted(keys))}"
+                    f"allowed keys{where}: {', '.join(sorted(keys))}{hint}"
                 )
 
     def table(self, raw: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
