@@ -331,3 +331,49 @@ def test_a_reader_sees_one_moment_while_a_sweep_commits_epochs(
         assert len(store.frame("vg_epoch")) == before + 8  # the next moment, whole
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("edit", "says"),
+    [
+        ("UPDATE vg_nll SET samples = 7 WHERE key = '{key}'", "vg_nll row of trial {key!r}, "
+         "column samples: 7 is not a value vaegrid writes (expected 3, the study's k; edited?)"),
+        ("DELETE FROM vg_nll WHERE key = '{key}'", "vg_nll row of trial {key!r}, column epoch: "
+         "'no row at epoch 1' is not a value vaegrid writes (expected a row at the last epoch "
+         "of every completed trial (k = 3)"),
+        ("UPDATE vg_run SET started = 0 WHERE key = '{key}'", "vg_run row of trial {key!r}, "
+         "column started: 0.0 is not a value"),
+        ("UPDATE vg_run SET ended = started - 5 WHERE key = '{key}'", "vg_run row of trial "
+         "{key!r}, column ended: "),
+    ],
+)  # fmt: skip
+def test_tampered_nll_and_run_rows_are_refused_by_run_and_report_alike(
+    edit: str,
+    says: str,
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A forged k, a completed trial's NLL deleted (the other config would win on val_nll,
+    and run used to say "nothing to do"), a run that started in 1970 or ended before it
+    started: refused in one line, by run (before it writes) as by report."""
+    from conftest import TINY_STUDY
+
+    text = TINY_STUDY.format(name="tiny", epochs=1).replace("clip = [1.0, 0.5]", "clip = [1.0]")
+    path = write_study(text + "[rank]\nnll_samples = 3\n")
+    assert run_inline(path, tmp_path / "r", mnist_root) == 0
+    db = tmp_path / "r" / "tiny" / "study.db"
+    key = expand(load_study(path))[0].key
+    with sqlite3.connect(db) as con:
+        con.execute(edit.format(key=key))
+    before = db.read_bytes()
+    for argv in (
+        ["run", str(path), "--results", str(tmp_path / "r"), "--devices", "cpu",
+         "--data-dir", str(mnist_root)],
+        ["report", str(tmp_path / "r" / "tiny"), "--data-dir", str(mnist_root)],
+    ):  # fmt: skip
+        assert main(argv) == 2, argv
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and says.format(key=key) in err, (argv, err)
+    assert db.read_bytes() == before

@@ -29,6 +29,7 @@ KL_FLOOR = -1e-3
 METRIC_MAX = 1e30
 # Unix times: after 1970 and before the year 5000.
 TIME_MAX = 1e11
+TIME_MIN = 1.5e9  # July 2017: no vaegrid ran before it (a run "started" in 1970 is forged)
 
 
 def _bad(where: str, table: str, key: object, column: str, value: object, allowed: str) -> NoReturn:
@@ -80,12 +81,15 @@ def check(
     configs: Mapping[str, TrialConfig],
     statuses: Mapping[str, Status],
     done: Mapping[str, int],
+    nll_samples: int = 0,
 ) -> None:
     """Refuse ``frame`` (a whole ``table``) unless every row is one vaegrid could write.
 
     Args:
         configs, statuses, done: Every trial's config, status and finished epochs, from
             ``vg_trial`` (already checked: key, config and status).
+        nll_samples: The study's ``[rank] nll_samples`` (vg_nll: every row at that k, and
+            one at the last epoch of every completed trial).
     """
     rows = frame.to_dict("records")
     if table == "vg_trial":
@@ -107,11 +111,11 @@ def check(
                 _bad(where, table, key, "key", key, "the key of a trial in vg_trial")
             if r["status"] not in {s.value for s in Status}:
                 _bad(where, table, key, "status", r["status"], "one of vaegrid's statuses")
-            _number(where, table, key, "started", r["started"], 0.0, TIME_MAX)
+            started = _number(where, table, key, "started", r["started"], TIME_MIN, TIME_MAX)
             if r["ended"] is not None and not (
                 isinstance(r["ended"], float) and math.isnan(r["ended"])
             ):
-                _number(where, table, key, "ended", r["ended"], 0.0, TIME_MAX)
+                _number(where, table, key, "ended", r["ended"], started, TIME_MAX)
         return
     if table == "vg_epoch":
         seen: dict[str, set[tuple[int, str]]] = {k: set() for k in configs}
@@ -157,8 +161,15 @@ def check(
                 _bad(where, table, key, "epoch", epoch, "one row per epoch")
             pairs.add((key, epoch))
             _number(where, table, key, "nll", r["nll"], 0.0)  # -log p(x) of a Bernoulli
-            _integer(where, table, key, "samples", r["samples"], 1, 10**9)
+            samples = _integer(where, table, key, "samples", r["samples"], 1, 10**9)
+            if nll_samples and samples != nll_samples:
+                _bad(where, table, key, "samples", samples, f"{nll_samples}, the study's k")
             _number(where, table, key, "seconds", r["seconds"], 0.0)
+        for key, status in statuses.items():  # every completed trial's NLL, at its end
+            last = configs[key].epochs
+            if nll_samples and status == COMPLETED and (key, last) not in pairs:
+                needed = f"a row at the last epoch of every completed trial (k = {nll_samples})"
+                _bad(where, table, key, "epoch", f"no row at epoch {last}", needed)
         return
     if table == "vg_stop":
         for r in rows:

@@ -32,7 +32,7 @@ from vaegrid.db.session import StoreBase
 from vaegrid.errors import InputError
 from vaegrid.spec.axes import SAMPLES_MAX
 from vaegrid.spec.load import config_problem
-from vaegrid.spec.study import NotInstalled, TrialConfig
+from vaegrid.spec.study import NotInstalled, TrialConfig, nll_samples
 from vaegrid.status import Status, parse
 
 if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
@@ -213,7 +213,8 @@ class ReaderMixin(StoreBase):
                     raw = pd.read_sql_query(select(*TrialRow.__table__.columns), con)
                     raw = raw[~raw["key"].isin(other)]
                     check(self.path, "vg_trial", raw, configs, statuses, done)
-                check(self.path, table, frame, configs, statuses, done)
+                k = nll_samples(self.fingerprint()) if table == "vg_nll" else 0
+                check(self.path, table, frame, configs, statuses, done, k)
                 self._memo[table] = True  # checked in this snapshot
         return frame
 

@@ -62,6 +62,23 @@ def check_compatible(db: Database, study: Study) -> None:
         engine.dispose()
     if row is not None:
         _refuse_mismatch(str(db), row[0], row[1], study)
+    if row is not None and found == schema.SCHEMA_VERSION:  # an older one migrates first
+        _check_rows(db)
+
+
+def _check_rows(db: Database) -> None:
+    """Every row read and checked once, as ``report`` reads them: a sweep never resumes
+    (nor says "nothing to do") on a database that ``report`` would refuse."""
+    from vaegrid.db.reader import CHECKED
+    from vaegrid.db.store import Store
+
+    reader = Store.reader(db)
+    try:
+        with reader.snapshot():
+            for table in CHECKED:
+                reader.frame(table)
+    finally:
+        reader.close()
 
 
 class SyncMixin(TrialsMixin):
