@@ -42,9 +42,11 @@ lock:
 test: $(STAMP)
 	$(BIN)/python -m pytest -m "not slow" -q -n auto
 
-# The slow end-to-end tests: kill -9 and resume, K workers per device, 1 vs 2 workers.
+# The slow end-to-end tests: kill -9 and resume, K workers per device, 1 vs 2 workers, a
+# real Slurm. Two test files at a time (pytest-xdist, a file per worker): the Slurm file,
+# mostly waiting on walltimes, runs beside the others.
 test-slow: $(STAMP)
-	$(BIN)/python -m pytest -m slow -q
+	$(BIN)/python -m pytest -m slow -q -n 2 --dist loadfile --durations=15
 
 test-all: $(STAMP)
 	$(BIN)/python -m pytest -q
