@@ -147,3 +147,32 @@ def test_a_trial_whose_workers_keep_dying_fails_even_if_one_recorded_its_stop(
     assert store.give_up(cfg.key, "worker process died 2 times") == FAILED
     assert store.trials()[0].status == FAILED
     assert store.give_up(cfg.key, "again") == FAILED  # final: nothing moves
+
+
+def test_a_run_ends_once_under_the_table_of_moves(
+    started: tuple[Store, Study, TrialConfig],
+) -> None:
+    """vg_run.status follows the trials' table: a run opens running, ends as a run may
+    (TRANSITIONS[RUNNING]), once; the first end recorded is kept."""
+    from sqlalchemy import select
+
+    from vaegrid.db.schema import RunRow
+    from vaegrid.db.trials import end_run
+
+    store, _study, cfg = started
+    run_id = store.begin_run(cfg.key, "cpu", 1, "cpu", "here", {})
+    assert run_id is not None
+    store.interrupt_running()  # a new driver's sync ends it first
+    with store.session() as s:
+        run = s.get(RunRow, run_id)
+        assert run is not None and run.status == "interrupted" and run.ended is not None
+        ended = run.ended
+        end_run(run, Status.COMPLETED)  # a late worker's end: the first end stands
+        assert (run.status, run.ended) == ("interrupted", ended)
+        fresh = RunRow(key=cfg.key, device="cpu", worker=2, started=ended, status="running")
+        s.add(fresh)
+        with pytest.raises(IllegalTransition, match=r"\(run None\): running -> pending"):
+            end_run(fresh, Status.PENDING)
+        s.expunge(fresh)
+    with store.session() as s:
+        assert [r.status for r in s.scalars(select(RunRow))] == ["interrupted"]

@@ -64,10 +64,20 @@ def move(
     row.status, row.cause, row.diverged_epoch = new.value, cause, diverged_epoch
 
 
+def end_run(run: RunRow, status: Status, error: str | None = None) -> None:
+    """End a run: the only writer of a run's status after it opens. A run opens running
+    and ends once, as its trial may end a run (``TRANSITIONS[RUNNING]``); a run that ended
+    already (a new driver's sync interrupted it) keeps that end."""
+    if run.status != RUNNING.value:
+        return
+    check_transition(f"{run.key} (run {run.id})", RUNNING, status)
+    run.status, run.ended, run.error = status.value, time.time(), error
+
+
 def close_runs(s: Session, key: str, status: Status, error: str | None = None) -> None:
     """End the runs of ``key`` still open (their worker died, or the driver ended them)."""
     for run in s.scalars(select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)):
-        run.status, run.ended, run.error = status.value, time.time(), error
+        end_run(run, status, error)
 
 
 class TrialsMixin(LedgerMixin):
@@ -137,7 +147,7 @@ class TrialsMixin(LedgerMixin):
             for row in s.scalars(locked):
                 move(row, INTERRUPTED)
             for run in s.scalars(select(RunRow).where(RunRow.status == RUNNING)):
-                run.status = INTERRUPTED.value
+                end_run(run, INTERRUPTED)
 
     def stop(self, rungs: Mapping[str, int], causes: Mapping[str, str]) -> None:
         """Stop waiting trials at the rung that dropped them (halving), then prune their
@@ -243,7 +253,7 @@ class TrialsMixin(LedgerMixin):
                 status = Status(row.status)
             run = s.get(RunRow, run_id)
             assert run is not None
-            run.status, run.ended, run.error = status.value, time.time(), error
+            end_run(run, status, error)
             run.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             prov = s.get(ProvenanceRow, run_id)
             if prov is not None:
@@ -277,4 +287,4 @@ def _cause(error: str | None) -> str:
     return lines[-1] if lines else "error"
 
 
-__all__ = ["TrialsMixin", "close_runs", "move"]
+__all__ = ["TrialsMixin", "close_runs", "end_run", "move"]
