@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from conftest import make_mnist
 from servers import have_postgres, pg_ctl, postgres
+from test_cluster import wait_until
 
 from vaegrid.cli import main
 from vaegrid.db.engine import Database
@@ -205,13 +206,6 @@ def epochs_done(db: Database) -> int:
         return 0
     finally:
         store.close()
-
-
-def wait_until(what: Any, timeout: float = 180) -> None:
-    deadline = time.time() + timeout
-    while not what():
-        assert time.time() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 @pytest.mark.slow
