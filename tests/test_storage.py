@@ -26,7 +26,7 @@ def test_storage_urls_are_checked_and_messages_never_show_the_password(tmp_path:
     assert default.is_sqlite and default.path == tmp_path / "seed" / "study.db"
     pg = Database.for_study(StudyLayout(tmp_path), "postgresql://me:s3cret@db.lab:5433/sweeps")
     assert pg.url.drivername == "postgresql+psycopg" and pg.path is None
-    assert str(pg) == "postgresql+psycopg://me:***@db.lab:5433/sweeps"
+    assert str(pg) == "postgresql+psycopg://***@db.lab:5433/sweeps"  # no user, no password
     assert Database.for_study(StudyLayout(tmp_path), "postgres://me@db/x").url.drivername == (
         "postgresql+psycopg"
     )
@@ -187,7 +187,7 @@ def test_a_bad_storage_url_is_one_line_and_never_shows_a_password(
         assert "s3cret" not in text and "cret" not in text and "\n" not in text, text
         assert len(text) < 400
     shown = str(Database.for_study(layout, "postgresql://me@db.lab/x?password=s3cret"))
-    assert shown == "postgresql+psycopg://me@db.lab/x"
+    assert shown == "postgresql+psycopg://***@db.lab/x"
     # A schema chosen with options stays chosen on read-only connections too.
     import psycopg
 

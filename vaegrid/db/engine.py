@@ -73,11 +73,11 @@ class Database:
         return self.dialect == "sqlite"
 
     def __str__(self) -> str:
-        """What messages show: the SQLite file, or the URL without its password and without
-        its options (``?password=...`` is one)."""
+        """What messages show: the SQLite file, or the URL without its user and password
+        (``***@``) and without its options (``?password=...`` is one), as :func:`masked`."""
         if self.path is not None:
             return str(self.path)
-        return self.url.set(query={}).render_as_string(hide_password=True)
+        return _without_secrets(self.url.set(query={}).render_as_string(hide_password=True))
 
     @classmethod
     def sqlite(cls, path: Path) -> Database:
@@ -245,13 +245,18 @@ def masked(url: str) -> str:
     """A URL from outside as a message shows it: whatever stands between ``://`` and the
     host's ``@`` (a user and password) replaced by ``***``, options (``?...``) dropped, one
     line of at most 200 characters."""
+    return _shown(_without_secrets(url))
+
+
+def _without_secrets(url: str) -> str:
+    """``url`` with its user and password replaced by ``***`` and its options dropped."""
     scheme, sep, rest = url.partition("://")
     if sep:
         rest = rest.split("?", 1)[0]
         if "@" in rest:  # the last '@': a password may hold '/' or '@'
             rest = "***@" + rest.rsplit("@", 1)[1]
         url = scheme + sep + rest
-    return _shown(url)
+    return url
 
 
 def _shown(text: str) -> str:
