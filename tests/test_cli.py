@@ -80,3 +80,23 @@ def test_the_wheel_declares_every_file_of_the_package_that_is_not_python() -> No
     shipped = {f"{pkg.replace('.', '/')}/{name}" for pkg, names in declared.items()
                for name in names}  # fmt: skip
     assert data and data <= shipped, data - shipped  # driver.sbatch: users run it
+
+
+def test_a_fixed_setting_the_file_now_searches_is_said_in_words_not_null(
+    write_study: Callable[..., Path],
+    tmp_path: Path,
+    mnist_root: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from conftest import TINY_STUDY, synced_study_db
+
+    base = TINY_STUDY.format(name="tiny", epochs=1)
+    synced_study_db(
+        write_study(base.replace("[grid]", "beta = 2.0\n[grid]")), tmp_path / "r" / "tiny"
+    )
+    searched = write_study(base + "beta = [1.0, 2.0]\n")
+    argv = ["run", str(searched), "--results", str(tmp_path / "r"), "--data-dir", str(mnist_root)]
+    assert main([*argv, "--devices", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "train.beta: stored 2.0, study file does not fix it (searched, or the default)" in err
+    assert "null" not in err and err.count("\n") == 1

@@ -155,5 +155,11 @@ def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[st
         if isinstance(a, dict) and isinstance(b, dict):
             out += _diff(a, b, f"{prefix}{k}.")
         elif a != b:
-            out.append(f"{prefix}{k}: stored {json.dumps(a)}, study file {json.dumps(b)}")
+            out.append(f"{prefix}{k}: stored {_said(k, old, a)}, study file {_said(k, new, b)}")
     return out
+
+
+def _said(key: str, side: dict[str, Any], value: Any) -> str:
+    """A fingerprint's value in words: a setting it does not hold is not fixed there
+    (searched in [grid], or left at the seed's value), never ``null``."""
+    return json.dumps(value) if key in side else "does not fix it (searched, or the default)"
