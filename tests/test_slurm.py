@@ -4,7 +4,9 @@ study in a real PostgreSQL: jobs submitted, cancelled, timed out and replaced fo
 
 from __future__ import annotations
 
+import contextlib
 import itertools
+import os
 import re
 import signal
 import subprocess
@@ -324,3 +326,90 @@ def test_jobs_that_die_before_their_worker_starts_end_the_sweep_in_one_line(
     assert "no such environment" in log.read_text()
     print(f"a sweep whose jobs die at once ended after {took:.0f} s")
     gone_within(cluster, GONE_S)
+
+
+def _job_workers(name: str) -> list[int]:
+    """The Dask worker processes (each its nanny's child) of the jobs named ``name``:
+    found by the job name Slurm puts in their environment, so other tests' workers are
+    left alone."""
+    procs = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            environ = (proc / "environ").read_bytes().split(b"\0")
+            cmdline = (proc / "cmdline").read_bytes()
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        if f"SLURM_JOB_NAME={name}".encode() in environ:
+            parent = int(re.search(r"^PPid:\s*(\d+)", status, re.M).group(1))  # type: ignore[union-attr]
+            procs[int(proc.name)] = (parent, cmdline)
+    nannies = {pid for pid, (_, cmd) in procs.items() if b"dask_worker" in cmd}
+    return [pid for pid, (parent, cmd) in procs.items()
+            if parent in nannies and b"spawn_main" in cmd]  # fmt: skip
+
+
+def _terminate_connections(url: str) -> int:
+    """pg_terminate_backend on every other connection to ``url``'s database: dropped
+    connections, as a failover or an idle-session killer drops them."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as c:
+        found = c.execute(
+            "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+            "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        ).fetchone()
+    return int(found[0]) if found else 0
+
+
+def test_chaos_on_slurm_and_postgres_ends_with_a_local_runs_rows_bit_for_bit(
+    data: Path, tmp_path: Path, pg_url: str, cluster: Slurm
+) -> None:
+    """A halving study on Slurm + PostgreSQL under seeded random faults at random moments:
+    a worker killed, a job scancel'ed, the driver kill -9'ed (and started again), the
+    server restarted, every connection dropped. Its rows, stops and Optuna trials are an
+    undisturbed local run's."""
+    import random
+
+    from servers import pg_ctl
+
+    (tmp_path / "ref").mkdir()
+    want = halving_reference(data, tmp_path / "ref")
+    env = job_env(cluster, death_timeout="20")
+    db = Database.for_study(StudyLayout(tmp_path), pg_url)
+    rng = random.Random(25)
+    faults = ["worker", "scancel", "driver", "restart", "connections"]
+    done: list[str] = []
+    p = driver(tmp_path, data, pg_url, env, jobs=2, study=HALVING)
+    for _ in range(5):
+        time.sleep(rng.uniform(2.0, 6.0))
+        if p.poll() is not None:
+            break
+        fault = rng.choice(faults)
+        if fault == "worker":  # a worker process dies (its nanny starts another)
+            for pid in _job_workers("vaegrid-clh"):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+        elif fault == "scancel" and cluster.squeue("vaegrid-clh"):
+            cluster.scancel(rng.choice(cluster.squeue("vaegrid-clh"))[0])
+        elif fault == "driver":
+            p.kill()
+            p.wait()
+            p = driver(tmp_path, data, pg_url, env, jobs=2, study=HALVING)
+        elif fault == "restart":
+            pg_ctl(pg_url, "stop")
+            time.sleep(rng.uniform(0.0, 3.0))
+            pg_ctl(pg_url, "start")
+        elif fault == "connections":
+            _terminate_connections(pg_url)
+        done.append(fault)
+    print(f"chaos (seed 25): {', '.join(done)}")
+    _out, err = p.communicate(timeout=900)
+    if p.returncode != 0:  # a fault may end a driver (a kill that came last): run it again
+        p = driver(tmp_path, data, pg_url, env, jobs=2, study=HALVING)
+        _out, err = p.communicate(timeout=900)
+    assert p.returncode == 0, err
+    assert len(done) >= 3, done
+    assert ledger(db, "clh") == want
+    gone_within(cluster, 20 + GONE_S, name="vaegrid-clh")

@@ -214,7 +214,7 @@ def test_load_never_shows_the_password_of_its_url(tmp_path: Path) -> None:
 
 @pytest.mark.parametrize(
     "address", ["", "garbage", "inproc://x", "tcp://h:abc", "tcp://h:0", "tls://h:8786",
-                "ucx://h:8786", "tcp://h:8786/x", "tcp://" + "h" * 300 + ":1"],
+                "ucx://h:8786", "tcp://h:8786/x", "tcp://" + "h" * 300 + ":1", "PBS"],
 )  # fmt: skip
 def test_a_cluster_address_that_is_no_scheduler_address_is_one_line_and_exit_2(
     address: str,
@@ -225,7 +225,8 @@ def test_a_cluster_address_that_is_no_scheduler_address_is_one_line_and_exit_2(
     argv = ["run", str(write_study()), "--results", str(tmp_path / "r"), "--cluster", address]
     assert main(argv) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "expected a Dask scheduler's address tcp://HOST:PORT" in err
+    assert err.count("\n") == 1 and "or a Dask scheduler's address tcp://HOST:PORT" in err
+    assert "expected a batch scheduler (slurm, pbs, sge, lsf, htcondor, oar: lowercase)" in err
     assert len(err) < 500 and not (tmp_path / "r").exists()
 
 

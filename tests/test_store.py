@@ -377,3 +377,22 @@ def test_tampered_nll_and_run_rows_are_refused_by_run_and_report_alike(
         err = capsys.readouterr().err
         assert err.count("\n") == 1 and says.format(key=key) in err, (argv, err)
     assert db.read_bytes() == before
+
+
+def test_status_in_a_sweeps_first_moment_says_the_study_is_being_set_up(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The driver holds its lock and has made study.db, but not its tables yet."""
+    from vaegrid.layout import StudyLayout
+    from vaegrid.run.driver import DriverLock
+
+    layout = StudyLayout(tmp_path / "r" / "tiny")
+    layout.root.mkdir(parents=True)
+    layout.db.touch()
+    with DriverLock.of(layout):
+        assert main(["status", str(layout.root)]) == 0
+        out = capsys.readouterr().out
+        assert out == f"tiny: its driver (pid {os.getpid()}) is setting the study up; ask " \
+            "again in a moment\n"  # fmt: skip
+    assert main(["status", str(layout.root)]) == 2  # no driver: what it is, said as before
+    assert "not a vaegrid study database" in capsys.readouterr().err

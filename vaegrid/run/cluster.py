@@ -44,8 +44,11 @@ def check_address(address: str) -> str:
         shown = repr(address[:200]) + (
             f"... ({len(address)} characters)" if len(address) > 200 else ""
         )
+        from vaegrid.run.jobqueue import SCHEDULERS
+
         raise InputError(
-            f"--cluster: {shown} is not allowed; expected a Dask scheduler's address "
+            f"--cluster: {shown} is not allowed; expected a batch scheduler ("
+            f"{', '.join(SCHEDULERS)}: lowercase) or a Dask scheduler's address "
             "tcp://HOST:PORT (a host name of at most 253 characters, PORT 1 to 65535; "
             "`dask scheduler` prints it)"
         )

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from vaegrid.errors import InputError
 from vaegrid.run.cost import CostModel, Forecast, duration, halving_work, makespan
 from vaegrid.spec.study import nll_samples
 from vaegrid.status import (
@@ -138,7 +139,18 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
 
     layout = StudyLayout(study_dir)
     db = existing_db(layout, storage)
-    store = Store.reader(db)
+    try:
+        store = Store.reader(db)
+    except InputError:  # in a sweep's first second its driver is still making the tables
+        from vaegrid.run.driver import DriverLock
+
+        setting_up = DriverLock.live(db, layout) if db.path is not None else None
+        if setting_up is None:
+            raise
+        return (
+            f"{layout.root.name}: its driver (pid {setting_up}) is setting the study up; ask "
+            "again in a moment"
+        )
     try:
         name, slots = store.study_row()
         trials = store.trials()
