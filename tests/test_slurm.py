@@ -324,6 +324,7 @@ def test_jobs_that_die_before_their_worker_starts_end_the_sweep_in_one_line(
     assert found and int(found[1]) >= 5, err
     log = Path(line.split("output: ")[1].split(")")[0])
     assert "no such environment" in log.read_text()
+    assert "then run the same command again" in line and "once it is back" not in line
     print(f"a sweep whose jobs die at once ended after {took:.0f} s")
     gone_within(cluster, GONE_S)
 

@@ -447,8 +447,7 @@ class _Sweep:
             code = e.exit_code if isinstance(e, signals.Interrupted) else 130
             return self._abandon(running, "interrupted", "run the same command again", code)
         except ClusterGone as e:
-            then = "run the same command again once it is back"
-            return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
+            return self._abandon(running, e.what, e.then, EXIT_CLUSTER_GONE)
         except WorldFault as e:
             then = f"waited {e.waited:.0f} s; run the same command again once it is fixed"
             return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)

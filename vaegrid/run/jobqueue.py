@@ -518,7 +518,9 @@ class JobQueueExecutor(DaskExecutor):
             log = self.logs / f"{self.job_name}-{adaptive.last_stillborn}.err"
             raise ClusterGone(
                 f"{adaptive.stillborn} jobs in a row ended before their Dask worker started "
-                f"(the last one's output: {log})"
+                f"(the last one's output: {log})",
+                f"fix what it says (the job settings, jobqueue.{self.scheduler}.*: "
+                "worker-extra-args, death-timeout...), then run the same command again",
             )
         return super().wait(futures, timeout)
 

@@ -257,7 +257,15 @@ class WorkerDied(Exception):
 
 
 class ClusterGone(Exception):
-    """The executor's scheduler went away: the driver stops, keeping what was committed."""
+    """The executor's scheduler went away: the driver stops, keeping what was committed;
+    ``then`` says what the user does next."""
+
+    def __init__(self, what: str, then: str = "run the same command again once it is back"):
+        super().__init__(what, then)
+        self.what, self.then = what, then
+
+    def __str__(self) -> str:
+        return self.what
 
 
 class Executor(Protocol):
