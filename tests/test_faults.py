@@ -56,7 +56,13 @@ def test_faults_of_the_world_are_told_from_a_trials_own() -> None:
     assert "read-only" in (world_fault(OSError(errno.EROFS, "x", "/r/s/trials")) or "")
     assert "database is locked" in (world_fault(wrapped(sqlite3.OperationalError(
         "database is locked"))) or "")  # fmt: skip
+    ro = sqlite3.OperationalError("attempt to write a readonly database")
+    assert "readonly" in (world_fault(wrapped(ro)) or "")  # a results folder made read-only
+    serialization = psycopg.errors.SerializationFailure("could not serialize access")
+    assert world_fault(wrapped(serialization)) is not None  # the transaction may run again
     for own in (  # a trial's own: its code, its data, the database's content
+        wrapped(psycopg.errors.QueryCanceled("canceling statement due to statement timeout")),
+        wrapped(psycopg.errors.InvalidPassword("password authentication failed")),
         ValueError("non-finite loss"),
         FileNotFoundError(errno.ENOENT, "no such file", "weights.pt"),
         wrapped(sqlite3.OperationalError("no such table: vg_trial")),
@@ -314,3 +320,30 @@ def test_a_trial_whose_workers_never_finish_an_epoch_stops_the_sweep_in_one_line
     assert f"trial {runs[0]} was interrupted {driver.STALLED_RUNS} times in a row without " in err
     assert "give the jobs a longer walltime, then run the same command again" in err
     assert runs == [runs[0]] * driver.STALLED_RUNS  # the same trial, offered first each time
+
+
+def test_a_fault_after_a_trials_end_was_committed_keeps_that_end(
+    write_study: Any, mnist_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The end is committed, then the world fails (the lease's release on a dropped
+    connection, the checkpoint's removal on a read-only disk): the trial stays completed,
+    never offered again (that used to end the driver in a traceback)."""
+    from conftest import run_inline
+
+    from vaegrid.faults import WorldFault
+    from vaegrid.run import driver
+
+    real = driver.execute
+
+    def then_the_disk(task: Any) -> Status:
+        real(task)
+        raise WorldFault("the filesystem is read-only (/r/tiny/trials)")
+
+    monkeypatch.setattr(driver, "execute", then_the_disk)
+    assert run_inline(write_study(), tmp_path / "r", mnist_root) == 0
+    store = Store.reader(tmp_path / "r" / "tiny" / "study.db")
+    try:
+        assert [t.status for t in store.trials()] == [Status.COMPLETED] * 4
+        assert [r["status"] for r in store.runs()] == ["completed"] * 4  # one run each
+    finally:
+        store.close()

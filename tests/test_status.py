@@ -176,3 +176,24 @@ def test_a_run_ends_once_under_the_table_of_moves(
         s.expunge(fresh)
     with store.session() as s:
         assert [r.status for r in s.scalars(select(RunRow))] == ["interrupted"]
+
+
+def test_a_run_that_was_ended_never_ends_its_trial_that_another_run_holds(
+    started: tuple[Store, Study, TrialConfig],
+) -> None:
+    """An orphan worker (its driver died, a new one interrupted its run and started the
+    trial again) comes back from a long wait and records its end: the trial, run by the
+    new worker now, keeps running; the new run's end is the one that counts."""
+    from vaegrid.train.trial import TrialResult
+
+    store, study, cfg = started
+    orphan = store.begin_run(cfg.key, "cpu", 1, "cpu", "old", {})
+    store.interrupt_running()  # the new driver's sync
+    store.start_trial(study, cfg)
+    current = store.begin_run(cfg.key, "cpu", 2, "cpu", "new", {})
+    assert orphan is not None and current is not None
+    late = store.finish_run(cfg.key, orphan, TrialResult(Status.INTERRUPTED, []), None)
+    assert late == Status.RUNNING and store.status_of(cfg.key) == Status.RUNNING
+    assert store.finish_run(cfg.key, current, TrialResult(Status.INTERRUPTED, []), None) == (
+        Status.INTERRUPTED
+    )

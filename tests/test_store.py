@@ -343,8 +343,8 @@ def test_a_reader_sees_one_moment_while_a_sweep_commits_epochs(
          "of every completed trial (k = 3)"),
         ("UPDATE vg_run SET started = 0 WHERE key = '{key}'", "vg_run row of trial {key!r}, "
          "column started: 0.0 is not a value"),
-        ("UPDATE vg_run SET ended = started - 5 WHERE key = '{key}'", "vg_run row of trial "
-         "{key!r}, column ended: "),
+        ("UPDATE vg_run SET ended = started - 7200 WHERE key = '{key}'", "vg_run row of "
+         "trial {key!r}, column ended: "),
     ],
 )  # fmt: skip
 def test_tampered_nll_and_run_rows_are_refused_by_run_and_report_alike(

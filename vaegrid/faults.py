@@ -32,7 +32,15 @@ _DISK = {
 # SQLite's own words for a database it cannot reach now (every other OperationalError of
 # SQLite, "no such table" for one, is the database's content: not waited for).
 _SQLITE = ("database is locked", "disk i/o error", "database or disk is full",
-           "unable to open database file")  # fmt: skip
+           "unable to open database file", "attempt to write a readonly database")  # fmt: skip
+# PostgreSQL's SQLSTATEs of a server that is away or overloaded, not of the statement: a
+# connection exception (08), insufficient resources (53: a full disk, too many
+# connections), a system error (58), an administrator's shutdown or a server starting up
+# (57P01-57P03), a serialization failure or a deadlock (40001, 40P01: the transaction may
+# simply run again). A cancelled statement (57014), a refused password (28...) or a
+# program limit (54...) is the statement's own: not waited for.
+_PG_CLASSES = ("08", "53", "58")
+_PG_STATES = ("57P01", "57P02", "57P03", "40001", "40P01")
 
 T = TypeVar("T")
 S = TypeVar("S")
@@ -68,7 +76,10 @@ def world_fault(exc: BaseException, where: str = "") -> str | None:
         module = type(e).__module__
         first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
         if module.startswith("psycopg") and names & {"OperationalError", "InterfaceError"}:
-            return f"the study database is unreachable ({type(e).__name__}: {first})"
+            state = getattr(e, "sqlstate", None)  # None: no answer from a server at all
+            if state is None or state[:2] in _PG_CLASSES or state in _PG_STATES:
+                return f"the study database is unreachable ({type(e).__name__}: {first})"
+            return None
         if module == "sqlite3" and "OperationalError" in names and first.lower() in _SQLITE:
             if first.lower() == "database or disk is full":
                 return f"{_DISK[errno.ENOSPC]} (the study database: sqlite3 says {first})"

@@ -173,13 +173,17 @@ class ReaderMixin(StoreBase):
             return row
 
     def runs(self) -> list[dict[str, Any]]:
-        """Every run, oldest first, with its provenance (device_kind, host, versions)."""
+        """Every run, oldest first, with its provenance (device_kind, host, versions); the
+        runs of foreign trials (``foreign_trials``) left out, as every frame leaves them."""
         with self.snapshot(), self.session() as s:
             self.frame("vg_run")  # every row checked
+            other = {t.key for t in self.foreign_trials()}
             old = not inspect(s.connection()).has_table(ProvenanceRow.__tablename__)
             prov = {} if old else {p.run_id: p for p in s.scalars(select(ProvenanceRow))}
             out = []
             for r in s.scalars(select(RunRow).order_by(RunRow.id)):
+                if r.key in other:
+                    continue
                 row = {c.name: getattr(r, c.name) for c in RunRow.__table__.columns}
                 p = prov.get(r.id)
                 row["device_kind"] = p.device_kind if p else None

@@ -247,12 +247,15 @@ class TrialsMixin(LedgerMixin):
         # is repaired by the next driver's sync_study.
         with self.session() as s:
             row = self._row(s, key)
-            if row.status == RUNNING:  # a trial's end is written once
+            run = s.get(RunRow, run_id)
+            assert run is not None
+            # A trial's end is written once, and only by its open run: a run that was ended
+            # already (a new driver's sync) belongs to a worker that no longer holds the
+            # trial, which another run may be running now.
+            if row.status == RUNNING and run.status == RUNNING:
                 move(row, status, cause, epoch)
             else:
                 status = Status(row.status)
-            run = s.get(RunRow, run_id)
-            assert run is not None
             end_run(run, status, error)
             run.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
             prov = s.get(ProvenanceRow, run_id)

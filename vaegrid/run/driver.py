@@ -376,6 +376,7 @@ class _Sweep:
         self.store, self.raw_store = patient(store, fault_wait), store
         self.fault_wait = fault_wait
         self.fault_since: float | None = None  # the first fault since the last progress
+        self.fault_epochs = 0  # the epochs committed when the faults began
         self.faults = 0  # faults since the last progress
         self.stalled: Counter[str] = Counter()  # runs in a row interrupted without an epoch
         self.hold_until = 0.0  # no trial starts before this (monotonic): a fault's backoff
@@ -435,6 +436,8 @@ class _Sweep:
             while self.scheduler.queue or running:
                 signals.check()  # a signal a library swallowed still stops the sweep
                 self._dispatch(free, running)
+                if not running:  # held back by a fault of the world: wait, do not spin
+                    time.sleep(min(1.0, max(0.0, self.hold_until - time.monotonic())))
                 done = self.executor.wait(list(running), 1.0)
                 for future in done:
                     key, slot = running.pop(future)
@@ -717,7 +720,17 @@ class _Sweep:
         and offered again; no trial starts for a backoff that doubles while the faults go
         on. Past ``fault_wait`` seconds without progress (the worker's own wait counted),
         the sweep stops (WorldFault, exit 3)."""
+        status = self.store.status_of(key)
+        if status == PAUSED and self.study.halving is not None:  # its end was committed
+            self._paused(key)  # before the fault (a lease's release, a checkpoint's removal)
+            return
+        if status in FINAL:
+            self._finished(key, status)
+            return
         now = time.monotonic()
+        epochs = sum(self.epochs_done.values())
+        if epochs > self.fault_epochs:  # epochs were committed since the last fault: progress
+            self.fault_since, self.faults, self.fault_epochs = None, 0, epochs
         self.fault_since = min(self.fault_since or now, now - fault.waited)
         self.faults += 1
         if now - self.fault_since >= self.fault_wait:
