@@ -144,7 +144,8 @@ def refusals(root: Path) -> list[tuple[str, str, str]]:
             if not (isinstance(call, ast.Call) and call.args):
                 continue
             func = call.func
-            if (func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")) != "InputError":
+            name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
+            if name != "InputError":
                 continue
             inside = [f for f in functions if f.lineno <= call.lineno <= (f.end_lineno or 0)]
             where = max(inside, key=lambda f: f.lineno).name if inside else "(module)"
