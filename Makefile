@@ -57,8 +57,8 @@ docs: $(STAMP)
 	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 lint: $(STAMP)
-	$(BIN)/ruff check vaegrid tests bench
-	$(BIN)/ruff format --check vaegrid tests bench
+	$(BIN)/ruff check vaegrid tests bench docs/hooks.py
+	$(BIN)/ruff format --check vaegrid tests bench docs/hooks.py
 	$(BIN)/mypy
 
 bench: $(STAMP)

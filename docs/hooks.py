@@ -132,6 +132,9 @@ def _template(node: ast.expr) -> str:
     return "{" + ast.unparse(node) + "}"
 
 
+REFUSALS = ("InputError", "DataGone")  # DataGone: an InputError that a sweep also waits out
+
+
 def refusals(root: Path) -> list[tuple[str, str, str]]:
     """Every ``InputError(message)`` under ``root``: (module, function, message template),
     in source order."""
@@ -145,7 +148,7 @@ def refusals(root: Path) -> list[tuple[str, str, str]]:
                 continue
             func = call.func
             name = func.id if isinstance(func, ast.Name) else getattr(func, "attr", "")
-            if name != "InputError":
+            if name not in REFUSALS:
                 continue
             inside = [f for f in functions if f.lineno <= call.lineno <= (f.end_lineno or 0)]
             where = max(inside, key=lambda f: f.lineno).name if inside else "(module)"

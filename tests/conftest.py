@@ -69,6 +69,7 @@ def run_inline(
     executor: Any = None,
     slots: int = 1,
     retry: bool = False,
+    fault_wait: float | None = None,
 ) -> int:
     """``vaegrid run --no-progress`` with every trial run in this process (InlineExecutor):
     for tests of what a sweep records, where the process boundary is not what they test.
@@ -82,6 +83,7 @@ def run_inline(
 
     import torch
 
+    from vaegrid.faults import FAULT_WAIT_S
     from vaegrid.run import worker
     from vaegrid.run.driver import run_study
     from vaegrid.run.pool import make_pool
@@ -92,6 +94,7 @@ def run_inline(
         return run_study(
             load_study(study), results, make_pool("cpu", slots), data, retry_failed=retry,
             progress=False, executor=executor or InlineExecutor(),
+            fault_wait=FAULT_WAIT_S if fault_wait is None else fault_wait,
         )  # fmt: skip
     finally:
         torch.set_num_threads(threads)

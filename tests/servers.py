@@ -90,6 +90,19 @@ def postgres(max_connections: int = 100) -> Iterator[str]:
         shutil.rmtree(base, ignore_errors=True)
 
 
+def fresh_database(url: str, name: str) -> str:
+    """The URL of a new empty database ``name`` on the server of ``url`` (tests that share
+    a server and must not see each other's studies)."""
+    import psycopg
+
+    port = int(url.rsplit(":", 1)[1].split("/")[0])
+    with psycopg.connect(
+        host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True
+    ) as con:
+        con.execute(f"CREATE DATABASE {name}")
+    return url.rsplit("/", 1)[0] + f"/{name}"
+
+
 @dataclass
 class DaskCluster:
     """A scheduler and its workers, each a process of its own, like separate nodes."""

@@ -11,7 +11,7 @@ import torch
 from conftest import N_TEST, N_TRAIN, make_mnist, write_idx
 
 from vaegrid.cli import main
-from vaegrid.errors import InputError
+from vaegrid.errors import DataGone, InputError
 from vaegrid.spec.study import DataSpec
 from vaegrid.train.data import _CACHE, check_limit, check_mnist, data_dir, ensure_mnist, load_splits
 
@@ -75,8 +75,12 @@ def test_missing_files_say_where_to_put_them(
     with pytest.raises(
         InputError, match=r"MNIST not found in .*MNIST/raw .* put train-images-idx3-ubyte"
     ):
-        load_splits(tmp_path, DataSpec(), seed=0, device="cpu")
+        ensure_mnist(tmp_path, DataSpec())  # the driver's and the report's door
     assert list(tmp_path.iterdir()) == []  # the failed download left no folder behind
+    # a worker never downloads: the files were checked before the sweep, so missing now
+    # they are a folder gone under it (DataGone: waited out as a fault of the world)
+    with pytest.raises(DataGone, match=r"MNIST/raw/train-images-idx3-ubyte: MNIST file not"):
+        load_splits(tmp_path, DataSpec(), seed=0, device="cpu")
 
 
 def test_data_dir_prefers_argument_then_environment(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -261,6 +261,32 @@ def test_grid_change_keeps_trials_by_key_and_adds_the_new_ones(
     assert set(first) < set(metric_rows(db))
 
 
+def test_a_grid_shrunk_to_one_value_of_an_axis_is_the_same_study(
+    write_study: Callable[..., Path],
+    mnist_root: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A model dropped from a finished grid (the default left: no longer searched), or a
+    searched axis fixed at one of its values, used to be refused as "other fixed settings":
+    it is the same study, its trials kept; a new fixed value still is refused."""
+    both = write_study().read_text().replace("epochs = 2", "epochs = 1")
+    both = both.replace("[grid]", '[grid]\nmodel = ["linear", "mlp"]')
+    assert run_inline(write_study(both), tmp_path / "r", mnist_root) == 0
+    db = tmp_path / "r" / "tiny" / "study.db"
+    assert len(runs(db)) == 8
+    capsys.readouterr()
+    linear = both.replace('model = ["linear", "mlp"]\n', "")  # the default: not searched
+    fixed = linear.replace("latent = [4, 8]", "").replace("[train]", "[train]\nlatent = 8")
+    for shrunk, left in ((linear, 4), (fixed, 2)):
+        assert run(write_study(shrunk), tmp_path / "r", mnist_root) == 0
+        assert f"nothing to do: {left}/{left} done" in capsys.readouterr().out
+    assert len(runs(db)) == 8  # nothing ran again
+    other = linear.replace("[train]", '[train]\nmodel = "mlp"\nbeta = 0.5')
+    assert run(write_study(other), tmp_path / "r", mnist_root) == 2
+    assert "train.beta: stored " in capsys.readouterr().err
+
+
 def test_a_trial_that_raises_is_recorded_and_the_sweep_goes_on(
     write_study: Callable[..., Path], mnist_root: Path, tmp_path: Path
 ) -> None:

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 from conftest import make_mnist
-from servers import have_postgres, pg_ctl, postgres
+from servers import fresh_database, have_postgres, pg_ctl, postgres
 from test_cluster import wait_until
 
 from vaegrid.cli import main
@@ -58,6 +58,12 @@ def test_faults_of_the_world_are_told_from_a_trials_own() -> None:
         "database is locked"))) or "")  # fmt: skip
     ro = sqlite3.OperationalError("attempt to write a readonly database")
     assert "readonly" in (world_fault(wrapped(ro)) or "")  # a results folder made read-only
+    denied = OSError(errno.EACCES, "Permission denied", "/r/s/trials/k")
+    assert world_fault(denied) == "permission was taken away (/r/s/trials/k)"
+    from vaegrid.errors import DataGone, InputError
+
+    gone = DataGone("/d/MNIST/raw/t10k-images-idx3-ubyte: MNIST file not found")
+    assert world_fault(gone) == f"the data folder cannot be read now ({gone})"
     serialization = psycopg.errors.SerializationFailure("could not serialize access")
     assert world_fault(wrapped(serialization)) is not None  # the transaction may run again
     for own in (  # a trial's own: its code, its data, the database's content
@@ -67,6 +73,7 @@ def test_faults_of_the_world_are_told_from_a_trials_own() -> None:
         FileNotFoundError(errno.ENOENT, "no such file", "weights.pt"),
         wrapped(sqlite3.OperationalError("no such table: vg_trial")),
         RuntimeError("CUDA error: an illegal memory access"),
+        InputError("data.limit = 900 exceeds the 500 images found"),  # data, but not gone
     ):
         assert world_fault(own) is None, own
 
@@ -116,8 +123,9 @@ def test_two_sessions_ending_one_trial_take_turns_and_the_second_sees_the_first(
     overwrite the first (the later commit wins)."""
     (tmp_path / "s.toml").write_text('name = "s"\n[train]\nepochs = 2\n[grid]\nlatent = [4]\n')
     study = load_study(tmp_path / "s.toml")
-    store = Store(Database.for_study(StudyLayout(tmp_path / "s"), server))
-    other = Store(Database.for_study(StudyLayout(tmp_path / "s"), server))
+    url = fresh_database(server, "interleaved")  # the module's other tests share the server
+    store = Store(Database.for_study(StudyLayout(tmp_path / "s"), url))
+    other = Store(Database.for_study(StudyLayout(tmp_path / "s"), url))
     try:
         grid = expand(study)
         store.sync_study(study, grid, 1)
@@ -345,5 +353,52 @@ def test_a_fault_after_a_trials_end_was_committed_keeps_that_end(
     try:
         assert [t.status for t in store.trials()] == [Status.COMPLETED] * 4
         assert [r["status"] for r in store.runs()] == ["completed"] * 4  # one run each
+    finally:
+        store.close()
+
+
+def test_a_data_folder_gone_under_the_sweep_interrupts_and_the_rerun_continues(
+    write_study: Any,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The data folder is unmounted after the first trial: the next trial is interrupted,
+    not failed; after --fault-wait the sweep stops with exit 3 and one line naming the
+    folder; mounted again, the same command finishes every trial."""
+    from conftest import run_inline
+
+    from vaegrid.run import driver
+    from vaegrid.train import data as loader
+
+    data, away = make_mnist(tmp_path / "d"), tmp_path / "away"
+    real, calls = driver.execute, []
+
+    def unmounted(task: Any) -> Status:
+        calls.append(task)
+        if len(calls) == 2:  # the first trial is done: the folder goes
+            data.rename(away)
+            loader._CACHE.clear()  # a new worker process: nothing loaded yet
+        return real(task)
+
+    monkeypatch.setattr(driver, "execute", unmounted)
+    study = write_study()
+    assert run_inline(study, tmp_path / "r", data, fault_wait=1.5) == 3
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err, err
+    raw = data / "MNIST" / "raw"
+    assert err.startswith(f"vaegrid: the data folder cannot be read now ({raw}/"), err
+    assert "run the same command again once it is fixed" in err
+    store = Store.reader(tmp_path / "r" / "tiny" / "study.db")
+    try:
+        statuses = sorted(t.status for t in store.trials())
+    finally:
+        store.close()
+    assert statuses.count(Status.COMPLETED) == 1 and Status.FAILED not in statuses, statuses
+    away.rename(data)
+    assert run_inline(study, tmp_path / "r", data) == 0
+    store = Store.reader(tmp_path / "r" / "tiny" / "study.db")
+    try:
+        assert [t.status for t in store.trials()] == [Status.COMPLETED] * 4
     finally:
         store.close()

@@ -1,11 +1,12 @@
 """Faults of the world, not of a trial: the one place that tells them apart and waits them out.
 
 A database that restarts, fails over or drops a connection, a full disk, a quota, a
-results folder turned read-only: none of these is a trial's doing, and none may end one
-as ``failed`` (that status stays for what a trial's own code did). Calls to the study
-database are retried with backoff (:class:`PatientStore`) for up to ``wait_s`` seconds
-(``run --fault-wait``, default :data:`FAULT_WAIT_S`); a trial whose files could not be
-written is interrupted at its last finished epoch and the driver holds back new trials
+results folder turned read-only or unwritable, the data folder gone: none of these is a
+trial's doing, and none may end one as ``failed`` (that status stays for what a trial's
+own code did). Calls to the study database are retried with backoff
+(:class:`PatientStore`) for up to ``wait_s`` seconds (``run --fault-wait``, default
+:data:`FAULT_WAIT_S`); a trial whose files could not be written, or whose data could not
+be read, is interrupted at its last finished epoch and the driver holds back new trials
 for a while, then tries again. Past the bound the sweep stops with one line naming the
 fault and exit 3 (:class:`WorldFault`); the same command continues exactly.
 """
@@ -18,6 +19,8 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
+from vaegrid.errors import DataGone
+
 FAULT_WAIT_S = 300.0  # how long a fault of the world is waited out before the sweep stops
 FAULT_WAIT_MAX = 86_400.0
 BACKOFF_S = (0.5, 30.0)  # the first wait after a fault, and the longest
@@ -28,6 +31,7 @@ _DISK = {
     errno.EROFS: "the filesystem is read-only",
     errno.ESTALE: "the network filesystem's handle went stale",
     errno.EIO: "the disk gave an I/O error",
+    errno.EACCES: "permission was taken away",  # the folder was writable when the sweep began
 }
 # SQLite's own words for a database it cannot reach now (every other OperationalError of
 # SQLite, "no such table" for one, is the database's content: not waited for).
@@ -69,6 +73,8 @@ def world_fault(exc: BaseException, where: str = "") -> str | None:
         seen.add(id(e))
         if isinstance(e, WorldFault):
             return str(e)
+        if isinstance(e, DataGone):  # checked before the sweep: gone since (an unmount)
+            return f"the data folder cannot be read now ({e})"
         if isinstance(e, OSError) and e.errno in _DISK:
             path = e.filename or where
             return f"{_DISK[e.errno]}" + (f" ({path})" if path else "")

@@ -23,7 +23,7 @@ from vaegrid.db.schema import StudyRow, TrialRow
 from vaegrid.db.trials import TrialsMixin
 from vaegrid.errors import InputError
 from vaegrid.safeio import refuse_link
-from vaegrid.spec.study import Study, TrialConfig
+from vaegrid.spec.study import Study, TrialConfig, searched_axes
 from vaegrid.status import PENDING
 
 
@@ -136,7 +136,7 @@ def _refuse_mismatch(path: str, name: str, fingerprint: str, study: Study) -> No
         stored = None
     if not isinstance(stored, dict):
         raise InputError(f"{path}: the stored study's fingerprint is not vaegrid's (edited?)")
-    new = json.loads(json.dumps(study.fingerprint()))  # tuples as stored: lists
+    new = _shrunk(stored, json.loads(json.dumps(study.fingerprint())))  # tuples: lists
     if name == study.name and stored == new:
         return
     diffs = [f"name: stored {name!r}, study file {study.name!r}"] if name != study.name else []
@@ -146,6 +146,24 @@ def _refuse_mismatch(path: str, name: str, fingerprint: str, study: Study) -> No
         "only the grid may change between runs: use another --results folder or "
         "study name for the new settings"
     )
+
+
+def _shrunk(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
+    """``new`` with every axis the stored study searches and ``new`` fixes counted as
+    searched again: a grid shrunk to one value of an axis (a model or an objective dropped,
+    leaving the default) is the same study, whose other trials stay in the database. An
+    optional axis ``new`` searches that the stored study did not is not undone here."""
+    try:
+        was = set(searched_axes(stored))
+    except (AttributeError, TypeError):  # not a fingerprint's shape: compared as it is
+        return new
+    train = new.get("train")
+    if isinstance(train, dict):
+        new["train"] = {k: v for k, v in train.items() if k not in was}
+    optional = stored.get("searched")
+    if isinstance(optional, list) and set(new.get("searched", [])) <= set(optional):
+        new["searched"] = optional
+    return new
 
 
 def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:

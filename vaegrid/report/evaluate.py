@@ -16,8 +16,9 @@ import torch
 
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
+from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.spec.study import TrialConfig, derive_seed
-from vaegrid.train.data import image_shape, load_splits
+from vaegrid.train.data import ensure_mnist, image_shape, load_splits
 from vaegrid.train.model import BaseVAE, importance_nll, make_model
 from vaegrid.train.trial import evaluate, load_bounded
 
@@ -62,6 +63,8 @@ def load_winners(
         InputError: a trial's weights are missing, or not its model's.
     """
     first = next(iter(configs.values()))
+    if first.data.dataset in BUILTIN_DATASETS:  # downloaded if missing, checked
+        ensure_mnist(data_root, first.data)
     splits = load_splits(data_root, first.data, first.seed, device)
     models = {
         k: load_model(cfg, layout, splits.test.device, unstamped_ok) for k, cfg in configs.items()

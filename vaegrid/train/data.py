@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaegrid.errors import InputError
+from vaegrid.errors import DataGone, InputError
 from vaegrid.spec import datasets
 from vaegrid.spec.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
 from vaegrid.spec.plugins import DATASETS_GROUP, load_factory
@@ -224,10 +224,10 @@ def _read_header(path: Path, header_size: int) -> tuple[bytes, int]:
         with open(path, "rb") as f:
             return f.read(header_size), info.st_size
     except FileNotFoundError:
-        raise InputError(f"{path}: MNIST file not found") from None
+        raise DataGone(f"{path}: MNIST file not found") from None
     except OSError as e:
         reason = e.strerror or type(e).__name__
-        raise InputError(f"{path}: cannot read MNIST file: {reason}") from None
+        raise DataGone(f"{path}: cannot read MNIST file: {reason}") from None
 
 
 def _images(root: Path, dataset: str, train: bool) -> torch.Tensor:
@@ -261,7 +261,9 @@ def load_splits(root: Path, spec: DataSpec, seed: int, device: str | torch.devic
     cache_key = (str(root.resolve()), spec, seed, str(torch.device(device)))
     if cache_key not in _CACHE:
         if spec.dataset in datasets.BUILTIN:
-            ensure_mnist(root, spec)
+            # Checked, never downloaded: the driver made sure of the files before any trial
+            # started, so a file missing now is a folder gone under the sweep (DataGone).
+            check_limit(spec, check_mnist(root, spec.dataset), root)
             sets: tuple[torch.Tensor, torch.Tensor | None] = (
                 _images(root, spec.dataset, True),
                 _images(root, spec.dataset, False),
@@ -297,11 +299,10 @@ def plugin_images(root: Path, spec: DataSpec) -> tuple[torch.Tensor, torch.Tenso
         raw = load_factory(spec.dataset, DATASETS_GROUP)(root)
     except Exception as e:  # anything a foreign module raises: named, not raised
         lines = str(e).strip().splitlines()
-        raise InputError(
-            f"{who} failed to load from {root}: {type(e).__name__}: {lines[0] if lines else ''}"[
-                :400
-            ]
-        ) from None
+        said = f"{who} failed to load from {root}: {type(e).__name__}: {lines[0] if lines else ''}"
+        if isinstance(e, OSError):  # a file it cannot read: its folder, probed, went away
+            raise DataGone(said[:400]) from None
+        raise InputError(said[:400]) from None
     parts = list(raw) if isinstance(raw, tuple | list) else [raw]
     if not 1 <= len(parts) <= 2:
         raise InputError(f"{who} gave {len(parts)} sets of images, expected 1 or 2 (train, test)")
