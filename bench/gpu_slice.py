@@ -13,7 +13,7 @@ import sys
 import time
 from pathlib import Path
 
-from vaegrid.run.cost import CostModel
+from vaegrid.cost import CostModel
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import expand
 

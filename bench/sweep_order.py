@@ -2,7 +2,7 @@
 
 Reads a study file and its database (``RESULTS_DIR/STUDY/study.db``, without ``[halving]``):
 each trial's measured seconds (the sum of its runs) and the cost model's predicted work
-(run/cost.py). Replays the dispatch the driver does, each trial in turn to the slot that
+(cost.py). Replays the dispatch the driver does, each trial in turn to the slot that
 frees first, in the grid's order (before) and longest first by predicted work (vaegrid
 now), on 2 to 16 slots, and prints the makespan, the idle tail (from the first slot out
 of work to the end) and the slots' occupancy, with after/before ratios. A replay: the
@@ -21,7 +21,7 @@ from collections import defaultdict
 from pathlib import Path
 
 from vaegrid.db.store import Store
-from vaegrid.run.cost import CostModel
+from vaegrid.cost import CostModel
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import expand
 

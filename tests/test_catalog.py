@@ -14,7 +14,7 @@ from servers import have_postgres, postgres
 import vaegrid
 from vaegrid.cli import main
 from vaegrid.layout import StudyLayout
-from vaegrid.run.driver import DriverLock
+from vaegrid.run.locks import DriverLock
 
 
 def test_version_and_a_missing_command_say_it_once(capsys: pytest.CaptureFixture[str]) -> None:

@@ -1,4 +1,4 @@
-"""What a trial costs (run/cost.py): counted work, the learned rate, longest-first dispatch
+"""What a trial costs (cost.py): counted work, the learned rate, longest-first dispatch
 and the forecast of the time left."""
 
 from __future__ import annotations
@@ -10,8 +10,18 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from tests.conftest import run_inline
+from vaegrid.cost import (
+    RUNNING_SHARE_MAX,
+    CostModel,
+    Forecast,
+    Left,
+    duration,
+    forecast,
+    forward_macs,
+    halving_rest,
+    makespan,
+)
 from vaegrid.db.store import Store
-from vaegrid.run.cost import CostModel, Forecast, duration, forward_macs, halving_rest, makespan
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import DataSpec, TrialConfig, expand
 from vaegrid.train.model import make_model
@@ -84,6 +94,38 @@ def test_the_forecast_in_words() -> None:
     assert Forecast(0.384, 660, True).words() == "38% of the work done, about 11 min left"
     assert Forecast(0.0, 660, False).words() == "0% of the work done, time left unknown yet"
     assert [duration(s) for s in (0, 44.4, 89, 3900)] == ["0 s", "44 s", "1 min", "1 h 05 min"]
+
+
+def test_the_one_forecast_counts_every_part_of_the_work() -> None:
+    """The bar's and status's forecast: done epochs and a completed trial's NLL, a running
+    trial by its time (never said to be done), the rest to its target, and with halving
+    the survivors of the rungs to come."""
+    from vaegrid.spec.study import HalvingSpec
+
+    data = DataSpec(limit=1000, fractions=(0.8, 0.1, 0.1))
+    model = CostModel(data, nll_samples=50)
+    model.observe("cpu", 10.0, 1e9)  # 1e-8 s per MAC
+    a, b, c = (TrialConfig.make(0, data, hidden=h, latent=2, epochs=4) for h in (10, 20, 30))
+    epoch, nll = model.epoch_work(a), model.nll_work(a)
+    ended = Left(a, 4, 4, ended=True, nll_done=True)
+    assert forecast(model, [ended], 1) == Forecast(1.0, 0.0, True)
+    queued = Left(b, 1, 4)  # 3 epochs and the NLL to go
+    got = forecast(model, [ended, queued], 2)
+    left = model.work(b, 1, 4)
+    assert got.done == pytest.approx((4 * epoch + nll + model.epoch_work(b)) /
+                                     (4 * epoch + nll + model.epoch_work(b) + left))  # fmt: skip
+    assert got.seconds == pytest.approx(model.seconds(left))
+    work = model.work(c, 0, 4)
+    late = Left(c, 0, 4, running=(10 * model.seconds(work), work, "cpu"))  # 10x its time
+    got = forecast(model, [late], 1)
+    assert got.done == pytest.approx(RUNNING_SHARE_MAX)  # nearly done, not done
+    assert got.seconds == pytest.approx((1 - RUNNING_SHARE_MAX) * model.seconds(work))
+    halving = HalvingSpec(rungs=(2,), keep=0.5, metric="val_elbo")
+    at_rung = [Left(cfg, 2, 2) for cfg in (a, b, c)]  # all paused at rung 2 of 4 epochs
+    got = forecast(model, at_rung, 1, halving, open_rung=2)
+    mean = sum(model.epoch_work(x) + model.nll_work(x) / 2 for x in (a, b, c)) / 3
+    rest = 2 * 2 * mean  # 2 survivors of 3, 2 epochs and their NLL each, at the mean cost
+    assert got.seconds == pytest.approx(model.seconds(rest))
 
 
 SIZES = """

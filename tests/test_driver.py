@@ -20,7 +20,8 @@ from vaegrid.db.schema import TrialDeviceRow
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout, TrialFiles, database_lock
-from vaegrid.run.driver import DriverLock, run_study
+from vaegrid.run.driver import run_study
+from vaegrid.run.locks import DriverLock
 from vaegrid.run.pool import CudaProbe, LocalExecutor, make_pool, memory_limit_mb
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import TrialConfig, expand
@@ -205,7 +206,7 @@ def test_lock_of_a_killed_driver_is_taken_over(tmp_path: Path) -> None:
             sys.executable,
             "-c",
             "import sys, time; from pathlib import Path\n"
-            "from vaegrid.run.driver import DriverLock\n"
+            "from vaegrid.run.locks import DriverLock\n"
             "from vaegrid.layout import StudyLayout\n"
             f"with DriverLock.of(StudyLayout(Path({str(tmp_path)!r}))):\n"
             "    print('locked', flush=True); time.sleep(60)",
@@ -660,7 +661,7 @@ def test_a_hard_link_or_a_server_database_is_no_way_around_a_live_driver(
     # A server database does not make the study folder free to share: its lock is taken too
     # (before the server is asked: this one is never reached).
     from vaegrid.db.engine import Database
-    from vaegrid.run.driver import driver_lock
+    from vaegrid.run.locks import driver_lock
 
     layout = StudyLayout(tmp_path / "rA" / "tiny")
     server = Database.for_study(layout, "postgresql://me@127.0.0.1:1/x")

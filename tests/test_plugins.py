@@ -477,7 +477,7 @@ def test_a_plugin_models_work_is_measured_by_its_probe(site: Path, tmp_path: Pat
     study.write_text(STUDY.format(name="p", models='["linear", "toy"]'))
     code = (
         "import sys; from pathlib import Path; from vaegrid.spec.load import load_study; "
-        "from vaegrid.train.probe import check_plugins; from vaegrid.run.cost import CostModel; "
+        "from vaegrid.train.probe import check_plugins; from vaegrid.cost import CostModel; "
         "from vaegrid.spec.study import expand; s = check_plugins(load_study(sys.argv[1]), "
         "Path('.')); m = CostModel.of(s); "
         "[print(c.model, c.width, *m.forward(c)) for c in expand(s)]"

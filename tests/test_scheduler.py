@@ -31,7 +31,7 @@ def test_the_scheduler_queues_places_and_strands_by_the_rule() -> None:
 
 
 def test_the_queue_gives_the_most_work_left_first_after_the_trials_put_back() -> None:
-    # Longest first (run/cost.py's work left, as offered), ties by key; a trial put back
+    # Longest first (cost.py's work left, as offered), ties by key; a trial put back
     # after an interruption before them all; a slot skips what it may not run.
     local = Pool(("cpu",), 2, 1, (CPU,))
     work = {"a": 1.0, "b": 5.0, "c": 5.0, "d": 3.0, "e": 0.5, "f": 9.0}

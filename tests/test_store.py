@@ -384,7 +384,7 @@ def test_status_in_a_sweeps_first_moment_says_the_study_is_being_set_up(
 ) -> None:
     """The driver holds its lock and has made study.db, but not its tables yet."""
     from vaegrid.layout import StudyLayout
-    from vaegrid.run.driver import DriverLock
+    from vaegrid.run.locks import DriverLock
 
     layout = StudyLayout(tmp_path / "r" / "tiny")
     layout.root.mkdir(parents=True)

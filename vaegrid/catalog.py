@@ -92,7 +92,7 @@ def remove_study(layout: StudyLayout, storage: str | None, confirm: Callable[[st
         InputError: no such study, a driver is running it, or it was not confirmed.
     """
     from vaegrid.db.store import Store, existing_db
-    from vaegrid.run.driver import driver_lock
+    from vaegrid.run.locks import driver_lock
 
     check_study_dir(layout.root.parent, layout.root, "the study folder's parent")
     db = existing_db(layout, storage)
@@ -163,6 +163,6 @@ def _delete_rows(db: Database, name: str) -> None:
 
 
 def _ago(seconds: float) -> str:
-    from vaegrid.run.cost import duration
+    from vaegrid.cost import duration
 
     return "just now" if seconds < 5 else f"{duration(seconds)} ago"

@@ -57,7 +57,7 @@ def settings_lines(study: Any, n_trials: int) -> str:
 def estimate(study: Any, trials: list[Any], args: argparse.Namespace) -> str:
     """plan's last words: the time the sweep should take on the pool ``run`` would use, by
     the cost model (counted work at its prior rate; the first measured epochs correct it)."""
-    from vaegrid.run.cost import PRIOR_MACS_PER_S, CostModel, duration, makespan
+    from vaegrid.cost import PRIOR_MACS_PER_S, CostModel, duration, makespan
     from vaegrid.run.pool import make_pool
 
     pool = make_pool(args.devices, args.workers_per_device, trial_mb=study.training_mb)

@@ -207,7 +207,7 @@ def _evaluate(
 def _evaluate_each(
     store: Store, loaded: Winners, todo: list[str], k: int, tell: Callable[[str], None]
 ) -> None:
-    from vaegrid.run.cost import CostModel, Forecast
+    from vaegrid.cost import CostModel, Forecast
 
     first = next(iter(loaded.configs.values()))
     cost = CostModel(first.data, 0, Images(shape=loaded.shape))

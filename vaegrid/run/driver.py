@@ -1,44 +1,40 @@
 """The sweep driver: reconcile a study with its database, dispatch trials to slots.
 
-One driver per study: an flock that dies with its holder (SQLite), or PostgreSQL's
-advisory lock on the driver's own connection, which the server drops when the driver
-dies (a server database). The trials the study lets run now go to the executor's slots
-(pool.py) through the scheduler (scheduler.py): a trial is submitted only to a free slot
-the placement rule allows, so no device ever runs more than K trials, every trial runs on
-exactly one device, and a trial that has started only ever continues on a device of the
-kind it started on. A worker's death costs only the trial it was running.
+One driver per study (locks.py). The trials the study lets run now go to the executor's
+slots (pool.py) through the scheduler (scheduler.py): a trial is submitted only to a free
+slot the placement rule allows, so no device ever runs more than K trials, every trial
+runs on exactly one device, and a trial that has started only ever continues on a device
+of the kind it started on. A worker's death costs only the trial it was running.
 
-A study with ``[halving]`` runs rung by rung: trials are sent only as far as the rungs
-decided so far allow (halving.py, re-derived from the database after every result), wait
-``paused`` at an undecided rung, and are ``stopped`` when a decided rung drops them.
+How far each trial may run now is the search policy's to say (policy.py: the full grid,
+or synchronous halving's rungs); where the time goes and how much is left, the cost
+model's (cost.py); which faults are the world's, faults.py's.
 """
 
 from __future__ import annotations
 
-import errno
-import fcntl
 import os
 import sys
-import threading
 import time
 import traceback
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from collections.abc import Callable
+from contextlib import ExitStack, suppress
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from vaegrid import halving, signals
-from vaegrid.db.engine import Database, pg_advisory_lock, reason
+from vaegrid import cost, signals
+from vaegrid.cost import CostModel, Forecast, duration
+from vaegrid.db.engine import Database, reason
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
 from vaegrid.faults import FAULT_WAIT_S, WorldFault, backoff, patient
-from vaegrid.layout import StudyLayout, database_lock
-from vaegrid.run import cost
-from vaegrid.run.cost import CostModel, Forecast, duration
+from vaegrid.layout import StudyLayout
+from vaegrid.run.locks import DriverLock, driver_lock, file_lock, heartbeat
+from vaegrid.run.policy import Decision, policy_of
 from vaegrid.run.pool import (
     MAX_WORKER_DEATHS,
     ClusterGone,
@@ -50,11 +46,12 @@ from vaegrid.run.pool import (
 )
 from vaegrid.run.progress import Progress
 from vaegrid.run.scheduler import Scheduler
-from vaegrid.run.worker import DRIVER_TIMEOUT_S, Task, execute, init_worker
-from vaegrid.safeio import check_study_dir, ensure_dir, missing, open_fd, write_atomic
+from vaegrid.run.worker import Task, execute, init_worker
+from vaegrid.safeio import check_study_dir, write_atomic
 from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.spec.study import Study, TrialConfig, expand
 from vaegrid.status import (
+    COMPLETED,
     FAILED,
     FINAL,
     INTERRUPTED,
@@ -68,91 +65,10 @@ from vaegrid.status import (
 from vaegrid.train import provenance
 from vaegrid.train.data import ensure_mnist
 
-# The forecast's share of a running trial done is at most this: one over its predicted
-# time is not done, and is not said to be.
-RUNNING_SHARE_MAX = 0.95
-HEARTBEAT_S = 4.0  # the driver's heartbeat (servers, clusters); workers allow DRIVER_TIMEOUT_S
 EXIT_CLUSTER_GONE = 3  # the world failed: the cluster's scheduler, the database, the disk
 # A trial interrupted this many times in a row without finishing an epoch stops the sweep:
 # its workers never live long enough (a batch job's walltime shorter than an epoch).
 STALLED_RUNS = 5
-
-
-class DriverLock:
-    """An exclusive flock on a lock file, holding the driver's pid: the study folder's
-    ``driver.lock``, and on SQLite the database's own (one driver per folder, and one per
-    database however it is named).
-
-    The kernel releases it when the driver dies, however it dies, so a crashed driver's
-    lock is taken over by the next one without any stale-lock guessing. The lock file is
-    opened without following links, and must be a regular file.
-    """
-
-    def __init__(self, path: Path, what: str = "this study") -> None:
-        self.path = path
-        self.what = what  # for the refusal: "this study", "this database"
-        self.fd: int | None = None
-
-    @classmethod
-    def of(cls, layout: StudyLayout) -> DriverLock:
-        return cls(layout.driver_lock)
-
-    def __enter__(self) -> DriverLock:
-        ensure_dir(self.path.parent)
-        self.created = not self.path.exists() and not self.path.is_symlink()
-        fd = open_fd(self.path, os.O_RDWR | os.O_CREAT)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            pid = os.read(fd, 32).decode(errors="replace").strip() or "?"
-            os.close(fd)
-            where = self.path.parent if self.what == "this study" else self.path
-            raise InputError(
-                f"{where}: another driver (pid {pid}) is running {self.what}; "
-                "wait for it, or stop it and run again"
-            ) from None
-        except OSError as e:  # a filesystem without flock (some NFS): the server's lock rules
-            if e.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS):
-                os.close(fd)
-                raise InputError(f"{self.path}: cannot lock ({e.strerror})") from None
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{os.getpid()}\n".encode())
-        self.fd = fd
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.fd is not None:
-            os.close(self.fd)
-
-    def undo(self) -> None:
-        """Remove the lock file if this lock made it (a run refused: nothing written)."""
-        if getattr(self, "created", False):
-            self.path.unlink(missing_ok=True)
-
-    @staticmethod
-    def holder(path: Path) -> int | None:
-        """The pid of the live driver holding the lock file ``path`` (-1 if unreadable)."""
-        if not path.exists() and not path.is_symlink():
-            return None
-        fd = open_fd(path, os.O_RDONLY)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            text = os.read(fd, 32).decode(errors="replace").strip()
-            return int(text) if text.isdigit() else -1
-        finally:
-            os.close(fd)
-        return None
-
-    @staticmethod
-    def live(db: Database, layout: StudyLayout) -> int | None:
-        """The pid of a live driver of this SQLite database or of this study folder."""
-        assert db.path is not None
-        for path in (database_lock(db.path), layout.driver_lock):
-            pid = DriverLock.holder(path)
-            if pid is not None:
-                return pid
-        return None
 
 
 def run_study(
@@ -212,7 +128,7 @@ def run_study(
         assert pool is not None
         store = Store(db)
         try:
-            lock = _file_lock(db)
+            lock = file_lock(db)
             lock.__enter__()
         except InputError:
             store.close()
@@ -222,7 +138,7 @@ def run_study(
         try:
             store.sync_study(study, grid, pool.slots)
             write_atomic(layout.driver_token, token + "\n")  # proof a worker sees it
-            with _heartbeat(store, study.name, token, beating):
+            with heartbeat(store, study.name, token, beating):
                 sweep = _Sweep(study, grid, layout, store, pool, data_root, executor, token,
                                fault_wait)  # fmt: skip
                 return sweep.run(retry_failed, progress, max_deaths)
@@ -235,113 +151,6 @@ def run_study(
         finally:
             lock.__exit__(None, None, None)
             store.close()
-
-
-@contextmanager
-def driver_lock(db: Database, layout: StudyLayout, name: str) -> Iterator[None]:
-    """One driver per study folder and one per database, however either is named.
-
-    The study folder's flock, always (a PostgreSQL study's trial folders are a folder too);
-    then on SQLite the database's own lock file beside it, and on a server PostgreSQL's
-    advisory lock. Refused at any point, even later inside the block, the run leaves
-    nothing behind: the lock files, folders and database file it made go again.
-    """
-    made = missing(layout.root) + (missing(db.path.parent) if db.path is not None else [])
-    fresh_db = db.path is not None and not db.path.exists()
-    locks = [DriverLock.of(layout)]
-    if db.path is not None:
-        locks.append(DriverLock(database_lock(db.path), "a study on this database"))
-    try:
-        with ExitStack() as stack:
-            for lock in locks:
-                stack.enter_context(lock)
-            if db.path is None:
-                stack.enter_context(_server_lock(db, name))
-            yield
-    except InputError:
-        for lock in locks:
-            lock.undo()
-        if fresh_db and db.path is not None:
-            for suffix in ("", "-wal", "-shm"):
-                with suppress(OSError):
-                    db.path.with_name(db.path.name + suffix).unlink()
-        for folder in sorted(set(made), key=lambda p: len(p.parts), reverse=True):
-            with suppress(OSError):
-                folder.rmdir()  # only if empty
-        raise
-
-
-@contextmanager
-def _server_lock(db: Database, name: str) -> Iterator[None]:
-    """PostgreSQL's advisory lock for the study, held on a connection of its own."""
-    try:
-        lock = pg_advisory_lock(db, name)
-        held = lock.__enter__()
-    except Exception as e:  # unreachable, refused, bad credentials: one line
-        raise InputError(f"{db}: cannot connect ({str(e).strip().splitlines()[0]})") from None
-    try:
-        if not held:
-            reader = Store.reader(db)
-            try:
-                live = reader.live_driver(DRIVER_TIMEOUT_S * 3)
-            finally:
-                reader.close()
-            who = f"pid {live.pid} on {live.host}" if live else "pid ?"
-            raise InputError(
-                f"{db}: another driver ({who}) is running study {name!r}; "
-                "wait for it, or stop it and run again"
-            )
-        yield
-    finally:
-        lock.__exit__(None, None, None)
-
-
-@contextmanager
-def _file_lock(db: Database) -> Iterator[None]:
-    """An flock on the SQLite database file itself: one driver per file, also when it is
-    reached through a hard link (whose path has a lock file of its own). SQLite's own locks
-    are POSIX record locks, which flock does not touch."""
-    if db.path is None:
-        yield
-        return
-    fd = open_fd(db.path, os.O_RDONLY)
-    try:
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise InputError(
-                f"{db}: another driver is running a study on this database file, reached "
-                "through another path (a hard link?); wait for it, or stop it and run again"
-            ) from None
-        yield
-    finally:
-        os.close(fd)
-
-
-@contextmanager
-def _heartbeat(store: Store, study: str, token: str, on: bool) -> Iterator[None]:
-    """While the block runs, tell the database every few seconds that this driver lives."""
-    if not on:
-        yield
-        return
-    host, pid = provenance.host(), os.getpid()
-    store.driver_beat(study, token, pid, host)
-    done = threading.Event()
-
-    def beat() -> None:
-        while not done.wait(HEARTBEAT_S):
-            with suppress(SQLAlchemyError):  # a passing fault: workers allow DRIVER_TIMEOUT_S
-                store.driver_beat(study, token, pid, host)
-
-    thread = threading.Thread(target=beat, name="vaegrid-heartbeat", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        done.set()
-        thread.join()
-        with suppress(SQLAlchemyError):
-            store.driver_gone(study, token)
 
 
 Running = dict[Any, tuple[str, Slot]]  # a trial's future -> (its key, its slot)
@@ -389,7 +198,7 @@ class _Sweep:
         self.versions = tuple(sorted(provenance.versions().items()))
         trials = {t.key: t for t in store.trials()}  # every row checked
         self.view: dict[str, Status] = {k: trials[k].status for k in self.grid}
-        # What each trial costs (run/cost.py), corrected by what earlier runs measured.
+        # What each trial costs (cost.py), corrected by what earlier runs measured.
         self.cost = CostModel.of(study)
         self.epochs_done = {k: trials[k].epochs_done for k in self.grid}
         self.seconds = {k: trials[k].seconds for k in self.grid}
@@ -398,11 +207,10 @@ class _Sweep:
                 work = self.epochs_done[key] * self.cost.epoch_work(self.grid[key])
                 self.cost.observe(kind, self.seconds[key], work)
         self.submitted: dict[str, tuple[float, float, str]] = {}  # key -> (when, work, kind)
-        self.open_rung: int | None = None  # halving: the first undecided rung
         self.said_done = 0.0  # the share of the work done said last
-        self.targets: dict[str, int] = {}  # halving: trial -> the epoch it may run to now
         self.retry: set[str] = set()  # failed trials this driver has yet to rerun
-        self.decided = 0  # halving: rungs decided so far
+        # How far the study lets each trial run now: the full grid, or halving's rungs.
+        self.policy = policy_of(study, self.store, list(self.grid))
 
     def run(self, retry_failed: bool, progress: bool, max_deaths: int) -> int:
         self.max_deaths = max_deaths
@@ -411,8 +219,7 @@ class _Sweep:
                    and self.epochs_done[k] > 0]  # fmt: skip
         if retry_failed:
             self.retry = {k for k, s in self.view.items() if s == FAILED}
-        if self.study.halving is not None:
-            self._decide()
+        self._decide()
         self._enqueue(set())
         if not self.scheduler.queue:
             print(f"{self.study.name}: nothing to do: {summary(self.view.values())}")
@@ -428,7 +235,7 @@ class _Sweep:
             print(short, file=sys.stderr, flush=True)
         live = progress and sys.stdout.isatty()  # a log or a pipe gets a line per trial
         self.progress = Progress(
-            self.study.name, self.view, self.study.halving is not None, live, self._forecast
+            self.study.name, self.view, self.policy.pauses(), live, self._forecast
         )
         running: Running = {}
         free = self.pool.slot_list()
@@ -443,7 +250,7 @@ class _Sweep:
                     key, slot = running.pop(future)
                     free.append(slot)
                     self._collect(key, slot, future)
-                if done and self.study.halving is not None:
+                if done:
                     self._advance({k for k, _ in running.values()})
                 self.progress.show(self.view)
         except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (signals.Interrupted)
@@ -479,7 +286,7 @@ class _Sweep:
 
         left = [self.grid[k] for k in self.scheduler.queue]
         sizes = [self.cost.file_bytes(cfg) for cfg in left]
-        at_once = len(left) if self.study.halving is not None else self.pool.slots
+        at_once = len(left) if self.policy.pauses() else self.pool.slots
         weights = sum(w for w, _ in sizes)
         checkpoints = sum(sorted((c for _, c in sizes), reverse=True)[:at_once])
         free = shutil.disk_usage(self.layout.root).free
@@ -500,7 +307,7 @@ class _Sweep:
         the decided rungs allow."""
         status = self.view[key]
         startable = status in STARTABLE and (status != FAILED or key in self.retry)
-        return startable and (self.study.halving is None or key in self.targets)
+        return startable and self.policy.allows(key)
 
     def _enqueue(self, running: set[str]) -> None:
         """Offer the scheduler every trial that may run now and is not already offered."""
@@ -522,47 +329,37 @@ class _Sweep:
         )
         return code
 
-    def _decide(self) -> halving.Applied:
-        """Halving: take and record every rung decision the database allows (halving.py),
-        and bring the view of the trials that wait in line with them."""
-        assert self.study.halving is not None
-        applied = halving.update(
-            self.store, list(self.grid), self.study.halving, self.study.epochs, self.retry
-        )
-        self.targets = applied.plan.targets
-        self.open_rung = applied.plan.open_rung
-        for rung in applied.plan.decided[self.decided :]:
-            line = (
-                f"rung {rung.epoch}: the best {len(rung.survivors)} of {len(rung.ranked)} "
-                f"trials by {self.study.halving.metric} at epoch {rung.epoch} are kept"
-            )
+    def _decide(self) -> Decision:
+        """Take and record every decision the policy can make now (halving's rungs), and
+        bring the view of the trials that wait in line with them."""
+        decision = self.policy.update(self.retry)
+        for line in decision.said:
             Progress.write(line)
-        self.decided = len(applied.plan.decided)
         offered = self.scheduler.waiting()
-        for key in self.grid:
-            if key not in offered and self.view[key] != RUNNING:
-                self.view[key] = applied.statuses[key]
-        return applied
+        for key, status in decision.statuses.items():
+            if key in self.grid and key not in offered and self.view[key] != RUNNING:
+                self.view[key] = status
+        return decision
 
     def _advance(self, running: set[str]) -> None:
-        """Halving, after results came in: decide what can be decided, queue what may run
-        now, and say what stopped and what goes on again."""
-        applied = self._decide()
+        """After results came in: decide what can be decided, queue what may run now, and
+        say what stopped and what goes on again."""
+        decision = self._decide()
         self._enqueue(running)
         done = sum(1 for s in self.view.values() if s in FINAL)
-        first = done - len(applied.stopped) + 1  # numbered as _finished numbers trials
-        for n, key in enumerate(applied.stopped, start=first):
-            rung = applied.plan.stopped[key]
+        first = done - len(decision.stopped) + 1  # numbered as _finished numbers trials
+        for n, (key, rung) in enumerate(decision.stopped, start=first):
             self.progress.say(
                 f"[{n}/{len(self.grid)}] {self._describe(key)}: stopped at rung {rung}"
             )
-        for key in applied.reopened:
+        for key in decision.reopened:
             self.progress.say(f"{self._describe(key)}: goes on (its rung was decided again)")
 
     def _paused(self, key: str) -> None:
         self.fault_since, self.faults = None, 0
         self.view[key] = PAUSED
-        self.progress.say(f"{self._describe(key)}: paused at epoch {self.targets.get(key)}")
+        at = self.policy.target(key, self.grid[key].epochs)
+        self.progress.say(f"{self._describe(key)}: paused at epoch {at}")
 
     def _describe(self, key: str) -> str:
         return f"{key} ({self.grid[key].describe(self.study.searched)})"
@@ -601,40 +398,30 @@ class _Sweep:
     def _left(self, key: str) -> float:
         """The work ``key`` has left: to the rung it may run to now, or to its end."""
         cfg = self.grid[key]
-        target = self.targets.get(key, cfg.epochs) if self.study.halving else cfg.epochs
+        target = self.policy.target(key, cfg.epochs)
         return self.cost.work(cfg, self.epochs_done[key], target)
 
     def _forecast(self) -> Forecast:
-        """The share of the work done and the seconds left, from the cost model: trials
-        running (their predicted seconds less the time they have run), queued (longest
-        first onto the slots that free first), and with halving the rungs' survivors still
-        to come (the plan's counts of the trials still in the running, at their mean cost)."""
+        """The one forecast (cost.forecast) of where the sweep stands: trials running, those
+        queued to the rung they may run to now, and the halving plan's rest. The share done
+        said never goes back (a trial that ran longer than predicted, or a rate learned
+        anew, can lower the estimate a little)."""
         now = time.monotonic()
-        done = sum(self.epochs_done[k] * self.cost.epoch_work(c) for k, c in self.grid.items())
-        running, left = [], 0.0
-        for when, work, kind in self.submitted.values():
-            seconds = self.cost.seconds(work, kind)
-            # a trial over its prediction is not done: it is said to be nearly
-            share = min(RUNNING_SHARE_MAX, (now - when) / seconds) if seconds > 0 else 0.0
-            running.append(seconds * (1 - share))
-            done += work * share
-            left += work * (1 - share)
-        realized = self.cost.realized()  # trials that diverge run less than predicted
-        queued = [self._left(k) * realized for k in self.scheduler.queue]
-        left += sum(queued)
-        rest_s = 0.0
-        halving = self.study.halving
-        if halving is not None:
-            alive = [self.grid[k] for k, s in self.view.items() if s not in FINAL]
-            rest = cost.halving_work(self.cost, alive, self.open_rung, halving, self.study.epochs)
-            left += rest
-            rest_s = self.cost.seconds(rest) / max(1, self.pool.slots)
-        seconds = cost.makespan(running, map(self.cost.seconds, queued), self.pool.slots)
-        total = done + left
-        # Never back: a trial that ran longer than predicted, or a rate learned anew, can
-        # lower the estimate a little; the share said stays where it was.
-        self.said_done = max(self.said_done, done / total if total else 1.0)
-        return Forecast(self.said_done, seconds + rest_s, self.cost.measured())
+        queued = set(self.scheduler.queue)
+        trials = []
+        for key, cfg in self.grid.items():
+            done, status = self.epochs_done[key], self.view[key]
+            sent = self.submitted.get(key)
+            running = (now - sent[0], sent[1], sent[2]) if sent is not None else None
+            target = self.policy.target(key, cfg.epochs)
+            ended = status in FINAL and running is None
+            trials.append(cost.Left(cfg, done, target if key in queued else done, ended,
+                                    status == COMPLETED, running))  # fmt: skip
+        policy = self.policy
+        now_said = cost.forecast(self.cost, trials, self.pool.slots, policy.halving,
+                                 policy.open_rung)  # fmt: skip
+        self.said_done = max(self.said_done, now_said.done)
+        return now_said._replace(done=self.said_done)
 
     def _submit(self, key: str, slot: Slot) -> Any:
         self.submitted[key] = (time.monotonic(), self._left(key), self.pool.kind(slot.device))
@@ -650,18 +437,12 @@ class _Sweep:
             versions=self.versions,
             watch=self.executor.watch,
             driver_token=self.token,
-            stop_at=self._stop_at(key),
+            stop_at=self.policy.stop_at(key),
             nll_samples=self.study.nll_samples,
-            nll_when_paused=self.study.halving is not None
-            and self.study.halving.metric == "val_nll",
+            nll_when_paused=self.policy.nll_when_paused(),
             fault_wait=self.fault_wait,
         )
         return self.executor.submit(slot, execute, task)
-
-    def _stop_at(self, key: str) -> int | None:
-        """Halving: the rung a trial may run to now; None: to its last epoch."""
-        target = self.targets.get(key)
-        return target if target is not None and target < self.study.epochs else None
 
     def _measure(self, key: str, slot: Slot) -> None:
         """A run of ``key`` ended: what it took (its wall time: loading and checkpoints
@@ -707,7 +488,7 @@ class _Sweep:
             self.scheduler.offer(key, front=True)
             self.view[key] = PENDING
             return
-        if returned == PAUSED and self.study.halving is not None:
+        if returned == PAUSED and self.policy.pauses():
             self._paused(key)
             return
         if returned not in FINAL:  # never expected; recorded rather than trusted
@@ -721,7 +502,7 @@ class _Sweep:
         on. Past ``fault_wait`` seconds without progress (the worker's own wait counted),
         the sweep stops (WorldFault, exit 3)."""
         status = self.store.status_of(key)
-        if status == PAUSED and self.study.halving is not None:  # its end was committed
+        if status == PAUSED and self.policy.pauses():  # its end was committed
             self._paused(key)  # before the fault (a lease's release, a checkpoint's removal)
             return
         if status in FINAL:
@@ -764,7 +545,7 @@ class _Sweep:
         resumes, or after ``max_deaths`` deaths fails."""
         self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
         status = self.store.status_of(key)
-        if status == PAUSED and self.study.halving is not None:  # its pause was committed
+        if status == PAUSED and self.policy.pauses():  # its pause was committed
             self._paused(key)
             return
         if status in FINAL:

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from tqdm import tqdm
 
+from vaegrid.cost import CostModel, Forecast, Left, duration, forecast
 from vaegrid.errors import InputError
-from vaegrid.run.cost import CostModel, Forecast, duration, halving_work, makespan
 from vaegrid.spec.study import nll_samples
 from vaegrid.status import (
     COMPLETED,
@@ -51,7 +51,7 @@ class _Bar(tqdm):
 class Progress:
     """The live bar of a sweep (``--no-progress``: one printed line per event instead). It
     counts work, not trials (trials differ in cost 10x and more): the share done and the
-    time left come from ``forecast`` (run/cost.py)."""
+    time left come from ``forecast`` (cost.py)."""
 
     def __init__(
         self,
@@ -110,7 +110,7 @@ def live_counts(
     trials' counts by status, what was running counted interrupted when no driver lives.
     ``layout`` None (a SQLite database named by --storage): its own lock alone."""
     from vaegrid.layout import database_lock
-    from vaegrid.run.driver import DriverLock
+    from vaegrid.run.locks import DriverLock
     from vaegrid.run.worker import DRIVER_TIMEOUT_S
 
     pid: int | str | None = None
@@ -142,7 +142,7 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     try:
         store = Store.reader(db)
     except InputError:  # in a sweep's first second its driver is still making the tables
-        from vaegrid.run.driver import DriverLock
+        from vaegrid.run.locks import DriverLock
 
         setting_up = DriverLock.live(db, layout) if db.path is not None else None
         if setting_up is None:
@@ -163,9 +163,9 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     finally:
         store.close()
     line = f"{name}: {summary(counts, len(trials))}"
-    forecast = stored_forecast(trials, devices, fingerprint, slots)
-    if forecast is not None and any(counts[s] for s in (*WAITING, RUNNING)):
-        line += f"; {forecast.words()}" if pid else f"; {forecast.done:.0%} of the work done"
+    ahead = stored_forecast(trials, devices, fingerprint, slots)
+    if ahead is not None and any(counts[s] for s in (*WAITING, RUNNING)):
+        line += f"; {ahead.words()}" if pid else f"; {ahead.done:.0%} of the work done"
     aside = [f"  {foreign}"] if foreign is not None else []
     if not pid:
         return "\n".join([line + "; no driver running", *aside])
@@ -188,7 +188,7 @@ def stored_forecast(
     slots: int,
 ) -> Forecast | None:
     """The share of a stored study's work done and its time left on ``slots`` slots, from
-    the cost model (run/cost.py) corrected by the epochs its database holds: each trial
+    the cost model (cost.py) corrected by the epochs its database holds: each trial
     left runs to its end, or with halving to its next rung, and the plan's survivors after.
     A plug-in data set's images are taken as MNIST's here (``status`` loads no data)."""
     from vaegrid.halving import spec_from_fingerprint
@@ -197,14 +197,9 @@ def stored_forecast(
         return None
     model = CostModel(trials[0].config.data, nll_samples(fingerprint))
     halving = spec_from_fingerprint(fingerprint)
-    done = 0.0
     for t in trials:
-        work = t.epochs_done * model.epoch_work(t.config)
-        done += work + (model.nll_work(t.config) if t.status == COMPLETED else 0.0)
         if t.key in devices:
-            model.observe(devices[t.key], t.seconds, work)
-    alive = [t for t in trials if t.status not in FINAL]
-    epochs = max(t.config.epochs for t in trials)
+            model.observe(devices[t.key], t.seconds, t.epochs_done * model.epoch_work(t.config))
 
     def target(t: TrialInfo) -> int:
         if halving is None:
@@ -213,13 +208,11 @@ def stored_forecast(
             return t.epochs_done
         return min([r for r in halving.rungs if r > t.epochs_done] + [t.config.epochs])
 
-    left = [model.work(t.config, t.epochs_done, target(t)) for t in alive]
-    rest = 0.0
-    if halving is not None and alive:
-        at = min(target(t) for t in alive)
+    left = [Left(t.config, t.epochs_done, target(t), t.status in FINAL, t.status == COMPLETED)
+            for t in trials]  # fmt: skip
+    open_rung = None
+    if halving is not None:
+        epochs = max(t.config.epochs for t in trials)
+        at = min((x.target for x in left if not x.ended), default=epochs)
         open_rung = at if at < epochs else None
-        rest = halving_work(model, [t.config for t in alive], open_rung, halving, epochs)
-    seconds = makespan([], map(model.seconds, left), max(1, slots))
-    seconds += model.seconds(rest) / max(1, slots)
-    total = done + sum(left) + rest
-    return Forecast(done / total if total else 1.0, seconds, model.measured())
+    return forecast(model, left, slots, halving, open_rung)

@@ -3,7 +3,7 @@
 A trial is queued when the study lets it run now (pending or interrupted; failed ones
 with ``--retry-failed``; with halving, as far as the decided rungs allow). A free slot
 takes, of the queued trials that :func:`vaegrid.run.pool.may_run` lets it run, the one
-with the most work left (run/cost.py; ties by key), so that the sweep does not end on its
+with the most work left (cost.py; ties by key), so that the sweep does not end on its
 largest trials while other slots idle: the order changes no number, only the tail. Trials
 put back after an interruption or a worker's death go first. One that no slot of the pool
 may run (it started on a kind of device the pool lacks) is *stranded*: it waits for a run
@@ -27,7 +27,7 @@ class Scheduler:
     ) -> None:
         self.pool = pool
         self.bound = dict(bound)  # key -> the device kind it started on
-        self.cost = cost or (lambda key: 0.0)  # a trial's work left, as run/cost.py says
+        self.cost = cost or (lambda key: 0.0)  # a trial's work left, as cost.py says
         self._queue: list[str] = []  # most work left first (its cost when offered), then key
         self._order: list[tuple[float, str]] = []  # the sort keys of _queue, in its order
         self._front: list[str] = []  # put back (interrupted, its worker died): first, in order

@@ -125,8 +125,8 @@ def _plugin_work(
 ) -> tuple[tuple[str, float, float], ...]:
     """Per plug-in model, what its encoder and decoder measured (torch's FLOP counter on
     the probe) against the cost model's one-hidden-layer guess at the same settings: the
-    factors the cost model scales its guess by (run/cost.py)."""
-    from vaegrid.run.cost import forward_macs
+    factors the cost model scales its guess by (cost.py)."""
+    from vaegrid.cost import forward_macs
 
     out = []
     for model, rows in sorted(measured.items()):

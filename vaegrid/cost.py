@@ -1,7 +1,8 @@
 """What a trial costs: predicted before it runs, corrected by what the study has measured.
 
-The one owner of cost: the driver's longest-first order, the bar's and ``status``'s work
-done and time left, and the report's timeline all ask it. Torch-free (the driver reads it).
+The one owner of cost: the driver's longest-first order, the one forecast (:func:`forecast`:
+the bar's and ``status``'s work done and time left), ``plan``'s estimate and the report's
+time left for its test evaluation ask it. Torch-free (the driver reads it).
 
 **Work** is counted in multiply-adds (MACs) of the model's layers for the images a trial
 processes: a training epoch is 3 forward passes' worth (forward and backward) of the
@@ -47,6 +48,9 @@ PRIOR_MACS_PER_S = 2.5e10
 # Runs that must have ended before the forecast trusts the share of predicted work done.
 REALIZED_AFTER = 3
 CHECKPOINT_EXTRA_BYTES = 64 << 10  # a checkpoint's metrics, generator states and pickling
+# The forecast's share of a running trial done is at most this: one over its predicted
+# time is not done, and is not said to be.
+RUNNING_SHARE_MAX = 0.95
 
 
 def forward_macs(settings: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
@@ -179,6 +183,62 @@ class Forecast(NamedTuple):
         """``38% of the work done, about 11 min left``."""
         left = f"about {duration(self.seconds)} left" if self.measured else "time left unknown yet"
         return f"{self.done:.0%} of the work done, {left}"
+
+
+class Left(NamedTuple):
+    """A trial as the forecast sees it."""
+
+    cfg: TrialConfig
+    epochs_done: int
+    target: int  # the epoch it may run to now (``epochs_done``: none now)
+    ended: bool = False  # completed, diverged, failed or stopped: only the halving plan
+    nll_done: bool = False  # its end's validation NLL is computed (completed)
+    # Running now: (seconds it has run, the work predicted at its start, its device kind)
+    running: tuple[float, float, str] | None = None
+
+
+def forecast(
+    model: CostModel,
+    trials: Iterable[Left],
+    slots: int,
+    halving: HalvingSpec | None = None,
+    open_rung: int | None = None,
+) -> Forecast:
+    """The one forecast of a sweep (the bar, ``status``): the share of the work done and the
+    seconds left on ``slots`` slots. Trials running: their predicted seconds less the time
+    they have run (a trial over its prediction is nearly done, not done); the others: their
+    work to ``target``, scaled by the share of predicted work ended runs did
+    (:meth:`CostModel.realized`), longest first onto the slots that free first; with
+    halving, the work the plan still allows beyond ``open_rung`` for the trials not ended
+    (:func:`halving_work`), spread over the slots. Every part counts, the NLL included."""
+    trials = list(trials)
+    realized = model.realized()
+    done = left = 0.0
+    running: list[float] = []
+    queued: list[float] = []
+    for t in trials:
+        done += t.epochs_done * model.epoch_work(t.cfg)
+        done += model.nll_work(t.cfg) if t.nll_done else 0.0
+        if t.running is not None:
+            ran, work, kind = t.running
+            seconds = model.seconds(work, kind)
+            share = min(RUNNING_SHARE_MAX, ran / seconds) if seconds > 0 else 0.0
+            running.append(seconds * (1 - share))
+            done += work * share
+            left += work * (1 - share)
+        elif not t.ended:
+            queued.append(model.work(t.cfg, t.epochs_done, t.target) * realized)
+    left += sum(queued)
+    slots = max(1, slots)
+    seconds = makespan(running, map(model.seconds, queued), slots)
+    if halving is not None:
+        alive = [t.cfg for t in trials if not t.ended]
+        epochs = max((t.cfg.epochs for t in trials), default=0)
+        rest = halving_work(model, alive, open_rung, halving, epochs)
+        left += rest
+        seconds += model.seconds(rest) / slots
+    total = done + left
+    return Forecast(done / total if total else 1.0, seconds, model.measured())
 
 
 def makespan(running: Iterable[float], queued: Iterable[float], slots: int) -> float:
