@@ -20,8 +20,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 
-from vaegrid.db.store import Store
 from vaegrid.cost import CostModel
+from vaegrid.db.store import Store
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import expand
 
