@@ -60,6 +60,7 @@ lint: $(STAMP)
 	$(BIN)/ruff check vaegrid tests bench docs/hooks.py
 	$(BIN)/ruff format --check vaegrid tests bench docs/hooks.py
 	$(BIN)/mypy
+	$(BIN)/lint-imports --no-cache
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench_trial.py

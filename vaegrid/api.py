@@ -135,7 +135,7 @@ class Results:
                 them from (``load`` from a URL without ``results``).
         """
         from vaegrid.layout import StudyLayout
-        from vaegrid.report.evaluate import load_model
+        from vaegrid.train.weights import load_model
 
         if key not in self._configs:
             raise ValueError(f"key = {key!r}: no trial of study {self.study} has that key")

@@ -33,7 +33,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _parser() -> argparse.ArgumentParser:
-    from vaegrid import __version__
+    from vaegrid.version import __version__
 
     p = _Parser(
         prog="vaegrid",

@@ -33,7 +33,7 @@ from vaegrid.errors import InputError
 from vaegrid.spec.axes import SAMPLES_MAX
 from vaegrid.spec.load import config_problem
 from vaegrid.spec.study import NotInstalled, TrialConfig, nll_samples
-from vaegrid.status import Status, parse
+from vaegrid.status import RUNNING, Status, parse
 
 if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
     import pandas as pd
@@ -192,6 +192,18 @@ class ReaderMixin(StoreBase):
                 row["peak_device_mb"] = p.peak_device_mb if p else None
                 out.append(row)
             return out
+
+    def running_devices(self) -> dict[str, str]:
+        """The device of every run still open (trial key -> device), read without pandas
+        (``status``); a device that is not a short printable name shows as ``?``."""
+        with self.session() as s:
+            open_runs = select(RunRow.key, RunRow.device).where(RunRow.status == RUNNING.value)
+            rows = s.execute(open_runs)
+            return {
+                key: device if isinstance(device, str) and device.isprintable()
+                and len(device) <= 64 else "?"
+                for key, device in rows
+            }  # fmt: skip
 
     def frame(self, table: str) -> pd.DataFrame:
         """A whole vaegrid table (``vg_trial``, ``vg_epoch``, ``vg_run``, ``vg_test``), with

@@ -14,13 +14,13 @@ from pathlib import Path
 
 import torch
 
-from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
 from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.spec.study import TrialConfig, derive_seed
-from vaegrid.train.data import ensure_mnist, image_shape, load_splits
-from vaegrid.train.model import BaseVAE, importance_nll, make_model
-from vaegrid.train.trial import evaluate, load_bounded
+from vaegrid.train.data import ensure_mnist, load_splits
+from vaegrid.train.model import BaseVAE, importance_nll
+from vaegrid.train.trial import evaluate
+from vaegrid.train.weights import load_model
 
 # Most importance samples per test image: a pass holds k x 784 logits (50,000: 157 MB
 # each for the logits, the targets and the BCE); published results use 5,000.
@@ -70,61 +70,6 @@ def load_winners(
         k: load_model(cfg, layout, splits.test.device, unstamped_ok) for k, cfg in configs.items()
     }
     return Winners(configs, models, splits.test, splits.shape)
-
-
-def load_model(
-    cfg: TrialConfig, layout: StudyLayout, device: torch.device | str, unstamped_ok: bool
-) -> BaseVAE:
-    """A trial's model with its final weights, in eval mode on ``device``, refused in one
-    line unless the weights are this trial's (``report`` and ``vaegrid.load().model``).
-
-    The file is sized before it is read (its model's parameters, 4 bytes each, and room
-    for torch's framing), and must carry the identity the trial stamped on it (trial key
-    and model version). Weights without one are accepted only from a study made before
-    weights were stamped (``unstamped_ok``), by shape alone.
-    """
-    model = make_model(cfg.axis_values(), image_shape(cfg.data))
-    path = layout.trial(cfg.key).weights
-    if not path.is_file():
-        raise InputError(f"{path}: a winner's weights are missing")
-    limit = 2 * 4 * sum(p.numel() for p in model.state_dict().values()) + (1 << 20)
-    size = path.stat().st_size
-    if size > limit:
-        raise InputError(
-            f"{path}: {size:,} bytes, not this trial's weights (its model's are at most "
-            f"{limit:,}); refused before reading"
-        )
-    try:
-        state = load_bounded(path, limit, "cpu")  # unpacked size checked too
-    except InputError:
-        raise
-    except Exception as e:  # truncated, not a torch file: all the same to a user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
-    stamped = isinstance(state, dict) and isinstance(state.get("identity"), dict)
-    if stamped and state.get("file") != "weights":
-        raise InputError(f"{path}: a checkpoint, not a trial's final weights (copied?)")
-    if stamped:
-        identity = state["identity"]
-        for field, want in (("key", cfg.key), ("model", cfg.version)):
-            if identity.get(field) != want:
-                found = str(identity.get(field))[:40]
-                raise InputError(
-                    f"{path}: weights of {field} {found!r}, not this trial's {want!r} "
-                    "(copied from another trial?)"
-                )
-        state = state.get("model")
-    elif not unstamped_ok:
-        raise InputError(
-            f"{path}: weights that do not say which trial they belong to; this study's "
-            "trials stamp theirs (copied from elsewhere?)"
-        )
-    try:
-        model.load_state_dict(state)
-    except Exception as e:  # another shape, not a state dict
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
-    return model.to(device).eval()
 
 
 def _evaluate(

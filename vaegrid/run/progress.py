@@ -155,7 +155,7 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
         name, slots = store.study_row()
         trials = store.trials()
         foreign = foreign_words(store.foreign_trials())
-        runs = store.runs()
+        device = store.running_devices()
         devices = store.trial_devices()
         fingerprint = store.fingerprint()
         searched = searched_axes(fingerprint)
@@ -169,7 +169,6 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     aside = [f"  {foreign}"] if foreign is not None else []
     if not pid:
         return "\n".join([line + "; no driver running", *aside])
-    device = {r["key"]: r["device"] for r in runs if r["status"] == RUNNING}
     lines = [line + f"; driver pid {pid}", *aside]
     for t in trials:
         if t.status == RUNNING:

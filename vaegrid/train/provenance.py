@@ -15,7 +15,7 @@ import socket
 import subprocess
 from pathlib import Path
 
-import vaegrid
+from vaegrid.version import __version__
 
 # The libraries whose versions can change a number vaegrid reports.
 PACKAGES = ("torch", "torchvision", "numpy", "optuna", "pandas", "sqlalchemy", "joblib")
@@ -32,7 +32,7 @@ def device_kind(device_name: str) -> str:
 @functools.cache
 def versions() -> dict[str, str]:
     """Python, vaegrid (with its git commit when run from a checkout) and :data:`PACKAGES`."""
-    out = {"python": platform.python_version(), "vaegrid": vaegrid.__version__}
+    out = {"python": platform.python_version(), "vaegrid": __version__}
     commit = _git_commit()
     if commit:
         out["git"] = commit
@@ -65,7 +65,7 @@ def _version(name: str) -> str:
 
 def _git_commit() -> str | None:
     """HEAD of the checkout vaegrid runs from (with ``+dirty`` if it has local changes)."""
-    root = Path(vaegrid.__file__).resolve().parent.parent
+    root = Path(__file__).resolve().parent.parent.parent
     if not (root / ".git").exists():
         return None
     try:
