@@ -305,7 +305,7 @@ def test_a_trial_whose_workers_never_finish_an_epoch_stops_the_sweep_in_one_line
     STALLED_RUNS runs in a row without an epoch the sweep stops, exit 3, one line."""
     from conftest import run_inline
 
-    from vaegrid.run import driver
+    from vaegrid.run import sweep
     from vaegrid.spec.study import TrialConfig
     from vaegrid.status import INTERRUPTED
 
@@ -321,13 +321,13 @@ def test_a_trial_whose_workers_never_finish_an_epoch_stops_the_sweep_in_one_line
             store.close()
         return INTERRUPTED
 
-    monkeypatch.setattr(driver, "execute", cut_short)
+    monkeypatch.setattr(sweep, "execute", cut_short)
     assert run_inline(write_study(), tmp_path / "r", mnist_root) == 3
     err = capsys.readouterr().err
     assert err.count("\n") == 1, err
-    assert f"trial {runs[0]} was interrupted {driver.STALLED_RUNS} times in a row without " in err
+    assert f"trial {runs[0]} was interrupted {sweep.STALLED_RUNS} times in a row without " in err
     assert "give the jobs a longer walltime, then run the same command again" in err
-    assert runs == [runs[0]] * driver.STALLED_RUNS  # the same trial, offered first each time
+    assert runs == [runs[0]] * sweep.STALLED_RUNS  # the same trial, offered first each time
 
 
 def test_a_fault_after_a_trials_end_was_committed_keeps_that_end(
@@ -339,15 +339,15 @@ def test_a_fault_after_a_trials_end_was_committed_keeps_that_end(
     from conftest import run_inline
 
     from vaegrid.faults import WorldFault
-    from vaegrid.run import driver
+    from vaegrid.run import sweep
 
-    real = driver.execute
+    real = sweep.execute
 
     def then_the_disk(task: Any) -> Status:
         real(task)
         raise WorldFault("the filesystem is read-only (/r/tiny/trials)")
 
-    monkeypatch.setattr(driver, "execute", then_the_disk)
+    monkeypatch.setattr(sweep, "execute", then_the_disk)
     assert run_inline(write_study(), tmp_path / "r", mnist_root) == 0
     store = Store.reader(tmp_path / "r" / "tiny" / "study.db")
     try:
@@ -368,11 +368,11 @@ def test_a_data_folder_gone_under_the_sweep_interrupts_and_the_rerun_continues(
     folder; mounted again, the same command finishes every trial."""
     from conftest import run_inline
 
-    from vaegrid.run import driver
+    from vaegrid.run import sweep
     from vaegrid.train import data as loader
 
     data, away = make_mnist(tmp_path / "d"), tmp_path / "away"
-    real, calls = driver.execute, []
+    real, calls = sweep.execute, []
 
     def unmounted(task: Any) -> Status:
         calls.append(task)
@@ -381,7 +381,7 @@ def test_a_data_folder_gone_under_the_sweep_interrupts_and_the_rerun_continues(
             loader._CACHE.clear()  # a new worker process: nothing loaded yet
         return real(task)
 
-    monkeypatch.setattr(driver, "execute", unmounted)
+    monkeypatch.setattr(sweep, "execute", unmounted)
     study = write_study()
     assert run_inline(study, tmp_path / "r", data, fault_wait=1.5) == 3
     err = capsys.readouterr().err.strip()

@@ -127,6 +127,45 @@ def patiently(call: Callable[[], T], wait_s: float, what: str = "") -> T:
             time.sleep(pause)
 
 
+class FaultClock:
+    """A driver's count of the faults of the world since its last progress: how long no
+    trial may start (a backoff that doubles while the faults go on), and when to give up
+    (``wait_s`` seconds without progress, a worker's own wait counted)."""
+
+    def __init__(self, wait_s: float) -> None:
+        self.wait_s = wait_s
+        self.since: float | None = None  # the first fault since the last progress
+        self.epochs = 0  # the epochs committed when the faults began
+        self.count = 0  # faults since the last progress
+        self.hold_until = 0.0  # no trial starts before this (time.monotonic)
+
+    def progress(self) -> None:
+        """A trial ended or paused: the world works again."""
+        self.since, self.count = None, 0
+
+    def fault(self, fault: WorldFault, epochs: int) -> float:
+        """A trial was stopped by ``fault`` with ``epochs`` committed in all: the seconds no
+        trial starts now. Epochs committed since the faults began count as progress.
+
+        Raises:
+            WorldFault: ``wait_s`` seconds have passed without progress.
+        """
+        now = time.monotonic()
+        if epochs > self.epochs:
+            self.since, self.count, self.epochs = None, 0, epochs
+        self.since = min(self.since or now, now - fault.waited)
+        self.count += 1
+        if now - self.since >= self.wait_s:
+            raise WorldFault(fault.what, now - self.since)
+        pause = backoff(self.count)
+        self.hold_until = max(self.hold_until, now + pause)
+        return pause
+
+    def held(self) -> float:
+        """Seconds before a trial may start again (0: now)."""
+        return max(0.0, self.hold_until - time.monotonic())
+
+
 class PatientStore:
     """A store whose every call waits out faults of the world (:func:`patiently`)."""
 

@@ -1,6 +1,6 @@
 """Who may run what, on a server database: the driver's heartbeat and the workers' leases.
 
-On SQLite the kernel's flocks do this (run/driver.py, run/worker.py); on a server the
+On SQLite the kernel's flocks do this (run/locks.py, run/worker.py); on a server the
 database does: the live driver writes a heartbeat every few seconds that cluster workers
 watch, and a worker holds a lease on the trial it runs, renewed while it lives, taken over
 once it lapses. The driver's own exclusion is PostgreSQL's advisory lock (engine.py).

@@ -1,74 +1,40 @@
-"""The sweep driver: reconcile a study with its database, dispatch trials to slots.
+"""The sweep driver's entry: check, lock, start the executor, reconcile the study with its
+database, then sweep (sweep.py).
 
-One driver per study (locks.py). The trials the study lets run now go to the executor's
-slots (pool.py) through the scheduler (scheduler.py): a trial is submitted only to a free
-slot the placement rule allows, so no device ever runs more than K trials, every trial
-runs on exactly one device, and a trial that has started only ever continues on a device
-of the kind it started on. A worker's death costs only the trial it was running.
-
-How far each trial may run now is the search policy's to say (policy.py: the full grid,
-or synchronous halving's rungs); where the time goes and how much is left, the cost
-model's (cost.py); which faults are the world's, faults.py's.
+Every check that can refuse a run comes before anything is written: the study folder, the
+database's location and fixed settings, the data. Then one driver per study (locks.py), a
+cluster started only once the run is sure to go ahead, the database brought in line with
+the study file's grid, and a heartbeat while the sweep runs.
 """
 
 from __future__ import annotations
 
-import os
-import sys
-import time
-import traceback
 import uuid
-from collections import Counter
 from collections.abc import Callable
-from contextlib import ExitStack, suppress
+from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from vaegrid import cost, signals
-from vaegrid.cost import CostModel, Forecast, duration
+from vaegrid import signals
 from vaegrid.db.engine import Database, reason
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.faults import FAULT_WAIT_S, WorldFault, backoff, patient
+from vaegrid.faults import FAULT_WAIT_S
 from vaegrid.layout import StudyLayout
-from vaegrid.run.locks import DriverLock, driver_lock, file_lock, heartbeat
-from vaegrid.run.policy import Decision, policy_of
+from vaegrid.run.locks import driver_lock, file_lock, heartbeat
 from vaegrid.run.pool import (
     MAX_WORKER_DEATHS,
-    ClusterGone,
     Executor,
     LocalExecutor,
     Pool,
-    Slot,
-    WorkerDied,
 )
-from vaegrid.run.progress import Progress
-from vaegrid.run.scheduler import Scheduler
-from vaegrid.run.worker import Task, execute, init_worker
+from vaegrid.run.sweep import Sweep
+from vaegrid.run.worker import init_worker
 from vaegrid.safeio import check_study_dir, write_atomic
 from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
-from vaegrid.spec.study import Study, TrialConfig, expand
-from vaegrid.status import (
-    COMPLETED,
-    FAILED,
-    FINAL,
-    INTERRUPTED,
-    PAUSED,
-    PENDING,
-    RUNNING,
-    STARTABLE,
-    Status,
-    summary,
-)
-from vaegrid.train import provenance
+from vaegrid.spec.study import Study, expand
 from vaegrid.train.data import ensure_mnist
-
-EXIT_CLUSTER_GONE = 3  # the world failed: the cluster's scheduler, the database, the disk
-# A trial interrupted this many times in a row without finishing an epoch stops the sweep:
-# its workers never live long enough (a batch job's walltime shorter than an epoch).
-STALLED_RUNS = 5
 
 
 def run_study(
@@ -108,17 +74,7 @@ def run_study(
             driver on the study, an unwritable database, or one made by a study with other
             fixed settings or a newer vaegrid. Nothing is written then.
     """
-    layout = StudyLayout.of(results, study.name)
-    check_study_dir(results, layout.root)
-    db = Database.for_study(layout, storage)
-    db.check_location()
-    if study.data.dataset in BUILTIN_DATASETS:
-        ensure_mnist(data_root, study.data)
-    elif study.images is None:  # a plug-in data set not probed by the caller yet
-        from vaegrid.train.probe import check_plugins
-
-        study = check_plugins(study, data_root)
-    Store.check_compatible(db, study)
+    layout, db, study = _checked(study, results, data_root, storage)
     grid = expand(study)
     token = uuid.uuid4().hex
     with signals.handled(), driver_lock(db, layout, study.name), ExitStack() as started:
@@ -139,8 +95,8 @@ def run_study(
             store.sync_study(study, grid, pool.slots)
             write_atomic(layout.driver_token, token + "\n")  # proof a worker sees it
             with heartbeat(store, study.name, token, beating):
-                sweep = _Sweep(study, grid, layout, store, pool, data_root, executor, token,
-                               fault_wait)  # fmt: skip
+                sweep = Sweep(study, grid, layout, store, pool, data_root, executor, token,
+                              fault_wait)  # fmt: skip
                 return sweep.run(retry_failed, progress, max_deaths)
         except SQLAlchemyError as e:
             print(
@@ -153,412 +109,24 @@ def run_study(
             store.close()
 
 
-Running = dict[Any, tuple[str, Slot]]  # a trial's future -> (its key, its slot)
+def _checked(
+    study: Study, results: Path, data_root: Path, storage: str | None
+) -> tuple[StudyLayout, Database, Study]:
+    """Every check before the study is locked, none of which writes: the study folder, the
+    database's location and compatibility, the data (a plug-in data set probed: the study
+    with its images' shape)."""
+    layout = StudyLayout.of(results, study.name)
+    check_study_dir(results, layout.root)
+    db = Database.for_study(layout, storage)
+    db.check_location()
+    if study.data.dataset in BUILTIN_DATASETS:
+        ensure_mnist(data_root, study.data)
+    elif study.images is None:  # a plug-in data set not probed by the caller yet
+        from vaegrid.train.probe import check_plugins
+
+        study = check_plugins(study, data_root)
+    Store.check_compatible(db, study)
+    return layout, db, study
 
 
-class Stalled(Exception):
-    """A trial keeps being interrupted before it finishes an epoch (STALLED_RUNS)."""
-
-
-class _Sweep:
-    """One driver's pass over the study.
-
-    ``view`` holds every trial's status as the database has it, except that trials this
-    driver has queued show as pending (waiting): the counts on the bar derive from it.
-    """
-
-    def __init__(
-        self,
-        study: Study,
-        grid: list[TrialConfig],
-        layout: StudyLayout,
-        store: Store,
-        pool: Pool,
-        data_root: Path,
-        executor: Executor,
-        token: str,
-        fault_wait: float = FAULT_WAIT_S,
-    ) -> None:
-        self.study, self.layout, self.pool = study, layout, pool
-        # Every call of the sweep waits out a fault of the world (the database restarting);
-        # the last words of a sweep that stops do not (the next driver repairs them).
-        self.store, self.raw_store = patient(store, fault_wait), store
-        self.fault_wait = fault_wait
-        self.fault_since: float | None = None  # the first fault since the last progress
-        self.fault_epochs = 0  # the epochs committed when the faults began
-        self.faults = 0  # faults since the last progress
-        self.stalled: Counter[str] = Counter()  # runs in a row interrupted without an epoch
-        self.hold_until = 0.0  # no trial starts before this (monotonic): a fault's backoff
-        self.data_root = data_root.resolve()
-        self.executor, self.token = executor, token
-        self.grid = {cfg.key: cfg for cfg in grid}
-        bound = store.trial_devices()
-        self.scheduler = Scheduler(pool, bound, cost=self._left)
-        self.deaths: Counter[str] = Counter()
-        self.versions = tuple(sorted(provenance.versions().items()))
-        trials = {t.key: t for t in store.trials()}  # every row checked
-        self.view: dict[str, Status] = {k: trials[k].status for k in self.grid}
-        # What each trial costs (cost.py), corrected by what earlier runs measured.
-        self.cost = CostModel.of(study)
-        self.epochs_done = {k: trials[k].epochs_done for k in self.grid}
-        self.seconds = {k: trials[k].seconds for k in self.grid}
-        for key, kind in bound.items():
-            if key in self.grid:
-                work = self.epochs_done[key] * self.cost.epoch_work(self.grid[key])
-                self.cost.observe(kind, self.seconds[key], work)
-        self.submitted: dict[str, tuple[float, float, str]] = {}  # key -> (when, work, kind)
-        self.said_done = 0.0  # the share of the work done said last
-        self.retry: set[str] = set()  # failed trials this driver has yet to rerun
-        # How far the study lets each trial run now: the full grid, or halving's rungs.
-        self.policy = policy_of(study, self.store, list(self.grid))
-
-    def run(self, retry_failed: bool, progress: bool, max_deaths: int) -> int:
-        self.max_deaths = max_deaths
-        started = time.monotonic()
-        resumed = [k for k, s in self.view.items() if s in (INTERRUPTED, PAUSED, RUNNING)
-                   and self.epochs_done[k] > 0]  # fmt: skip
-        if retry_failed:
-            self.retry = {k for k, s in self.view.items() if s == FAILED}
-        self._decide()
-        self._enqueue(set())
-        if not self.scheduler.queue:
-            print(f"{self.study.name}: nothing to do: {summary(self.view.values())}")
-            return self._exit_code()
-        if resumed:
-            print(
-                f"{self.study.name}: resuming: {len(resumed)} trials continue from their last "
-                "finished epoch",
-                flush=True,
-            )
-        short = self._space_short()
-        if short is not None:
-            print(short, file=sys.stderr, flush=True)
-        live = progress and sys.stdout.isatty()  # a log or a pipe gets a line per trial
-        self.progress = Progress(
-            self.study.name, self.view, self.policy.pauses(), live, self._forecast
-        )
-        running: Running = {}
-        free = self.pool.slot_list()
-        try:
-            while self.scheduler.queue or running:
-                signals.check()  # a signal a library swallowed still stops the sweep
-                self._dispatch(free, running)
-                if not running:  # held back by a fault of the world: wait, do not spin
-                    time.sleep(min(1.0, max(0.0, self.hold_until - time.monotonic())))
-                done = self.executor.wait(list(running), 1.0)
-                for future in done:
-                    key, slot = running.pop(future)
-                    free.append(slot)
-                    self._collect(key, slot, future)
-                if done:
-                    self._advance({k for k, _ in running.values()})
-                self.progress.show(self.view)
-        except KeyboardInterrupt as e:  # Ctrl-C or SIGTERM (signals.Interrupted)
-            code = e.exit_code if isinstance(e, signals.Interrupted) else 130
-            return self._abandon(running, "interrupted", "run the same command again", code)
-        except ClusterGone as e:
-            return self._abandon(running, e.what, e.then, EXIT_CLUSTER_GONE)
-        except WorldFault as e:
-            then = f"waited {e.waited:.0f} s; run the same command again once it is fixed"
-            return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
-        except Stalled as e:
-            then = "give the jobs a longer walltime, then run the same command again"
-            return self._abandon(running, str(e), then, EXIT_CLUSTER_GONE)
-        self.executor.shutdown(kill=False)
-        self.progress.close()
-        folder = self.layout.root
-        failed = any(s == FAILED for s in self.view.values())
-        print(
-            f"{self.study.name}: finished in {duration(time.monotonic() - started)}: "
-            f"{summary(self.view.values())}; results in {folder}\n"
-            f"next: vaegrid report {folder}"
-            + ("; failed trials keep their traceback (vg_run.error); --retry-failed runs "
-               "them again" if failed else ""),
-            flush=True,
-        )  # fmt: skip
-        return self._exit_code()
-
-    def _space_short(self) -> str | None:
-        """A line saying the study folder's disk lacks room for what this sweep writes (the
-        cost model's sizes: every trial left's final weights, and the checkpoints of the
-        trials that run at once, of every trial left with halving); None when it has."""
-        import shutil
-
-        left = [self.grid[k] for k in self.scheduler.queue]
-        sizes = [self.cost.file_bytes(cfg) for cfg in left]
-        at_once = len(left) if self.policy.pauses() else self.pool.slots
-        weights = sum(w for w, _ in sizes)
-        checkpoints = sum(sorted((c for _, c in sizes), reverse=True)[:at_once])
-        free = shutil.disk_usage(self.layout.root).free
-        if free >= weights + checkpoints:
-            return None
-        mb = 1 << 20
-        return (
-            f"vaegrid: warning: {self.layout.root} has {free / mb:,.1f} MB free; this sweep "
-            f"writes about {(weights + checkpoints) / mb:,.1f} MB (weights "
-            f"{weights / mb:,.1f} MB, checkpoints up to {checkpoints / mb:,.1f} MB): when the "
-            f"disk is full its trials wait, and after --fault-wait ({self.fault_wait:g} s) the "
-            "sweep stops with exit 3"
-        )
-
-    def _may_go(self, key: str) -> bool:
-        """Whether the study lets ``key`` run now (the scheduler then says where): a trial
-        a worker may start, failed ones only when retried, and with halving only as far as
-        the decided rungs allow."""
-        status = self.view[key]
-        startable = status in STARTABLE and (status != FAILED or key in self.retry)
-        return startable and self.policy.allows(key)
-
-    def _enqueue(self, running: set[str]) -> None:
-        """Offer the scheduler every trial that may run now and is not already offered."""
-        offered = self.scheduler.waiting() | running
-        for key in self.grid:
-            if key not in offered and self._may_go(key):
-                self.scheduler.offer(key)
-                self.view[key] = PENDING
-
-    def _abandon(self, running: Running, why: str, then: str, code: int) -> int:
-        """Stop every worker now; running trials keep their last epoch (interrupted)."""
-        self.executor.shutdown(kill=True)
-        with suppress(Exception):  # a database that is down: the next driver's sync marks them
-            self.raw_store.mark([k for k, _ in running.values()], INTERRUPTED)
-        self.progress.close()
-        print(
-            f"vaegrid: {why}: {len(running)} running trials keep their last finished epoch; {then}",
-            file=sys.stderr,
-        )
-        return code
-
-    def _decide(self) -> Decision:
-        """Take and record every decision the policy can make now (halving's rungs), and
-        bring the view of the trials that wait in line with them."""
-        decision = self.policy.update(self.retry)
-        for line in decision.said:
-            Progress.write(line)
-        offered = self.scheduler.waiting()
-        for key, status in decision.statuses.items():
-            if key in self.grid and key not in offered and self.view[key] != RUNNING:
-                self.view[key] = status
-        return decision
-
-    def _advance(self, running: set[str]) -> None:
-        """After results came in: decide what can be decided, queue what may run now, and
-        say what stopped and what goes on again."""
-        decision = self._decide()
-        self._enqueue(running)
-        done = sum(1 for s in self.view.values() if s in FINAL)
-        first = done - len(decision.stopped) + 1  # numbered as _finished numbers trials
-        for n, (key, rung) in enumerate(decision.stopped, start=first):
-            self.progress.say(
-                f"[{n}/{len(self.grid)}] {self._describe(key)}: stopped at rung {rung}"
-            )
-        for key in decision.reopened:
-            self.progress.say(f"{self._describe(key)}: goes on (its rung was decided again)")
-
-    def _paused(self, key: str) -> None:
-        self.fault_since, self.faults = None, 0
-        self.view[key] = PAUSED
-        at = self.policy.target(key, self.grid[key].epochs)
-        self.progress.say(f"{self._describe(key)}: paused at epoch {at}")
-
-    def _describe(self, key: str) -> str:
-        return f"{key} ({self.grid[key].describe(self.study.searched)})"
-
-    def _exit_code(self) -> int:
-        for line in self.scheduler.strands():
-            print(line)
-        failed = any(s == FAILED for s in self.view.values())
-        return 1 if failed or self.scheduler.stranded else 0
-
-    def _dispatch(self, free: list[Slot], running: Running) -> None:
-        """Fill free slots, least busy device first, each with the first queued trial that
-        the placement rule lets run there."""
-        if time.monotonic() < self.hold_until:  # a fault of the world: not yet
-            return
-        busy = Counter(slot.device for _, slot in running.values())
-        candidates = list(free)
-        while candidates and self.scheduler.queue:
-            slot = min(candidates, key=lambda s: (busy[s.device], s.device, s.index))
-            candidates.remove(slot)
-            key = self.scheduler.take(self.pool.kind(slot.device))
-            if key is None:
-                continue
-            self.retry.discard(key)
-            free.remove(slot)
-            busy[slot.device] += 1
-            self.view[key] = RUNNING
-            try:
-                running[self._submit(key, slot)] = (key, slot)
-            except WorkerDied as e:  # the slot's worker died while idle
-                self.submitted.pop(key, None)
-                free.append(slot)
-                self.executor.reset(slot)
-                self._worker_died(key, e)
-
-    def _left(self, key: str) -> float:
-        """The work ``key`` has left: to the rung it may run to now, or to its end."""
-        cfg = self.grid[key]
-        target = self.policy.target(key, cfg.epochs)
-        return self.cost.work(cfg, self.epochs_done[key], target)
-
-    def _forecast(self) -> Forecast:
-        """The one forecast (cost.forecast) of where the sweep stands: trials running, those
-        queued to the rung they may run to now, and the halving plan's rest. The share done
-        said never goes back (a trial that ran longer than predicted, or a rate learned
-        anew, can lower the estimate a little)."""
-        now = time.monotonic()
-        queued = set(self.scheduler.queue)
-        trials = []
-        for key, cfg in self.grid.items():
-            done, status = self.epochs_done[key], self.view[key]
-            sent = self.submitted.get(key)
-            running = (now - sent[0], sent[1], sent[2]) if sent is not None else None
-            target = self.policy.target(key, cfg.epochs)
-            ended = status in FINAL and running is None
-            trials.append(cost.Left(cfg, done, target if key in queued else done, ended,
-                                    status == COMPLETED, running))  # fmt: skip
-        policy = self.policy
-        now_said = cost.forecast(self.cost, trials, self.pool.slots, policy.halving,
-                                 policy.open_rung)  # fmt: skip
-        self.said_done = max(self.said_done, now_said.done)
-        return now_said._replace(done=self.said_done)
-
-    def _submit(self, key: str, slot: Slot) -> Any:
-        self.submitted[key] = (time.monotonic(), self._left(key), self.pool.kind(slot.device))
-        task = Task(
-            config=self.grid[key].to_json(),
-            optuna_trial_id=self.store.start_trial(self.study, self.grid[key]),
-            device=self.executor.device(slot),
-            threads=self.pool.threads,
-            db=self.store.db,
-            layout=StudyLayout(self.layout.root.resolve()),
-            data_root=str(self.data_root),
-            driver_pid=os.getpid(),
-            versions=self.versions,
-            watch=self.executor.watch,
-            driver_token=self.token,
-            stop_at=self.policy.stop_at(key),
-            nll_samples=self.study.nll_samples,
-            nll_when_paused=self.policy.nll_when_paused(),
-            fault_wait=self.fault_wait,
-        )
-        return self.executor.submit(slot, execute, task)
-
-    def _measure(self, key: str, slot: Slot) -> None:
-        """A run of ``key`` ended: what it took (its wall time: loading and checkpoints
-        count) for the work it did corrects the cost model, and so does how much of the
-        work predicted at its start it did (a diverged trial stops early)."""
-        cfg, before = self.grid[key], self.epochs_done[key]
-        done, seconds = self.store.trial_progress(key)
-        ran = self.cost.work(cfg, before, done) if done > before else 0.0
-        when, predicted, kind = self.submitted.pop(key, (None, 0.0, ""))
-        if when is not None:
-            self.cost.observe(kind, time.monotonic() - when, ran)
-            self.cost.finished(predicted, ran)
-        self.epochs_done[key], self.seconds[key] = done, seconds
-
-    def _collect(self, key: str, slot: Slot, future: Any) -> None:
-        """A trial's future ended: its status, its worker's death, or an unrecorded error."""
-        before = self.epochs_done[key]
-        self._measure(key, slot)
-        if self.epochs_done[key] > before:
-            self.stalled[key] = 0
-        try:
-            returned = self.executor.result(future)
-        except WorkerDied as e:  # the worker process died (killed, out of memory)
-            self.executor.reset(slot)
-            self._worker_died(key, e)
-            return
-        except WorldFault as e:  # the database or the disk failed it: not the trial's fault
-            self._world_fault(key, e)
-            return
-        except Exception as e:  # the worker could not even record its own failure
-            self.store.fail(key, "".join(traceback.format_exception(e)))
-            returned = self.store.status_of(key)
-        self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
-        if returned == INTERRUPTED:  # its lease was lost, or it saw a stale heartbeat: again
-            self.stalled[key] += self.epochs_done[key] == before
-            if self.stalled[key] >= STALLED_RUNS:
-                raise Stalled(
-                    f"trial {key} was interrupted {self.stalled[key]} times in a row without "
-                    "finishing an epoch: its workers stop before its start-up and one epoch "
-                    "are done (is a batch job's walltime shorter than that? an epoch of it "
-                    f"takes {self._epoch_seconds(key)})"
-                )
-            self.scheduler.offer(key, front=True)
-            self.view[key] = PENDING
-            return
-        if returned == PAUSED and self.policy.pauses():
-            self._paused(key)
-            return
-        if returned not in FINAL:  # never expected; recorded rather than trusted
-            self.store.fail(key, f"worker returned status {returned!r}")
-            returned = self.store.status_of(key)
-        self._finished(key, Status(returned))
-
-    def _world_fault(self, key: str, fault: WorldFault) -> None:
-        """A trial stopped by a fault of the world is interrupted at its last finished epoch
-        and offered again; no trial starts for a backoff that doubles while the faults go
-        on. Past ``fault_wait`` seconds without progress (the worker's own wait counted),
-        the sweep stops (WorldFault, exit 3)."""
-        status = self.store.status_of(key)
-        if status == PAUSED and self.policy.pauses():  # its end was committed
-            self._paused(key)  # before the fault (a lease's release, a checkpoint's removal)
-            return
-        if status in FINAL:
-            self._finished(key, status)
-            return
-        now = time.monotonic()
-        epochs = sum(self.epochs_done.values())
-        if epochs > self.fault_epochs:  # epochs were committed since the last fault: progress
-            self.fault_since, self.faults, self.fault_epochs = None, 0, epochs
-        self.fault_since = min(self.fault_since or now, now - fault.waited)
-        self.faults += 1
-        if now - self.fault_since >= self.fault_wait:
-            raise WorldFault(fault.what, now - self.fault_since)
-        self.store.mark([key], INTERRUPTED)  # the worker may not have reached the database
-        self.scheduler.offer(key, front=True)
-        self.view[key] = PENDING
-        pause = backoff(self.faults)
-        self.hold_until = max(self.hold_until, now + pause)
-        self.progress.say(
-            f"{self._describe(key)}: interrupted by a fault of the world ({fault.what}); "
-            f"no trial starts for {pause:.1f} s, and vaegrid gives up after "
-            f"{self.fault_wait:.0f} s without progress"
-        )
-
-    def _epoch_seconds(self, key: str) -> str:
-        """How long an epoch of ``key`` takes, as the cost model has it, in words."""
-        seconds = self.cost.seconds(self.cost.epoch_work(self.grid[key]))
-        return f"about {duration(seconds)}" + ("" if self.cost.measured() else
-                                               ", by the prior rate")  # fmt: skip
-
-    def _finished(self, key: str, status: Status) -> None:
-        self.fault_since, self.faults = None, 0  # progress: the world works again
-        self.view[key] = status
-        done = sum(1 for s in self.view.values() if s in FINAL)
-        said = f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}"
-        self.progress.say(f"{said}; {self._forecast().words()}")
-
-    def _worker_died(self, key: str, error: BaseException) -> None:
-        """The worker running ``key`` died: the trial ended (if its end was committed first),
-        resumes, or after ``max_deaths`` deaths fails."""
-        self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
-        status = self.store.status_of(key)
-        if status == PAUSED and self.policy.pauses():  # its pause was committed
-            self._paused(key)
-            return
-        if status in FINAL:
-            self._finished(key, status)
-            return
-        self.deaths[key] += 1
-        if self.deaths[key] >= self.max_deaths:
-            cause = f"worker process died {self.deaths[key]} times: {error}"
-            self._finished(key, self.store.give_up(key, cause))
-        else:
-            self.store.mark([key], INTERRUPTED)
-            self.scheduler.offer(key, front=True)
-            self.view[key] = PENDING
-
-
-__all__ = ["DriverLock", "run_study"]
+__all__ = ["run_study"]

@@ -1,6 +1,6 @@
 """Where trials run: devices, slots, the placement rule, and the executors.
 
-A pool is N devices x K slots. The driver loop (driver.py) is written once over the small
+A pool is N devices x K slots. The driver loop (sweep.py) is written once over the small
 :class:`Executor` interface: submit a trial to a slot, learn when it ends and how (a
 result, or :class:`WorkerDied`), replace a slot whose worker died. The driver knows no
 executor's library: loky's and Dask's exceptions, device names and start-up are theirs.
