@@ -22,9 +22,12 @@ import torch
 from torch import nn
 
 from vaegrid.errors import InputError
+from vaegrid.models.base import BaseVAE
+from vaegrid.models.linear import LinearVAE as VAE
+from vaegrid.models.mlp import MLPVAE
 from vaegrid.spec.study import NLL_ROWS, DataSpec
 from vaegrid.train.data import data_dir, load_splits
-from vaegrid.train.model import MLPVAE, VAE, BaseVAE, importance_nll, log_weights
+from vaegrid.train.model import importance_nll, log_weights
 
 sys.path.insert(0, str(__import__("pathlib").Path(__file__).parent))
 from bench_trial import matmul_peak

@@ -26,9 +26,9 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 
 from vaegrid.errors import InputError
 from vaegrid.layout import TrialFiles
+from vaegrid.models.linear import LinearVAE as VAE
 from vaegrid.spec.study import DataSpec, TrialConfig
 from vaegrid.train.data import data_dir, load_splits
-from vaegrid.train.model import VAE
 from vaegrid.train.trial import run_trial
 
 HIDDEN, LATENT, BATCH, LR, CLIP = 400, 100, 1000, 1e-3, 1.0

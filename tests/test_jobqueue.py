@@ -250,3 +250,25 @@ def test_importing_dask_jobqueue_leaves_ctrl_c_to_vaegrid() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.stdout.strip() == "True", out.stderr
+
+
+def test_the_private_dask_parts_vaegrid_uses_are_still_there() -> None:
+    """run/dask_private.py names every private attribute of Dask vaegrid uses, read from
+    the locked versions: an upgrade that moves one fails here, not in a sweep."""
+    import importlib.metadata
+
+    from dask_jobqueue import SLURMCluster
+    from distributed.deploy.spec import SpecCluster
+
+    from vaegrid.run import dask_private
+
+    for dist, version in dask_private.VERSIONS.items():
+        assert importlib.metadata.version(dist) == version, f"{dist}: re-read dask_private.py"
+    assert callable(SpecCluster._correct_state)
+    cluster = SLURMCluster(cores=1, memory="1GB", processes=1, scheduler_options={
+        "dashboard_address": None}, job_name="t", log_directory="/tmp")  # fmt: skip
+    try:
+        assert callable(cluster._created.discard)  # a (weak) set of the jobs it made
+        assert dask_private.job_template(cluster).worker_cores == 1
+    finally:
+        cluster.close()

@@ -15,10 +15,12 @@ from conftest import run_inline
 
 from vaegrid.cli import main
 from vaegrid.layout import TrialFiles
+from vaegrid.models.conv import ConvVAE
+from vaegrid.models.mlp import MLPVAE
 from vaegrid.spec.load import load_study
 from vaegrid.spec.study import DataSpec, TrialConfig, expand
 from vaegrid.train.data import load_splits
-from vaegrid.train.model import MLPVAE, ConvVAE, iwae_terms, log_weights, make_model
+from vaegrid.train.model import iwae_terms, log_weights, make_model
 from vaegrid.train.trial import run_trial
 
 DATA = DataSpec(fractions=(0.6, 0.2, 0.2))

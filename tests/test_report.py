@@ -21,12 +21,13 @@ from vaegrid.cli import main
 from vaegrid.db.store import Store
 from vaegrid.halving import Standing
 from vaegrid.layout import StudyLayout, TrialFiles
+from vaegrid.models.linear import LinearVAE as VAE
 from vaegrid.report.build import make_report
 from vaegrid.report.halving_section import halving_lines
 from vaegrid.report.markdown import markdown
 from vaegrid.spec.study import DataSpec, HalvingSpec, TrialConfig
 from vaegrid.train.data import load_splits
-from vaegrid.train.model import VAE, importance_nll
+from vaegrid.train.model import importance_nll
 from vaegrid.train.trial import evaluate, run_trial
 
 STUDY = """
@@ -466,7 +467,7 @@ def test_importance_sampled_nll_is_below_the_elbo_and_tightens_with_k(
     splits = load_splits(mnist_root, data, seed=0, device="cpu")
     cfg = TrialConfig.make(0, data, hidden=64, latent=8, lr=1e-2, clip=1.0, epochs=5, batch_size=50)
     run_trial(cfg, splits.train, splits.val, TrialFiles(tmp_path / "t"))
-    from vaegrid.train.model import VAE
+    from vaegrid.models.linear import LinearVAE as VAE
 
     model = VAE(cfg.hidden, cfg.latent)
     model.load_state_dict(torch.load(tmp_path / "t" / "weights.pt", weights_only=True)["model"])

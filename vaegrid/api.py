@@ -30,7 +30,7 @@ from vaegrid.spec.study import TrialConfig, nll_samples, searched_axes
 from vaegrid.status import COMPLETED
 
 if TYPE_CHECKING:  # torch loads only when a model is asked for
-    from vaegrid.train.model import BaseVAE
+    from vaegrid.models.base import BaseVAE
 
 
 @dataclass(frozen=True)

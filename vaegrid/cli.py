@@ -10,16 +10,13 @@ Start with ``vaegrid plan studies/seed.toml`` (what a study will run), then
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 from vaegrid import signals
 from vaegrid.errors import InputError
 from vaegrid.faults import FAULT_WAIT_MAX, FAULT_WAIT_S
-from vaegrid.run.jobqueue import DEFAULT_JOBS, MAX_JOBS, is_scheduler
 from vaegrid.run.pool import MAX_WORKER_DEATHS
 
 
@@ -281,7 +278,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "run":
         from vaegrid.run.driver import run_study
-        from vaegrid.run.pool import make_pool
+        from vaegrid.run.executors import Where, choose
         from vaegrid.train.data import data_dir
         from vaegrid.train.probe import check_plugins
 
@@ -296,47 +293,11 @@ def _dispatch(args: argparse.Namespace) -> int:
                 f"--fault-wait: {args.fault_wait:g} is not allowed; expected seconds from 0 "
                 f"to {FAULT_WAIT_MAX:g}"
             )
-        executor: Any = None
-        if args.jobs is not None and (args.cluster is None or not is_scheduler(args.cluster)):
-            raise InputError(
-                "--jobs: only with --cluster slurm, pbs, sge, lsf, htcondor or oar (vaegrid "
-                "submits those jobs; a Dask scheduler's workers are yours)"
-            )
-        pool: Any = None
-        if args.cluster is not None and is_scheduler(args.cluster):
-            jobs = DEFAULT_JOBS if args.jobs is None else args.jobs
-            if not 1 <= jobs <= MAX_JOBS:
-                raise InputError(
-                    f"--jobs: {jobs} is not allowed; expected an integer 1 to {MAX_JOBS}"
-                )
-
-            def start() -> Any:  # by run_study, once the study is checked and locked
-                from vaegrid.run.jobqueue import JobQueueExecutor
-
-                started = JobQueueExecutor(
-                    args.cluster, Path(args.results), study.name, jobs,
-                    trial_mb=study.training_mb + study.data_mb,
-                )  # fmt: skip
-                pool = started.pool()
-                print(f"cluster: {pool.found}", flush=True)
-                return started, pool
-
-            executor = start
-        elif args.cluster is not None:  # '' is no address, never "run locally"
-            from vaegrid.run.cluster import DaskExecutor
-
-            if not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", args.resource):
-                raise InputError(
-                    f"--resource: {args.resource[:100]!r} is not allowed; expected a Dask "
-                    "resource name (letters, digits, '_', '-', '.')"
-                )
-            executor = DaskExecutor(args.cluster, args.resource)
-            pool = executor.pool()
-            print(f"cluster: {pool.found}", flush=True)
-        else:
-            slot_mb = study.training_mb + study.data_mb  # each slot's worker holds the data
-            pool = make_pool(args.devices, args.workers_per_device, trial_mb=slot_mb)
-            print(f"devices: {pool.found}; {pool.per_device} trials at once per device", flush=True)
+        where = Where(args.cluster, args.jobs, args.resource, args.devices,
+                      args.workers_per_device)  # fmt: skip
+        trial_mb = study.training_mb + study.data_mb  # each slot's worker holds the data
+        executor, pool = choose(where, Path(args.results), study.name, trial_mb,
+                                lambda line: print(line, flush=True))  # fmt: skip
         try:
             return run_study(
                 study,

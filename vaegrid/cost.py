@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from vaegrid.spec.axes import MODELS as BUILTIN_MODELS
+from vaegrid.models import CARDS, GUESS
 from vaegrid.spec.datasets import Images
 from vaegrid.spec.study import (
     MNIST_IMAGES,
@@ -54,19 +54,10 @@ RUNNING_SHARE_MAX = 0.95
 
 
 def forward_macs(settings: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
-    """Multiply-adds of one image's pass through the encoder and through the decoder."""
-    h, z, model = settings["hidden"], settings["latent"], settings["model"]
-    pixels = math.prod(shape)
-    if model not in BUILTIN_MODELS:  # a plug-in's layers are not known here
-        return pixels * h + 2 * h * z, z * h + h * pixels
-    if model == "conv":
-        c, c1, c2 = shape[0], settings["channels"], 2 * settings["channels"]
-        half, quarter = (shape[1] // 2) * (shape[2] // 2), (shape[1] // 4) * (shape[2] // 4)
-        flat = c2 * quarter
-        convs = 16 * (half * c1 * c + quarter * c2 * c1)  # each output position: 4 x 4 taps
-        return convs + flat * h + 2 * h * z, z * h + h * flat + convs
-    stack = (settings["depth"] - 1) * h * h if model == "mlp" else 0
-    return pixels * h + stack + 2 * h * z, z * h + stack + h * pixels
+    """Multiply-adds of one image's pass through the encoder and through the decoder: the
+    model's card's count (vaegrid/models/); a plug-in's layers are unknown here, guessed
+    as the linear model of its hidden width (scaled by what the probe measured)."""
+    return CARDS.get(settings["model"], GUESS).macs(settings, shape)
 
 
 class CostModel:

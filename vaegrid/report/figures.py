@@ -23,10 +23,10 @@ from matplotlib.figure import Figure
 from torchvision.utils import make_grid, save_image
 
 from vaegrid.analysis.timing import Timing
+from vaegrid.models.base import BaseVAE
 from vaegrid.safeio import save_with
 from vaegrid.spec.axes import AXIS, Axis, describe, format_value
 from vaegrid.status import COMPLETED, DIVERGED
-from vaegrid.train.model import BaseVAE
 
 # Readable where a paper prints them: a figure of 7 inches shrinks to a column's 3.5, so
 # no text is smaller than 8 points (4 when printed) and most is 9 to 11.

@@ -23,9 +23,9 @@ import time
 from typing import Any
 
 from vaegrid.errors import InputError
-from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool, Slot, WorkerDied
+from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool, Slot, Watch, WorkerDied
 
-CONNECT_TIMEOUT_S = 10
+DASK_CONNECT_TIMEOUT_S = 10  # a Dask scheduler (a database: db/engine.CONNECT_TIMEOUT_S)
 
 
 # --cluster: a Dask scheduler's TCP address (tls:// needs certificates vaegrid does not
@@ -57,7 +57,7 @@ def check_address(address: str) -> str:
 
 def _connect(address: str, resource: str) -> Any:
     """A Dask client of the scheduler at ``address``, or one line within
-    :data:`CONNECT_TIMEOUT_S` seconds and a few more: a port that accepts and never
+    :data:`DASK_CONNECT_TIMEOUT_S` seconds and a few more: a port that accepts and never
     answers (or answers HTTP, as Dask's dashboard does) keeps Dask's own handshake waiting
     for minutes, so the attempt runs in a thread of its own that the driver waits for at
     most that long, and whatever Dask says of it afterwards is dropped."""
@@ -67,13 +67,13 @@ def _connect(address: str, resource: str) -> Any:
 
     def attempt() -> None:
         try:
-            found["client"] = Client(address, timeout=CONNECT_TIMEOUT_S, set_as_default=False)
+            found["client"] = Client(address, timeout=DASK_CONNECT_TIMEOUT_S, set_as_default=False)
         except BaseException as e:  # reported below, in one line
             found["error"] = e
 
     thread = threading.Thread(target=attempt, name="vaegrid-dask-connect", daemon=True)
     thread.start()
-    thread.join(CONNECT_TIMEOUT_S + 5)
+    thread.join(DASK_CONNECT_TIMEOUT_S + 5)
     if "client" in found:
         return found["client"]
     error = found.get("error")
@@ -89,7 +89,7 @@ def _connect(address: str, resource: str) -> Any:
 class DaskExecutor:
     """Submits trials to a Dask scheduler; each asks for one unit of ``resource``."""
 
-    watch = "heartbeat"
+    watch = Watch.HEARTBEAT
 
     def __init__(self, address: str, resource: str = "vaegrid") -> None:
         """Connect to the scheduler at ``address`` (``tcp://HOST:8786``).
@@ -161,4 +161,4 @@ class DaskExecutor:
 
     def close(self) -> None:
         with contextlib.suppress(Exception):
-            self.client.close(timeout=CONNECT_TIMEOUT_S)
+            self.client.close(timeout=DASK_CONNECT_TIMEOUT_S)

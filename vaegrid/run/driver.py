@@ -28,6 +28,7 @@ from vaegrid.run.pool import (
     Executor,
     LocalExecutor,
     Pool,
+    Watch,
 )
 from vaegrid.run.sweep import Sweep
 from vaegrid.run.worker import init_worker
@@ -90,7 +91,7 @@ def run_study(
             store.close()
             raise
         executor = executor or LocalExecutor(pool, initializer=init_worker)
-        beating = executor.watch == "heartbeat" or not db.is_sqlite
+        beating = executor.watch == Watch.HEARTBEAT or not db.is_sqlite
         try:
             store.sync_study(study, grid, pool.slots)
             write_atomic(layout.driver_token, token + "\n")  # proof a worker sees it

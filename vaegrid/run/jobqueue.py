@@ -37,14 +37,14 @@ from typing import Any
 
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
-from vaegrid.run.cluster import CONNECT_TIMEOUT_S, DaskExecutor
-from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool
+from vaegrid.run import dask_private
+from vaegrid.run.cluster import DASK_CONNECT_TIMEOUT_S, DaskExecutor
+from vaegrid.run.pool import ANY_KIND, WORKER_MEMORY_MB, ClusterGone, Pool
 from vaegrid.safeio import check_study_dir, missing
 
 RESOURCE = "vaegrid"
 INTERVAL_S = 2.0  # the adaptive policy's period
 IDLE_CHECKS = 3  # checks in a row a job must be idle (or not needed) before it is closed
-WORKER_MB = 1400  # a Dask worker with torch imported, before any trial
 MAX_JOBS = 10_000
 DEFAULT_JOBS = 4  # --jobs
 SUBMIT_S = 120.0  # the first job's submission answers within this, or the run is refused
@@ -177,7 +177,7 @@ async def _submit(cluster: Any, n: int | None = None) -> str | None:
     while n is not None and len(cluster.worker_spec) < n:
         cluster.worker_spec.update(cluster.new_worker_spec())
     try:
-        await cluster._correct_state()
+        await dask_private.submit_plan(cluster)
     except Exception as e:
         for name, job in list(cluster.workers.items()):
             if getattr(job, "job_id", "") is None:  # started, never submitted
@@ -195,7 +195,7 @@ def _forget(cluster: Any, name: str) -> None:
     job = cluster.workers.pop(name, None)
     if job is not None:
         job.status = Status.failed  # a Dask job's lifecycle, not a trial's status
-        cluster._created.discard(job)
+        dask_private.forget_job(cluster, job)
     cluster.worker_spec.pop(name, None)
 
 
@@ -460,13 +460,13 @@ class JobQueueExecutor(DaskExecutor):
                 "a job; vaegrid runs one trial a GPU, a job a GPU: ask for one "
                 "(--gres=gpu:1) and more jobs with --jobs"
             )
-        room = int((n_bytes / 2**20 - WORKER_MB) // max(trial_mb, 1.0))
+        room = int((n_bytes / 2**20 - WORKER_MEMORY_MB) // max(trial_mb, 1.0))
         per_job = min(1 if gpus else n_cores, room)
         if per_job < 1:
             raise InputError(
                 f"--cluster {self.scheduler}: {key}.memory = {memory!r} holds no trial of "
                 f"this study (a trial needs about {trial_mb:.0f} MB beside the worker's "
-                f"{WORKER_MB} MB); ask for more memory a job"
+                f"{WORKER_MEMORY_MB} MB); ask for more memory a job"
             )
         return per_job, gpus
 
@@ -491,13 +491,14 @@ class JobQueueExecutor(DaskExecutor):
                 folder.rmdir()  # only if empty
 
     def pool(self) -> Pool:
-        cores = int(self.cluster._dummy_job.worker_cores)
+        template = dask_private.job_template(self.cluster)
+        cores = int(template.worker_cores)
         kind = "1 GPU" if self.gpus else f"{cores} core{'s' if cores > 1 else ''}"
         walltime = f", walltime {self.walltime}" if self.walltime else ""
         found = (
             f"{self.scheduler}: up to {self.jobs} jobs named {self.job_name} ({kind}{walltime}), "
             f"{self.per_job} trial{'s' if self.per_job > 1 else ''} each; "
-            f"logs in {Path(self.cluster._dummy_job.log_directory)}"
+            f"logs in {Path(template.log_directory)}"
         )
         return Pool(("cluster",), self.jobs * self.per_job, 1, (ANY_KIND,), found, remedy="")
 
@@ -533,7 +534,7 @@ class JobQueueExecutor(DaskExecutor):
         self.pending.clear()
         if self.client is not None:
             with contextlib.suppress(Exception):
-                self.client.close(timeout=CONNECT_TIMEOUT_S)
+                self.client.close(timeout=DASK_CONNECT_TIMEOUT_S)
             self.client = None
         if self.cluster is not None:
             with contextlib.suppress(Exception):

@@ -27,6 +27,7 @@ from collections.abc import Iterator
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -268,12 +269,23 @@ class ClusterGone(Exception):
         return self.what
 
 
-class Executor(Protocol):
-    """Runs one trial per slot. The driver loop is the same for every implementation."""
+class Watch(StrEnum):
+    """How a worker learns that its driver died (worker.py)."""
 
-    # "parent": workers are the driver's children and die with it; "heartbeat": workers
-    # elsewhere watch the driver's heartbeat in the database (worker.py).
-    watch: str
+    PARENT = "parent"  # workers are the driver's children and die with it
+    HEARTBEAT = "heartbeat"  # workers elsewhere watch the driver's heartbeat in the database
+
+
+class Executor(Protocol):
+    """Runs one trial per slot. The driver loop is the same for every implementation:
+    local processes (:class:`LocalExecutor`), a Dask scheduler's workers (cluster.py), a
+    batch scheduler's jobs (jobqueue.py). Made by :func:`vaegrid.run.executors.choose`."""
+
+    watch: Watch
+
+    def pool(self) -> Pool:
+        """Its slots: devices x trials at once per device, and what was found, in words."""
+        ...
 
     def device(self, slot: Slot) -> str:
         """The device a worker of ``slot`` runs its trial on: "cpu" or "cuda:N", or "auto"
@@ -303,6 +315,10 @@ class Executor(Protocol):
         """Stop every worker (``kill``: at once, abandoning what they run)."""
         ...
 
+    def close(self) -> None:
+        """Let go of everything it holds (workers, connections, batch jobs): idempotent."""
+        ...
+
 
 @contextmanager
 def _sigint_blocked() -> Iterator[None]:
@@ -321,10 +337,10 @@ def _sigint_blocked() -> Iterator[None]:
 class LocalExecutor:
     """One single-worker loky process pool per slot, pinned to the slot's device."""
 
-    watch = "parent"
+    watch = Watch.PARENT
 
     def __init__(self, pool: Pool, initializer: Any = None) -> None:
-        self.pool = pool
+        self._pool = pool
         self.initializer = initializer
         self._executors: dict[Slot, Any] = {}
         # The resource trackers (the standard library's and loky's) start with the first
@@ -352,7 +368,7 @@ class LocalExecutor:
         )
 
     def _env(self, slot: Slot) -> dict[str, str]:
-        threads = str(self.pool.threads)
+        threads = str(self._pool.threads)
         return {
             # A CPU worker sees no GPU at all; a CUDA worker sees only its own, as cuda:0.
             "CUDA_VISIBLE_DEVICES": slot.device[5:] if slot.device.startswith("cuda:") else "",
@@ -375,6 +391,9 @@ class LocalExecutor:
                 env=self._env(slot),
             )
         return self._executors[slot]
+
+    def pool(self) -> Pool:
+        return self._pool
 
     def device(self, slot: Slot) -> str:
         return slot.device
@@ -409,3 +428,6 @@ class LocalExecutor:
     def shutdown(self, kill: bool) -> None:
         for slot in list(self._executors):
             self._executors.pop(slot).shutdown(wait=not kill, kill_workers=kill)
+
+    def close(self) -> None:
+        self.shutdown(kill=False)

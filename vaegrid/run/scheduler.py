@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 
-from vaegrid.run.pool import Pool, may_run
+from vaegrid.run.pool import Pool, Slot, may_run
 
 
 class Scheduler:
@@ -73,6 +73,23 @@ class Scheduler:
         if key in self._front:
             self._front.remove(key)
         return key
+
+    def place(self, free: list[Slot], busy: Counter[str]) -> Iterator[tuple[str, Slot]]:
+        """The trials to start now and their slots: free slots filled least busy device
+        first (``busy``: trials running per device, counted up as trials are placed), each
+        with the first queued trial the placement rule lets run there. ``free`` loses the
+        slots given out; a slot handed back (its worker died while idle) is appended to it.
+        """
+        candidates = list(free)
+        while candidates and self.queue:
+            slot = min(candidates, key=lambda s: (busy[s.device], s.device, s.index))
+            candidates.remove(slot)
+            key = self.take(self.pool.kind(slot.device))
+            if key is None:
+                continue
+            free.remove(slot)
+            busy[slot.device] += 1
+            yield key, slot
 
     def strands(self) -> list[str]:
         """One line per kind of device that stranded trials wait for."""

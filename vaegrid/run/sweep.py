@@ -266,21 +266,12 @@ class Sweep:
         return 1 if failed or self.scheduler.stranded else 0
 
     def _dispatch(self, free: list[Slot], running: Running) -> None:
-        """Fill free slots, least busy device first, each with the first queued trial that
-        the placement rule lets run there."""
+        """Start the trials the scheduler places on the free slots (scheduler.place)."""
         if self.faults.held():  # a fault of the world: not yet
             return
         busy = Counter(slot.device for _, slot in running.values())
-        candidates = list(free)
-        while candidates and self.scheduler.queue:
-            slot = min(candidates, key=lambda s: (busy[s.device], s.device, s.index))
-            candidates.remove(slot)
-            key = self.scheduler.take(self.pool.kind(slot.device))
-            if key is None:
-                continue
+        for key, slot in self.scheduler.place(free, busy):
             self.retry.discard(key)
-            free.remove(slot)
-            busy[slot.device] += 1
             self.view[key] = RUNNING
             try:
                 running[self._submit(key, slot)] = (key, slot)

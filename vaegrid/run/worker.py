@@ -30,6 +30,7 @@ from vaegrid.db.store import Store
 from vaegrid.errors import InputError
 from vaegrid.faults import FAULT_WAIT_S, WorldFault, patient, world_fault
 from vaegrid.layout import StudyLayout, TrialFiles
+from vaegrid.run.pool import Watch
 from vaegrid.safeio import ensure_dir, open_fd, open_file, read_bytes
 from vaegrid.spec.study import TrialConfig
 from vaegrid.status import FINAL, Status
@@ -52,7 +53,7 @@ class Task:
     data_root: str  # MNIST root (holds MNIST/raw)
     driver_pid: int  # local workers exit when this process is gone
     versions: tuple[tuple[str, str], ...] = ()  # the driver's provenance.versions()
-    watch: str = "parent"  # "parent" (local pool) or "heartbeat" (cluster)
+    watch: Watch = Watch.PARENT  # how it learns its driver died
     driver_token: str = ""  # the driver's id: in the study folder and its heartbeat row
     stop_at: int | None = None  # halving: train only to this epoch (a rung), then pause
     nll_samples: int = 0  # [rank] nll_samples: k of the validation NLL at the end; 0: none
@@ -91,7 +92,7 @@ def execute(task: Task) -> Status:
     """
     cfg = TrialConfig.from_json(task.config)
     files = task.layout.trial(cfg.key)
-    if task.watch == "parent":
+    if task.watch == Watch.PARENT:
         _watch(task.driver_pid)
     raw = _store(task.db)  # the lease's watcher asks it and never waits: its own retries
     store = patient(raw, task.fault_wait)
@@ -242,7 +243,7 @@ def _watch_trial(
             except Exception:  # a slow or unreachable server: retried at the next tick
                 if time.monotonic() - renewed > LEASE_S:
                     stop.set()  # our lease has lapsed: another worker may take it now
-        if task.watch == "heartbeat":
+        if task.watch == Watch.HEARTBEAT:
             with suppress(Exception):  # an unreachable database: the lease covers it
                 live = store.live_driver(DRIVER_TIMEOUT_S)
                 if live is None or live.token != task.driver_token:

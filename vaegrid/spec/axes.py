@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from vaegrid.models import NAMES
 from vaegrid.spec.plugins import registered
 
 if TYPE_CHECKING:  # optuna loads only where a distribution is made
@@ -22,9 +23,9 @@ if TYPE_CHECKING:  # optuna loads only where a distribution is made
 MNIST_TRAIN_IMAGES = 60_000
 MNIST_TEST_IMAGES = 10_000
 OPTIMIZERS = ("adam", "adamw", "sgd")
-# The built-in models (train/model.py): the seed's linear VAE, Burda et al.'s MLP, a
-# convolutional VAE.
-MODELS = ("linear", "mlp", "conv")
+# The built-in models (vaegrid/models/, one file each): the seed's linear VAE, Burda et
+# al.'s MLP, a convolutional VAE.
+MODELS = NAMES
 ACTIVATIONS = ("tanh", "relu", "leaky_relu")
 # What training minimises: the negative ELBO, or Burda et al.'s importance-weighted bound.
 OBJECTIVES = ("elbo", "iwae")

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from vaegrid.errors import InputError
+from vaegrid.models import CARDS
 from vaegrid.spec import datasets
 from vaegrid.spec.axes import (
     AXES,
@@ -452,7 +453,7 @@ def check_sizes(study: Study) -> None:
     """Refuse what the study's images (``study.images``: a built-in data set's when it is
     loaded, a plug-in's once probed, train/probe.py) do not allow: a limit beyond its
     images, official split without a test set, a batch larger than the training split,
-    the conv model on sides not divisible by 4, a model over MODEL_PARAMETERS_MAX
+    images a model cannot take (conv: sides not divisible by 4), a model over MODEL_PARAMETERS_MAX
     parameters or a training step over TRAINING_MB_MAX at its largest settings.
 
     Raises:
@@ -478,9 +479,10 @@ def check_sizes(study: Study) -> None:
     n_train, batch = split_sizes(data, images)[0], max(by_axis["batch_size"])
     if batch > n_train:
         v.fail(where + "batch_size", batch, f"at most the {n_train} images of the training split")
-    if "conv" in by_axis["model"] and (images.shape[1] % 4 or images.shape[2] % 4):
-        v.fail("data.dataset", data.dataset, f"images whose sides are divisible by 4 for "
-               f"model conv (two stride-2 convolutions); {shown}")  # fmt: skip
+    for model in by_axis["model"]:  # a model's own rule on the images it takes
+        refused = CARDS[model].refuses(images.shape) if model in CARDS else None
+        if refused is not None:
+            v.fail("data.dataset", data.dataset, f"{refused}; {shown}")
     # Parameters and memory grow with every size: each model's largest trial is the one.
     largest = largest_trials(by_axis)
     for trial in largest:

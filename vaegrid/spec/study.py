@@ -14,6 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from vaegrid.models import CARDS, GUESS
 from vaegrid.spec import datasets
 from vaegrid.spec.axes import (
     AXES,
@@ -23,19 +24,13 @@ from vaegrid.spec.axes import (
     describe,
     neutralize,
 )
-from vaegrid.spec.axes import (
-    MODELS as BUILTIN_MODELS,
-)
 from vaegrid.spec.datasets import Images
 
-# Bump when the model or the training loop changes what a config computes: it is part
-# of every trial key and of the study's fingerprint, so old results never pass for new.
-# 2: common random numbers: initial weights from (study seed, repeat, hidden, latent), data
-# order, z draws and binarization from (study seed, repeat), not from the trial key.
-MODEL = "linear-vae-2"
-# Each built-in model's version, bumped as MODEL is: a trial key holds its model's version
-# (a linear trial's key is what it was before other models existed).
-MODEL_VERSIONS = {"linear": MODEL, "mlp": "mlp-vae-1", "conv": "conv-vae-1"}
+# Each model's version (its card's: bumped when what a config computes changes) is part of
+# every trial key, so old results never pass for new; a linear trial's key is what it was
+# before other models existed. MODEL: the seed's, named in the study's fingerprint.
+MODEL = CARDS["linear"].version
+MODEL_VERSIONS = {name: card.version for name, card in CARDS.items()}
 # A plug-in's (spec/plugins.py): its name, distribution and version.
 MODEL_VERSIONS |= {n: p.model_version for n, p in PLUGINS.items() if n in AXIS["model"].choices}
 _MODEL_OF = {v: k for k, v in MODEL_VERSIONS.items()}
@@ -416,36 +411,11 @@ def _identity(setting: Mapping[str, Any], searched: Sequence[str]) -> str:
 
 
 def parameter_count(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> int:
-    """Trainable parameters of the model of ``settings`` (train/model.py) for images of
-    ``shape`` (C, H, W), without building it. H = hidden, Z = latent, P = C x H x W
-    values; a BatchNorm has a weight and a bias per feature.
-
-    - linear: Linear(P, H) + BatchNorm(H), heads 2 x Linear(H, Z), Linear(Z, H) +
-      BatchNorm(H) + Linear(H, P);
-    - mlp: ``depth`` Linear layers of H each side, heads, Linear(H, P);
-    - conv: two 4 x 4 convolutions (C -> K -> 2K channels, stride 2: sides / 4),
-      Linear(2K x H/4 x W/4, H), heads, Linear(Z, H), Linear(H, 2K x H/4 x W/4), two
-      transposed convolutions back (2K -> K -> C); a BatchNorm after every layer but the
-      heads and the last.
-    """
-    h, z, model = settings["hidden"], settings["latent"], settings["model"]
-    if model not in BUILTIN_MODELS:
-        return 0  # a plug-in's: counted when the driver probes it (run/probe.py)
-    pixels = math.prod(shape)
-    heads = 2 * (h * z + z)
-    if model == "mlp":
-        stack = (settings["depth"] - 1) * (h * h + h)
-        return (pixels * h + h + stack) + heads + (z * h + h + stack + h * pixels + pixels)
-    if model == "conv":
-        c, c1, c2 = shape[0], settings["channels"], 2 * settings["channels"]
-        convs = 16 * c * c1 + c1 + 16 * c1 * c2 + c2 + 2 * (c1 + c2)  # encoder, BatchNorms
-        flat = c2 * (shape[1] // 4) * (shape[2] // 4)
-        dense = flat * h + h + 2 * h
-        decoder = z * h + 3 * h + h * flat + 3 * flat + 16 * c2 * c1 + 3 * c1 + 16 * c1 * c + c
-        return convs + dense + heads + decoder
-    encoder = pixels * h + h + 2 * h
-    decoder = z * h + h + 2 * h + h * pixels + pixels
-    return encoder + heads + decoder
+    """Trainable parameters of the model of ``settings`` for images of ``shape`` (C, H, W),
+    without building it (its card's count: vaegrid/models/); a plug-in's: 0, counted when
+    the driver probes it (train/probe.py)."""
+    card = CARDS.get(settings["model"])
+    return card.parameters(settings, shape) if card is not None else 0
 
 
 def training_mb(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> int:
@@ -457,24 +427,13 @@ def training_mb(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST
     trials: tested).
 
     The activations of a batch of B images with k samples (k = 1 for the ELBO) are
-    dominated by the decoder's k x B x (two hidden layers and the P values' logits with
-    their loss), the encoder's B x (its layers), and for conv the feature maps, K x H/2 x
-    W/2 and 2K x H/4 x W/4 per image on each side.
+    dominated by the decoder's k x B x (its layers and the P values' logits with their
+    loss) and the encoder's B x (its layers), as the model's card counts them (a plug-in's
+    as the linear model of its width).
     """
-    h, batch = settings["hidden"], settings["batch_size"]
-    pixels, area = math.prod(shape), shape[1] * shape[2]
+    batch, pixels = settings["batch_size"], math.prod(shape)
     k = settings["samples"] if settings["objective"] == "iwae" else 1
-    layers = settings["depth"] if settings["model"] == "mlp" else 1
-    per_image = 2 * h * layers  # pre- and post-activation
-    widest = h
-    if settings["model"] == "conv":
-        c = settings["channels"]
-        maps = 2 * (c * area // 4 + 2 * c * area // 16)
-        per_image += maps
-        decoded = 3 * pixels + per_image + maps
-        widest = max(h, c * area // 2)
-    else:
-        decoded = 3 * pixels + per_image
+    per_image, decoded, widest = CARDS.get(settings["model"], GUESS).activations(settings, shape)
     activations = batch * (pixels + per_image) + k * batch * decoded
     # Evaluation (EVAL_ROWS images a pass) and the validation NLL (NLL_ROWS decoded images
     # a pass) keep no activations for a backward pass: their widest layers at once.

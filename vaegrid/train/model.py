@@ -1,162 +1,25 @@
-"""The built-in VAEs and their losses in nats per image: the seed study's fully-linear VAE
-(its bugs fixed), Burda et al.'s MLP and a convolutional VAE; the ELBO, the IWAE bound and
-the importance-sampled likelihood, one computation of the importance weights for both.
+"""How a trial's model is built (a built-in's card, vaegrid/models/, or a plug-in's
+factory behind the same interface), and the bounds it is trained and ranked by, in nats
+per image: the ELBO, the IWAE bound and the importance-sampled likelihood, one computation
+of the importance weights for both.
 
 Kingma & Welling, "Auto-Encoding Variational Bayes" (https://arxiv.org/abs/1312.6114):
 the encoder gives q(z|x) = N(mu, diag(exp(logvar))), z = mu + sigma * eps, the decoder
-gives Bernoulli logits over the pixels (784 of MNIST's, C x H x W of a plug-in data set's).
-The seed put a ReLU on the mu and sigma heads, so mu could never be negative; here the
-heads are plain linear layers. Every model takes and gives images flattened to ``[batch,
-C x H x W]``.
+gives Bernoulli logits over the C x H x W values of an image (models/base.py).
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from typing import Any, NamedTuple
+from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
+from vaegrid.models import CARDS
+from vaegrid.models.base import BaseVAE, Terms
 from vaegrid.spec.study import MNIST_SHAPE, NLL_ROWS
-from vaegrid.train.data import PIXELS
-
-
-class Terms(NamedTuple):
-    """Per-image loss terms, each ``[batch]``, in nats."""
-
-    recon: torch.Tensor  # Bernoulli negative log-likelihood of x given z
-    kl: torch.Tensor  # KL(q(z|x) || N(0, I)), analytic
-
-    @property
-    def elbo(self) -> torch.Tensor:
-        """The negative ELBO (lower is better): recon + kl."""
-        return self.recon + self.kl
-
-
-class BaseVAE(nn.Module):
-    """q(z|x) = N(mu, diag(exp(logvar))) from ``encode``, Bernoulli logits from ``decode``."""
-
-    latent: int
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        raise NotImplementedError
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        raise NotImplementedError
-
-    def forward(self, x: torch.Tensor, eps: torch.Tensor) -> Terms:
-        """Loss terms of ``x`` with the reparameterised sample z = mu + exp(logvar / 2) * eps."""
-        mu, logvar = self.encode(x)
-        z = mu + torch.exp(0.5 * logvar) * eps
-        return loss_terms(x, self.decode(z), mu, logvar)
-
-
-class VAE(BaseVAE):
-    """The seed's: Linear(784, H) -> BatchNorm -> LeakyReLU -> two Linear(H, Z) heads; a
-    mirrored decoder."""
-
-    def __init__(self, hidden: int, latent: int, pixels: int = PIXELS) -> None:
-        super().__init__()
-        self.latent = latent
-        self.encoder = nn.Sequential(
-            nn.Linear(pixels, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU()
-        )
-        self.mu = nn.Linear(hidden, latent)
-        self.logvar = nn.Linear(hidden, latent)
-        self.decoder = nn.Sequential(
-            nn.Linear(latent, hidden),
-            nn.BatchNorm1d(hidden),
-            nn.LeakyReLU(),
-            nn.Linear(hidden, pixels),
-        )
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)
-        return self.mu(h), self.logvar(h)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        """Bernoulli logits of the 784 pixels."""
-        return self.decoder(z)
-
-
-ACTIVATION = {"tanh": nn.Tanh, "relu": nn.ReLU, "leaky_relu": nn.LeakyReLU}
-
-
-class MLPVAE(BaseVAE):
-    """Burda et al.'s VAE (https://arxiv.org/abs/1509.00519, section 5: two deterministic
-    layers of 200 tanh units, 50 latent units): ``depth`` layers of ``hidden`` units with
-    ``activation`` on each side, Gaussian q(z|x), Bernoulli p(x|z)."""
-
-    def __init__(
-        self, hidden: int, latent: int, depth: int, activation: str, pixels: int = PIXELS
-    ) -> None:
-        super().__init__()
-        self.latent = latent
-        act = ACTIVATION[activation]
-
-        def stack(first: int) -> list[nn.Module]:
-            layers: list[nn.Module] = []
-            for i in range(depth):
-                layers += [nn.Linear(first if i == 0 else hidden, hidden), act()]
-            return layers
-
-        self.encoder = nn.Sequential(*stack(pixels))
-        self.mu = nn.Linear(hidden, latent)
-        self.logvar = nn.Linear(hidden, latent)
-        self.decoder = nn.Sequential(*stack(latent), nn.Linear(hidden, pixels))
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x)
-        return self.mu(h), self.logvar(h)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        return self.decoder(z)
-
-
-class ConvVAE(BaseVAE):
-    """Two stride-2 4 x 4 convolutions (C -> K -> 2K channels, sides 28 -> 14 -> 7 for
-    MNIST: any sides divisible by 4), a dense layer of ``hidden`` units, the two heads; the
-    decoder mirrors it with transposed convolutions of the same shape. Kernel 4 with stride
-    2 and padding 1 gives every output pixel the same number of kernel taps (no
-    checkerboard of uneven overlap, Odena et al. 2016), the last layer gives logits, not a
-    sigmoid's output, and every other layer is batch-normalised as the linear model's are
-    (without: on 9,600 real MNIST images it trailed the linear model for 5 epochs; with:
-    ahead from the first). The seed's convolutional VAE produced degraded images."""
-
-    def __init__(
-        self, hidden: int, latent: int, channels: int, shape: tuple[int, int, int] = MNIST_SHAPE
-    ) -> None:
-        super().__init__()
-        self.latent, self.image = latent, shape
-        c, c1, c2 = shape[0], channels, 2 * channels
-        self.shape = (c2, shape[1] // 4, shape[2] // 4)
-        flat = c2 * (shape[1] // 4) * (shape[2] // 4)
-        self.encoder = nn.Sequential(
-            nn.Conv2d(c, c1, 4, stride=2, padding=1), nn.BatchNorm2d(c1), nn.LeakyReLU(),
-            nn.Conv2d(c1, c2, 4, stride=2, padding=1), nn.BatchNorm2d(c2), nn.LeakyReLU(),
-            nn.Flatten(), nn.Linear(flat, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(),
-        )  # fmt: skip
-        self.mu = nn.Linear(hidden, latent)
-        self.logvar = nn.Linear(hidden, latent)
-        self.dense = nn.Sequential(
-            nn.Linear(latent, hidden), nn.BatchNorm1d(hidden), nn.LeakyReLU(),
-            nn.Linear(hidden, flat), nn.BatchNorm1d(flat), nn.LeakyReLU(),
-        )  # fmt: skip
-        self.deconv = nn.Sequential(
-            nn.ConvTranspose2d(c2, c1, 4, stride=2, padding=1), nn.BatchNorm2d(c1),
-            nn.LeakyReLU(), nn.ConvTranspose2d(c1, c, 4, stride=2, padding=1),
-        )  # fmt: skip
-
-    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        h = self.encoder(x.view(-1, *self.image))
-        return self.mu(h), self.logvar(h)
-
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        h = self.dense(z).view(-1, *self.shape)
-        return self.deconv(h).flatten(1)
 
 
 class PluginVAE(BaseVAE):
@@ -196,28 +59,15 @@ class PluginVAE(BaseVAE):
 
 def make_model(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -> BaseVAE:
     """The model that a trial's settings name (``model``) for images of ``shape`` (C, H,
-    W), built on the CPU."""
-    hidden, latent, model = settings["hidden"], settings["latent"], settings["model"]
-    pixels = math.prod(shape)
-    if model == "mlp":
-        return MLPVAE(hidden, latent, settings["depth"], settings["activation"], pixels)
-    if model == "conv":
-        return ConvVAE(hidden, latent, settings["channels"], shape)
-    if model != "linear":
-        from vaegrid.spec.plugins import load_factory
+    W), built on the CPU: a built-in's from its card (vaegrid/models/), a plug-in's from its
+    factory."""
+    card = CARDS.get(settings["model"])
+    if card is not None:
+        return card.build(settings, shape)
+    from vaegrid.spec.plugins import load_factory
 
-        inner = load_factory(model)(shape, dict(settings))
-        return PluginVAE(inner, latent, shape)
-    return VAE(hidden, latent, pixels)
-
-
-def loss_terms(
-    x: torch.Tensor, logits: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor
-) -> Terms:
-    """Per-image reconstruction NLL and KL (Kingma & Welling 2014, appendix B)."""
-    recon = F.binary_cross_entropy_with_logits(logits, x, reduction="none").sum(dim=1)
-    kl = -0.5 * torch.sum(1 + logvar - mu.pow(2) - logvar.exp(), dim=1)
-    return Terms(recon, kl)
+    inner = load_factory(settings["model"])(shape, dict(settings))
+    return PluginVAE(inner, settings["latent"], shape)
 
 
 _LOG_2PI = math.log(2 * math.pi)

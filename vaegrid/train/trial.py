@@ -30,6 +30,7 @@ import torch
 
 from vaegrid.errors import InputError
 from vaegrid.layout import TrialFiles
+from vaegrid.models.base import BaseVAE
 from vaegrid.safeio import ensure_dir, open_file, read_bytes, save_with, write_atomic
 from vaegrid.spec.axes import PLUGINS
 from vaegrid.spec.plugins import load_factory
@@ -37,7 +38,7 @@ from vaegrid.spec.study import EVAL_ROWS, TrialConfig, derive_seed
 from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED, Status
 from vaegrid.train import provenance
 from vaegrid.train.data import binarize, image_shape
-from vaegrid.train.model import BaseVAE, importance_nll, iwae_terms, make_model
+from vaegrid.train.model import importance_nll, iwae_terms, make_model
 
 EVAL_CHUNK = EVAL_ROWS  # images per forward pass when evaluating a whole split
 
@@ -47,7 +48,7 @@ class Metrics:
     """Mean per-image loss terms over a split, in nats (lower is better)."""
 
     elbo: float  # negative ELBO = recon + kl
-    recon: float  # Bernoulli negative log-likelihood, summed over the 784 pixels
+    recon: float  # Bernoulli negative log-likelihood, summed over the C x H x W values
     kl: float  # KL(q(z|x) || N(0, I))
 
 
@@ -150,7 +151,7 @@ def run_trial(
 
     Args:
         cfg: The trial.
-        train_x: Training split, ``[n, 784]`` in [0, 1], on the trial's device.
+        train_x: Training split, ``[n, C x H x W]`` in [0, 1], on the trial's device.
         val_x: Validation split, same layout and device.
         files: The trial's folder (created if missing).
         on_epoch: Called after each epoch's checkpoint is on disk. On resume it is first

@@ -7,9 +7,10 @@ import torch
 
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
+from vaegrid.models.base import BaseVAE
 from vaegrid.spec.study import TrialConfig
 from vaegrid.train.data import image_shape
-from vaegrid.train.model import BaseVAE, make_model
+from vaegrid.train.model import make_model
 from vaegrid.train.trial import load_bounded
 
 
