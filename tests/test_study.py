@@ -247,10 +247,11 @@ def test_halving_is_opt_in_and_changes_no_key() -> None:
     assert halving.halving == HalvingSpec((1, 3), 0.3333, "val_elbo")
     # the same trials, key by key: a halving study's results compare with the full sweep's
     assert [t.key for t in expand(halving)] == [t.key for t in expand(seed)]
-    # its settings are fixed settings: a stored study is not resumed with other ones
+    # its settings are fixed settings (as stored: JSON lists): a stored study is not resumed
+    # with other ones
     assert halving.fingerprint() == {
         **seed.fingerprint(),
-        "halving": {"rungs": (1, 3), "keep": 0.3333, "metric": "val_elbo"},
+        "halving": {"rungs": [1, 3], "keep": 0.3333, "metric": "val_elbo"},
     }
     small = parse({"train": {"epochs": 4}, "halving": {"rungs": [3], "keep": 0.5}})
     assert small.halving == HalvingSpec((3,), 0.5, "val_elbo")  # type: ignore[attr-defined]

@@ -22,11 +22,12 @@ from vaegrid.db.engine import Database
 from vaegrid.db.reader import ForeignTrial
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
-from vaegrid.halving import Standing, read_standings, spec_from_fingerprint
+from vaegrid.halving import Standing, read_standings
 from vaegrid.layout import StudyLayout
 from vaegrid.safeio import check_study_dir
+from vaegrid.spec.fingerprint import Fingerprint
 from vaegrid.spec.load import is_study_name
-from vaegrid.spec.study import TrialConfig, nll_samples, searched_axes
+from vaegrid.spec.study import TrialConfig
 from vaegrid.status import COMPLETED
 
 if TYPE_CHECKING:  # torch loads only when a model is asked for
@@ -38,7 +39,7 @@ class StudyRows:
     """Everything a study's database holds that its tables are made of, read at once."""
 
     name: str
-    fingerprint: dict[str, Any]
+    fingerprint: Fingerprint
     configs: dict[str, TrialConfig]  # by trial key, each validated against its key
     trials: pd.DataFrame  # vg_trial with a column per axis, the repeat and the config
     epochs: pd.DataFrame  # vg_epoch
@@ -56,12 +57,12 @@ class StudyRows:
     @property
     def axes(self) -> list[str]:
         """The searched axes: the tables' columns."""
-        return searched_axes(self.fingerprint)
+        return self.fingerprint.searched
 
     def per_trial(self) -> pd.DataFrame:
         """:func:`tables.rank`: one row per trial."""
-        halving = spec_from_fingerprint(self.fingerprint) is not None
-        nll = self.nll if nll_samples(self.fingerprint) else None
+        halving = self.fingerprint.halving is not None
+        nll = self.nll if self.fingerprint.nll_samples else None
         stops = self.stops if halving else None
         return tables.rank(self.trials, self.epochs, self.axes, stops, nll)
 
@@ -80,7 +81,7 @@ def read_study(db: Database) -> StudyRows:
             fingerprint = reader.fingerprint()
             configs = {t.key: t.config for t in reader.trials()}
             trials = tables.with_axes(reader.frame("vg_trial"), configs)
-            spec = spec_from_fingerprint(fingerprint)
+            spec = fingerprint.halving
             standings = None
             if spec is not None:
                 standings, _, _ = read_standings(reader, list(trials["key"]), spec)

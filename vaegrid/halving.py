@@ -45,7 +45,7 @@ import math
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass, field
 from fractions import Fraction
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from vaegrid.spec.study import HalvingSpec
 from vaegrid.status import Status
@@ -240,11 +240,3 @@ def _cause(found: Plan, key: str, rung: int, spec: HalvingSpec) -> str:
         f"stopped at rung {rung}: {spec.metric} {shown}, rank {place} of "
         f"{len(decision.ranked)}; the best {len(decision.survivors)} were kept"
     )
-
-
-def spec_from_fingerprint(fingerprint: Mapping[str, Any]) -> HalvingSpec | None:
-    """The ``[halving]`` a stored study was run with (None: the full grid)."""
-    raw = fingerprint.get("halving")
-    if not isinstance(raw, dict):
-        return None
-    return HalvingSpec(tuple(raw["rungs"]), float(raw["keep"]), str(raw["metric"]))

@@ -32,8 +32,10 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution, distribution_to_json
 from sqlalchemy import Connection, inspect, text
 
+from vaegrid.errors import InputError
 from vaegrid.spec.axes import AXIS
-from vaegrid.spec.study import TrialConfig, searched_axes
+from vaegrid.spec.fingerprint import Fingerprint
+from vaegrid.spec.study import TrialConfig
 from vaegrid.status import COMPLETED
 
 _OPTUNA_TABLES = {"trials", "trial_params", "trial_user_attributes"}
@@ -68,8 +70,8 @@ def align(con: Connection) -> None:
     if study is None:
         return
     try:
-        fingerprint = json.loads(study[0])
-    except (TypeError, ValueError):
+        fingerprint = Fingerprint.read(study[0], "")
+    except InputError:
         return  # refused with its own words wherever the study is read
     configs: dict[str, TrialConfig] = {}
     query = "SELECT key, config, status, epochs_done, optuna_trial_id FROM vg_trial"
@@ -103,7 +105,7 @@ def align(con: Connection) -> None:
             text("DELETE FROM trial_params WHERE trial_id = :t AND param_name = 'repeat'"),
             {"t": trial_id},
         )
-    wanted = categoricals(configs, searched_axes(fingerprint))
+    wanted = categoricals(configs, fingerprint.searched)
     for name, dist in wanted.items():
         as_json = distribution_to_json(dist)
         for trial_id, key in owner.items():

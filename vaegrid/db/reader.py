@@ -30,9 +30,9 @@ from vaegrid.db.schema import (
 )
 from vaegrid.db.session import StoreBase
 from vaegrid.errors import InputError
-from vaegrid.spec.axes import SAMPLES_MAX
+from vaegrid.spec.fingerprint import Fingerprint
 from vaegrid.spec.load import config_problem
-from vaegrid.spec.study import NotInstalled, TrialConfig, nll_samples
+from vaegrid.spec.study import NotInstalled, TrialConfig
 from vaegrid.status import RUNNING, Status, parse
 
 if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
@@ -229,30 +229,16 @@ class ReaderMixin(StoreBase):
                     raw = pd.read_sql_query(select(*TrialRow.__table__.columns), con)
                     raw = raw[~raw["key"].isin(other)]
                     check(self.path, "vg_trial", raw, configs, statuses, done)
-                k = nll_samples(self.fingerprint()) if table == "vg_nll" else 0
+                k = self.fingerprint().nll_samples if table == "vg_nll" else 0
                 check(self.path, table, frame, configs, statuses, done, k)
                 self._memo[table] = True  # checked in this snapshot
         return frame
 
-    def fingerprint(self) -> dict[str, Any]:
-        """The stored study's fixed settings (its ``[halving]`` among them, if any)."""
+    def fingerprint(self) -> Fingerprint:
+        """The stored study's fixed settings (its ``[halving]`` among them, if any), checked
+        (spec/fingerprint.py)."""
         with self.session() as s:
-            text = s.scalars(select(StudyRow.fingerprint)).first()
-            if text is None:
-                raise InputError(f"{self.path}: holds no vaegrid study")
-            found = json_or_none(text)
-            if not isinstance(found, dict) or not isinstance(found.get("train", {}), dict):
-                raise InputError(
-                    f"{self.path}: the stored study's fingerprint is not vaegrid's (edited?)"
-                )
-            rank = found.get("rank", {})
-            k = rank.get("nll_samples", 0) if isinstance(rank, dict) else None
-            if type(k) is not int or not 0 <= k <= SAMPLES_MAX:
-                raise InputError(
-                    f"{self.path}: the stored study's rank.nll_samples = {str(k)[:40]!r} is not "
-                    f"an integer from 0 to {SAMPLES_MAX} (edited?)"
-                )
-            return found
+            return Fingerprint.read(s.scalars(select(StudyRow.fingerprint)).first(), self.path)
 
     def study_row(self) -> tuple[str, int]:
         """The stored study's name, and the slots of its last run.

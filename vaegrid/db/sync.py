@@ -7,10 +7,8 @@ before anything is written, and again under the driver's lock.
 
 from __future__ import annotations
 
-import json
 import warnings
 from collections.abc import Sequence
-from typing import Any
 
 import optuna
 from sqlalchemy import inspect, select
@@ -23,7 +21,8 @@ from vaegrid.db.schema import StudyRow, TrialRow
 from vaegrid.db.trials import TrialsMixin
 from vaegrid.errors import InputError
 from vaegrid.safeio import refuse_link
-from vaegrid.spec.study import Study, TrialConfig, searched_axes
+from vaegrid.spec.fingerprint import Fingerprint
+from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import PENDING
 
 
@@ -104,7 +103,7 @@ class SyncMixin(TrialsMixin):
                 _refuse_mismatch(self.path, stored.name, stored.fingerprint, study)
             row = s.get(StudyRow, study.name)
             if row is None:
-                fingerprint = json.dumps(study.fingerprint())
+                fingerprint = Fingerprint.of(study).text()
                 s.add(StudyRow(name=study.name, fingerprint=fingerprint, source=study.source,
                                slots=slots, description=study.description))  # fmt: skip
             else:
@@ -130,54 +129,12 @@ class SyncMixin(TrialsMixin):
 
 def _refuse_mismatch(path: str, name: str, fingerprint: str, study: Study) -> None:
     """Raise InputError if the stored study (name, fingerprint JSON) is not ``study``'s."""
-    try:
-        stored = json.loads(fingerprint)
-    except (TypeError, ValueError):
-        stored = None
-    if not isinstance(stored, dict):
-        raise InputError(f"{path}: the stored study's fingerprint is not vaegrid's (edited?)")
-    new = _shrunk(stored, json.loads(json.dumps(study.fingerprint())))  # tuples: lists
-    if name == study.name and stored == new:
-        return
+    stored = Fingerprint.read(fingerprint, path)
     diffs = [f"name: stored {name!r}, study file {study.name!r}"] if name != study.name else []
-    diffs += _diff(stored, new)
-    raise InputError(
-        f"{path} was made by a study with other fixed settings ({'; '.join(diffs)}); "
-        "only the grid may change between runs: use another --results folder or "
-        "study name for the new settings"
-    )
-
-
-def _shrunk(stored: dict[str, Any], new: dict[str, Any]) -> dict[str, Any]:
-    """``new`` with every axis the stored study searches and ``new`` fixes counted as
-    searched again: a grid shrunk to one value of an axis (a model or an objective dropped,
-    leaving the default) is the same study, whose other trials stay in the database. An
-    optional axis ``new`` searches that the stored study did not is not undone here."""
-    try:
-        was = set(searched_axes(stored))
-    except (AttributeError, TypeError):  # not a fingerprint's shape: compared as it is
-        return new
-    train = new.get("train")
-    if isinstance(train, dict):
-        new["train"] = {k: v for k, v in train.items() if k not in was}
-    optional = stored.get("searched")
-    if isinstance(optional, list) and set(new.get("searched", [])) <= set(optional):
-        new["searched"] = optional
-    return new
-
-
-def _diff(old: dict[str, Any], new: dict[str, Any], prefix: str = "") -> list[str]:
-    out = []
-    for k in sorted(set(old) | set(new)):
-        a, b = old.get(k), new.get(k)
-        if isinstance(a, dict) and isinstance(b, dict):
-            out += _diff(a, b, f"{prefix}{k}.")
-        elif a != b:
-            out.append(f"{prefix}{k}: stored {_said(k, old, a)}, study file {_said(k, new, b)}")
-    return out
-
-
-def _said(key: str, side: dict[str, Any], value: Any) -> str:
-    """A fingerprint's value in words: a setting it does not hold is not fixed there
-    (searched in [grid], or left at the seed's value), never ``null``."""
-    return json.dumps(value) if key in side else "does not fix it (searched, or the default)"
+    diffs += stored.differences(study)
+    if diffs:
+        raise InputError(
+            f"{path} was made by a study with other fixed settings ({'; '.join(diffs)}); "
+            "only the grid may change between runs: use another --results folder or "
+            "study name for the new settings"
+        )

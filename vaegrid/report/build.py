@@ -23,7 +23,6 @@ from vaegrid.db.engine import Database
 from vaegrid.db.reader import foreign_words
 from vaegrid.db.store import Store, existing_db
 from vaegrid.errors import InputError
-from vaegrid.halving import spec_from_fingerprint
 from vaegrid.layout import TABLES, StudyLayout
 from vaegrid.report.evaluate import NLL_SAMPLES_MAX, Winners, load_winners
 from vaegrid.report.halving_section import halving_lines
@@ -31,7 +30,6 @@ from vaegrid.report.markdown import likelihood_label, markdown, versions_used
 from vaegrid.safeio import check_study_dir, ensure_dir, save_with, write_atomic
 from vaegrid.spec.axes import AXIS
 from vaegrid.spec.datasets import Images
-from vaegrid.spec.study import nll_samples as stored_nll_samples
 from vaegrid.status import COMPLETED
 
 # Configs the winner is compared with, paired over repeats, in report.md.
@@ -166,7 +164,7 @@ def make_report(
         ranking, test, completed, seconds, versions_used(rows.runs), _early(rows),
         names=names, data=data, compared=compared, importance=found, heatmap=pair,
         n_trials=len(per_trial), description=rows.description,
-        val_nll_samples=stored_nll_samples(rows.fingerprint),
+        val_nll_samples=rows.fingerprint.nll_samples,
         spent=timing_lines(spent) if spent is not None else None,
     )  # fmt: skip
     write_atomic(layout.report, text)
@@ -180,7 +178,7 @@ def _test_k(asked: int | None, rows: StudyRows) -> int:
     Raises:
         InputError: outside 1 to NLL_SAMPLES_MAX.
     """
-    k = asked if asked is not None else stored_nll_samples(rows.fingerprint) or DEFAULT_TEST_K
+    k = asked if asked is not None else rows.fingerprint.nll_samples or DEFAULT_TEST_K
     if not 1 <= k <= NLL_SAMPLES_MAX:
         raise InputError(
             f"--nll-samples: {k} is not allowed; expected an integer from 1 to {NLL_SAMPLES_MAX}"
@@ -238,7 +236,7 @@ def _evaluate_each(
 
 def _early(rows: StudyRows) -> list[str] | None:
     """A halving study's section of report.md; None for a study without ``[halving]``."""
-    spec = spec_from_fingerprint(rows.fingerprint)
+    spec = rows.fingerprint.halving
     if spec is None:
         return None
     assert rows.standings is not None  # read_study reads them for every halving study

@@ -16,7 +16,6 @@ from tqdm import tqdm
 
 from vaegrid.cost import CostModel, Forecast, Left, duration, forecast
 from vaegrid.errors import InputError
-from vaegrid.spec.study import nll_samples
 from vaegrid.status import (
     COMPLETED,
     DIVERGED,
@@ -36,6 +35,7 @@ if TYPE_CHECKING:
     from vaegrid.db.reader import TrialInfo
     from vaegrid.db.store import Store
     from vaegrid.layout import StudyLayout
+    from vaegrid.spec.fingerprint import Fingerprint
 
 
 class _Bar(tqdm):
@@ -135,7 +135,6 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
     from vaegrid.db.reader import foreign_words
     from vaegrid.db.store import Store, existing_db
     from vaegrid.layout import StudyLayout
-    from vaegrid.spec.study import searched_axes
 
     layout = StudyLayout(study_dir)
     db = existing_db(layout, storage)
@@ -158,7 +157,7 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
         device = store.running_devices()
         devices = store.trial_devices()
         fingerprint = store.fingerprint()
-        searched = searched_axes(fingerprint)
+        searched = fingerprint.searched
         pid, counts = live_counts(db, layout, store, trials)
     finally:
         store.close()
@@ -183,19 +182,17 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
 def stored_forecast(
     trials: Sequence[TrialInfo],
     devices: Mapping[str, str],
-    fingerprint: Mapping[str, Any],
+    fingerprint: Fingerprint,
     slots: int,
 ) -> Forecast | None:
     """The share of a stored study's work done and its time left on ``slots`` slots, from
     the cost model (cost.py) corrected by the epochs its database holds: each trial
     left runs to its end, or with halving to its next rung, and the plan's survivors after.
     A plug-in data set's images are taken as MNIST's here (``status`` loads no data)."""
-    from vaegrid.halving import spec_from_fingerprint
-
     if not trials:
         return None
-    model = CostModel(trials[0].config.data, nll_samples(fingerprint))
-    halving = spec_from_fingerprint(fingerprint)
+    model = CostModel(trials[0].config.data, fingerprint.nll_samples)
+    halving = fingerprint.halving
     for t in trials:
         if t.key in devices:
             model.observe(devices[t.key], t.seconds, t.epochs_done * model.epoch_work(t.config))

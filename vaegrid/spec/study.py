@@ -153,45 +153,11 @@ class Study:
         return int(max(self.values("epochs")))
 
     def fingerprint(self) -> dict[str, Any]:
-        """The fixed settings: a stored study is only resumed by a study with the same ones.
+        """The fixed settings: a stored study is only resumed by a study with the same ones
+        (spec/fingerprint.py)."""
+        from vaegrid.spec.fingerprint import Fingerprint
 
-        ``train`` holds every axis the study does not search, with its one value (an
-        optional axis only when not at its default); the grid (and ``repeats``) may grow
-        between runs. ``searched`` names the optional axes the study searches, ``halving``
-        is in it only when the study has a ``[halving]`` table: a study of the settings
-        older vaegrids knew keeps the fingerprint it had.
-        """
-        fixed = {k: v[0] for k, v in self.settings if k not in self.searched}
-        out: dict[str, Any] = {
-            "model": MODEL,
-            "seed": self.seed,
-            "data": data_dict(self.data),
-            "train": {
-                k: v for k, v in fixed.items() if not (AXIS[k].optional and v == AXIS[k].default[0])
-            },
-        }
-        optional = [n for n in self.searched if AXIS[n].optional]
-        if optional:
-            out["searched"] = optional
-        if self.halving is not None:
-            out["halving"] = dataclasses.asdict(self.halving)
-        if self.nll_samples:
-            out["rank"] = {"nll_samples": self.nll_samples}
-        return out
-
-
-def nll_samples(fingerprint: Mapping[str, Any]) -> int:
-    """A stored study's ``[rank] nll_samples`` (0: none), from its fingerprint (checked
-    where the database is read: db/reader.py)."""
-    return int(fingerprint.get("rank", {}).get("nll_samples", 0))
-
-
-def searched_axes(fingerprint: Mapping[str, Any]) -> list[str]:
-    """The axes a stored study searches: those its fingerprint does not fix (an optional
-    axis only when named as searched: one not in ``train`` is at its default)."""
-    fixed = fingerprint.get("train", {})
-    optional = fingerprint.get("searched", [])
-    return [a.name for a in AXES if (a.name in optional if a.optional else a.name not in fixed)]
+        return dict(Fingerprint.of(self))
 
 
 @dataclass(frozen=True, eq=True)
