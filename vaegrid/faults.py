@@ -19,7 +19,7 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar, cast
 
-from vaegrid.errors import DataGone
+from vaegrid.errors import DataGone, first_line
 
 FAULT_WAIT_S = 300.0  # how long a fault of the world is waited out before the sweep stops
 FAULT_WAIT_MAX = 86_400.0
@@ -80,7 +80,7 @@ def world_fault(exc: BaseException, where: str = "") -> str | None:
             return f"{_DISK[e.errno]}" + (f" ({path})" if path else "")
         names = {c.__name__ for c in type(e).__mro__}
         module = type(e).__module__
-        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        first = first_line(e)
         if module.startswith("psycopg") and names & {"OperationalError", "InterfaceError"}:
             state = getattr(e, "sqlstate", None)  # None: no answer from a server at all
             if state is None or state[:2] in _PG_CLASSES or state in _PG_STATES:

@@ -1,10 +1,14 @@
 """The one way into a study database: engines, the one session helper, Optuna's storage.
 
 Every other module of ``db/`` is a part of :class:`vaegrid.db.store.Store` built on this
-base, and reaches the database only through :meth:`StoreBase.session` (one transaction,
+base, and reaches the database through :meth:`StoreBase.session` (one transaction,
 committed at the end of the block, rolled back on any error, as Optuna's RDB storage does
 with its scoped sessions) or through :attr:`StoreBase.optuna`. ``Store.reader``
-(store.py) is the read-only way in.
+(store.py) is the read-only way in. Two ways in bypass it, each for its reason: the
+compatibility check before a run (``sync.check_compatible``: a read-only engine of its
+own, before a store may exist, since a refused run writes nothing, not even a ``-wal``
+file) and the driver's advisory lock (``engine.pg_advisory_lock``: a connection of its
+own, held for the whole sweep, that the server releases when the driver dies).
 
 Concurrency on SQLite: WAL journal (readers never block the writer), a 60 s busy timeout,
 and every write transaction opened with ``BEGIN IMMEDIATE`` (engine.py). A writer's

@@ -141,7 +141,7 @@ def make_report(
     if aside is not None:
         tell(f"report: {aside}")
     if todo:  # the only writes to the database (a report with nothing new writes none)
-        stored = _evaluate(db, loaded, todo, nll_samples, tell)
+        stored = _test_winners(db, loaded, todo, nll_samples, tell)
     tell(f"report: writing the tables into {study_dir}")
     data = next(iter(loaded.configs.values())).data
     test = tables.test_table(winners, per_trial, stored, nll_samples)
@@ -186,7 +186,7 @@ def _test_k(asked: int | None, rows: StudyRows) -> int:
     return k
 
 
-def _evaluate(
+def _test_winners(
     db: Database, loaded: Winners, todo: list[str], k: int, tell: Callable[[str], None]
 ) -> pd.DataFrame:
     """Evaluate and store each of ``todo`` on the test split at ``k``, saying where it is:
@@ -195,14 +195,14 @@ def _evaluate(
     test metrics join Optuna's trials as user attributes. Returns every stored test row."""
     store = Store(db)
     try:
-        _evaluate_each(store, loaded, todo, k, tell)
+        _test_each(store, loaded, todo, k, tell)
         store.align_optuna()
         return store.frame("vg_test")
     finally:
         store.close()
 
 
-def _evaluate_each(
+def _test_each(
     store: Store, loaded: Winners, todo: list[str], k: int, tell: Callable[[str], None]
 ) -> None:
     from vaegrid.cost import CostModel, Forecast
@@ -229,7 +229,7 @@ def _evaluate_each(
                 last[0] = time.monotonic()
                 tell(where(i, key, images_done))
 
-        store.save_test(loaded.evaluate(key, k, tick))
+        store.save_test(loaded.test_metrics(key, k, tick))
         done += work[key]
     tell(f"report: tested {len(todo)} trials at k = {k} in {time.monotonic() - began:.1f} s")
 

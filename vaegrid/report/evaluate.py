@@ -37,12 +37,12 @@ class Winners:
     test_x: torch.Tensor
     shape: tuple[int, int, int]  # the images' (C, H, W)
 
-    def evaluate(
+    def test_metrics(
         self, key: str, k: int, progress: Callable[[int], None] | None = None
     ) -> dict[str, object]:
         """A ``vg_test`` row: the metrics as for validation, plus the importance-sampled NLL
         with ``k`` samples per image; ``progress`` is told the test images done."""
-        return _evaluate(self.configs[key], self.models[key], self.test_x, k, progress)
+        return _test_metrics(self.configs[key], self.models[key], self.test_x, k, progress)
 
     def generator(self, key: str, purpose: str) -> torch.Generator:
         """A generator on the test split's device, seeded from the trial's seed and repeat."""
@@ -73,7 +73,7 @@ def load_winners(
     return Winners(configs, models, splits.test, splits.shape)
 
 
-def _evaluate(
+def _test_metrics(
     cfg: TrialConfig,
     model: BaseVAE,
     test_x: torch.Tensor,

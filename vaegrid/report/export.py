@@ -33,7 +33,7 @@ from typing import Any
 
 from vaegrid.analysis import tables
 from vaegrid.api import StudyRows
-from vaegrid.errors import InputError
+from vaegrid.errors import InputError, first_line
 from vaegrid.layout import TABLES, StudyLayout
 from vaegrid.safeio import refuse_link
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
@@ -223,8 +223,7 @@ def _mlflow(
                 client.log_artifact(parent, str(path))
         client.set_terminated(parent, "FINISHED")
     except MlflowException as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"--to mlflow: {uri}: {first[:300]}") from None
+        raise InputError(f"--to mlflow: {uri}: {first_line(e, 300)}") from None
     return len(trials)
 
 

@@ -22,7 +22,7 @@ import threading
 import time
 from typing import Any
 
-from vaegrid.errors import InputError
+from vaegrid.errors import InputError, first_line
 from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool, Slot, Watch, WorkerDied
 
 DASK_CONNECT_TIMEOUT_S = 10  # a Dask scheduler (a database: db/engine.CONNECT_TIMEOUT_S)
@@ -79,7 +79,7 @@ def _connect(address: str, resource: str) -> Any:
     error = found.get("error")
     why = "no answer within 15 s" if error is None else f"{type(error).__name__}"
     if error is not None and str(error).strip():
-        why += f": {str(error).strip().splitlines()[0][:200]}"
+        why += f": {first_line(error)}"
     raise InputError(
         f"--cluster: cannot reach a Dask scheduler at {address} ({why}); start one with "
         f"`dask scheduler` and workers with `dask worker {address} --resources {resource}=K`"

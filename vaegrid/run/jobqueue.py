@@ -35,7 +35,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vaegrid.errors import InputError
+from vaegrid.errors import InputError, first_line
 from vaegrid.layout import StudyLayout
 from vaegrid.run import dask_private
 from vaegrid.run.cluster import DASK_CONNECT_TIMEOUT_S, DaskExecutor
@@ -161,8 +161,7 @@ def _first_line(error: BaseException) -> str:
     if "stderr:" in text:
         tail = [line.strip() for line in text.split("stderr:", 1)[1].splitlines()]
         text = next((line for line in tail if line), text)
-    lines = [line.strip() for line in text.splitlines() if line.strip()]
-    return (lines[0] if lines else type(error).__name__)[:300]
+    return first_line(text, 300) or type(error).__name__
 
 
 async def _submit(cluster: Any, n: int | None = None) -> str | None:
@@ -338,7 +337,7 @@ class JobQueueExecutor(DaskExecutor):
         layout = StudyLayout.of(results, study_name)
         check_study_dir(results, layout.root)
         self.made = missing(layout.jobs)  # a refusal removes them again
-        self.scheduler = scheduler
+        self.system = scheduler
         self.cluster: Any = None
         self.client: Any = None
         self.adaptive: Any = None
@@ -414,7 +413,7 @@ class JobQueueExecutor(DaskExecutor):
             "worker-extra-args": strings,
             "job-extra-directives": (
                 (lambda v: isinstance(v, dict), "a mapping of submit-file keys")
-                if self.scheduler == "htcondor"
+                if self.system == "htcondor"
                 else strings
             ),
             "scheduler-options": (lambda v: isinstance(v, dict), "a mapping"),
@@ -426,7 +425,7 @@ class JobQueueExecutor(DaskExecutor):
                 if name == "processes":
                     expected = "1 (one worker process a job, a trial slot per core)"
                 raise InputError(
-                    f"--cluster {self.scheduler}: {key}.{name} = {shown} is not allowed; "
+                    f"--cluster {self.system}: {key}.{name} = {shown} is not allowed; "
                     f"expected {expected}"
                 )
 
@@ -437,7 +436,7 @@ class JobQueueExecutor(DaskExecutor):
         cores, memory = conf.get("cores"), conf.get("memory")
         if cores is None or memory is None:
             raise InputError(
-                f"--cluster {self.scheduler}: {key}.cores and {key}.memory are not set; set "
+                f"--cluster {self.system}: {key}.cores and {key}.memory are not set; set "
                 f"both in ~/.config/dask/jobqueue.yaml or as DASK_{key.upper().replace('.', '__')}"
                 "__CORES=4 and ...__MEMORY=16GB (a job's cores and memory)"
             )
@@ -445,18 +444,18 @@ class JobQueueExecutor(DaskExecutor):
             n_cores, n_bytes = int(cores), parse_bytes(memory)
         except (TypeError, ValueError) as e:
             raise InputError(
-                f"--cluster {self.scheduler}: {key}.cores = {cores!r}, {key}.memory = "
+                f"--cluster {self.system}: {key}.cores = {cores!r}, {key}.memory = "
                 f"{memory!r} are not allowed ({_first_line(e)}); expected e.g. 4 and '16GB'"
             ) from e
         if not 1 <= n_cores <= 4096:
             raise InputError(
-                f"--cluster {self.scheduler}: {key}.cores = {cores!r} is not allowed; "
+                f"--cluster {self.system}: {key}.cores = {cores!r} is not allowed; "
                 "expected an integer 1 to 4096"
             )
         gpus = gpus_per_job(conf.get("job-extra-directives"))
         if gpus > 1:
             raise InputError(
-                f"--cluster {self.scheduler}: {key}.job-extra-directives ask for {gpus} GPUs "
+                f"--cluster {self.system}: {key}.job-extra-directives ask for {gpus} GPUs "
                 "a job; vaegrid runs one trial a GPU, a job a GPU: ask for one "
                 "(--gres=gpu:1) and more jobs with --jobs"
             )
@@ -464,7 +463,7 @@ class JobQueueExecutor(DaskExecutor):
         per_job = min(1 if gpus else n_cores, room)
         if per_job < 1:
             raise InputError(
-                f"--cluster {self.scheduler}: {key}.memory = {memory!r} holds no trial of "
+                f"--cluster {self.system}: {key}.memory = {memory!r} holds no trial of "
                 f"this study (a trial needs about {trial_mb:.0f} MB beside the worker's "
                 f"{WORKER_MEMORY_MB} MB); ask for more memory a job"
             )
@@ -473,13 +472,13 @@ class JobQueueExecutor(DaskExecutor):
     def _first_job(self, where: str) -> None:
         """Submit one job now and wait for its submission: a refused one (a wrong
         partition, account or limit) is one line before anything is written."""
-        _, submit = SCHEDULERS[self.scheduler]
+        _, submit = SCHEDULERS[self.system]
         try:
             failure = self.cluster.sync(_submit, self.cluster, 1, callback_timeout=SUBMIT_S)
         except TimeoutError as e:
             raise InputError(
                 f"{where}: `{submit}` did not answer within {SUBMIT_S:.0f} s; is the "
-                f"{self.scheduler} controller up?"
+                f"{self.system} controller up?"
             ) from e
         if failure is not None:
             raise InputError(f"{where}: `{submit}` refused the first job: {failure}")
@@ -496,7 +495,7 @@ class JobQueueExecutor(DaskExecutor):
         kind = "1 GPU" if self.gpus else f"{cores} core{'s' if cores > 1 else ''}"
         walltime = f", walltime {self.walltime}" if self.walltime else ""
         found = (
-            f"{self.scheduler}: up to {self.jobs} jobs named {self.job_name} ({kind}{walltime}), "
+            f"{self.system}: up to {self.jobs} jobs named {self.job_name} ({kind}{walltime}), "
             f"{self.per_job} trial{'s' if self.per_job > 1 else ''} each; "
             f"logs in {Path(template.log_directory)}"
         )
@@ -513,14 +512,14 @@ class JobQueueExecutor(DaskExecutor):
         adaptive = self.adaptive
         refused = adaptive.refusals >= REFUSALS and adaptive.failure is not None
         if refused and not self.cluster.workers:
-            _, submit = SCHEDULERS[self.scheduler]
+            _, submit = SCHEDULERS[self.system]
             raise ClusterGone(f"`{submit}` refused a job ({adaptive.failure})")
         if adaptive.stillborn >= REFUSALS and not adaptive.observed:
             log = self.logs / f"{self.job_name}-{adaptive.last_stillborn}.err"
             raise ClusterGone(
                 f"{adaptive.stillborn} jobs in a row ended before their Dask worker started "
                 f"(the last one's output: {log})",
-                f"fix what it says (the job settings, jobqueue.{self.scheduler}.*: "
+                f"fix what it says (the job settings, jobqueue.{self.system}.*: "
                 "worker-extra-args, death-timeout...), then run the same command again",
             )
         return super().wait(futures, timeout)

@@ -22,7 +22,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from vaegrid.db.engine import Database, pg_advisory_lock
 from vaegrid.db.store import Store
-from vaegrid.errors import InputError
+from vaegrid.errors import InputError, first_line
 from vaegrid.layout import StudyLayout, database_lock
 from vaegrid.run.worker import DRIVER_TIMEOUT_S
 from vaegrid.safeio import ensure_dir, missing, open_fd
@@ -149,7 +149,7 @@ def server_lock(db: Database, name: str) -> Iterator[None]:
         lock = pg_advisory_lock(db, name)
         held = lock.__enter__()
     except Exception as e:  # unreachable, refused, bad credentials: one line
-        raise InputError(f"{db}: cannot connect ({str(e).strip().splitlines()[0]})") from None
+        raise InputError(f"{db}: cannot connect ({first_line(e)})") from None
     try:
         if not held:
             reader = Store.reader(db)

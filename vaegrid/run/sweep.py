@@ -1,8 +1,8 @@
 """One driver's pass over its study: dispatch the trials the policy lets run to the slots
-the scheduler allows, collect what they return, say where the sweep stands.
+the queue allows, collect what they return, say where the sweep stands.
 
 The trials the study lets run now (policy.py: the full grid, or halving's rungs) go to the
-executor's slots (pool.py) through the scheduler (scheduler.py): a trial is submitted only
+executor's slots (pool.py) through the trial queue (queue.py): a trial is submitted only
 to a free slot the placement rule allows, so no device ever runs more than K trials, every
 trial runs on exactly one device, and a trial that has started only ever continues on a
 device of the kind it started on. A worker's death costs only the trial it was running; a
@@ -28,7 +28,7 @@ from vaegrid.layout import StudyLayout
 from vaegrid.run.policy import Decision, policy_of
 from vaegrid.run.pool import ClusterGone, Executor, Pool, Slot, WorkerDied
 from vaegrid.run.progress import Progress
-from vaegrid.run.scheduler import Scheduler
+from vaegrid.run.queue import TrialQueue
 from vaegrid.run.worker import Task, execute
 from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import (
@@ -88,7 +88,7 @@ class Sweep:
         self.executor, self.token = executor, token
         self.grid = {cfg.key: cfg for cfg in grid}
         bound = store.trial_devices()
-        self.scheduler = Scheduler(pool, bound, cost=self._left)
+        self.queue = TrialQueue(pool, bound, cost=self._left)
         self.deaths: Counter[str] = Counter()
         self.versions = tuple(sorted(provenance.versions().items()))
         trials = {t.key: t for t in store.trials()}  # every row checked
@@ -116,7 +116,7 @@ class Sweep:
             self.retry = {k for k, s in self.view.items() if s == FAILED}
         self._decide()
         self._enqueue(set())
-        if not self.scheduler.queue:
+        if not self.queue.order:
             print(f"{self.study.name}: nothing to do: {summary(self.view.values())}")
             return self._exit_code()
         if resumed:
@@ -135,7 +135,7 @@ class Sweep:
         running: Running = {}
         free = self.pool.slot_list()
         try:
-            while self.scheduler.queue or running:
+            while self.queue.order or running:
                 signals.check()  # a signal a library swallowed still stops the sweep
                 self._dispatch(free, running)
                 if not running:  # held back by a fault of the world: wait, do not spin
@@ -179,7 +179,7 @@ class Sweep:
         trials that run at once, of every trial left with halving); None when it has."""
         import shutil
 
-        left = [self.grid[k] for k in self.scheduler.queue]
+        left = [self.grid[k] for k in self.queue.order]
         sizes = [self.cost.file_bytes(cfg) for cfg in left]
         at_once = len(left) if self.policy.pauses() else self.pool.slots
         weights = sum(w for w, _ in sizes)
@@ -197,7 +197,7 @@ class Sweep:
         )
 
     def _may_go(self, key: str) -> bool:
-        """Whether the study lets ``key`` run now (the scheduler then says where): a trial
+        """Whether the study lets ``key`` run now (the queue then says where): a trial
         a worker may start, failed ones only when retried, and with halving only as far as
         the decided rungs allow."""
         status = self.view[key]
@@ -205,11 +205,11 @@ class Sweep:
         return startable and self.policy.allows(key)
 
     def _enqueue(self, running: set[str]) -> None:
-        """Offer the scheduler every trial that may run now and is not already offered."""
-        offered = self.scheduler.waiting() | running
+        """Offer the queue every trial that may run now and is not already offered."""
+        offered = self.queue.waiting() | running
         for key in self.grid:
             if key not in offered and self._may_go(key):
-                self.scheduler.offer(key)
+                self.queue.offer(key)
                 self.view[key] = PENDING
 
     def _abandon(self, running: Running, why: str, then: str, code: int) -> int:
@@ -230,7 +230,7 @@ class Sweep:
         decision = self.policy.update(self.retry)
         for line in decision.said:
             Progress.write(line)
-        offered = self.scheduler.waiting()
+        offered = self.queue.waiting()
         for key, status in decision.statuses.items():
             if key in self.grid and key not in offered and self.view[key] != RUNNING:
                 self.view[key] = status
@@ -260,17 +260,17 @@ class Sweep:
         return f"{key} ({self.grid[key].describe(self.study.searched)})"
 
     def _exit_code(self) -> int:
-        for line in self.scheduler.strands():
+        for line in self.queue.strands():
             print(line)
         failed = any(s == FAILED for s in self.view.values())
-        return 1 if failed or self.scheduler.stranded else 0
+        return 1 if failed or self.queue.stranded else 0
 
     def _dispatch(self, free: list[Slot], running: Running) -> None:
-        """Start the trials the scheduler places on the free slots (scheduler.place)."""
+        """Start the trials the queue places on the free slots (queue.place)."""
         if self.faults.held():  # a fault of the world: not yet
             return
         busy = Counter(slot.device for _, slot in running.values())
-        for key, slot in self.scheduler.place(free, busy):
+        for key, slot in self.queue.place(free, busy):
             self.retry.discard(key)
             self.view[key] = RUNNING
             try:
@@ -293,7 +293,7 @@ class Sweep:
         said never goes back (a trial that ran longer than predicted, or a rate learned
         anew, can lower the estimate a little)."""
         now = time.monotonic()
-        queued = set(self.scheduler.queue)
+        queued = set(self.queue.order)
         trials = []
         for key, cfg in self.grid.items():
             done, status = self.epochs_done[key], self.view[key]
@@ -361,7 +361,7 @@ class Sweep:
         except Exception as e:  # the worker could not even record its own failure
             self.store.fail(key, "".join(traceback.format_exception(e)))
             returned = self.store.status_of(key)
-        self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
+        self.queue.bind(self.store.trial_devices())  # its first epoch may have bound it
         if returned == INTERRUPTED:  # its lease was lost, or it saw a stale heartbeat: again
             self.stalled[key] += self.epochs_done[key] == before
             if self.stalled[key] >= STALLED_RUNS:
@@ -371,7 +371,7 @@ class Sweep:
                     "are done (is a batch job's walltime shorter than that? an epoch of it "
                     f"takes {self._epoch_seconds(key)})"
                 )
-            self.scheduler.offer(key, front=True)
+            self.queue.offer(key, front=True)
             self.view[key] = PENDING
             return
         if returned == PAUSED and self.policy.pauses():
@@ -396,7 +396,7 @@ class Sweep:
             return
         pause = self.faults.fault(fault, sum(self.epochs_done.values()))
         self.store.mark([key], INTERRUPTED)  # the worker may not have reached the database
-        self.scheduler.offer(key, front=True)
+        self.queue.offer(key, front=True)
         self.view[key] = PENDING
         self.progress.say(
             f"{self._describe(key)}: interrupted by a fault of the world ({fault.what}); "
@@ -420,7 +420,7 @@ class Sweep:
     def _worker_died(self, key: str, error: BaseException) -> None:
         """The worker running ``key`` died: the trial ended (if its end was committed first),
         resumes, or after ``max_deaths`` deaths fails."""
-        self.scheduler.bind(self.store.trial_devices())  # its first epoch may have bound it
+        self.queue.bind(self.store.trial_devices())  # its first epoch may have bound it
         status = self.store.status_of(key)
         if status == PAUSED and self.policy.pauses():  # its pause was committed
             self._paused(key)
@@ -434,7 +434,7 @@ class Sweep:
             self._finished(key, self.store.give_up(key, cause))
         else:
             self.store.mark([key], INTERRUPTED)
-            self.scheduler.offer(key, front=True)
+            self.queue.offer(key, front=True)
             self.view[key] = PENDING
 
 

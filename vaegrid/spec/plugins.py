@@ -37,6 +37,8 @@ from functools import lru_cache
 from importlib import metadata
 from typing import Any
 
+from vaegrid.errors import first_line
+
 MODELS_GROUP = "vaegrid.models"
 SETTINGS_GROUP = "vaegrid.settings"
 DATASETS_GROUP = "vaegrid.datasets"
@@ -248,8 +250,7 @@ def _checked(raw: object, reserved: frozenset[str]) -> tuple[dict[str, Any], ...
 
 
 def _line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return (text[0] if text else type(e).__name__)[:200]
+    return first_line(e)
 
 
 @lru_cache(maxsize=64)

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from vaegrid.errors import DataGone, InputError
+from vaegrid.errors import DataGone, InputError, first_line
 from vaegrid.spec import datasets
 from vaegrid.spec.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
 from vaegrid.spec.plugins import DATASETS_GROUP, load_factory
@@ -298,8 +298,7 @@ def plugin_images(root: Path, spec: DataSpec) -> tuple[torch.Tensor, torch.Tenso
     try:
         raw = load_factory(spec.dataset, DATASETS_GROUP)(root)
     except Exception as e:  # anything a foreign module raises: named, not raised
-        lines = str(e).strip().splitlines()
-        said = f"{who} failed to load from {root}: {type(e).__name__}: {lines[0] if lines else ''}"
+        said = f"{who} failed to load from {root}: {type(e).__name__}: {first_line(str(e))}"
         if isinstance(e, OSError):  # a file it cannot read: its folder, probed, went away
             raise DataGone(said[:400]) from None
         raise InputError(said[:400]) from None

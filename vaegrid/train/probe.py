@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 from typing import Any, TextIO
 
-from vaegrid.errors import InputError
+from vaegrid.errors import InputError, first_line
 from vaegrid.spec import datasets
 from vaegrid.spec.axes import AXES, PLUGINS, applies
 from vaegrid.spec.study import MNIST_SHAPE, DataSpec, Study
@@ -200,11 +200,10 @@ def probe(settings: dict[str, Any], shape: tuple[int, int, int] = MNIST_SHAPE) -
         if out["parameters"] == 0:
             raise ValueError("it has no parameters to train")
     except Exception as e:
-        lines = str(e).strip().splitlines()
         which = ", ".join(f"{k} {v}" for k, v in settings.items() if isinstance(v, str)
                           and k != "model" and k in _applying(settings))  # fmt: skip
         at = f" (with {which})" if which else ""
-        out["error"] = f"{type(e).__name__}: {lines[0] if lines else ''}{at}"[:300]
+        out["error"] = f"{type(e).__name__}: {first_line(str(e))}{at}"[:300]
     return out
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from vaegrid.errors import InputError
+from vaegrid.errors import InputError, first_line
 from vaegrid.layout import StudyLayout
 from vaegrid.models.base import BaseVAE
 from vaegrid.spec.study import TrialConfig
@@ -41,8 +41,7 @@ def load_model(
     except InputError:
         raise
     except Exception as e:  # truncated, not a torch file: all the same to a user
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
+        raise InputError(f"{path}: not this trial's weights ({first_line(e)})") from None
     stamped = isinstance(state, dict) and isinstance(state.get("identity"), dict)
     if stamped and state.get("file") != "weights":
         raise InputError(f"{path}: a checkpoint, not a trial's final weights (copied?)")
@@ -64,6 +63,5 @@ def load_model(
     try:
         model.load_state_dict(state)
     except Exception as e:  # another shape, not a state dict
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise InputError(f"{path}: not this trial's weights ({first[:200]})") from None
+        raise InputError(f"{path}: not this trial's weights ({first_line(e)})") from None
     return model.to(device).eval()

@@ -1,4 +1,5 @@
-"""Which trial runs next, and where: the driver's queue under the one placement rule.
+"""Which trial runs next, and where: the driver's queue of trials under the one placement
+rule (``TrialQueue``; not Dask's scheduler, nor a batch scheduler).
 
 A trial is queued when the study lets it run now (pending or interrupted; failed ones
 with ``--retry-failed``; with halving, as far as the decided rungs allow). A free slot
@@ -19,7 +20,7 @@ from collections.abc import Callable, Iterator, Mapping
 from vaegrid.run.pool import Pool, Slot, may_run
 
 
-class Scheduler:
+class TrialQueue:
     """The queue of trials that may run now: those put back first, then the most work left."""
 
     def __init__(
@@ -34,7 +35,7 @@ class Scheduler:
         self.stranded: list[str] = []
 
     @property
-    def queue(self) -> list[str]:
+    def order(self) -> list[str]:
         """The queued trials in the order they would be taken (where every slot may run
         them): those put back, then the most work left first."""
         front = set(self._front)
@@ -81,7 +82,7 @@ class Scheduler:
         slots given out; a slot handed back (its worker died while idle) is appended to it.
         """
         candidates = list(free)
-        while candidates and self.queue:
+        while candidates and self.order:
             slot = min(candidates, key=lambda s: (busy[s.device], s.device, s.index))
             candidates.remove(slot)
             key = self.take(self.pool.kind(slot.device))

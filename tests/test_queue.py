@@ -1,9 +1,9 @@
-"""The one placement rule, and the scheduler's queue built on it."""
+"""The one placement rule, and the queue's queue built on it."""
 
 from __future__ import annotations
 
 from vaegrid.run.pool import ANY_KIND, Pool, may_run
-from vaegrid.run.scheduler import Scheduler
+from vaegrid.run.queue import TrialQueue
 
 CPU, GPU = "cpu / torch 2", "NVIDIA H200 / torch 2"
 
@@ -16,14 +16,14 @@ def test_a_started_trial_runs_only_on_its_kind_or_on_a_slot_that_checks_itself()
 
 def test_the_scheduler_queues_places_and_strands_by_the_rule() -> None:
     local = Pool(("cpu",), 2, 1, (CPU,))
-    scheduler = Scheduler(local, {"b": GPU, "c": CPU})
+    queue = TrialQueue(local, {"b": GPU, "c": CPU})
     for key in "abc":
-        scheduler.offer(key)
-    scheduler.offer("d", front=True)
-    assert list(scheduler.queue) == ["d", "a", "c"] and scheduler.stranded == ["b"]
-    assert scheduler.take(CPU) == "d" and scheduler.take(GPU) == "a"  # a: not started
-    assert scheduler.take(GPU) is None and list(scheduler.queue) == ["c"]
-    (line,) = scheduler.strands()
+        queue.offer(key)
+    queue.offer("d", front=True)
+    assert list(queue.order) == ["d", "a", "c"] and queue.stranded == ["b"]
+    assert queue.take(CPU) == "d" and queue.take(GPU) == "a"  # a: not started
+    assert queue.take(GPU) is None and list(queue.order) == ["c"]
+    (line,) = queue.strands()
     assert line == (
         f"1 trials started on {GPU} and only continue on that kind of device; this pool has "
         f"{CPU}: run again with --devices naming such a device"
@@ -35,15 +35,15 @@ def test_the_queue_gives_the_most_work_left_first_after_the_trials_put_back() ->
     # after an interruption before them all; a slot skips what it may not run.
     local = Pool(("cpu",), 2, 1, (CPU,))
     work = {"a": 1.0, "b": 5.0, "c": 5.0, "d": 3.0, "e": 0.5, "f": 9.0}
-    scheduler = Scheduler(local, {"f": GPU}, cost=work.__getitem__)
+    queue = TrialQueue(local, {"f": GPU}, cost=work.__getitem__)
     for key in "abcd":
-        scheduler.offer(key)
-    scheduler.offer("e", front=True)
-    assert scheduler.queue == ["e", "b", "c", "d", "a"]
-    assert [scheduler.take(CPU) for _ in range(3)] == ["e", "b", "c"]
-    scheduler.offer("c")  # back in line by its work
-    assert scheduler.queue == ["c", "d", "a"]
-    cluster = Scheduler(Pool(("cluster",), 4, 1, (ANY_KIND,), remedy=""), {"f": GPU},
+        queue.offer(key)
+    queue.offer("e", front=True)
+    assert queue.order == ["e", "b", "c", "d", "a"]
+    assert [queue.take(CPU) for _ in range(3)] == ["e", "b", "c"]
+    queue.offer("c")  # back in line by its work
+    assert queue.order == ["c", "d", "a"]
+    cluster = TrialQueue(Pool(("cluster",), 4, 1, (ANY_KIND,), remedy=""), {"f": GPU},
                         cost=work.__getitem__)  # fmt: skip
     for key in "af":
         cluster.offer(key)
@@ -52,11 +52,11 @@ def test_the_queue_gives_the_most_work_left_first_after_the_trials_put_back() ->
 
 def test_a_cluster_pool_strands_nothing_and_never_suggests_devices() -> None:
     cluster = Pool(("cluster",), 4, 1, (ANY_KIND,), remedy="")
-    scheduler = Scheduler(cluster, {"a": CPU, "b": GPU})
+    queue = TrialQueue(cluster, {"a": CPU, "b": GPU})
     for key in "abc":
-        scheduler.offer(key)
-    assert scheduler.stranded == [] and scheduler.strands() == []
-    assert [scheduler.take(ANY_KIND) for _ in range(3)] == ["a", "b", "c"]
-    scheduler.bind({"a": CPU})
-    scheduler.stranded.append("a")  # as if stranded: the message names no --devices
-    assert "--devices" not in scheduler.strands()[0]
+        queue.offer(key)
+    assert queue.stranded == [] and queue.strands() == []
+    assert [queue.take(ANY_KIND) for _ in range(3)] == ["a", "b", "c"]
+    queue.bind({"a": CPU})
+    queue.stranded.append("a")  # as if stranded: the message names no --devices
+    assert "--devices" not in queue.strands()[0]

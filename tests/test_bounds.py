@@ -1,3 +1,6 @@
+"""The bounds a VAE is trained and ranked by (train/model.py): the ELBO's terms, the IWAE
+bound and the importance-sampled NLL, and one computation of the weights for both."""
+
 from __future__ import annotations
 
 import math
