@@ -376,8 +376,8 @@ def test_every_model_and_objective_on_dask_and_postgres_gives_the_local_rows_bit
     cluster.add_worker("vaegrid=2", nthreads=2)
     cluster.wait_for(1)
     p = driver(tmp_path / "study.toml", tmp_path / "r", data, pg_url, cluster.address)
-    _, err = p.communicate(timeout=600)
-    assert p.returncode == 0, err
+    out, err = p.communicate(timeout=600)
+    assert p.returncode == 0, out + err
     there = Database.for_study(StudyLayout(tmp_path), pg_url)
     assert len(rows(here)) == 6 * 2 * 2 and rows(there) == rows(here)
     assert len(nll(here)) == 6 and nll(there) == nll(here)

@@ -396,15 +396,17 @@ def test_a_grid_whose_settings_change_nothing_is_reported_not_a_crash(
 
 def test_the_halving_section_says_what_was_saved_even_of_a_sub_second_study() -> None:
     spec = HalvingSpec((1,), 0.5, "val_elbo")
+    a = TrialConfig.make(0, DataSpec(), latent=8, epochs=3)
+    b = a.replace(lr=1e-3)  # the same model: the same work per epoch
     standings = {
-        "a": Standing("a", 3, False, {1: 100.0}, completed=True),
-        "b": Standing("b", 1, False, {1: 120.0}),
+        a.key: Standing(a.key, 3, False, {1: 100.0}, completed=True),
+        b.key: Standing(b.key, 1, False, {1: 120.0}),
     }
-    trials = pd.DataFrame({"key": ["a", "b"], "epochs_done": [3, 1], "seconds": [0.3, 0.1]})
-    stops = pd.DataFrame({"key": ["b"], "rung": [1]})
-    text = "\n".join(halving_lines(spec, 3, standings, trials, stops))
+    trials = pd.DataFrame({"key": [a.key, b.key], "epochs_done": [3, 1], "seconds": [0.3, 0.1]})
+    stops = pd.DataFrame({"key": [b.key], "rung": [1]})
+    text = "\n".join(halving_lines(spec, 3, standings, trials, stops, {a.key: a, b.key: b}))
     assert "| 1 | 2 | 0 | 1 | 1 |" in text  # rung 1: 2 compared, 1 went on, 1 stopped there
-    # 4 of 6 trial-epochs; 0.4 s of an estimated 0.6 s (b's 2 epochs left at its 0.1 s each)
+    # 4 of 6 trial-epochs; 0.4 s of an estimated 0.6 s (b's 2 epochs at the measured 0.1 s)
     assert "Compute: 4 trial-epochs run of 6 for the full grid (33% saved)" in text
     assert "0.4 s of training against an estimated 0.6 s for the full grid (33% saved)" in text
 

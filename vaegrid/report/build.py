@@ -241,7 +241,7 @@ def _early(rows: StudyRows) -> list[str] | None:
         return None
     assert rows.standings is not None  # read_study reads them for every halving study
     epochs = max(c.epochs for c in rows.configs.values())  # one value with [halving]
-    return halving_lines(spec, epochs, rows.standings, rows.trials, rows.stops)
+    return halving_lines(spec, epochs, rows.standings, rows.trials, rows.stops, rows.configs)
 
 
 def _heatmap_axes(

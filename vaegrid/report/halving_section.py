@@ -11,9 +11,12 @@ from collections.abc import Mapping
 import pandas as pd
 
 from vaegrid import halving
+from vaegrid.cost import CostModel
 from vaegrid.halving import Standing
 from vaegrid.report.markdown import table
-from vaegrid.spec.study import HalvingSpec
+from vaegrid.spec.datasets import Images
+from vaegrid.spec.study import HalvingSpec, TrialConfig
+from vaegrid.train.data import image_shape
 
 
 def halving_lines(
@@ -22,12 +25,14 @@ def halving_lines(
     standings: Mapping[str, Standing],
     trials: pd.DataFrame,
     stops: pd.DataFrame,
+    configs: Mapping[str, TrialConfig],
 ) -> list[str]:
     """The section: what each decided rung compared, kept and stopped; the compute saved.
 
     The full grid's cost is partly an estimate: a trial that did not end (diverge or fail)
     is counted for all its epochs (it might have diverged later), each epoch it did not run
-    at its own mean seconds per epoch so far.
+    at what the cost model (cost.py) says of it: its model's work at the seconds per
+    multiply-add the study's trials measured.
 
     Args:
         spec: The study's ``[halving]``.
@@ -35,6 +40,7 @@ def halving_lines(
         standings: Every trial of the grid, as the rule sees it.
         trials: ``vg_trial`` (key, epochs_done, seconds), one row per trial of ``standings``.
         stops: ``vg_stop``: the rung each stopped trial was recorded at.
+        configs: Every trial's config, by key.
     """
     found = halving.plan(standings, spec, epochs)
     at = stops["rung"].value_counts() if len(stops) else pd.Series(dtype=int)
@@ -58,34 +64,46 @@ def halving_lines(
     ]
     if found.open_rung is not None:
         lines += [f"Rung {found.open_rung} is not decided yet.", ""]
-    return lines + _compute_lines(epochs, standings, trials)
+    return lines + _compute_lines(epochs, standings, trials, configs)
 
 
 def _compute_lines(
-    epochs: int, standings: Mapping[str, Standing], trials: pd.DataFrame
+    epochs: int,
+    standings: Mapping[str, Standing],
+    trials: pd.DataFrame,
+    configs: Mapping[str, TrialConfig],
 ) -> list[str]:
     """The trial-epochs and training seconds run, against the full grid's."""
-    keys = trials["key"].astype(str)
-    done = trials["epochs_done"].astype(int)
-    ended = keys.map(lambda k: standings[k].ended).to_numpy(dtype=bool)
-    completed = keys.map(lambda k: standings[k].completed).to_numpy(dtype=bool)
-    full_epochs = int(done[ended].sum()) + epochs * int((~ended).sum())
-    ran = int(done.sum())
-    per_epoch = trials["seconds"][completed].sum() / max(1, done[completed].sum())
-    # A trial's epochs cost what its own did (a wide model's are dearer than the winners'),
-    # else, for one that ran none, the completed trials' mean.
-    own = (trials["seconds"] / done.where(done > 0)).fillna(per_epoch).to_numpy()
-    left = (epochs - done).where(~ended, 0).to_numpy()
-    ran_s = float(trials["seconds"].sum())
-    full_s = ran_s + float((left * own).sum())
+    keys = trials["key"].astype(str).tolist()
+    done = trials["epochs_done"].astype(int).tolist()
+    seconds = trials["seconds"].astype(float).tolist()
+    ended = [standings[k].ended for k in keys]
+    first = configs[keys[0]]
+    try:
+        images = Images(shape=image_shape(first.data))
+    except RuntimeError:  # a plug-in data set not loaded here: the rate learned absorbs it
+        images = None
+    cost = CostModel(first.data, 0, images)
+    for key, d, s in zip(keys, done, seconds, strict=True):
+        cost.observe("any", s, d * cost.epoch_work(configs[key]))  # what the study measured
+    left = sum(
+        cost.seconds((epochs - d) * cost.epoch_work(configs[k]))
+        for k, d, e in zip(keys, done, ended, strict=True)
+        if not e
+    )
+    full_epochs = sum(d for d, e in zip(done, ended, strict=True) if e)
+    full_epochs += epochs * sum(not e for e in ended)
+    ran, ran_s = sum(done), sum(seconds)
+    full_s = ran_s + left
     return [
         f"Compute: {ran:,} trial-epochs run of {full_epochs:,} for the full grid "
         f"({saved(ran, full_epochs):.0%} saved); {ran_s:,.1f} s of training against an "
         f"estimated {full_s:,.1f} s for the full grid ({saved(ran_s, full_s):.0%} "
         "saved). The full grid's figures are estimates: every trial that did not end (diverge "
-        "or fail) is counted for all its epochs, each epoch it did not run at its own mean "
-        f"seconds per epoch so far (the completed trials' mean, {per_epoch:.2f} s, for one "
-        "that ran none). Seconds are training time summed over trials, not wall time.",
+        "or fail) is counted for all its epochs, each epoch it did not run at what the cost "
+        "model says of it (its model's multiply-adds at the seconds per multiply-add this "
+        "study's trials measured). Seconds are training time summed over trials, not wall "
+        "time.",
         "",
     ]
 
