@@ -80,7 +80,7 @@ identity: $(STAMP)
 grid: $(STAMP)
 	$(BIN)/vaegrid run $(STUDY) --results $(RESULTS) || [ $$? -eq 1 ]
 	$(BIN)/vaegrid report $(RESULTS)/$$($(BIN)/python -c \
-	  "from vaegrid.spec.load import load_study; print(load_study('$(STUDY)').name)")
+	  "from vaegrid.study.load import load_study; print(load_study('$(STUDY)').name)")
 
 clean:
 	rm -rf $(VENV) .lock-venv .pytest_cache .mypy_cache .ruff_cache

@@ -27,7 +27,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Subset
 from vaegrid.errors import InputError
 from vaegrid.layout import TrialFiles
 from vaegrid.models.linear import LinearVAE as VAE
-from vaegrid.spec.study import DataSpec, TrialConfig
+from vaegrid.study.core import DataSpec, TrialConfig
 from vaegrid.train.data import data_dir, load_splits
 from vaegrid.train.trial import run_trial
 

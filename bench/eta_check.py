@@ -23,7 +23,7 @@ from pathlib import Path
 
 from vaegrid.analysis.timing import timing, timing_lines
 from vaegrid.db.store import Store
-from vaegrid.spec.load import load_study
+from vaegrid.study.load import load_study
 
 LEFT = re.compile(r"(\d+)% of the work done, about (?:(\d+) h )?(\d+) (min|s) left")
 

@@ -14,8 +14,8 @@ import time
 from pathlib import Path
 
 from vaegrid.cost import CostModel
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import expand
+from vaegrid.study.core import expand
+from vaegrid.study.load import load_study
 
 sys.path.insert(0, str(Path(__file__).parent))
 from rows import dump  # bench/rows.py: the rows as hex floats
@@ -114,7 +114,7 @@ import sys, tempfile, time
 from pathlib import Path
 import torch
 from vaegrid.layout import TrialFiles
-from vaegrid.spec.study import DataSpec, TrialConfig
+from vaegrid.study.core import DataSpec, TrialConfig
 from vaegrid.train.data import data_dir, load_splits
 from vaegrid.train.trial import run_trial
 device = sys.argv[1]

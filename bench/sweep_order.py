@@ -22,8 +22,8 @@ from pathlib import Path
 
 from vaegrid.cost import CostModel
 from vaegrid.db.store import Store
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import expand
+from vaegrid.study.core import expand
+from vaegrid.study.load import load_study
 
 
 def replay(order: list[str], seconds: dict[str, float], slots: int) -> tuple[float, float, float]:

@@ -1,8 +1,8 @@
 """MkDocs hook: the reference pages that are generated from the code, never copied.
 
-``reference/settings.md`` is every setting of ``vaegrid.spec.axes.AXES`` (type, the
+``reference/settings.md`` is every setting of ``vaegrid.study.axes.AXES`` (type, the
 seed's value, what is allowed, where it applies) and the study file's bounds from
-``vaegrid.spec.load``; ``reference/cli-generated.md`` is ``vaegrid``'s own parser's help
+``vaegrid.study.load``; ``reference/cli-generated.md`` is ``vaegrid``'s own parser's help
 for every command, and the exit codes from ``vaegrid.cli.main``; ``reference/refusals.md``
 is every one-line refusal the code can raise (each ``InputError`` message, read from the
 source with ``ast``, by module and function); ``reference/layout.md`` is the study folder
@@ -30,8 +30,8 @@ def on_files(files: Files, config: Any) -> Files:
 
 
 def settings_page() -> str:
-    from vaegrid.spec import load
-    from vaegrid.spec.axes import AXES, REPEATS_MAX, SAMPLES_MAX, format_value
+    from vaegrid.study import files, load, validate
+    from vaegrid.study.axes import AXES, REPEATS_MAX, SAMPLES_MAX, format_value
 
     rows = []
     for a in AXES:
@@ -49,27 +49,27 @@ def settings_page() -> str:
         cells = [f"`{a.name}`", a.label or a.name, seed, allowed, where, section]
         rows.append("| " + " | ".join(cells) + " |")
     bounds = [
-        ("a study file", f"at most {load.STUDY_FILE_MAX_BYTES:,} bytes of UTF-8 TOML"),
+        ("a study file", f"at most {files.STUDY_FILE_MAX_BYTES:,} bytes of UTF-8 TOML"),
         ("`name`", f"letters, digits, `.`, `_`, `-`; at most {load.NAME_MAX_CHARS} characters"),
         ("`description`", f"at most {load.DESCRIPTION_MAX_CHARS:,} characters"),
         ("`seed`", "0 to 2^63 - 1"),
-        ("a `[grid]` list", f"at most {load.GRID_VALUES_MAX:,} values"),
+        ("a `[grid]` list", f"at most {validate.GRID_VALUES_MAX:,} values"),
         ("the grid", f"at most {load.TRIALS_MAX:,} trials (configs times repeats)"),
         ("`[grid] repeats`", f"1 to {REPEATS_MAX}"),
         ("`[rank] nll_samples`", f"0 (none) to {SAMPLES_MAX:,}"),
-        ("a model", f"at most {load.MODEL_PARAMETERS_MAX:,} parameters"),
-        ("a training step", f"at most {load.TRAINING_MB_MAX:,} MB (estimated)"),
+        ("a model", f"at most {validate.MODEL_PARAMETERS_MAX:,} parameters"),
+        ("a training step", f"at most {validate.TRAINING_MB_MAX:,} MB (estimated)"),
         (
             "`--set`",
-            f"at most {load.OVERRIDES_MAX} items of at most "
-            f"{load.OVERRIDE_MAX_CHARS:,} characters each",
+            f"at most {files.OVERRIDES_MAX} items of at most "
+            f"{files.OVERRIDE_MAX_CHARS:,} characters each",
         ),
     ]
     return "\n".join(
         [
             "# Settings",
             "",
-            "Every setting a trial has, generated from `vaegrid/spec/axes.py` (`AXES`, the one "
+            "Every setting a trial has, generated from `vaegrid/study/axes.py` (`AXES`, the one "
             "place settings are declared). A study names a setting in `[train]` to fix it or in "
             "`[grid]` as a list to search it; a setting it never names takes the seed's value, "
             "and the seed's searched settings (hidden, latent, lr, clip) are searched over the "
@@ -82,8 +82,9 @@ def settings_page() -> str:
             "",
             "## Bounds of a study file",
             "",
-            "Generated from `vaegrid/spec/load.py`. Anything outside is refused in one line "
-            "naming the file, the key, the value and what is allowed (exit 2, nothing written).",
+            "Generated from `vaegrid/study/` (`load.py`, `files.py`, `validate.py`). Anything "
+            "outside is refused in one line naming the file, the key, the value and what is "
+            "allowed (exit 2, nothing written).",
             "",
             "| what | allowed |",
             "|---|---|",

@@ -87,7 +87,7 @@ def run_inline(
     from vaegrid.run import worker
     from vaegrid.run.driver import run_study
     from vaegrid.run.pool import make_pool
-    from vaegrid.spec.load import load_study
+    from vaegrid.study.load import load_study
 
     threads = torch.get_num_threads()
     try:
@@ -175,8 +175,8 @@ def commits() -> Iterator[dict[str, int]]:
 def synced_study_db(study_path: Path, study_dir: Path, slots: int = 1) -> Path:
     """A study database as a driver leaves it before any trial runs; returns its path."""
     from vaegrid.db.store import Store
-    from vaegrid.spec.load import load_study
-    from vaegrid.spec.study import expand
+    from vaegrid.study.core import expand
+    from vaegrid.study.load import load_study
 
     study = load_study(study_path)
     study_dir.mkdir(parents=True, exist_ok=True)

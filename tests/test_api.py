@@ -12,7 +12,7 @@ from conftest import sweep
 import vaegrid
 from vaegrid.cli import main
 from vaegrid.errors import InputError
-from vaegrid.report import figures
+from vaegrid.report import mattered
 
 STUDY = """
 name = "beta"
@@ -45,7 +45,7 @@ def test_an_added_axis_flows_to_the_run_tables_pictures_and_report(
     results, output = swept
     assert "beta 0.5" in output and "repeat 1" in output  # the progress lines name it
     drawn: dict[str, list[str]] = {}
-    parallel, heatmap = figures.parallel, figures.heatmap
+    parallel, heatmap = mattered.parallel, mattered.heatmap
 
     def spy_parallel(frame, axes, path, *a, **k):  # type: ignore[no-untyped-def]
         drawn["parallel"] = [x.name for x in axes]
@@ -55,8 +55,8 @@ def test_an_added_axis_flows_to_the_run_tables_pictures_and_report(
         drawn["heatmap"] = [x, y, *(a.name for a in axes)]
         return heatmap(frame, x, y, axes, path, *a, **k)
 
-    monkeypatch.setattr(figures, "parallel", spy_parallel)
-    monkeypatch.setattr(figures, "heatmap", spy_heatmap)
+    monkeypatch.setattr(mattered, "parallel", spy_parallel)
+    monkeypatch.setattr(mattered, "heatmap", spy_heatmap)
     folder = results / "beta"
     argv = ["report", str(folder), "--data-dir", str(mnist_root), "--nll-samples", "5"]
     assert main(argv) == 0

@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from vaegrid.models import CARDS, NAMES
-from vaegrid.spec.axes import AXIS
-from vaegrid.spec.study import DataSpec, TrialConfig
+from vaegrid.study.axes import AXIS
+from vaegrid.study.core import DataSpec, TrialConfig
 
 SETTINGS = {"hidden": 24, "latent": 3, "depth": 3, "activation": "relu", "channels": 4}
 

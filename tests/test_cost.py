@@ -22,8 +22,8 @@ from vaegrid.cost import (
     makespan,
 )
 from vaegrid.db.store import Store
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import DataSpec, TrialConfig, expand
+from vaegrid.study.core import DataSpec, TrialConfig, expand
+from vaegrid.study.load import load_study
 from vaegrid.train.model import make_model
 
 
@@ -100,7 +100,7 @@ def test_the_one_forecast_counts_every_part_of_the_work() -> None:
     """The bar's and status's forecast: done epochs and a completed trial's NLL, a running
     trial by its time (never said to be done), the rest to its target, and with halving
     the survivors of the rungs to come."""
-    from vaegrid.spec.study import HalvingSpec
+    from vaegrid.study.core import HalvingSpec
 
     data = DataSpec(limit=1000, fractions=(0.8, 0.1, 0.1))
     model = CostModel(data, nll_samples=50)

@@ -12,7 +12,7 @@ from conftest import N_TEST, N_TRAIN, make_mnist, write_idx
 
 from vaegrid.cli import main
 from vaegrid.errors import DataGone, InputError
-from vaegrid.spec.study import DataSpec
+from vaegrid.study.core import DataSpec
 from vaegrid.train.data import _CACHE, check_limit, check_mnist, data_dir, ensure_mnist, load_splits
 
 
@@ -326,7 +326,7 @@ def test_a_plugin_data_sets_images_are_checked_against_the_digest_in_the_key(
     import numpy as np
 
     from vaegrid.errors import InputError
-    from vaegrid.spec.study import DataSpec
+    from vaegrid.study.core import DataSpec
     from vaegrid.train import data
 
     images = np.arange(20 * 3 * 4 * 4, dtype=np.uint8).reshape(20, 3, 4, 4)

@@ -7,7 +7,7 @@ import importlib.util
 import re
 from pathlib import Path
 
-from vaegrid.spec.axes import AXES
+from vaegrid.study.axes import AXES
 
 ROOT = Path(__file__).parent.parent
 
@@ -28,7 +28,7 @@ def test_the_settings_page_lists_every_setting_with_its_bounds() -> None:
             assert all(f"`{c}`" in row for c in axis.choices), row
         else:
             assert f"{axis.low:g} to {axis.high:g}" in row, row
-    assert "at most 10,000 trials" in page  # spec/load.py's TRIALS_MAX
+    assert "at most 10,000 trials" in page  # study/load.py's TRIALS_MAX
 
 
 def test_the_cli_page_is_the_parsers_help_for_every_command() -> None:

@@ -23,8 +23,8 @@ from vaegrid.layout import StudyLayout, TrialFiles, database_lock
 from vaegrid.run.driver import run_study
 from vaegrid.run.locks import DriverLock
 from vaegrid.run.pool import CudaProbe, LocalExecutor, make_pool, memory_limit_mb
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import TrialConfig, expand
+from vaegrid.study.core import TrialConfig, expand
+from vaegrid.study.load import load_study
 from vaegrid.train.data import load_splits
 from vaegrid.train.trial import run_trial
 

@@ -21,9 +21,9 @@ from vaegrid.cli import main
 from vaegrid.db.engine import Database
 from vaegrid.db.store import Store
 from vaegrid.layout import StudyLayout
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import expand
 from vaegrid.status import COMPLETED, FAILED, RUNNING, IllegalTransition, Status
+from vaegrid.study.core import expand
+from vaegrid.study.load import load_study
 
 needs_postgres = pytest.mark.skipif(not have_postgres(), reason="needs PostgreSQL 15")
 
@@ -306,8 +306,8 @@ def test_a_trial_whose_workers_never_finish_an_epoch_stops_the_sweep_in_one_line
     from conftest import run_inline
 
     from vaegrid.run import sweep
-    from vaegrid.spec.study import TrialConfig
     from vaegrid.status import INTERRUPTED
+    from vaegrid.study.core import TrialConfig
 
     runs = []
 

@@ -19,9 +19,9 @@ from matplotlib.collections import LineCollection
 from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
-from vaegrid.report import figures
+from vaegrid.report import figures, mattered, style
 from vaegrid.report.curves import curves
-from vaegrid.spec.axes import AXIS, Axis
+from vaegrid.study.axes import AXIS, Axis
 
 NAN = float("nan")
 HEAT_AXES = [AXIS["hidden"], AXIS["lr"], AXIS["clip"]]
@@ -41,7 +41,8 @@ def drawn(monkeypatch: pytest.MonkeyPatch) -> list[Figure]:
             saved.append(figure)
         real(path, write, *args, **kwargs)
 
-    monkeypatch.setattr(figures, "save_with", keep)
+    monkeypatch.setattr(figures, "save_with", keep)  # digit grids
+    monkeypatch.setattr(style, "save_with", keep)  # every chart
     return saved
 
 
@@ -78,7 +79,7 @@ def heat_frame() -> pd.DataFrame:
 
 def test_heatmap_cells_panels_and_labels(tmp_path: Path, drawn: list[Figure]) -> None:
     path = tmp_path / "heatmap.png"
-    texts = figures.heatmap(heat_frame(), "lr", "hidden", HEAT_AXES, path)
+    texts = mattered.heatmap(heat_frame(), "lr", "hidden", HEAT_AXES, path)
     # Rows: hidden 400, 800; columns: lr 0.001, 0.01; panels by clip, in increasing order.
     assert texts == {
         "clip 0.5": [["150.3", "—"], ["130.0", "111.1"]],
@@ -121,7 +122,7 @@ def test_heatmap_log_scale_when_values_span_decades(tmp_path: Path, drawn: list[
             config("completed", 2000.0, hidden=400, lr=1.0),
         ]
     )
-    texts = figures.heatmap(frame, "lr", "hidden", HEAT_AXES[:2], tmp_path / "h.png")
+    texts = mattered.heatmap(frame, "lr", "hidden", HEAT_AXES[:2], tmp_path / "h.png")
     assert texts == {"": [["90.0", "2000.0"]]}  # no other axis: one untitled panel
     (fig,) = drawn
     assert isinstance(fig.axes[0].images[0].norm, LogNorm)
@@ -143,7 +144,7 @@ def test_heatmap_colours_tell_the_good_configs_apart_beside_far_worse_ones(
     tmp_path: Path, drawn: list[Figure]
 ) -> None:
     values, frame = seed_shaped()
-    texts = figures.heatmap(frame, "lr", "hidden", HEAT_AXES[:2], tmp_path / "h.png")
+    texts = mattered.heatmap(frame, "lr", "hidden", HEAT_AXES[:2], tmp_path / "h.png")
     assert texts == {"": [["106.5", "108.0", "111.7", "210.0", "310.0"]]}  # the true values
     (fig,) = drawn
     panel, colorbar = fig.axes
@@ -168,7 +169,7 @@ def test_heatmap_more_than_12_panels_collapses_to_the_best(
     for i in range(clips):  # clip i: lr 0.001 scores 200 - i; lr 1 always diverges
         rows.append(config("completed", 200.0 - i, hidden=400, lr=1e-3, clip=10.0**-i))
         rows.append(config("diverged", hidden=400, lr=1.0, clip=10.0**-i))
-    texts = figures.heatmap(pd.DataFrame(rows), "lr", "hidden", HEAT_AXES, tmp_path / "h.png")
+    texts = mattered.heatmap(pd.DataFrame(rows), "lr", "hidden", HEAT_AXES, tmp_path / "h.png")
     (fig,) = drawn
     if clips == 12:  # still one panel per clip
         assert len(texts) == 12 and texts["clip 1"] == [["200.0", "div."]]
@@ -191,11 +192,11 @@ def test_heatmap_string_axis_single_value_and_all_diverged(tmp_path: Path) -> No
         ]
     )
     axes = [AXIS["optimizer"], AXIS["hidden"]]
-    assert figures.heatmap(frame, "optimizer", "hidden", axes, tmp_path / "a.png") == {
+    assert mattered.heatmap(frame, "optimizer", "hidden", axes, tmp_path / "a.png") == {
         "": [["div.", "—", "101.2"]]  # adam, adamw, sgd
     }
     nothing = frame.assign(status="diverged", val_elbo=NAN)  # no colour scale at all
-    assert figures.heatmap(nothing, "optimizer", "hidden", axes, tmp_path / "b.png") == {
+    assert mattered.heatmap(nothing, "optimizer", "hidden", axes, tmp_path / "b.png") == {
         "": [["div.", "div.", "div."]]
     }
     assert png_shape(tmp_path / "b.png")[0] > 100
@@ -203,9 +204,9 @@ def test_heatmap_string_axis_single_value_and_all_diverged(tmp_path: Path) -> No
 
 def test_heatmap_refuses_bad_requests(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="two different axes"):
-        figures.heatmap(heat_frame(), "lr", "lr", HEAT_AXES, tmp_path / "h.png")
+        mattered.heatmap(heat_frame(), "lr", "lr", HEAT_AXES, tmp_path / "h.png")
     with pytest.raises(ValueError, match="no column beta"):
-        figures.heatmap(
+        mattered.heatmap(
             heat_frame(), "lr", "hidden", [*HEAT_AXES, AXIS["beta"]], tmp_path / "h.png"
         )
     assert not (tmp_path / "h.png").exists()
@@ -225,7 +226,7 @@ def parallel_frame() -> pd.DataFrame:
 def test_parallel_axes_positions_and_colours(tmp_path: Path, drawn: list[Figure]) -> None:
     path = tmp_path / "parallel.png"
     axes = [AXIS["hidden"], AXIS["beta"], AXIS["optimizer"]]
-    labels = figures.parallel(parallel_frame(), axes, path)
+    labels = mattered.parallel(parallel_frame(), axes, path)
     assert labels == [
         "hidden width (units)",
         "KL weight beta",
@@ -245,7 +246,7 @@ def test_parallel_axes_positions_and_colours(tmp_path: Path, drawn: list[Figure]
     # hidden on a log scale (100, 1000, 10000 evenly), beta linear (0, 0.5, 2), optimizer in
     # the order of its choices (adam, sgd: adamw absent), the metric from best (0) to worst.
     (diverged,) = grey.get_segments()
-    assert np.allclose(diverged[:, 1], [0.5, 1.0, 1.0, figures.NOT_DONE_Y])
+    assert np.allclose(diverged[:, 1], [0.5, 1.0, 1.0, mattered.NOT_DONE_Y])
     assert grey.get_linestyle() != coloured.get_linestyle()  # dashed, not solid
     lines = {tuple(np.round(s[:, 1], 6)) for s in coloured.get_segments()}
     assert lines == {(0.0, 0.0, 0.0, 0.0), (0.5, 0.25, 1.0, 1.0), (1.0, 1.0, 0.0, 0.5)}
@@ -264,7 +265,7 @@ def test_parallel_tells_the_good_configs_apart_beside_far_worse_ones(
     # in the darkest colour; the good ones spread over the scale instead of sharing its
     # bottom tenth.
     _, frame = seed_shaped()
-    figures.parallel(frame, [AXIS["lr"]], tmp_path / "p.png")
+    mattered.parallel(frame, [AXIS["lr"]], tmp_path / "p.png")
     (fig,) = drawn
     ax, colorbar = fig.axes
     _, coloured = [c for c in ax.collections if isinstance(c, LineCollection)]
@@ -291,7 +292,7 @@ def test_parallel_takes_any_axis_strings_in_the_order_of_their_choices(
             config("completed", 120.0, activation="tanh"),
         ]
     )
-    labels = figures.parallel(frame, [act], tmp_path / "p.png")
+    labels = mattered.parallel(frame, [act], tmp_path / "p.png")
     assert labels[0] == "activation function"
     (fig,) = drawn
     (coloured,) = [c for c in fig.axes[0].collections if isinstance(c, LineCollection)][1:]
@@ -303,7 +304,7 @@ def test_parallel_with_nothing_completed_has_no_colour_scale(
     tmp_path: Path, drawn: list[Figure]
 ) -> None:
     frame = parallel_frame().assign(status="diverged", val_elbo=NAN)
-    labels = figures.parallel(frame, [AXIS["hidden"]], tmp_path / "p.png")
+    labels = mattered.parallel(frame, [AXIS["hidden"]], tmp_path / "p.png")
     assert labels == ["hidden width (units)", "final validation \N{MINUS SIGN}ELBO (nats)"]
     (fig,) = drawn
     assert len(fig.axes) == 1  # no colorbar
@@ -313,7 +314,7 @@ def test_parallel_with_nothing_completed_has_no_colour_scale(
 def test_importance_sorts_and_labels(tmp_path: Path, drawn: list[Figure]) -> None:
     path = tmp_path / "importance.png"
     found = {"hidden": 0.1, "lr": 0.55, "clip": 0.3, "beta": NAN, "latent": 0.05}
-    labels = figures.importance(found, [AXIS[n] for n in found], path)
+    labels = mattered.importance(found, [AXIS[n] for n in found], path)
     expected = [
         "learning rate",
         "max gradient norm",
@@ -332,7 +333,7 @@ def test_importance_sorts_and_labels(tmp_path: Path, drawn: list[Figure]) -> Non
     assert ax.get_title() == (
         "What mattered for the final validation \N{MINUS SIGN}ELBO\n(fANOVA over the configs)"
     )
-    figures.importance(found, [AXIS[n] for n in found], path, "val_nll")
+    mattered.importance(found, [AXIS[n] for n in found], path, "val_nll")
     assert drawn[-1].axes[0].get_title().startswith("What mattered for the final validation NLL")
     assert [t.get_text() for t in ax.texts] == ["0.55", "0.30", "0.10", "0.05", "n/a"]
 
@@ -403,9 +404,9 @@ def test_curves_show_the_mean_of_the_repeats_in_a_band_and_colour_many_configs_b
 
 def test_a_clipped_norm_spends_the_scale_on_the_better_values() -> None:
     values = np.array([106.5, 108.0, 111.7, 210.0, 310.0, NAN])
-    full = figures._norm(values)
+    full = mattered._norm(values)
     assert full is not None and float(full(111.7)) < 0.03  # the good ones: one colour
-    norm = figures._norm(values, clip_worse=True)
+    norm = mattered._norm(values, clip_worse=True)
     assert norm is not None and not isinstance(norm, LogNorm)
     assert norm.vmin == 106.5 and norm.vmax == pytest.approx(116.9)
     good = np.asarray(norm(values[:3]))
@@ -414,27 +415,27 @@ def test_a_clipped_norm_spends_the_scale_on_the_better_values() -> None:
     # Evenly spread values keep their whole range (of 6, the lower median 120 is 2 ranks from
     # the best: 100 + 5 x 20 / 2 = 150); so do two values and a better half without spread.
     for kept in ([100.0, 110.0, 120.0, 130.0, 140.0, 150.0], [90.0, 200.0], [5.0, 5.0, 9.0]):
-        unclipped = figures._norm(np.array(kept), clip_worse=True)
+        unclipped = mattered._norm(np.array(kept), clip_worse=True)
         assert unclipped is not None and unclipped.vmax == max(kept), kept
 
 
 def test_a_clipped_norm_clips_on_the_log_axis_and_is_log_only_if_what_is_left_spans_decades() -> (
     None
 ):
-    evenly = figures._norm(np.array([1.0, 10.0, 100.0, 1000.0, 10000.0]), clip_worse=True)
+    evenly = mattered._norm(np.array([1.0, 10.0, 100.0, 1000.0, 10000.0]), clip_worse=True)
     assert isinstance(evenly, LogNorm) and evenly.vmax == 10000.0  # even on the log axis
     # A far outlier makes the span logarithmic; the better half (100, 110: 1 rank) caps it
     # 3 ranks on at 100 x 1.1^3 = 133.1 on the log axis, and 100 to 133.1 is drawn linear.
-    outlier = figures._norm(np.array([100.0, 110.0, 115.0, 1e5]), clip_worse=True)
+    outlier = mattered._norm(np.array([100.0, 110.0, 115.0, 1e5]), clip_worse=True)
     assert outlier is not None and not isinstance(outlier, LogNorm)
     assert outlier.vmin == 100.0 and outlier.vmax == pytest.approx(133.1)
 
 
 def test_norm_is_logarithmic_only_beyond_a_factor_of_10() -> None:
-    assert isinstance(figures._norm(np.array([10.0, 101.0, NAN])), LogNorm)
-    linear = figures._norm(np.array([10.0, 100.0]))
+    assert isinstance(mattered._norm(np.array([10.0, 101.0, NAN])), LogNorm)
+    linear = mattered._norm(np.array([10.0, 100.0]))
     assert linear is not None and not isinstance(linear, LogNorm)
     assert linear.vmin == 10.0 and linear.vmax == 100.0
-    assert figures._norm(np.array([NAN, math.inf])) is None
-    one = figures._norm(np.array([100.0]))
+    assert mattered._norm(np.array([NAN, math.inf])) is None
+    one = mattered._norm(np.array([100.0]))
     assert one is not None and float(one(100.0)) == 0.5

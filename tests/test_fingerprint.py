@@ -1,4 +1,4 @@
-"""A study's fingerprint (spec/fingerprint.py), its one owner: made from a study, its model
+"""A study's fingerprint (study/fingerprint.py), its one owner: made from a study, its model
 entry true for every model, read back checked, and compared with the shrunk-grid and
 older-vaegrid rules."""
 
@@ -14,8 +14,8 @@ from conftest import synced_study_db
 
 from vaegrid.cli import main
 from vaegrid.errors import InputError
-from vaegrid.spec.fingerprint import LEGACY_MODEL, Fingerprint
-from vaegrid.spec.load import load_study
+from vaegrid.study.fingerprint import LEGACY_MODEL, Fingerprint
+from vaegrid.study.load import load_study
 
 
 def study(write_study: Callable[..., Path], extra: str = "", grid: str = "") -> Path:

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import math
 import random
+import re
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator
@@ -19,8 +22,8 @@ from conftest import CHECKPOINT, WEIGHTS, Crash, InlineExecutor, run_inline
 from vaegrid.cli import main
 from vaegrid.db.store import Store
 from vaegrid.halving import Standing, n_survivors, plan, rank_rung
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import HalvingSpec, TrialConfig, expand
+from vaegrid.study.core import HalvingSpec, TrialConfig, expand
+from vaegrid.study.load import load_study
 
 INF, NAN = math.inf, math.nan
 
@@ -227,6 +230,7 @@ class Whole:
     folder: Path  # results/h
     tables: dict[str, Any]
     sent: list[tuple[str, int | None]]  # (key, stop_at) of every task, in order
+    said: str  # what the sweep printed
 
 
 @pytest.fixture(scope="module")
@@ -235,13 +239,21 @@ def whole(tmp_path_factory: pytest.TempPathFactory, mnist_root: Path) -> Whole:
     (root / "h.toml").write_text(study_text())
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # as one_thread does: before it, for the whole module
+    out = io.StringIO()
     try:
         executor = InlineExecutor()
-        assert sweep(root / "h.toml", root / "r", mnist_root, executor) == 0
+        with contextlib.redirect_stdout(out):
+            assert sweep(root / "h.toml", root / "r", mnist_root, executor) == 0
     finally:
         torch.set_num_threads(threads)
     folder = root / "r" / "h"
-    return Whole(folder, tables(folder / "study.db"), stop_ats(executor))
+    return Whole(folder, tables(folder / "study.db"), stop_ats(executor), out.getvalue())
+
+
+def test_a_paused_trial_is_said_to_pause_at_its_rung(whole: Whole) -> None:
+    """The line used to name the epoch the plan let it run to next (the last, or None)."""
+    said = re.findall(r"paused at epoch (\S+)", whole.said)
+    assert said and set(said) <= {"1", "2"}, said  # RUNGS
 
 
 def test_a_halving_sweep_stops_losers_and_its_survivors_compute_the_full_grids_numbers(

@@ -15,7 +15,7 @@ import pytest
 from conftest import make_mnist
 
 from vaegrid.cli import main
-from vaegrid.run.jobqueue import gpus_per_job, lifetime_args, walltime_seconds
+from vaegrid.run.batch import gpus_per_job, lifetime_args, walltime_seconds
 
 
 @pytest.mark.parametrize(

@@ -17,8 +17,8 @@ from vaegrid.cli import main
 from vaegrid.layout import TrialFiles
 from vaegrid.models.conv import ConvVAE
 from vaegrid.models.mlp import MLPVAE
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import DataSpec, TrialConfig, expand
+from vaegrid.study.core import DataSpec, TrialConfig, expand
+from vaegrid.study.load import load_study
 from vaegrid.train.data import load_splits
 from vaegrid.train.model import iwae_terms, log_weights, make_model
 from vaegrid.train.trial import run_trial
@@ -320,7 +320,7 @@ def test_halving_by_val_nll_needs_its_samples(
 
 _STEP = """
 import json, sys, torch
-from vaegrid.spec.study import DataSpec, TrialConfig, training_mb
+from vaegrid.study.core import DataSpec, TrialConfig, training_mb
 from vaegrid.train.model import iwae_terms, make_model
 torch.set_num_threads(1)
 settings = json.loads(sys.argv[1])

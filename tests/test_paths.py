@@ -15,8 +15,8 @@ from vaegrid.cli import main
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
 from vaegrid.safeio import check_study_dir, mount_type, open_fd, write_atomic
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import expand
+from vaegrid.study.core import expand
+from vaegrid.study.load import load_study
 
 
 def run(study: Path, results: Path, data: Path) -> int:

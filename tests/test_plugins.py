@@ -1,5 +1,5 @@
-"""The user's own model and data, registered by installed packages (spec/plugins.py,
-spec/datasets.py): test distributions are installed into a site folder of the test (real
+"""The user's own model and data, registered by installed packages (study/plugins.py,
+study/datasets.py): test distributions are installed into a site folder of the test (real
 dist-infos with entry points, found by importlib.metadata, not mocked) and vaegrid runs
 with them on its path."""
 
@@ -248,14 +248,14 @@ def test_a_plugin_model_and_its_settings_are_settings_like_any_other(
     rows = sorted(tuple(row[1:]) for row in table)
     assert rows == [("linear", "-"), ("toy", "1"), ("toy", "2")]  # width is toy's only
     # the distribution and its version are in the key
-    code = "from vaegrid.spec.study import TrialConfig, DataSpec; " \
+    code = "from vaegrid.study.core import TrialConfig, DataSpec; " \
         "print(TrialConfig.make(0, DataSpec(), model='toy').to_json())"  # fmt: skip
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                            env={**os.environ, "PYTHONPATH": str(site)}, check=True)  # fmt: skip
     # with the digest of its package's code as it is on disk
-    from vaegrid.spec.plugins import code_digest
+    from vaegrid.study.plugins import code_digest
 
-    digest = subprocess.run([sys.executable, "-c", "from vaegrid.spec.plugins import "
+    digest = subprocess.run([sys.executable, "-c", "from vaegrid.study.plugins import "
                              "code_digest as d; print(d('toyvae.model:make')[0])"],
                             capture_output=True, text=True, check=True,
                             env={**os.environ, "PYTHONPATH": str(site)}).stdout.strip()  # fmt: skip
@@ -350,7 +350,7 @@ def test_a_plugin_data_set_is_named_like_a_built_in_one_and_keyed_by_its_version
                                        models='["linear", "conv"]'))  # fmt: skip
     done = vaegrid(site, "plan", str(study))
     assert done.returncode == 0 and plan_table(done.stdout)[2] == 2, done.stderr
-    code = "from vaegrid.spec.study import TrialConfig, DataSpec; " \
+    code = "from vaegrid.study.core import TrialConfig, DataSpec; " \
         "c = TrialConfig.make(0, DataSpec(dataset='shapes')); " \
         "print(c.to_json()); print(TrialConfig.from_json(c.to_json()) == c)"  # fmt: skip
     shown = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
@@ -476,9 +476,9 @@ def test_a_plugin_models_work_is_measured_by_its_probe(site: Path, tmp_path: Pat
     study = tmp_path / "p.toml"
     study.write_text(STUDY.format(name="p", models='["linear", "toy"]'))
     code = (
-        "import sys; from pathlib import Path; from vaegrid.spec.load import load_study; "
+        "import sys; from pathlib import Path; from vaegrid.study.load import load_study; "
         "from vaegrid.train.probe import check_plugins; from vaegrid.cost import CostModel; "
-        "from vaegrid.spec.study import expand; s = check_plugins(load_study(sys.argv[1]), "
+        "from vaegrid.study.core import expand; s = check_plugins(load_study(sys.argv[1]), "
         "Path('.')); m = CostModel.of(s); "
         "[print(c.model, c.width, *m.forward(c)) for c in expand(s)]"
     )
@@ -493,8 +493,8 @@ def test_a_plugin_models_work_is_measured_by_its_probe(site: Path, tmp_path: Pat
 @pytest.mark.parametrize("name", ["elbo", "kl", "recon", "nll", "evaluated", "diverged_epoch"])
 def test_a_plugin_setting_named_like_a_table_column_is_refused(name: str) -> None:
     from vaegrid.db.schema import Base
-    from vaegrid.spec.axes import RESERVED
-    from vaegrid.spec.plugins import _checked
+    from vaegrid.study.axes import RESERVED
+    from vaegrid.study.plugins import _checked
 
     columns = {c.name for t in Base.metadata.tables.values() for c in t.columns}
     assert columns <= RESERVED, sorted(columns - RESERVED)  # a new column is reserved too

@@ -25,7 +25,7 @@ from vaegrid.models.linear import LinearVAE as VAE
 from vaegrid.report.build import make_report
 from vaegrid.report.halving_section import halving_lines
 from vaegrid.report.markdown import markdown
-from vaegrid.spec.study import DataSpec, HalvingSpec, TrialConfig
+from vaegrid.study.core import DataSpec, HalvingSpec, TrialConfig
 from vaegrid.train.data import load_splits
 from vaegrid.train.model import importance_nll
 from vaegrid.train.trial import evaluate, run_trial

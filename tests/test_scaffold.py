@@ -71,7 +71,7 @@ def test_the_packages_install_with_one_pip_line_and_run_in_a_study_as_they_are(
 def test_init_writes_every_example_study_keeps_edits_and_refuses_a_link(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    from vaegrid.spec.load import load_study
+    from vaegrid.study.load import load_study
 
     where = tmp_path / "mine"
     assert main(["init", str(where)]) == 0

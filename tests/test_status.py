@@ -13,8 +13,6 @@ from conftest import synced_study_db
 from vaegrid.db.schema import TrialRow
 from vaegrid.db.store import Store
 from vaegrid.db.trials import move
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import Study, TrialConfig, expand
 from vaegrid.status import (
     COMPLETED,
     FAILED,
@@ -25,6 +23,8 @@ from vaegrid.status import (
     Status,
     summary,
 )
+from vaegrid.study.core import Study, TrialConfig, expand
+from vaegrid.study.load import load_study
 
 PACKAGE = Path(__file__).resolve().parent.parent / "vaegrid"
 

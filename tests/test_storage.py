@@ -17,8 +17,8 @@ from vaegrid.db.engine import Database
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
 from vaegrid.layout import StudyLayout
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import expand
+from vaegrid.study.core import expand
+from vaegrid.study.load import load_study
 
 
 def test_storage_urls_are_checked_and_messages_never_show_the_password(tmp_path: Path) -> None:

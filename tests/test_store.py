@@ -20,8 +20,8 @@ from conftest import Crash, run_inline, synced_study_db
 from vaegrid.cli import main
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError
-from vaegrid.spec.load import load_study
-from vaegrid.spec.study import expand
+from vaegrid.study.core import expand
+from vaegrid.study.load import load_study
 
 ONE_TRIAL = """
 name = "one"

@@ -14,9 +14,8 @@ from conftest import plan_table
 
 from vaegrid.cli import main
 from vaegrid.errors import InputError
-from vaegrid.spec.axes import AXES
-from vaegrid.spec.load import load_study, parse_study
-from vaegrid.spec.study import (
+from vaegrid.study.axes import AXES
+from vaegrid.study.core import (
     DataSpec,
     HalvingSpec,
     TrialConfig,
@@ -24,6 +23,7 @@ from vaegrid.spec.study import (
     parameter_count,
     split_sizes,
 )
+from vaegrid.study.load import load_study, parse_study
 from vaegrid.train.model import make_model
 
 STUDIES = Path(__file__).parent.parent / "studies"
@@ -707,7 +707,7 @@ def test_the_trial_cap_counts_distinct_trials_a_setting_counting_only_where_it_a
 def test_a_plugin_data_sets_images_count_in_each_workers_memory() -> None:
     # Each slot's worker holds the float32 splits (and as much again while making them):
     # beyond MNIST's, which the worker's measured memory already counts.
-    from vaegrid.spec.datasets import Images
+    from vaegrid.study.datasets import Images
 
     study = parse({})
     assert study.data_mb == 0  # MNIST

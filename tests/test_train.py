@@ -9,7 +9,7 @@ from conftest import CHECKPOINT, CONFIG, LOG, WEIGHTS
 
 from vaegrid.layout import TrialFiles
 from vaegrid.models.linear import LinearVAE as VAE
-from vaegrid.spec.study import MODEL, DataSpec, TrialConfig
+from vaegrid.study.core import MODEL, DataSpec, TrialConfig
 from vaegrid.train import trial
 from vaegrid.train.data import load_splits
 from vaegrid.train.trial import (

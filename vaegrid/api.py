@@ -25,10 +25,10 @@ from vaegrid.errors import InputError
 from vaegrid.halving import Standing, read_standings
 from vaegrid.layout import StudyLayout
 from vaegrid.safeio import check_study_dir
-from vaegrid.spec.fingerprint import Fingerprint
-from vaegrid.spec.load import is_study_name
-from vaegrid.spec.study import TrialConfig
 from vaegrid.status import COMPLETED
+from vaegrid.study.core import TrialConfig
+from vaegrid.study.fingerprint import Fingerprint
+from vaegrid.study.load import is_study_name
 
 if TYPE_CHECKING:  # torch loads only when a model is asked for
     from vaegrid.models.base import BaseVAE

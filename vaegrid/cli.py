@@ -244,105 +244,120 @@ def _one_line(text: str) -> str:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
-    from vaegrid.spec.axes import AXIS, applies, format_value
-    from vaegrid.spec.load import load_study
-    from vaegrid.spec.study import expand
-
-    if args.command == "plan":
-        from vaegrid import verbs
-
-        study = load_study(args.study, args.overrides)
-        if study.images is None:  # a plug-in data set: its images' digest is in the keys
-            from vaegrid.train.data import data_dir
-            from vaegrid.train.probe import check_plugins
-
-            study = check_plugins(study, data_dir(args.data_dir))
-        trials = expand(study)
-        print(verbs.settings_lines(study, len(trials)))
-        names = [*study.searched, *(["repeat"] if study.repeats > 1 else [])]
-        widths = [max(6, len(n)) for n in names]
-
-        def line(first: str, cells: list[str]) -> str:
-            pairs = zip(cells, widths, strict=True)
-            return f"{first:<12}" + "".join(f"  {c:>{w}}" for c, w in pairs)
-
-        print(line("key", names))
-        for t in trials:  # "-": a setting that does not apply to the trial (no depth for linear)
-            values = t.axis_values()
-            cells = [
-                format_value(getattr(t, n)) if n == "repeat" or applies(AXIS[n], values) else "-"
-                for n in names
-            ]
-            print(line(t.key, cells))
-        print(f"{len(trials)} trials; {verbs.estimate(study, trials, args)}")
-        return 0
-    if args.command == "run":
-        from vaegrid.run.driver import run_study
-        from vaegrid.run.executors import Where, choose
-        from vaegrid.train.data import data_dir
-        from vaegrid.train.probe import check_plugins
-
-        study = load_study(args.study, args.overrides)
-        study = check_plugins(study, data_dir(args.data_dir))  # before anything is written
-        if not 1 <= args.max_deaths <= 100:
-            raise InputError(
-                f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"
-            )
-        if not 0 <= args.fault_wait <= FAULT_WAIT_MAX:  # nan fails both
-            raise InputError(
-                f"--fault-wait: {args.fault_wait:g} is not allowed; expected seconds from 0 "
-                f"to {FAULT_WAIT_MAX:g}"
-            )
-        where = Where(args.cluster, args.jobs, args.resource, args.devices,
-                      args.workers_per_device)  # fmt: skip
-        trial_mb = study.training_mb + study.data_mb  # each slot's worker holds the data
-        executor, pool = choose(where, Path(args.results), study.name, trial_mb,
-                                lambda line: print(line, flush=True))  # fmt: skip
-        try:
-            return run_study(
-                study,
-                Path(args.results),
-                pool,
-                data_dir(args.data_dir),
-                retry_failed=args.retry_failed,
-                progress=not args.no_progress,
-                max_deaths=args.max_deaths,
-                executor=executor,
-                storage=args.storage,
-                fault_wait=args.fault_wait,
-            )
-        finally:
-            if executor is not None and not callable(executor):  # run_study closes its own
-                executor.close()
-    if args.command == "report":
-        from vaegrid.layout import StudyLayout
-        from vaegrid.report.build import make_report
-        from vaegrid.run.pool import make_pool
-        from vaegrid.train.data import data_dir
-
-        if "," in args.device or args.device == "auto":
-            raise InputError(f"--device: {args.device!r} is not allowed; expected cpu or cuda:N")
-        device = make_pool(args.device, option="--device").devices[0]  # a device here
-        done = make_report(
-            Path(args.study_dir), data_dir(args.data_dir), top=args.top,
-            nll_samples=args.nll_samples, force=args.force, device=device, storage=args.storage,
-            say=lambda line: print(line, file=sys.stderr, flush=True),
-        )  # fmt: skip
-        tested = int(done.test.drop_duplicates("key")["n_tested"].sum())
-        print(
-            f"{StudyLayout(done.folder).report}: {len(done.ranking)} configs ranked "
-            f"({len(done.trials)} trials), {done.test['key'].nunique()} winning configs tested "
-            f"({len(done.evaluated)} trials evaluated, {tested - len(done.evaluated)} reused), "
-            f"in {done.seconds:.1f} s"
-        )
-        return 0
+    commands = {"plan": _plan, "run": _run, "report": _report, "status": _status}
+    if args.command in commands:
+        return commands[args.command](args)
     if args.command in ("export", "new-model", "new-dataset", "init", "ls", "rm"):
         from vaegrid import verbs
 
         return verbs.run(args)
-    if args.command == "status":
-        from vaegrid.run.progress import status_line
-
-        print(status_line(Path(args.study_dir), args.storage))
-        return 0
     raise AssertionError(args.command)
+
+
+def _plan(args: argparse.Namespace) -> int:
+    """``vaegrid plan``: the study, its expanded grid a row per trial, the time it takes."""
+    from vaegrid import verbs
+    from vaegrid.study.axes import AXIS, applies, format_value
+    from vaegrid.study.core import expand
+    from vaegrid.study.load import load_study
+
+    study = load_study(args.study, args.overrides)
+    if study.images is None:  # a plug-in data set: its images' digest is in the keys
+        from vaegrid.train.data import data_dir
+        from vaegrid.train.probe import check_plugins
+
+        study = check_plugins(study, data_dir(args.data_dir))
+    trials = expand(study)
+    print(verbs.settings_lines(study, len(trials)))
+    names = [*study.searched, *(["repeat"] if study.repeats > 1 else [])]
+    widths = [max(6, len(n)) for n in names]
+
+    def line(first: str, cells: list[str]) -> str:
+        pairs = zip(cells, widths, strict=True)
+        return f"{first:<12}" + "".join(f"  {c:>{w}}" for c, w in pairs)
+
+    print(line("key", names))
+    for t in trials:  # "-": a setting that does not apply to the trial (no depth for linear)
+        values = t.axis_values()
+        cells = [
+            format_value(getattr(t, n)) if n == "repeat" or applies(AXIS[n], values) else "-"
+            for n in names
+        ]
+        print(line(t.key, cells))
+    print(f"{len(trials)} trials; {verbs.estimate(study, trials, args)}")
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    """``vaegrid run``: the sweep, on the executor its options choose."""
+    from vaegrid.run.driver import run_study
+    from vaegrid.run.executors import Where, choose
+    from vaegrid.study.load import load_study
+    from vaegrid.train.data import data_dir
+    from vaegrid.train.probe import check_plugins
+
+    study = load_study(args.study, args.overrides)
+    study = check_plugins(study, data_dir(args.data_dir))  # before anything is written
+    if not 1 <= args.max_deaths <= 100:
+        raise InputError(
+            f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"
+        )
+    if not 0 <= args.fault_wait <= FAULT_WAIT_MAX:  # nan fails both
+        raise InputError(
+            f"--fault-wait: {args.fault_wait:g} is not allowed; expected seconds from 0 "
+            f"to {FAULT_WAIT_MAX:g}"
+        )
+    where = Where(args.cluster, args.jobs, args.resource, args.devices,
+                  args.workers_per_device)  # fmt: skip
+    trial_mb = study.training_mb + study.data_mb  # each slot's worker holds the data
+    executor, pool = choose(where, Path(args.results), study.name, trial_mb,
+                            lambda line: print(line, flush=True))  # fmt: skip
+    try:
+        return run_study(
+            study,
+            Path(args.results),
+            pool,
+            data_dir(args.data_dir),
+            retry_failed=args.retry_failed,
+            progress=not args.no_progress,
+            max_deaths=args.max_deaths,
+            executor=executor,
+            storage=args.storage,
+            fault_wait=args.fault_wait,
+        )
+    finally:
+        if executor is not None and not callable(executor):  # run_study closes its own
+            executor.close()
+
+
+def _report(args: argparse.Namespace) -> int:
+    """``vaegrid report``: rankings, the winners tested, tables, figures, report.md."""
+    from vaegrid.layout import StudyLayout
+    from vaegrid.report.build import make_report
+    from vaegrid.run.pool import make_pool
+    from vaegrid.train.data import data_dir
+
+    if "," in args.device or args.device == "auto":
+        raise InputError(f"--device: {args.device!r} is not allowed; expected cpu or cuda:N")
+    device = make_pool(args.device, option="--device").devices[0]  # a device here
+    done = make_report(
+        Path(args.study_dir), data_dir(args.data_dir), top=args.top,
+        nll_samples=args.nll_samples, force=args.force, device=device, storage=args.storage,
+        say=lambda line: print(line, file=sys.stderr, flush=True),
+    )  # fmt: skip
+    tested = int(done.test.drop_duplicates("key")["n_tested"].sum())
+    print(
+        f"{StudyLayout(done.folder).report}: {len(done.ranking)} configs ranked "
+        f"({len(done.trials)} trials), {done.test['key'].nunique()} winning configs tested "
+        f"({len(done.evaluated)} trials evaluated, {tested - len(done.evaluated)} reused), "
+        f"in {done.seconds:.1f} s"
+    )
+    return 0
+
+
+def _status(args: argparse.Namespace) -> int:
+    """``vaegrid status``: a study's progress, read-only."""
+    from vaegrid.run.progress import status_line
+
+    print(status_line(Path(args.study_dir), args.storage))
+    return 0

@@ -31,8 +31,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
 from vaegrid.models import CARDS, GUESS
-from vaegrid.spec.datasets import Images
-from vaegrid.spec.study import (
+from vaegrid.study.core import (
     MNIST_IMAGES,
     DataSpec,
     HalvingSpec,
@@ -41,6 +40,7 @@ from vaegrid.spec.study import (
     parameter_count,
     split_sizes,
 )
+from vaegrid.study.datasets import Images
 
 # A CPU slot of one thread: the seed study's trials (hidden 400-800) measured 2.4-3.5e10
 # MAC/s on this project's machine; only used until the study's first epoch is measured.

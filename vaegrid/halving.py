@@ -1,6 +1,6 @@
 """Synchronous successive halving: which trials go on at each rung, decided from the database.
 
-A study with a ``[halving]`` table (spec/study.py's :class:`HalvingSpec`) compares its trials
+A study with a ``[halving]`` table (study/core.py's :class:`HalvingSpec`) compares its trials
 at a few epochs, the *rungs*. At each rung, a trial goes on only if it is among the best
 ``keep`` of all the trials of that rung, and that decision is taken only when the whole
 rung is in. Unlike asynchronous schemes (Optuna's pruners, ASHA, Hyperband as W&B runs
@@ -47,8 +47,8 @@ from dataclasses import dataclass, field
 from fractions import Fraction
 from typing import TYPE_CHECKING
 
-from vaegrid.spec.study import HalvingSpec
 from vaegrid.status import Status
+from vaegrid.study.core import HalvingSpec
 
 if TYPE_CHECKING:  # the driver imports this module; the store imports no torch either
     from vaegrid.db.store import Store

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from vaegrid.errors import InputError
 from vaegrid.safeio import refuse_link, write_atomic
-from vaegrid.spec.axes import RESERVED
+from vaegrid.study.axes import RESERVED
 
 NAME = re.compile(r"[a-z][a-z0-9_]{0,39}")  # as the plug-in registry allows it
 

@@ -23,7 +23,7 @@ def run(args: argparse.Namespace) -> int:
 def settings_lines(study: Any, n_trials: int) -> str:
     """plan's head: the study, its fixed settings (those that apply to some trial), the
     searched ones with their values, repeats, halving and ranking."""
-    from vaegrid.spec.axes import AXIS, applies, format_value
+    from vaegrid.study.axes import AXIS, applies, format_value
 
     first = {n: v[0] for n, v in study.settings}
     fixed = [  # those that apply to some trial (no SGD momentum under Adam)
@@ -34,7 +34,7 @@ def settings_lines(study: Any, n_trials: int) -> str:
     searched = [
         f"{n} [{', '.join(format_value(x) for x in study.values(n))}]" for n in study.searched
     ]
-    from vaegrid.spec.study import grid_configs
+    from vaegrid.study.core import grid_configs
 
     configs = n_trials // max(1, study.repeats)
     drawn = ""

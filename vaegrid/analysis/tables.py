@@ -15,9 +15,9 @@ from typing import Any
 import pandas as pd
 
 from vaegrid.analysis import stats
-from vaegrid.spec.axes import AXIS, applies
-from vaegrid.spec.study import TrialConfig
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
+from vaegrid.study.axes import AXIS, applies
+from vaegrid.study.core import TrialConfig
 
 # Ranking criteria: column of ranking.csv -> what it ranks by (lower is better).
 CRITERIA = {"val_elbo": "validation elbo", "val_recon": "validation reconstruction"}

@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from vaegrid.errors import InputError
-from vaegrid.spec.study import TrialConfig
 from vaegrid.status import COMPLETED, Status
+from vaegrid.study.core import TrialConfig
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -75,6 +76,28 @@ def _integer(
     return int(value)
 
 
+@dataclass(frozen=True)
+class _Table:
+    """A whole table's rows, and what they are checked against."""
+
+    where: str
+    name: str
+    rows: list[dict[str, Any]]
+    configs: Mapping[str, TrialConfig]
+    statuses: Mapping[str, Status]
+    done: Mapping[str, int]
+    nll_samples: int
+
+    def bad(self, key: str, column: str, value: Any, allowed: str) -> NoReturn:
+        _bad(self.where, self.name, key, column, value, allowed)
+
+    def known(self) -> None:
+        """Every row of a trial in vg_trial."""
+        for r in self.rows:
+            if r["key"] not in self.configs:
+                self.bad(r["key"], "key", r["key"], "the key of a trial in vg_trial")
+
+
 def check(
     where: str,
     table: str,
@@ -92,88 +115,95 @@ def check(
         nll_samples: The study's ``[rank] nll_samples`` (vg_nll: every row at that k, and
             one at the last epoch of every completed trial).
     """
-    rows = frame.to_dict("records")
-    if table == "vg_trial":
-        keys = [r["key"] for r in rows]
-        if len(set(keys)) != len(keys):
-            dup = next(k for k in keys if keys.count(k) > 1)
-            _bad(where, table, dup, "key", dup, "one row per trial")
-        for r in rows:
-            epochs = configs[r["key"]].epochs
-            got = _integer(where, table, r["key"], "epochs_done", r["epochs_done"], 0, epochs)
-            if r["status"] == COMPLETED and got != epochs:
-                _bad(where, table, r["key"], "epochs_done", got, f"{epochs} for a completed trial")
-            _number(where, table, r["key"], "seconds", r["seconds"], 0.0)
-        return
-    if table == "vg_run":
-        for r in rows:
-            key = r["key"]
-            if key not in configs:
-                _bad(where, table, key, "key", key, "the key of a trial in vg_trial")
-            if r["status"] not in {s.value for s in Status}:
-                _bad(where, table, key, "status", r["status"], "one of vaegrid's statuses")
-            started = _number(where, table, key, "started", r["started"], TIME_MIN, TIME_MAX)
-            if r["ended"] is not None and not (
-                isinstance(r["ended"], float) and math.isnan(r["ended"])
-            ):
-                # a worker's host wrote started, the driver's may write ended: their
-                # clocks may differ, so an end a little before the start is no forgery
-                _number(where, table, key, "ended", r["ended"], started - CLOCK_SKEW_S, TIME_MAX)
-        return
-    if table == "vg_epoch":
-        seen: dict[str, set[tuple[int, str]]] = {k: set() for k in configs}
-        for r in rows:
-            key = r["key"]
-            if key not in configs:
-                _bad(where, table, key, "key", key, "the key of a trial in vg_trial")
-            epoch = _integer(where, table, key, "epoch", r["epoch"], 1, done[key])
-            if r["split"] not in SPLITS:
-                _bad(where, table, key, "split", r["split"], '"train" or "val"')
-            if (epoch, r["split"]) in seen[key]:
-                _bad(where, table, key, "epoch", epoch, "one row per epoch and split")
-            seen[key].add((epoch, r["split"]))
-            _metrics(where, table, key, r)
-            _number(where, table, key, "seconds", r["seconds"], 0.0)
-        for key in statuses:
-            want = {(e, s) for e in range(1, done[key] + 1) for s in SPLITS}
-            if seen[key] != want:
-                missing = sorted(want - seen[key])
-                what = f"epoch {missing[0][0]} {missing[0][1]}" if missing else "its rows"
-                _bad(where, table, key, "epoch", what, f"every epoch 1 to {done[key]} it finished")
-        return
-    for r in rows:  # vg_test, vg_nll, vg_stop: rows of known trials
-        if r["key"] not in configs:
-            _bad(where, table, r["key"], "key", r["key"], "the key of a trial in vg_trial")
-    if table == "vg_test":  # only completed trials are tested
-        for r in rows:
-            key = r["key"]
-            if statuses[key] != COMPLETED:
-                _bad(where, table, key, "key", key, "a completed trial's")
-            _metrics(where, table, key, r)
-            _number(where, table, key, "nll", r["nll"], 0.0)  # -log p(x) of a Bernoulli
-            _number(where, table, key, "seconds", r["seconds"], 0.0)
-            _number(where, table, key, "evaluated", r["evaluated"], 0.0, TIME_MAX)
-            _integer(where, table, key, "nll_samples", r["nll_samples"], 1, 10**9)
-        return
-    if table == "vg_nll":  # at an epoch the trial finished, once
-        pairs = set()
-        for r in rows:
-            key = r["key"]
-            epoch = _integer(where, table, key, "epoch", r["epoch"], 1, done[key])
-            if (key, epoch) in pairs:
-                _bad(where, table, key, "epoch", epoch, "one row per epoch")
-            pairs.add((key, epoch))
-            _number(where, table, key, "nll", r["nll"], 0.0)  # -log p(x) of a Bernoulli
-            samples = _integer(where, table, key, "samples", r["samples"], 1, 10**9)
-            if nll_samples and samples != nll_samples:
-                _bad(where, table, key, "samples", samples, f"{nll_samples}, the study's k")
-            _number(where, table, key, "seconds", r["seconds"], 0.0)
-        for key, status in statuses.items():  # every completed trial's NLL, at its end
-            last = configs[key].epochs
-            if nll_samples and status == COMPLETED and (key, last) not in pairs:
-                needed = f"a row at the last epoch of every completed trial (k = {nll_samples})"
-                _bad(where, table, key, "epoch", f"no row at epoch {last}", needed)
-        return
-    if table == "vg_stop":
-        for r in rows:
-            _integer(where, table, r["key"], "rung", r["rung"], 1, configs[r["key"]].epochs)
+    rows = [{str(k): v for k, v in r.items()} for r in frame.to_dict("records")]
+    t = _Table(where, table, rows, configs, statuses, done, nll_samples)
+    if table != "vg_trial":
+        t.known()
+    _CHECKS[table](t)
+
+
+def _trials(t: _Table) -> None:
+    keys = [r["key"] for r in t.rows]
+    if len(set(keys)) != len(keys):
+        dup = next(k for k in keys if keys.count(k) > 1)
+        t.bad(dup, "key", dup, "one row per trial")
+    for r in t.rows:
+        epochs = t.configs[r["key"]].epochs
+        got = _integer(t.where, t.name, r["key"], "epochs_done", r["epochs_done"], 0, epochs)
+        if r["status"] == COMPLETED and got != epochs:
+            t.bad(r["key"], "epochs_done", got, f"{epochs} for a completed trial")
+        _number(t.where, t.name, r["key"], "seconds", r["seconds"], 0.0)
+
+
+def _runs(t: _Table) -> None:
+    for r in t.rows:
+        key = r["key"]
+        if r["status"] not in {s.value for s in Status}:
+            t.bad(key, "status", r["status"], "one of vaegrid's statuses")
+        started = _number(t.where, t.name, key, "started", r["started"], TIME_MIN, TIME_MAX)
+        ended = r["ended"]
+        if ended is not None and not (isinstance(ended, float) and math.isnan(ended)):
+            # a worker's host wrote started, the driver's may write ended: their clocks may
+            # differ, so an end a little before the start is no forgery
+            _number(t.where, t.name, key, "ended", ended, started - CLOCK_SKEW_S, TIME_MAX)
+
+
+def _epochs(t: _Table) -> None:
+    seen: dict[str, set[tuple[int, str]]] = {k: set() for k in t.configs}
+    for r in t.rows:
+        key = r["key"]
+        epoch = _integer(t.where, t.name, key, "epoch", r["epoch"], 1, t.done[key])
+        if r["split"] not in SPLITS:
+            t.bad(key, "split", r["split"], '"train" or "val"')
+        if (epoch, r["split"]) in seen[key]:
+            t.bad(key, "epoch", epoch, "one row per epoch and split")
+        seen[key].add((epoch, r["split"]))
+        _metrics(t.where, t.name, key, r)
+        _number(t.where, t.name, key, "seconds", r["seconds"], 0.0)
+    for key in t.statuses:
+        want = {(e, s) for e in range(1, t.done[key] + 1) for s in SPLITS}
+        if seen[key] != want:
+            missing = sorted(want - seen[key])
+            what = f"epoch {missing[0][0]} {missing[0][1]}" if missing else "its rows"
+            t.bad(key, "epoch", what, f"every epoch 1 to {t.done[key]} it finished")
+
+
+def _tests(t: _Table) -> None:
+    for r in t.rows:  # only completed trials are tested
+        key = r["key"]
+        if t.statuses[key] != COMPLETED:
+            t.bad(key, "key", key, "a completed trial's")
+        _metrics(t.where, t.name, key, r)
+        _number(t.where, t.name, key, "nll", r["nll"], 0.0)  # -log p(x) of a Bernoulli
+        _number(t.where, t.name, key, "seconds", r["seconds"], 0.0)
+        _number(t.where, t.name, key, "evaluated", r["evaluated"], 0.0, TIME_MAX)
+        _integer(t.where, t.name, key, "nll_samples", r["nll_samples"], 1, 10**9)
+
+
+def _nlls(t: _Table) -> None:
+    pairs = set()  # at an epoch the trial finished, once
+    for r in t.rows:
+        key = r["key"]
+        epoch = _integer(t.where, t.name, key, "epoch", r["epoch"], 1, t.done[key])
+        if (key, epoch) in pairs:
+            t.bad(key, "epoch", epoch, "one row per epoch")
+        pairs.add((key, epoch))
+        _number(t.where, t.name, key, "nll", r["nll"], 0.0)  # -log p(x) of a Bernoulli
+        samples = _integer(t.where, t.name, key, "samples", r["samples"], 1, 10**9)
+        if t.nll_samples and samples != t.nll_samples:
+            t.bad(key, "samples", samples, f"{t.nll_samples}, the study's k")
+        _number(t.where, t.name, key, "seconds", r["seconds"], 0.0)
+    for key, status in t.statuses.items():  # every completed trial's NLL, at its end
+        last = t.configs[key].epochs
+        if t.nll_samples and status == COMPLETED and (key, last) not in pairs:
+            needed = f"a row at the last epoch of every completed trial (k = {t.nll_samples})"
+            t.bad(key, "epoch", f"no row at epoch {last}", needed)
+
+
+def _stops(t: _Table) -> None:
+    for r in t.rows:
+        _integer(t.where, t.name, r["key"], "rung", r["rung"], 1, t.configs[r["key"]].epochs)
+
+
+_CHECKS = {"vg_trial": _trials, "vg_run": _runs, "vg_epoch": _epochs, "vg_test": _tests,
+           "vg_nll": _nlls, "vg_stop": _stops}  # fmt: skip

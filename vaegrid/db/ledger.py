@@ -27,9 +27,9 @@ from sqlalchemy import select
 from vaegrid.db import optuna_align
 from vaegrid.db.schema import EpochRow, NllRow, TrialRow
 from vaegrid.db.session import StoreBase
-from vaegrid.spec.axes import AXES, AXIS
-from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import COMPLETED, FINAL, STOPPED, Status
+from vaegrid.study.axes import AXES, AXIS
+from vaegrid.study.core import Study, TrialConfig
 
 METRIC_NAME = "val_elbo"  # what Optuna's value is, as optuna-dashboard shows it
 

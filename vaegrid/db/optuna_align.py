@@ -33,10 +33,10 @@ from optuna.distributions import CategoricalDistribution, distribution_to_json
 from sqlalchemy import Connection, inspect, text
 
 from vaegrid.errors import InputError
-from vaegrid.spec.axes import AXIS
-from vaegrid.spec.fingerprint import Fingerprint
-from vaegrid.spec.study import TrialConfig
 from vaegrid.status import COMPLETED
+from vaegrid.study.axes import AXIS
+from vaegrid.study.core import TrialConfig
+from vaegrid.study.fingerprint import Fingerprint
 
 _OPTUNA_TABLES = {"trials", "trial_params", "trial_user_attributes"}
 

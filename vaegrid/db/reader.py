@@ -30,10 +30,10 @@ from vaegrid.db.schema import (
 )
 from vaegrid.db.session import StoreBase
 from vaegrid.errors import InputError
-from vaegrid.spec.fingerprint import Fingerprint
-from vaegrid.spec.load import config_problem
-from vaegrid.spec.study import NotInstalled, TrialConfig
 from vaegrid.status import RUNNING, Status, parse
+from vaegrid.study.core import NotInstalled, TrialConfig
+from vaegrid.study.fingerprint import Fingerprint
+from vaegrid.study.load import config_problem
 
 if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
     import pandas as pd
@@ -96,7 +96,7 @@ class ReaderMixin(StoreBase):
 
     def foreign_trials(self) -> list[ForeignTrial]:
         """The trials of a plug-in that is not installed here, or not in the version or
-        with the code that computed them (spec/study.py NotInstalled): kept in the database,
+        with the code that computed them (study/core.py NotInstalled): kept in the database,
         left out of everything but these counts."""
         return list(self._trials()[1])
 
@@ -236,7 +236,7 @@ class ReaderMixin(StoreBase):
 
     def fingerprint(self) -> Fingerprint:
         """The stored study's fixed settings (its ``[halving]`` among them, if any), checked
-        (spec/fingerprint.py)."""
+        (study/fingerprint.py)."""
         with self.session() as s:
             return Fingerprint.read(s.scalars(select(StudyRow.fingerprint)).first(), self.path)
 

@@ -21,9 +21,9 @@ from vaegrid.db.schema import StudyRow, TrialRow
 from vaegrid.db.trials import TrialsMixin
 from vaegrid.errors import InputError
 from vaegrid.safeio import refuse_link
-from vaegrid.spec.fingerprint import Fingerprint
-from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import PENDING
+from vaegrid.study.core import Study, TrialConfig
+from vaegrid.study.fingerprint import Fingerprint
 
 
 def check_compatible(db: Database, study: Study) -> None:

@@ -32,7 +32,6 @@ from vaegrid.db.schema import (
     TrialDeviceRow,
     TrialRow,
 )
-from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import (
     FAILED,
     FINAL,
@@ -44,6 +43,7 @@ from vaegrid.status import (
     Status,
     check_transition,
 )
+from vaegrid.study.core import Study, TrialConfig
 
 if TYPE_CHECKING:  # the driver imports this module and never loads torch
     from vaegrid.train.trial import EpochRecord, TrialResult

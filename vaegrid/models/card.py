@@ -3,7 +3,7 @@
 A card says everything the rest of vaegrid asks of a model, torch-free: its version (part
 of every trial key), its parameters, the multiply-adds of one image through its encoder
 and its decoder, the activations a training step keeps, the images it can take, and how
-to build it. The study checks it (spec/load.py: sizes, memory), the cost model counts
+to build it. The study checks it (study/load.py: sizes, memory), the cost model counts
 with it (cost.py), the probe measures a plug-in's against it (train/probe.py) and the
 trainer builds from it (train/model.py). Each built-in model is one file holding its card
 and its torch module (linear.py, mlp.py, conv.py); the module is defined the first time it

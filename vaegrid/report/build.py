@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 
 from vaegrid.analysis import tables
-from vaegrid.analysis.timing import timing, timing_lines
+from vaegrid.analysis.timing import Timing, timing, timing_lines
 from vaegrid.api import StudyRows, read_study
 from vaegrid.db.engine import Database
 from vaegrid.db.reader import foreign_words
@@ -28,9 +28,9 @@ from vaegrid.report.evaluate import NLL_SAMPLES_MAX, Winners, load_winners
 from vaegrid.report.halving_section import halving_lines
 from vaegrid.report.markdown import likelihood_label, markdown, versions_used
 from vaegrid.safeio import check_study_dir, ensure_dir, save_with, write_atomic
-from vaegrid.spec.axes import AXIS
-from vaegrid.spec.datasets import Images
 from vaegrid.status import COMPLETED
+from vaegrid.study.axes import AXIS
+from vaegrid.study.datasets import Images
 
 # Configs the winner is compared with, paired over repeats, in report.md.
 COMPARED = 4
@@ -91,8 +91,7 @@ def make_report(
             stored.
         device: Where to evaluate.
         storage: The study database URL (default: the folder's study.db).
-        say: Told one line per stage, and while the winners are evaluated, where it is
-            (the trial, k, share of the work done, time left). None: silent.
+        say: Told a line per stage, and where the winners' evaluation is (None: silent).
 
     Raises:
         InputError: not a study folder, no completed trial, ``top`` or ``nll_samples`` out
@@ -106,23 +105,7 @@ def make_report(
     rows = read_study(db)  # read-only: nothing is written before every check
     _check_outputs(layout)
     nll_samples = _test_k(nll_samples, rows)
-    if not (rows.trials["status"] == COMPLETED).any():
-        counts = rows.trials["status"].value_counts().to_dict()
-        have = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
-        raise InputError(f"{study_dir}: no completed trial to rank ({have})")
-    names = rows.axes
-    per_trial = rows.per_trial()
-    ranking = tables.by_config(per_trial, names)
-    completed = int((ranking["status"] == COMPLETED).sum())
-    if not 1 <= top <= completed:
-        raise InputError(
-            f"--top: {top} is not allowed; expected 1 to {completed} (completed configs)"
-        )
-    winners = tables.pick_winners(ranking, top, names)
-    # Every completed repeat of every winning config is tested; none of the others.
-    tested = per_trial[
-        per_trial["config"].isin(winners["key"]) & (per_trial["status"] == COMPLETED)
-    ]
+    names, per_trial, ranking, completed, winners, tested = _rank(rows, top, study_dir)
     # Final weights are stamped with their trial since schema version 2.
     unstamped_ok = rows.created_schema < 2
     configs = {k: rows.configs[k] for k in tested["key"]}
@@ -154,12 +137,7 @@ def make_report(
     seconds = time.perf_counter() - started
     compared = [c for criterion in tables.criteria(ranking) for c in tables.comparisons(
         ranking, per_trial, criterion, COMPARED)]  # fmt: skip
-    spent = timing(rows.runs)
-    if spent is not None:
-        from vaegrid.report import figures  # matplotlib loads only when pictures are drawn
-
-        done = dict(zip(rows.trials["key"], rows.trials["epochs_done"].astype(int), strict=True))
-        figures.timeline(spent, done, layout.figure("timeline"))
+    spent = _timeline(rows, layout)
     text = markdown(
         ranking, test, completed, seconds, versions_used(rows.runs), _early(rows),
         names=names, data=data, compared=compared, importance=found, heatmap=pair,
@@ -169,6 +147,46 @@ def make_report(
     )  # fmt: skip
     write_atomic(layout.report, text)
     return Report(study_dir, ranking, test, todo, seconds, per_trial)
+
+
+def _rank(
+    rows: StudyRows, top: int, study_dir: Path
+) -> tuple[list[str], pd.DataFrame, pd.DataFrame, int, pd.DataFrame, pd.DataFrame]:
+    """The searched axes, the per-trial table, the ranking by config, the completed
+    configs, the ``top`` winners per criterion and the trials to test (every completed
+    repeat of every winning config; none of the others).
+
+    Raises:
+        InputError: no completed trial, or ``top`` out of range.
+    """
+    if not (rows.trials["status"] == COMPLETED).any():
+        counts = rows.trials["status"].value_counts().to_dict()
+        have = ", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "no trials"
+        raise InputError(f"{study_dir}: no completed trial to rank ({have})")
+    names = rows.axes
+    per_trial = rows.per_trial()
+    ranking = tables.by_config(per_trial, names)
+    completed = int((ranking["status"] == COMPLETED).sum())
+    if not 1 <= top <= completed:
+        raise InputError(
+            f"--top: {top} is not allowed; expected 1 to {completed} (completed configs)"
+        )
+    winners = tables.pick_winners(ranking, top, names)
+    tested = per_trial[
+        per_trial["config"].isin(winners["key"]) & (per_trial["status"] == COMPLETED)
+    ]
+    return names, per_trial, ranking, completed, winners, tested
+
+
+def _timeline(rows: StudyRows, layout: StudyLayout) -> Timing | None:
+    """Where the time went (analysis/timing.py), drawn; None when no run has ended."""
+    spent = timing(rows.runs)
+    if spent is not None:
+        from vaegrid.report import figures  # matplotlib loads only when pictures are drawn
+
+        done = dict(zip(rows.trials["key"], rows.trials["epochs_done"].astype(int), strict=True))
+        figures.timeline(spent, done, layout.figure("timeline"))
+    return spent
 
 
 def _test_k(asked: int | None, rows: StudyRows) -> int:
@@ -285,7 +303,7 @@ def _draw(
     found: dict[str, float] | str,
     pair: tuple[str, str] | None,
 ) -> None:
-    from vaegrid.report import figures  # matplotlib loads only when pictures are drawn
+    from vaegrid.report import figures, mattered  # matplotlib loads only to draw
     from vaegrid.report.curves import curves
 
     ensure_dir(layout.figures)
@@ -294,12 +312,12 @@ def _draw(
     curves(epochs, per_trial, test, layout.figure("curves"), names, order)
     axes = [AXIS[n] for n in tables.varying(ranking, names)]
     if axes:
-        figures.parallel(ranking, axes, layout.figure("parallel"), metric)
+        mattered.parallel(ranking, axes, layout.figure("parallel"), metric)
     if pair is not None:
-        figures.heatmap(ranking, pair[0], pair[1], axes, layout.figure("heatmap"), metric)
+        mattered.heatmap(ranking, pair[0], pair[1], axes, layout.figure("heatmap"), metric)
     if isinstance(found, dict):
         where = layout.figure("importance")
-        figures.importance(found, [AXIS[n] for n in found], where, metric)
+        mattered.importance(found, [AXIS[n] for n in found], where, metric)
     for key in _pictured(test, loaded):
         model = loaded.models[key]
         shape, where = loaded.shape, layout.figure(f"{key}_reconstructions")

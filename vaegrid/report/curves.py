@@ -17,9 +17,9 @@ from matplotlib.axes import Axes
 from matplotlib.lines import Line2D
 from matplotlib.ticker import MaxNLocator
 
-from vaegrid.report.figures import MINUS, _order_key, _save, _value_text, _wrap
-from vaegrid.spec.axes import AXIS, applies, describe
+from vaegrid.report.style import MINUS, order_key, save, value_text, wrap
 from vaegrid.status import COMPLETED
+from vaegrid.study.axes import AXIS, applies, describe
 
 CURVES_LABELLED = 12  # up to this many configs each get a colour and a legend entry
 LINE_STYLES = ("-", "--", ":", "-.")
@@ -52,12 +52,12 @@ class _Styles:
         texts: list[str] = []
         if not self.many:
             return handles, texts
-        for value, colour in sorted(self.colours.items(), key=lambda kv: _order_key(kv[0])):
+        for value, colour in sorted(self.colours.items(), key=lambda kv: order_key(kv[0])):
             handles.append(Line2D([], [], color=colour, linewidth=2))
             by = self.by_colour
             texts.append(describe({by: value}, [by]) if by else "")
         if self.by_style and len(self.styles) > 1:
-            for value, style in sorted(self.styles.items(), key=lambda kv: _order_key(kv[0])):
+            for value, style in sorted(self.styles.items(), key=lambda kv: order_key(kv[0])):
                 handles.append(Line2D([], [], color="0.3", linestyle=style))
                 texts.append(describe({self.by_style: value}, [self.by_style]))
         return handles, texts
@@ -128,12 +128,12 @@ def curves(
     missing = configs.index.nunique() - val["config"].nunique()
     if missing:
         title += f"; {missing} without a finished epoch (diverged or not started)"
-    ax.set_title(_wrap(title, fig))
+    ax.set_title(wrap(title, fig))
     ax.grid(alpha=0.3)
     if handles:
         ncols = 1 if max(map(len, texts)) > 45 else 2
         fig.legend(handles, texts, loc="outside lower center", fontsize=8, ncols=ncols)
-    _save(fig, path)
+    save(fig, path)
     return labels
 
 
@@ -164,6 +164,6 @@ def _clip(ax: Axes, val: pd.DataFrame, ranking: pd.DataFrame) -> None:
     ax.set_ylim(low_y - 0.02 * abs(low_y), high_y)
     cut = val.groupby("config")["elbo"].max() > high_y
     if cut.any():
-        note = f"axis cut at {_value_text(high_y)}: {int(cut.sum())} configs have epochs above"
+        note = f"axis cut at {value_text(high_y)}: {int(cut.sum())} configs have epochs above"
         ax.text(0.99, 0.98, note, transform=ax.transAxes, ha="right", va="top", fontsize=8,
                 bbox={"facecolor": "white", "edgecolor": "0.6", "alpha": 0.9})  # fmt: skip

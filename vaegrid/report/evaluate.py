@@ -16,8 +16,8 @@ import torch
 
 from vaegrid.layout import StudyLayout
 from vaegrid.models.base import BaseVAE
-from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
-from vaegrid.spec.study import TrialConfig, derive_seed
+from vaegrid.study.core import TrialConfig, derive_seed
+from vaegrid.study.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.train.data import ensure_mnist, load_splits
 from vaegrid.train.model import importance_nll
 from vaegrid.train.trial import evaluate

@@ -59,7 +59,7 @@ def export(
     Raises:
         InputError: ``fmt`` unknown, its package not installed, or ``dest`` unusable.
     """
-    from vaegrid.spec.load import is_study_name
+    from vaegrid.study.load import is_study_name
 
     if fmt not in FORMATS:
         raise InputError(f"--to: {fmt!r} is not allowed; expected one of {', '.join(FORMATS)}")

@@ -14,8 +14,8 @@ from vaegrid import halving
 from vaegrid.cost import CostModel
 from vaegrid.halving import Standing
 from vaegrid.report.markdown import table
-from vaegrid.spec.datasets import Images
-from vaegrid.spec.study import HalvingSpec, TrialConfig
+from vaegrid.study.core import HalvingSpec, TrialConfig
+from vaegrid.study.datasets import Images
 from vaegrid.train.data import image_shape
 
 

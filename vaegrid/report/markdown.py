@@ -16,11 +16,11 @@ import pandas as pd
 from vaegrid.analysis import stats, tables
 from vaegrid.analysis.tables import Comparison, criteria
 from vaegrid.layout import StudyLayout
-from vaegrid.spec.axes import AXIS, applies, describe
-from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
-from vaegrid.spec.datasets import label as dataset_label
-from vaegrid.spec.study import DataSpec
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
+from vaegrid.study.axes import AXIS, applies, describe
+from vaegrid.study.core import DataSpec
+from vaegrid.study.datasets import BUILTIN as BUILTIN_DATASETS
+from vaegrid.study.datasets import label as dataset_label
 
 # The study folder as report.md, which lies in it, names its files: relative paths.
 _HERE = StudyLayout(Path())
@@ -76,22 +76,115 @@ def markdown(
         n_trials: Trials of the study (configs x repeats).
         description: The study file's description, shown as its author wrote it.
     """
-    counts = ranking["status"].value_counts()
-    diverged, failed = counts.get(DIVERGED, 0), counts.get(FAILED, 0)
-    stopped = counts.get(STOPPED, 0) if early is not None else 0
     repeats = int(ranking["repeats"].max())
     grey = data.binarize == "none"
     lines = ["# vaegrid report", ""]
     if description and description.strip():
         lines += ["## About this study", "", description.strip(), ""]
+    lines += _summary_lines(ranking, completed, seconds, early is not None, data, n_trials)
+    metric = tables.ranked_by(ranking)
+    show = _ranking_columns(ranking, names, repeats, metric)
+    lines += _verdict(ranking, test, names, metric)
+    lines += _ranking_lines(ranking, names, metric, show, val_nll_samples)
+    lines += _test_lines(test, names, ranking, repeats, grey)
     lines += [
+        "## Is the winner better than the next configs?",
+        "",
+        *_comparison_lines(ranking, names, compared, repeats),
+        "## What mattered",
+        "",
+        *_importance_lines(importance, heatmap, metric),
+        *_figure_lines(test),
+    ]
+    by_value = _value_lines(ranking, names, metric)
+    if by_value:
+        lines += ["## How each value fared", "", *by_value, ""]
+    if early is not None:
+        lines += early
+    if spent is not None:
+        lines += spent
+    if versions:
+        lines += [
+            "## Computed with",
+            "",
+            "Numbers are bit-identical on one machine with one set of libraries, not across "
+            "CPUs, GPUs or torch releases; the runs of this study used:",
+            "",
+            *versions,
+            "",
+        ]
+    return "\n".join(lines)
+
+
+def _ranking_lines(
+    ranking: pd.DataFrame, names: list[str], metric: str, show: list[str], k: int
+) -> list[str]:
+    """What val_nll is (if ranked by), and the top 10 configs with a rank per criterion."""
+    lines = []
+    if "val_nll" in ranking.columns:
+        lines += [
+            f"`val_nll`: the importance-sampled -log p(x) of the validation split with k = "
+            f"{k} samples per image (`[rank] nll_samples`), at each trial's "
+            "last epoch; it ranks models trained on different bounds (ELBO, IWAE) fairly, "
+            "where the ELBO favours the ELBO-trained.",
+            "",
+        ]
+    ranks = [f"rank_{c}" for c in criteria(ranking)]
+    top10 = ranking.sort_values([f"rank_{metric}", "key"]).head(10)
+    return [
+        *lines,
+        f"## Ranking: the top {len(top10)} by {criteria(ranking)[metric]}",
+        "",
+        f"One row per config; a rank column per criterion. Every config: {_file('ranking')}.",
+        "",
+        table(_dashes(top10[[*ranks, *show]], names)),
+        "",
+    ]
+
+
+def _figure_lines(test: pd.DataFrame) -> list[str]:
+    """The curves, and each tested trial's reconstructions and samples."""
+    lines = [
+        "## Figures",
+        "",
+        f"![validation -ELBO per epoch of every config]({_figure('curves')})",
+        "",
+    ]
+    for key in dict.fromkeys(test["key"]):
+        lines += [
+            f"`{key}`: test digits (odd rows) and their reconstructions (even rows); "
+            "64 samples from the prior.",
+            "",
+            f"![reconstructions]({_figure(f'{key}_reconstructions')}) "
+            f"![samples]({_figure(f'{key}_samples')})",
+            "",
+        ]
+    return lines
+
+
+def _summary_lines(
+    ranking: pd.DataFrame,
+    completed: int,
+    seconds: float,
+    halving: bool,
+    data: DataSpec,
+    n_trials: int,
+) -> list[str]:
+    """The counts by status, what the metrics are, the data and, with repeats, how they
+    pair."""
+    counts = ranking["status"].value_counts()
+    diverged, failed = counts.get(DIVERGED, 0), counts.get(FAILED, 0)
+    stopped = counts.get(STOPPED, 0) if halving else 0
+    repeats = int(ranking["repeats"].max())
+    grey = data.binarize == "none"
+    lines = [
         (
             f"{len(ranking)} configs x {repeats} repeats = {n_trials} trials, by config"
             if repeats > 1
             else f"{len(ranking)} trials"
         )
         + f": {completed} completed, "
-        + (f"{stopped} stopped early, " if early is not None else "")
+        + (f"{stopped} stopped early, " if halving else "")
         + f"{diverged} diverged, {failed} failed, "
         f"{len(ranking) - completed - stopped - diverged - failed} not finished. Metrics are "
         "per image, in nats (lower is better); elbo is the negative ELBO. "
@@ -120,29 +213,15 @@ def markdown(
             f"{_file('trials')} has every repeat.",
             "",
         ]
-    metric = tables.ranked_by(ranking)
-    show = _ranking_columns(ranking, names, repeats, metric)
-    lines += _verdict(ranking, test, names, metric)
-    if "val_nll" in ranking.columns:
-        lines += [
-            f"`val_nll`: the importance-sampled -log p(x) of the validation split with k = "
-            f"{val_nll_samples} samples per image (`[rank] nll_samples`), at each trial's "
-            "last epoch; it ranks models trained on different bounds (ELBO, IWAE) fairly, "
-            "where the ELBO favours the ELBO-trained.",
-            "",
-        ]
-    ranks = [f"rank_{c}" for c in criteria(ranking)]
-    top10 = ranking.sort_values([f"rank_{metric}", "key"]).head(10)
-    lines += [
-        f"## Ranking: the top {len(top10)} by {criteria(ranking)[metric]}",
-        "",
-        f"One row per config; a rank column per criterion. Every config: {_file('ranking')}.",
-        "",
-        table(_dashes(top10[[*ranks, *show]], names)),
-        "",
-    ]
+    return lines
+
+
+def _test_lines(
+    test: pd.DataFrame, names: list[str], ranking: pd.DataFrame, repeats: int, grey: bool
+) -> list[str]:
+    """The winners on the test split: what the likelihood is, and their table."""
     label = str(test["likelihood"].iloc[0])
-    lines += [
+    return [
         "## Winners on the test split",
         "",
         f"{label}. Each tested repeat of a winning config is evaluated once per k with its "
@@ -158,44 +237,7 @@ def markdown(
         "",
         table(_dashes(_test_rows(test, names, ranking, repeats), names)),
         "",
-        "## Is the winner better than the next configs?",
-        "",
-        *_comparison_lines(ranking, names, compared, repeats),
-        "## What mattered",
-        "",
-        *_importance_lines(importance, heatmap, metric),
-        "## Figures",
-        "",
-        f"![validation -ELBO per epoch of every config]({_figure('curves')})",
-        "",
     ]
-    for key in dict.fromkeys(test["key"]):
-        lines += [
-            f"`{key}`: test digits (odd rows) and their reconstructions (even rows); "
-            "64 samples from the prior.",
-            "",
-            f"![reconstructions]({_figure(f'{key}_reconstructions')}) "
-            f"![samples]({_figure(f'{key}_samples')})",
-            "",
-        ]
-    by_value = _value_lines(ranking, names, metric)
-    if by_value:
-        lines += ["## How each value fared", "", *by_value, ""]
-    if early is not None:
-        lines += early
-    if spent is not None:
-        lines += spent
-    if versions:
-        lines += [
-            "## Computed with",
-            "",
-            "Numbers are bit-identical on one machine with one set of libraries, not across "
-            "CPUs, GPUs or torch releases; the runs of this study used:",
-            "",
-            *versions,
-            "",
-        ]
-    return "\n".join(lines)
 
 
 def _ranking_columns(

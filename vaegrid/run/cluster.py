@@ -44,7 +44,7 @@ def check_address(address: str) -> str:
         shown = repr(address[:200]) + (
             f"... ({len(address)} characters)" if len(address) > 200 else ""
         )
-        from vaegrid.run.jobqueue import SCHEDULERS
+        from vaegrid.run.batch import SCHEDULERS
 
         raise InputError(
             f"--cluster: {shown} is not allowed; expected a batch scheduler ("

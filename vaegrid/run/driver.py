@@ -33,8 +33,8 @@ from vaegrid.run.pool import (
 from vaegrid.run.sweep import Sweep
 from vaegrid.run.worker import init_worker
 from vaegrid.safeio import check_study_dir, write_atomic
-from vaegrid.spec.datasets import BUILTIN as BUILTIN_DATASETS
-from vaegrid.spec.study import Study, expand
+from vaegrid.study.core import Study, expand
+from vaegrid.study.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.train.data import ensure_mnist
 
 

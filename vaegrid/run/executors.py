@@ -44,7 +44,7 @@ def choose(
         InputError: an option that is not allowed, no device, a scheduler that cannot be
             reached or whose workers offer no slot.
     """
-    from vaegrid.run.jobqueue import DEFAULT_JOBS, MAX_JOBS, is_scheduler
+    from vaegrid.run.batch import DEFAULT_JOBS, MAX_JOBS, is_scheduler
 
     batch = where.cluster is not None and is_scheduler(where.cluster)
     if where.jobs is not None and not batch:

@@ -17,8 +17,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from vaegrid import halving
-from vaegrid.spec.study import HalvingSpec, Study
 from vaegrid.status import Status
+from vaegrid.study.core import HalvingSpec, Study
 
 if TYPE_CHECKING:
     from vaegrid.db.store import Store

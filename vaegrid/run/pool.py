@@ -189,7 +189,7 @@ def make_pool(
         probe, memory_mb, cores: what the machine has (measured when None).
         option: the option the devices came from, for messages (``--device`` in report).
         trial_mb: memory one trial's training takes beyond a worker's own (the study's
-            largest, spec.study.training_mb): a CPU worker holds both.
+            largest, study.core.training_mb): a CPU worker holds both.
 
     Raises:
         InputError: an unknown or unavailable device, a repeated one, K < 1, or more
@@ -203,30 +203,7 @@ def make_pool(
     probe = probe if probe is not None else (probe_cuda() if wants_cuda else CudaProbe())
     cores = cores or os.cpu_count() or 1
     memory_mb = memory_mb or memory_limit_mb()
-    n_cuda = len(probe.names)
-    if devices == "auto":
-        names = tuple(f"cuda:{i}" for i in range(n_cuda)) or ("cpu",)
-        found = (
-            ", ".join(f"{n} ({probe.names[int(n[5:])]})" for n in names)
-            if n_cuda
-            else f"cpu ({probe.reason})"
-        )
-    else:
-        names = tuple(d.strip() for d in devices.split(","))
-        for name in names:
-            ok = name == "cpu" or (
-                name.startswith("cuda:") and name[5:].isdigit() and int(name[5:]) < n_cuda
-            )
-            if not ok:
-                visible = ", ".join(["cpu", *(f"cuda:{i}" for i in range(n_cuda))])
-                why = f" ({probe.reason})" if not n_cuda and probe.reason else ""
-                raise InputError(
-                    f"{option}: {name!r} is not a device here; visible: {visible}{why}"
-                    + (" (or auto)" if option == "--devices" else "")
-                )
-        if len(set(names)) != len(names):
-            raise InputError(f"{option}: {devices!r} names a device twice")
-        found = ", ".join(names)
+    names, found = _devices(devices, probe, option)
     gpu = any(n.startswith("cuda") for n in names)
     each = WORKER_MEMORY_MB + (0 if gpu else trial_mb)  # a GPU's trials use its own memory
     fit = max(1, memory_mb // each // len(names))  # workers per device memory holds
@@ -250,6 +227,35 @@ def make_pool(
         provenance.device_kind("cpu" if n == "cpu" else probe.names[int(n[5:])]) for n in names
     )
     return Pool(names, k, threads, kinds, found)
+
+
+def _devices(devices: str, probe: CudaProbe, option: str) -> tuple[tuple[str, ...], str]:
+    """The devices ``devices`` names, each once, and what was found, in words.
+
+    Raises:
+        InputError: a device that is not here, or one named twice.
+    """
+    n_cuda = len(probe.names)
+    if devices == "auto":
+        names = tuple(f"cuda:{i}" for i in range(n_cuda)) or ("cpu",)
+        if not n_cuda:
+            return names, f"cpu ({probe.reason})"
+        return names, ", ".join(f"{n} ({probe.names[int(n[5:])]})" for n in names)
+    names = tuple(d.strip() for d in devices.split(","))
+    for name in names:
+        ok = name == "cpu" or (
+            name.startswith("cuda:") and name[5:].isdigit() and int(name[5:]) < n_cuda
+        )
+        if not ok:
+            visible = ", ".join(["cpu", *(f"cuda:{i}" for i in range(n_cuda))])
+            why = f" ({probe.reason})" if not n_cuda and probe.reason else ""
+            raise InputError(
+                f"{option}: {name!r} is not a device here; visible: {visible}{why}"
+                + (" (or auto)" if option == "--devices" else "")
+            )
+    if len(set(names)) != len(names):
+        raise InputError(f"{option}: {devices!r} names a device twice")
+    return names, ", ".join(names)
 
 
 class WorkerDied(Exception):

@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from vaegrid.db.reader import TrialInfo
     from vaegrid.db.store import Store
     from vaegrid.layout import StudyLayout
-    from vaegrid.spec.fingerprint import Fingerprint
+    from vaegrid.study.fingerprint import Fingerprint
 
 
 class _Bar(tqdm):

@@ -30,7 +30,6 @@ from vaegrid.run.pool import ClusterGone, Executor, Pool, Slot, WorkerDied
 from vaegrid.run.progress import Progress
 from vaegrid.run.queue import TrialQueue
 from vaegrid.run.worker import Task, execute
-from vaegrid.spec.study import Study, TrialConfig
 from vaegrid.status import (
     COMPLETED,
     FAILED,
@@ -43,6 +42,7 @@ from vaegrid.status import (
     Status,
     summary,
 )
+from vaegrid.study.core import Study, TrialConfig
 from vaegrid.train import provenance
 
 EXIT_CLUSTER_GONE = 3  # the world failed: the cluster's scheduler, the database, the disk
@@ -253,8 +253,8 @@ class Sweep:
     def _paused(self, key: str) -> None:
         self.faults.progress()
         self.view[key] = PAUSED
-        at = self.policy.target(key, self.grid[key].epochs)
-        self.progress.say(f"{self._describe(key)}: paused at epoch {at}")
+        # where it stopped: the plan has moved on (a trial at its rung may not run on now)
+        self.progress.say(f"{self._describe(key)}: paused at epoch {self.epochs_done[key]}")
 
     def _describe(self, key: str) -> str:
         return f"{key} ({self.grid[key].describe(self.study.searched)})"

@@ -32,8 +32,8 @@ from vaegrid.faults import FAULT_WAIT_S, WorldFault, patient, world_fault
 from vaegrid.layout import StudyLayout, TrialFiles
 from vaegrid.run.pool import Watch
 from vaegrid.safeio import ensure_dir, open_fd, open_file, read_bytes
-from vaegrid.spec.study import TrialConfig
 from vaegrid.status import FINAL, Status
+from vaegrid.study.core import TrialConfig
 from vaegrid.train import provenance
 
 if TYPE_CHECKING:

@@ -2,7 +2,7 @@
 process.
 
 MNIST and Fashion-MNIST come from their IDX files (checked here), a plug-in data set from
-its package's loader (spec/datasets.py; checked here too). Pixels are scaled to [0, 1]
+its package's loader (study/datasets.py; checked here too). Pixels are scaled to [0, 1]
 once and each split is one ``[n, C x H x W]`` tensor on the trial's device, so training
 takes batches as slices of a permutation: no DataLoader, no per-sample transform (see
 bench/ for what that costs).
@@ -23,10 +23,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from vaegrid.errors import DataGone, InputError, first_line
-from vaegrid.spec import datasets
-from vaegrid.spec.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
-from vaegrid.spec.plugins import DATASETS_GROUP, load_factory
-from vaegrid.spec.study import MNIST_SHAPE, DataSpec, derive_seed, split_sizes
+from vaegrid.study import datasets
+from vaegrid.study.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
+from vaegrid.study.core import MNIST_SHAPE, DataSpec, derive_seed, split_sizes
+from vaegrid.study.plugins import DATASETS_GROUP, load_factory
 
 if TYPE_CHECKING:
     import torch
@@ -288,7 +288,7 @@ def plugin_images(root: Path, spec: DataSpec) -> tuple[torch.Tensor, torch.Tenso
 
     Raises:
         InputError: the loader raised, or gave something else than uint8 images within the
-            bounds of spec/datasets.py, two sets of unlike images, or one set where the
+            bounds of study/datasets.py, two sets of unlike images, or one set where the
             study asks for the official split. Named with the distribution.
     """
     import numpy as np

@@ -19,11 +19,11 @@ import torch.nn.functional as F
 
 from vaegrid.models import CARDS
 from vaegrid.models.base import BaseVAE, Terms
-from vaegrid.spec.study import MNIST_SHAPE, NLL_ROWS
+from vaegrid.study.core import MNIST_SHAPE, NLL_ROWS
 
 
 class PluginVAE(BaseVAE):
-    """A plug-in's model (spec/plugins.py): its ``encode`` and ``decode`` work on images
+    """A plug-in's model (study/plugins.py): its ``encode`` and ``decode`` work on images
     ``[B, C, H, W]``; seen from here as every model is, on flattened images."""
 
     def __init__(self, inner: Any, latent: int, shape: tuple[int, int, int]) -> None:
@@ -64,7 +64,7 @@ def make_model(settings: Mapping[str, Any], shape: tuple[int, int, int] = MNIST_
     card = CARDS.get(settings["model"])
     if card is not None:
         return card.build(settings, shape)
-    from vaegrid.spec.plugins import load_factory
+    from vaegrid.study.plugins import load_factory
 
     inner = load_factory(settings["model"])(shape, dict(settings))
     return PluginVAE(inner, settings["latent"], shape)

@@ -25,9 +25,9 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from vaegrid.errors import InputError, first_line
-from vaegrid.spec import datasets
-from vaegrid.spec.axes import AXES, PLUGINS, applies
-from vaegrid.spec.study import MNIST_SHAPE, DataSpec, Study
+from vaegrid.study import datasets
+from vaegrid.study.axes import AXES, PLUGINS, applies
+from vaegrid.study.core import MNIST_SHAPE, DataSpec, Study
 
 PROBE_TIMEOUT_S = 300  # loading a plug-in data set, stepping every plug-in model, torch's import
 PROBES_MAX = 64  # builds per model: its string settings' combinations, the first this many
@@ -43,32 +43,18 @@ def check_plugins(study: Study, root: Path) -> Study:
 
     Raises:
         InputError: the data set failed to load or its images are not allowed, the study's
-            settings do not fit them (spec/load.py's check_sizes), or a model failed (named
+            settings do not fit them (study/validate.py's check_sizes), or a model failed (named
             with its distribution, what went wrong) or has more parameters than a study may
             have.
     """
-    from vaegrid.spec.load import MODEL_PARAMETERS_MAX, check_sizes
+    from vaegrid.study.validate import MODEL_PARAMETERS_MAX, check_sizes
 
     by_axis = dict(study.settings)
     models = [m for m in by_axis["model"] if m in PLUGINS]
     plugin_data = study.data.dataset not in datasets.BUILTIN
     if not models and not plugin_data:
         return study
-    todo = []
-    for model in models:
-        # every combination of the choices that apply to it (a few), each size at its largest
-        at: dict[str, Any] = {"model": model}
-        choices = [a for a in AXES if a.kind is str and a.name != "model" and applies(a, at)]
-        for combo in itertools.islice(
-            itertools.product(*(by_axis[a.name] for a in choices)), PROBES_MAX
-        ):
-            settings = {**dict(zip([a.name for a in choices], combo, strict=True)), **at}
-            for axis in AXES:
-                if axis.name not in settings:
-                    values = by_axis[axis.name]
-                    settings[axis.name] = values[0] if axis.kind is str else max(values)
-            todo.append({a.name: settings[a.name] if applies(a, settings) else a.default[0]
-                         for a in AXES})  # fmt: skip
+    todo = [settings for model in models for settings in _probe_settings(model, by_axis)]
     job = {"models": todo, "root": str(root), "data": dataclasses.asdict(study.data)}
     what = ", ".join([f"data set {study.data.dataset}"] * plugin_data + models)
     answers, crash = _run_probe(job, study.source, what)
@@ -118,6 +104,24 @@ def check_plugins(study: Study, root: Path) -> Study:
                 f"largest settings; expected at most {MODEL_PARAMETERS_MAX}"
             )
     return dataclasses.replace(study, plugin_work=_plugin_work(measured, study.shape))
+
+
+def _probe_settings(model: str, by_axis: dict[str, Any]) -> list[dict[str, Any]]:
+    """The settings ``model`` is probed at: every combination of the string choices that
+    apply to it (at most PROBES_MAX), each size at its largest."""
+    at: dict[str, Any] = {"model": model}
+    choices = [a for a in AXES if a.kind is str and a.name != "model" and applies(a, at)]
+    out = []
+    combos = itertools.product(*(by_axis[a.name] for a in choices))
+    for combo in itertools.islice(combos, PROBES_MAX):
+        settings = {**dict(zip([a.name for a in choices], combo, strict=True)), **at}
+        for axis in AXES:
+            if axis.name not in settings:
+                values = by_axis[axis.name]
+                settings[axis.name] = values[0] if axis.kind is str else max(values)
+        out.append({a.name: settings[a.name] if applies(a, settings) else a.default[0]
+                    for a in AXES})  # fmt: skip
+    return out
 
 
 def _plugin_work(

@@ -45,8 +45,8 @@ def versions() -> dict[str, str]:
 def _plugins() -> dict[str, str]:
     """Every usable plug-in model and data set installed, as ``plug-in DIST`` -> version:
     report.md's "Computed with" names them (their code computes the numbers too)."""
-    from vaegrid.spec.axes import PLUGINS as MODELS
-    from vaegrid.spec.datasets import PLUGINS as DATASETS
+    from vaegrid.study.axes import PLUGINS as MODELS
+    from vaegrid.study.datasets import PLUGINS as DATASETS
 
     found = [p for p in (*MODELS.values(), *DATASETS.values()) if p.problem is None]
     return {f"plug-in {p.dist}": p.version for p in found}

@@ -20,7 +20,6 @@ import math
 import re
 import threading
 import time
-import zipfile
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,13 +31,14 @@ from vaegrid.errors import InputError
 from vaegrid.layout import TrialFiles
 from vaegrid.models.base import BaseVAE
 from vaegrid.safeio import ensure_dir, open_file, read_bytes, save_with, write_atomic
-from vaegrid.spec.axes import PLUGINS
-from vaegrid.spec.plugins import load_factory
-from vaegrid.spec.study import EVAL_ROWS, TrialConfig, derive_seed
 from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED, Status
+from vaegrid.study.axes import PLUGINS
+from vaegrid.study.core import EVAL_ROWS, TrialConfig, derive_seed
+from vaegrid.study.plugins import load_factory
 from vaegrid.train import provenance
 from vaegrid.train.data import binarize, image_shape
 from vaegrid.train.model import importance_nll, iwae_terms, make_model
+from vaegrid.train.weights import load_bounded
 
 EVAL_CHUNK = EVAL_ROWS  # images per forward pass when evaluating a whole split
 
@@ -214,20 +214,30 @@ def run_trial(
             log.flush()
             if on_epoch:
                 on_epoch(record)
-        if len(history) < cfg.epochs:  # stopped at a rung: no final weights yet
-            if nll_samples and nll_when_paused:
-                paused = val_nll(model, val_x, cfg, len(history), nll_samples)
-                if not math.isfinite(paused.nll):
-                    return _nll_diverged(history, paused)
-                return TrialResult(PAUSED, history, nll=paused)
-            return TrialResult(PAUSED, history)
-        nll = val_nll(model, val_x, cfg, len(history), nll_samples) if nll_samples else None
-        if nll is not None and not math.isfinite(nll.nll):
-            return _nll_diverged(history, nll)
-        if not files.weights.exists():  # stamped, as the checkpoint: a copy is caught
-            final = {"identity": identity, "file": "weights", "model": model.state_dict()}
-            save_with(files.weights, torch.save, final)
-        return TrialResult(COMPLETED, history, nll=nll)
+    k = nll_samples if len(history) == cfg.epochs or nll_when_paused else 0
+    return _end(model, val_x, cfg, history, files, identity, k)
+
+
+def _end(
+    model: BaseVAE,
+    val_x: torch.Tensor,
+    cfg: TrialConfig,
+    history: list[EpochRecord],
+    files: TrialFiles,
+    identity: dict[str, str],
+    nll_samples: int,
+) -> TrialResult:
+    """A run that trained to its last epoch, or paused at a rung: its validation NLL with
+    ``nll_samples`` (0: none), and at the end its final weights, stamped."""
+    nll = val_nll(model, val_x, cfg, len(history), nll_samples) if nll_samples else None
+    if nll is not None and not math.isfinite(nll.nll):
+        return _nll_diverged(history, nll)
+    if len(history) < cfg.epochs:  # stopped at a rung: no final weights yet
+        return TrialResult(PAUSED, history, nll=nll)
+    if not files.weights.exists():  # stamped, as the checkpoint: a copy is caught
+        final = {"identity": identity, "file": "weights", "model": model.state_dict()}
+        save_with(files.weights, torch.save, final)
+    return TrialResult(COMPLETED, history, nll=nll)
 
 
 def _nll_diverged(history: list[EpochRecord], nll: ValNll) -> TrialResult:
@@ -399,26 +409,6 @@ def _restore(
                 f"{path}: made for {field} {stored.get(field)!r}, not {identity[field]!r}"
             )
     return history
-
-
-def load_bounded(path: Path, limit: int, device: torch.device | str) -> Any:
-    """``torch.load`` of a file that holds at most ``limit`` bytes, on disk and unpacked
-    (torch's files are zip archives: a small compressed member can unpack to gigabytes).
-
-    Raises:
-        ValueError: larger than ``limit``, or not a torch file; InputError: not a regular
-            file or a link.
-    """
-    if path.is_file() and path.stat().st_size > limit:
-        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, more than {limit:,}")
-    data = read_bytes(path)
-    try:
-        unpacked = sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(data)).infolist())
-    except zipfile.BadZipFile:
-        unpacked = len(data)  # not an archive: torch.load says what it is
-    if unpacked > limit:
-        raise ValueError(f"{path}: unpacks to {unpacked:,} bytes, more than {limit:,}")
-    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)
 
 
 def _save_checkpoint(

@@ -1,17 +1,23 @@
-"""A trial's final weights, read back: sized before they are read, and refused unless they
-are this trial's (``report``'s winners and ``vaegrid.load().model``)."""
+"""Torch files read back: bounded before and while they are read (:func:`load_bounded`:
+checkpoints and weights), and a trial's final weights refused unless they are this
+trial's (``report``'s winners and ``vaegrid.load().model``)."""
 
 from __future__ import annotations
+
+import io
+import zipfile
+from pathlib import Path
+from typing import Any
 
 import torch
 
 from vaegrid.errors import InputError, first_line
 from vaegrid.layout import StudyLayout
 from vaegrid.models.base import BaseVAE
-from vaegrid.spec.study import TrialConfig
+from vaegrid.safeio import read_bytes
+from vaegrid.study.core import TrialConfig
 from vaegrid.train.data import image_shape
 from vaegrid.train.model import make_model
-from vaegrid.train.trial import load_bounded
 
 
 def load_model(
@@ -65,3 +71,23 @@ def load_model(
     except Exception as e:  # another shape, not a state dict
         raise InputError(f"{path}: not this trial's weights ({first_line(e)})") from None
     return model.to(device).eval()
+
+
+def load_bounded(path: Path, limit: int, device: torch.device | str) -> Any:
+    """``torch.load`` of a file that holds at most ``limit`` bytes, on disk and unpacked
+    (torch's files are zip archives: a small compressed member can unpack to gigabytes).
+
+    Raises:
+        ValueError: larger than ``limit``, or not a torch file; InputError: not a regular
+            file or a link.
+    """
+    if path.is_file() and path.stat().st_size > limit:
+        raise ValueError(f"{path}: {path.stat().st_size:,} bytes, more than {limit:,}")
+    data = read_bytes(path)
+    try:
+        unpacked = sum(i.file_size for i in zipfile.ZipFile(io.BytesIO(data)).infolist())
+    except zipfile.BadZipFile:
+        unpacked = len(data)  # not an archive: torch.load says what it is
+    if unpacked > limit:
+        raise ValueError(f"{path}: unpacks to {unpacked:,} bytes, more than {limit:,}")
+    return torch.load(io.BytesIO(data), map_location=device, weights_only=True)

@@ -7,37 +7,29 @@ an :class:`InputError` that names the file, the key, the value and what is allow
 
 from __future__ import annotations
 
-import codecs
 import dataclasses
 import functools
 import itertools
 import json
 import math
-import os
 import re
-import stat
-import tomllib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import Any
 
 from vaegrid.errors import InputError
-from vaegrid.models import CARDS
-from vaegrid.spec import datasets
-from vaegrid.spec.axes import (
+from vaegrid.study import datasets
+from vaegrid.study.axes import (
     AXES,
     AXIS,
     LIMIT_MAX,
-    PLUGINS,
     REPEATS_MAX,
     SAMPLES_MAX,
-    Axis,
     applies,
     format_value,
     is_number,
 )
-from vaegrid.spec.plugins import NAME
-from vaegrid.spec.study import (
+from vaegrid.study.core import (
     BINARIZE,
     HALVING_METRICS,
     SPLITS,
@@ -45,24 +37,14 @@ from vaegrid.spec.study import (
     HalvingSpec,
     Study,
     TrialConfig,
-    largest_trials,
-    parameter_count,
     split_sizes,
-    training_mb,
 )
+from vaegrid.study.files import INT_BITS_MAX, NESTING_MAX, apply_overrides, read_toml
+from vaegrid.study.validate import Validator, check_sizes, show, toml_key
 
 # Bounds on a study file. Everything in it comes from outside: each bound keeps a bad
 # value from crashing, exhausting or silently misleading a later stage.
 
-# Largest study file read: a study is a few lines of TOML; read at most this + 1 byte.
-STUDY_FILE_MAX_BYTES = 1 << 20
-# Most '.' on one line: tomllib's time grows with the square of a dotted key's length
-# (50,000 parts: 40 s); 1,000 grid values of one dot each still fit.
-DOTS_PER_LINE_MAX = 2_000
-# Deepest nesting of tables and lists: a study needs 2 ([data] fractions = [...]).
-NESTING_MAX = 8
-# Integers anywhere in the file hold at most this many bits (sign apart).
-INT_BITS_MAX = 64
 # seed: 0 <= seed < SEED_END (torch and numpy take 64-bit seeds; SQLite stores signed ones).
 SEED_END = 2**63
 # name: a plain folder name under the results folder (no "/", not ".", "..", ".hidden").
@@ -71,22 +53,10 @@ NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9._-]*"
 NAME_MAX_CHARS = 100
 # description: a string of at most this many characters.
 DESCRIPTION_MAX_CHARS = 10_000
-# Each grid list holds at most this many values.
-GRID_VALUES_MAX = 1_000
 # The grid holds at most this many trials (product of the list lengths, times repeats).
 TRIALS_MAX = 10_000
-# Every (hidden, latent) pair gives a VAE of at most this many parameters (200 MB float32).
-MODEL_PARAMETERS_MAX = 50_000_000
-# A training step of any trial needs at most this much memory (study.training_mb's
-# estimate): IWAE's k samples of a batch multiply the decoder's activations.
-TRAINING_MB_MAX = 16_384
 # [sample]: the grid it draws from holds at most this many configs (each one is ranked).
 SAMPLED_GRID_MAX = 1_000_000
-# --set: at most this many items, each value at most this many characters.
-OVERRIDES_MAX = 100
-OVERRIDE_MAX_CHARS = 10_000
-# Longest value quoted in a message: a 1 MiB value would not be one readable line.
-SHOWN_MAX_CHARS = 200
 
 
 def config_problem(cfg: TrialConfig) -> str | None:
@@ -98,17 +68,17 @@ def config_problem(cfg: TrialConfig) -> str | None:
     the study file that would make it.
     """
     if type(cfg.repeat) is not int or not 0 <= cfg.repeat < REPEATS_MAX:
-        return f"repeat = {_show(cfg.repeat)}, expected an integer from 0 to {REPEATS_MAX - 1}"
+        return f"repeat = {show(cfg.repeat)}, expected an integer from 0 to {REPEATS_MAX - 1}"
     settings = cfg.axis_values()
     for axis in AXES:
         value = settings[axis.name]
         if not axis.check(value):
-            return f"{axis.name} = {_show(value)}, expected {axis.allowed()}"
+            return f"{axis.name} = {show(value)}, expected {axis.allowed()}"
     for axis in AXES:
         if not applies(axis, settings) and settings[axis.name] != axis.default[0]:
             other, where = axis.applies or ("", ())
             return (
-                f"{axis.name} = {_show(settings[axis.name])} with {other} "
+                f"{axis.name} = {show(settings[axis.name])} with {other} "
                 f"{settings[other]}: {' or '.join(where)} only"
             )
     if not isinstance(cfg.data, DataSpec):
@@ -116,7 +86,7 @@ def config_problem(cfg: TrialConfig) -> str | None:
     data: dict[str, Any] = dataclasses.asdict(cfg.data)
     digest = data.pop("images")  # the probe's, not a study file's
     if digest and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest)):
-        return f"data.images = {_show(digest)}, expected a SHA-256 in hex"
+        return f"data.images = {show(digest)}, expected a SHA-256 in hex"
     if isinstance(data["fractions"], tuple):
         data["fractions"] = list(data["fractions"])
     if data.get("split") == "official":  # as a study file writes it: no holdout settings
@@ -155,121 +125,12 @@ def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
             too deeply, or holds an unknown key or bad value.
     """
     path = Path(path)
-    text = _read_text(path)
-    _check_lines(path, text)
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as e:
-        raise InputError(f"{path}: not valid TOML: {e}") from None
-    except RecursionError:  # tomllib recurses once per level of [ or {
-        raise InputError(
-            f"{path}: not valid TOML for a study: nested too deeply; "
-            f"expected tables and lists at most {NESTING_MAX} deep"
-        ) from None
-    except ValueError:  # tomllib lets int() refuse a literal of over 4300 digits itself
-        raise InputError(
-            f"{path}: not valid TOML for a study: an integer has too many digits; "
-            f"expected integers of at most {INT_BITS_MAX} bits"
-        ) from None
+    raw = read_toml(path)
     source = str(path)
     if overrides:
         apply_overrides(raw, overrides)
         source += " with --set " + " --set ".join(overrides)
     return parse_study(raw, source=source, default_name=path.stem)
-
-
-def apply_overrides(raw: dict[str, Any], overrides: Sequence[str]) -> None:
-    """Apply ``--set section.key=value`` items to a study's parsed TOML, in order.
-
-    Raises:
-        InputError: an item that is not ``[section.]key=value`` with a TOML value (or a bare
-            word), or that names a section the file holds as a value.
-    """
-    if len(overrides) > OVERRIDES_MAX:
-        raise InputError(f"--set: {len(overrides)} items; expected at most {OVERRIDES_MAX}")
-    for item in overrides:
-        shown = _show(item)
-        where, sep, text = item.partition("=")
-        parts = where.strip().split(".")
-        if not sep or len(parts) > 2 or not all(re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", p)
-                                                for p in parts):  # fmt: skip
-            raise InputError(
-                f"--set: {shown} is not allowed; expected section.key=value or key=value, "
-                "e.g. --set train.epochs=5 or --set 'grid.lr=[1e-3, 1e-2]'"
-            )
-        if len(text) > OVERRIDE_MAX_CHARS:
-            raise InputError(f"--set: {shown}: a value of at most {OVERRIDE_MAX_CHARS} characters")
-        try:
-            value = tomllib.loads(f"v = {text.strip()}")["v"]
-        except (tomllib.TOMLDecodeError, RecursionError, ValueError):
-            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]*", text.strip()):
-                raise InputError(
-                    f"--set: {shown}: the value is not TOML (a number, a quoted string, a list "
-                    "such as [1, 2]) nor a bare word"
-                ) from None
-            value = text.strip()  # a bare word: data.binarize=dynamic, train.model=mlp
-        table: dict[str, Any] = raw
-        if len(parts) == 2:
-            found = raw.setdefault(parts[0], {})
-            if not isinstance(found, dict):
-                raise InputError(f"--set: {shown}: {parts[0]} is a value, not a section")
-            table = found
-            other = {"train": "grid", "grid": "train"}.get(parts[0])
-            moved = raw.get(other) if other else None
-            if isinstance(moved, dict):  # --set grid.lr=[...] on a file that fixes lr:
-                moved.pop(parts[1], None)  # the setting moves, as an edit would move it
-        table[parts[-1]] = value
-
-
-def _read_text(path: Path) -> str:
-    """The file's text: at most STUDY_FILE_MAX_BYTES of UTF-8, a leading BOM dropped."""
-    try:
-        # Non-blocking, then checked: a FIFO or a device would block or never end.
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
-    except FileNotFoundError:
-        raise InputError(f"{path}: study file not found") from None
-    except OSError as e:
-        reason = e.strerror or type(e).__name__
-        raise InputError(f"{path}: cannot read study file: {reason}") from None
-    with os.fdopen(fd, "rb") as f:
-        if not stat.S_ISREG(os.fstat(fd).st_mode):
-            raise InputError(
-                f"{path}: not a regular file (a folder, FIFO or device); expected a TOML file"
-            )
-        os.set_blocking(fd, True)
-        try:
-            # One byte more than allowed tells "too large" without reading a huge file.
-            data = f.read(STUDY_FILE_MAX_BYTES + 1)
-        except OSError as e:
-            reason = e.strerror or type(e).__name__
-            raise InputError(f"{path}: cannot read study file: {reason}") from None
-    if len(data) > STUDY_FILE_MAX_BYTES:
-        raise InputError(
-            f"{path}: study file is larger than {STUDY_FILE_MAX_BYTES} bytes (1 MiB); "
-            "expected a few lines of TOML"
-        )
-    # Editors on Windows save UTF-8 with a BOM; tomllib would call it an "Invalid statement".
-    bom = codecs.BOM_UTF8 if data.startswith(codecs.BOM_UTF8) else b""
-    try:
-        return data[len(bom) :].decode("utf-8")
-    except UnicodeDecodeError as e:
-        offset = len(bom) + e.start  # counted from 0 at the file's first byte, as od/xxd do
-        raise InputError(
-            f"{path}: not UTF-8 text (byte {offset}); expected a TOML file saved as UTF-8"
-        ) from None
-
-
-def _check_lines(path: Path, text: str) -> None:
-    """Refuse a line with more than DOTS_PER_LINE_MAX dots, before tomllib reads it."""
-    # A dotted key lies on one line (TOML separates its parts by spaces and tabs only),
-    # so its parts are at most the dots of its line + 1. TOML ends lines with "\n" only.
-    for number, line in enumerate(text.split("\n"), start=1):
-        dots = line.count(".")
-        if dots > DOTS_PER_LINE_MAX:
-            raise InputError(
-                f"{path}: line {number} holds {dots} '.' characters; expected at most "
-                f"{DOTS_PER_LINE_MAX} on a line (dotted keys that long take minutes to read)"
-            )
 
 
 _TOP_KEYS = {
@@ -291,7 +152,7 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
     Raises:
         InputError: naming ``source``, the key, the bad value and what is allowed.
     """
-    v = _Validator(source)
+    v = Validator(source)
     _check_structure(v, raw)
     v.known(raw, "", _TOP_KEYS)
     name = _name(v, raw, default_name)
@@ -315,7 +176,7 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
     return study
 
 
-def _check_structure(v: _Validator, raw: Mapping[str, Any]) -> None:
+def _check_structure(v: Validator, raw: Mapping[str, Any]) -> None:
     """Refuse nesting deeper than NESTING_MAX and integers of more than INT_BITS_MAX bits.
 
     Iterative, so that TOML dotted keys thousands deep (which tomllib builds without
@@ -332,7 +193,7 @@ def _check_structure(v: _Validator, raw: Mapping[str, Any]) -> None:
                 )
             if isinstance(value, dict):
                 prefix = key + "." if key else ""
-                stack.extend((item, prefix + _key(k), depth + 1) for k, item in value.items())
+                stack.extend((item, prefix + toml_key(k), depth + 1) for k, item in value.items())
             else:  # a list element is named by its list's key, as the validators name it
                 stack.extend((item, key, depth + 1) for item in value)
         elif isinstance(value, int) and value.bit_length() > INT_BITS_MAX:
@@ -348,7 +209,7 @@ def is_study_name(name: object) -> bool:
     )
 
 
-def _name(v: _Validator, raw: Mapping[str, Any], default_name: str) -> str:
+def _name(v: Validator, raw: Mapping[str, Any], default_name: str) -> str:
     name = raw.get("name", default_name)
     if is_study_name(name):
         return str(name)
@@ -361,7 +222,7 @@ def _name(v: _Validator, raw: Mapping[str, Any], default_name: str) -> str:
     v.fail("name", name, allowed)
 
 
-def _data(v: _Validator, raw: Mapping[str, Any]) -> DataSpec:
+def _data(v: Validator, raw: Mapping[str, Any]) -> DataSpec:
     d = v.table(raw, "data", {f.name for f in dataclasses.fields(DataSpec)} - {"images"})
     broken = datasets.PLUGINS.get(d["dataset"]) if isinstance(d.get("dataset"), str) else None
     if (
@@ -391,7 +252,7 @@ def _data(v: _Validator, raw: Mapping[str, Any]) -> DataSpec:
 
 
 def _settings(
-    v: _Validator, raw: Mapping[str, Any], data: DataSpec
+    v: Validator, raw: Mapping[str, Any], data: DataSpec
 ) -> tuple[tuple[tuple[str, tuple[Any, ...]], ...], tuple[str, ...], int]:
     """Each axis's values from [train] (one value) or [grid] (a value or a list), the
     searched axes, and grid.repeats."""
@@ -449,68 +310,8 @@ def _settings(
     return tuple(settings), tuple(searched), repeats
 
 
-def check_sizes(study: Study) -> None:
-    """Refuse what the study's images (``study.images``: a built-in data set's when it is
-    loaded, a plug-in's once probed, train/probe.py) do not allow: a limit beyond its
-    images, official split without a test set, a batch larger than the training split,
-    images a model cannot take (conv: sides not divisible by 4), a model over MODEL_PARAMETERS_MAX
-    parameters or a training step over TRAINING_MB_MAX at its largest settings.
-
-    Raises:
-        InputError: naming the study file, the setting and what is allowed.
-    """
-    v = _Validator(study.source)
-    images, data, by_axis = study.images, study.data, dict(study.settings)
-    assert images is not None
-    shown = f"{datasets.label(data.dataset)} ({images.describe()}, {images.train:,} training"
-    shown += f" and {images.test:,} test images)" if images.test else " images, no test set)"
-    if data.limit > images.train + images.test:
-        v.fail("data.limit", data.limit, f"at most the {images.train + images.test:,} images "
-               f"of {shown}")  # fmt: skip
-    if data.split == "official" and not images.test:
-        v.fail("data.split", data.split, f'"holdout": {shown} has no official test split')
-    if min(split_sizes(data, images)) < 1:
-        if data.split == "official":
-            v.fail("data.split", data.split, f'"holdout": {shown} has too few training images '
-                   "for the official split's validation tenth (at least 10)")  # fmt: skip
-        v.fail("data.fractions", list(data.fractions), f"shares that leave no split of {shown} "
-               "empty")  # fmt: skip
-    where = "grid." if "batch_size" in study.searched else "train."
-    n_train, batch = split_sizes(data, images)[0], max(by_axis["batch_size"])
-    if batch > n_train:
-        v.fail(where + "batch_size", batch, f"at most the {n_train} images of the training split")
-    for model in by_axis["model"]:  # a model's own rule on the images it takes
-        refused = CARDS[model].refuses(images.shape) if model in CARDS else None
-        if refused is not None:
-            v.fail("data.dataset", data.dataset, f"{refused}; {shown}")
-    # Parameters and memory grow with every size: each model's largest trial is the one.
-    largest = largest_trials(by_axis)
-    for trial in largest:
-        n_params = parameter_count(trial, images.shape)
-        if n_params > MODEL_PARAMETERS_MAX:
-            dims = ("hidden", "latent", "depth", "channels")
-            named = ", ".join(f"{n} = {trial[n]}" for n in dims if applies(AXIS[n], trial))
-            raise InputError(
-                f"{v.source}: model {trial['model']} with {named} has {n_params:,} parameters; "
-                f"expected at most {MODEL_PARAMETERS_MAX:,} for every config (images of "
-                f"{images.describe()})"
-            )
-    worst = max(largest, key=lambda t: training_mb(t, images.shape))
-    need = training_mb(worst, images.shape)
-    if need > TRAINING_MB_MAX:
-        which = ["model", "batch_size", "hidden"]
-        which += ["channels"] if worst["model"] == "conv" else []
-        which += ["samples"] if worst["objective"] == "iwae" else []
-        named = ", ".join(f"{n} = {worst[n]}" for n in which)
-        raise InputError(
-            f"{v.source}: {named} needs about {need:,} MB per training step (parameters, "
-            f"Adam's moments, activations); expected at most {TRAINING_MB_MAX:,} MB: a "
-            f"smaller batch_size or fewer samples (images of {images.describe()})"
-        )
-
-
 def _sample(
-    v: _Validator,
+    v: Validator,
     raw: Mapping[str, Any],
     settings: Sequence[tuple[str, tuple[Any, ...]]],
     searched: Sequence[str],
@@ -549,7 +350,7 @@ def _distinct_trials(by_axis: Mapping[str, tuple[Any, ...]], searched: list[str]
     return total
 
 
-def _halving(v: _Validator, raw: Mapping[str, Any], study: Study) -> HalvingSpec:
+def _halving(v: Validator, raw: Mapping[str, Any], study: Study) -> HalvingSpec:
     h = v.table(raw, "halving", {f.name for f in dataclasses.fields(HalvingSpec)})
     if len(study.values("epochs")) > 1 or study.repeats > 1:
         what = "several epochs values" if study.repeats == 1 else f"repeats = {study.repeats}"
@@ -594,7 +395,7 @@ def _halving(v: _Validator, raw: Mapping[str, Any], study: Study) -> HalvingSpec
     return HalvingSpec(tuple(int(r) for r in rungs), float(keep), metric)
 
 
-def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float]:
+def _fractions(v: Validator, d: Mapping[str, Any]) -> tuple[float, float, float]:
     value = d.get("fractions", DataSpec.fractions)
     allowed = "three numbers in (0, 1) for train, validation, test that sum to 1"
     if (
@@ -610,120 +411,3 @@ def _fractions(v: _Validator, d: Mapping[str, Any]) -> tuple[float, float, float
     if min(split_sizes(data)) < 1:
         v.fail("data.fractions", value, "shares that leave no split empty")
     return fractions
-
-
-class _Validator:
-    """Reads typed values out of the raw TOML, failing with one complete line."""
-
-    def __init__(self, source: str) -> None:
-        self.source = source
-
-    def fail(self, key: str, value: object, allowed: str) -> NoReturn:
-        raise InputError(
-            f"{self.source}: {key} = {_show(value)} is not allowed; expected {allowed}"
-        )
-
-    def known(self, table: Mapping[str, Any], prefix: str, keys: set[str]) -> None:
-        for key in table:
-            if key not in keys:
-                where = f" in [{prefix.rstrip('.')}]" if prefix else ""
-                hint = (  # a setting of a plug-in model that is not installed here
-                    " (a plug-in model's setting? no installed plug-in declares it: pip "
-                    "install the package that does)"
-                    if prefix in ("train.", "grid.") and isinstance(key, str)
-                    and NAME.fullmatch(key) else ""
-                )  # fmt: skip
-                raise InputError(
-                    f"{self.source}: unknown key '{prefix}{_key(key)}'; "
-                    f"allowed keys{where}: {', '.join(sorted(keys))}{hint}"
-                )
-
-    def table(self, raw: Mapping[str, Any], name: str, keys: set[str]) -> Mapping[str, Any]:
-        table = raw.get(name, {})
-        if not isinstance(table, dict):
-            self.fail(name, table, f"a table [{name}]")
-        self.known(table, name + ".", keys)
-        return table
-
-    def integer(
-        self,
-        t: Mapping[str, Any],
-        prefix: str,
-        key: str,
-        default: int,
-        minimum: int,
-        maximum: int | None,
-        allowed: str | None = None,
-    ) -> int:
-        value = t.get(key, default)
-        ok = isinstance(value, int) and not isinstance(value, bool) and value >= minimum
-        if not ok or (maximum is not None and value > maximum):
-            if allowed is None:
-                allowed = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-                allowed += f" up to {maximum}" if maximum is not None else ""
-            self.fail(prefix + key, value, allowed)
-        return int(value)
-
-    def choice(
-        self, t: Mapping[str, Any], prefix: str, key: str, default: str, allowed: tuple[str, ...]
-    ) -> str:
-        value = t.get(key, default)
-        if value not in allowed:
-            self.fail(prefix + key, value, "one of " + ", ".join(f'"{a}"' for a in allowed))
-        return str(value)
-
-    def values(
-        self, table: Mapping[str, Any], prefix: str, axis: Axis, list_ok: bool
-    ) -> tuple[Any, ...]:
-        """An axis's values: one value, or (``list_ok``) a non-empty list of distinct ones."""
-        key = prefix + axis.name
-        value = table[axis.name]
-        for item in value if isinstance(value, list) else [value]:
-            broken = PLUGINS.get(item) if axis.name == "model" and isinstance(item, str) else None
-            if broken is not None and broken.problem is not None:
-                self.fail(key, item, f"a usable model: {broken.who_registers} it, "
-                          f"but {broken.problem}")  # fmt: skip
-        if not isinstance(value, list):
-            if not axis.check(value):
-                self.fail(key, value, axis.allowed() + (" or a list of such" if list_ok else ""))
-            return (axis.kind(value),)
-        if not list_ok:
-            self.fail(key, value, f"{axis.allowed()} (a list of values goes in [grid])")
-        allowed = f"a non-empty list of distinct values, each {axis.allowed()}"
-        if not value:
-            self.fail(key, value, allowed)
-        if len(value) > GRID_VALUES_MAX:
-            self.fail(key, value, f"{allowed}, at most {GRID_VALUES_MAX} of them")
-        for item in value:
-            if not axis.check(item):
-                self.fail(key, item, allowed)
-        out = tuple(axis.kind(item) for item in value)
-        if len(set(out)) != len(out):
-            dup = next(x for x in out if out.count(x) > 1)
-            self.fail(key, value, f"{allowed} ({_show(dup)} is listed twice)")
-        return out
-
-
-def _key(key: str) -> str:
-    """A TOML key as the file spells it: bare, else quoted (so no newline reaches a message)."""
-    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else _show(key)
-
-
-def _show(value: object) -> str:
-    """A value as TOML-ish text on one line, cut to SHOWN_MAX_CHARS."""
-    if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 256:
-        return f"<an integer of {value.bit_length()} bits>"  # repr() refuses > 4300 digits
-    if isinstance(value, str):
-        text = json.dumps(value)
-    elif isinstance(value, bool):
-        text = str(value).lower()
-    elif isinstance(value, tuple):
-        text = repr(list(value))
-    else:
-        try:
-            text = repr(value)
-        except ValueError:  # an integer of > 4300 digits inside a list or table
-            text = f"<a {type(value).__name__} too large to show>"
-    if len(text) > SHOWN_MAX_CHARS:
-        text = f"{text[:SHOWN_MAX_CHARS]}... ({len(text)} characters)"
-    return text

@@ -1,5 +1,5 @@
 """The data sets a study may name: MNIST and Fashion-MNIST built in, and the user's own,
-registered by an installed package like a model (spec/plugins.py), with no module or path
+registered by an installed package like a model (study/plugins.py), with no module or path
 in a study file::
 
     [project.entry-points."vaegrid.datasets"]
@@ -20,8 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from vaegrid.spec.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
-from vaegrid.spec.plugins import Plugin, registered_datasets
+from vaegrid.study.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
+from vaegrid.study.plugins import Plugin, registered_datasets
 
 # Bounds on a plug-in's images: each set has 1 .. IMAGES_MAX images of CHANNELS channels
 # and sides SIDE_MIN .. SIDE_MAX, BYTES_MAX bytes at most in all (4 GB as float32 on every

@@ -1,4 +1,4 @@
-"""The user's own models (and data sets: spec/datasets.py), registered by installed
+"""The user's own models (and data sets: study/datasets.py), registered by installed
 packages: no edit of vaegrid, and no module or path in a study file (study files stay
 data).
 

@@ -26,10 +26,10 @@ from typing import TYPE_CHECKING, Any
 
 from vaegrid.errors import InputError
 from vaegrid.models import CARDS
-from vaegrid.spec.axes import AXES, AXIS, SAMPLES_MAX
+from vaegrid.study.axes import AXES, AXIS, SAMPLES_MAX
 
 if TYPE_CHECKING:
-    from vaegrid.spec.study import HalvingSpec, Study
+    from vaegrid.study.core import HalvingSpec, Study
 
 # Written by vaegrid before 2026-12-07 for every study, whatever its model: read as "the
 # model the study fixes, or none when it searches models" (the trial keys hold the truth).
@@ -153,14 +153,14 @@ class Fingerprint(Mapping[str, Any]):
 
 
 def _data(study: Study) -> dict[str, Any]:
-    from vaegrid.spec.study import data_dict
+    from vaegrid.study.core import data_dict
 
     return data_dict(study.data)
 
 
 def _halving(raw: Any) -> HalvingSpec | None:
     """A stored ``[halving]`` as the study had it; None if absent or not sound."""
-    from vaegrid.spec.study import HALVING_METRICS, HalvingSpec
+    from vaegrid.study.core import HALVING_METRICS, HalvingSpec
 
     if not isinstance(raw, dict):
         return None

@@ -1,7 +1,7 @@
 """The settings of a trial: declared once, here, with their bounds, defaults and labels.
 
 ``AXES`` is the one place the settings are declared: the study file's keys and their
-validation (spec/load.py), the trial config and its key (spec/study.py), Optuna's
+validation (study/load.py), the trial config and its key (study/core.py), Optuna's
 parameters and distributions (db/ledger.py), the tables' and CSVs' columns, the figures'
 labels, ``plan``, the progress line and ``status`` all follow from it.
 """
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from vaegrid.models import NAMES
-from vaegrid.spec.plugins import registered
+from vaegrid.study.plugins import registered
 
 if TYPE_CHECKING:  # optuna loads only where a distribution is made
     from optuna.distributions import BaseDistribution
@@ -159,7 +159,7 @@ AXES: tuple[Axis, ...] = (
 
 
 def _with_plugins(builtin: tuple[Axis, ...]) -> tuple[Axis, ...]:
-    """AXES with the models and settings of installed plug-ins (spec/plugins.py)."""
+    """AXES with the models and settings of installed plug-ins (study/plugins.py)."""
     plugins = [p for p in PLUGINS.values() if p.problem is None]
     if not plugins:
         return builtin

@@ -1,5 +1,5 @@
 """A study and its trials: the validated study, the grid's expansion, the trial config and
-its key. Loading a study file (the hostile part) is spec/load.py's.
+its key. Loading a study file (the hostile part) is study/load.py's.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from vaegrid.models import CARDS, GUESS
-from vaegrid.spec import datasets
-from vaegrid.spec.axes import (
+from vaegrid.study import datasets
+from vaegrid.study.axes import (
     AXES,
     AXIS,
     PLUGINS,
@@ -24,14 +24,14 @@ from vaegrid.spec.axes import (
     describe,
     neutralize,
 )
-from vaegrid.spec.datasets import Images
+from vaegrid.study.datasets import Images
 
 # Each model's version (its card's: bumped when what a config computes changes) is part of
 # every trial key, so old results never pass for new; a linear trial's key is what it was
 # before other models existed. MODEL: the seed's, named in the study's fingerprint.
 MODEL = CARDS["linear"].version
 MODEL_VERSIONS = {name: card.version for name, card in CARDS.items()}
-# A plug-in's (spec/plugins.py): its name, distribution and version.
+# A plug-in's (study/plugins.py): its name, distribution and version.
 MODEL_VERSIONS |= {n: p.model_version for n, p in PLUGINS.items() if n in AXIS["model"].choices}
 _MODEL_OF = {v: k for k, v in MODEL_VERSIONS.items()}
 SPLITS = ("holdout", "official")
@@ -54,7 +54,7 @@ class DataSpec:
     """Which images a study trains, selects and tests on."""
 
     # "mnist" (the seed's), "fashion-mnist" (torchvision's FashionMNIST files) or a
-    # registered plug-in's (spec/datasets.py).
+    # registered plug-in's (study/datasets.py).
     dataset: str = "mnist"
     # "holdout": pool all 70,000 images, seeded permutation, cut by `fractions` (the seed's
     # protocol). "official": 54,000 / 6,000 of the training set and the 10,000 test images.
@@ -154,8 +154,8 @@ class Study:
 
     def fingerprint(self) -> dict[str, Any]:
         """The fixed settings: a stored study is only resumed by a study with the same ones
-        (spec/fingerprint.py)."""
-        from vaegrid.spec.fingerprint import Fingerprint
+        (study/fingerprint.py)."""
+        from vaegrid.study.fingerprint import Fingerprint
 
         return dict(Fingerprint.of(self))
 
@@ -201,7 +201,7 @@ class TrialConfig:
         """
         unknown = sorted(set(settings) - set(AXIS))
         if unknown:
-            raise TypeError(f"{', '.join(unknown)}: not a setting (see spec/axes.py's AXES)")
+            raise TypeError(f"{', '.join(unknown)}: not a setting (see study/axes.py's AXES)")
         values = tuple((a.name, settings.get(a.name, a.default[0])) for a in AXES)
         return cls(seed, data, values, repeat)
 
@@ -285,7 +285,7 @@ class TrialConfig:
 
 
 _AXIS_NAMES = tuple(a.name for a in AXES)
-# A plug-in's tag in a key (spec/plugins.py, Plugin.model_version): name@dist==version, and
+# A plug-in's tag in a key (study/plugins.py, Plugin.model_version): name@dist==version, and
 # for a model #code=<digest>.
 PLUGIN_TAG = re.compile(r"[a-z][a-z0-9_]{0,39}@[A-Za-z0-9][A-Za-z0-9._-]{0,99}=="
                         r"[A-Za-z0-9][A-Za-z0-9.+!_-]{0,63}(#code=[0-9a-f]{12})?")  # fmt: skip

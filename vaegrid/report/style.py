@@ -1,0 +1,102 @@
+"""What every picture of the report shares: the style (sizes that survive a paper's
+column), the metrics' words, the axes' labels, and how a figure is written (a PNG and an
+SVG beside it, atomically). matplotlib only: no torch."""
+
+from __future__ import annotations
+
+import textwrap
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from vaegrid.safeio import save_with
+from vaegrid.study.axes import AXIS, Axis
+
+# Readable where a paper prints them: a figure of 7 inches shrinks to a column's 3.5, so
+# no text is smaller than 8 points (4 when printed) and most is 9 to 11.
+STYLE = {
+    "font.size": 10,
+    "axes.titlesize": 11,
+    "axes.labelsize": 10,
+    "xtick.labelsize": 9,
+    "ytick.labelsize": 9,
+    "legend.fontsize": 8,
+    "svg.fonttype": "none",  # text stays text in the SVG: searchable, editable
+}
+plt.rcParams.update(STYLE)  # type: ignore[arg-type]
+
+
+DPI = 200  # every chart's PNG; an SVG beside it is the vector file
+
+
+MINUS = "\N{MINUS SIGN}"  # typographic minus: "-ELBO" would read as a hyphen
+
+
+# What each metric column is, for titles and colorbars (all per image, in nats).
+METRIC_LABELS = {
+    "val_elbo": f"final validation {MINUS}ELBO",
+    "val_recon": "final validation reconstruction loss",
+    "val_kl": "final validation KL",
+    "val_nll": "final validation NLL",
+    "best_val_elbo": f"best validation {MINUS}ELBO",
+    "train_elbo": f"final training {MINUS}ELBO",
+    "test_elbo": f"test {MINUS}ELBO",
+    "test_nll": "test negative log-likelihood",
+}
+
+
+# Lower is better everywhere: the reversed map makes the best configs the bright ones.
+CMAP = "viridis_r"
+
+
+def value_text(value: float) -> str:
+    """A metric value: one decimal, three significant digits when it is huge or tiny."""
+    return f"{value:.1f}" if value == 0 or 0.1 <= abs(value) < 1e5 else f"{value:.3g}"
+
+
+def metric_label(metric: str) -> str:
+    return METRIC_LABELS.get(metric, metric)
+
+
+def axis_label(name: str, axes: Sequence[Axis]) -> str:
+    """The axis's label from ``axes``, else from AXIS, else its name."""
+    axis = next((a for a in axes if a.name == name), AXIS.get(name))
+    if axis is None:
+        return name
+    return axis.label or axis.name
+
+
+def distinct(column: pd.Series) -> list[object]:
+    """The distinct values of a column, sorted."""
+    return sorted(column.dropna().unique().tolist())
+
+
+def panel_columns(panels: int) -> int:
+    """Panels per row: about square, at most 4 (1, 2, 3, 2 x 2, 3 x 2, ..., 4 x 3)."""
+    return panels if panels <= 3 else 2 if panels == 4 else 3 if panels <= 9 else 4
+
+
+def order_key(value: object) -> tuple[int, object]:
+    """Numbers before strings, each in their order (a legend's values)."""
+    return (0, value) if isinstance(value, int | float | np.number) else (1, str(value))
+
+
+def wrap(text: str, fig: Figure, points: float = 11.0) -> str:
+    """``text`` broken into lines that fit the figure's width at ``points`` (a title)."""
+    chars = int(fig.get_figwidth() * 72 / (0.6 * points))
+    return textwrap.fill(text, max(20, chars))
+
+
+def save(fig: Figure, path: Path) -> None:
+    """Write ``fig`` as a PNG at ``DPI`` and, beside it, an SVG (each atomically); free it."""
+    save_with(path, fig.savefig, format="png", dpi=DPI)
+    save_with(path.with_suffix(".svg"), fig.savefig, format="svg")
+    plt.close(fig)
