@@ -396,3 +396,22 @@ def test_status_in_a_sweeps_first_moment_says_the_study_is_being_set_up(
             "again in a moment\n"  # fmt: skip
     assert main(["status", str(layout.root)]) == 2  # no driver: what it is, said as before
     assert "not a vaegrid study database" in capsys.readouterr().err
+
+
+def test_a_reader_is_a_type_with_no_method_that_writes(tmp_path: Path, write_study: Any) -> None:
+    """Read-only is the reader's type, not an assert at run time: none of the writer's
+    moves, syncs, leases or Optuna's ledger is there to call."""
+    from conftest import synced_study_db
+
+    from vaegrid.db.store import Reader
+
+    writes = {"sync_study", "start_trial", "begin_run", "record_epoch", "finish_run", "mark",
+              "fail", "give_up", "stop", "reopen", "save_test", "driver_beat", "claim",
+              "release", "interrupt_running", "optuna"}  # fmt: skip
+    assert writes <= set(dir(Store))
+    assert not writes & set(dir(Reader))
+    reader = Store.reader(synced_study_db(write_study(), tmp_path / "s"))
+    try:
+        assert isinstance(reader, Reader) and len(reader.trials()) == 4
+    finally:
+        reader.close()

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import pandas as pd
 
 from vaegrid.analysis import tables
+from vaegrid.db import schema
 from vaegrid.db.engine import Database
 from vaegrid.db.reader import ForeignTrial
 from vaegrid.db.store import Store, existing_db
@@ -149,7 +150,10 @@ class Results:
                 "results=RESULTS_DIR to load() to read them"
             )
         return load_model(
-            self._configs[key], StudyLayout(self.folder), device, self._created_schema < 2
+            self._configs[key],
+            StudyLayout(self.folder),
+            device,
+            not schema.weights_stamped(self._created_schema),
         )
 
     def best(self, metric: str = "val_elbo") -> pd.Series:

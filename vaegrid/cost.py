@@ -30,7 +30,7 @@ import math
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from vaegrid.models import CARDS, GUESS
+from vaegrid.models import CARDS, GUESS, measured
 from vaegrid.study.core import (
     MNIST_IMAGES,
     DataSpec,
@@ -53,7 +53,7 @@ CHECKPOINT_EXTRA_BYTES = 64 << 10  # a checkpoint's metrics, generator states an
 RUNNING_SHARE_MAX = 0.95
 
 
-def forward_macs(settings: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[int, int]:
+def forward_macs(settings: Mapping[str, Any], shape: tuple[int, int, int]) -> tuple[float, float]:
     """Multiply-adds of one image's pass through the encoder and through the decoder: the
     model's card's count (vaegrid/models/); a plug-in's layers are unknown here, guessed
     as the linear model of its hidden width (scaled by what the probe measured)."""
@@ -74,7 +74,8 @@ class CostModel:
         images: Images | None = None,
         plugin_work: tuple[tuple[str, float, float], ...] = (),
     ) -> None:
-        self.plugin_work = {m: (e, d) for m, e, d in plugin_work}
+        # a plug-in model's card from what its probe measured (models.measured)
+        self.cards = CARDS | {m: measured(m, e, d) for m, e, d in plugin_work}
         images = images or MNIST_IMAGES  # a plug-in data set not probed (status): MNIST's
         self.shape = images.shape
         self.n_train, self.n_val, _ = split_sizes(data, images)
@@ -103,11 +104,11 @@ class CostModel:
         return float((2 * enc + (k + 1) * dec) * images)
 
     def forward(self, cfg: TrialConfig) -> tuple[float, float]:
-        """MACs of one image through the encoder and the decoder: counted, or for a plug-in
-        model the guess scaled by what the probe measured of it."""
-        enc, dec = forward_macs(cfg.axis_values(), self.shape)
-        scale = self.plugin_work.get(cfg.model, (1.0, 1.0))
-        return enc * scale[0], dec * scale[1]
+        """MACs of one image through the encoder and the decoder, as its model's card counts
+        them (a plug-in's: from its probe; not probed, the guess)."""
+        card = self.cards.get(cfg.model, GUESS)
+        enc, dec = card.macs(cfg.axis_values(), self.shape)
+        return float(enc), float(dec)
 
     def file_bytes(self, cfg: TrialConfig) -> tuple[int, int]:
         """Bytes of a trial's final weights and of its checkpoint (the weights, the

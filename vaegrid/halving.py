@@ -51,6 +51,7 @@ from vaegrid.status import Status
 from vaegrid.study.core import HalvingSpec
 
 if TYPE_CHECKING:  # the driver imports this module; the store imports no torch either
+    from vaegrid.db.reader import ReaderMixin
     from vaegrid.db.store import Store
 
 
@@ -154,7 +155,7 @@ def _value(s: Standing, rung: int) -> float:
 
 
 def read_standings(
-    store: Store, keys: Collection[str], spec: HalvingSpec, retry: Collection[str] = ()
+    store: ReaderMixin, keys: Collection[str], spec: HalvingSpec, retry: Collection[str] = ()
 ) -> tuple[dict[str, Standing], dict[str, Status], dict[str, str | None]]:
     """The standings of ``keys`` from the database, and each trial's stored status and cause.
 

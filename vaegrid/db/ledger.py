@@ -21,6 +21,7 @@ from datetime import datetime
 
 from optuna.distributions import BaseDistribution
 from optuna.exceptions import UpdateFinishedTrialError
+from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
 from sqlalchemy import select
 
@@ -41,6 +42,18 @@ PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
 
 class LedgerMixin(StoreBase):
     _choices: dict[str, BaseDistribution] | None = None  # categoricals, as align() left them
+
+    @property
+    def optuna(self) -> RDBStorage:
+        """Optuna's storage on the same database, opened on first use (a writer's only: a
+        :class:`~vaegrid.db.store.Reader` has no ledger)."""
+        with self._lock:  # K trials of one Dask worker share this store
+            if self._optuna is None:
+                self._optuna = RDBStorage(
+                    self.db.optuna_url(), engine_kwargs=self.db.optuna_engine_kwargs()
+                )
+                self.db.harden_optuna(self._optuna.engine)
+        return self._optuna
 
     def align_optuna(self) -> None:
         """Optuna's trials in line with vaegrid's tables (optuna_align.align)."""

@@ -15,8 +15,9 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import inspect, select
+from sqlalchemy import select
 
+from vaegrid.db import schema
 from vaegrid.db.checks import check
 from vaegrid.db.schema import (
     Base,
@@ -178,7 +179,7 @@ class ReaderMixin(StoreBase):
         with self.snapshot(), self.session() as s:
             self.frame("vg_run")  # every row checked
             other = {t.key for t in self.foreign_trials()}
-            old = not inspect(s.connection()).has_table(ProvenanceRow.__tablename__)
+            old = not schema.has_column(s.connection(), ProvenanceRow.__tablename__, "run_id")
             prov = {} if old else {p.run_id: p for p in s.scalars(select(ProvenanceRow))}
             out = []
             for r in s.scalars(select(RunRow).order_by(RunRow.id)):
@@ -263,8 +264,7 @@ class ReaderMixin(StoreBase):
     def study_description(self) -> str | None:
         """The study file's ``description`` (None: it has none), for report.md."""
         with self.session() as s:
-            columns = {c["name"] for c in inspect(s.connection()).get_columns("vg_study")}
-            if "description" not in columns:  # schema version 1
+            if not schema.has_column(s.connection(), "vg_study", "description"):
                 return None
             found = s.scalars(select(StudyRow.description)).first()
         if found is not None and not isinstance(found, str):

@@ -316,6 +316,21 @@ def created_schema(con: Connection) -> int:
     return int(value) if isinstance(value, str) and value.isdigit() else 1
 
 
+def weights_stamped(created: int) -> bool:
+    """Whether a database made at schema version ``created`` holds final weights stamped
+    with their trial and model (since version 2: older ones are checked by shape alone)."""
+    return created >= 2
+
+
+def has_column(con: Connection, table: str, column: str) -> bool:
+    """Whether ``table`` has ``column`` here: a reader reads older databases as they are
+    (``vg_study.description`` came with version 2), never migrating them."""
+    inspector = inspect(con)
+    if table not in set(inspector.get_table_names()):
+        return False
+    return column in {c["name"] for c in inspector.get_columns(table)}
+
+
 def _newer(where: str, found: int) -> InputError:
     return InputError(
         f"{where}: made by a newer vaegrid (schema version {found}; this vaegrid reads "

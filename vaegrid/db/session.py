@@ -1,10 +1,12 @@
-"""The one way into a study database: engines, the one session helper, Optuna's storage.
+"""The one way into a study database: engines and the one session helper.
 
 Every other module of ``db/`` is a part of :class:`vaegrid.db.store.Store` built on this
 base, and reaches the database through :meth:`StoreBase.session` (one transaction,
 committed at the end of the block, rolled back on any error, as Optuna's RDB storage does
-with its scoped sessions) or through :attr:`StoreBase.optuna`. ``Store.reader``
-(store.py) is the read-only way in. Two ways in bypass it, each for its reason: the
+with its scoped sessions), and a writer to Optuna's ledger through
+:attr:`~vaegrid.db.ledger.LedgerMixin.optuna` on the same database. ``Store.reader``
+(store.py: a :class:`~vaegrid.db.store.Reader`, which has no writing method) is the
+read-only way in. Two ways in bypass it, each for its reason: the
 compatibility check before a run (``sync.check_compatible``: a read-only engine of its
 own, before a store may exist, since a refused run writes nothing, not even a ``-wal``
 file) and the driver's advisory lock (``engine.pg_advisory_lock``: a connection of its
@@ -44,8 +46,8 @@ class StoreBase:
     """A connection to one study database (one process may hold one per database).
 
     ``Store(db)`` is a writer: it makes the tables of a new database or migrates an older
-    one (schema.py). ``Store.reader(db)`` writes nothing, takes no lock, and refuses a
-    database that is not a vaegrid study.
+    one (schema.py). ``Store.reader(db)`` (a ``Reader``) writes nothing, takes no lock,
+    and refuses a database that is not a vaegrid study.
     """
 
     def __init__(self, db: Database | Path, *, readonly: bool = False) -> None:
@@ -75,18 +77,6 @@ class StoreBase:
         except InputError:
             self.engine.dispose()
             raise
-
-    @property
-    def optuna(self) -> RDBStorage:
-        """Optuna's storage on the same database, opened on first use (readers never do)."""
-        assert not self.readonly, "a reader never writes Optuna's ledger"
-        with self._lock:  # K trials of one Dask worker share this store
-            if self._optuna is None:
-                self._optuna = RDBStorage(
-                    self.db.optuna_url(), engine_kwargs=self.db.optuna_engine_kwargs()
-                )
-                self.db.harden_optuna(self._optuna.engine)
-        return self._optuna
 
     def close(self) -> None:
         self.engine.dispose()

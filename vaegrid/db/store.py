@@ -29,15 +29,15 @@ class Store(SyncMixin, CoordinationMixin, ReaderMixin):
 
     check_compatible = staticmethod(check_compatible)
 
-    @classmethod
-    def reader(cls, db: Database | Path) -> Store:
-        """A read-only view of an existing study database.
+    @staticmethod
+    def reader(db: Database | Path) -> Reader:
+        """A read-only view of an existing study database (:class:`Reader`).
 
         Raises:
             InputError: missing, a link, unreachable, newer than this vaegrid, or not a
                 vaegrid study database.
         """
-        store = cls(db, readonly=True)
+        store = Reader(db, readonly=True)
         try:
             store.study_row()
         except (SQLAlchemyError, InputError) as e:
@@ -45,6 +45,15 @@ class Store(SyncMixin, CoordinationMixin, ReaderMixin):
             why = e if isinstance(e, InputError) else reason(e)
             raise InputError(f"{store.path}: not a vaegrid study database ({why})") from None
         return store
+
+
+class Reader(ReaderMixin):
+    """A study database read, never written: it has the queries and no method that writes
+    (a type, not a check at run time), opens its engine read-only, and migrates nothing."""
+
+    def __init__(self, db: Database | Path, *, readonly: bool = True) -> None:
+        assert readonly, "a Reader is read-only"
+        super().__init__(db, readonly=True)
 
 
 def existing_db(layout: StudyLayout, storage: str | None = None) -> Database:
@@ -64,4 +73,4 @@ def existing_db(layout: StudyLayout, storage: str | None = None) -> Database:
     return db
 
 
-__all__ = ["Database", "Store", "TrialInfo", "existing_db"]
+__all__ = ["Database", "Reader", "Store", "TrialInfo", "existing_db"]

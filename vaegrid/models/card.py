@@ -38,7 +38,7 @@ class Card:
     name: str  # as a study file names it (``model = "linear"``)
     version: str  # bumped whenever what a config computes changes: part of the trial key
     parameters: Callable[[Settings, Shape], int]
-    macs: Callable[[Settings, Shape], tuple[int, int]]  # encoder, decoder, per image
+    macs: Callable[[Settings, Shape], tuple[float, float]]  # encoder, decoder, per image
     activations: Callable[[Settings, Shape], Activations]
     build: Callable[[Settings, Shape], BaseVAE]  # on the CPU (imports torch)
     # Why images of this shape cannot be taken, in words (None: they can).

@@ -19,6 +19,7 @@ import pandas as pd
 from vaegrid.analysis import tables
 from vaegrid.analysis.timing import Timing, timing, timing_lines
 from vaegrid.api import StudyRows, read_study
+from vaegrid.db import schema
 from vaegrid.db.engine import Database
 from vaegrid.db.reader import foreign_words
 from vaegrid.db.store import Store, existing_db
@@ -106,8 +107,7 @@ def make_report(
     _check_outputs(layout)
     nll_samples = _test_k(nll_samples, rows)
     names, per_trial, ranking, completed, winners, tested = _rank(rows, top, study_dir)
-    # Final weights are stamped with their trial since schema version 2.
-    unstamped_ok = rows.created_schema < 2
+    unstamped_ok = not schema.weights_stamped(rows.created_schema)
     configs = {k: rows.configs[k] for k in tested["key"]}
     loaded = load_winners(layout, configs, data_root, device, unstamped_ok)
     stored = rows.tests

@@ -32,8 +32,7 @@ from vaegrid.status import (
 
 if TYPE_CHECKING:
     from vaegrid.db.engine import Database
-    from vaegrid.db.reader import TrialInfo
-    from vaegrid.db.store import Store
+    from vaegrid.db.reader import ReaderMixin, TrialInfo
     from vaegrid.layout import StudyLayout
     from vaegrid.study.fingerprint import Fingerprint
 
@@ -104,7 +103,7 @@ def done(view: Mapping[str, Status]) -> int:
 
 
 def live_counts(
-    db: Database, layout: StudyLayout | None, store: Store, trials: Sequence[TrialInfo]
+    db: Database, layout: StudyLayout | None, store: ReaderMixin, trials: Sequence[TrialInfo]
 ) -> tuple[int | str | None, Counter[Status]]:
     """The study's live driver (its pid; "pid on host" on a server; None: none) and its
     trials' counts by status, what was running counted interrupted when no driver lives.
