@@ -120,6 +120,15 @@ def test_the_one_forecast_counts_every_part_of_the_work() -> None:
     got = forecast(model, [late], 1)
     assert got.done == pytest.approx(RUNNING_SHARE_MAX)  # nearly done, not done
     assert got.seconds == pytest.approx((1 - RUNNING_SHARE_MAX) * model.seconds(work))
+    for _ in range(3):  # three runs predicted 4 epochs and diverged in their first
+        model.finished(model.work(a, 0, 4), 0.0)
+    assert model.realized() == pytest.approx(0.05)  # the floor
+    fresh, started = Left(b, 0, 4), Left(b, 1, 4)  # a started trial is past where they died
+    assert forecast(model, [fresh], 1).seconds == pytest.approx(0.05 * model.seconds(
+        model.work(b, 0, 4)))  # fmt: skip
+    assert forecast(model, [started], 1).seconds == pytest.approx(model.seconds(left))
+    model = CostModel(data, nll_samples=50)
+    model.observe("cpu", 10.0, 1e9)
     halving = HalvingSpec(rungs=(2,), keep=0.5, metric="val_elbo")
     at_rung = [Left(cfg, 2, 2) for cfg in (a, b, c)]  # all paused at rung 2 of 4 epochs
     got = forecast(model, at_rung, 1, halving, open_rung=2)

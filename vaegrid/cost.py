@@ -199,8 +199,9 @@ def forecast(
     """The one forecast of a sweep (the bar, ``status``): the share of the work done and the
     seconds left on ``slots`` slots. Trials running: their predicted seconds less the time
     they have run (a trial over its prediction is nearly done, not done); the others: their
-    work to ``target``, scaled by the share of predicted work ended runs did
-    (:meth:`CostModel.realized`), longest first onto the slots that free first; with
+    work to ``target``, those not started scaled by the share of predicted work ended runs
+    did (:meth:`CostModel.realized`: trials diverge early, in their first epoch; one that
+    finished an epoch is taken to run on), longest first onto the slots that free first; with
     halving, the work the plan still allows beyond ``open_rung`` for the trials not ended
     (:func:`halving_work`), spread over the slots. Every part counts, the NLL included."""
     trials = list(trials)
@@ -218,8 +219,9 @@ def forecast(
             running.append(seconds * (1 - share))
             done += work * share
             left += work * (1 - share)
-        elif not t.ended:
-            queued.append(model.work(t.cfg, t.epochs_done, t.target) * realized)
+        elif not t.ended:  # one that finished an epoch has passed where trials diverge
+            scale = realized if t.epochs_done == 0 else 1.0
+            queued.append(model.work(t.cfg, t.epochs_done, t.target) * scale)
     left += sum(queued)
     slots = max(1, slots)
     seconds = makespan(running, map(model.seconds, queued), slots)
