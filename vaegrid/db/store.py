@@ -37,7 +37,7 @@ class Store(SyncMixin, CoordinationMixin, ReaderMixin):
             InputError: missing, a link, unreachable, newer than this vaegrid, or not a
                 vaegrid study database.
         """
-        store = Reader(db, readonly=True)
+        store = Reader(db)
         try:
             store.study_row()
         except (SQLAlchemyError, InputError) as e:
@@ -51,8 +51,7 @@ class Reader(ReaderMixin):
     """A study database read, never written: it has the queries and no method that writes
     (a type, not a check at run time), opens its engine read-only, and migrates nothing."""
 
-    def __init__(self, db: Database | Path, *, readonly: bool = True) -> None:
-        assert readonly, "a Reader is read-only"
+    def __init__(self, db: Database | Path) -> None:
         super().__init__(db, readonly=True)
 
 

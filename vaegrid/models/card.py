@@ -12,6 +12,7 @@ is asked for, so the driver reads cards without loading torch.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NamedTuple
@@ -43,3 +44,25 @@ class Card:
     build: Callable[[Settings, Shape], BaseVAE]  # on the CPU (imports torch)
     # Why images of this shape cannot be taken, in words (None: they can).
     refuses: Callable[[Shape], str | None] = lambda shape: None
+
+
+def lazy_module(
+    name: str, module: str, define: Callable[[], type[BaseVAE]]
+) -> tuple[Callable[[], type[BaseVAE]], Callable[[str], Any]]:
+    """A model file's torch module, defined by ``define`` the first time it is asked for
+    (torch loads then, not when the card is read). Returns the function that gives it and
+    the model file's ``__getattr__``, so that ``from vaegrid.models.linear import
+    LinearVAE`` and pickling find the class by its ``name`` in ``module``."""
+
+    @functools.cache
+    def get() -> type[BaseVAE]:
+        found = define()
+        found.__module__, found.__qualname__, found.__name__ = module, name, name
+        return found
+
+    def attribute(attr: str) -> Any:
+        if attr == name:
+            return get()
+        raise AttributeError(f"module {module!r} has no attribute {attr!r}")
+
+    return get, attribute

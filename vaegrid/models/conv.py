@@ -11,11 +11,10 @@ ahead from the first). The seed's convolutional VAE produced degraded images.
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from vaegrid.models.card import Activations, Card, Settings, Shape
+from vaegrid.models.card import Activations, Card, Settings, Shape, lazy_module
 
 if TYPE_CHECKING:
     from vaegrid.models.base import BaseVAE
@@ -66,9 +65,8 @@ def build(s: Settings, shape: Shape) -> BaseVAE:
     return module()(s["hidden"], s["latent"], s["channels"], shape)
 
 
-@functools.cache
-def module() -> type[BaseVAE]:
-    """The torch module, defined on first use (the driver reads this card without torch)."""
+def _define() -> type[BaseVAE]:
+    """The torch module (card.lazy_module: defined on first use)."""
     from torch import Tensor, nn
 
     from vaegrid.models.base import BaseVAE
@@ -106,14 +104,10 @@ def module() -> type[BaseVAE]:
             h = self.dense(z).view(-1, *self.shape)
             return self.deconv(h).flatten(1)
 
-    ConvVAE.__module__, ConvVAE.__qualname__ = __name__, "ConvVAE"
     return ConvVAE
 
 
-def __getattr__(name: str) -> Any:  # ``from vaegrid.models.conv import ConvVAE``
-    if name == "ConvVAE":
-        return module()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+module, __getattr__ = lazy_module("ConvVAE", __name__, _define)
 
 
 CARD = Card("conv", VERSION, parameters, macs, activations, build, refuses)

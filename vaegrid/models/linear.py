@@ -7,11 +7,10 @@ heads are plain linear layers.
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from vaegrid.models.card import Activations, Card, Settings, Shape
+from vaegrid.models.card import Activations, Card, Settings, Shape, lazy_module
 
 if TYPE_CHECKING:
     from vaegrid.models.base import BaseVAE
@@ -47,9 +46,8 @@ def build(s: Settings, shape: Shape) -> BaseVAE:
     return module()(s["hidden"], s["latent"], math.prod(shape))
 
 
-@functools.cache
-def module() -> type[BaseVAE]:
-    """The torch module, defined on first use (the driver reads this card without torch)."""
+def _define() -> type[BaseVAE]:
+    """The torch module (card.lazy_module: defined on first use)."""
     from torch import Tensor, nn
 
     from vaegrid.models.base import BaseVAE
@@ -78,14 +76,10 @@ def module() -> type[BaseVAE]:
             """Bernoulli logits of the P values."""
             return self.decoder(z)
 
-    LinearVAE.__module__, LinearVAE.__qualname__ = __name__, "LinearVAE"
     return LinearVAE
 
 
-def __getattr__(name: str) -> Any:  # ``from vaegrid.models.linear import LinearVAE``
-    if name == "LinearVAE":
-        return module()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+module, __getattr__ = lazy_module("LinearVAE", __name__, _define)
 
 
 CARD = Card("linear", VERSION, parameters, macs, activations, build)

@@ -4,11 +4,10 @@ layers of 200 tanh units, 50 latent units): ``depth`` layers of ``hidden`` units
 
 from __future__ import annotations
 
-import functools
 import math
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from vaegrid.models.card import Activations, Card, Settings, Shape
+from vaegrid.models.card import Activations, Card, Settings, Shape, lazy_module
 
 if TYPE_CHECKING:
     from vaegrid.models.base import BaseVAE
@@ -40,9 +39,8 @@ def build(s: Settings, shape: Shape) -> BaseVAE:
     return module()(s["hidden"], s["latent"], s["depth"], s["activation"], math.prod(shape))
 
 
-@functools.cache
-def module() -> type[BaseVAE]:
-    """The torch module, defined on first use (the driver reads this card without torch)."""
+def _define() -> type[BaseVAE]:
+    """The torch module (card.lazy_module: defined on first use)."""
     from torch import Tensor, nn
 
     from vaegrid.models.base import BaseVAE
@@ -74,14 +72,10 @@ def module() -> type[BaseVAE]:
         def decode(self, z: Tensor) -> Tensor:
             return self.decoder(z)
 
-    MLPVAE.__module__, MLPVAE.__qualname__ = __name__, "MLPVAE"
     return MLPVAE
 
 
-def __getattr__(name: str) -> Any:  # ``from vaegrid.models.mlp import MLPVAE``
-    if name == "MLPVAE":
-        return module()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+module, __getattr__ = lazy_module("MLPVAE", __name__, _define)
 
 
 CARD = Card("mlp", VERSION, parameters, macs, activations, build)
