@@ -478,8 +478,8 @@ def test_a_plugin_models_work_is_measured_by_its_probe(site: Path, tmp_path: Pat
     code = (
         "import sys; from pathlib import Path; from vaegrid.study.load import load_study; "
         "from vaegrid.train.probe import check_plugins; from vaegrid.cost import CostModel; "
-        "from vaegrid.study.core import expand; s = check_plugins(load_study(sys.argv[1]), "
-        "Path('.')); m = CostModel.of(s); "
+        "from vaegrid.study.core import expand; s, p = check_plugins(load_study(sys.argv[1]), "
+        "Path('.')); m = CostModel.of(s, p); "
         "[print(c.model, c.width, *m.forward(c)) for c in expand(s)]"
     )
     env = {**os.environ, "PYTHONPATH": str(site)}

@@ -707,13 +707,28 @@ def test_the_trial_cap_counts_distinct_trials_a_setting_counting_only_where_it_a
 def test_a_plugin_data_sets_images_count_in_each_workers_memory() -> None:
     # Each slot's worker holds the float32 splits (and as much again while making them):
     # beyond MNIST's, which the worker's measured memory already counts.
+    from vaegrid.study.core import Probed
     from vaegrid.study.datasets import Images
 
-    study = parse({})
-    assert study.data_mb == 0  # MNIST
-    big = replace(study, images=Images((3, 32, 32), 90_000, 10_000))
+    probed = Probed.of(parse({}))
+    assert probed is not None and probed.data_mb == 0  # MNIST
+    big = Probed(Images((3, 32, 32), 90_000, 10_000))
     assert big.data_mb == 2 * 4 * (100_000 * 3072 - 70_000 * 784) // (1 << 20)  # 1,925 MB
-    assert replace(study, images=Images((1, 8, 8), 100, 0)).data_mb == 0
+    assert Probed(Images((1, 8, 8), 100, 0)).data_mb == 0
+
+
+def test_a_study_holds_what_its_file_says_not_what_a_probe_found() -> None:
+    # The probe's answers (a plug-in data set's images, plug-in models' work) are a Probed
+    # of their own: a study compares, pickles and hashes by its file alone.
+    import dataclasses
+
+    from vaegrid.study.core import Probed, Study
+
+    fields = {f.name for f in dataclasses.fields(Study)}
+    assert not fields & {"images", "plugin_work", "shape"}, fields
+    study = parse({})
+    assert Probed.of(study) == Probed.of(parse({}))
+    assert Probed.of(replace(study, data=replace(study.data, dataset="mine"))) is None
 
 
 def _sampled(text: str, tmp_path: Path) -> list[TrialConfig]:

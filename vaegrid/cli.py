@@ -258,15 +258,16 @@ def _plan(args: argparse.Namespace) -> int:
     """``vaegrid plan``: the study, its expanded grid a row per trial, the time it takes."""
     from vaegrid import verbs
     from vaegrid.study.axes import AXIS, applies, format_value
-    from vaegrid.study.core import expand
+    from vaegrid.study.core import Probed, expand
     from vaegrid.study.load import load_study
 
     study = load_study(args.study, args.overrides)
-    if study.images is None:  # a plug-in data set: its images' digest is in the keys
+    probed = Probed.of(study)
+    if probed is None:  # a plug-in data set: its images' digest is in the keys
         from vaegrid.train.data import data_dir
         from vaegrid.train.probe import check_plugins
 
-        study = check_plugins(study, data_dir(args.data_dir))
+        study, probed = check_plugins(study, data_dir(args.data_dir))
     trials = expand(study)
     print(verbs.settings_lines(study, len(trials)))
     names = [*study.searched, *(["repeat"] if study.repeats > 1 else [])]
@@ -284,7 +285,7 @@ def _plan(args: argparse.Namespace) -> int:
             for n in names
         ]
         print(line(t.key, cells))
-    print(f"{len(trials)} trials; {verbs.estimate(study, trials, args)}")
+    print(f"{len(trials)} trials; {verbs.estimate(study, probed, trials, args)}")
     return 0
 
 
@@ -297,7 +298,7 @@ def _run(args: argparse.Namespace) -> int:
     from vaegrid.train.probe import check_plugins
 
     study = load_study(args.study, args.overrides)
-    study = check_plugins(study, data_dir(args.data_dir))  # before anything is written
+    study, probed = check_plugins(study, data_dir(args.data_dir))  # before anything is written
     if not 1 <= args.max_deaths <= 100:
         raise InputError(
             f"--max-deaths: {args.max_deaths} is not allowed; expected an integer 1 to 100"
@@ -309,7 +310,7 @@ def _run(args: argparse.Namespace) -> int:
         )
     where = Where(args.cluster, args.jobs, args.resource, args.devices,
                   args.workers_per_device)  # fmt: skip
-    trial_mb = study.training_mb + study.data_mb  # each slot's worker holds the data
+    trial_mb = probed.training_mb(study) + probed.data_mb  # each slot's worker holds the data
     executor, pool = choose(where, Path(args.results), study.name, trial_mb,
                             lambda line: print(line, flush=True))  # fmt: skip
     try:
@@ -324,6 +325,7 @@ def _run(args: argparse.Namespace) -> int:
             executor=executor,
             storage=args.storage,
             fault_wait=args.fault_wait,
+            probed=probed,
         )
     finally:
         if executor is not None and not callable(executor):  # run_study closes its own

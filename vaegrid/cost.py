@@ -35,6 +35,7 @@ from vaegrid.study.core import (
     MNIST_IMAGES,
     DataSpec,
     HalvingSpec,
+    Probed,
     Study,
     TrialConfig,
     parameter_count,
@@ -64,8 +65,11 @@ class CostModel:
     """The work and the seconds of any part of any trial of one study."""
 
     @classmethod
-    def of(cls, study: Study) -> CostModel:
-        return cls(study.data, study.nll_samples, study.images, study.plugin_work)
+    def of(cls, study: Study, probed: Probed | None = None) -> CostModel:
+        """The cost model of ``study`` with what was ``probed`` of it (Probed.of's when
+        not given: a plug-in data set not probed, for status, is counted as MNIST)."""
+        probed = probed or Probed.of(study) or Probed(MNIST_IMAGES)
+        return cls(study.data, study.nll_samples, probed.images, probed.plugin_work)
 
     def __init__(
         self,

@@ -54,14 +54,14 @@ def settings_lines(study: Any, n_trials: int) -> str:
     return "\n".join(lines)
 
 
-def estimate(study: Any, trials: list[Any], args: argparse.Namespace) -> str:
+def estimate(study: Any, probed: Any, trials: list[Any], args: argparse.Namespace) -> str:
     """plan's last words: the time the sweep should take on the pool ``run`` would use, by
     the cost model (counted work at its prior rate; the first measured epochs correct it)."""
     from vaegrid.cost import PRIOR_MACS_PER_S, CostModel, duration, makespan
     from vaegrid.run.pool import make_pool
 
-    pool = make_pool(args.devices, args.workers_per_device, trial_mb=study.training_mb)
-    cost = CostModel.of(study)
+    pool = make_pool(args.devices, args.workers_per_device, trial_mb=probed.training_mb(study))
+    cost = CostModel.of(study, probed)
     seconds = [cost.seconds(cost.work(t, 0, t.epochs)) for t in trials]
     span = makespan([], seconds, len(pool.slot_list()))
     bound = "at most " if study.halving is not None else ""

@@ -33,7 +33,7 @@ from vaegrid.run.pool import (
 from vaegrid.run.sweep import Sweep
 from vaegrid.run.worker import init_worker
 from vaegrid.safeio import check_study_dir, write_atomic
-from vaegrid.study.core import Study, expand
+from vaegrid.study.core import Probed, Study, expand
 from vaegrid.study.datasets import BUILTIN as BUILTIN_DATASETS
 from vaegrid.train.data import ensure_mnist
 
@@ -49,6 +49,7 @@ def run_study(
     executor: Executor | Callable[[], tuple[Executor, Pool]] | None = None,
     storage: str | None = None,
     fault_wait: float = FAULT_WAIT_S,
+    probed: Probed | None = None,
 ) -> int:
     """Sweep ``study`` to its end, resuming whatever its database and folder already hold.
 
@@ -62,6 +63,8 @@ def run_study(
         storage: The database URL; default ``sqlite:///<results>/<study>/study.db``.
         fault_wait: Seconds a fault of the world (faults.py: the database unreachable, a
             full disk) is waited out before the sweep stops with exit 3.
+        probed: What the caller's probe found of the study's plug-ins (train/probe.py);
+            probed here when not given.
 
     Returns:
         0 when every trial completed or diverged; 1 when any failed (tracebacks in the
@@ -75,7 +78,7 @@ def run_study(
             driver on the study, an unwritable database, or one made by a study with other
             fixed settings or a newer vaegrid. Nothing is written then.
     """
-    layout, db, study = _checked(study, results, data_root, storage)
+    layout, db, study, probed = _checked(study, results, data_root, storage, probed)
     grid = expand(study)
     token = uuid.uuid4().hex
     with signals.handled(), driver_lock(db, layout, study.name), ExitStack() as started:
@@ -96,8 +99,8 @@ def run_study(
             store.sync_study(study, grid, pool.slots)
             write_atomic(layout.driver_token, token + "\n")  # proof a worker sees it
             with heartbeat(store, study.name, token, beating):
-                sweep = Sweep(study, grid, layout, store, pool, data_root, executor, token,
-                              fault_wait)  # fmt: skip
+                sweep = Sweep(study, probed, grid, layout, store, pool, data_root, executor,
+                              token, fault_wait)  # fmt: skip
                 return sweep.run(retry_failed, progress, max_deaths)
         except SQLAlchemyError as e:
             print(
@@ -111,23 +114,23 @@ def run_study(
 
 
 def _checked(
-    study: Study, results: Path, data_root: Path, storage: str | None
-) -> tuple[StudyLayout, Database, Study]:
+    study: Study, results: Path, data_root: Path, storage: str | None, probed: Probed | None
+) -> tuple[StudyLayout, Database, Study, Probed]:
     """Every check before the study is locked, none of which writes: the study folder, the
-    database's location and compatibility, the data (a plug-in data set probed: the study
-    with its images' shape)."""
+    database's location and compatibility, the data (plug-ins probed when the caller has
+    not: the study with its data set's digest, and what the probe found)."""
     layout = StudyLayout.of(results, study.name)
     check_study_dir(results, layout.root)
     db = Database.for_study(layout, storage)
     db.check_location()
     if study.data.dataset in BUILTIN_DATASETS:
         ensure_mnist(data_root, study.data)
-    elif study.images is None:  # a plug-in data set not probed by the caller yet
+    if probed is None:  # plug-ins not probed by the caller yet
         from vaegrid.train.probe import check_plugins
 
-        study = check_plugins(study, data_root)
+        study, probed = check_plugins(study, data_root)
     Store.check_compatible(db, study)
-    return layout, db, study
+    return layout, db, study, probed
 
 
 __all__ = ["run_study"]

@@ -42,7 +42,7 @@ from vaegrid.status import (
     Status,
     summary,
 )
-from vaegrid.study.core import Study, TrialConfig
+from vaegrid.study.core import Probed, Study, TrialConfig
 from vaegrid.train import provenance
 
 EXIT_CLUSTER_GONE = 3  # the world failed: the cluster's scheduler, the database, the disk
@@ -68,6 +68,7 @@ class Sweep:
     def __init__(
         self,
         study: Study,
+        probed: Probed,
         grid: list[TrialConfig],
         layout: StudyLayout,
         store: Store,
@@ -94,7 +95,7 @@ class Sweep:
         trials = {t.key: t for t in store.trials()}  # every row checked
         self.view: dict[str, Status] = {k: trials[k].status for k in self.grid}
         # What each trial costs (cost.py), corrected by what earlier runs measured.
-        self.cost = CostModel.of(study)
+        self.cost = CostModel.of(study, probed)
         self.epochs_done = {k: trials[k].epochs_done for k in self.grid}
         self.seconds = {k: trials[k].seconds for k in self.grid}
         for key, kind in bound.items():

@@ -107,45 +107,13 @@ class Study:
     # [rank] nll_samples: k of the importance-sampled validation NLL (val_nll) computed at
     # the end of every trial (and at the rungs when halving compares by it); 0: none.
     nll_samples: int = 0
-    # What the data set's images are (shape, counts): a built-in data set's from the start,
-    # a plug-in's once the driver has probed it (train/probe.py); None until then.
-    images: Images | None = MNIST_IMAGES
-    # Plug-in models' work as the probe measured it (train/probe.py): (model, encoder and
-    # decoder factors over the cost model's guess); () until probed. Not a setting.
-    plugin_work: tuple[tuple[str, float, float], ...] = ()
     # [sample] (configs, seed): that many configs of the grid, the first of its configs in
     # an order drawn by the seed (more configs keep the ones drawn before); None: all.
     # Not in the fingerprint: like the grid, it may change between runs.
     sample: tuple[int, int] | None = None
 
-    @property
-    def shape(self) -> tuple[int, int, int]:
-        """The images' (channels, height, width).
-
-        Raises:
-            RuntimeError: a plug-in data set not probed yet (train/probe.py).
-        """
-        if self.images is None:
-            raise RuntimeError(f"data set {self.data.dataset} has not been probed")
-        return self.images.shape
-
     def values(self, axis: str) -> tuple[Any, ...]:
         return dict(self.settings)[axis]
-
-    @property
-    def training_mb(self) -> int:
-        """The memory its largest trial's training step needs (:func:`training_mb`)."""
-        return max(training_mb(t, self.shape) for t in largest_trials(dict(self.settings)))
-
-    @property
-    def data_mb(self) -> int:
-        """What a worker holds of a plug-in data set's images beyond MNIST's (which the
-        worker's own measured memory counts): its float32 splits and, while they are made,
-        as much again (MB); 0 for the built-in data sets."""
-        images = self.images or MNIST_IMAGES
-        floats = (images.train + images.test) * images.pixels
-        mnist = (MNIST_IMAGES.train + MNIST_IMAGES.test) * MNIST_IMAGES.pixels
-        return max(0, 2 * 4 * (floats - mnist)) // (1 << 20)
 
     @property
     def epochs(self) -> int:
@@ -158,6 +126,45 @@ class Study:
         from vaegrid.study.fingerprint import Fingerprint
 
         return dict(Fingerprint.of(self))
+
+
+@dataclass(frozen=True)
+class Probed:
+    """What a study's data set and plug-in models are, as known before any trial runs:
+    kept apart from the study, which holds what its file says (and a plug-in data set's
+    digest, in its keys). A built-in data set's images are known from the start
+    (:meth:`of`); a plug-in's, and plug-in models' work, once the driver's probe has run
+    them (train/probe.py)."""
+
+    images: Images
+    # Plug-in models' work as the probe measured it: (model, encoder and decoder factors
+    # over the cost model's guess); () for built-in models.
+    plugin_work: tuple[tuple[str, float, float], ...] = ()
+
+    @classmethod
+    def of(cls, study: Study) -> Probed | None:
+        """A study's, when it needs no probe for its images (a built-in data set); None for
+        a plug-in data set not probed."""
+        images = datasets.BUILTIN.get(study.data.dataset)
+        return None if images is None else cls(images)
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """The images' (channels, height, width)."""
+        return self.images.shape
+
+    def training_mb(self, study: Study) -> int:
+        """The memory the study's largest trial's training step needs (:func:`training_mb`)."""
+        return max(training_mb(t, self.shape) for t in largest_trials(dict(study.settings)))
+
+    @property
+    def data_mb(self) -> int:
+        """What a worker holds of a plug-in data set's images beyond MNIST's (which the
+        worker's own measured memory counts): its float32 splits and, while they are made,
+        as much again (MB); 0 for the built-in data sets."""
+        floats = (self.images.train + self.images.test) * self.images.pixels
+        mnist = (MNIST_IMAGES.train + MNIST_IMAGES.test) * MNIST_IMAGES.pixels
+        return max(0, 2 * 4 * (floats - mnist)) // (1 << 20)
 
 
 @dataclass(frozen=True, eq=True)

@@ -35,6 +35,7 @@ from vaegrid.study.core import (
     SPLITS,
     DataSpec,
     HalvingSpec,
+    Probed,
     Study,
     TrialConfig,
     split_sizes,
@@ -168,11 +169,12 @@ def parse_study(raw: Mapping[str, Any], source: str, default_name: str) -> Study
     nll = v.integer(rank, "rank.", "nll_samples", 0, 0, SAMPLES_MAX)
     sample = _sample(v, raw, settings, searched, repeats)
     study = Study(name, seed, data, settings, searched, source, None, repeats, description, nll,
-                  datasets.BUILTIN.get(data.dataset), sample=sample)  # fmt: skip
+                  sample=sample)  # fmt: skip
     if "halving" in raw:
         study = dataclasses.replace(study, halving=_halving(v, raw, study))
-    if study.images is not None:  # a plug-in data set's: once the driver has probed it
-        check_sizes(study)
+    probed = Probed.of(study)
+    if probed is not None:  # a plug-in data set's once the driver has probed it (train/probe.py)
+        check_sizes(study, probed.images)
     return study
 
 

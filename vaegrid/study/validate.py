@@ -14,6 +14,7 @@ from vaegrid.models import CARDS
 from vaegrid.study import datasets
 from vaegrid.study.axes import AXIS, PLUGINS, Axis, applies
 from vaegrid.study.core import Study, largest_trials, parameter_count, split_sizes, training_mb
+from vaegrid.study.datasets import Images
 from vaegrid.study.plugins import NAME
 
 # Longest value quoted in a message: a 1 MiB value would not be one readable line.
@@ -28,14 +29,14 @@ GRID_VALUES_MAX = 1_000
 MODEL_PARAMETERS_MAX = 50_000_000
 
 
-# A training step of any trial needs at most this much memory (study.training_mb's
+# A training step of any trial needs at most this much memory (Probed.training_mb's
 # estimate): IWAE's k samples of a batch multiply the decoder's activations.
 TRAINING_MB_MAX = 16_384
 
 
-def check_sizes(study: Study) -> None:
-    """Refuse what the study's images (``study.images``: a built-in data set's when it is
-    loaded, a plug-in's once probed, train/probe.py) do not allow: a limit beyond its
+def check_sizes(study: Study, images: Images) -> None:
+    """Refuse what the study's images (a built-in data set's when it is loaded, a
+    plug-in's once probed, train/probe.py) do not allow: a limit beyond its
     images, official split without a test set, a batch larger than the training split,
     images a model cannot take (conv: sides not divisible by 4), a model over MODEL_PARAMETERS_MAX
     parameters or a training step over TRAINING_MB_MAX at its largest settings.
@@ -44,8 +45,7 @@ def check_sizes(study: Study) -> None:
         InputError: naming the study file, the setting and what is allowed.
     """
     v = Validator(study.source)
-    images, data, by_axis = study.images, study.data, dict(study.settings)
-    assert images is not None
+    data, by_axis = study.data, dict(study.settings)
     shown = f"{datasets.label(data.dataset)} ({images.describe()}, {images.train:,} training"
     shown += f" and {images.test:,} test images)" if images.test else " images, no test set)"
     if data.limit > images.train + images.test:

@@ -27,19 +27,21 @@ from typing import Any, TextIO
 from vaegrid.errors import InputError, first_line
 from vaegrid.study import datasets
 from vaegrid.study.axes import AXES, PLUGINS, applies
-from vaegrid.study.core import MNIST_SHAPE, DataSpec, Study
+from vaegrid.study.core import MNIST_SHAPE, DataSpec, Probed, Study
 
 PROBE_TIMEOUT_S = 300  # loading a plug-in data set, stepping every plug-in model, torch's import
 PROBES_MAX = 64  # builds per model: its string settings' combinations, the first this many
 
 
-def check_plugins(study: Study, root: Path) -> Study:
+def check_plugins(study: Study, root: Path) -> tuple[Study, Probed]:
     """Probe the study's plug-ins in a child process: its data set when a plug-in's (loaded
     from ``root`` and checked, as workers load it), then every plug-in model at its largest
     settings on those images.
 
     Returns:
-        The study with its images (shape and counts), its bounds checked against them.
+        The study (a plug-in data set's digest in its data, so in its keys) and what was
+        probed: its images (shape and counts; its bounds checked against them) and its
+        plug-in models' work.
 
     Raises:
         InputError: the data set failed to load or its images are not allowed, the study's
@@ -53,19 +55,19 @@ def check_plugins(study: Study, root: Path) -> Study:
     models = [m for m in by_axis["model"] if m in PLUGINS]
     plugin_data = study.data.dataset not in datasets.BUILTIN
     if not models and not plugin_data:
-        return study
+        return study, Probed(datasets.BUILTIN[study.data.dataset])
     todo = [settings for model in models for settings in _probe_settings(model, by_axis)]
     job = {"models": todo, "root": str(root), "data": dataclasses.asdict(study.data)}
     what = ", ".join([f"data set {study.data.dataset}"] * plugin_data + models)
     answers, crash = _run_probe(job, study.source, what)
     found: dict[str, dict[str, Any]] = {}
     measured: dict[str, list[tuple[dict[str, Any], list[int]]]] = {}
-    images: dict[str, Any] | None = None
+    loaded: dict[str, Any] | None = None  # the data set's answer
     for line in answers:
         try:
             row = json.loads(line)
             if "images" in row:
-                images = row
+                loaded = row
                 continue
             kept = found.get(row["model"])
             if kept is None or (row["error"] and not kept["error"]):  # its first failure
@@ -77,19 +79,18 @@ def check_plugins(study: Study, root: Path) -> Study:
         except (ValueError, KeyError, TypeError):
             continue
     if plugin_data:
-        if images is None:
+        if loaded is None:
             raise InputError(f"{study.source}: data set {study.data.dataset} crashed its probe: "
                              f"{crash}")  # fmt: skip
-        if images["error"]:
-            raise InputError(f"{study.source}: {images['error']}")
-        info = images["images"]
-        shape = tuple(info["shape"])
-        study = dataclasses.replace(
-            study,
-            data=dataclasses.replace(study.data, images=info["digest"]),
-            images=datasets.Images(shape, info["train"], info["test"], info["digest"]),
-        )
-        check_sizes(study)
+        if loaded["error"]:
+            raise InputError(f"{study.source}: {loaded['error']}")
+        info = loaded["images"]
+        images = datasets.Images(tuple(info["shape"]), info["train"], info["test"], info["digest"])
+        data = dataclasses.replace(study.data, images=info["digest"])
+        study = dataclasses.replace(study, data=data)
+        check_sizes(study, images)
+    else:
+        images = datasets.BUILTIN[study.data.dataset]
     for model in models:
         plugin = PLUGINS[model]
         who = f"model {model} ({plugin.dist} {plugin.version})"
@@ -103,7 +104,7 @@ def check_plugins(study: Study, root: Path) -> Study:
                 f"{study.source}: {who} has {row['parameters']} parameters at the study's "
                 f"largest settings; expected at most {MODEL_PARAMETERS_MAX}"
             )
-    return dataclasses.replace(study, plugin_work=_plugin_work(measured, study.shape))
+    return study, Probed(images, _plugin_work(measured, images.shape))
 
 
 def _probe_settings(model: str, by_axis: dict[str, Any]) -> list[dict[str, Any]]:
