@@ -103,6 +103,50 @@ def fresh_database(url: str, name: str) -> str:
     return url.rsplit("/", 1)[0] + f"/{name}"
 
 
+PGBOUNCER = Path("/usr/sbin/pgbouncer")
+
+
+def have_pgbouncer() -> bool:
+    return have_postgres() and PGBOUNCER.exists()
+
+
+@contextmanager
+def pgbouncer(url: str, server_connections: int = 20) -> Iterator[str]:
+    """PgBouncer in transaction mode in front of the server of ``url`` (made by
+    :func:`postgres`): each client transaction gets any of ``server_connections`` server
+    connections. Yields ``url`` through it. It refuses to run as root, so runs as
+    ``postgres`` then; clients' ``options`` are dropped, as such a deployment does."""
+    base = Path(tempfile.mkdtemp(prefix="vaegrid-pgb-"))
+    base.chmod(0o755)
+    port, server = free_port(), url.rsplit(":", 1)[1].split("/")[0]
+    (base / "users.txt").write_text('"postgres" ""\n')
+    (base / "pgbouncer.ini").write_text(
+        f"[databases]\n* = host=127.0.0.1 port={server}\n[pgbouncer]\n"
+        f"listen_addr = 127.0.0.1\nlisten_port = {port}\nunix_socket_dir =\n"
+        f"auth_type = trust\nauth_file = {base}/users.txt\npool_mode = transaction\n"
+        f"default_pool_size = {server_connections}\nmax_client_conn = 5000\n"
+        "ignore_startup_parameters = options,extra_float_digits\n"
+        f"logfile = {base}/log\npidfile = {base}/pid\n"
+    )
+    if os.geteuid() == 0:
+        shutil.chown(base, "postgres", "postgres")
+    bouncer = subprocess.Popen(_as_postgres([str(PGBOUNCER), str(base / "pgbouncer.ini")]),
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+    try:
+        deadline = time.time() + 30
+        while True:
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            assert bouncer.poll() is None and time.time() < deadline, (base / "log").read_text()
+            time.sleep(0.1)
+        yield url.replace(f":{server}/", f":{port}/")
+    finally:
+        bouncer.kill()
+        bouncer.wait()
+        shutil.rmtree(base, ignore_errors=True)
+
+
 @dataclass
 class DaskCluster:
     """A scheduler and its workers, each a process of its own, like separate nodes."""

@@ -6,8 +6,9 @@ categorical over the study's own values: optuna_align.py), the value is the fina
 validation elbo, intermediate values the per-epoch validation elbo; the trial key, the
 repeat, ``val_nll`` and the test metrics are user attributes.
 
-vaegrid's tables are the truth and this ledger follows them: every write of a trial's life
-goes to ``vg_*`` first, then here, and :meth:`LedgerMixin.reconcile_optuna` repairs
+vaegrid's tables are the truth and this ledger follows them: an epoch's value is written
+in the same transaction as the epoch's rows; every other write of a trial's life goes to
+``vg_*`` first, then here, and :meth:`LedgerMixin.reconcile_optuna` repairs
 whatever a kill between the two left behind (an Optuna trial created but not recorded is
 adopted, one not finished is finished), so a resumed sweep never holds two Optuna trials
 for one key.
@@ -15,15 +16,15 @@ for one key.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
-from contextlib import suppress
 from datetime import datetime
 
 from optuna.distributions import BaseDistribution
-from optuna.exceptions import UpdateFinishedTrialError
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import select
+from sqlalchemy import select, text
+from sqlalchemy.orm import Session
 
 from vaegrid.db import optuna_align
 from vaegrid.db.schema import EpochRow, NllRow, TrialRow
@@ -38,6 +39,15 @@ METRIC_NAME = "val_elbo"  # what Optuna's value is, as optuna-dashboard shows it
 PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
     a.name: a.distribution() for a in AXES if a.ledgered
 }
+
+
+def _stored(value: float) -> tuple[float | None, str]:
+    """A value as Optuna stores an intermediate one: (value, type), non-finite ones typed."""
+    if math.isnan(value):
+        return None, "NAN"
+    if math.isinf(value):
+        return None, "INF_POS" if value > 0 else "INF_NEG"
+    return value, "FINITE"
 
 
 class LedgerMixin(StoreBase):
@@ -99,11 +109,29 @@ class LedgerMixin(StoreBase):
             return self.new_optuna_trial(study, cfg)
         return trial_id
 
-    def optuna_epoch(self, trial_id: int, epoch: int, value: float) -> None:
-        """An epoch's validation elbo. A replayed epoch of a trial whose end Optuna already
-        has is refused by Optuna itself: no read of the whole trial each epoch to check."""
-        with suppress(UpdateFinishedTrialError):
-            self.optuna.set_trial_intermediate_value(trial_id, epoch, value)
+    @staticmethod
+    def optuna_epoch(s: Session, trial_id: int, epoch: int, value: float) -> None:
+        """An epoch's validation elbo as Optuna's intermediate value, in the caller's
+        transaction (the epoch's own: one commit an epoch, not vaegrid's and then Optuna's).
+
+        Written as Optuna's ``set_trial_intermediate_value`` writes it
+        (``trial_intermediate_values``: one row per (trial_id, step), a non-finite value
+        as its type with no value), to a trial Optuna still has running (it refuses a
+        finished one: a replayed epoch after the trial's end) and only if absent (a
+        replayed epoch keeps what was committed, as vaegrid's rows do).
+        """
+        state = s.execute(
+            text("SELECT state FROM trials WHERE trial_id = :id"), {"id": trial_id}
+        ).scalar()
+        if state != TrialState.RUNNING.name:
+            return
+        stored, kind = _stored(value)
+        insert = (
+            "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+            f"intermediate_value_type) VALUES (:id, :step, :value, '{kind}') "
+            "ON CONFLICT (trial_id, step) DO NOTHING"
+        )
+        s.execute(text(insert), {"id": trial_id, "step": epoch, "value": stored})
 
     def finish_optuna(self, key: str, status: Status, cause: str | None) -> None:
         """Finish the trial's Optuna trial as vaegrid's tables say it ended."""

@@ -209,7 +209,8 @@ class TrialsMixin(LedgerMixin):
     def record_epoch(
         self, key: str, optuna_trial_id: int, record: EpochRecord, kind: str | None = None
     ) -> None:
-        """Commit one epoch's train and validation rows (idempotent), then its Optuna value.
+        """Commit one epoch's train and validation rows and its Optuna value, in one
+        transaction (idempotent: a replayed epoch keeps what was committed).
 
         The first epoch also binds the trial to ``kind``, the kind of device it runs on.
         """
@@ -226,7 +227,7 @@ class TrialsMixin(LedgerMixin):
                 row.seconds += record.seconds
             if kind is not None:
                 insert_if_absent(s, TrialDeviceRow, [{"key": key, "device_kind": kind}])
-        self.optuna_epoch(optuna_trial_id, record.epoch, record.val.elbo)
+            self.optuna_epoch(s, optuna_trial_id, record.epoch, record.val.elbo)
 
     def finish_run(
         self,

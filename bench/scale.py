@@ -1,0 +1,174 @@
+"""Can one driver and one PostgreSQL keep N slots busy? The scale benchmark.
+
+    python bench/scale.py --slots 1000 --trial-seconds 30 [--epochs 10] [--waves 3]
+
+Runs vaegrid's real driver (``run_study``: its queue, its store, its heartbeat) against
+a PostgreSQL 15 it starts (``max_connections = 100``, its default) and a Dask scheduler
+whose workers offer N slots in all (``dask worker --nthreads T --resources vaegrid=T``,
+processes of at most 125 threads, as a cluster's nodes). Every trial runs vaegrid's own
+worker code (bench/simworker.py): its lease claimed and renewed, the driver's heartbeat
+read, ``begin_run``, an epoch committed every S / E seconds, ``finish_run``; only the
+training is a sleep. The grid has N x waves trials of E epochs each.
+
+Measured, from the database and the workers' own logs:
+- occupancy: the slots' busy time (each run, ``vg_run`` started to ended) over N slots x
+  the sweep's span (the first run's start to the last run's end);
+- hand-overs/s: runs started per second over that span;
+- epoch rows/s: ``vg_epoch`` rows (two an epoch) over that span;
+- commit p99: the 99th percentile of a worker's wait for an epoch's commit;
+- driver CPU a trial: the driver process's CPU time (its Dask client included) over
+  ``run_study``, per run.
+
+The line printed last is the one to compare. Everything shares this machine's cores
+(server, scheduler, workers, driver), so on a small machine the figures are lower bounds.
+Not part of the test suite: ``make bench-scale`` runs N = 10, 100 and 1,000.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import io
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "tests"))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from conftest import make_mnist  # noqa: E402
+from servers import dask_cluster, postgres  # noqa: E402
+
+THREADS_MAX = 125  # threads (slots) of one worker process
+
+
+def bench_study(n_trials: int, epochs: int) -> object:
+    from vaegrid.study.load import parse_study
+
+    hidden = min(n_trials, 1000)
+    raw = {
+        "name": "scale",
+        "train": {"epochs": epochs, "batch_size": 10},
+        "data": {"limit": 1000},
+        "grid": {
+            "hidden": list(range(1, hidden + 1)),
+            "latent": list(range(1, math.ceil(n_trials / hidden) + 1)),
+            "lr": [1e-3],
+            "clip": [1.0],
+        },
+    }
+    study = parse_study(raw, source="<scale>", default_name="scale")
+    from vaegrid.study.core import expand
+
+    assert n_trials <= len(expand(study)) < n_trials + hidden
+    return study
+
+
+def percentile(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def measure(url: str, log: Path, slots: int) -> dict[str, float]:
+    import psycopg
+
+    with psycopg.connect(url.replace("postgresql://", "postgresql://", 1)) as con:
+        runs = con.execute(
+            "SELECT started, ended FROM vg_run WHERE ended IS NOT NULL ORDER BY started"
+        ).fetchall()
+        rows = con.execute("SELECT count(*) FROM vg_epoch").fetchone()[0]
+        statuses = dict(con.execute("SELECT status, count(*) FROM vg_trial GROUP BY 1").fetchall())
+    first, last = runs[0][0], max(e for _, e in runs)
+    span = last - first
+    busy = sum(e - s for s, e in runs)
+    waits = [float(x) for f in log.glob("commits-*") for x in f.read_text().split()]
+    return {
+        "span": span,
+        "occupancy": 100 * busy / (slots * span),
+        "handovers": len(runs) / span,
+        "rows": rows / span,
+        "p50": 1000 * percentile(waits, 0.5),
+        "p99": 1000 * percentile(waits, 0.99),
+        "runs": len(runs),
+        "completed": statuses.get("completed", 0),
+        "trials": sum(statuses.values()),
+    }
+
+
+def run(slots: int, trial_seconds: float, epochs: int, waves: int) -> str:
+    with tempfile.TemporaryDirectory(prefix="vaegrid-scale-") as folder:
+        return _run(Path(folder), slots, trial_seconds, epochs, waves)
+
+
+def _run(tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int) -> str:
+    import simworker
+
+    from vaegrid.run import sweep
+    from vaegrid.run.cluster import DaskExecutor
+    from vaegrid.run.driver import run_study
+
+    data = make_mnist(tmp / "data", n_train=1000, n_test=100)
+    log = tmp / "log"
+    log.mkdir()
+    os.environ["VAEGRID_SIM_SECONDS"] = str(trial_seconds)
+    os.environ["VAEGRID_SIM_LOG"] = str(log)
+    os.environ["PYTHONPATH"] = os.pathsep.join(
+        [str(ROOT / "bench"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    )
+    study = bench_study(slots * waves, epochs)
+    sweep.execute = simworker.execute  # type: ignore[attr-defined]
+    with postgres() as url, dask_cluster() as cluster:
+        per = min(THREADS_MAX, slots)
+        processes = math.ceil(slots / per)
+        for i in range(processes):
+            threads = min(per, slots - i * per)
+            cluster.add_worker(f"vaegrid={threads}", nthreads=threads)
+        cluster.wait_for(processes, timeout=120)
+        executor = DaskExecutor(cluster.address)
+        pool = executor.pool()
+        assert pool.slots == slots, pool.slots
+        said = io.StringIO()
+        cpu, wall = time.process_time(), time.monotonic()
+        try:
+            with contextlib.redirect_stdout(said):
+                code = run_study(study, tmp / "results", pool, data, progress=False,  # type: ignore[arg-type]
+                                 executor=executor, storage=url)  # fmt: skip
+        finally:
+            executor.close()
+        cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        found = measure(url, log, slots)
+    print(f"  driver: exit {code}, {wall:.1f} s wall; last words: "
+          f"{said.getvalue().strip().splitlines()[-2:]}", file=sys.stderr)  # fmt: skip
+    print(
+        f"  {found['completed']}/{found['trials']} completed in {found['runs']} runs over "
+        f"{found['span']:.1f} s; commit p50 {found['p50']:.0f} ms",
+        file=sys.stderr,
+    )
+    return (
+        f"slots {slots}: occupancy {found['occupancy']:.1f} %, hand-overs "
+        f"{found['handovers']:.1f}/s, epoch rows {found['rows']:.0f}/s, commit p99 "
+        f"{found['p99']:.0f} ms, driver CPU {1000 * cpu / max(1, found['runs']):.0f} ms a trial"
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--slots", type=int, required=True)
+    parser.add_argument("--trial-seconds", type=float, required=True)
+    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--waves", type=int, default=3, help="trials per slot (default 3)")
+    args = parser.parse_args()
+    if not (1 <= args.slots <= 5000 and 0 < args.trial_seconds <= 3600
+            and 1 <= args.epochs <= 100 and 1 <= args.waves <= 100):  # fmt: skip
+        parser.error("--slots 1..5000, --trial-seconds 0..3600, --epochs 1..100, --waves 1..100")
+    print(run(args.slots, args.trial_seconds, args.epochs, args.waves), flush=True)
+
+
+if __name__ == "__main__":
+    main()
