@@ -72,7 +72,7 @@ from vaegrid.run.worker import DRIVER_TIMEOUT_S, LEASE_S  # noqa: E402
 from vaegrid.study.core import Study, TrialConfig, expand  # noqa: E402
 from vaegrid.study.load import parse_study  # noqa: E402
 from vaegrid.train import provenance  # noqa: E402
-from vaegrid.train.trial import EpochRecord, Metrics, TrialResult  # noqa: E402
+from vaegrid.train.records import EpochRecord, Metrics, TrialResult  # noqa: E402
 
 EPOCHS = 15  # the seed study's epochs per trial
 LAYOUTS = ((4, 4), (8, 8), (16, 16))  # (processes, threads per process): 16, 64, 256 writers

@@ -41,9 +41,12 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from conftest import make_mnist  # noqa: E402
-from servers import dask_cluster, postgres  # noqa: E402
+from servers import dask_cluster, pgbouncer, postgres  # noqa: E402
 
-THREADS_MAX = 125  # threads (slots) of one worker process
+THREADS = 25  # slots of one worker process (a node's GPUs), --threads
+# Past this many worker processes, their kept connections (engine.POOL_KEPT and Optuna's
+# one, each) would fill PostgreSQL's 100: PgBouncer in transaction mode goes in front.
+DIRECT_PROCESSES_MAX = 20
 
 
 def bench_study(n_trials: int, epochs: int) -> object:
@@ -75,6 +78,31 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def cpu_seconds(pid: int, children: bool = False) -> float:
+    """A process's CPU time so far (user + system), and its reaped children's if asked."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    ticks = sum(int(f) for f in fields[11 : 15 if children else 13])
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+def server_cpu(names: tuple[str, ...] = ("postgres", "pgbouncer")) -> float:
+    """The CPU time of every database process (PostgreSQL's and PgBouncer's), ended
+    backends included: a postmaster (started with -D) counts its reaped children."""
+    total = 0.0
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm = stat.read_text().split("(", 1)[1].split(")", 1)[0]
+            postmaster = "-D" in (stat.parent / "cmdline").read_text()
+        except (OSError, IndexError):
+            continue
+        if comm in names:
+            total += cpu_seconds(int(stat.parent.name), children=postmaster)
+    return total
+
+
 def measure(url: str, log: Path, slots: int) -> dict[str, float]:
     import psycopg
 
@@ -101,12 +129,12 @@ def measure(url: str, log: Path, slots: int) -> dict[str, float]:
     }
 
 
-def run(slots: int, trial_seconds: float, epochs: int, waves: int) -> str:
+def run(slots: int, trial_seconds: float, epochs: int, waves: int, threads: int) -> str:
     with tempfile.TemporaryDirectory(prefix="vaegrid-scale-") as folder:
-        return _run(Path(folder), slots, trial_seconds, epochs, waves)
+        return _run(Path(folder), slots, trial_seconds, epochs, waves, threads)
 
 
-def _run(tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int) -> str:
+def _run(tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int, per: int) -> str:
     import simworker
 
     from vaegrid.run import sweep
@@ -123,9 +151,13 @@ def _run(tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int) -
     )
     study = bench_study(slots * waves, epochs)
     sweep.execute = simworker.execute  # type: ignore[attr-defined]
-    with postgres() as url, dask_cluster() as cluster:
-        per = min(THREADS_MAX, slots)
-        processes = math.ceil(slots / per)
+    per = min(per, slots)
+    processes = math.ceil(slots / per)
+    bounced = processes > DIRECT_PROCESSES_MAX
+    with contextlib.ExitStack() as stack:
+        url = stack.enter_context(postgres())
+        storage = stack.enter_context(pgbouncer(url)) if bounced else url
+        cluster = stack.enter_context(dask_cluster())
         for i in range(processes):
             threads = min(per, slots - i * per)
             cluster.add_worker(f"vaegrid={threads}", nthreads=threads)
@@ -134,15 +166,20 @@ def _run(tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int) -
         pool = executor.pool()
         assert pool.slots == slots, pool.slots
         said = io.StringIO()
+        pids = [p.pid for p in cluster.workers]
+        before = (server_cpu(), cpu_seconds(cluster.scheduler.pid), sum(map(cpu_seconds, pids)))
         cpu, wall = time.process_time(), time.monotonic()
         try:
             with contextlib.redirect_stdout(said):
                 code = run_study(study, tmp / "results", pool, data, progress=False,  # type: ignore[arg-type]
-                                 executor=executor, storage=url)  # fmt: skip
+                                 executor=executor, storage=storage)  # fmt: skip
         finally:
             executor.close()
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
+        after = (server_cpu(), cpu_seconds(cluster.scheduler.pid), sum(map(cpu_seconds, pids)))
         found = measure(url, log, slots)
+    through = "PgBouncer (transaction mode) to PostgreSQL" if bounced else "PostgreSQL"
+    print(f"  {processes} worker processes of {per} slots, through {through}", file=sys.stderr)
     print(f"  driver: exit {code}, {wall:.1f} s wall; last words: "
           f"{said.getvalue().strip().splitlines()[-2:]}", file=sys.stderr)  # fmt: skip
     print(
@@ -150,6 +187,10 @@ def _run(tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int) -
         f"{found['span']:.1f} s; commit p50 {found['p50']:.0f} ms",
         file=sys.stderr,
     )
+    each = [1000 * (a - b) / max(1, found["runs"]) for a, b in zip(after, before, strict=True)]
+    print(f"  CPU a trial: driver {1000 * cpu / max(1, found['runs']):.0f} ms, database "
+          f"{each[0]:.0f} ms, Dask scheduler {each[1]:.0f} ms, workers {each[2]:.0f} ms "
+          f"(load average {os.getloadavg()[0]:.1f})", file=sys.stderr)  # fmt: skip
     return (
         f"slots {slots}: occupancy {found['occupancy']:.1f} %, hand-overs "
         f"{found['handovers']:.1f}/s, epoch rows {found['rows']:.0f}/s, commit p99 "
@@ -163,11 +204,15 @@ def main() -> None:
     parser.add_argument("--trial-seconds", type=float, required=True)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--waves", type=int, default=3, help="trials per slot (default 3)")
+    parser.add_argument("--threads", type=int, default=THREADS,
+                        help=f"slots per worker process (default {THREADS})")  # fmt: skip
     args = parser.parse_args()
     if not (1 <= args.slots <= 5000 and 0 < args.trial_seconds <= 3600
-            and 1 <= args.epochs <= 100 and 1 <= args.waves <= 100):  # fmt: skip
-        parser.error("--slots 1..5000, --trial-seconds 0..3600, --epochs 1..100, --waves 1..100")
-    print(run(args.slots, args.trial_seconds, args.epochs, args.waves), flush=True)
+            and 1 <= args.epochs <= 100 and 1 <= args.waves <= 100
+            and 1 <= args.threads <= 500):  # fmt: skip
+        parser.error("--slots 1..5000, --trial-seconds 0..3600, --epochs 1..100, --waves 1..100, "
+                     "--threads 1..500")  # fmt: skip
+    print(run(args.slots, args.trial_seconds, args.epochs, args.waves, args.threads), flush=True)
 
 
 if __name__ == "__main__":

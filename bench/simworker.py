@@ -24,7 +24,7 @@ from typing import Any
 
 from vaegrid.run import worker
 from vaegrid.status import COMPLETED, INTERRUPTED, Status
-from vaegrid.train.trial import EpochRecord, Metrics, TrialResult
+from vaegrid.train.records import EpochRecord, Metrics, TrialResult
 
 _LOCK = threading.Lock()
 

@@ -184,7 +184,7 @@ def test_a_run_that_was_ended_never_ends_its_trial_that_another_run_holds(
     """An orphan worker (its driver died, a new one interrupted its run and started the
     trial again) comes back from a long wait and records its end: the trial, run by the
     new worker now, keeps running; the new run's end is the one that counts."""
-    from vaegrid.train.trial import TrialResult
+    from vaegrid.train.records import TrialResult
 
     store, study, cfg = started
     orphan = store.begin_run(cfg.key, "cpu", 1, "cpu", "old", {})

@@ -12,9 +12,10 @@ from vaegrid.models.linear import LinearVAE as VAE
 from vaegrid.study.core import MODEL, DataSpec, TrialConfig
 from vaegrid.train import trial
 from vaegrid.train.data import load_splits
+from vaegrid.train.records import EpochRecord
+from vaegrid.train.records import finalize as finalize_files
 from vaegrid.train.trial import (
     DeviceMismatch,
-    EpochRecord,
     build_model,
     device_kind,
     make_optimizer,
@@ -27,7 +28,7 @@ def run_trial(cfg, train, val, folder: Path, **kwargs):  # type: ignore[no-untyp
 
 
 def finalize(folder: Path) -> None:
-    trial.finalize(TrialFiles(folder))
+    finalize_files(TrialFiles(folder))
 
 
 DATA = DataSpec(fractions=(0.6, 0.2, 0.2))

@@ -296,13 +296,20 @@ def reason(e: Exception) -> str:
 
 
 def insert_if_absent(session: Session, model: Any, rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING: the one upsert vaegrid needs, in both dialects."""
-    if not rows:
-        return
+    """INSERT ... ON CONFLICT DO NOTHING: the one upsert vaegrid needs, in both dialects.
+    The statement is made once per table and dialect, the rows its parameters (an epoch's
+    commit costs its round trips, not the building of a statement of its values)."""
+    if rows:
+        session.execute(_insert_if_absent(session.get_bind().dialect.name, model), list(rows))
+
+
+@functools.cache
+def _insert_if_absent(dialect: str, model: Any) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
-    dialect = postgresql if session.get_bind().dialect.name == "postgresql" else sqlite
-    session.execute(dialect.insert(model).values(list(rows)).on_conflict_do_nothing())
+    return (
+        (postgresql if dialect == "postgresql" else sqlite).insert(model).on_conflict_do_nothing()
+    )
 
 
 def _harden_sqlite(engine: Engine) -> Engine:

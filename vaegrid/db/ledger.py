@@ -16,14 +16,17 @@ for one key.
 
 from __future__ import annotations
 
+import json
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from datetime import datetime
+from typing import Any
 
-from optuna.distributions import BaseDistribution
+from optuna.distributions import BaseDistribution, distribution_to_json
 from optuna.storages import RDBStorage
 from optuna.trial import FrozenTrial, TrialState
-from sqlalchemy import select, text
+from sqlalchemy import DateTime, bindparam, column, select, table, text
 from sqlalchemy.orm import Session
 
 from vaegrid.db import optuna_align
@@ -41,13 +44,44 @@ PARAM_DISTRIBUTIONS: dict[str, BaseDistribution] = {
 }
 
 
-def _stored(value: float) -> tuple[float | None, str]:
-    """A value as Optuna stores an intermediate one: (value, type), non-finite ones typed."""
+def _stored(value: float, nan: str) -> tuple[float | None, str]:
+    """A value as Optuna stores it: (value, type), a non-finite one typed with no value
+    (``nan``: an intermediate value's type for NaN; a trial's value is never NaN)."""
     if math.isnan(value):
-        return None, "NAN"
+        return None, nan
     if math.isinf(value):
         return None, "INF_POS" if value > 0 else "INF_NEG"
     return value, "FINITE"
+
+
+# Optuna's studies table, as much of it as the lock on a study's row needs (models.py)
+_STUDIES = table("studies", column("study_id"), column("study_name"))
+_TRIALS = table("trials", column("trial_id"), column("state"))
+# Optuna's rows as its storage writes them (optuna/storages/_rdb/storage.py): an enum as its
+# name, a literal from vaegrid's own few (PostgreSQL casts a literal to the column's enum
+# type, not a bound string); upserts as its set_* methods upsert.
+_INTERMEDIATE_INSERT = (
+    "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
+    "intermediate_value_type) VALUES (:id, :step, :value, '{kind}') "
+    "ON CONFLICT (trial_id, step) DO NOTHING"
+)
+_VALUE_INSERT = (
+    "INSERT INTO trial_values (trial_id, objective, value, value_type) "
+    "VALUES (:id, 0, :value, '{kind}') ON CONFLICT (trial_id, objective) DO UPDATE SET "
+    "value = excluded.value, value_type = excluded.value_type"
+)
+_ATTRS_UPSERT = (
+    "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (:id, :key, :json) "
+    "ON CONFLICT (trial_id, key) DO UPDATE SET value_json = excluded.value_json"
+)
+_FINISH = "UPDATE trials SET state = '{state}', datetime_complete = :now WHERE trial_id = :id"
+_PARAMS_INSERT = (
+    "INSERT INTO trial_params (trial_id, param_name, param_value, distribution_json) "
+    "VALUES (:id, :name, :value, :json)"
+)
+_ATTRS_INSERT = (
+    "INSERT INTO trial_user_attributes (trial_id, key, value_json) VALUES (:id, :key, :json)"
+)
 
 
 class LedgerMixin(StoreBase):
@@ -77,99 +111,140 @@ class LedgerMixin(StoreBase):
             self._choices = optuna_align.categoricals(configs, list(study.searched))
         return self._choices
 
-    def new_optuna_trial(self, study: Study, cfg: TrialConfig) -> int:
-        params = [n for n in study.searched if AXIS[n].ledgered]
+    def optuna_trials_for(
+        self, s: Session, study: Study, starts: Sequence[tuple[TrialConfig, int | None]]
+    ) -> dict[str, int]:
+        """The Optuna trial each (re)started trial records into, in the caller's transaction
+        (the start's own): its own, or a new one if it has none or its old one ended (Optuna
+        never reopens a finished trial: a retried failure, or a stopped trial that a grown
+        grid brings back, goes on in a new one). ``starts``: (config, its Optuna trial)."""
+        held = [i for _, i in starts if i is not None]
+        ended: set[int] = set()
+        if held:
+            query = text(
+                "SELECT trial_id FROM trials WHERE trial_id IN :ids AND state IN ('FAIL', 'PRUNED')"
+            ).bindparams(bindparam("ids", expanding=True))
+            ended = set(s.execute(query, {"ids": held}).scalars())
+        new = [cfg for cfg, i in starts if i is None or i in ended]
+        made = self._new_optuna_trials(s, study, new)
+        return {cfg.key: made[cfg.key] if cfg.key in made else int(i)  # type: ignore[arg-type]
+                for cfg, i in starts}  # fmt: skip
+
+    def _new_optuna_trials(
+        self, s: Session, study: Study, cfgs: Sequence[TrialConfig]
+    ) -> dict[str, int]:
+        """New running Optuna trials for ``cfgs``, written as Optuna's ``create_new_trial``
+        writes a trial from a template (``optuna/storages/_rdb/storage.py``): under a lock
+        on the study's row, numbered on from the study's count of trials, then their
+        parameters (a value in its distribution's internal form, the distribution as JSON)
+        and user attributes (JSON). A few statements for any number of trials, where
+        Optuna's API takes a transaction of about fifteen for each (29 ms a trial on
+        PostgreSQL here: the driver's limit at about 30 trials a second).
+        """
+        if not cfgs:
+            return {}
         chosen = self._categoricals(study)
+        params = [n for n in study.searched if AXIS[n].ledgered]
         distributions = {n: PARAM_DISTRIBUTIONS[n] for n in params} | chosen
         others = [n for n in study.searched if not AXIS[n].ledgered and n not in chosen]
-        template = FrozenTrial(
-            number=-1,
-            state=TrialState.RUNNING,
-            value=None,
-            datetime_start=datetime.now(),
-            datetime_complete=None,
-            params=cfg.axis_values([*params, *chosen]),
-            distributions=distributions,
-            user_attrs={"key": cfg.key, "repeat": cfg.repeat, **cfg.axis_values(others)},
-            system_attrs={},
-            intermediate_values={},
-            trial_id=-1,
+        study_id = s.execute(
+            select(_STUDIES.c.study_id).where(_STUDIES.c.study_name == study.name).with_for_update()
+        ).scalar_one()
+        first = s.execute(
+            text("SELECT count(*) FROM trials WHERE study_id = :study"), {"study": study_id}
+        ).scalar_one()
+        before = s.execute(text("SELECT coalesce(max(trial_id), 0) FROM trials")).scalar_one()
+        now = datetime.now()
+        insert = text(
+            "INSERT INTO trials (number, study_id, state, datetime_start) "
+            "VALUES (:number, :study, 'RUNNING', :start)"
+        ).bindparams(bindparam("start", type_=DateTime()))
+        s.execute(insert, [{"number": first + i, "study": study_id, "start": now}
+                           for i in range(len(cfgs))])  # fmt: skip
+        found = text(
+            "SELECT number, trial_id FROM trials WHERE study_id = :study AND trial_id > :before"
         )
-        study_id = self.optuna.get_study_id_from_name(study.name)
-        return self.optuna.create_new_trial(study_id, template_trial=template)
-
-    def optuna_trial_for(self, study: Study, cfg: TrialConfig, trial_id: int | None) -> int:
-        """The Optuna trial a (re)started trial records into: its own, or a new one if it
-        has none or its old one ended (Optuna never reopens a finished trial: a retried
-        failure, or a stopped trial that a grown grid brings back, goes on in a new one)."""
-        if trial_id is None or self.optuna.get_trial(trial_id).state in (
-            TrialState.FAIL,
-            TrialState.PRUNED,
-        ):
-            return self.new_optuna_trial(study, cfg)
-        return trial_id
+        ids: dict[int, int] = {
+            n: i for n, i in s.execute(found, {"study": study_id, "before": before}).all()
+        }
+        made = {cfg.key: ids[first + i] for i, cfg in enumerate(cfgs)}
+        param_rows, attr_rows = [], []
+        for cfg in cfgs:
+            trial_id = made[cfg.key]
+            for name, value in cfg.axis_values([*params, *chosen]).items():
+                dist = distributions[name]
+                param_rows.append({"id": trial_id, "name": name, "json": distribution_to_json(dist),
+                                   "value": dist.to_internal_repr(value)})  # fmt: skip
+            attrs = {"key": cfg.key, "repeat": cfg.repeat, **cfg.axis_values(others)}
+            attr_rows += [{"id": trial_id, "key": k, "json": json.dumps(v)}
+                          for k, v in attrs.items()]  # fmt: skip
+        if param_rows:
+            s.execute(text(_PARAMS_INSERT), param_rows)
+        s.execute(text(_ATTRS_INSERT), attr_rows)
+        return made
 
     @staticmethod
     def optuna_epoch(s: Session, trial_id: int, epoch: int, value: float) -> None:
         """An epoch's validation elbo as Optuna's intermediate value, in the caller's
-        transaction (the epoch's own: one commit an epoch, not vaegrid's and then Optuna's).
+        transaction (the epoch's own: one commit an epoch, not vaegrid's and then Optuna's),
+        which holds the trial's ``vg_trial`` row and has seen it not ended: its Optuna
+        trial is running then (it is finished with the trial's end, in that end's
+        transaction), so a replayed epoch after the end never writes here.
 
         Written as Optuna's ``set_trial_intermediate_value`` writes it
         (``trial_intermediate_values``: one row per (trial_id, step), a non-finite value
-        as its type with no value), to a trial Optuna still has running (it refuses a
-        finished one: a replayed epoch after the trial's end) and only if absent (a
-        replayed epoch keeps what was committed, as vaegrid's rows do).
+        as its type with no value), only if absent (a replayed epoch keeps what was
+        committed, as vaegrid's rows do).
         """
+        stored, kind = _stored(value, "NAN")
+        s.execute(text(_INTERMEDIATE_INSERT.format(kind=kind)),
+                  [{"id": trial_id, "step": epoch, "value": stored}])  # fmt: skip
+
+    @staticmethod
+    def finish_optuna(s: Session, key: str, status: Status, cause: str | None) -> None:
+        """Finish the trial's Optuna trial as vaegrid's tables say it ended, in the
+        caller's transaction (the end's own), as Optuna's API would: the validation elbo
+        of every epoch as an intermediate value (a kill's gap filled), the last as the
+        value of a completed trial (``val_nll`` beside it) or of a stopped one (pruned, as
+        Optuna's own pruning does: study/_tell.py), the status and cause of any other end
+        as user attributes (failed), the state and the time it completed. A trial paused
+        at a rung, or whose Optuna trial is finished already, is left as it is.
+        """
+        row = s.get(TrialRow, key)
+        trial_id = row.optuna_trial_id if row is not None else None
+        if status not in FINAL or trial_id is None:  # paused at a rung: its trial runs on
+            return
         state = s.execute(
-            text("SELECT state FROM trials WHERE trial_id = :id"), {"id": trial_id}
+            select(_TRIALS.c.state).where(_TRIALS.c.trial_id == trial_id).with_for_update()
         ).scalar()
         if state != TrialState.RUNNING.name:
             return
-        stored, kind = _stored(value)
-        insert = (
-            "INSERT INTO trial_intermediate_values (trial_id, step, intermediate_value, "
-            f"intermediate_value_type) VALUES (:id, :step, :value, '{kind}') "
-            "ON CONFLICT (trial_id, step) DO NOTHING"
-        )
-        s.execute(text(insert), {"id": trial_id, "step": epoch, "value": stored})
-
-    def finish_optuna(self, key: str, status: Status, cause: str | None) -> None:
-        """Finish the trial's Optuna trial as vaegrid's tables say it ended."""
-        with self.session() as s:
-            row = s.get(TrialRow, key)
-            trial_id = row.optuna_trial_id if row is not None else None
-            val = {
-                e.epoch: e.elbo
-                for e in s.scalars(
-                    select(EpochRow).where(EpochRow.key == key, EpochRow.split == "val")
-                )
-            }
-            at = s.scalars(
-                select(NllRow).where(NllRow.key == key).order_by(NllRow.epoch.desc())
-            ).first()
-            nll = at.nll if at is not None and val and at.epoch == max(val) else None
-        if status not in FINAL or trial_id is None:  # paused at a rung: its trial runs on
-            return
-        trial = self.optuna.get_trial(trial_id)
-        if trial.state.is_finished():
-            return
+        val = {e.epoch: e.elbo for e in s.scalars(
+            select(EpochRow).where(EpochRow.key == key, EpochRow.split == "val"))}  # fmt: skip
+        at = s.scalars(
+            select(NllRow).where(NllRow.key == key).order_by(NllRow.epoch.desc())
+        ).first()
+        nll = at.nll if at is not None and val and at.epoch == max(val) else None
         if status in (COMPLETED, STOPPED):
-            for epoch in sorted(set(val) - set(trial.intermediate_values)):  # a kill's gap
-                self.optuna.set_trial_intermediate_value(trial_id, epoch, val[epoch])
+            for epoch in sorted(val):  # the ones already there are kept
+                LedgerMixin.optuna_epoch(s, trial_id, epoch, val[epoch])
+        attrs: dict[str, Any] = {}
+        value = val[max(val)] if val and status in (COMPLETED, STOPPED) else None
         if status == COMPLETED:
             if nll is not None:  # the validation NLL at the trial's last epoch ([rank])
-                self.optuna.set_trial_user_attr(trial_id, "val_nll", nll)
-            self.optuna.set_trial_state_values(trial_id, TrialState.COMPLETE, [val[max(val)]])
-            return
-        self.optuna.set_trial_user_attr(trial_id, "status", str(status))
-        self.optuna.set_trial_user_attr(trial_id, "cause", cause)
-        if status == STOPPED:
-            # As Optuna's own pruning does (study/_tell.py): the last intermediate value
-            # becomes the value of the pruned trial.
-            last = [val[max(val)]] if val else None
-            self.optuna.set_trial_state_values(trial_id, TrialState.PRUNED, last)
-            return
-        self.optuna.set_trial_state_values(trial_id, TrialState.FAIL, None)
+                attrs["val_nll"] = nll
+            state = TrialState.COMPLETE.name
+        else:
+            attrs |= {"status": str(status), "cause": cause}
+            state = (TrialState.PRUNED if status == STOPPED else TrialState.FAIL).name
+        if attrs:
+            s.execute(text(_ATTRS_UPSERT), [{"id": trial_id, "key": k, "json": json.dumps(v)}
+                                            for k, v in attrs.items()])  # fmt: skip
+        if value is not None and not math.isnan(value):
+            stored, kind = _stored(value, "")
+            s.execute(text(_VALUE_INSERT.format(kind=kind)), {"id": trial_id, "value": stored})
+        done = text(_FINISH.format(state=state)).bindparams(bindparam("now", type_=DateTime()))
+        s.execute(done, {"id": trial_id, "now": datetime.now()})
 
     def reconcile_optuna(self, study_name: str) -> None:
         """Repair what a kill between a ``vg_*`` write and its Optuna write left behind."""
@@ -177,7 +252,6 @@ class LedgerMixin(StoreBase):
         by_key: dict[str, list[FrozenTrial]] = defaultdict(list)
         for t in self.optuna.get_all_trials(study_id, deepcopy=False):
             by_key[str(t.user_attrs.get("key"))].append(t)
-        finals: dict[str, tuple[Status, str | None]] = {}
         with self.session() as s:
             for row in s.scalars(select(TrialRow)):
                 ledger = {t._trial_id: t for t in by_key.get(row.key, [])}
@@ -187,6 +261,5 @@ class LedgerMixin(StoreBase):
                 if not final and unfinished and (current is None or current.state.is_finished()):
                     row.optuna_trial_id = unfinished[-1]._trial_id  # created, never recorded
                 elif final and current is not None and not current.state.is_finished():
-                    finals[row.key] = (Status(row.status), row.cause)  # recorded, never finished
-        for key, (status, cause) in finals.items():
-            self.finish_optuna(key, status, cause)
+                    # recorded, never finished (by a version that wrote the end in two steps)
+                    self.finish_optuna(s, row.key, Status(row.status), row.cause)

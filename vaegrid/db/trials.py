@@ -46,7 +46,7 @@ from vaegrid.status import (
 from vaegrid.study.core import Study, TrialConfig
 
 if TYPE_CHECKING:  # the driver imports this module and never loads torch
-    from vaegrid.train.trial import EpochRecord, TrialResult
+    from vaegrid.train.records import EpochRecord, TrialResult
 
 
 def move(
@@ -83,22 +83,39 @@ def close_runs(s: Session, key: str, status: Status, error: str | None = None) -
 class TrialsMixin(LedgerMixin):
     # -- the driver's side ---------------------------------------------------------------
 
+    def start_trials(self, study: Study, cfgs: Sequence[TrialConfig]) -> dict[str, int]:
+        """Mark trials running, each with its Optuna trial, in one transaction (a few
+        statements however many trials: the driver starts a batch at a time); returns
+        their Optuna trial ids by key.
+
+        Only the driver, which holds the study, starts trials, and its sync interrupts
+        every running one first: a trial found running here is this very start, committed
+        once already by a call whose answer a dropped connection lost (faults.py retries
+        it).
+        """
+        by_key = {cfg.key: cfg for cfg in cfgs}
+        self._categoricals(study)  # read once, before the rows are locked
+        with self.session() as s:
+            rows = s.scalars(
+                select(TrialRow)
+                .where(TrialRow.key.in_(sorted(by_key)))
+                .order_by(TrialRow.key)  # locked in one order: two sessions never deadlock
+                .with_for_update()
+            ).all()
+            assert len(rows) == len(by_key), sorted(set(by_key) - {r.key for r in rows})
+            started = {r.key: r.optuna_trial_id for r in rows
+                       if r.status == RUNNING and r.optuna_trial_id is not None}  # fmt: skip
+            todo = [r for r in rows if r.key not in started]
+            ids = self.optuna_trials_for(s, study, [(by_key[r.key], r.optuna_trial_id)
+                                                    for r in todo])  # fmt: skip
+            for row in todo:
+                move(row, RUNNING)
+                row.optuna_trial_id = ids[row.key]
+        return {**started, **ids}
+
     def start_trial(self, study: Study, cfg: TrialConfig) -> int:
-        """Mark a trial running and return its Optuna trial id. Only the driver, which
-        holds the study, starts trials, and its sync interrupts every running one first: a
-        trial found running here is this very start, committed once already by a call whose
-        answer a dropped connection lost (faults.py retries it)."""
-        with self.session() as s:
-            row = self._row(s, cfg.key)
-            trial_id = row.optuna_trial_id
-            if row.status == RUNNING and trial_id is not None:
-                return trial_id
-        trial_id = self.optuna_trial_for(study, cfg, trial_id)
-        with self.session() as s:
-            row = self._row(s, cfg.key)
-            move(row, RUNNING)
-            row.optuna_trial_id = trial_id
-        return trial_id
+        """:meth:`start_trials` of one trial: its Optuna trial id."""
+        return self.start_trials(study, [cfg])[cfg.key]
 
     def fail(self, key: str, error: str) -> None:
         """The driver's record of a running trial whose worker could not record its own end
@@ -110,22 +127,18 @@ class TrialsMixin(LedgerMixin):
                 return
             move(row, FAILED, cause)
             close_runs(s, key, FAILED, error)
-        self.finish_optuna(key, FAILED, cause)
+            self.finish_optuna(s, key, FAILED, cause)
 
     def mark(self, keys: Sequence[str], status: Status, cause: str | None = None) -> None:
         """Running trials become ``status`` (interrupted, or failed after too many worker
         deaths), and their open runs close; trials that are not running are left alone."""
-        changed = []
         with self.session() as s:
             for key in sorted(keys):  # rows locked in one order: two sessions never deadlock
                 row = s.get(TrialRow, key, with_for_update=True)
                 if row is not None and row.status == RUNNING:
                     move(row, status, cause)
-                    changed.append(key)
+                    self.finish_optuna(s, key, status, cause)
                 close_runs(s, key, status, cause)
-        if status in FINAL:
-            for key in changed:
-                self.finish_optuna(key, status, cause)
 
     def give_up(self, key: str, cause: str) -> Status:
         """A trial whose worker died too often fails (running, or interrupted by a worker
@@ -135,10 +148,8 @@ class TrialsMixin(LedgerMixin):
             if FAILED in _moves(row):
                 move(row, FAILED, cause)
                 close_runs(s, key, FAILED, cause)
-            status = Status(row.status)
-        if status == FAILED:
-            self.finish_optuna(key, FAILED, cause)
-        return status
+                self.finish_optuna(s, key, FAILED, cause)
+            return Status(row.status)
 
     def interrupt_running(self) -> None:
         """What a dead driver left running is interrupted (the next driver, at its start)."""
@@ -150,9 +161,9 @@ class TrialsMixin(LedgerMixin):
                 end_run(run, INTERRUPTED)
 
     def stop(self, rungs: Mapping[str, int], causes: Mapping[str, str]) -> None:
-        """Stop waiting trials at the rung that dropped them (halving), then prune their
-        Optuna trials. A trial that is running or has ended otherwise is left as it is."""
-        changed = []
+        """Stop waiting trials at the rung that dropped them (halving), their Optuna
+        trials pruned with them. A trial that is running or has ended otherwise is left as
+        it is."""
         with self.session() as s:
             for key, rung in sorted(rungs.items()):
                 row = s.get(TrialRow, key, with_for_update=True)
@@ -160,9 +171,7 @@ class TrialsMixin(LedgerMixin):
                     continue
                 move(row, STOPPED, causes.get(key))
                 s.merge(StopRow(key=key, rung=rung))
-                changed.append(key)
-        for key in changed:
-            self.finish_optuna(key, STOPPED, causes.get(key))
+                self.finish_optuna(s, key, STOPPED, causes.get(key))
 
     def reopen(self, keys: Sequence[str]) -> None:
         """Stopped trials go on (a grown grid re-decided their rung): paused at their last
@@ -227,7 +236,8 @@ class TrialsMixin(LedgerMixin):
                 row.seconds += record.seconds
             if kind is not None:
                 insert_if_absent(s, TrialDeviceRow, [{"key": key, "device_kind": kind}])
-            self.optuna_epoch(s, optuna_trial_id, record.epoch, record.val.elbo)
+            if Status(row.status) not in FINAL:  # its Optuna trial runs (ledger.optuna_epoch)
+                self.optuna_epoch(s, optuna_trial_id, record.epoch, record.val.elbo)
 
     def finish_run(
         self,
@@ -244,8 +254,7 @@ class TrialsMixin(LedgerMixin):
             cause = _cause(error)
         else:
             status, cause, epoch = Status(result.status), result.cause, result.diverged_epoch
-        # vaegrid's tables first: they are the truth. A kill before the Optuna write below
-        # is repaired by the next driver's sync_study.
+        # One transaction: vaegrid's tables and Optuna's trial end together.
         with self.session() as s:
             row = self._row(s, key)
             run = s.get(RunRow, run_id)
@@ -267,8 +276,7 @@ class TrialsMixin(LedgerMixin):
                 row_ = {"key": key, "epoch": n.epoch, "nll": n.nll, "samples": n.samples,
                         "seconds": n.seconds}  # fmt: skip
                 insert_if_absent(s, NllRow, [row_])
-        if status in FINAL:
-            self.finish_optuna(key, status, cause)
+            self.finish_optuna(s, key, status, cause)  # a final status's: its Optuna trial too
         return status
 
     @staticmethod

@@ -105,6 +105,8 @@ class Sweep:
         self.submitted: dict[str, tuple[float, float, str]] = {}  # key -> (when, work, kind)
         self.said_done = 0.0  # the share of the work done said last
         self.retry: set[str] = set()  # failed trials this driver has yet to rerun
+        # this turn of the loop's trials finished and forecast, said with each trial's end
+        self.turn: tuple[int, Forecast] | None = None
         # How far the study lets each trial run now: the full grid, or halving's rungs.
         self.policy = policy_of(study, self.store, list(self.grid))
 
@@ -137,6 +139,7 @@ class Sweep:
         free = self.pool.slot_list()
         try:
             while self.queue.order or running:
+                self.turn = None
                 signals.check()  # a signal a library swallowed still stops the sweep
                 self._dispatch(free, running)
                 if not running:  # held back by a fault of the world: wait, do not spin
@@ -271,11 +274,16 @@ class Sweep:
         if self.faults.held():  # a fault of the world: not yet
             return
         busy = Counter(slot.device for _, slot in running.values())
-        for key, slot in self.queue.place(free, busy):
+        placed = list(self.queue.place(free, busy))
+        if not placed:
+            return
+        # one transaction starts them all (db/trials.start_trials), then each is sent
+        ids = self.store.start_trials(self.study, [self.grid[k] for k, _ in placed])
+        for key, slot in placed:
             self.retry.discard(key)
             self.view[key] = RUNNING
             try:
-                running[self._submit(key, slot)] = (key, slot)
+                running[self._submit(key, slot, ids[key])] = (key, slot)
             except WorkerDied as e:  # the slot's worker died while idle
                 self.submitted.pop(key, None)
                 free.append(slot)
@@ -310,11 +318,11 @@ class Sweep:
         self.said_done = max(self.said_done, now_said.done)
         return now_said._replace(done=self.said_done)
 
-    def _submit(self, key: str, slot: Slot) -> Any:
+    def _submit(self, key: str, slot: Slot, optuna_trial_id: int) -> Any:
         self.submitted[key] = (time.monotonic(), self._left(key), self.pool.kind(slot.device))
         task = Task(
             config=self.grid[key].to_json(),
-            optuna_trial_id=self.store.start_trial(self.study, self.grid[key]),
+            optuna_trial_id=optuna_trial_id,
             device=self.executor.device(slot),
             threads=self.pool.threads,
             db=self.store.db,
@@ -414,9 +422,12 @@ class Sweep:
     def _finished(self, key: str, status: Status) -> None:
         self.faults.progress()  # the world works again
         self.view[key] = status
-        done = sum(1 for s in self.view.values() if s in FINAL)
+        if self.turn is None:  # the count and the forecast once a turn: each is O(trials)
+            self.turn = (sum(1 for s in self.view.values() if s in FINAL) - 1, self._forecast())
+        done, forecast = self.turn[0] + 1, self.turn[1]
+        self.turn = (done, forecast)
         said = f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}"
-        self.progress.say(f"{said}; {self._forecast().words()}")
+        self.progress.say(f"{said}; {forecast.words()}")
 
     def _worker_died(self, key: str, error: BaseException) -> None:
         """The worker running ``key`` died: the trial ended (if its end was committed first),

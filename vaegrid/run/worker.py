@@ -23,7 +23,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from vaegrid.db.engine import Database
 from vaegrid.db.store import Store
@@ -35,9 +35,7 @@ from vaegrid.safeio import ensure_dir, open_fd, open_file, read_bytes
 from vaegrid.status import FINAL, Status
 from vaegrid.study.core import TrialConfig
 from vaegrid.train import provenance
-
-if TYPE_CHECKING:
-    from vaegrid.train.trial import TrialResult
+from vaegrid.train.records import TrialResult, finalize
 
 
 @dataclass(frozen=True)
@@ -112,8 +110,6 @@ def execute(task: Task) -> Status:
             result = _train(task, cfg, store, torch_device, kind, stop)
             status = store.finish_run(cfg.key, run_id, result, None, _peak_device_mb(kind))
         if status in FINAL:  # a trial paused at a rung goes on from its checkpoint later
-            from vaegrid.train.trial import finalize
-
             finalize(files)  # its end is committed: the resume checkpoint can go
         return status
     except Exception as e:
@@ -132,8 +128,6 @@ def execute(task: Task) -> Status:
 
 
 def _interrupted() -> TrialResult:
-    from vaegrid.train.trial import TrialResult
-
     return TrialResult(Status.INTERRUPTED, [])
 
 

@@ -5,6 +5,7 @@ its key. Loading a study file (the hostile part) is study/load.py's.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import itertools
 import json
@@ -223,9 +224,10 @@ class TrialConfig:
             **merged,
         )
 
-    @property
+    @functools.cached_property
     def key(self) -> str:
-        """A short stable hash of the full config: 12 hex digits of SHA-256."""
+        """A short stable hash of the full config: 12 hex digits of SHA-256 (made once: the
+        driver asks a trial's key at every turn, and its JSON is most of its cost)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
     @property

@@ -21,7 +21,6 @@ import re
 import threading
 import time
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,58 +30,17 @@ from vaegrid.errors import InputError
 from vaegrid.layout import TrialFiles
 from vaegrid.models.base import BaseVAE
 from vaegrid.safeio import ensure_dir, open_file, read_bytes, save_with, write_atomic
-from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED, Status
+from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED
 from vaegrid.study.axes import PLUGINS
 from vaegrid.study.core import EVAL_ROWS, TrialConfig, derive_seed
 from vaegrid.study.plugins import load_factory
 from vaegrid.train import provenance
 from vaegrid.train.data import binarize, image_shape
 from vaegrid.train.model import importance_nll, iwae_terms, make_model
+from vaegrid.train.records import EpochRecord, Metrics, TrialResult, ValNll
 from vaegrid.train.weights import load_bounded
 
 EVAL_CHUNK = EVAL_ROWS  # images per forward pass when evaluating a whole split
-
-
-@dataclass(frozen=True)
-class Metrics:
-    """Mean per-image loss terms over a split, in nats (lower is better)."""
-
-    elbo: float  # negative ELBO = recon + kl
-    recon: float  # Bernoulli negative log-likelihood, summed over the C x H x W values
-    kl: float  # KL(q(z|x) || N(0, I))
-
-
-@dataclass(frozen=True)
-class EpochRecord:
-    """What one finished epoch reports."""
-
-    epoch: int  # 1-based
-    train: Metrics  # mean over the epoch's training batches (train mode)
-    val: Metrics  # validation split in eval mode, one z per image from a fixed seed
-    seconds: float  # wall time of the epoch, training and validation
-
-
-@dataclass(frozen=True)
-class TrialResult:
-    """How a run of a trial ended: ``completed`` or ``diverged`` (a result, not an error),
-    or ``interrupted`` (asked to stop: it continues from its last epoch next time),
-    or ``paused`` at the epoch it was asked to stop at (its checkpoint kept to go on)."""
-
-    status: Status  # COMPLETED, DIVERGED, INTERRUPTED or PAUSED
-    history: list[EpochRecord]  # every finished epoch, resumed ones included
-    cause: str | None = None  # for diverged: what went non-finite, where
-    diverged_epoch: int | None = None
-    nll: ValNll | None = None  # the validation NLL at the last epoch (asked for: run_trial)
-
-
-@dataclass(frozen=True)
-class ValNll:
-    """The importance-sampled validation NLL of a trial at an epoch."""
-
-    epoch: int
-    nll: float  # -log p(x), nats per image, mean over the validation split
-    samples: int  # k
-    seconds: float
 
 
 OnEpoch = Callable[[EpochRecord], None]
@@ -429,8 +387,3 @@ def _save_checkpoint(
 
 def _record(raw: dict[str, Any]) -> EpochRecord:
     return EpochRecord(raw["epoch"], Metrics(**raw["train"]), Metrics(**raw["val"]), raw["seconds"])
-
-
-def finalize(files: TrialFiles) -> None:
-    """Drop the resume checkpoint of a trial whose end is committed: weights are what stays."""
-    files.checkpoint.unlink(missing_ok=True)
