@@ -101,6 +101,12 @@ class ReaderMixin(StoreBase):
         left out of everything but these counts."""
         return list(self._trials()[1])
 
+    def trials_and_foreign(self) -> tuple[list[TrialInfo], list[ForeignTrial]]:
+        """:meth:`trials` and :meth:`foreign_trials` from one read of the table (each row
+        checked once)."""
+        found, foreign = self._trials()
+        return list(found), list(foreign)
+
     def _trials(self) -> tuple[list[TrialInfo], list[ForeignTrial]]:
         if self._snapshot is not None and "trials" in self._memo:  # one moment, checked once
             return self._memo["trials"]

@@ -33,7 +33,9 @@ from vaegrid.status import PENDING, RUNNING
 # 3: vg_nll, the validation NLL.
 # 4: vg_test keyed by (key, nll_samples): a report adds a test NLL at another k beside the
 #    stored ones; Optuna's ledger without the parameter "repeat" (optuna_align.py).
-SCHEMA_VERSION = 4
+# 5: indexes on vg_trial.status and vg_run.status: the driver's start and `status` find
+#    the running trials and runs of 100,000 without reading them all (tests/test_indexes.py).
+SCHEMA_VERSION = 5
 
 
 class Base(DeclarativeBase):
@@ -61,7 +63,7 @@ class TrialRow(Base):
     __tablename__ = "vg_trial"
     key: Mapped[str] = mapped_column(String, primary_key=True)
     config: Mapped[str] = mapped_column(Text)  # TrialConfig JSON: every setting
-    status: Mapped[str] = mapped_column(String, default=PENDING)  # a status.Status
+    status: Mapped[str] = mapped_column(String, default=PENDING, index=True)  # a status.Status
     epochs_done: Mapped[int] = mapped_column(Integer, default=0)
     optuna_trial_id: Mapped[int | None] = mapped_column(Integer)
     cause: Mapped[str | None] = mapped_column(Text)  # diverged: what and where; failed: the error
@@ -77,7 +79,7 @@ class RunRow(Base):
     worker: Mapped[int] = mapped_column(Integer)  # pid
     started: Mapped[float] = mapped_column(Float)  # unix time
     ended: Mapped[float | None] = mapped_column(Float)
-    status: Mapped[str] = mapped_column(String, default=RUNNING)  # how the run ended
+    status: Mapped[str] = mapped_column(String, default=RUNNING, index=True)  # how it ended
     error: Mapped[str | None] = mapped_column(Text)  # traceback of a failed run
     max_rss_mb: Mapped[float | None] = mapped_column(Float)  # worker's peak resident memory so far
 
@@ -201,8 +203,15 @@ def _to_4(con: Connection) -> None:
     align(con)
 
 
+def _to_5(con: Connection) -> None:
+    """4 -> 5: the status indexes of vg_trial and vg_run."""
+    for model in (TrialRow, RunRow):
+        for index in model.__table__.indexes:  # type: ignore[attr-defined]
+            index.create(con, checkfirst=True)
+
+
 # The step that brings a database of version N to N + 1.
-MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4}
+MIGRATIONS: dict[int, Callable[[Connection], None]] = {1: _to_2, 2: _to_3, 3: _to_4, 4: _to_5}
 assert set(MIGRATIONS) == set(range(1, SCHEMA_VERSION))
 
 

@@ -14,7 +14,7 @@ from typing import Any
 import pandas as pd
 
 from vaegrid.analysis import stats, tables
-from vaegrid.analysis.tables import Comparison, criteria
+from vaegrid.analysis.tables import IMPORTANCE_CONFIGS_MAX, Comparison, criteria
 from vaegrid.layout import StudyLayout
 from vaegrid.status import COMPLETED, DIVERGED, FAILED, STOPPED
 from vaegrid.study.axes import AXIS, applies, describe
@@ -370,7 +370,9 @@ def _importance_lines(
     )
     lines = [
         f"Each axis's share of the variance of the final {_WORDS[metric]} (`{metric}`) over "
-        "the completed configs (mean over repeats), by Optuna's fANOVA evaluator (seed 0); "
+        "the completed configs (mean over repeats; a seeded sample of "
+        f"{IMPORTANCE_CONFIGS_MAX:,} of them when there are more), by Optuna's fANOVA "
+        "evaluator (seed 0); "
         "the repeat is no axis. One study: it "
         "says what mattered in this grid's range of values, not in general, and it cannot "
         "see configs that diverged.",

@@ -8,6 +8,7 @@ import math
 import textwrap
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -58,6 +59,8 @@ NOT_DONE = "diverged / not completed"
 
 
 FIGURE_INCHES_MAX = 24.0  # heatmaps of long axes stop growing here
+CELL_TEXTS_MAX = 400  # a heatmap panel of more cells shows colours only, no numbers
+TICKS_MAX = 40  # an axis of more values is labelled at every k-th
 
 
 def heatmap(
@@ -112,12 +115,14 @@ def heatmap(
         ax = grid.flat[i]
         ax.imshow(np.ma.masked_invalid(values), cmap=cmap, norm=norm or Normalize(0, 1),
                   origin="lower", aspect="auto")  # fmt: skip
-        for r, row in enumerate(texts):
-            for c, text in enumerate(row):
-                colour = _text_colour(cmap, norm, float(values[r, c]))
-                ax.text(c, r, text, ha="center", va="center", fontsize=fontsize, color=colour)
-        ax.set_xticks(range(len(xs)), [format_value(v) for v in xs])
-        ax.set_yticks(range(len(ys)), [format_value(v) for v in ys])
+        if len(xs) * len(ys) <= CELL_TEXTS_MAX:  # past that a cell has no room for its number
+            for r, row in enumerate(texts):
+                for c, text in enumerate(row):
+                    colour = _text_colour(cmap, norm, float(values[r, c]))
+                    ax.text(c, r, text, ha="center", va="center", fontsize=fontsize,
+                            color=colour)  # fmt: skip
+        ax.set_xticks(*_ticks(xs))
+        ax.set_yticks(*_ticks(ys))
         if i + ncols >= len(panels):  # no panel below it
             ax.set_xlabel(axis_label(x, axes))
         if i % ncols == 0:
@@ -138,6 +143,13 @@ def heatmap(
     fig.suptitle("\n".join(wrap(line, fig) for line in title.split("\n")))
     save(fig, path)
     return out
+
+
+def _ticks(values: Sequence[Any]) -> tuple[list[int], list[str]]:
+    """Where an axis of the heatmap is labelled: every value, or every k-th past TICKS_MAX."""
+    step = math.ceil(len(values) / TICKS_MAX)
+    at = list(range(0, len(values), step))
+    return at, [format_value(values[i]) for i in at]
 
 
 def _panels(

@@ -151,8 +151,8 @@ def status_line(study_dir: Path, storage: str | None = None) -> str:
         )
     try:
         name, slots = store.study_row()
-        trials = store.trials()
-        foreign = foreign_words(store.foreign_trials())
+        trials, others = store.trials_and_foreign()
+        foreign = foreign_words(others)
         device = store.running_devices()
         devices = store.trial_devices()
         fingerprint = store.fingerprint()

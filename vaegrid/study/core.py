@@ -309,6 +309,11 @@ class NotInstalled(ValueError):
 def data_dict(data: DataSpec) -> dict[str, Any]:
     """The data settings as keys and fingerprints hold them: a plug-in data set by its name,
     distribution and version (images of another version are never mixed in)."""
+    return dict(_data_dict(data))  # a copy: the cached one is shared
+
+
+@functools.lru_cache(maxsize=64)
+def _data_dict(data: DataSpec) -> dict[str, Any]:  # a study's trials share one DataSpec
     out = {**dataclasses.asdict(data), "dataset": datasets.tag(data.dataset)}
     if not data.images:
         del out["images"]
