@@ -8,7 +8,7 @@ RESULTS ?= results
 
 LOCK    := requirements.lock
 
-.PHONY: install lock test test-slow test-all lint docs bench bench-store identity grid clean
+.PHONY: install lock test test-slow test-all lint docs bench bench-store bench-scale identity grid clean
 
 # Exact versions of every package from the checked-in lock, then vaegrid itself (editable,
 # no dependencies of its own): two fresh installs compute with the same libraries.
@@ -69,6 +69,17 @@ bench: $(STAMP)
 # Load test of the study database (SQLite, PostgreSQL 15) and the driver's overhead per trial.
 bench-store: $(STAMP)
 	$(BIN)/python bench/load_store.py
+
+# One driver and one PostgreSQL (PgBouncer in front past 20 worker processes) against N
+# simulated slots on Dask: occupancy, hand-overs/s, epoch rows/s, commit p99, driver CPU a
+# trial (bench/scale.py, about 10 minutes); then status, report and vaegrid.load on a study
+# of 100,000 generated trials (bench/readers.py, about 10 minutes). Not part of CI.
+bench-scale: $(STAMP)
+	$(BIN)/python bench/scale.py --slots 10 --trial-seconds 5 --epochs 5
+	$(BIN)/python bench/scale.py --slots 100 --trial-seconds 5 --epochs 5
+	$(BIN)/python bench/scale.py --slots 200 --trial-seconds 5 --epochs 5
+	$(BIN)/python bench/scale.py --slots 1000 --trial-seconds 30 --epochs 10 --waves 2
+	$(BIN)/python bench/readers.py --trials 100000
 
 # Bit-identity against another checkout: `make identity BASE=../other-checkout` runs the
 # smoke, halving and binarized smoke studies with both and compares every row bit for bit.

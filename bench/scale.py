@@ -129,12 +129,15 @@ def measure(url: str, log: Path, slots: int) -> dict[str, float]:
     }
 
 
-def run(slots: int, trial_seconds: float, epochs: int, waves: int, threads: int) -> str:
+def run(slots: int, trial_seconds: float, epochs: int, waves: int, threads: int,
+        direct: bool = False) -> str:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vaegrid-scale-") as folder:
-        return _run(Path(folder), slots, trial_seconds, epochs, waves, threads)
+        return _run(Path(folder), slots, trial_seconds, epochs, waves, threads, direct)
 
 
-def _run(tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int, per: int) -> str:
+def _run(
+    tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int, per: int, direct: bool
+) -> str:
     import simworker
 
     from vaegrid.run import sweep
@@ -146,14 +149,14 @@ def _run(tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int, p
     log.mkdir()
     os.environ["VAEGRID_SIM_SECONDS"] = str(trial_seconds)
     os.environ["VAEGRID_SIM_LOG"] = str(log)
-    os.environ["PYTHONPATH"] = os.pathsep.join(
-        [str(ROOT / "bench"), str(ROOT), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(  # a PYTHONPATH's vaegrid (a baseline) first
+        [str(ROOT / "bench"), os.environ.get("PYTHONPATH", ""), str(ROOT)]
     )
     study = bench_study(slots * waves, epochs)
     sweep.execute = simworker.execute  # type: ignore[attr-defined]
     per = min(per, slots)
     processes = math.ceil(slots / per)
-    bounced = processes > DIRECT_PROCESSES_MAX
+    bounced = processes > DIRECT_PROCESSES_MAX and not direct
     with contextlib.ExitStack() as stack:
         url = stack.enter_context(postgres())
         storage = stack.enter_context(pgbouncer(url)) if bounced else url
@@ -204,6 +207,8 @@ def main() -> None:
     parser.add_argument("--trial-seconds", type=float, required=True)
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--waves", type=int, default=3, help="trials per slot (default 3)")
+    parser.add_argument("--direct", action="store_true",
+                        help="no PgBouncer, however many worker processes")  # fmt: skip
     parser.add_argument("--threads", type=int, default=THREADS,
                         help=f"slots per worker process (default {THREADS})")  # fmt: skip
     args = parser.parse_args()
@@ -212,7 +217,8 @@ def main() -> None:
             and 1 <= args.threads <= 500):  # fmt: skip
         parser.error("--slots 1..5000, --trial-seconds 0..3600, --epochs 1..100, --waves 1..100, "
                      "--threads 1..500")  # fmt: skip
-    print(run(args.slots, args.trial_seconds, args.epochs, args.waves, args.threads), flush=True)
+    line = run(args.slots, args.trial_seconds, args.epochs, args.waves, args.threads, args.direct)
+    print(line, flush=True)
 
 
 if __name__ == "__main__":

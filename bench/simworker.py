@@ -24,7 +24,11 @@ from typing import Any
 
 from vaegrid.run import worker
 from vaegrid.status import COMPLETED, INTERRUPTED, Status
-from vaegrid.train.records import EpochRecord, Metrics, TrialResult
+
+try:
+    from vaegrid.train.records import EpochRecord, Metrics, TrialResult
+except ImportError:  # vaegrid before train/records.py (a baseline's checkout)
+    from vaegrid.train.trial import EpochRecord, Metrics, TrialResult  # type: ignore[no-redef]
 
 _LOCK = threading.Lock()
 

@@ -439,3 +439,34 @@ def test_norm_is_logarithmic_only_beyond_a_factor_of_10() -> None:
     assert mattered._norm(np.array([NAN, math.inf])) is None
     one = mattered._norm(np.array([100.0]))
     assert one is not None and float(one(100.0)) == 0.5
+
+
+def test_curves_of_thousands_of_configs_draw_the_best_and_the_winners_with_a_short_legend(
+    tmp_path: Path, drawn: list[Figure]
+) -> None:
+    # 50 hidden x 60 latent = 3,000 configs: the best 200 by their last epoch, and the
+    # winner wherever it ranks; a legend of a few values, not of 60.
+    rows, trials = [], []
+    for hidden, latent in itertools.product(range(1, 51), range(1, 61)):
+        key = f"h{hidden}-l{latent}"
+        base = 100.0 + hidden + latent / 100
+        trials.append({"key": key, "config": key, "hidden": hidden, "latent": latent,
+                       "status": "completed", "val_elbo": base})  # fmt: skip
+        rows += [{"key": key, "epoch": e, "split": "val", "elbo": base + 10 / e} for e in (1, 2)]
+    test = pd.DataFrame({"key": ["h50-l60"], "criterion": ["val_elbo"]})  # the worst, say
+    labels = curves(pd.DataFrame(rows), pd.DataFrame(trials), test, tmp_path / "c.png",
+                    ["hidden", "latent"])  # fmt: skip
+    (fig,) = drawn
+    ax = fig.axes[0]
+    assert len(ax.lines) == 201 and len(labels) == 201
+    assert set(labels) == {f"h{h}-l{x}" for h in range(1, 5) for x in range(1, 61)
+                           if (h - 1) * 60 + x <= 200} | {"h50-l60"}  # fmt: skip
+    texts = [t.get_text() for t in fig.legends[0].get_texts()]
+    # hidden: 5 values among the lines, a colour each; latent's 60 colour nothing
+    assert texts == ["h50-l60: hidden 50, latent 60 (val_elbo)"] + [
+        f"hidden {h}" for h in (1, 2, 3, 4, 50)
+    ]
+    assert " ".join(ax.get_title().split()) == (
+        "Validation \N{MINUS SIGN}ELBO of the best 200 of 3,000 configs by their last epoch, "
+        "and the winners (mean)"
+    )

@@ -22,6 +22,8 @@ from vaegrid.status import COMPLETED
 from vaegrid.study.axes import AXIS, applies, describe
 
 CURVES_LABELLED = 12  # up to this many configs each get a colour and a legend entry
+CURVES_DRAWN_MAX = 200  # past this many configs, the best this many (and the winners)
+COLOURED_VALUES_MAX = 10  # a setting of more values among the lines colours none of them
 LINE_STYLES = ("-", "--", ":", "-.")
 
 
@@ -50,7 +52,7 @@ class _Styles:
         """What the colours and styles mean, past CURVES_LABELLED configs."""
         handles: list[Line2D] = []
         texts: list[str] = []
-        if not self.many:
+        if not self.many or self.by_colour is None:  # one colour: nothing to say of it
             return handles, texts
         for value, colour in sorted(self.colours.items(), key=lambda kv: order_key(kv[0])):
             handles.append(Line2D([], [], color=colour, linewidth=2))
@@ -94,13 +96,17 @@ def curves(
     """
     val = epochs[epochs["split"] == "val"].merge(ranking[["key", "config"]], on="key")
     configs = ranking.drop_duplicates("config").set_index("config")
-    varying = [n for n in names if configs[n].nunique() > 1]
     winners: dict[str, list[str]] = {}
     for key, criterion in zip(test["key"], test["criterion"], strict=True):
         winners.setdefault(str(key), []).append(str(criterion))
+    total, known = val["config"].nunique(), configs.index.nunique()
+    val = _best(val, CURVES_DRAWN_MAX, set(winners))
+    configs = configs.loc[sorted(set(val["config"]))]
+    varying = [n for n in names if configs[n].nunique() > 1]
     fig, ax = plt.subplots(figsize=(7.0, 4.6), layout="constrained")
     many = val["config"].nunique() > CURVES_LABELLED
-    keyed = [n for n in [*order, *varying] if n in varying]
+    keyed = [n for n in [*order, *varying]
+             if n in varying and configs[n].nunique() <= COLOURED_VALUES_MAX]  # fmt: skip
     palette = plt.get_cmap("tab10" if val["config"].nunique() <= 10 or many else "tab20")
     look = _Styles(many, keyed[0] if keyed else None, keyed[1] if len(keyed) > 1 else None,
                    palette)  # fmt: skip
@@ -125,7 +131,10 @@ def curves(
     repeats = val.groupby("config")["key"].nunique().max()
     band = f", band: lowest to highest of {repeats} repeats" if repeats > 1 else ""
     title = f"Validation {MINUS}ELBO of {val['config'].nunique()} configs (mean{band})"
-    missing = configs.index.nunique() - val["config"].nunique()
+    if total > CURVES_DRAWN_MAX:
+        title = (f"Validation {MINUS}ELBO of the best {CURVES_DRAWN_MAX} of {total:,} configs "
+                 f"by their last epoch, and the winners (mean{band})")  # fmt: skip
+    missing = known - total
     if missing:
         title += f"; {missing} without a finished epoch (diverged or not started)"
     ax.set_title(wrap(title, fig))
@@ -135,6 +144,17 @@ def curves(
         fig.legend(handles, texts, loc="outside lower center", fontsize=8, ncols=ncols)
     save(fig, path)
     return labels
+
+
+def _best(val: pd.DataFrame, most: int, keep: set[str]) -> pd.DataFrame:
+    """The rows of at most ``most`` configs: those of the lowest validation -ELBO at their
+    last epoch (mean over repeats), and the configs in ``keep`` (the winners) whatever."""
+    if val["config"].nunique() <= most:
+        return val
+    last = val[val["epoch"] == val.groupby("key")["epoch"].transform("max")]
+    order = last.groupby("config")["elbo"].mean().sort_values(kind="stable")
+    chosen = set(order.index[:most]) | keep
+    return val[val["config"].isin(chosen)]
 
 
 def _draw(ax: Axes, trials: pd.DataFrame, colour: Any, style: Any, label: str, won: bool) -> None:
