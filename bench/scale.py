@@ -187,7 +187,9 @@ def _run(
           f"{said.getvalue().strip().splitlines()[-2:]}", file=sys.stderr)  # fmt: skip
     print(
         f"  {found['completed']}/{found['trials']} completed in {found['runs']} runs over "
-        f"{found['span']:.1f} s; commit p50 {found['p50']:.0f} ms",
+        f"{found['span']:.1f} s; commit p50 {found['p50']:.0f} ms; useful occupancy (the "
+        f"trials' {trial_seconds:g} s each over slots x span) "
+        f"{100 * found['completed'] * trial_seconds / (slots * found['span']):.1f} %",
         file=sys.stderr,
     )
     each = [1000 * (a - b) / max(1, found["runs"]) for a, b in zip(after, before, strict=True)]

@@ -232,3 +232,16 @@ def plan_table(out: str) -> tuple[list[str], list[list[str]], int]:
     start = next(i for i, line in enumerate(lines) if line.startswith("key "))
     count = int(lines[-1].split(" trials", 1)[0])
     return lines[start].split(), [line.split() for line in lines[start + 1 : -1]], count
+
+
+def epoch_rows(db: Any) -> list[tuple[Any, ...]]:
+    """Every vg_epoch row of the study database ``db`` (a ``Database``), sorted: what two
+    sweeps that computed the same give bit for bit."""
+    from vaegrid.db.store import Store
+
+    store = Store.reader(db)
+    try:
+        frame = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
+    finally:
+        store.close()
+    return [tuple(r) for r in frame[["key", "epoch", "split", "elbo", "recon", "kl"]].to_numpy()]

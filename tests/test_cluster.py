@@ -16,7 +16,7 @@ from typing import Any
 import optuna
 import pandas as pd
 import pytest
-from conftest import make_mnist
+from conftest import epoch_rows, make_mnist
 from servers import DaskCluster, dask_cluster, have_postgres, postgres
 
 from vaegrid.cli import main
@@ -82,13 +82,7 @@ def reference(data: Path, tmp_path_factory: pytest.TempPathFactory) -> list[tupl
     return rows(Database.sqlite(tmp / "r" / "cl" / "study.db"))
 
 
-def rows(db: Database) -> list[tuple[Any, ...]]:
-    store = Store.reader(db)
-    try:
-        frame = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
-    finally:
-        store.close()
-    return [tuple(r) for r in frame[["key", "epoch", "split", "elbo", "recon", "kl"]].to_numpy()]
+rows = epoch_rows
 
 
 def runs(url: str, tmp: Path) -> list[dict[str, Any]]:

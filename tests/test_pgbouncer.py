@@ -10,11 +10,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
-from conftest import make_mnist
+from conftest import epoch_rows, make_mnist
 from servers import have_pgbouncer, pgbouncer, postgres
 
 from vaegrid.cli import main
@@ -42,13 +41,7 @@ clip = [1.0, 0.5, 0.25]
 """
 
 
-def rows(db: Database) -> list[tuple[Any, ...]]:
-    store = Store.reader(db)
-    try:
-        frame = store.frame("vg_epoch").sort_values(["key", "epoch", "split"])
-    finally:
-        store.close()
-    return [tuple(r) for r in frame[["key", "epoch", "split", "elbo", "recon", "kl"]].to_numpy()]
+rows = epoch_rows
 
 
 def test_a_sweep_behind_pgbouncer_keeps_its_lock_and_gives_the_sqlite_rows(
