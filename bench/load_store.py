@@ -130,12 +130,13 @@ class Stats:
             self.latency.setdefault(op, []).append(time.perf_counter() - start)
 
 
-def bench_study(n_trials: int) -> Study:
-    """A study whose grid has at least ``n_trials`` distinct trials (1 epoch of nothing)."""
+def bench_study(n_trials: int, epochs: int = EPOCHS, name: str = "load") -> Study:
+    """A study whose grid has at least ``n_trials`` distinct trials (fewer than
+    ``n_trials`` + 1000) of ``epochs`` epochs of nothing."""
     hidden = min(n_trials, 1000)
     raw = {
-        "name": "load",
-        "train": {"epochs": EPOCHS, "batch_size": 10},
+        "name": name,
+        "train": {"epochs": epochs, "batch_size": 10},
         "data": {"limit": 1000},
         "grid": {
             "hidden": list(range(1, hidden + 1)),
@@ -144,7 +145,7 @@ def bench_study(n_trials: int) -> Study:
             "clip": [1.0],
         },
     }
-    return parse_study(raw, source="<load_store>", default_name="load")
+    return parse_study(raw, source="<load_store>", default_name=name)
 
 
 def fake_epoch(epoch: int, seconds: float, rng: random.Random) -> EpochRecord:

@@ -41,34 +41,13 @@ sys.path.insert(0, str(ROOT / "tests"))
 sys.path.insert(0, str(ROOT / "bench"))
 
 from conftest import make_mnist  # noqa: E402
+from load_store import bench_study  # noqa: E402
 from servers import dask_cluster, pgbouncer, postgres  # noqa: E402
 
 THREADS = 25  # slots of one worker process (a node's GPUs), --threads
 # Past this many worker processes, their kept connections (engine.POOL_KEPT and Optuna's
 # one, each) would fill PostgreSQL's 100: PgBouncer in transaction mode goes in front.
 DIRECT_PROCESSES_MAX = 20
-
-
-def bench_study(n_trials: int, epochs: int) -> object:
-    from vaegrid.study.load import parse_study
-
-    hidden = min(n_trials, 1000)
-    raw = {
-        "name": "scale",
-        "train": {"epochs": epochs, "batch_size": 10},
-        "data": {"limit": 1000},
-        "grid": {
-            "hidden": list(range(1, hidden + 1)),
-            "latent": list(range(1, math.ceil(n_trials / hidden) + 1)),
-            "lr": [1e-3],
-            "clip": [1.0],
-        },
-    }
-    study = parse_study(raw, source="<scale>", default_name="scale")
-    from vaegrid.study.core import expand
-
-    assert n_trials <= len(expand(study)) < n_trials + hidden
-    return study
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -152,7 +131,7 @@ def _run(
     os.environ["PYTHONPATH"] = os.pathsep.join(  # a PYTHONPATH's vaegrid (a baseline) first
         [str(ROOT / "bench"), os.environ.get("PYTHONPATH", ""), str(ROOT)]
     )
-    study = bench_study(slots * waves, epochs)
+    study = bench_study(slots * waves, epochs, "scale")
     sweep.execute = simworker.execute  # type: ignore[attr-defined]
     per = min(per, slots)
     processes = math.ceil(slots / per)

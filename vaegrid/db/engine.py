@@ -296,9 +296,8 @@ def reason(e: Exception) -> str:
 
 
 def insert_if_absent(session: Session, model: Any, rows: Sequence[dict[str, Any]]) -> None:
-    """INSERT ... ON CONFLICT DO NOTHING: the one upsert vaegrid needs, in both dialects.
-    The statement is made once per table and dialect, the rows its parameters (an epoch's
-    commit costs its round trips, not the building of a statement of its values)."""
+    """INSERT ... ON CONFLICT DO NOTHING, the one upsert vaegrid needs, in both dialects: a
+    statement made once per table and dialect, the rows its parameters."""
     if rows:
         session.execute(_insert_if_absent(session.get_bind().dialect.name, model), list(rows))
 
@@ -307,9 +306,8 @@ def insert_if_absent(session: Session, model: Any, rows: Sequence[dict[str, Any]
 def _insert_if_absent(dialect: str, model: Any) -> Any:
     from sqlalchemy.dialects import postgresql, sqlite
 
-    return (
-        (postgresql if dialect == "postgresql" else sqlite).insert(model).on_conflict_do_nothing()
-    )
+    module = postgresql if dialect == "postgresql" else sqlite
+    return module.insert(model).on_conflict_do_nothing()
 
 
 def _harden_sqlite(engine: Engine) -> Engine:

@@ -105,8 +105,7 @@ class Sweep:
         self.submitted: dict[str, tuple[float, float, str]] = {}  # key -> (when, work, kind)
         self.said_done = 0.0  # the share of the work done said last
         self.retry: set[str] = set()  # failed trials this driver has yet to rerun
-        # this turn of the loop's trials finished and forecast, said with each trial's end
-        self.turn: tuple[int, Forecast] | None = None
+        self.turn: tuple[int, Forecast] | None = None  # this turn's count ended, forecast
         # How far the study lets each trial run now: the full grid, or halving's rungs.
         self.policy = policy_of(study, self.store, list(self.grid))
 
@@ -270,14 +269,13 @@ class Sweep:
         return 1 if failed or self.queue.stranded else 0
 
     def _dispatch(self, free: list[Slot], running: Running) -> None:
-        """Start the trials the queue places on the free slots (queue.place)."""
+        """Start what queue.place gives the free slots: one start_trials, then each sent."""
         if self.faults.held():  # a fault of the world: not yet
             return
         busy = Counter(slot.device for _, slot in running.values())
         placed = list(self.queue.place(free, busy))
         if not placed:
             return
-        # one transaction starts them all (db/trials.start_trials), then each is sent
         ids = self.store.start_trials(self.study, [self.grid[k] for k, _ in placed])
         for key, slot in placed:
             self.retry.discard(key)
@@ -424,10 +422,9 @@ class Sweep:
         self.view[key] = status
         if self.turn is None:  # the count and the forecast once a turn: each is O(trials)
             self.turn = (sum(1 for s in self.view.values() if s in FINAL) - 1, self._forecast())
-        done, forecast = self.turn[0] + 1, self.turn[1]
-        self.turn = (done, forecast)
-        said = f"[{done}/{len(self.grid)}] {self._describe(key)}: {status}"
-        self.progress.say(f"{said}; {forecast.words()}")
+        self.turn = (self.turn[0] + 1, self.turn[1])
+        said = f"[{self.turn[0]}/{len(self.grid)}] {self._describe(key)}: {status}"
+        self.progress.say(f"{said}; {self.turn[1].words()}")
 
     def _worker_died(self, key: str, error: BaseException) -> None:
         """The worker running ``key`` died: the trial ended (if its end was committed first),
