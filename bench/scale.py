@@ -108,14 +108,55 @@ def measure(url: str, log: Path, slots: int) -> dict[str, float]:
     }
 
 
+def statements(url: str, runs: int, top: int = 12) -> str:
+    """What the database was asked, a run at a time: transactions and the ``top`` statements
+    by calls (pg_stat_statements), with their mean time on the server."""
+    import psycopg
+
+    with psycopg.connect(_admin(url)) as con:
+        commits = con.execute(
+            "SELECT xact_commit FROM pg_stat_database WHERE datname = 'vaegrid'"
+        ).fetchone()[0]
+        rows = con.execute(
+            "SELECT calls, mean_exec_time, regexp_replace(query, '\\s+', ' ', 'g') "
+            "FROM pg_stat_statements JOIN pg_database d ON d.oid = dbid "
+            "WHERE d.datname = 'vaegrid' ORDER BY calls DESC LIMIT %s",
+            (top,),
+        ).fetchall()
+    out = [f"  database, a run: {commits / runs:.1f} transactions; statements by calls a run:"]
+    out += [f"    {c / runs:6.1f} x {ms:5.2f} ms  {q[:110]}" for c, ms, q in rows]
+    return "\n".join(out)
+
+
+def _admin(url: str) -> str:
+    """The server's ``postgres`` database: the extension lives there, the study's stays
+    vaegrid's alone (a table of another kind in it would be refused)."""
+    return url.rsplit("/", 1)[0] + "/postgres"
+
+
+def _reset_statements(url: str) -> None:
+    import psycopg
+
+    with psycopg.connect(_admin(url), autocommit=True) as con:
+        con.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+        con.execute("SELECT pg_stat_statements_reset(), pg_stat_reset()")
+
+
 def run(slots: int, trial_seconds: float, epochs: int, waves: int, threads: int,
-        direct: bool = False) -> str:  # fmt: skip
+        direct: bool = False, count: bool = False) -> str:  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="vaegrid-scale-") as folder:
-        return _run(Path(folder), slots, trial_seconds, epochs, waves, threads, direct)
+        return _run(Path(folder), slots, trial_seconds, epochs, waves, threads, direct, count)
 
 
 def _run(
-    tmp: Path, slots: int, trial_seconds: float, epochs: int, waves: int, per: int, direct: bool
+    tmp: Path,
+    slots: int,
+    trial_seconds: float,
+    epochs: int,
+    waves: int,
+    per: int,
+    direct: bool,
+    count: bool = False,
 ) -> str:
     import simworker
 
@@ -137,7 +178,10 @@ def _run(
     processes = math.ceil(slots / per)
     bounced = processes > DIRECT_PROCESSES_MAX and not direct
     with contextlib.ExitStack() as stack:
-        url = stack.enter_context(postgres())
+        preload = {"shared_preload_libraries": "pg_stat_statements"} if count else None
+        url = stack.enter_context(postgres(settings=preload))
+        if count:
+            _reset_statements(url)
         storage = stack.enter_context(pgbouncer(url)) if bounced else url
         cluster = stack.enter_context(dask_cluster())
         for i in range(processes):
@@ -160,6 +204,8 @@ def _run(
         cpu, wall = time.process_time() - cpu, time.monotonic() - wall
         after = (server_cpu(), cpu_seconds(cluster.scheduler.pid), sum(map(cpu_seconds, pids)))
         found = measure(url, log, slots)
+        if count:
+            print(statements(url, max(1, found["runs"])), file=sys.stderr)
     through = "PgBouncer (transaction mode) to PostgreSQL" if bounced else "PostgreSQL"
     print(f"  {processes} worker processes of {per} slots, through {through}", file=sys.stderr)
     print(f"  driver: exit {code}, {wall:.1f} s wall; last words: "
@@ -190,6 +236,11 @@ def main() -> None:
     parser.add_argument("--waves", type=int, default=3, help="trials per slot (default 3)")
     parser.add_argument("--direct", action="store_true",
                         help="no PgBouncer, however many worker processes")  # fmt: skip
+    parser.add_argument(
+        "--statements",
+        action="store_true",
+        help="count what the database is asked (pg_stat_statements)",
+    )
     parser.add_argument("--threads", type=int, default=THREADS,
                         help=f"slots per worker process (default {THREADS})")  # fmt: skip
     args = parser.parse_args()
@@ -198,7 +249,15 @@ def main() -> None:
             and 1 <= args.threads <= 500):  # fmt: skip
         parser.error("--slots 1..5000, --trial-seconds 0..3600, --epochs 1..100, --waves 1..100, "
                      "--threads 1..500")  # fmt: skip
-    line = run(args.slots, args.trial_seconds, args.epochs, args.waves, args.threads, args.direct)
+    line = run(
+        args.slots,
+        args.trial_seconds,
+        args.epochs,
+        args.waves,
+        args.threads,
+        args.direct,
+        args.statements,
+    )
     print(line, flush=True)
 
 

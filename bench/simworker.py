@@ -47,6 +47,10 @@ def _train(task: Any, cfg: Any, store: Any, device: str, kind: str, stop: Any) -
     history: list[EpochRecord] = []
     waited: list[float] = []
     status = COMPLETED
+    recorder = getattr(worker, "_recorder", None)  # as the real _train records (a baseline's:
+    # by hand, the device kind every epoch)
+    on_epoch = (recorder(store, cfg.key, task.optuna_trial_id, kind) if recorder else
+                lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r, kind))  # fmt: skip
     for epoch in range(1, cfg.epochs + 1):
         if stop.wait(seconds):  # the lease lost or the driver gone: as a real trial stops
             status = INTERRUPTED
@@ -54,7 +58,7 @@ def _train(task: Any, cfg: Any, store: Any, device: str, kind: str, stop: Any) -
         record = EpochRecord(epoch, _metrics(cfg.key, epoch, 0.0), _metrics(cfg.key, epoch, 2.0),
                              seconds)  # fmt: skip
         start = time.perf_counter()
-        store.record_epoch(cfg.key, task.optuna_trial_id, record, kind)
+        on_epoch(record)
         waited.append(time.perf_counter() - start)
         history.append(record)
     log = os.environ.get("VAEGRID_SIM_LOG")

@@ -50,8 +50,9 @@ def pg_ctl(url: str, action: str) -> None:
 
 
 @contextmanager
-def postgres(max_connections: int = 100) -> Iterator[str]:
-    """A fresh PostgreSQL server; yields the URL of an empty database ``vaegrid``."""
+def postgres(max_connections: int = 100, settings: dict[str, str] | None = None) -> Iterator[str]:
+    """A fresh PostgreSQL server; yields the URL of an empty database ``vaegrid``.
+    ``settings``: more server settings (``-c name=value``), e.g. a preloaded library."""
     base = Path(tempfile.mkdtemp(prefix="vaegrid-pg-"))
     base.chmod(0o755)
     data = base / "data"
@@ -67,7 +68,7 @@ def postgres(max_connections: int = 100) -> Iterator[str]:
         options = (
             f"-p {port} -k {base} -c listen_addresses=127.0.0.1 -c fsync=off "
             f"-c max_connections={max_connections}"
-        )
+        ) + "".join(f" -c {k}={v}" for k, v in (settings or {}).items())
         subprocess.run(
             _as_postgres([str(PG_BIN / "pg_ctl"), "-D", str(data), "-o", options, "-w",
                           "-t", "60", "-l", str(base / "log"), "start"]),

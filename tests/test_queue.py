@@ -57,6 +57,6 @@ def test_a_cluster_pool_strands_nothing_and_never_suggests_devices() -> None:
         queue.offer(key)
     assert queue.stranded == [] and queue.strands() == []
     assert [queue.take(ANY_KIND) for _ in range(3)] == ["a", "b", "c"]
-    queue.bind({"a": CPU})
+    queue.bind("a", CPU)
     queue.stranded.append("a")  # as if stranded: the message names no --devices
     assert "--devices" not in queue.strands()[0]

@@ -9,9 +9,10 @@ once it lapses. The driver's own exclusion is PostgreSQL's advisory lock (engine
 from __future__ import annotations
 
 import time
+from collections.abc import Sequence
 from typing import Any
 
-from sqlalchemy import delete, or_, update
+from sqlalchemy import delete, or_, tuple_, update
 from sqlalchemy.engine import CursorResult
 
 from vaegrid.db.engine import insert_if_absent
@@ -50,6 +51,23 @@ class CoordinationMixin(StoreBase):
                 .values(owner=owner, expires=now + ttl)
             )
             return bool(taken.rowcount == 1)
+
+    def renew(self, leases: Sequence[tuple[str, str]], ttl: float) -> set[str]:
+        """Renew many leases, each ``(key, owner)``, for ``ttl`` seconds in one statement
+        (a worker process's trials together); returns the keys renewed. A lease not
+        renewed is lost: another worker took it over once it lapsed. Its trial must stop.
+        """
+        if not leases:
+            return set()
+        with self.session() as s:
+            lease = ClaimRow.__table__.c
+            renewed = s.execute(
+                update(ClaimRow.__table__)
+                .where(tuple_(lease.key, lease.owner).in_(list(leases)))
+                .values(expires=time.time() + ttl)
+                .returning(lease.key)
+            )
+            return set(renewed.scalars())
 
     def release(self, key: str, owner: str) -> None:
         with self.session() as s:

@@ -129,12 +129,17 @@ class ReaderMixin(StoreBase):
             assert row is not None
             return parse(row.status, f"{self.path}: trial {key}")
 
-    def trial_progress(self, key: str) -> tuple[int, float]:
-        """A trial's finished epochs and their training seconds (all runs)."""
+    def trial_progress(self, key: str) -> tuple[int, float, str | None]:
+        """A trial's finished epochs, their training seconds (all runs) and the device kind
+        it is bound to (None: no epoch yet), in one query."""
+        t, d = TrialRow.__table__.c, TrialDeviceRow.__table__.c
         with self.session() as s:
-            row = s.get(TrialRow, key)
-            assert row is not None
-            return row.epochs_done, row.seconds
+            found = s.execute(
+                select(t.epochs_done, t.seconds, d.device_kind)
+                .outerjoin_from(TrialRow.__table__, TrialDeviceRow.__table__, d.key == t.key)
+                .where(t.key == key)
+            ).one()
+            return int(found[0]), float(found[1]), found[2]
 
     def trial_devices(self) -> dict[str, str]:
         """The device kind each started trial is bound to (see :class:`TrialDeviceRow`)."""

@@ -17,7 +17,7 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import select
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session
 
 from vaegrid.db.engine import insert_if_absent
@@ -230,13 +230,18 @@ class TrialsMixin(LedgerMixin):
                 for split, m in (("train", record.train), ("val", record.val))
             ]  # fmt: skip
             insert_if_absent(s, EpochRow, rows)  # a replayed epoch keeps what was committed
-            row = self._row(s, key)
-            if record.epoch > row.epochs_done:
-                row.epochs_done = record.epoch
-                row.seconds += record.seconds
+            t = TrialRow.__table__.c  # one statement: the row locked, moved on, its status read
+            newer = t.epochs_done < record.epoch
+            status = s.execute(
+                update(TrialRow.__table__)
+                .where(t.key == key)
+                .values(epochs_done=case((newer, record.epoch), else_=t.epochs_done),
+                        seconds=case((newer, t.seconds + record.seconds), else_=t.seconds))
+                .returning(t.status)
+            ).scalar_one()  # fmt: skip
             if kind is not None:
                 insert_if_absent(s, TrialDeviceRow, [{"key": key, "device_kind": kind}])
-            if Status(row.status) not in FINAL:  # its Optuna trial runs (ledger.optuna_epoch)
+            if Status(status) not in FINAL:  # its Optuna trial runs (ledger.optuna_epoch)
                 self.optuna_epoch(s, optuna_trial_id, record.epoch, record.val.elbo)
 
     def finish_run(

@@ -24,7 +24,7 @@ from vaegrid.db.engine import Database, pg_advisory_lock
 from vaegrid.db.store import Store
 from vaegrid.errors import InputError, first_line
 from vaegrid.layout import StudyLayout, database_lock
-from vaegrid.run.worker import DRIVER_TIMEOUT_S
+from vaegrid.run.leases import DRIVER_TIMEOUT_S
 from vaegrid.safeio import ensure_dir, missing, open_fd
 from vaegrid.train import provenance
 

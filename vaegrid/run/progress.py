@@ -109,8 +109,8 @@ def live_counts(
     trials' counts by status, what was running counted interrupted when no driver lives.
     ``layout`` None (a SQLite database named by --storage): its own lock alone."""
     from vaegrid.layout import database_lock
+    from vaegrid.run.leases import DRIVER_TIMEOUT_S
     from vaegrid.run.locks import DriverLock
-    from vaegrid.run.worker import DRIVER_TIMEOUT_S
 
     pid: int | str | None = None
     if db.path is not None:

@@ -41,10 +41,11 @@ class TrialQueue:
         front = set(self._front)
         return [*self._front, *(k for k in self._queue if k not in front)]
 
-    def bind(self, bound: Mapping[str, str]) -> None:
-        """The device kinds trials are bound to, as the database has them now (a trial's
-        first epoch binds it)."""
-        self.bound = dict(bound)
+    def bind(self, key: str, kind: str | None) -> None:
+        """``key`` is bound to ``kind`` now, as the database has it (a trial's first epoch
+        binds it, for good; None: not yet)."""
+        if kind is not None:
+            self.bound[key] = kind
 
     def waiting(self) -> set[str]:
         """Every trial offered and not yet taken: queued or stranded."""

@@ -342,7 +342,8 @@ class Sweep:
         count) for the work it did corrects the cost model, and so does how much of the
         work predicted at its start it did (a diverged trial stops early)."""
         cfg, before = self.grid[key], self.epochs_done[key]
-        done, seconds = self.store.trial_progress(key)
+        done, seconds, bound = self.store.trial_progress(key)
+        self.queue.bind(key, bound)  # its first epoch may have bound it
         ran = self.cost.work(cfg, before, done) if done > before else 0.0
         when, predicted, kind = self.submitted.pop(key, (None, 0.0, ""))
         if when is not None:
@@ -368,7 +369,6 @@ class Sweep:
         except Exception as e:  # the worker could not even record its own failure
             self.store.fail(key, "".join(traceback.format_exception(e)))
             returned = self.store.status_of(key)
-        self.queue.bind(self.store.trial_devices())  # its first epoch may have bound it
         if returned == INTERRUPTED:  # its lease was lost, or it saw a stale heartbeat: again
             self.stalled[key] += self.epochs_done[key] == before
             if self.stalled[key] >= STALLED_RUNS:
@@ -428,8 +428,7 @@ class Sweep:
 
     def _worker_died(self, key: str, error: BaseException) -> None:
         """The worker running ``key`` died: the trial ended (if its end was committed first),
-        resumes, or after ``max_deaths`` deaths fails."""
-        self.queue.bind(self.store.trial_devices())  # its first epoch may have bound it
+        resumes, or after ``max_deaths`` deaths fails (what its epochs bound: _measure)."""
         status = self.store.status_of(key)
         if status == PAUSED and self.policy.pauses():  # its pause was committed
             self._paused(key)

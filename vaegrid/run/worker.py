@@ -6,8 +6,8 @@ dask-cuda). A trial runs only while its worker holds the trial: an flock beside 
 on SQLite, a lease in the database on a server (renewed every few seconds; a dead
 worker's lease expires). And only while its driver lives: a local worker exits at once
 when its parent driver dies; a cluster worker stops its trial at the next batch when the
-driver's heartbeat in the database is older than :data:`DRIVER_TIMEOUT_S`. Either way no
-orphan writes a trial that a new driver may be running.
+driver's heartbeat in the database is older than ``leases.DRIVER_TIMEOUT_S``. Either way
+no orphan writes a trial that a new driver may be running.
 """
 
 from __future__ import annotations
@@ -30,12 +30,14 @@ from vaegrid.db.store import Store
 from vaegrid.errors import InputError
 from vaegrid.faults import FAULT_WAIT_S, WorldFault, patient, world_fault
 from vaegrid.layout import StudyLayout, TrialFiles
+from vaegrid.run import leases
+from vaegrid.run.leases import LEASE_S
 from vaegrid.run.pool import Watch
 from vaegrid.safeio import ensure_dir, open_fd, open_file, read_bytes
 from vaegrid.status import FINAL, Status
 from vaegrid.study.core import TrialConfig
 from vaegrid.train import provenance
-from vaegrid.train.records import TrialResult, finalize
+from vaegrid.train.records import EpochRecord, TrialResult, finalize
 
 
 @dataclass(frozen=True)
@@ -59,14 +61,10 @@ class Task:
     fault_wait: float = FAULT_WAIT_S  # how long a fault of the world is waited out (faults.py)
 
 
-# A cluster worker stops a trial whose driver's heartbeat is older than this.
-DRIVER_TIMEOUT_S = 20.0
-# A server lease on a trial lasts this long; its worker renews it every few seconds. Long
-# enough to outlast a slow server (renewals took up to 29 s at 256 writers on 2 cores).
-LEASE_S = 45.0
 _STORES: dict[str, Store] = {}
 _STORES_LOCK = threading.Lock()
 _WATCHED: set[int] = set()
+_QUIETED: set[int] = set()  # Dask workers whose profiler is stopped
 
 
 def init_worker() -> None:
@@ -167,98 +165,65 @@ def _hold(task: Task, store: Store, key: str, files: TrialFiles) -> Iterator[thr
     """Hold the trial for this worker while the block runs; yields the trial's stop flag.
 
     SQLite: an flock beside the trial (the kernel drops it when its holder dies). A server:
-    a lease in the database, waited for while another worker's is live, renewed by a
-    watcher thread that also sets the stop flag when the lease is lost or the driver's
-    heartbeat is older than :data:`DRIVER_TIMEOUT_S`.
+    a lease in the database, waited for while another worker's is live. Either way the
+    process's :class:`~vaegrid.run.leases.Keeper` watches the trial with all the others it
+    runs: it renews the lease, and sets the stop flag when the lease is lost, when the
+    driver's heartbeat is older than ``leases.DRIVER_TIMEOUT_S`` (cluster workers) or
+    when the trial's Dask worker is closing.
     """
-    stop = threading.Event()
-    done = threading.Event()
     dask_worker = _dask_worker()  # here: Dask knows its worker in the task's thread only
     owner = f"{provenance.host()}:{os.getpid()}:{threading.get_ident()}"
     server = not store.db.is_sqlite
     if server:
         while not store.claim(key, owner, LEASE_S):
-            if done.wait(2.0):
-                break
-    watcher = threading.Thread(
-        target=_watch_trial,
-        args=(task, store, key, owner, server, stop, done, dask_worker),
-        name=f"vaegrid-watch-{key}",
-        daemon=True,
-    )
+            time.sleep(2.0)  # another worker's lease is live: it lapses if that one died
+    token = task.driver_token if task.watch == Watch.HEARTBEAT else None
+    watch = leases.keeper(store)
+    hold = None
     try:
         with _exclusive(files.lock) if not server else nullcontext():
-            watcher.start()
-            yield stop
+            hold = watch.hold(leases.Hold(key, owner, server, token, dask_worker))
+            yield hold.stop
     finally:
-        done.set()
-        if watcher.is_alive():
-            watcher.join()
+        if hold is not None:
+            watch.let_go(hold)
         if server:
             store.release(key, owner)
 
 
-def _watch_trial(
-    task: Task,
-    store: Store,
-    key: str,
-    owner: str,
-    server: bool,
-    stop: threading.Event,
-    done: threading.Event,
-    dask_worker: Any = None,
-) -> None:
-    """Renew the lease and watch the driver; set ``stop`` when the trial must stop.
-
-    A failed check is retried at the next tick: only a lease taken by another worker, a
-    lease that has lapsed (its last renewal older than :data:`LEASE_S`), a driver whose
-    heartbeat is stale or replaced, or a Dask worker that is closing (its lifetime ends
-    before its batch job's walltime; Dask waits up to 30 s for running tasks) stops the
-    trial: it ends as ``interrupted`` at its next batch, releases its lease at once, and
-    Dask gives the task to another worker, which continues from the last epoch.
-    """
-    every = min(5.0, DRIVER_TIMEOUT_S / 4)
-    renewed = checked = time.monotonic()
-    # a closing Dask worker is looked at every second: a job at its walltime or cancelled
-    # gets SIGTERM, then SIGKILL after the scheduler's kill wait (Slurm: 30 s by default)
-    tick = 1.0 if dask_worker is not None else every
-    while not done.wait(tick):
-        if dask_worker is not None and dask_worker.status.name in _CLOSING:
-            stop.set()  # retiring (--lifetime) or ended: stop now rather than be killed
-            return
-        if time.monotonic() - checked < every - tick / 2:
-            continue
-        checked = time.monotonic()
-        if server:
-            try:
-                if not store.claim(key, owner, LEASE_S):
-                    stop.set()  # another worker took it over: never two runs at once
-                renewed = time.monotonic()
-            except Exception:  # a slow or unreachable server: retried at the next tick
-                if time.monotonic() - renewed > LEASE_S:
-                    stop.set()  # our lease has lapsed: another worker may take it now
-        if task.watch == Watch.HEARTBEAT:
-            with suppress(Exception):  # an unreachable database: the lease covers it
-                live = store.live_driver(DRIVER_TIMEOUT_S)
-                if live is None or live.token != task.driver_token:
-                    stop.set()  # the driver died (or a new one took over): stop, resume later
-        if stop.is_set():
-            return
-
-
-_CLOSING = ("closing_gracefully", "closing", "closed", "failed")
-
-
 def _dask_worker() -> Any:
-    """The Dask worker running this task (``None`` in vaegrid's own process pool)."""
+    """The Dask worker running this task (``None`` in vaegrid's own process pool), its
+    statistical profiler turned off (:func:`_quiet`)."""
     if "distributed" not in sys.modules:  # never imported: not a Dask worker
         return None
     from distributed import get_worker
 
     try:
-        return get_worker()
+        found = get_worker()
     except ValueError:  # distributed imported, but this is no worker's task
         return None
+    _quiet(found)
+    return found
+
+
+def _quiet(dask_worker: Any) -> None:
+    """Stop Dask's statistical profiler on a worker that runs trials, once: it samples the
+    stack of every thread every 10 ms (``distributed.worker.profile``), which took 29 % of
+    a 25-slot worker's CPU in bench/scale.py, for a profile vaegrid never reads. Stopped on
+    the worker's event loop, where its callbacks run."""
+    with _STORES_LOCK:
+        if id(dask_worker) in _QUIETED:
+            return
+        _QUIETED.add(id(dask_worker))
+
+    def stop() -> None:
+        for name in ("profile", "profile-cycle"):
+            callback = dask_worker.periodic_callbacks.pop(name, None)
+            if callback is not None:
+                callback.stop()
+
+    with suppress(Exception):  # a Dask without these callbacks: nothing to stop
+        dask_worker.loop.add_callback(stop)
 
 
 def _setup_device(task: Task) -> tuple[str, str]:
@@ -297,12 +262,24 @@ def _train(
         splits.train,
         splits.val,
         task.layout.trial(cfg.key),
-        on_epoch=lambda r: store.record_epoch(cfg.key, task.optuna_trial_id, r, kind),
+        on_epoch=_recorder(store, cfg.key, task.optuna_trial_id, kind),
         stop=stop,
         stop_at=task.stop_at,
         nll_samples=task.nll_samples,
         nll_when_paused=task.nll_when_paused,
     )
+
+
+def _recorder(store: Store, key: str, optuna_trial_id: int, kind: str) -> Any:
+    """Commits a run's epochs; the run's first also binds the trial to its device kind."""
+    bound = False
+
+    def record(r: EpochRecord) -> None:
+        nonlocal bound
+        store.record_epoch(key, optuna_trial_id, r, None if bound else kind)
+        bound = True
+
+    return record
 
 
 def _cuda_version() -> dict[str, str]:
