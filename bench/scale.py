@@ -95,6 +95,10 @@ def measure(url: str, log: Path, slots: int) -> dict[str, float]:
     span = last - first
     busy = sum(e - s for s, e in runs)
     waits = [float(x) for f in log.glob("commits-*") for x in f.read_text().split()]
+    # a slot freed (the i-th run to end) to the next run started there (the slots + i-th to
+    # start): the hand-over, from the database's clocks (the runs' own begin and end)
+    starts, ends = sorted(s for s, _ in runs), sorted(e for _, e in runs)
+    gaps = [max(0.0, b - a) for a, b in zip(ends, starts[slots:], strict=False)]
     return {
         "span": span,
         "occupancy": 100 * busy / (slots * span),
@@ -102,6 +106,9 @@ def measure(url: str, log: Path, slots: int) -> dict[str, float]:
         "rows": rows / span,
         "p50": 1000 * percentile(waits, 0.5),
         "p99": 1000 * percentile(waits, 0.99),
+        "gap50": 1000 * percentile(gaps, 0.5),
+        "gap99": 1000 * percentile(gaps, 0.99),
+        "ramp": starts[min(slots, len(starts)) - 1] - starts[0],  # the first wave's starts
         "runs": len(runs),
         "completed": statuses.get("completed", 0),
         "trials": sum(statuses.values()),
@@ -212,7 +219,9 @@ def _run(
           f"{said.getvalue().strip().splitlines()[-2:]}", file=sys.stderr)  # fmt: skip
     print(
         f"  {found['completed']}/{found['trials']} completed in {found['runs']} runs over "
-        f"{found['span']:.1f} s; commit p50 {found['p50']:.0f} ms; useful occupancy (the "
+        f"{found['span']:.1f} s; commit p50 {found['p50']:.0f} ms; a freed slot's next run "
+        f"after p50 {found['gap50']:.0f} ms, p99 {found['gap99']:.0f} ms; all slots busy "
+        f"{found['ramp']:.1f} s after the first start; useful occupancy (the "
         f"trials' {trial_seconds:g} s each over slots x span) "
         f"{100 * found['completed'] * trial_seconds / (slots * found['span']):.1f} %",
         file=sys.stderr,

@@ -121,8 +121,8 @@ def epochs_done(url: str, tmp: Path) -> int:
 def test_dask_and_postgres_give_the_local_rows_bit_for_bit_and_optuna_reads_them(
     data: Path, tmp_path: Path, pg_url: str, cluster: DaskCluster, reference: list[Any]
 ) -> None:
-    cluster.add_worker("vaegrid=2", nthreads=2)
-    cluster.add_worker("vaegrid=1")
+    cluster.add_worker("vaegrid=2", nthreads=3)  # more threads than slots: the resource bounds
+    cluster.add_worker("vaegrid=1", nthreads=2)
     cluster.wait_for(2)
     (tmp_path / "study.toml").write_text(STUDY)
     p = driver(tmp_path / "study.toml", tmp_path / "r", data, pg_url, cluster.address)
@@ -130,6 +130,9 @@ def test_dask_and_postgres_give_the_local_rows_bit_for_bit_and_optuna_reads_them
     assert p.returncode == 0, err
     assert out.splitlines()[0].endswith("2 workers, 2 of them offer 3 'vaegrid' slots")
     assert rows(Database.for_study(StudyLayout(tmp_path), pg_url)) == reference
+    # 4 trials on 3 slots, one sent ahead (cluster.AHEAD_PER): Dask ran at most 3 at once
+    spans = [(r["started"], r["ended"]) for r in runs(pg_url, tmp_path)]
+    assert len(spans) == 4 and max(sum(s <= t < e for s, e in spans) for t, _ in spans) == 3
     trials = optuna.load_study(study_name="cl", storage=pg_url).trials
     assert sorted(t.state.name for t in trials) == ["COMPLETE"] * 4
     assert all(len(t.intermediate_values) == 5 for t in trials)

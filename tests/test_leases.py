@@ -153,10 +153,14 @@ def test_an_epoch_moves_its_trial_on_once_and_a_replay_keeps_what_was_committed(
         record = worker._recorder(store, cfg.key, ids[cfg.key], "cpu-a")
         record(_record(1, 2.0, 150.0))
         record(_record(1, 7.0, 999.0))  # replayed after a kill: nothing moves
-        assert store.trial_progress(cfg.key) == (1, 2.0, "cpu-a")
+        assert store.trial_progress([cfg.key])[cfg.key] == (1, 2.0, "cpu-a")
         again = worker._recorder(store, cfg.key, ids[cfg.key], "cuda-b")  # a second run
         again(_record(2, 3.0, 140.0))
-        assert store.trial_progress(cfg.key) == (2, 5.0, "cpu-a")  # bound by its first epoch
+        assert store.trial_progress([cfg.key])[cfg.key] == (
+            2,
+            5.0,
+            "cpu-a",
+        )  # bound by its first epoch
         val = store.frame("vg_epoch").query("split == 'val'").sort_values("epoch")
         assert list(val["elbo"]) == [151.0, 141.0]
     finally:

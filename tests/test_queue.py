@@ -60,3 +60,21 @@ def test_a_cluster_pool_strands_nothing_and_never_suggests_devices() -> None:
     queue.bind("a", CPU)
     queue.stranded.append("a")  # as if stranded: the message names no --devices
     assert "--devices" not in queue.strands()[0]
+
+
+def test_a_freed_slot_goes_to_the_first_trial_sent_ahead_and_its_place_is_what_is_free() -> None:
+    pool = Pool(("cluster",), 2, 1, (ANY_KIND,), remedy="", ahead=2)
+    queue = TrialQueue(pool, {})
+    slots = pool.slot_list()
+    assert pool.slots == 2 and [s.index for s in slots] == [0, 1, 2, 3]  # 2 places ahead
+    running = {"fa": ("a", slots[0]), "fb": ("b", slots[1]), "fc": ("c", slots[2]),
+               "fd": ("d", slots[3])}  # fmt: skip
+    running.pop("fb")  # b ended on slot 1: c, sent first of those ahead, starts there
+    assert queue.hand_over(slots[1], running) == (slots[2], "c")
+    assert running["fc"] == ("c", slots[1]) and running["fd"] == ("d", slots[3])
+    running.pop("fd")  # d ended before the driver moved it (Dask started it elsewhere)
+    assert queue.hand_over(slots[3], running) == (slots[3], None)
+    running.pop("fa")
+    assert queue.hand_over(slots[0], running) == (slots[0], None)  # none waits ahead
+    local = Pool(("cpu",), 2, 1, ("cpu-x",))  # vaegrid's own processes: nothing ahead
+    assert [s.index for s in local.slot_list()] == [0, 1]

@@ -28,6 +28,7 @@ import heapq
 import itertools
 import math
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any, NamedTuple
 
 from vaegrid.models import CARDS, GUESS, measured
@@ -87,6 +88,7 @@ class CostModel:
         self._measured: dict[str, list[float]] = {}  # device kind -> [seconds, work]
         self._runs = [0.0, 0.0, 0]  # work predicted at the runs' starts, work they did, runs
         self._epoch: dict[str, float] = {}  # trial key -> work of one epoch
+        self._forward: dict[str, tuple[float, float]] = {}  # trial key -> forward()
 
     def epoch_work(self, cfg: TrialConfig) -> float:
         """MACs of one training epoch and its validation pass."""
@@ -98,8 +100,10 @@ class CostModel:
 
     def nll_work(self, cfg: TrialConfig) -> float:
         """MACs of the validation NLL a trial computes at its end (0 without one)."""
+        if not self.nll_samples:
+            return 0.0
         enc, dec = self.forward(cfg)
-        return float((enc + self.nll_samples * dec) * self.n_val) if self.nll_samples else 0.0
+        return float((enc + self.nll_samples * dec) * self.n_val)
 
     def test_work(self, cfg: TrialConfig, k: int, images: int) -> float:
         """MACs of a winner's test evaluation (``report``): the one-z pass (elbo, recon, kl)
@@ -109,10 +113,11 @@ class CostModel:
 
     def forward(self, cfg: TrialConfig) -> tuple[float, float]:
         """MACs of one image through the encoder and the decoder, as its model's card counts
-        them (a plug-in's: from its probe; not probed, the guess)."""
-        card = self.cards.get(cfg.model, GUESS)
-        enc, dec = card.macs(cfg.axis_values(), self.shape)
-        return float(enc), float(dec)
+        them (a plug-in's: from its probe; not probed, the guess); once a config."""
+        if cfg.key not in self._forward:
+            enc, dec = self.cards.get(cfg.model, GUESS).macs(cfg.axis_values(), self.shape)
+            self._forward[cfg.key] = (float(enc), float(dec))
+        return self._forward[cfg.key]
 
     def file_bytes(self, cfg: TrialConfig) -> tuple[int, int]:
         """Bytes of a trial's final weights and of its checkpoint (the weights, the
@@ -295,3 +300,28 @@ def duration(seconds: float) -> str:
         return f"{round(seconds)} s"
     minutes = round(seconds / 60)
     return f"{minutes // 60} h {minutes % 60:02d} min" if minutes >= 60 else f"{minutes} min"
+
+
+def space_short(
+    root: Path, model: CostModel, left: list[TrialConfig], at_once: int, fault_wait: float
+) -> str | None:
+    """A line saying the disk of ``root`` lacks room for what a sweep writes (the cost
+    model's sizes: every trial ``left``'s final weights, and the checkpoints of the
+    ``at_once`` largest: the trials that run at once, or every trial left with halving);
+    None when it has."""
+    import shutil
+
+    sizes = [model.file_bytes(cfg) for cfg in left]
+    weights = sum(w for w, _ in sizes)
+    checkpoints = sum(sorted((c for _, c in sizes), reverse=True)[:at_once])
+    free = shutil.disk_usage(root).free
+    if free >= weights + checkpoints:
+        return None
+    mb = 1 << 20
+    return (
+        f"vaegrid: warning: {root} has {free / mb:,.1f} MB free; this sweep "
+        f"writes about {(weights + checkpoints) / mb:,.1f} MB (weights "
+        f"{weights / mb:,.1f} MB, checkpoints up to {checkpoints / mb:,.1f} MB): when the "
+        f"disk is full its trials wait, and after --fault-wait ({fault_wait:g} s) the "
+        "sweep stops with exit 3"
+    )

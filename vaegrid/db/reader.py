@@ -129,17 +129,17 @@ class ReaderMixin(StoreBase):
             assert row is not None
             return parse(row.status, f"{self.path}: trial {key}")
 
-    def trial_progress(self, key: str) -> tuple[int, float, str | None]:
-        """A trial's finished epochs, their training seconds (all runs) and the device kind
-        it is bound to (None: no epoch yet), in one query."""
+    def trial_progress(self, keys: Sequence[str]) -> dict[str, tuple[int, float, str | None]]:
+        """Each trial's finished epochs, their training seconds (all runs) and the device
+        kind it is bound to (None: no epoch yet), in one query (a turn's ended trials)."""
         t, d = TrialRow.__table__.c, TrialDeviceRow.__table__.c
         with self.session() as s:
             found = s.execute(
-                select(t.epochs_done, t.seconds, d.device_kind)
+                select(t.key, t.epochs_done, t.seconds, d.device_kind)
                 .outerjoin_from(TrialRow.__table__, TrialDeviceRow.__table__, d.key == t.key)
-                .where(t.key == key)
-            ).one()
-            return int(found[0]), float(found[1]), found[2]
+                .where(t.key.in_(list(keys)))
+            )
+            return {r[0]: (int(r[1]), float(r[2]), r[3]) for r in found}
 
     def trial_devices(self) -> dict[str, str]:
         """The device kind each started trial is bound to (see :class:`TrialDeviceRow`)."""

@@ -26,6 +26,9 @@ from vaegrid.errors import InputError, first_line
 from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool, Slot, Watch, WorkerDied
 
 DASK_CONNECT_TIMEOUT_S = 10  # a Dask scheduler (a database: db/engine.CONNECT_TIMEOUT_S)
+# One trial is sent ahead per this many slots: it waits in Dask's queue and starts the
+# moment a slot frees, where a hand-over through the driver took 0.6-0.9 s at 100 slots.
+AHEAD_PER = 10
 
 
 # --cluster: a Dask scheduler's TCP address (tls:// needs certificates vaegrid does not
@@ -99,6 +102,7 @@ class DaskExecutor:
         """
         self.address, self.resource = check_address(address), resource
         self.client = _connect(self.address, resource)
+        self._results: dict[Any, Any] = {}  # a finished future's key -> its result
 
     def pool(self) -> Pool:
         """A pool of one device, "cluster", with a slot per unit of the resource offered.
@@ -120,7 +124,8 @@ class DaskExecutor:
             f"{self.address}: {len(workers)} workers, {offering} of them offer "
             f"{slots} {self.resource!r} slots"
         )
-        return Pool(("cluster",), slots, 1, (ANY_KIND,), found, remedy="")
+        ahead = -(-slots // AHEAD_PER)  # at least one
+        return Pool(("cluster",), slots, 1, (ANY_KIND,), found, remedy="", ahead=ahead)
 
     def device(self, slot: Slot) -> str:
         return "auto"  # each worker has its own device: its GPU, if it has one
@@ -142,12 +147,26 @@ class DaskExecutor:
                     f"the Dask scheduler at {self.address} is gone (it lost its tasks)"
                 )
             if done or time.monotonic() >= deadline:
+                self._gather(done)
                 return done
             time.sleep(0.05)
+
+    def _gather(self, done: list[Any]) -> None:
+        """The results of the finished futures among ``done``, fetched together: one round
+        trip for a turn's trials, not one each on the driver's path (28 % of its time at
+        100 slots). Any trouble leaves them to :meth:`result`, one at a time, as before."""
+        finished = [f for f in done if f.status == "finished" and f.key not in self._results]
+        if len(finished) < 2:
+            return
+        with contextlib.suppress(Exception):
+            values = self.client.gather(finished)
+            self._results.update((f.key, v) for f, v in zip(finished, values, strict=True))
 
     def result(self, future: Any) -> Any:
         from distributed import KilledWorker
 
+        if future.key in self._results:
+            return self._results.pop(future.key)
         try:
             return future.result()
         except KilledWorker as e:  # Dask gave up after the task's workers died

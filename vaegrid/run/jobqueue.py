@@ -251,6 +251,7 @@ class JobQueueExecutor(DaskExecutor):
         self.resource = RESOURCE
         self.jobs = jobs
         self.pending: set[Any] = set()
+        self._results: dict[Any, Any] = {}  # as DaskExecutor's: results gathered a turn at once
         try:
             self.cluster = getattr(dask_jobqueue, cls_name)(
                 processes=1,

@@ -66,13 +66,18 @@ class Pool:
     found: str = ""  # what `--devices auto` found, and why, for the user
     # How a user gives this pool a device of a kind it lacks (messages about strands).
     remedy: str = "run again with --devices naming such a device"
+    # Trials sent beyond the slots: they wait in the executor's own queue (a Dask
+    # scheduler's) and start the moment a slot frees, with no round trip to the driver.
+    ahead: int = 0
 
     @property
     def slots(self) -> int:
         return len(self.devices) * self.per_device
 
     def slot_list(self) -> list[Slot]:
-        return [Slot(d, i) for d in self.devices for i in range(self.per_device)]
+        """Its slots, then the places of the trials sent ahead (on the first device)."""
+        real = [Slot(d, i) for d in self.devices for i in range(self.per_device)]
+        return real + [Slot(self.devices[0], self.per_device + i) for i in range(self.ahead)]
 
     def kind(self, device: str) -> str:
         return self.kinds[self.devices.index(device)]

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import bisect
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, MutableMapping
+from typing import Any
 
 from vaegrid.run.pool import Pool, Slot, may_run
 
@@ -92,6 +93,21 @@ class TrialQueue:
             free.remove(slot)
             busy[slot.device] += 1
             yield key, slot
+
+    def hand_over(
+        self, freed: Slot, running: MutableMapping[Any, tuple[str, Slot]]
+    ) -> tuple[Slot, str | None]:
+        """A slot freed while trials wait ahead: the first sent of them starts there now, as
+        the executor starts the next of its queue, and takes the slot in ``running``; its
+        place ahead is what is free. Returns the slot free now and the trial that started
+        on ``freed`` (None: none waited)."""
+        if freed.index >= self.pool.per_device:  # a place ahead: its trial never started
+            return freed, None
+        for future, (key, slot) in running.items():  # the order they were sent
+            if slot.index >= self.pool.per_device and slot.device == freed.device:
+                running[future] = (key, freed)
+                return slot, key
+        return freed, None
 
     def strands(self) -> list[str]:
         """One line per kind of device that stranded trials wait for."""

@@ -102,7 +102,8 @@ class Sweep:
             if key in self.grid:
                 work = self.epochs_done[key] * self.cost.epoch_work(self.grid[key])
                 self.cost.observe(kind, self.seconds[key], work)
-        self.submitted: dict[str, tuple[float, float, str]] = {}  # key -> (when, work, kind)
+        # key -> (when it started, None while sent ahead; its work; its slot's device kind)
+        self.submitted: dict[str, tuple[float | None, float, str]] = {}
         self.said_done = 0.0  # the share of the work done said last
         self.retry: set[str] = set()  # failed trials this driver has yet to rerun
         self.turn: tuple[int, Forecast] | None = None  # this turn's count ended, forecast
@@ -144,10 +145,14 @@ class Sweep:
                 if not running:  # held back by a fault of the world: wait, do not spin
                     time.sleep(min(1.0, self.faults.held()))
                 done = self.executor.wait(list(running), 1.0)
+                ended = self.store.trial_progress([running[f][0] for f in done]) if done else {}
                 for future in done:
                     key, slot = running.pop(future)
+                    slot, begun = self.queue.hand_over(slot, running)
+                    if begun is not None:  # sent ahead, it runs from now (cost, forecast)
+                        self.submitted[begun] = (time.monotonic(), *self.submitted[begun][1:])
                     free.append(slot)
-                    self._collect(key, slot, future)
+                    self._collect(key, slot, future, ended[key])
                 if done:
                     self._advance({k for k, _ in running.values()})
                 self.progress.show(self.view)
@@ -177,27 +182,10 @@ class Sweep:
         return self._exit_code()
 
     def _space_short(self) -> str | None:
-        """A line saying the study folder's disk lacks room for what this sweep writes (the
-        cost model's sizes: every trial left's final weights, and the checkpoints of the
-        trials that run at once, of every trial left with halving); None when it has."""
-        import shutil
-
+        """A line saying the study folder's disk lacks room for this sweep (cost.space_short)."""
+        at_once = len(self.queue.order) if self.policy.pauses() else self.pool.slots
         left = [self.grid[k] for k in self.queue.order]
-        sizes = [self.cost.file_bytes(cfg) for cfg in left]
-        at_once = len(left) if self.policy.pauses() else self.pool.slots
-        weights = sum(w for w, _ in sizes)
-        checkpoints = sum(sorted((c for _, c in sizes), reverse=True)[:at_once])
-        free = shutil.disk_usage(self.layout.root).free
-        if free >= weights + checkpoints:
-            return None
-        mb = 1 << 20
-        return (
-            f"vaegrid: warning: {self.layout.root} has {free / mb:,.1f} MB free; this sweep "
-            f"writes about {(weights + checkpoints) / mb:,.1f} MB (weights "
-            f"{weights / mb:,.1f} MB, checkpoints up to {checkpoints / mb:,.1f} MB): when the "
-            f"disk is full its trials wait, and after --fault-wait ({self.fault_wait:g} s) the "
-            "sweep stops with exit 3"
-        )
+        return cost.space_short(self.layout.root, self.cost, left, at_once, self.fault_wait)
 
     def _may_go(self, key: str) -> bool:
         """Whether the study lets ``key`` run now (the queue then says where): a trial
@@ -304,11 +292,12 @@ class Sweep:
         trials = []
         for key, cfg in self.grid.items():
             done, status = self.epochs_done[key], self.view[key]
-            sent = self.submitted.get(key)
-            running = (now - sent[0], sent[1], sent[2]) if sent is not None else None
+            when, work, kind = self.submitted.get(key, (None, 0.0, ""))
+            running = (now - when, work, kind) if when is not None else None
+            waits = key in queued or (key in self.submitted and when is None)  # or sent ahead
             target = self.policy.target(key, cfg.epochs)
             ended = status in FINAL and running is None
-            trials.append(cost.Left(cfg, done, target if key in queued else done, ended,
+            trials.append(cost.Left(cfg, done, target if waits else done, ended,
                                     status == COMPLETED, running))  # fmt: skip
         policy = self.policy
         now_said = cost.forecast(self.cost, trials, self.pool.slots, policy.halving,
@@ -317,7 +306,8 @@ class Sweep:
         return now_said._replace(done=self.said_done)
 
     def _submit(self, key: str, slot: Slot, optuna_trial_id: int) -> Any:
-        self.submitted[key] = (time.monotonic(), self._left(key), self.pool.kind(slot.device))
+        when = time.monotonic() if slot.index < self.pool.per_device else None  # None: ahead
+        self.submitted[key] = (when, self._left(key), self.pool.kind(slot.device))
         task = Task(
             config=self.grid[key].to_json(),
             optuna_trial_id=optuna_trial_id,
@@ -337,12 +327,13 @@ class Sweep:
         )
         return self.executor.submit(slot, execute, task)
 
-    def _measure(self, key: str, slot: Slot) -> None:
-        """A run of ``key`` ended: what it took (its wall time: loading and checkpoints
-        count) for the work it did corrects the cost model, and so does how much of the
-        work predicted at its start it did (a diverged trial stops early)."""
+    def _measure(self, key: str, progress: tuple[int, float, str | None]) -> None:
+        """A run of ``key`` ended, its ``progress`` as the database has it now
+        (Store.trial_progress): what it took (its wall time: loading and checkpoints count)
+        for the work it did corrects the cost model, and so does how much of the work
+        predicted at its start it did (a diverged trial stops early)."""
         cfg, before = self.grid[key], self.epochs_done[key]
-        done, seconds, bound = self.store.trial_progress(key)
+        done, seconds, bound = progress
         self.queue.bind(key, bound)  # its first epoch may have bound it
         ran = self.cost.work(cfg, before, done) if done > before else 0.0
         when, predicted, kind = self.submitted.pop(key, (None, 0.0, ""))
@@ -351,10 +342,12 @@ class Sweep:
             self.cost.finished(predicted, ran)
         self.epochs_done[key], self.seconds[key] = done, seconds
 
-    def _collect(self, key: str, slot: Slot, future: Any) -> None:
+    def _collect(
+        self, key: str, slot: Slot, future: Any, progress: tuple[int, float, str | None]
+    ) -> None:
         """A trial's future ended: its status, its worker's death, or an unrecorded error."""
         before = self.epochs_done[key]
-        self._measure(key, slot)
+        self._measure(key, progress)
         if self.epochs_done[key] > before:
             self.stalled[key] = 0
         try:
