@@ -132,3 +132,9 @@ def keeper(store: LeaseStore) -> Keeper:
         if found is None or found.store is not store:
             found = _KEEPERS[id(store)] = Keeper(store)
         return found
+
+
+def forget() -> None:
+    """Drop this process's keepers (worker.reset: its stores are closed)."""
+    with _KEEPERS_LOCK:
+        _KEEPERS.clear()

@@ -143,6 +143,7 @@ def reset() -> None:
         for store in _STORES.values():
             store.close()
         _STORES.clear()
+    leases.forget()
 
 
 def _check_study_folder(layout: StudyLayout, token: str) -> None:
