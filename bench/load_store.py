@@ -68,7 +68,11 @@ from sqlalchemy import func, select  # noqa: E402
 from vaegrid.db.engine import Database  # noqa: E402
 from vaegrid.db.schema import EpochRow  # noqa: E402
 from vaegrid.db.store import Store  # noqa: E402
-from vaegrid.run.leases import DRIVER_TIMEOUT_S, LEASE_S  # noqa: E402
+
+try:
+    from vaegrid.run.leases import DRIVER_TIMEOUT_S, LEASE_S
+except ImportError:  # a baseline's vaegrid (before run/leases.py)
+    from vaegrid.run.worker import DRIVER_TIMEOUT_S, LEASE_S  # type: ignore[attr-defined,no-redef]
 from vaegrid.study.core import Study, TrialConfig, expand  # noqa: E402
 from vaegrid.study.load import parse_study  # noqa: E402
 from vaegrid.train import provenance  # noqa: E402

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -132,7 +133,8 @@ def pgbouncer(url: str, server_connections: int = 20) -> Iterator[str]:
     if os.geteuid() == 0:
         shutil.chown(base, "postgres", "postgres")
     bouncer = subprocess.Popen(_as_postgres([str(PGBOUNCER), str(base / "pgbouncer.ini")]),
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               start_new_session=True)  # fmt: skip
     try:
         deadline = time.time() + 30
         while True:
@@ -143,7 +145,8 @@ def pgbouncer(url: str, server_connections: int = 20) -> Iterator[str]:
             time.sleep(0.1)
         yield url.replace(f":{server}/", f":{port}/")
     finally:
-        bouncer.kill()
+        with contextlib.suppress(ProcessLookupError):  # runuser's child too, as root
+            os.killpg(bouncer.pid, signal.SIGKILL)
         bouncer.wait()
         shutil.rmtree(base, ignore_errors=True)
 
