@@ -64,8 +64,46 @@ def test_a_failed_renewal_stops_a_trial_only_once_its_lease_has_lapsed() -> None
     keeper.check([fresh, old])
     assert not fresh.stop.is_set() and old.stop.is_set()
     store.fail = False
+    before = fresh.renewed
     keeper.check([fresh])
-    assert fresh.renewed > old.renewed + LEASE_S
+    assert fresh.renewed > before  # renewed: counted from this renewal
+
+
+def test_a_renewal_that_fails_after_a_long_wait_counts_the_wait() -> None:
+    store = FakeStore()
+    keeper = Keeper(store, check_s=3600, tick_s=3600)
+    (hold,) = _holds(keeper, 1)
+    hold.renewed = time.monotonic() - LEASE_S + 0.2  # 0.2 s of its lease left
+
+    def slow(leased: list[tuple[str, str]], ttl: float) -> set[str]:
+        time.sleep(0.4)  # the server answers late, and with an error
+        raise OSError("timeout expired")
+
+    store.renew = slow  # type: ignore[method-assign]
+    keeper.check([hold])
+    assert hold.stop.is_set()  # its lease lapsed while the renewal waited
+
+
+def test_a_keeper_whose_watch_raises_goes_on_watching() -> None:
+    store = FakeStore()
+    keeper = Keeper(store, check_s=0.02, tick_s=0.01)
+
+    class Odd:  # a Dask worker whose status raises once: a surprise outside the guarded calls
+        asked = 0
+
+        @property
+        def status(self) -> Any:
+            Odd.asked += 1
+            if Odd.asked == 1:
+                raise RuntimeError("a bug, once")
+            return SimpleNamespace(name="running")
+
+    hold = keeper.hold(Hold("a", "h:1:1", True, "t1", Odd()))
+    deadline = time.monotonic() + 10
+    while len(store.renewals) < 3 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert Odd.asked > 1 and len(store.renewals) >= 3 and not hold.stop.is_set()
+    keeper.let_go(hold)
 
 
 def test_a_stale_or_replaced_driver_stops_the_trials_that_run_for_it_only() -> None:

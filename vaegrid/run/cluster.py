@@ -26,8 +26,8 @@ from vaegrid.errors import InputError, first_line
 from vaegrid.run.pool import ANY_KIND, ClusterGone, Pool, Slot, Watch, WorkerDied
 
 DASK_CONNECT_TIMEOUT_S = 10  # a Dask scheduler (a database: db/engine.CONNECT_TIMEOUT_S)
-# One trial is sent ahead per this many slots: it waits in Dask's queue and starts the
-# moment a slot frees, where a hand-over through the driver took 0.6-0.9 s at 100 slots.
+# One trial is sent ahead per this many slots: Dask gives it to a worker, where it waits
+# for a slot and starts as one frees (a hand-over through the driver: 0.6-0.9 s at 100).
 AHEAD_PER = 10
 
 

@@ -61,12 +61,14 @@ class Keeper:
         self._thread: threading.Thread | None = None
 
     def hold(self, hold: Hold) -> Hold:
+        """Watch ``hold`` from now (its thread started if none runs: a failure to start one
+        is raised here, and the hold is not kept)."""
         with self._lock:
-            self._holds.add(hold)
             if self._thread is None:
-                self._thread = threading.Thread(target=self._run, name="vaegrid-keeper",
-                                                daemon=True)  # fmt: skip
-                self._thread.start()
+                thread = threading.Thread(target=self._run, name="vaegrid-keeper", daemon=True)
+                thread.start()
+                self._thread = thread
+            self._holds.add(hold)
         return hold
 
     def let_go(self, hold: Hold) -> None:
@@ -75,19 +77,25 @@ class Keeper:
 
     def _run(self) -> None:
         checked = time.monotonic()
-        while True:
-            time.sleep(self.tick_s)
+        try:
+            while True:
+                time.sleep(self.tick_s)
+                with self._lock:
+                    holds = [h for h in self._holds if not h.stop.is_set()]
+                    if not self._holds:
+                        self._thread = None  # in this lock: the next hold starts a thread
+                        return
+                with suppress(Exception):  # whatever a check meets, the watch goes on
+                    if time.monotonic() - checked >= self.check_s - self.tick_s / 2:
+                        checked = time.monotonic()
+                        self.check(holds)
+                    for h in holds:
+                        if h.dask_worker is not None and h.dask_worker.status.name in _CLOSING:
+                            h.stop.set()  # retiring (--lifetime) or ended: stop, not be killed
+        finally:  # ended by anything else: the next hold starts a new thread
             with self._lock:
-                holds = [h for h in self._holds if not h.stop.is_set()]
-                if not self._holds:
-                    self._thread = None  # the next hold starts a new thread
-                    return
-            for h in holds:
-                if h.dask_worker is not None and h.dask_worker.status.name in _CLOSING:
-                    h.stop.set()  # retiring (--lifetime) or ended: stop now, not killed later
-            if time.monotonic() - checked >= self.check_s - self.tick_s / 2:
-                checked = time.monotonic()
-                self.check([h for h in holds if not h.stop.is_set()])
+                if self._thread is threading.current_thread():
+                    self._thread = None
 
     def check(self, holds: list[Hold]) -> None:
         """Renew the leases of ``holds`` and read the driver's heartbeat, once for all.
@@ -97,14 +105,15 @@ class Keeper:
         stale or replaced stop a trial: it ends ``interrupted`` at its next batch, releases
         its lease at once, and its executor runs it again, from its last epoch.
         """
-        leased = [h for h in holds if h.leased]
+        leased = [h for h in holds if h.leased and not h.stop.is_set()]
         if leased:
-            now = time.monotonic()
+            now = time.monotonic()  # a renewal counts from before it was asked
             try:
                 kept = self.store.renew([(h.key, h.owner) for h in leased], LEASE_S)
             except Exception:  # a slow or unreachable server: retried at the next check
+                failed = time.monotonic()  # after the call: it may have waited long
                 for h in leased:
-                    if now - h.renewed > LEASE_S:
+                    if failed - h.renewed > LEASE_S:
                         h.stop.set()  # the lease has lapsed: another worker may take it now
             else:
                 for h in leased:

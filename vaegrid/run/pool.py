@@ -66,8 +66,8 @@ class Pool:
     found: str = ""  # what `--devices auto` found, and why, for the user
     # How a user gives this pool a device of a kind it lacks (messages about strands).
     remedy: str = "run again with --devices naming such a device"
-    # Trials sent beyond the slots: they wait in the executor's own queue (a Dask
-    # scheduler's) and start the moment a slot frees, with no round trip to the driver.
+    # Trials sent beyond the slots: they wait in the executor (Dask: on a worker, for one
+    # of its slots) and start as a slot frees, with no round trip to the driver.
     ahead: int = 0
 
     @property

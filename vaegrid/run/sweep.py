@@ -5,8 +5,9 @@ The trials the study lets run now (policy.py: the full grid, or halving's rungs)
 executor's slots (pool.py) through the trial queue (queue.py): a trial is submitted only
 to a free slot the placement rule allows, so no device ever runs more than K trials, every
 trial runs on exactly one device, and a trial that has started only ever continues on a
-device of the kind it started on. A worker's death costs only the trial it was running; a
-fault of the world (faults.py) only time.
+device of the kind it started on. On Dask a few more are sent ahead (``Pool.ahead``): Dask
+holds them until one of its slots frees, its resource bounds what runs at once. A worker's
+death costs only the trial it was running; a fault of the world (faults.py) only time.
 """
 
 from __future__ import annotations
@@ -144,14 +145,14 @@ class Sweep:
                 self._dispatch(free, running)
                 if not running:  # held back by a fault of the world: wait, do not spin
                     time.sleep(min(1.0, self.faults.held()))
-                done = self.executor.wait(list(running), 1.0)
-                ended = self.store.trial_progress([running[f][0] for f in done]) if done else {}
-                for future in done:
-                    key, slot = running.pop(future)
-                    slot, begun = self.queue.hand_over(slot, running)
+                done = [(f, *running.pop(f)) for f in self.executor.wait(list(running), 1.0)]
+                ended = self.store.trial_progress([k for _, k, _ in done]) if done else {}
+                for _, _, slot in done:  # only to trials still running: not one ended now
+                    place, begun = self.queue.hand_over(slot, running)
                     if begun is not None:  # sent ahead, it runs from now (cost, forecast)
                         self.submitted[begun] = (time.monotonic(), *self.submitted[begun][1:])
-                    free.append(slot)
+                    free.append(place)
+                for future, key, slot in done:
                     self._collect(key, slot, future, ended[key])
                 if done:
                     self._advance({k for k, _ in running.values()})

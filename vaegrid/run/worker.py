@@ -19,6 +19,7 @@ import sys
 import threading
 import time
 import traceback
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager, nullcontext, suppress
 from dataclasses import dataclass
@@ -64,7 +65,7 @@ class Task:
 _STORES: dict[str, Store] = {}
 _STORES_LOCK = threading.Lock()
 _WATCHED: set[int] = set()
-_QUIETED: set[int] = set()  # Dask workers whose profiler is stopped
+_QUIETED: weakref.WeakSet[Any] = weakref.WeakSet()  # Dask workers, their profiler stopped
 
 
 def init_worker() -> None:
@@ -211,11 +212,12 @@ def _quiet(dask_worker: Any) -> None:
     """Stop Dask's statistical profiler on a worker that runs trials, once: it samples the
     stack of every thread every 10 ms (``distributed.worker.profile``), which took 29 % of
     a 25-slot worker's CPU in bench/scale.py, for a profile vaegrid never reads. Stopped on
-    the worker's event loop, where its callbacks run."""
+    the worker's event loop, where its callbacks run. (Dask's own switch, for workers
+    started with it: ``distributed.worker.profile.enabled: false``.)"""
     with _STORES_LOCK:
-        if id(dask_worker) in _QUIETED:
+        if dask_worker in _QUIETED:
             return
-        _QUIETED.add(id(dask_worker))
+        _QUIETED.add(dask_worker)
 
     def stop() -> None:
         for name in ("profile", "profile-cycle"):
