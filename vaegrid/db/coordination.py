@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, or_, tuple_, update
+from sqlalchemy import Table, delete, or_, tuple_, update
 from sqlalchemy.engine import CursorResult
 
 from vaegrid.db.engine import insert_if_absent
@@ -62,7 +62,7 @@ class CoordinationMixin(StoreBase):
         with self.session() as s:
             lease = ClaimRow.__table__.c
             renewed = s.execute(
-                update(ClaimRow.__table__)
+                update(cast(Table, ClaimRow.__table__))
                 .where(tuple_(lease.key, lease.owner).in_(list(leases)))
                 .values(expires=time.time() + ttl)
                 .returning(lease.key)

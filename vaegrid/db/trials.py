@@ -15,9 +15,9 @@ import json
 import resource
 import time
 from collections.abc import Mapping, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import case, select, update
+from sqlalchemy import Table, case, select, update
 from sqlalchemy.orm import Session
 
 from vaegrid.db.engine import insert_if_absent
@@ -233,7 +233,7 @@ class TrialsMixin(LedgerMixin):
             t = TrialRow.__table__.c  # one statement: the row locked, moved on, its status read
             newer = t.epochs_done < record.epoch
             status = s.execute(
-                update(TrialRow.__table__)
+                update(cast(Table, TrialRow.__table__))
                 .where(t.key == key)
                 .values(epochs_done=case((newer, record.epoch), else_=t.epochs_done),
                         seconds=case((newer, t.seconds + record.seconds), else_=t.seconds))
