@@ -4,7 +4,7 @@ each trial told through its own stop flag; and the one-statement epoch write it 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -20,7 +20,7 @@ from vaegrid.train.records import EpochRecord, Metrics
 class FakeStore:
     """What a keeper asks of a store, answered as a test says, every call recorded."""
 
-    def __init__(self, lost: set[str] = frozenset(), token: str | None = "t1") -> None:  # type: ignore[assignment]
+    def __init__(self, lost: Iterable[str] = (), token: str | None = "t1") -> None:
         self.lost, self.token, self.fail = set(lost), token, False
         self.renewals: list[list[tuple[str, str]]] = []
         self.reads = 0
@@ -188,6 +188,8 @@ def test_an_epoch_moves_its_trial_on_once_and_a_replay_keeps_what_was_committed(
     try:
         ids = store.start_trials(study, [cfg])
         assert cfg.epochs == 2
+        never = expand(study)[1]  # not started: no epoch, no device bound
+        assert store.trial_progress([cfg.key, never.key])[never.key] == (0, 0.0, None)
         record = worker._recorder(store, cfg.key, ids[cfg.key], "cpu-a")
         record(_record(1, 2.0, 150.0))
         record(_record(1, 7.0, 999.0))  # replayed after a kill: nothing moves

@@ -17,6 +17,7 @@ task (``KilledWorker``), which the driver counts as a death of the trial.
 from __future__ import annotations
 
 import contextlib
+import math
 import re
 import threading
 import time
@@ -124,7 +125,7 @@ class DaskExecutor:
             f"{self.address}: {len(workers)} workers, {offering} of them offer "
             f"{slots} {self.resource!r} slots"
         )
-        ahead = -(-slots // AHEAD_PER)  # at least one
+        ahead = math.ceil(slots / AHEAD_PER)  # at least one
         return Pool(("cluster",), slots, 1, (ANY_KIND,), found, remedy="", ahead=ahead)
 
     def device(self, slot: Slot) -> str:

@@ -79,6 +79,10 @@ class Pool:
         real = [Slot(d, i) for d in self.devices for i in range(self.per_device)]
         return real + [Slot(self.devices[0], self.per_device + i) for i in range(self.ahead)]
 
+    def is_ahead(self, slot: Slot) -> bool:
+        """Whether ``slot`` is a place ahead (its trial waits in the executor), not a slot."""
+        return slot.index >= self.per_device
+
     def kind(self, device: str) -> str:
         return self.kinds[self.devices.index(device)]
 

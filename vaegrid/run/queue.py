@@ -101,10 +101,10 @@ class TrialQueue:
         the executor starts the next of its queue, and takes the slot in ``running``; its
         place ahead is what is free. Returns the slot free now and the trial that started
         on ``freed`` (None: none waited)."""
-        if freed.index >= self.pool.per_device:  # a place ahead: nothing to hand over
+        if self.pool.is_ahead(freed):  # nothing to hand over
             return freed, None
         for future, (key, slot) in running.items():  # the order they were sent
-            if slot.index >= self.pool.per_device and slot.device == freed.device:
+            if self.pool.is_ahead(slot) and slot.device == freed.device:
                 running[future] = (key, freed)
                 return slot, key
         return freed, None

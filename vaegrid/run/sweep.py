@@ -307,7 +307,7 @@ class Sweep:
         return now_said._replace(done=self.said_done)
 
     def _submit(self, key: str, slot: Slot, optuna_trial_id: int) -> Any:
-        when = time.monotonic() if slot.index < self.pool.per_device else None  # None: ahead
+        when = None if self.pool.is_ahead(slot) else time.monotonic()
         self.submitted[key] = (when, self._left(key), self.pool.kind(slot.device))
         task = Task(
             config=self.grid[key].to_json(),
