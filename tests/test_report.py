@@ -555,6 +555,39 @@ def test_the_test_k_is_the_studys_and_another_k_is_added_beside_the_stored_ones(
     assert all("val_nll" in t.user_attrs and "repeat" not in t.params for t in study.trials)
 
 
+def test_a_signal_swallowed_on_its_way_stops_the_evaluation_within_one_pass(
+    tmp_path: Path,
+    mnist_root: Path,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Ctrl-C that lands in a __del__ is remembered, not raised (vaegrid/signals.py): the
+    report answers it at its next pass over the test images, not after its figures."""
+    import signal
+
+    from vaegrid import signals
+    from vaegrid.report.evaluate import Winners
+
+    sweep(tmp_path, RANKED, mnist_root)
+    folder = tmp_path / "r" / "rk"
+    real = Winners.test_metrics
+
+    def swallowed(self: Winners, key: str, k: int, progress: object = None) -> dict[str, object]:
+        signals._received.append(signal.SIGINT)  # what the handler records, then raised into
+        return real(self, key, k, progress)  # type: ignore[arg-type]  # a __del__: lost
+
+    monkeypatch.setattr(Winners, "test_metrics", swallowed)
+    assert main(["report", str(folder), "--data-dir", str(mnist_root)]) == 130
+    err = capsys.readouterr().err
+    assert err.count("interrupted (SIGINT)") == 1 and "report: tested" not in err, err
+    assert not (folder / "report.md").exists()
+    store = Store.reader(folder / "study.db")
+    try:
+        assert store.frame("vg_test").empty  # stopped within the first trial's evaluation
+    finally:
+        store.close()
+
+
 def test_report_help_gives_every_default(capsys: pytest.CaptureFixture[str]) -> None:
     with pytest.raises(SystemExit) as done:
         main(["report", "--help"])

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from vaegrid import signals
 from vaegrid.analysis import tables
 from vaegrid.analysis.timing import Timing, timing, timing_lines
 from vaegrid.api import StudyRows, read_study
@@ -99,7 +100,12 @@ def make_report(
             of range, or a winner's weights are missing. Nothing is written then.
     """
     started = time.perf_counter()
-    tell = say or (lambda _: None)
+
+    def tell(line: str) -> None:
+        signals.check()  # a signal a library swallowed (in a __del__, say) stops it here
+        if say is not None:
+            say(line)
+
     check_study_dir(study_dir.parent, study_dir, "the study folder's parent")
     layout = StudyLayout(study_dir)
     db = existing_db(layout, storage)
@@ -243,6 +249,7 @@ def _test_each(
         tell(where(i, key, 0))
 
         def tick(images_done: int, i: int = i, key: str = key) -> None:
+            signals.check()  # every pass: a long evaluation stops within one
             if time.monotonic() - last[0] >= PROGRESS_S and images_done < images:
                 last[0] = time.monotonic()
                 tell(where(i, key, images_done))
@@ -319,6 +326,7 @@ def _draw(
         where = layout.figure("importance")
         mattered.importance(found, [AXIS[n] for n in found], where, metric)
     for key in _pictured(test, loaded):
+        signals.check()
         model = loaded.models[key]
         shape, where = loaded.shape, layout.figure(f"{key}_reconstructions")
         figures.reconstructions(model, loaded.test_x, shape, where)
