@@ -48,6 +48,28 @@ def test_a_config_is_summarised_over_its_repeats_and_ranked_by_the_mean() -> Non
     assert list(ranking["rank_val_elbo"]) == [1, 2]
 
 
+def test_a_config_of_one_trial_is_summarised_column_by_column_as_record_by_record() -> None:
+    """by_config's fast path (configs of one trial, every config of a study without
+    repeats: 100,000 in 0.2 s, not 12) gives what the per-record summary gives: the values,
+    NaN spread, NaN metrics of a diverged trial, causes and rungs, the dtypes."""
+    one = trials_frame({(400, 0.03): [100.0], (600, 0.03): [math.nan], (800, 0.01): [99.0]})
+    one["cause"] = [None, "nan loss at epoch 2", None]
+    one.loc[1, "best_epoch"] = pd.NA
+    one["rung"] = pd.array([None, None, 2], dtype="Int64")
+    one["val_nll"] = [90.0, math.nan, 89.0]
+    summarised = [*tables.SUMMARISED, "val_nll"]
+    fast = tables._one_repeat(one, NAMES, summarised)
+    slow = pd.DataFrame(tables._over_repeats(one, NAMES, summarised))
+    pd.testing.assert_frame_equal(fast[slow.columns], slow, check_exact=True)
+    mixed = trials_frame({(400, 0.03): [100.0, 104.0], (600, 0.03): [101.0]})
+    ranking = tables.by_config(mixed, NAMES)  # one config by each path, ranked together
+    assert list(ranking["hidden"]) == [600, 400] and list(ranking["repeats"]) == [1, 2]
+    assert list(ranking["rank_val_elbo"]) == [1, 2] and ranking["val_elbo_std"].isna().tolist() == [
+        True,
+        False,
+    ]
+
+
 def test_a_config_with_a_diverged_repeat_is_diverged_and_ranks_after_the_completed() -> None:
     trials = trials_frame({(400, 0.03): [100.0, math.nan], (600, 0.03): [105.0, 106.0]})
     ranking = tables.by_config(trials, NAMES)

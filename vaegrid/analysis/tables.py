@@ -142,12 +142,63 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
         trials: :func:`rank`'s per-trial table.
         names: The searched axes.
     """
+    summarised = [*SUMMARISED, *(["val_nll"] if "val_nll" in trials.columns else [])]
+    repeats = trials.groupby("config", sort=False)["config"].transform("size").to_numpy()
+    parts = [
+        part
+        for part in (
+            _one_repeat(trials[repeats == 1], names, summarised),
+            pd.DataFrame(_over_repeats(trials[repeats > 1], names, summarised)),
+        )
+        if len(part)
+    ]
+    out = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    _rank_columns(out)
+    out["best_epoch"] = out["best_epoch"].round().astype("Int64")
+    if "rung" in out.columns:
+        out["rung"] = out["rung"].astype("Int64")
+    nll_cols = ["val_nll"] if "val_nll" in out.columns else []
+    spread = [f"{c}_{s}" for c in [*SUMMARISED, *nll_cols] for s in ("std", "ci_low", "ci_high")]
+    order = ["key", *names, "status", "n_repeats", "repeats", *SPLIT_METRICS, *nll_cols]
+    order += ["best_val_elbo", "best_epoch", "seconds", *(f"rank_{c}" for c in criteria(out))]
+    order += ["epochs_done", "cause"]
+    order += [*(["rung"] if "rung" in out.columns else []), *spread]
+    return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
+
+
+def _one_repeat(trials: pd.DataFrame, names: Sequence[str], summarised: list[str]) -> pd.DataFrame:
+    """:func:`by_config`'s rows of the configs that have one trial, column by column: its
+    own values (the summary of one value is that value, its spread NaN)."""
+    out = pd.DataFrame({"key": trials["config"].to_numpy()})
+    for n in names:
+        out[n] = trials[n].to_numpy()
+    out["status"] = trials["status"].to_numpy()
+    out["repeats"] = 1
+    out["n_repeats"] = trials["val_elbo"].notna().to_numpy().astype(int)
+    for column in summarised:
+        out[column] = trials[column].to_numpy(dtype=float)
+        for spread in ("std", "ci_low", "ci_high"):
+            out[f"{column}_{spread}"] = math.nan
+    out["best_epoch"] = trials["best_epoch"].to_numpy(dtype=float, na_value=math.nan)
+    out["seconds"] = trials["seconds"].to_numpy(dtype=float)
+    out["epochs_done"] = trials["epochs_done"].to_numpy().astype(int)
+    cause = trials["cause"].to_numpy(dtype=object)
+    out["cause"] = [c if pd.notna(c) else None for c in cause]
+    if "rung" in trials.columns:
+        rung = trials["rung"].to_numpy(dtype=object)
+        out["rung"] = [r if pd.notna(r) else None for r in rung]
+    return out
+
+
+def _over_repeats(
+    trials: pd.DataFrame, names: Sequence[str], summarised: list[str]
+) -> list[dict[str, object]]:
+    """:func:`by_config`'s rows of the configs that have several trials."""
     # Grouped as plain records, not pandas groups: a group's Series operations cost ~2 ms,
     # which at 100,000 configs was minutes.
     groups: dict[Any, list[dict[Any, Any]]] = {}
     for r in trials.sort_values("repeat", kind="stable").to_dict("records"):
         groups.setdefault(r["config"], []).append(r)
-    summarised = [*SUMMARISED, *(["val_nll"] if "val_nll" in trials.columns else [])]
     rows = []
     for config, group in groups.items():
         statuses = [g["status"] for g in group]
@@ -175,18 +226,7 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
             rungs = [g["rung"] for g in group if pd.notna(g["rung"])]
             row["rung"] = min(rungs) if rungs else None
         rows.append(row)
-    out = pd.DataFrame(rows)
-    _rank_columns(out)
-    out["best_epoch"] = out["best_epoch"].round().astype("Int64")
-    if "rung" in out.columns:
-        out["rung"] = out["rung"].astype("Int64")
-    nll_cols = ["val_nll"] if "val_nll" in out.columns else []
-    spread = [f"{c}_{s}" for c in [*SUMMARISED, *nll_cols] for s in ("std", "ci_low", "ci_high")]
-    order = ["key", *names, "status", "n_repeats", "repeats", *SPLIT_METRICS, *nll_cols]
-    order += ["best_val_elbo", "best_epoch", "seconds", *(f"rank_{c}" for c in criteria(out))]
-    order += ["epochs_done", "cause"]
-    order += [*(["rung"] if "rung" in out.columns else []), *spread]
-    return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
+    return rows
 
 
 def pick_winners(ranking: pd.DataFrame, top: int, names: Sequence[str]) -> pd.DataFrame:

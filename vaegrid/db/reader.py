@@ -241,6 +241,7 @@ class ReaderMixin(StoreBase):
                     raw = pd.read_sql_query(select(*TrialRow.__table__.columns), con)
                     raw = raw[~raw["key"].isin(other)]
                     check(self.path, "vg_trial", raw, configs, statuses, done)
+                    self._memo["vg_trial"] = True
                 k = self.fingerprint().nll_samples if table == "vg_nll" else 0
                 check(self.path, table, frame, configs, statuses, done, k)
                 self._memo[table] = True  # checked in this snapshot

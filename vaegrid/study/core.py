@@ -230,10 +230,11 @@ class TrialConfig:
         driver asks a trial's key at every turn, and its JSON is most of its cost)."""
         return hashlib.sha256(self.to_json().encode()).hexdigest()[:12]
 
-    @property
+    @functools.cached_property
     def config_id(self) -> str:
         """The key of this config at repeat 0: what the repeats of one config share."""
-        return self.replace(repeat=0).key
+        at_0 = type(self.repeat) is int and self.repeat == 0  # (0.0 would be another JSON)
+        return self.key if at_0 else self.replace(repeat=0).key
 
     def axis_values(self, names: Sequence[str] | None = None) -> dict[str, Any]:
         """The values of ``names`` (default: every axis), as tables and Optuna name them."""

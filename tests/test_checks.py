@@ -1,0 +1,200 @@
+"""db/checks.py's fast path: a table it passes whole is one the row-by-row checks pass.
+
+The screen (``_passes``) decides, column by column, that no row needs looking at; the
+row-by-row checks stay the authority on what is refused. So, over thousands of tables
+with one thing wrong (text, NULL, infinity, a bool, out of range, a row doubled, an
+epoch missing, an unknown key...), the screen must never pass one the checks refuse, and
+it must pass the well-formed ones (else every read is the slow path).
+"""
+
+from __future__ import annotations
+
+import math
+import random
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from vaegrid.db import checks
+from vaegrid.errors import InputError
+from vaegrid.status import Status
+from vaegrid.study.core import DataSpec, TrialConfig
+
+EPOCHS = 3
+CONFIGS = {c.key: c for c in (TrialConfig.make(0, DataSpec(), hidden=h, epochs=EPOCHS)
+                              for h in (8, 16, 32, 64))}  # fmt: skip
+KEYS = list(CONFIGS)
+STATUSES = dict(zip(KEYS, [Status.COMPLETED, Status.COMPLETED, Status.RUNNING, Status.PENDING],
+                    strict=True))  # fmt: skip
+DONE = dict(zip(KEYS, [EPOCHS, EPOCHS, 1, 0], strict=True))
+K = 5  # the study's [rank] nll_samples
+
+
+def _tables() -> dict[str, pd.DataFrame]:
+    """Every checked table of a well-formed study of four trials."""
+    epochs = [{"key": k, "epoch": e, "split": s, "elbo": 100.0 + e, "recon": 90.0 + e,
+               "kl": 10.0, "seconds": 0.5}
+              for k in KEYS for e in range(1, DONE[k] + 1) for s in ("train", "val")]  # fmt: skip
+    return {
+        "vg_trial": pd.DataFrame(
+            {
+                "key": KEYS,
+                "status": [s.value for s in STATUSES.values()],
+                "epochs_done": [DONE[k] for k in KEYS],
+                "seconds": [1.5, 2.0, 0.5, 0.0],
+            }
+        ),  # fmt: skip
+        "vg_epoch": pd.DataFrame(epochs),
+        "vg_run": pd.DataFrame(
+            {
+                "key": KEYS[:3],
+                "status": ["completed", "completed", "running"],
+                "started": [1.7e9, 1.7e9 + 5, 1.7e9 + 9],
+                "ended": [1.7e9 + 4, 1.7e9 + 8, math.nan],
+            }
+        ),  # fmt: skip
+        "vg_test": pd.DataFrame(
+            {
+                "key": KEYS[:2],
+                "elbo": [101.0, 102.0],
+                "recon": [91.0, 92.0],
+                "kl": [10.0, 10.0],
+                "nll": [99.0, 98.5],
+                "seconds": [3.0, 3.1],
+                "evaluated": [1.7e9, 1.7e9],
+                "nll_samples": [K, K],
+            }
+        ),  # fmt: skip
+        "vg_nll": pd.DataFrame(
+            {
+                "key": [KEYS[0], KEYS[1], KEYS[2]],
+                "epoch": [EPOCHS, EPOCHS, 1],
+                "nll": [99.0, 98.0, 120.0],
+                "samples": [K, K, K],
+                "seconds": [1.0, 1.0, 1.0],
+            }
+        ),  # fmt: skip
+        "vg_stop": pd.DataFrame({"key": [KEYS[2]], "rung": [1]}),
+    }
+
+
+def _refused(table: str, frame: pd.DataFrame) -> bool:
+    """Whether the row-by-row checks refuse ``frame`` (the screen not asked)."""
+    rows = [{str(k): v for k, v in r.items()} for r in frame.to_dict("records")]
+    t = checks._Table("db", table, rows, CONFIGS, STATUSES, DONE, K)
+    try:
+        if table != "vg_trial":
+            t.known()
+        checks._CHECKS[table](t)
+    except InputError:
+        return True
+    except KeyError:  # a vg_trial key not among the configs read from vg_trial: never read
+        return table == "vg_trial"
+    return False
+
+
+def _screen(table: str, frame: pd.DataFrame) -> bool:
+    return checks._passes(table, frame, CONFIGS, STATUSES, DONE, K)
+
+
+BAD_VALUES: list[Any] = [
+    "x",
+    None,
+    math.nan,
+    math.inf,
+    -math.inf,
+    True,
+    -1,
+    -1e-3,
+    0,
+    1e31,
+    -1e31,
+    2.5,
+    10**12,
+    "train",
+    "val",
+    "completed",
+    "zzzzzzzzzzzz",
+    1.7e9,
+    4.0,
+    EPOCHS + 1,
+    K + 1,
+]
+
+
+def _broken(tables: dict[str, pd.DataFrame], rng: random.Random) -> tuple[str, pd.DataFrame]:
+    """One table with one thing wrong (or, by chance, still right)."""
+    table = rng.choice(list(tables))
+    frame = tables[table].copy()
+    if frame.empty:
+        return table, frame
+    what = rng.randrange(4)
+    if what == 0:  # a row doubled
+        i = rng.randrange(len(frame))
+        frame = pd.concat([frame, frame.iloc[[i]]], ignore_index=True)
+    elif what == 1:  # a row gone
+        frame = frame.drop(index=rng.randrange(len(frame))).reset_index(drop=True)
+    else:  # a value changed (a column of objects, as SQLite hands back a mixed column)
+        column = rng.choice(list(frame.columns))
+        values = frame[column].astype(object).tolist()
+        values[rng.randrange(len(values))] = rng.choice([*BAD_VALUES, *KEYS])
+        try:
+            frame[column] = pd.Series(values).infer_objects()
+        except (TypeError, ValueError):
+            frame[column] = pd.Series(values, dtype=object)
+    return table, frame
+
+
+def test_the_screen_passes_a_well_formed_study_whole() -> None:
+    for table, frame in _tables().items():
+        assert not _refused(table, frame), table
+        assert _screen(table, frame), table  # else every read walks its rows
+
+
+def test_the_screen_never_passes_a_table_the_checks_refuse() -> None:
+    rng, tables = random.Random(0), _tables()
+    refused = 0
+    for _ in range(3000):
+        table, frame = _broken(tables, rng)
+        if _refused(table, frame):
+            refused += 1
+            assert not _screen(table, frame), (table, frame.to_dict("records"))
+    assert refused > 1500  # the corruptions do reach the checks
+
+
+@pytest.mark.parametrize(
+    ("table", "column", "value"),
+    [
+        ("vg_epoch", "elbo", 1e-7),  # elbo not recon + kl
+        ("vg_epoch", "epoch", 2.5),
+        ("vg_epoch", "split", "test"),
+        ("vg_trial", "epochs_done", 2),  # a completed trial short of its epochs
+        ("vg_run", "ended", 1.7e9 - 7200),  # ended two hours before it started
+        ("vg_nll", "samples", K + 1),  # not the study's k
+        ("vg_stop", "rung", EPOCHS + 1),
+        ("vg_test", "nll", -0.5),
+    ],
+)
+def test_one_wrong_value_sends_the_table_to_the_checks_that_name_it(
+    table: str, column: str, value: Any
+) -> None:
+    frame = _tables()[table]
+    if isinstance(value, float) and frame[column].dtype.kind == "i":
+        frame[column] = frame[column].astype(float)  # as SQLite hands back 2.5 among ints
+    frame.loc[0, column] = value
+    assert not _screen(table, frame)
+    with pytest.raises(InputError, match=f"column {column}"):
+        checks.check("db", table, frame, CONFIGS, STATUSES, DONE, K)
+
+
+def test_a_trial_missing_one_epoch_of_one_split_is_refused() -> None:
+    epochs = _tables()["vg_epoch"]
+    epochs = epochs[
+        ~((epochs["key"] == KEYS[0]) & (epochs["epoch"] == 2) & (epochs["split"] == "val"))
+    ]
+    assert not _screen("vg_epoch", epochs)
+    with pytest.raises(InputError, match="epoch 2 val"):
+        checks.check("db", "vg_epoch", epochs, CONFIGS, STATUSES, DONE, K)
+    assert np.isfinite(epochs["elbo"]).all()
