@@ -45,7 +45,7 @@ def _tables() -> dict[str, pd.DataFrame]:
                 "epochs_done": [DONE[k] for k in KEYS],
                 "seconds": [1.5, 2.0, 0.5, 0.0],
             }
-        ),  # fmt: skip
+        ),
         "vg_epoch": pd.DataFrame(epochs),
         "vg_run": pd.DataFrame(
             {
@@ -54,7 +54,7 @@ def _tables() -> dict[str, pd.DataFrame]:
                 "started": [1.7e9, 1.7e9 + 5, 1.7e9 + 9],
                 "ended": [1.7e9 + 4, 1.7e9 + 8, math.nan],
             }
-        ),  # fmt: skip
+        ),
         "vg_test": pd.DataFrame(
             {
                 "key": KEYS[:2],
@@ -66,7 +66,7 @@ def _tables() -> dict[str, pd.DataFrame]:
                 "evaluated": [1.7e9, 1.7e9],
                 "nll_samples": [K, K],
             }
-        ),  # fmt: skip
+        ),
         "vg_nll": pd.DataFrame(
             {
                 "key": [KEYS[0], KEYS[1], KEYS[2]],
@@ -75,7 +75,7 @@ def _tables() -> dict[str, pd.DataFrame]:
                 "samples": [K, K, K],
                 "seconds": [1.0, 1.0, 1.0],
             }
-        ),  # fmt: skip
+        ),
         "vg_stop": pd.DataFrame({"key": [KEYS[2]], "rung": [1]}),
     }
 
@@ -198,3 +198,49 @@ def test_a_trial_missing_one_epoch_of_one_split_is_refused() -> None:
     with pytest.raises(InputError, match="epoch 2 val"):
         checks.check("db", "vg_epoch", epochs, CONFIGS, STATUSES, DONE, K)
     assert np.isfinite(epochs["elbo"]).all()
+
+
+def test_configs_read_at_once_never_pass_one_that_alone_is_refused() -> None:
+    """study/stored.py: configs_pass answers for a table of configs; the reader looks at
+    each alone (config_problem, which names what is wrong) only when it says no."""
+    from vaegrid.study.stored import config_problem, configs_pass
+
+    good = [TrialConfig.make(0, DataSpec(), hidden=h, latent=z, repeat=r)
+            for h in (8, 400) for z in (2, 50) for r in (0, 1)]  # fmt: skip
+    assert configs_pass(good) and all(config_problem(c) is None for c in good)
+    changes: list[dict[str, Any]] = [
+        {"hidden": -4}, {"repeat": 10**9}, {"repeat": 1.0}, {"momentum": 0.9},
+        {"batch_size": 10**6}, {"seed": -1}, {"optimizer": "rm -rf"}, {"beta": math.nan},
+        {"hidden": [8]}, {"hidden": True}, {"hidden": 16384, "latent": 4096},
+        {"batch_size": 60000}, {"model": "conv", "channels": 512, "hidden": 400, "latent": 100},
+        {"depth": 3}, {"data": DataSpec(limit=10**9)}, {"data": "mnist"},
+    ]  # fmt: skip
+    for change in changes:
+        forged = good[3].replace(**change)
+        assert config_problem(forged) is not None, change  # one the checks refuse
+        assert not configs_pass([*good, forged]), change
+        assert not configs_pass([forged, *good]), change
+
+
+def test_a_well_formed_table_of_configs_is_read_without_one_looked_at_alone(
+    write_study: Any, tmp_path: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import synced_study_db
+
+    from vaegrid.db import reader
+    from vaegrid.db.store import Store
+
+    study_dir = tmp_path / "r" / "tiny"
+    synced_study_db(write_study(), study_dir)
+    alone: list[str] = []
+    real = reader.config_problem
+    monkeypatch.setattr(reader, "config_problem", lambda c: alone.append(c.key) or real(c))
+    monkeypatch.setattr(reader, "_READ", {})
+    store = Store.reader(study_dir / "study.db")
+    try:
+        assert len(store.trials()) == 4 and alone == []
+        reader._READ.clear()
+        monkeypatch.setattr(reader, "configs_pass", lambda configs: False)  # as if one were wrong
+        assert len(store.trials()) == 4 and len(alone) == 4
+    finally:
+        store.close()

@@ -34,7 +34,7 @@ from vaegrid.errors import InputError
 from vaegrid.status import RUNNING, Status, parse
 from vaegrid.study.core import NotInstalled, TrialConfig
 from vaegrid.study.fingerprint import Fingerprint
-from vaegrid.study.load import config_problem
+from vaegrid.study.stored import config_problem, configs_pass
 
 if TYPE_CHECKING:  # the driver reads through this module and never loads pandas
     import pandas as pd
@@ -111,8 +111,11 @@ class ReaderMixin(StoreBase):
         if self._snapshot is not None and "trials" in self._memo:  # one moment, checked once
             return self._memo["trials"]
         found, foreign = [], []
+        t = TrialRow.__table__.c
         with self.session() as s:
-            for r in s.scalars(select(TrialRow)).all():
+            rows = s.execute(select(t.key, t.status, t.config, t.epochs_done, t.seconds)).all()
+            _read_all(rows)  # every config at once; one by one below only if one is wrong
+            for r in rows:
                 status = parse(r.status, f"{self.path}: trial {r.key}")
                 cfg = _config(self.path, r.key, r.config)
                 if isinstance(cfg, str):
@@ -284,9 +287,48 @@ class ReaderMixin(StoreBase):
         return found or None
 
 
+# The configs read so far, by (key, stored JSON): what _config makes of them depends on
+# nothing else (the plug-ins installed are read once, at import), so a second read of the same rows (report's, after its test writes) does
+# not parse and check 100,000 configs again. Emptied past CONFIGS_KEPT.
+_READ: dict[tuple[str, str], TrialConfig | str] = {}
+CONFIGS_KEPT = 1_000_000
+
+
+def _read_all(rows: Sequence[Any]) -> None:
+    """Parse the configs of ``rows`` (each with a key and a config) not read yet, and keep
+    them when every one is well-formed, hashes to its key and :func:`configs_pass` passes
+    them all; keep none when one is not (_config then looks at each, and names it)."""
+    parsed = []
+    for key, text in {(r.key, r.config) for r in rows}:
+        if not isinstance(key, str) or not isinstance(text, str) or (key, text) in _READ:
+            continue
+        try:
+            cfg = TrialConfig.from_json(text)
+        except Exception:  # a plug-in not installed here, or edited: looked at one by one
+            continue
+        if cfg.key == key:
+            parsed.append((key, text, cfg))
+    if parsed and configs_pass([cfg for _, _, cfg in parsed]):
+        if len(_READ) + len(parsed) > CONFIGS_KEPT:
+            _READ.clear()
+        _READ.update({(key, text): cfg for key, text, cfg in parsed})
+
+
 def _config(path: str, key: str, text: str) -> TrialConfig | str:
     """A stored trial's config, refused unless it is well-formed and hashes to its key; or,
     for a plug-in not installed here (in that version, with that code), which one it is."""
+    if isinstance(key, str) and isinstance(text, str):
+        found = _READ.get((key, text))
+        if found is None:
+            found = _checked_config(path, key, text)
+            if len(_READ) >= CONFIGS_KEPT:
+                _READ.clear()
+            _READ[key, text] = found
+        return found
+    return _checked_config(path, key, text)
+
+
+def _checked_config(path: str, key: str, text: str) -> TrialConfig | str:
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise InputError(f"{path}: vg_trial holds a key {key!r} that vaegrid never makes")
     try:

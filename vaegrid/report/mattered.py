@@ -350,24 +350,33 @@ def _cap(finite: np.ndarray, log: bool) -> float:
 def _cells(
     sub: pd.DataFrame, x: str, y: str, xs: list[object], ys: list[object], metric: str
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """A panel's values (NaN where no config completed) and texts, rows in ``ys`` order."""
-    values = np.full((len(ys), len(xs)), np.nan)
-    texts: list[list[str]] = []
-    for r, yv in enumerate(ys):
-        row = []
-        for c, xv in enumerate(xs):
-            cell = sub[(sub[x] == xv) & (sub[y] == yv)]
-            scores = cell.loc[cell["status"] == COMPLETED, metric].to_numpy(dtype=float)
-            scores = scores[np.isfinite(scores)]
-            if len(scores):
-                values[r, c] = scores.min()
-                pooled = f"\nof {len(cell)}" if len(cell) > 1 else ""
-                row.append(value_text(values[r, c]) + pooled)
-            elif len(cell) and (cell["status"] == DIVERGED).all():
-                row.append("div.")
+    """A panel's values (NaN where no config completed) and texts, rows in ``ys`` order.
+
+    Counted with arrays, not a filter per cell: a 1,000 x 100 panel took 100 s so."""
+    shape = (len(ys), len(xs))
+    col = sub[x].map({v: i for i, v in enumerate(xs)}).to_numpy(dtype=float)
+    row = sub[y].map({v: i for i, v in enumerate(ys)}).to_numpy(dtype=float)
+    placed = ~(np.isnan(col) | np.isnan(row))  # a value in no cell (NaN) is in none
+    cell = row[placed].astype(int) * len(xs) + col[placed].astype(int)
+    status = sub["status"].to_numpy()[placed]
+    score = sub[metric].to_numpy(dtype=float)[placed]
+    configs = np.bincount(cell, minlength=shape[0] * shape[1])
+    diverged = np.bincount(cell, weights=status == DIVERGED, minlength=len(configs))
+    best = np.full(len(configs), np.inf)
+    scored = (status == COMPLETED) & np.isfinite(score)
+    np.minimum.at(best, cell[scored], score[scored])
+    values = np.where(np.isfinite(best), best, np.nan).reshape(shape)
+    texts = []
+    for r in range(shape[0]):
+        line = []
+        for c in range(shape[1]):
+            i = r * shape[1] + c
+            if np.isfinite(best[i]):
+                pooled = f"\nof {configs[i]}" if configs[i] > 1 else ""
+                line.append(value_text(values[r, c]) + pooled)
             else:
-                row.append("—")
-        texts.append(row)
+                line.append("div." if configs[i] and diverged[i] == configs[i] else "—")
+        texts.append(line)
     return values, texts
 
 

@@ -8,9 +8,7 @@ an :class:`InputError` that names the file, the key, the value and what is allow
 from __future__ import annotations
 
 import dataclasses
-import functools
 import itertools
-import json
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -37,11 +35,10 @@ from vaegrid.study.core import (
     HalvingSpec,
     Probed,
     Study,
-    TrialConfig,
     split_sizes,
 )
 from vaegrid.study.files import INT_BITS_MAX, NESTING_MAX, apply_overrides, read_toml
-from vaegrid.study.validate import Validator, check_sizes, show, toml_key
+from vaegrid.study.validate import Validator, check_sizes, toml_key
 
 # Bounds on a study file. Everything in it comes from outside: each bound keeps a bad
 # value from crashing, exhausting or silently misleading a later stage.
@@ -58,78 +55,6 @@ DESCRIPTION_MAX_CHARS = 10_000
 TRIALS_MAX = 10_000
 # [sample]: the grid it draws from holds at most this many configs (each one is ranked).
 SAMPLED_GRID_MAX = 1_000_000
-
-
-def config_problem(cfg: TrialConfig) -> str | None:
-    """What is wrong with a config read back from outside (a database row), or None.
-
-    A hand-made row that hashes to its own key must still be a config vaegrid could make:
-    every setting within the bounds of a study file, momentum only with sgd, the repeat in
-    range, and its seed and data settings (with its batch size and model size) checked as
-    the study file that would make it.
-    """
-    if type(cfg.repeat) is not int or not 0 <= cfg.repeat < REPEATS_MAX:
-        return f"repeat = {show(cfg.repeat)}, expected an integer from 0 to {REPEATS_MAX - 1}"
-    settings = cfg.axis_values()
-    for axis in AXES:
-        value = settings[axis.name]
-        if not axis.check(value):
-            return f"{axis.name} = {show(value)}, expected {axis.allowed()}"
-    for axis in AXES:
-        if not applies(axis, settings) and settings[axis.name] != axis.default[0]:
-            other, where = axis.applies or ("", ())
-            return (
-                f"{axis.name} = {show(settings[axis.name])} with {other} "
-                f"{settings[other]}: {' or '.join(where)} only"
-            )
-    if not isinstance(cfg.data, DataSpec):
-        return "data is not a table of data settings"
-    try:
-        data = _data_table(cfg.data)
-    except TypeError:  # unhashable: a value in it that no study file makes
-        return "data holds a value no study file makes"
-    if not isinstance(data, dict):
-        return data
-    train = {"batch_size": settings["batch_size"]}
-    base = _study_of(json.dumps({"seed": cfg.seed, "data": data, "train": train}))
-    if isinstance(base, str):
-        return base
-    probed = Probed.of(base)
-    if probed is None:  # a plug-in data set's images: the driver's probe checks its sizes
-        return None
-    one = dataclasses.replace(base, settings=tuple((a.name, (settings[a.name],)) for a in AXES))
-    try:  # the model's size and a step's memory: arithmetic, per config
-        check_sizes(one, probed.images)
-    except InputError as e:
-        return str(e).removeprefix("config: ")
-    return None
-
-
-@functools.lru_cache(maxsize=64)
-def _data_table(spec: DataSpec) -> dict[str, Any] | str:
-    """A config's data settings as the study file that would make them says them, or what
-    is wrong with them (one per DataSpec: a study's trials share one)."""
-    data: dict[str, Any] = dataclasses.asdict(spec)
-    digest = data.pop("images")  # the probe's, not a study file's
-    if digest and (not isinstance(digest, str) or not re.fullmatch(r"[0-9a-f]{64}", digest)):
-        return f"data.images = {show(digest)}, expected a SHA-256 in hex"
-    if isinstance(data["fractions"], tuple):
-        data["fractions"] = list(data["fractions"])
-    if data.get("split") == "official":  # as a study file writes it: no holdout settings
-        defaults = {"fractions": list(DataSpec.fractions), "limit": 0}
-        data = {k: v for k, v in data.items() if k not in defaults or v != defaults[k]}
-    return data
-
-
-@functools.lru_cache(maxsize=256)
-def _study_of(text: str) -> Study | str:
-    """The study a study file of these seed, data and batch settings makes, or what it
-    would be refused for (one per distinct text: a study's trials share a few, where a
-    parse per config took 0.3 ms, 30 s at 100,000 trials)."""
-    try:
-        return parse_study(json.loads(text), source="config", default_name="stored")
-    except InputError as e:
-        return str(e).removeprefix("config: ")
 
 
 def load_study(path: str | Path, overrides: Sequence[str] = ()) -> Study:
