@@ -288,8 +288,9 @@ class ReaderMixin(StoreBase):
 
 
 # The configs read so far, by (key, stored JSON): what _config makes of them depends on
-# nothing else (the plug-ins installed are read once, at import), so a second read of the same rows (report's, after its test writes) does
-# not parse and check 100,000 configs again. Emptied past CONFIGS_KEPT.
+# nothing else (the plug-ins installed are read once, at import), so a second read of the
+# same rows (report's, after its test writes) does not parse and check 100,000 configs
+# again. Emptied past CONFIGS_KEPT.
 _READ: dict[tuple[str, str], TrialConfig | str] = {}
 CONFIGS_KEPT = 1_000_000
 
