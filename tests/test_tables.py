@@ -149,3 +149,13 @@ def test_importance_over_a_flat_grid_is_nothing_mattered_not_a_crash() -> None:
     assert tables.importances(ranking, NAMES) == (
         "every completed config has the same val_elbo: nothing mattered"
     )
+
+
+def test_a_setting_applies_to_the_rows_its_parent_allows_and_to_all_without_the_parent() -> None:
+    ranking = pd.DataFrame({"model": ["linear", "mlp", "conv", "mlp"], "depth": [2, 1, 2, 3]})
+    assert tables.applicable(ranking, "depth").tolist() == [False, True, False, True]
+    assert tables.applicable(ranking, "channels").tolist() == [False, False, True, False]
+    assert tables.applicable(ranking, "hidden").all()  # no parent: everywhere
+    assert tables.applicable(ranking[["depth"]], "depth").all()  # a study that fixes model
+    assert tables.varying(ranking, ["model", "depth"]) == ["model"]
+    assert tables.varying(ranking, ["model", "depth"], everywhere=False) == ["model", "depth"]

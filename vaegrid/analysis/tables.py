@@ -316,9 +316,13 @@ def comparisons(
 def applicable(ranking: pd.DataFrame, name: str) -> pd.Series:
     """The rows the setting ``name`` means something for (``Axis.applies``: depth for mlp
     configs only); the others hold its neutral value."""
-    rows: list[dict[str, Any]] = ranking.to_dict("records")  # type: ignore[assignment]
-    mask: list[bool] = [applies(AXIS[name], r) for r in rows]
-    return pd.Series(mask, index=ranking.index, dtype=bool)
+    axis = AXIS[name]
+    parent = axis.applies[0] if axis.applies is not None else None
+    if parent is None or parent not in ranking.columns:
+        return pd.Series(applies(axis, {}), index=ranking.index, dtype=bool)
+    column = ranking[parent]  # asked once per distinct value of the parent setting
+    answer = {v: applies(axis, {parent: v}) for v in column.unique()}
+    return column.map(answer).astype(bool)
 
 
 def varying(ranking: pd.DataFrame, names: Sequence[str], everywhere: bool = True) -> list[str]:
