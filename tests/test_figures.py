@@ -300,6 +300,47 @@ def test_parallel_takes_any_axis_strings_in_the_order_of_their_choices(
     assert heights == [(0.0, 0.5), (0.5, 1.0), (1.0, 0.0)]  # relu, tanh, elu: choices order
 
 
+def test_parallel_past_its_lines_draws_the_best_and_the_others_evenly_and_says_so(
+    tmp_path: Path, drawn: list[Figure]
+) -> None:
+    n = mattered.LINES_MAX * 5 // 2  # 5,000 configs: 1 in 10 diverged
+    frame = pd.DataFrame(
+        [config("diverged" if i % 10 == 9 else "completed", NAN if i % 10 == 9 else 100.0 + i,
+                hidden=1 + i) for i in range(n)]
+    ).sample(frac=1.0, random_state=0)  # fmt: skip
+    mattered.parallel(frame, [AXIS["hidden"]], tmp_path / "p.png")
+    (fig,) = drawn
+    ax = fig.axes[0]
+    grey, coloured = [c for c in ax.collections if isinstance(c, LineCollection)]
+    assert len(grey.get_segments()) + len(coloured.get_segments()) == mattered.LINES_MAX
+    drawn_values = sorted(float(v) for v in coloured.get_array())  # type: ignore[union-attr]
+    completed = sorted(100.0 + i for i in range(n) if i % 10 != 9)
+    best = mattered.LINES_MAX // 2
+    assert drawn_values[:best] == completed[:best]  # every one of the best
+    assert drawn_values[-1] == completed[-1]  # and the others to the worst, evenly
+    assert 0 < len(grey.get_segments()) < mattered.LINES_MAX // 2
+    title = ax.get_title().replace("\n", " ")
+    assert "the 1,000 best and 1,000 of the 4,000 others (by rank) of 5,000 configs" in title
+
+
+def test_a_collection_of_many_shapes_is_an_image_in_the_svg_and_few_stay_paths(
+    tmp_path: Path,
+) -> None:
+    from matplotlib.collections import LineCollection as Lines
+
+    from vaegrid.report import style
+
+    for count in (style.SVG_SHAPES_MAX + 1, 50):
+        fig, ax = plt.subplots()
+        ax.add_collection(Lines([[(i, 0), (i, 1)] for i in range(count)]))
+        ax.set_xlim(0, count)
+        style.save(fig, tmp_path / f"{count}.png")
+        svg = (tmp_path / f"{count}.svg").read_text()
+        many = count > style.SVG_SHAPES_MAX
+        assert ("<image" in svg) == many and (svg.count("<path") > count) != many
+        assert "<text" in svg or "glyph" in svg or "use xlink" in svg  # the axes' labels
+
+
 def test_parallel_with_nothing_completed_has_no_colour_scale(
     tmp_path: Path, drawn: list[Figure]
 ) -> None:

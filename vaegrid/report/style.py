@@ -35,6 +35,7 @@ plt.rcParams.update(STYLE)  # type: ignore[arg-type]
 
 
 DPI = 200  # every chart's PNG; an SVG beside it is the vector file
+SVG_SHAPES_MAX = 5_000  # a collection of more shapes is an image in the SVG (see save)
 
 
 MINUS = "\N{MINUS SIGN}"  # typographic minus: "-ELBO" would read as a hyphen
@@ -96,7 +97,15 @@ def wrap(text: str, fig: Figure, points: float = 11.0) -> str:
 
 
 def save(fig: Figure, path: Path) -> None:
-    """Write ``fig`` as a PNG at ``DPI`` and, beside it, an SVG (each atomically); free it."""
+    """Write ``fig`` as a PNG at ``DPI`` and, beside it, an SVG (each atomically); free it.
+
+    In the SVG, a collection of more than SVG_SHAPES_MAX shapes (the timeline's runs of a
+    large study) is an image at ``DPI`` under vector text and axes: 100,000 bars took 17 MB
+    and 10 s as paths."""
     save_with(path, fig.savefig, format="png", dpi=DPI)
-    save_with(path.with_suffix(".svg"), fig.savefig, format="svg")
+    many = [c for ax in fig.axes for c in ax.collections if len(c.get_paths()) > SVG_SHAPES_MAX]
+    for collection in many:
+        collection.set_rasterized(True)
+    dpi = DPI if many else "figure"  # (the resolution of images in an SVG)
+    save_with(path.with_suffix(".svg"), fig.savefig, format="svg", dpi=dpi)
     plt.close(fig)
