@@ -320,7 +320,8 @@ def test_parallel_past_its_lines_draws_the_best_and_the_others_evenly_and_says_s
     assert drawn_values[-1] == completed[-1]  # and the others to the worst, evenly
     assert 0 < len(grey.get_segments()) < mattered.LINES_MAX // 2
     title = ax.get_title().replace("\n", " ")
-    assert "the 1,000 best and 1,000 of the 4,000 others (by rank) of 5,000 configs" in title
+    assert title.startswith("Searched settings of 2,000 of 5,000 configs and their final")
+    assert "(one line per config: the 1,000 best, 1,000 others evenly by rank;" in title
 
 
 def test_a_collection_of_many_shapes_is_an_image_in_the_svg_and_few_stay_paths(

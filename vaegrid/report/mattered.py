@@ -200,8 +200,7 @@ def parallel(
         The vertical axes' labels, left to right (the metric's last).
     """
     labels = [a.label or a.name for a in axes] + [f"{metric_label(metric)} (nats)"]
-    of = len(frame)
-    frame, shown = _lines(frame, metric)
+    frame, count, which = _lines(frame, metric)
     scaled = [_place(frame[a.name], a) for a in axes]
     values = frame[metric].to_numpy(dtype=float)
     done = (frame["status"] == COMPLETED).to_numpy() & np.isfinite(values)
@@ -264,27 +263,27 @@ def parallel(
     ax.set_ylim(-0.06, NOT_DONE_Y + 0.08)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    title = f"Searched settings of {shown}{of:,} configs and their {metric_label(metric)}"
-    ax.set_title(wrap(title, fig) + "\n(one line per config; lower is better)")
+    title = f"Searched settings of {count} configs and their {metric_label(metric)}"
+    share = 0.8 if norm is not None else 1.0  # the colorbar's fifth of the width
+    note = f"(one line per config{which}; lower is better)"
+    ax.set_title(wrap(title, fig, share=share) + "\n" + wrap(note, fig, share=share))
     save(fig, path)
     return labels
 
 
-def _lines(frame: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str]:
-    """The configs parallel coordinates draw (all, up to LINES_MAX; past it the best
-    LINES_MAX / 2 by ``metric`` and as many of the others, evenly by rank), and the title's
-    words for them."""
+def _lines(frame: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str, str]:
+    """The configs parallel coordinates draw: all, up to LINES_MAX; past it the best
+    LINES_MAX / 2 by ``metric`` and as many of the others, evenly by rank. With the title's
+    words for how many, and which."""
     if len(frame) <= LINES_MAX:
-        return frame, ""
+        return frame, f"{len(frame):,}", ""
     done = (frame["status"] == COMPLETED) & np.isfinite(frame[metric].to_numpy(dtype=float))
     ranked = frame.assign(_done=~done).sort_values(["_done", metric], kind="stable")
-    best, rest = LINES_MAX // 2, len(frame) - LINES_MAX // 2
+    best = LINES_MAX // 2
     every = np.linspace(best, len(frame) - 1, LINES_MAX - best).round().astype(int)
     picked = ranked.iloc[np.concatenate([np.arange(best), every])].drop(columns="_done")
-    return (
-        picked,
-        f"the {best:,} best and {LINES_MAX - best:,} of the {rest:,} others (by rank) of ",
-    )
+    which = f": the {best:,} best, {LINES_MAX - best:,} others evenly by rank"
+    return picked, f"{LINES_MAX:,} of {len(frame):,}", which
 
 
 def importance(

@@ -90,9 +90,10 @@ def order_key(value: object) -> tuple[int, object]:
     return (0, value) if isinstance(value, int | float | np.number) else (1, str(value))
 
 
-def wrap(text: str, fig: Figure, points: float = 11.0) -> str:
-    """``text`` broken into lines that fit the figure's width at ``points`` (a title)."""
-    chars = int(fig.get_figwidth() * 72 / (0.6 * points))
+def wrap(text: str, fig: Figure, points: float = 11.0, share: float = 1.0) -> str:
+    """``text`` broken into lines that fit ``share`` of the figure's width at ``points`` (a
+    title over axes that leave the rest to a colorbar takes their share)."""
+    chars = int(share * fig.get_figwidth() * 72 / (0.6 * points))
     return textwrap.fill(text, max(20, chars))
 
 
