@@ -32,6 +32,7 @@ from typing import Any
 from optuna.distributions import CategoricalDistribution, distribution_to_json
 from sqlalchemy import Connection, inspect, text
 
+from vaegrid.db.reader import already_read
 from vaegrid.errors import InputError
 from vaegrid.status import COMPLETED
 from vaegrid.study.axes import AXIS
@@ -78,10 +79,12 @@ def align(con: Connection) -> None:
     done: dict[str, tuple[str, int]] = {}
     current: dict[str, int] = {}  # key -> the Optuna trial its results are recorded in
     for key, config, status, epochs, trial_id in con.execute(text(query)):
-        try:
-            cfg = TrialConfig.from_json(config)
-        except Exception:  # a plug-in not installed here, or an edited row
-            continue
+        cfg = already_read(key, config)  # report's, read a moment ago: not parsed again
+        if cfg is None:
+            try:
+                cfg = TrialConfig.from_json(config)
+            except Exception:  # a plug-in not installed here, or an edited row
+                continue
         if cfg.key == key:
             configs[key] = cfg
             done[key] = (status, int(epochs))
