@@ -11,6 +11,12 @@ its run, its Optuna values. Then, each in a process of its own, timed from the o
 ``vaegrid status``, ``vaegrid report`` (which evaluates only the two trained winners, at
 k = 10), and ``vaegrid.load`` with its per-trial and per-epoch tables. The database's size
 and each command's peak memory are printed with the times.
+
+    python bench/readers.py --baseline /tmp/base
+
+times each command a second time with another vaegrid first on PYTHONPATH (a checkout of
+an earlier commit, ``git worktree add /tmp/base <commit>``), on a copy of the same
+database, and prints the ratio: before and after from one run on one machine.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import dataclasses
 import math
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,11 +129,15 @@ def generate(db_path: Path, study_file: Path, n: int, epochs: int) -> float:
     return time.monotonic() - started
 
 
-def timed(argv: list[str]) -> tuple[float, float, str]:
-    """Wall seconds, peak memory (MB) and the last line of a command in its own process."""
+def timed(argv: list[str], pythonpath: str | None = None) -> tuple[float, float, str]:
+    """Wall seconds, peak memory (MB) and the last line of a command in its own process
+    (with ``pythonpath`` first on PYTHONPATH: a baseline's vaegrid)."""
+    env = dict(os.environ)
+    if pythonpath is not None:
+        env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
     with tempfile.TemporaryFile("w+") as out:
         start = time.monotonic()
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True)
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.monotonic() - start
         child.returncode = os.waitstatus_to_exitcode(status)
@@ -136,45 +147,55 @@ def timed(argv: list[str]) -> tuple[float, float, str]:
     return wall, usage.ru_maxrss / 1024, (said.strip().splitlines() or [""])[-1]
 
 
+def commands(results: Path, data: Path) -> dict[str, list[str]]:
+    """What is timed, each in a process of its own."""
+    vaegrid = [sys.executable, "-m", "vaegrid"]
+    report = [*vaegrid, "report", str(results / "big"), "--data-dir", str(data)]
+    return {
+        "status": [*vaegrid, "status", str(results / "big")],
+        "report": [*report, "--nll-samples", "10"],
+        "vaegrid.load": [sys.executable, "-c", LOAD, str(results)],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=100_000)
     parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--baseline", type=Path, default=None, metavar="DIR",
+                        help="another vaegrid's checkout, timed too")  # fmt: skip
     args = parser.parse_args()
     if not (3 <= args.trials <= 1_000_000 and 1 <= args.epochs <= 100):
         parser.error("--trials 3..1000000, --epochs 1..100")
-    vaegrid = [sys.executable, "-m", "vaegrid"]
+    if args.baseline is not None and not (args.baseline / "vaegrid" / "__init__.py").is_file():
+        parser.error(f"--baseline {args.baseline}: no vaegrid/__init__.py there")
     with tempfile.TemporaryDirectory(prefix="vaegrid-readers-") as folder:
         tmp = Path(folder)
         data = make_mnist(tmp / "data", n_train=1000, n_test=200)
         study = tmp / "big.toml"
         study.write_text(STUDY.format(epochs=args.epochs))
         results = tmp / "results"
-        subprocess.run([*vaegrid, "run", str(study), "--results", str(results), "--data-dir",
-                        str(data), "--devices", "cpu", "--no-progress"], check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run([sys.executable, "-m", "vaegrid", "run", str(study), "--results",
+                        str(results), "--data-dir", str(data), "--devices", "cpu",
+                        "--no-progress"], check=True, capture_output=True)  # fmt: skip
         db = results / "big" / "study.db"
         seconds = generate(db, study, args.trials, args.epochs)
         print(f"generated {args.trials:,} trials of {args.epochs} epochs in {seconds:.0f} s; "
               f"study.db {db.stat().st_size / (1 << 20):,.0f} MB", flush=True)  # fmt: skip
-        for name, argv in (
-            ("status", [*vaegrid, "status", str(results / "big")]),
-            (
-                "report",
-                [
-                    *vaegrid,
-                    "report",
-                    str(results / "big"),
-                    "--data-dir",
-                    str(data),
-                    "--nll-samples",
-                    "10",
-                ],
-            ),
-            ("vaegrid.load", [sys.executable, "-c", LOAD, str(results)]),
-        ):
+        pristine = tmp / "pristine"
+        if args.baseline is not None:  # the report writes its tests and tables: each a copy
+            shutil.copytree(results, pristine)
+        for name, argv in commands(results, data).items():
             wall, peak, last = timed(argv)
-            print(f"{name}: {wall:.1f} s, peak {peak:,.0f} MB; said last: {last[:120]}", flush=True)
+            line = f"{name}: {wall:.1f} s, peak {peak:,.0f} MB"
+            if args.baseline is not None:
+                base = tmp / "base"
+                shutil.rmtree(base, ignore_errors=True)
+                shutil.copytree(pristine, base)
+                was, was_peak, _ = timed(commands(base, data)[name], str(args.baseline))
+                line += f"; baseline {was:.1f} s, peak {was_peak:,.0f} MB"
+                line += f" (before / after: {was / wall:.2f})"
+            print(f"{line}; said last: {last[:100]}", flush=True)
 
 
 if __name__ == "__main__":
