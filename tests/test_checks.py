@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import random
+import re
 from typing import Any
 
 import numpy as np
@@ -242,5 +243,60 @@ def test_a_well_formed_table_of_configs_is_read_without_one_looked_at_alone(
         reader._READ.clear()
         monkeypatch.setattr(reader, "configs_pass", lambda configs: False)  # as if one were wrong
         assert len(store.trials()) == 4 and len(alone) == 4
+    finally:
+        store.close()
+
+
+def test_typed_keys_tell_apart_what_compares_equal() -> None:
+    """0, 0.0, -0.0 and False compare and hash equal: a cache keyed on them would give a
+    config whose data says limit = 0.0 the data (and key) of limit = 0's."""
+    from vaegrid.study.core import data_dict, typed
+    from vaegrid.study.stored import config_problem, configs_pass
+
+    kinds = [typed(v) for v in (0, 0.0, -0.0, False)]
+    assert len(set(kinds)) == 4 and typed((1, 2.0)) != typed((1, 2))
+    assert typed(DataSpec(limit=0)) != typed(DataSpec(limit=0.0))
+    assert data_dict(DataSpec(limit=0))["limit"] == 0
+    assert type(data_dict(DataSpec(limit=0.0))["limit"]) is float  # not the cached int's
+    genuine = TrialConfig.make(0, DataSpec(limit=0), hidden=8)
+    forged = TrialConfig.make(0, DataSpec(limit=0.0), hidden=16)
+    assert config_problem(genuine) is None and config_problem(forged) is not None
+    assert not configs_pass([genuine, forged]) and not configs_pass([forged, genuine])
+    with pytest.raises(TypeError):  # a list stays unhashable: refused, not cached
+        hash(typed(DataSpec(limit=[1])))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("data", "problem"),
+    [({"limit": 0.0}, "data.limit = 0.0"), ({"limit": [1]}, "stored config is not valid")],
+)
+def test_a_stored_config_whose_data_only_compares_equal_is_refused_by_its_own_key(
+    write_study: Any, tmp_path: Any, data: dict[str, Any], problem: str
+) -> None:
+    import hashlib
+    import json
+    import sqlite3
+
+    from conftest import synced_study_db
+
+    from vaegrid.db import reader
+    from vaegrid.db.store import Store
+
+    study_dir = tmp_path / "r" / "tiny"
+    synced_study_db(write_study(), study_dir)
+    con = sqlite3.connect(study_dir / "study.db")
+    key, text = con.execute("SELECT key, config FROM vg_trial ORDER BY key DESC").fetchone()
+    raw = json.loads(text)
+    raw["data"].update(data)
+    forged = json.dumps(raw, sort_keys=True)
+    forged_key = hashlib.sha256(forged.encode()).hexdigest()[:12]  # hashes to its own key
+    con.execute("UPDATE vg_trial SET key = ?, config = ? WHERE key = ?", (forged_key, forged, key))
+    con.commit()
+    con.close()
+    reader._READ.clear()
+    store = Store.reader(study_dir / "study.db")
+    try:
+        with pytest.raises(InputError, match=f"trial {forged_key}: .*{re.escape(problem)}"):
+            store.trials()
     finally:
         store.close()

@@ -48,7 +48,9 @@ def test_a_config_is_summarised_over_its_repeats_and_ranked_by_the_mean() -> Non
     assert list(ranking["rank_val_elbo"]) == [1, 2]
 
 
-def test_a_config_of_one_trial_is_summarised_column_by_column_as_record_by_record() -> None:
+def test_a_config_of_one_trial_is_summarised_column_by_column_as_record_by_record(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """by_config's fast path (configs of one trial, every config of a study without
     repeats: 100,000 in 0.2 s, not 12) gives what the per-record summary gives: the values,
     NaN spread, NaN metrics of a diverged trial, causes and rungs, the dtypes."""
@@ -61,10 +63,17 @@ def test_a_config_of_one_trial_is_summarised_column_by_column_as_record_by_recor
     fast = tables._one_repeat(one, NAMES, summarised)
     slow = pd.DataFrame(tables._over_repeats(one, NAMES, summarised))
     pd.testing.assert_frame_equal(fast[slow.columns], slow, check_exact=True)
-    mixed = trials_frame({(400, 0.03): [100.0, 104.0], (600, 0.03): [101.0]})
-    ranking = tables.by_config(mixed, NAMES)  # one config by each path, ranked together
+    mixed = trials_frame({(400, 0.03): [100.0, 104.0], (600, 0.03): [101.0], (800, 0.01): [99.0]})
+    mixed["cause"] = [None, "nan loss at epoch 2", None, None]
+    ranking = tables.by_config(mixed, NAMES)  # configs by each path, ranked together
+    reference = pd.DataFrame(tables._summaries(mixed, NAMES, split=False))
+    whole = tables.by_config(mixed.iloc[[2]], NAMES)  # one path alone
+    assert len(whole) == 1
+    monkeypatch.setattr(tables, "_summaries", lambda *a: reference)
+    pd.testing.assert_frame_equal(ranking, tables.by_config(mixed, NAMES), check_exact=True)
+    ranking = ranking[ranking["hidden"] != 800].reset_index(drop=True)
     assert list(ranking["hidden"]) == [600, 400] and list(ranking["repeats"]) == [1, 2]
-    assert list(ranking["rank_val_elbo"]) == [1, 2] and ranking["val_elbo_std"].isna().tolist() == [
+    assert list(ranking["rank_val_elbo"]) == [2, 3] and ranking["val_elbo_std"].isna().tolist() == [
         True,
         False,
     ]

@@ -142,17 +142,7 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
         trials: :func:`rank`'s per-trial table.
         names: The searched axes.
     """
-    summarised = [*SUMMARISED, *(["val_nll"] if "val_nll" in trials.columns else [])]
-    repeats = trials.groupby("config", sort=False)["config"].transform("size").to_numpy()
-    parts = [
-        part
-        for part in (
-            _one_repeat(trials[repeats == 1], names, summarised),
-            pd.DataFrame(_over_repeats(trials[repeats > 1], names, summarised)),
-        )
-        if len(part)
-    ]
-    out = parts[0] if len(parts) == 1 else pd.concat(parts, ignore_index=True)
+    out = _summaries(trials, names)
     _rank_columns(out)
     out["best_epoch"] = out["best_epoch"].round().astype("Int64")
     if "rung" in out.columns:
@@ -164,6 +154,31 @@ def by_config(trials: pd.DataFrame, names: Sequence[str]) -> pd.DataFrame:
     order += ["epochs_done", "cause"]
     order += [*(["rung"] if "rung" in out.columns else []), *spread]
     return out[order].sort_values(["rank_val_elbo", "rank_val_recon", "key"]).reset_index(drop=True)
+
+
+def _summaries(trials: pd.DataFrame, names: Sequence[str], split: bool = True) -> pd.DataFrame:
+    """:func:`by_config`'s rows before ranking: the configs of one trial column by column,
+    the others record by record (``split`` False: every config record by record, as it was
+    before, the reference the tests hold the split to)."""
+    summarised = [*SUMMARISED, *(["val_nll"] if "val_nll" in trials.columns else [])]
+    if not split:
+        return pd.DataFrame(_over_repeats(trials, names, summarised))
+    repeats = trials.groupby("config", sort=False)["config"].transform("size").to_numpy()
+    parts = [
+        part
+        for part in (
+            _one_repeat(trials[repeats == 1], names, summarised),
+            pd.DataFrame(_over_repeats(trials[repeats > 1], names, summarised)),
+        )
+        if len(part)
+    ]
+    if len(parts) == 1:
+        return parts[0]
+    out = pd.concat(parts, ignore_index=True)
+    for column in out.columns:  # each part guessed its own dtype: guessed once, over all
+        if out[column].dtype == np.dtype(object):
+            out[column] = pd.Series(out[column].tolist(), index=out.index)
+    return out
 
 
 def _one_repeat(trials: pd.DataFrame, names: Sequence[str], summarised: list[str]) -> pd.DataFrame:

@@ -316,7 +316,7 @@ def _passes(
         if not _all_numbers(f["started"], TIME_MIN, TIME_MAX):
             return False
         if f["ended"].dtype.kind != "f":  # all NULL reads as objects: every run still open
-            return bool(f["ended"].isna().all())
+            return all(v is None or (isinstance(v, float) and math.isnan(v)) for v in f["ended"])
         ended, started = f["ended"].to_numpy(), f["started"].to_numpy(dtype=float)
         closed = (ended >= started - CLOCK_SKEW_S) & (ended <= TIME_MAX)
         return bool(np.all(np.isnan(ended) | closed))

@@ -13,7 +13,7 @@ import re
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeGuard
 
 from sqlalchemy import Connection, select
 
@@ -205,11 +205,12 @@ class ReaderMixin(StoreBase):
                     continue
                 row = dict(r)
                 kind, host, text, peak = prov.get(r["id"], (None, None, None, None))
-                if text is not None and text not in versions:
+                if isinstance(text, str) and text not in versions:
                     versions[text] = json_or_none(text)
-                row.update(device_kind=kind, host=host, peak_device_mb=peak)
-                found = versions.get(text) if text is not None else None
-                row["versions"] = dict(found) if isinstance(found, dict) else found  # its own
+                found = versions.get(text) if isinstance(text, str) else None
+                # each run its own: a copy when flat, else parsed again
+                own = dict(found) if _flat(found) else json_or_none(text) if text else None
+                row.update(device_kind=kind, host=host, versions=own, peak_device_mb=peak)
                 out.append(row)
             return out
 
@@ -298,7 +299,7 @@ class ReaderMixin(StoreBase):
 # same rows (report's, after its test writes) does not parse and check 100,000 configs
 # again. Emptied past CONFIGS_KEPT.
 _READ: dict[tuple[str, str], TrialConfig | str] = {}
-CONFIGS_KEPT = 1_000_000
+CONFIGS_KEPT = 200_000  # about 2.4 KB each
 
 
 def _read_frame(con: Connection, columns: Any) -> pd.DataFrame:
@@ -327,15 +328,19 @@ def _read_all(rows: Sequence[Any]) -> None:
     them when every one is well-formed, hashes to its key and :func:`configs_pass` passes
     them all; keep none when one is not (_config then looks at each, and names it)."""
     parsed = []
-    for key, text in {(r.key, r.config) for r in rows}:
-        if not isinstance(key, str) or not isinstance(text, str) or (key, text) in _READ:
+    pairs = [
+        (r.key, r.config) for r in rows if isinstance(r.key, str) and isinstance(r.config, str)
+    ]
+    for key, text in dict.fromkeys(pairs):  # in the rows' order, each pair once
+        if (key, text) in _READ:
             continue
         try:
             cfg = TrialConfig.from_json(text)
+            if cfg.key != key:
+                continue
         except Exception:  # a plug-in not installed here, or edited: looked at one by one
             continue
-        if cfg.key == key:
-            parsed.append((key, text, cfg))
+        parsed.append((key, text, cfg))
     if parsed and configs_pass([cfg for _, _, cfg in parsed]):
         if len(_READ) + len(parsed) > CONFIGS_KEPT:
             _READ.clear()
@@ -377,6 +382,11 @@ def _checked_config(path: str, key: str, text: str) -> TrialConfig | str:
     if problem is not None:
         raise InputError(f"{path}: trial {key}: stored config is not valid ({problem})")
     return cfg
+
+
+def _flat(value: Any) -> TypeGuard[dict[str, Any]]:
+    """A dict of strings and numbers (a run's versions): a copy of it is all its own."""
+    return isinstance(value, dict) and all(isinstance(v, str | int | float) for v in value.values())
 
 
 def json_or_none(text: str) -> Any:

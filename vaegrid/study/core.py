@@ -307,14 +307,31 @@ class NotInstalled(ValueError):
     mixed with this one's (its text: ``model toy@toyvae==0.1#code=...``)."""
 
 
+def typed(value: object) -> object:
+    """``value`` with the type of each of its parts (a dataclass's fields, a tuple's items)
+    beside it: a cache key that tells apart 0, 0.0, -0.0 and False, which compare and hash
+    equal (a stored config's ``"limit": 0.0`` is not ``"limit": 0``). A list stays a
+    list: unhashable, as it was."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return (
+            type(value),
+            tuple(typed(getattr(value, f.name)) for f in dataclasses.fields(value)),
+        )
+    if isinstance(value, tuple):
+        return (tuple, tuple(typed(v) for v in value))
+    if isinstance(value, float):
+        return (float, math.copysign(1.0, value), value)
+    return (type(value), value)
+
+
 def data_dict(data: DataSpec) -> dict[str, Any]:
     """The data settings as keys and fingerprints hold them: a plug-in data set by its name,
     distribution and version (images of another version are never mixed in)."""
-    return dict(_data_dict(data))  # a copy: the cached one is shared
+    return dict(_data_dict(typed(data), data))  # a copy: the cached one is shared
 
 
 @functools.lru_cache(maxsize=64)
-def _data_dict(data: DataSpec) -> dict[str, Any]:  # a study's trials share one DataSpec
+def _data_dict(kind: object, data: DataSpec) -> dict[str, Any]:  # a study's trials share one
     out = {**dataclasses.asdict(data), "dataset": datasets.tag(data.dataset)}
     if not data.images:
         del out["images"]

@@ -20,7 +20,7 @@ from typing import Any
 
 from vaegrid.errors import InputError
 from vaegrid.study.axes import AXES, REPEATS_MAX, applies
-from vaegrid.study.core import DataSpec, Probed, Study, TrialConfig
+from vaegrid.study.core import DataSpec, Probed, Study, TrialConfig, typed
 from vaegrid.study.load import parse_study
 from vaegrid.study.validate import check_sizes, show
 
@@ -50,8 +50,8 @@ def configs_pass(configs: Sequence[TrialConfig]) -> bool:
         if _value_problem(cfg, passed) is not None:
             return False
         batch = dict(cfg.settings)["batch_size"]
-        try:
-            group = (type(cfg.seed), cfg.seed, cfg.data, type(batch), batch)
+        try:  # typed: a config whose data says limit = 0.0 is no member of limit = 0's group
+            group = (typed(cfg.seed), typed(cfg.data), typed(batch))
             found = groups.get(group)
         except TypeError:  # unhashable: no study file makes it
             return False
@@ -97,7 +97,7 @@ def _value_problem(
 def _base(cfg: TrialConfig) -> Study | str:
     """The study file of a config's seed, data settings and batch size, or what is wrong."""
     try:
-        data = _data_table(cfg.data)
+        data = _data_table(typed(cfg.data), cfg.data)
     except TypeError:  # unhashable: a value in it that no study file makes
         return "data holds a value no study file makes"
     if not isinstance(data, dict):
@@ -128,7 +128,7 @@ def _hashable(item: tuple[Any, ...]) -> tuple[Any, ...] | None:
 
 
 @functools.lru_cache(maxsize=64)
-def _data_table(spec: DataSpec) -> dict[str, Any] | str:
+def _data_table(kind: object, spec: DataSpec) -> dict[str, Any] | str:
     """A config's data settings as the study file that would make them says them, or what
     is wrong with them (one per DataSpec: a study's trials share one)."""
     data: dict[str, Any] = dataclasses.asdict(spec)
