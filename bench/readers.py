@@ -137,7 +137,10 @@ def timed(argv: list[str], pythonpath: str | None = None) -> tuple[float, float,
         env["PYTHONPATH"] = os.pathsep.join([pythonpath, env.get("PYTHONPATH", "")])
     with tempfile.TemporaryFile("w+") as out:
         start = time.monotonic()
-        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env)
+        # run from the temporary folder: ``python -m`` puts the working folder first on
+        # sys.path, before PYTHONPATH, and this checkout's vaegrid would be the baseline's
+        child = subprocess.Popen(argv, stdout=out, stderr=subprocess.STDOUT, text=True, env=env,
+                                 cwd=tempfile.gettempdir())  # fmt: skip
         _, status, usage = os.wait4(child.pid, 0)
         wall = time.monotonic() - start
         child.returncode = os.waitstatus_to_exitcode(status)
