@@ -329,8 +329,6 @@ def test_a_collection_of_many_shapes_is_an_image_in_the_svg_and_few_stay_paths(
 ) -> None:
     from matplotlib.collections import LineCollection as Lines
 
-    from vaegrid.report import style
-
     for count in (style.SVG_SHAPES_MAX + 1, 50):
         fig, ax = plt.subplots()
         ax.add_collection(Lines([[(i, 0), (i, 1)] for i in range(count)]))
@@ -446,9 +444,9 @@ def test_curves_show_the_mean_of_the_repeats_in_a_band_and_colour_many_configs_b
 
 def test_a_clipped_norm_spends_the_scale_on_the_better_values() -> None:
     values = np.array([106.5, 108.0, 111.7, 210.0, 310.0, NAN])
-    full = mattered._norm(values)
+    full = style.colour_scale(values)
     assert full is not None and float(full(111.7)) < 0.03  # the good ones: one colour
-    norm = mattered._norm(values, clip_worse=True)
+    norm = style.colour_scale(values, clip_worse=True)
     assert norm is not None and not isinstance(norm, LogNorm)
     assert norm.vmin == 106.5 and norm.vmax == pytest.approx(116.9)
     good = np.asarray(norm(values[:3]))
@@ -457,29 +455,29 @@ def test_a_clipped_norm_spends_the_scale_on_the_better_values() -> None:
     # Evenly spread values keep their whole range (of 6, the lower median 120 is 2 ranks from
     # the best: 100 + 5 x 20 / 2 = 150); so do two values and a better half without spread.
     for kept in ([100.0, 110.0, 120.0, 130.0, 140.0, 150.0], [90.0, 200.0], [5.0, 5.0, 9.0]):
-        unclipped = mattered._norm(np.array(kept), clip_worse=True)
+        unclipped = style.colour_scale(np.array(kept), clip_worse=True)
         assert unclipped is not None and unclipped.vmax == max(kept), kept
 
 
 def test_a_clipped_norm_clips_on_the_log_axis_and_is_log_only_if_what_is_left_spans_decades() -> (
     None
 ):
-    evenly = mattered._norm(np.array([1.0, 10.0, 100.0, 1000.0, 10000.0]), clip_worse=True)
+    evenly = style.colour_scale(np.array([1.0, 10.0, 100.0, 1000.0, 10000.0]), clip_worse=True)
     assert isinstance(evenly, LogNorm) and evenly.vmax == 10000.0  # even on the log axis
     # A far outlier makes the span logarithmic; the better half (100, 110: 1 rank) caps it
     # 3 ranks on at 100 x 1.1^3 = 133.1 on the log axis, and 100 to 133.1 is drawn linear.
-    outlier = mattered._norm(np.array([100.0, 110.0, 115.0, 1e5]), clip_worse=True)
+    outlier = style.colour_scale(np.array([100.0, 110.0, 115.0, 1e5]), clip_worse=True)
     assert outlier is not None and not isinstance(outlier, LogNorm)
     assert outlier.vmin == 100.0 and outlier.vmax == pytest.approx(133.1)
 
 
 def test_norm_is_logarithmic_only_beyond_a_factor_of_10() -> None:
-    assert isinstance(mattered._norm(np.array([10.0, 101.0, NAN])), LogNorm)
-    linear = mattered._norm(np.array([10.0, 100.0]))
+    assert isinstance(style.colour_scale(np.array([10.0, 101.0, NAN])), LogNorm)
+    linear = style.colour_scale(np.array([10.0, 100.0]))
     assert linear is not None and not isinstance(linear, LogNorm)
     assert linear.vmin == 10.0 and linear.vmax == 100.0
-    assert mattered._norm(np.array([NAN, math.inf])) is None
-    one = mattered._norm(np.array([100.0]))
+    assert style.colour_scale(np.array([NAN, math.inf])) is None
+    one = style.colour_scale(np.array([100.0]))
     assert one is not None and float(one(100.0)) == 0.5
 
 

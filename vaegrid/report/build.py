@@ -100,11 +100,7 @@ def make_report(
             of range, or a winner's weights are missing. Nothing is written then.
     """
     started = time.perf_counter()
-
-    def tell(line: str) -> None:
-        signals.check()  # a signal a library swallowed (in a __del__, say) stops it here
-        if say is not None:
-            say(line)
+    tell = _teller(say)
 
     check_study_dir(study_dir.parent, study_dir, "the study folder's parent")
     layout = StudyLayout(study_dir)
@@ -193,6 +189,18 @@ def _timeline(rows: StudyRows, layout: StudyLayout) -> Timing | None:
         done = dict(zip(rows.trials["key"], rows.trials["epochs_done"].astype(int), strict=True))
         figures.timeline(spent, done, layout.figure("timeline"))
     return spent
+
+
+def _teller(say: Callable[[str], None] | None) -> Callable[[str], None]:
+    """``say``, or nothing; either way a signal a library swallowed on its way (in a
+    __del__, say) stops the report at its next line."""
+
+    def tell(line: str) -> None:
+        signals.check()
+        if say is not None:
+            say(line)
+
+    return tell
 
 
 def _test_k(asked: int | None, rows: StudyRows) -> int:

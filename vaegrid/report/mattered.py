@@ -14,11 +14,12 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib.collections import LineCollection
-from matplotlib.colors import Colormap, ListedColormap, LogNorm, Normalize
+from matplotlib.colors import Colormap, ListedColormap, Normalize
 
 from vaegrid.report.style import (
     CMAP,
     axis_label,
+    colour_scale,
     distinct,
     metric_label,
     panel_columns,
@@ -38,10 +39,6 @@ LINE_GREY = "0.55"  # parallel coordinates: configs that did not complete
 # heatmap: more panels than this (combinations of the other axes) would not be readable;
 # draw one panel of the best over the other axes instead.
 PANELS_MAX = 12
-
-
-# A colour scale is logarithmic when its finite values span more than this factor.
-LOG_SPAN = 10.0
 
 
 # parallel: a numeric vertical axis labels each value up to this many, else TICKS of them.
@@ -80,7 +77,7 @@ def heatmap(
     cell shows the lowest ``metric`` of its completed configs; without one it is grey,
     "div." when all its configs diverged, else "—". Over PANELS_MAX combinations, one
     panel shows the best over the other axes instead. The colours show the better cells:
-    the scale ends where :func:`_cap` puts it, worse cells take its darkest colour and the
+    the scale ends where :func:`style.cap` puts it, worse cells take its darkest colour and the
     colorbar says where it was clipped; every cell's number is its true value.
 
     Returns:
@@ -102,7 +99,7 @@ def heatmap(
     panels, title = _panels(frame, x, y, others, metric)
     cells = [_cells(sub, x, y, xs, ys, metric) for _, sub in panels]
     shown = np.concatenate([values.ravel() for values, _ in cells])
-    norm = _norm(shown, clip_worse=True)
+    norm = colour_scale(shown, clip_worse=True)
     cmap = plt.get_cmap(CMAP).with_extremes(bad=GREY)
 
     ncols = panel_columns(len(panels))
@@ -191,22 +188,21 @@ def parallel(
 ) -> list[str]:
     """Parallel coordinates: a vertical axis per entry of ``axes`` and one for ``metric``.
 
-    Each config of ``frame`` (one row per config) is a line through its values, coloured
-    by its ``metric``; lower (better) sits lower. Configs that did not complete are thin
-    grey dashed lines ending above the metric axis. Numeric axes with ``log`` are placed
-    on a log scale, string axes as evenly spaced categories.
+    Each config of ``frame`` (one a row; past LINES_MAX, :func:`_lines`'s) is a line through
+    its values, coloured by its ``metric``, lower (better) lower; one that did not complete
+    a grey dashed line ending above the metric axis. Axes with ``log`` on a log scale.
 
     Returns:
         The vertical axes' labels, left to right (the metric's last).
     """
     labels = [a.label or a.name for a in axes] + [f"{metric_label(metric)} (nats)"]
-    frame, count, which = _lines(frame, metric)
+    frame, title, note = _lines(frame, metric)
     scaled = [_place(frame[a.name], a) for a in axes]
     values = frame[metric].to_numpy(dtype=float)
     done = (frame["status"] == COMPLETED).to_numpy() & np.isfinite(values)
     # The scale shows the better configs apart (as the heatmap's): far worse ones end at
     # its top, in its darkest colour, under a tick that says they are beyond it.
-    norm = _norm(values[done], clip_worse=True)
+    norm = colour_scale(values[done], clip_worse=True)
     cmap = _line_cmap()
     clipped = False
     if norm is None:
@@ -263,27 +259,29 @@ def parallel(
     ax.set_ylim(-0.06, NOT_DONE_Y + 0.08)
     for side in ("left", "right", "top"):
         ax.spines[side].set_visible(False)
-    title = f"Searched settings of {count} configs and their {metric_label(metric)}"
     share = 0.8 if norm is not None else 1.0  # the colorbar's fifth of the width
-    note = f"(one line per config{which}; lower is better)"
     ax.set_title(wrap(title, fig, share=share) + "\n" + wrap(note, fig, share=share))
     save(fig, path)
     return labels
 
 
 def _lines(frame: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, str, str]:
-    """The configs parallel coordinates draw: all, up to LINES_MAX; past it the best
-    LINES_MAX / 2 by ``metric`` and as many of the others, evenly by rank. With the title's
-    words for how many, and which."""
+    """The configs parallel coordinates draw (all up to LINES_MAX, past it the best half
+    of that by ``metric`` and as many others evenly by rank), its title and its note."""
+    title = f"Searched settings of {{}} configs and their {metric_label(metric)}"
     if len(frame) <= LINES_MAX:
-        return frame, f"{len(frame):,}", ""
+        return frame, title.format(f"{len(frame):,}"), "(one line per config; lower is better)"
     done = (frame["status"] == COMPLETED) & np.isfinite(frame[metric].to_numpy(dtype=float))
     ranked = frame.assign(_done=~done).sort_values(["_done", metric], kind="stable")
     best = LINES_MAX // 2
     every = np.linspace(best, len(frame) - 1, LINES_MAX - best).round().astype(int)
     picked = ranked.iloc[np.concatenate([np.arange(best), every])].drop(columns="_done")
-    which = f": the {best:,} best, {LINES_MAX - best:,} others evenly by rank"
-    return picked, f"{LINES_MAX:,} of {len(frame):,}", which
+    note = f"the {best:,} best, {LINES_MAX - best:,} others evenly by rank; lower is better"
+    return (
+        picked,
+        title.format(f"{LINES_MAX:,} of {len(frame):,}"),
+        f"(one line per config: {note})",
+    )
 
 
 def importance(
@@ -327,53 +325,11 @@ def _line_cmap() -> Colormap:
     return ListedColormap(full(np.linspace(0.12, 1.0, 256)), name=f"{CMAP}_lines")
 
 
-def _norm(values: np.ndarray, clip_worse: bool = False) -> Normalize | None:
-    """A colour scale over the finite ``values``: logarithmic when they span decades.
-
-    ``clip_worse``: the scale ends at :func:`_cap` instead of the greatest value, so that it
-    shows the differences among the better values; greater ones map above 1 (the colour
-    map's "over" colour). Logarithmic only when what is left still spans decades.
-    None when there are none.
-    """
-    finite = values[np.isfinite(values)]
-    if not len(finite):
-        return None
-    low, high = float(finite.min()), float(finite.max())
-    if clip_worse:
-        high = _cap(finite, log=low > 0 and high / low > LOG_SPAN)
-    if low > 0 and high / low > LOG_SPAN:
-        return LogNorm(low, high)
-    if low == high:  # one value: centre it
-        pad = max(0.01 * abs(low), 0.5)
-        return Normalize(low - pad, high + pad)
-    return Normalize(low, high)
-
-
-def _cap(finite: np.ndarray, log: bool) -> float:
-    """Where a colour scale that shows the better half of ``finite`` ends: the value the
-    worst would have if all were as evenly spaced as the better half (best to lower median,
-    extrapolated by rank), in log10 when ``log``; the greatest value when that is no lower.
-
-    Evenly spread values keep their whole range. A tail of far worse ones (the seed study's
-    lr 1e-5 configs at 210-310 nats) is cut off, so that the good ones (106.5-111.7) spread
-    over half the scale instead of sharing one colour; the grid's best half sets the scale.
-    """
-    t = np.sort(np.log10(finite) if log else finite)
-    median = (len(t) - 1) // 2  # rank of the lower median
-    if median == 0 or t[median] == t[0]:  # no spread of the better half to extrapolate
-        return float(finite.max())
-    top = t[0] + (t[median] - t[0]) * (len(t) - 1) / median
-    if top >= t[-1] - 1e-9 * (t[-1] - t[0]):  # rounding must not clip even spacing
-        return float(finite.max())
-    return float(10**top if log else top)
-
-
 def _cells(
     sub: pd.DataFrame, x: str, y: str, xs: list[object], ys: list[object], metric: str
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """A panel's values (NaN where no config completed) and texts, rows in ``ys`` order.
-
-    Counted with arrays, not a filter per cell: a 1,000 x 100 panel took 100 s so."""
+    """A panel's values (NaN where no config completed) and texts, rows in ``ys`` order
+    (counted with arrays: a filter per cell took 100 s for a 1,000 x 100 panel)."""
     shape = (len(ys), len(xs))
     col = sub[x].map({v: i for i, v in enumerate(xs)}).to_numpy(dtype=float)
     row = sub[y].map({v: i for i, v in enumerate(ys)}).to_numpy(dtype=float)

@@ -15,6 +15,7 @@ matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib.colors import LogNorm, Normalize
 from matplotlib.figure import Figure
 
 from vaegrid.safeio import save_with
@@ -110,3 +111,48 @@ def save(fig: Figure, path: Path) -> None:
     dpi = DPI if many else "figure"  # (the resolution of images in an SVG)
     save_with(path.with_suffix(".svg"), fig.savefig, format="svg", dpi=dpi)
     plt.close(fig)
+
+
+# A colour scale is logarithmic when its finite values span more than this factor.
+LOG_SPAN = 10.0
+
+
+def colour_scale(values: np.ndarray, clip_worse: bool = False) -> Normalize | None:
+    """A colour scale over the finite ``values``: logarithmic when they span decades.
+
+    ``clip_worse``: the scale ends at :func:`cap` instead of the greatest value, so that it
+    shows the differences among the better values; greater ones map above 1 (the colour
+    map's "over" colour). Logarithmic only when what is left still spans decades.
+    None when there are none.
+    """
+    finite = values[np.isfinite(values)]
+    if not len(finite):
+        return None
+    low, high = float(finite.min()), float(finite.max())
+    if clip_worse:
+        high = cap(finite, log=low > 0 and high / low > LOG_SPAN)
+    if low > 0 and high / low > LOG_SPAN:
+        return LogNorm(low, high)
+    if low == high:  # one value: centre it
+        pad = max(0.01 * abs(low), 0.5)
+        return Normalize(low - pad, high + pad)
+    return Normalize(low, high)
+
+
+def cap(finite: np.ndarray, log: bool) -> float:
+    """Where a colour scale that shows the better half of ``finite`` ends: the value the
+    worst would have if all were as evenly spaced as the better half (best to lower median,
+    extrapolated by rank), in log10 when ``log``; the greatest value when that is no lower.
+
+    Evenly spread values keep their whole range. A tail of far worse ones (the seed study's
+    lr 1e-5 configs at 210-310 nats) is cut off, so that the good ones (106.5-111.7) spread
+    over half the scale instead of sharing one colour; the grid's best half sets the scale.
+    """
+    t = np.sort(np.log10(finite) if log else finite)
+    median = (len(t) - 1) // 2  # rank of the lower median
+    if median == 0 or t[median] == t[0]:  # no spread of the better half to extrapolate
+        return float(finite.max())
+    top = t[0] + (t[median] - t[0]) * (len(t) - 1) / median
+    if top >= t[-1] - 1e-9 * (t[-1] - t[0]):  # rounding must not clip even spacing
+        return float(finite.max())
+    return float(10**top if log else top)

@@ -308,10 +308,8 @@ class NotInstalled(ValueError):
 
 
 def typed(value: object) -> object:
-    """``value`` with the type of each of its parts (a dataclass's fields, a tuple's items)
-    beside it: a cache key that tells apart 0, 0.0, -0.0 and False, which compare and hash
-    equal (a stored config's ``"limit": 0.0`` is not ``"limit": 0``). A list stays a
-    list: unhashable, as it was."""
+    """``value`` with the type of each part beside it: a cache key that tells apart 0,
+    0.0, -0.0 and False, which compare and hash equal (a list stays unhashable)."""
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return (
             type(value),
