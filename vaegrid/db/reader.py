@@ -342,9 +342,14 @@ def _read_all(rows: Sequence[Any]) -> None:
             continue
         parsed.append((key, text, cfg))
     if parsed and configs_pass([cfg for _, _, cfg in parsed]):
-        if len(_READ) + len(parsed) > CONFIGS_KEPT:
-            _READ.clear()
-        _READ.update({(key, text): cfg for key, text, cfg in parsed})
+        _keep({(key, text): cfg for key, text, cfg in parsed})
+
+
+def _keep(read: dict[tuple[str, str], TrialConfig | str]) -> None:
+    """Remember configs read (emptied first when they would pass CONFIGS_KEPT)."""
+    if len(_READ) + len(read) > CONFIGS_KEPT:
+        _READ.clear()
+    _READ.update(read)
 
 
 def _config(path: str, key: str, text: str) -> TrialConfig | str:
@@ -354,9 +359,7 @@ def _config(path: str, key: str, text: str) -> TrialConfig | str:
         found = _READ.get((key, text))
         if found is None:
             found = _checked_config(path, key, text)
-            if len(_READ) >= CONFIGS_KEPT:
-                _READ.clear()
-            _READ[key, text] = found
+            _keep({(key, text): found})
         return found
     return _checked_config(path, key, text)
 
