@@ -100,3 +100,34 @@ def test_a_fixed_setting_the_file_now_searches_is_said_in_words_not_null(
     err = capsys.readouterr().err
     assert "train.beta: stored 2.0, study file does not fix it (searched, or the default)" in err
     assert "null" not in err and err.count("\n") == 1
+
+
+def test_a_signal_that_a_library_wraps_in_another_exception_is_still_one_line_and_143(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGTERM while a lazy import builds a class: Python wraps the handler's exception
+    raised in ``__set_name__`` in a RuntimeError (3.11), which must not become a traceback
+    and exit 1. Any other exception, with no signal received, still propagates."""
+    import signal
+
+    from vaegrid import cli, signals
+
+    class Field:
+        def __set_name__(self, owner: type, name: str) -> None:
+            signals._handler(signal.SIGTERM, None)  # the signal lands here, as in CI
+
+    def importing(args: object) -> int:
+        type("Range", (), {"bounds": Field()})
+        return 0
+
+    monkeypatch.setattr(cli, "_dispatch", importing)
+    assert main(["status", "nowhere"]) == 143
+    err = capsys.readouterr().err.splitlines()
+    assert len(err) == 1 and err[0].startswith("vaegrid: interrupted (SIGTERM)"), err
+
+    def broken(args: object) -> int:
+        raise RuntimeError("a bug, not a signal")
+
+    monkeypatch.setattr(cli, "_dispatch", broken)
+    with pytest.raises(RuntimeError, match="a bug"):
+        main(["status", "nowhere"])

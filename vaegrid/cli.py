@@ -222,6 +222,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             code = 0  # said below, in one line
+        except Exception:
+            # A signal that landed inside a library's machinery can come out wrapped in
+            # another exception (a class body's __set_name__ during an import gives
+            # RuntimeError): once a signal was received, what follows is its consequence.
+            if signals.received() is None:
+                raise
+            code = 0
         except BrokenPipeError:  # `vaegrid plan ... | head`: the reader has all it wanted
             import os
 
