@@ -215,6 +215,7 @@ def test_configs_read_at_once_never_pass_one_that_alone_is_refused() -> None:
         {"hidden": [8]}, {"hidden": True}, {"hidden": 16384, "latent": 4096},
         {"batch_size": 60000}, {"model": "conv", "channels": 512, "hidden": 400, "latent": 100},
         {"depth": 3}, {"data": DataSpec(limit=10**9)}, {"data": "mnist"},
+        {"hidden": 8.0}, {"repeat": [1]}, {"seed": 0.0}, {"data": DataSpec(limit=0.0)},
     ]  # fmt: skip
     for change in changes:
         forged = good[3].replace(**change)

@@ -168,3 +168,50 @@ def test_a_setting_applies_to_the_rows_its_parent_allows_and_to_all_without_the_
     assert tables.applicable(ranking[["depth"]], "depth").all()  # a study that fixes model
     assert tables.varying(ranking, ["model", "depth"]) == ["model"]
     assert tables.varying(ranking, ["model", "depth"], everywhere=False) == ["model", "depth"]
+
+
+def _random_epochs(seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Epoch rows of 40 trials in a shuffled order (some trials stopped early, one with no
+    rows, keys of different lengths and cases), and their trials."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    keys = [f"{k:0{int(rng.integers(1, 13))}x}" for k in rng.choice(10**6, 40, replace=False)]
+    keys[:2] = ["Ab", "aB"]
+    rows = []
+    for key in keys[:-1]:
+        for epoch in range(1, int(rng.integers(2, 12))):
+            for split in ("train", "val"):
+                rows.append((key, epoch, split, *rng.normal(100, 10, 3), rng.random()))
+    order = rng.permutation(len(rows))
+    epochs = pd.DataFrame([rows[i] for i in order], columns=["key", "epoch", "split",
+                          "elbo", "recon", "kl", "seconds"])  # fmt: skip
+    trials = pd.DataFrame({"key": keys, "config": keys, "repeat": 0, "hidden": 8})
+    return epochs, trials
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_the_last_epoch_of_each_trial_and_split_is_the_one_a_sort_and_groupby_finds(
+    seed: int,
+) -> None:
+    epochs, _ = _random_epochs(seed)
+    found = tables.last_epochs(epochs).sort_values(["key", "split"]).reset_index(drop=True)
+    slow = epochs.sort_values("epoch").groupby(["key", "split"]).tail(1)
+    pd.testing.assert_frame_equal(found, slow.sort_values(["key", "split"]).reset_index(drop=True))
+
+
+@pytest.mark.parametrize("one_number", [True, False])
+def test_the_long_epochs_table_is_ordered_as_sort_values_orders_it(
+    one_number: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """By one int64 made of the rows' codes, or (when it would not fit) by lexsort."""
+    if not one_number:
+        monkeypatch.setattr(tables, "ONE_NUMBER_MAX", 0)
+    for seed in range(5):
+        epochs, trials = _random_epochs(seed)
+        head = ["key", "config", "repeat", "hidden"]
+        slow = epochs.merge(trials[head], on="key")
+        slow = slow[[*head, "epoch", "split", *tables.METRICS, "seconds"]]
+        slow = slow.sort_values(["key", "epoch", "split"]).reset_index(drop=True)
+        found = tables.long_epochs(epochs, trials, ["hidden"])
+        pd.testing.assert_frame_equal(found, slow, check_exact=True)

@@ -202,15 +202,13 @@ def load(
         raise InputError(f"{db}: holds study {rows.name!r}, not {study!r}")
     per_trial = rows.per_trial()
     head = ["key", "config", "repeat", *rows.axes]
-    epochs = rows.epochs.merge(rows.trials[head], on="key")
-    epochs = epochs[[*head, "epoch", "split", *tables.METRICS, "seconds"]]
     test = rows.trials[head].merge(rows.tests, on="key")
     return Results(
         study=study,
         axes=rows.axes,
         trials=per_trial,
         configs=tables.by_config(per_trial, rows.axes),
-        epochs=epochs.sort_values(["key", "epoch", "split"]).reset_index(drop=True),
+        epochs=tables.long_epochs(rows.epochs, rows.trials, rows.axes),
         test=test.drop(columns=["evaluated"]),
         folder=folder,
         _configs=rows.configs,

@@ -298,12 +298,8 @@ def _write_tables(
 ) -> None:
     save_with(layout.table("ranking"), ranking.to_csv, index=False)
     save_with(layout.table("trials"), per_trial.to_csv, index=False)
-    head = ["key", "config", "repeat", *rows.axes]
-    long = rows.epochs.merge(rows.trials[head], on="key")
-    long = long[[*head, "epoch", "split", *tables.METRICS, "seconds"]]
-    save_with(
-        layout.table("epochs"), long.sort_values(["key", "epoch", "split"]).to_csv, index=False
-    )
+    long = tables.long_epochs(rows.epochs, rows.trials, rows.axes)
+    save_with(layout.table("epochs"), long.to_csv, index=False)
     save_with(layout.table("test"), test.to_csv, index=False)
 
 

@@ -72,6 +72,12 @@ class DataSpec:
     # key; "" for the built-in data sets (their keys are what they were).
     images: str = ""
 
+    @functools.cached_property
+    def typed_key(self) -> object:
+        """:func:`typed` of these settings, made once: the cache key of what is computed
+        from them (a study's configs share one DataSpec, read back as one: ``from_json``)."""
+        return typed(self)
+
 
 @dataclass(frozen=True)
 class HalvingSpec:
@@ -190,10 +196,10 @@ class TrialConfig:
 
     def __getattr__(self, name: str) -> Any:
         """A setting's value (``cfg.hidden``): called only when no field has the name."""
-        for n, value in object.__getattribute__(self, "settings"):
-            if n == name:
-                return value
-        raise AttributeError(name)
+        at = _AXIS_AT.get(name)
+        if at is None:
+            raise AttributeError(name)
+        return object.__getattribute__(self, "settings")[at][1]
 
     @property
     def version(self) -> str:
@@ -207,8 +213,8 @@ class TrialConfig:
         Raises:
             TypeError: a name that is no axis of ``AXES``.
         """
-        unknown = sorted(set(settings) - set(AXIS))
-        if unknown:
+        if not settings.keys() <= AXIS.keys():
+            unknown = sorted(set(settings) - set(AXIS))
             raise TypeError(f"{', '.join(unknown)}: not a setting (see study/axes.py's AXES)")
         values = tuple((a.name, settings.get(a.name, a.default[0])) for a in AXES)
         return cls(seed, data, values, repeat)
@@ -285,7 +291,7 @@ class TrialConfig:
             if PLUGIN_TAG.fullmatch(str(data.get("dataset"))):
                 raise NotInstalled(f"data set {data['dataset']}")
             raise ValueError(f"data set {str(data.get('dataset'))[:60]!r} is not installed here")
-        data = DataSpec(**{**data, "dataset": dataset, "fractions": tuple(data["fractions"])})
+        data = _data_spec(data, dataset)
         version = raw.pop("model", None)
         if version not in _MODEL_OF:
             if PLUGIN_TAG.fullmatch(str(version)):
@@ -295,6 +301,25 @@ class TrialConfig:
 
 
 _AXIS_NAMES = tuple(a.name for a in AXES)
+_AXIS_AT = {name: i for i, name in enumerate(_AXIS_NAMES)}  # a setting's place in settings
+_SPECS: dict[str, DataSpec] = {}  # DataSpecs read, by their JSON values' repr
+_SPECS_KEPT = 64
+
+
+def _data_spec(data: dict[str, Any], dataset: str) -> DataSpec:
+    """The DataSpec of a config's parsed ``data``: one object for equal settings, so what
+    is cached on it (its typed key) is made once for a table of 100,000 configs. The repr
+    of JSON values tells apart 0, 0.0, -0.0 and False, as the key must."""
+    text = repr(sorted(data.items()))
+    spec = _SPECS.get(text)
+    if spec is None:
+        spec = DataSpec(**{**data, "dataset": dataset, "fractions": tuple(data["fractions"])})
+        if len(_SPECS) >= _SPECS_KEPT:
+            _SPECS.clear()
+        _SPECS[text] = spec
+    return spec
+
+
 # A plug-in's tag in a key (study/plugins.py, Plugin.model_version): name@dist==version, and
 # for a model #code=<digest>.
 PLUGIN_TAG = re.compile(r"[a-z][a-z0-9_]{0,39}@[A-Za-z0-9][A-Za-z0-9._-]{0,99}=="
@@ -325,7 +350,7 @@ def typed(value: object) -> object:
 def data_dict(data: DataSpec) -> dict[str, Any]:
     """The data settings as keys and fingerprints hold them: a plug-in data set by its name,
     distribution and version (images of another version are never mixed in)."""
-    return dict(_data_dict(typed(data), data))  # a copy: the cached one is shared
+    return dict(_data_dict(data.typed_key, data))  # a copy: the cached one is shared
 
 
 @functools.lru_cache(maxsize=64)

@@ -39,49 +39,66 @@ def config_problem(cfg: TrialConfig) -> str | None:
 def configs_pass(configs: Sequence[TrialConfig]) -> bool:
     """True only if :func:`config_problem` passes every one of ``configs``.
 
-    Each config's own values are checked alone (each distinct value of an axis once); its
-    sizes once per seed, data and batch size, over every value those configs hold: their
-    largest trials, as a study file of those lists is checked (memory and parameters grow
-    with every size). False says only that one of them may be refused.
+    Column by column: each distinct value of an axis is checked once, each distinct pair of
+    a setting and the setting it depends on once, and the sizes once per seed, data and
+    batch size, over every value those configs hold: their largest trials, as a study file
+    of those lists is checked (memory and parameters grow with every size). False says only
+    that one of them may be refused.
     """
-    passed: set[tuple[str, type, Any]] = set()  # values an axis' check passed
-    groups: dict[tuple[Any, ...], tuple[Study, dict[str, set[Any]]]] = {}
-    for cfg in configs:
-        if _value_problem(cfg, passed) is not None:
+    if not configs:
+        return True
+    if not all(isinstance(c.data, DataSpec) for c in configs):
+        return False
+    repeats = [c.repeat for c in configs]
+    columns = [[v for _, v in pairs] for pairs in zip(*(c.settings for c in configs), strict=True)]
+    at = {a.name: i for i, a in enumerate(AXES)}
+    try:  # an unhashable value (a list where a number goes): one by one, refused there
+        if any(t is not int or not 0 <= r < REPEATS_MAX for t, r in _kinds(repeats)):
             return False
-        batch = dict(cfg.settings)["batch_size"]
-        try:  # typed: a config whose data says limit = 0.0 is no member of limit = 0's group
-            group = (typed(cfg.seed), typed(cfg.data), typed(batch))
-            found = groups.get(group)
-        except TypeError:  # unhashable: no study file makes it
-            return False
-        if found is None:
-            base = _base(cfg)
+        for axis, column in zip(AXES, columns, strict=True):
+            if not all(axis.check(v) for _, v in _kinds(column)):
+                return False
+            if axis.applies is not None:  # equality decides both: a set keeps one of equals
+                other, where = axis.applies
+                pairs = set(zip(columns[at[other]], column, strict=True))
+                if any(p not in where and v != axis.default[0] for p, v in pairs):
+                    return False
+        batches = columns[at["batch_size"]]
+        members: dict[tuple[Any, ...], list[int]] = {}
+        for i, (c, batch) in enumerate(zip(configs, batches, strict=True)):
+            # typed: a config whose data says limit = 0.0 is no member of limit = 0's group
+            members.setdefault((typed(c.seed), c.data.typed_key, typed(batch)), []).append(i)
+        for group in members.values():
+            base = _base(configs[group[0]])
             if isinstance(base, str):
                 return False
-            found = groups[group] = (base, {a.name: set() for a in AXES})
-        for name, value in cfg.settings:
-            found[1][name].add(value)
-    return all(_size_problem(base, values) is None for base, values in groups.values())
+            if len(group) == len(configs):
+                values = {a.name: set(col) for a, col in zip(AXES, columns, strict=True)}
+            else:
+                values = {
+                    a.name: {col[i] for i in group} for a, col in zip(AXES, columns, strict=True)
+                }
+            if _size_problem(base, values) is not None:
+                return False
+    except TypeError:
+        return False
+    return True
 
 
-def _value_problem(
-    cfg: TrialConfig, passed: set[tuple[str, type, Any]] | None = None
-) -> str | None:
-    """The repeat, each setting within its axis' bounds (``passed``: the values already
-    seen to be), a setting only where it applies, data settings of the right type."""
+def _kinds(values: Sequence[Any]) -> set[tuple[type, Any]]:
+    """The distinct values, each with its type (1, 1.0 and True are three)."""
+    return set(zip(map(type, values), values, strict=True))
+
+
+def _value_problem(cfg: TrialConfig) -> str | None:
+    """The repeat, each setting within its axis' bounds, a setting only where it applies,
+    data settings of the right type."""
     if type(cfg.repeat) is not int or not 0 <= cfg.repeat < REPEATS_MAX:
         return f"repeat = {show(cfg.repeat)}, expected an integer from 0 to {REPEATS_MAX - 1}"
     settings = cfg.axis_values()
     for axis in AXES:
-        value = settings[axis.name]
-        seen = _hashable((axis.name, type(value), value))
-        if passed is not None and seen is not None and seen in passed:
-            continue
-        if not axis.check(value):
-            return f"{axis.name} = {show(value)}, expected {axis.allowed()}"
-        if passed is not None and seen is not None:
-            passed.add(seen)
+        if not axis.check(settings[axis.name]):
+            return f"{axis.name} = {show(settings[axis.name])}, expected {axis.allowed()}"
     for axis in AXES:
         if not applies(axis, settings) and settings[axis.name] != axis.default[0]:
             other, where = axis.applies or ("", ())
@@ -97,7 +114,7 @@ def _value_problem(
 def _base(cfg: TrialConfig) -> Study | str:
     """The study file of a config's seed, data settings and batch size, or what is wrong."""
     try:
-        data = _data_table(typed(cfg.data), cfg.data)
+        data = _data_table(cfg.data.typed_key, cfg.data)
     except TypeError:  # unhashable: a value in it that no study file makes
         return "data holds a value no study file makes"
     if not isinstance(data, dict):
@@ -117,14 +134,6 @@ def _size_problem(base: Study, values: Mapping[str, Any]) -> str | None:
     except InputError as e:
         return str(e).removeprefix("config: ")
     return None
-
-
-def _hashable(item: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    try:
-        hash(item)
-    except TypeError:  # a list where a number goes: checked, and refused, each time
-        return None
-    return item
 
 
 @functools.lru_cache(maxsize=64)
