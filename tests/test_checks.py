@@ -301,3 +301,51 @@ def test_a_stored_config_whose_data_only_compares_equal_is_refused_by_its_own_ke
             store.trials()
     finally:
         store.close()
+
+
+@pytest.mark.parametrize(
+    ("model", "rekey", "outcome"),
+    [
+        (None, False, "stored config does not hash to its key"),  # edited, key left
+        ("toy@toyvae==0.1#code=0123456789ab", True, "foreign"),  # a plug-in not installed
+        ("toy@toyvae==0.1#code=0123456789ab", False, "stored config does not hash to its key"),
+        ("no such model", True, "stored config is not valid"),
+    ],
+)
+def test_a_stored_config_is_its_keys_a_plugins_kept_aside_or_refused_in_one_line(
+    write_study: Any, tmp_path: Any, model: str | None, rekey: bool, outcome: str
+) -> None:
+    import hashlib
+    import json
+    import sqlite3
+
+    from conftest import synced_study_db
+
+    from vaegrid.db import reader
+    from vaegrid.db.store import Store
+
+    study_dir = tmp_path / "r" / "tiny"
+    synced_study_db(write_study(), study_dir)
+    con = sqlite3.connect(study_dir / "study.db")
+    key, text = con.execute("SELECT key, config FROM vg_trial ORDER BY key").fetchone()
+    raw = json.loads(text)
+    raw["hidden"] += 1
+    if model is not None:
+        raw["model"] = model
+    edited = json.dumps(raw, sort_keys=True)
+    new_key = hashlib.sha256(edited.encode()).hexdigest()[:12] if rekey else key
+    con.execute("UPDATE vg_trial SET key = ?, config = ? WHERE key = ?", (new_key, edited, key))
+    con.commit()
+    con.close()
+    reader._READ.clear()
+    store = Store.reader(study_dir / "study.db")
+    try:
+        if outcome == "foreign":
+            found, foreign = store.trials_and_foreign()
+            assert [f.key for f in foreign] == [new_key] and len(found) == 3
+            assert foreign[0].what == "model toy@toyvae==0.1#code=0123456789ab"
+        else:
+            with pytest.raises(InputError, match=f"trial {new_key}: {outcome}"):
+                store.trials()
+    finally:
+        store.close()

@@ -332,15 +332,10 @@ def _read_all(rows: Sequence[Any]) -> None:
         (r.key, r.config) for r in rows if isinstance(r.key, str) and isinstance(r.config, str)
     ]
     for key, text in dict.fromkeys(pairs):  # in the rows' order, each pair once
-        if (key, text) in _READ:
-            continue
-        try:
-            cfg = TrialConfig.from_json(text)
-            if cfg.key != key:
-                continue
-        except Exception:  # a plug-in not installed here, or edited: looked at one by one
-            continue
-        parsed.append((key, text, cfg))
+        if (key, text) not in _READ:
+            cfg = _parsed(key, text)
+            if isinstance(cfg, TrialConfig):  # else a plug-in not installed, or edited: alone
+                parsed.append((key, text, cfg))
     if parsed and configs_pass([cfg for _, _, cfg in parsed]):
         _keep({(key, text): cfg for key, text, cfg in parsed})
 
@@ -367,24 +362,33 @@ def _config(path: str, key: str, text: str) -> TrialConfig | str:
 def _checked_config(path: str, key: str, text: str) -> TrialConfig | str:
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise InputError(f"{path}: vg_trial holds a key {key!r} that vaegrid never makes")
-    try:
-        cfg = TrialConfig.from_json(text)
-        ok = cfg.key == key
-    except NotInstalled as e:
+    cfg = _parsed(key, text)
+    if isinstance(cfg, NotInstalled):
         raw = json.dumps(json.loads(text), sort_keys=True)  # the key is this JSON's hash
-        if hashlib.sha256(raw.encode()).hexdigest()[:12] != key:
-            raise InputError(
-                f"{path}: trial {key}: stored config does not hash to its key (edited?)"
-            ) from None
-        return str(e)
-    except Exception as e:  # anything a hand-edited JSON can raise
-        raise InputError(f"{path}: trial {key}: stored config is not valid ({e})") from None
-    if not ok:
+        if hashlib.sha256(raw.encode()).hexdigest()[:12] == key:
+            return str(cfg)
+        cfg = _NotItsKey()
+    if isinstance(cfg, _NotItsKey):
         raise InputError(f"{path}: trial {key}: stored config does not hash to its key (edited?)")
+    if isinstance(cfg, Exception):  # anything a hand-edited JSON can raise
+        raise InputError(f"{path}: trial {key}: stored config is not valid ({cfg})")
     problem = config_problem(cfg)
     if problem is not None:
         raise InputError(f"{path}: trial {key}: stored config is not valid ({problem})")
     return cfg
+
+
+class _NotItsKey(ValueError):
+    """A stored config that is a config, but not the one its key is the hash of."""
+
+
+def _parsed(key: str, text: str) -> TrialConfig | Exception:
+    """A stored config that hashes to its key, or what was wrong with it."""
+    try:
+        cfg = TrialConfig.from_json(text)
+        return cfg if cfg.key == key else _NotItsKey()
+    except Exception as e:  # anything a hand-edited JSON can raise
+        return e
 
 
 def _flat(value: Any) -> TypeGuard[dict[str, Any]]:
