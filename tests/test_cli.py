@@ -131,3 +131,28 @@ def test_a_signal_that_a_library_wraps_in_another_exception_is_still_one_line_an
     monkeypatch.setattr(cli, "_dispatch", broken)
     with pytest.raises(RuntimeError, match="a bug"):
         main(["status", "nowhere"])
+
+    def swallowed_then_broken(args: object) -> int:
+        import contextlib
+
+        with contextlib.suppress(BaseException):  # a library that swallows everything
+            signals._handler(signal.SIGINT, None)
+        return 1 // 0  # a bug after it: not hidden as "interrupted"
+
+    monkeypatch.setattr(cli, "_dispatch", swallowed_then_broken)
+    with pytest.raises(ZeroDivisionError):
+        main(["status", "nowhere"])
+
+
+def test_a_reader_that_closes_the_pipe_ends_plan_quietly_with_exit_0(
+    write_study: Callable[..., Path],
+) -> None:
+    """``vaegrid plan study.toml | head -c 10``: no traceback, exit 0."""
+    import subprocess
+    import sys
+
+    study = write_study()
+    plan = f"{sys.executable} -m vaegrid plan {study} --devices cpu"
+    cmd = f"{plan} 2>&1 | head -c 10; exit ${{PIPESTATUS[0]}}"
+    said = subprocess.run(["bash", "-c", cmd], capture_output=True, text=True, timeout=120)
+    assert said.returncode == 0 and "Traceback" not in said.stdout + said.stderr, said

@@ -222,18 +222,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         except KeyboardInterrupt:
             code = 0  # said below, in one line
-        except Exception:
-            # A signal that landed inside a library's machinery can come out wrapped in
-            # another exception (a class body's __set_name__ during an import gives
-            # RuntimeError): once a signal was received, what follows is its consequence.
-            if signals.received() is None:
-                raise
-            code = 0
         except BrokenPipeError:  # `vaegrid plan ... | head`: the reader has all it wanted
             import os
 
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
             return 0
+        except Exception as e:
+            # A signal that landed inside a library's machinery can come out wrapped in
+            # another exception (a class body's __set_name__ during an import gives
+            # RuntimeError): the signal's, when its exception is in the chain.
+            if not signals.caused(e):
+                raise
+            code = 0
         stopped = signals.received()  # raised, or swallowed on its way by a library
         if stopped is not None and code in (0, 1):
             print(

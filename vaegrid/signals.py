@@ -93,6 +93,19 @@ def received() -> Interrupted | None:
     return Interrupted(_received[0]) if _received else None
 
 
+def caused(error: BaseException) -> bool:
+    """Whether ``error`` was raised by a signal's :class:`Interrupted` on its way: in its
+    chain of causes and contexts (a library that wraps it, or raises in its handler)."""
+    seen: set[int] = set()
+    link: BaseException | None = error
+    while link is not None and id(link) not in seen:
+        if isinstance(link, Interrupted):
+            return True
+        seen.add(id(link))
+        link = link.__cause__ or link.__context__
+    return False
+
+
 def check() -> None:
     """Raise the first signal received again (it may have been swallowed on its way)."""
     if _received:
