@@ -25,7 +25,8 @@ from vaegrid.errors import InputError
 from vaegrid.models.base import BaseVAE
 from vaegrid.models.linear import LinearVAE as VAE
 from vaegrid.models.mlp import MLPVAE
-from vaegrid.study.core import NLL_ROWS, DataSpec
+from vaegrid.study.core import DataSpec
+from vaegrid.study.sizes import NLL_ROWS
 from vaegrid.train.data import data_dir, load_splits
 from vaegrid.train.model import importance_nll, log_weights
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -267,6 +268,31 @@ def test_typed_keys_tell_apart_what_compares_equal() -> None:
         hash(typed(DataSpec(limit=[1])))  # type: ignore[arg-type]
 
 
+def _edited_row(
+    study_dir: Any, edit: Callable[[dict[str, Any]], None], rekey: bool, last: bool = False
+) -> str:
+    """A synced tiny study whose first (or last) trial's stored config was edited by
+    ``edit``; its key made the hash of the new text when ``rekey``. Returns that key."""
+    import hashlib
+    import json
+    import sqlite3
+
+    from vaegrid.db import reader
+
+    con = sqlite3.connect(study_dir / "study.db")
+    order = "DESC" if last else "ASC"
+    key, text = con.execute(f"SELECT key, config FROM vg_trial ORDER BY key {order}").fetchone()
+    raw = json.loads(text)
+    edit(raw)
+    edited = json.dumps(raw, sort_keys=True)
+    new_key = hashlib.sha256(edited.encode()).hexdigest()[:12] if rekey else key
+    con.execute("UPDATE vg_trial SET key = ?, config = ? WHERE key = ?", (new_key, edited, key))
+    con.commit()
+    con.close()
+    reader._READ.clear()
+    return new_key
+
+
 @pytest.mark.parametrize(
     ("data", "problem"),
     [({"limit": 0.0}, "data.limit = 0.0"), ({"limit": [1]}, "stored config is not valid")],
@@ -274,28 +300,14 @@ def test_typed_keys_tell_apart_what_compares_equal() -> None:
 def test_a_stored_config_whose_data_only_compares_equal_is_refused_by_its_own_key(
     write_study: Any, tmp_path: Any, data: dict[str, Any], problem: str
 ) -> None:
-    import hashlib
-    import json
-    import sqlite3
-
     from conftest import synced_study_db
 
-    from vaegrid.db import reader
     from vaegrid.db.store import Store
 
     study_dir = tmp_path / "r" / "tiny"
     synced_study_db(write_study(), study_dir)
-    con = sqlite3.connect(study_dir / "study.db")
-    key, text = con.execute("SELECT key, config FROM vg_trial ORDER BY key DESC").fetchone()
-    raw = json.loads(text)
-    raw["data"].update(data)
-    forged = json.dumps(raw, sort_keys=True)
-    forged_key = hashlib.sha256(forged.encode()).hexdigest()[:12]  # hashes to its own key
-    con.execute("UPDATE vg_trial SET key = ?, config = ? WHERE key = ?", (forged_key, forged, key))
-    con.commit()
-    con.close()
-    reader._READ.clear()
-    store = Store.reader(study_dir / "study.db")
+    forged_key = _edited_row(study_dir, lambda raw: raw["data"].update(data), True, last=True)
+    store = Store.reader(study_dir / "study.db")  # the forged row hashes to its own key
     try:
         with pytest.raises(InputError, match=f"trial {forged_key}: .*{re.escape(problem)}"):
             store.trials()
@@ -315,29 +327,18 @@ def test_a_stored_config_whose_data_only_compares_equal_is_refused_by_its_own_ke
 def test_a_stored_config_is_its_keys_a_plugins_kept_aside_or_refused_in_one_line(
     write_study: Any, tmp_path: Any, model: str | None, rekey: bool, outcome: str
 ) -> None:
-    import hashlib
-    import json
-    import sqlite3
-
     from conftest import synced_study_db
 
-    from vaegrid.db import reader
     from vaegrid.db.store import Store
+
+    def edit(raw: dict[str, Any]) -> None:
+        raw["hidden"] += 1
+        if model is not None:
+            raw["model"] = model
 
     study_dir = tmp_path / "r" / "tiny"
     synced_study_db(write_study(), study_dir)
-    con = sqlite3.connect(study_dir / "study.db")
-    key, text = con.execute("SELECT key, config FROM vg_trial ORDER BY key").fetchone()
-    raw = json.loads(text)
-    raw["hidden"] += 1
-    if model is not None:
-        raw["model"] = model
-    edited = json.dumps(raw, sort_keys=True)
-    new_key = hashlib.sha256(edited.encode()).hexdigest()[:12] if rekey else key
-    con.execute("UPDATE vg_trial SET key = ?, config = ? WHERE key = ?", (new_key, edited, key))
-    con.commit()
-    con.close()
-    reader._READ.clear()
+    new_key = _edited_row(study_dir, edit, rekey)
     store = Store.reader(study_dir / "study.db")
     try:
         if outcome == "foreign":

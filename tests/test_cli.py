@@ -140,8 +140,11 @@ def test_a_signal_that_a_library_wraps_in_another_exception_is_still_one_line_an
         return 1 // 0  # a bug after it: not hidden as "interrupted"
 
     monkeypatch.setattr(cli, "_dispatch", swallowed_then_broken)
-    with pytest.raises(ZeroDivisionError):
-        main(["status", "nowhere"])
+    try:
+        with pytest.raises(ZeroDivisionError):
+            main(["status", "nowhere"])
+    finally:
+        signals.reset()  # the signal stays recorded: the next test in this process is not stopped
 
 
 def test_a_reader_that_closes_the_pipe_ends_plan_quietly_with_exit_0(

@@ -320,7 +320,8 @@ def test_halving_by_val_nll_needs_its_samples(
 
 _STEP = """
 import json, sys, torch
-from vaegrid.study.core import DataSpec, TrialConfig, training_mb
+from vaegrid.study.core import DataSpec, TrialConfig
+from vaegrid.study.sizes import training_mb
 from vaegrid.train.model import iwae_terms, make_model
 torch.set_num_threads(1)
 settings = json.loads(sys.argv[1])

@@ -20,10 +20,10 @@ from vaegrid.study.core import (
     HalvingSpec,
     TrialConfig,
     expand,
-    parameter_count,
     split_sizes,
 )
 from vaegrid.study.load import load_study, parse_study
+from vaegrid.study.sizes import parameter_count
 from vaegrid.train.model import make_model
 
 STUDIES = Path(__file__).parent.parent / "studies"

@@ -39,10 +39,10 @@ from vaegrid.study.core import (
     Probed,
     Study,
     TrialConfig,
-    parameter_count,
     split_sizes,
 )
 from vaegrid.study.datasets import Images
+from vaegrid.study.sizes import parameter_count
 
 # A CPU slot of one thread: the seed study's trials (hidden 400-800) measured 2.4-3.5e10
 # MAC/s on this project's machine; only used until the study's first epoch is measured.

@@ -198,7 +198,7 @@ def make_pool(
         probe, memory_mb, cores: what the machine has (measured when None).
         option: the option the devices came from, for messages (``--device`` in report).
         trial_mb: memory one trial's training takes beyond a worker's own (the study's
-            largest, study.core.training_mb): a CPU worker holds both.
+            largest, study.sizes.training_mb): a CPU worker holds both.
 
     Raises:
         InputError: an unknown or unavailable device, a repeated one, K < 1, or more

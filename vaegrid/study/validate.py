@@ -13,9 +13,10 @@ from vaegrid.errors import InputError
 from vaegrid.models import CARDS
 from vaegrid.study import datasets
 from vaegrid.study.axes import AXIS, PLUGINS, Axis, applies
-from vaegrid.study.core import Study, largest_trials, parameter_count, split_sizes, training_mb
+from vaegrid.study.core import Study, split_sizes
 from vaegrid.study.datasets import Images
 from vaegrid.study.plugins import NAME
+from vaegrid.study.sizes import largest_trials, parameter_count, training_mb
 
 # Longest value quoted in a message: a 1 MiB value would not be one readable line.
 SHOWN_MAX_CHARS = 200

@@ -25,8 +25,9 @@ from typing import TYPE_CHECKING
 from vaegrid.errors import DataGone, InputError, first_line
 from vaegrid.study import datasets
 from vaegrid.study.axes import MNIST_TEST_IMAGES, MNIST_TRAIN_IMAGES
-from vaegrid.study.core import MNIST_SHAPE, DataSpec, derive_seed, split_sizes
+from vaegrid.study.core import DataSpec, derive_seed, split_sizes
 from vaegrid.study.plugins import DATASETS_GROUP, load_factory
+from vaegrid.study.sizes import MNIST_SHAPE
 
 if TYPE_CHECKING:
     import torch

@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 from vaegrid.models import CARDS
 from vaegrid.models.base import BaseVAE, Terms
-from vaegrid.study.core import MNIST_SHAPE, NLL_ROWS
+from vaegrid.study.sizes import MNIST_SHAPE, NLL_ROWS
 
 
 class PluginVAE(BaseVAE):

@@ -27,7 +27,8 @@ from typing import Any, TextIO
 from vaegrid.errors import InputError, first_line
 from vaegrid.study import datasets
 from vaegrid.study.axes import AXES, PLUGINS, applies
-from vaegrid.study.core import MNIST_SHAPE, DataSpec, Probed, Study
+from vaegrid.study.core import DataSpec, Probed, Study
+from vaegrid.study.sizes import MNIST_SHAPE
 
 PROBE_TIMEOUT_S = 300  # loading a plug-in data set, stepping every plug-in model, torch's import
 PROBES_MAX = 64  # builds per model: its string settings' combinations, the first this many

@@ -32,8 +32,9 @@ from vaegrid.models.base import BaseVAE
 from vaegrid.safeio import ensure_dir, open_file, read_bytes, save_with, write_atomic
 from vaegrid.status import COMPLETED, DIVERGED, INTERRUPTED, PAUSED
 from vaegrid.study.axes import PLUGINS
-from vaegrid.study.core import EVAL_ROWS, TrialConfig, derive_seed
+from vaegrid.study.core import TrialConfig, derive_seed
 from vaegrid.study.plugins import load_factory
+from vaegrid.study.sizes import EVAL_ROWS
 from vaegrid.train import provenance
 from vaegrid.train.data import binarize, image_shape
 from vaegrid.train.model import importance_nll, iwae_terms, make_model
