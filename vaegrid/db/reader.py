@@ -363,12 +363,11 @@ def _checked_config(path: str, key: str, text: str) -> TrialConfig | str:
     if not isinstance(key, str) or not KEY_PATTERN.fullmatch(key):
         raise InputError(f"{path}: vg_trial holds a key {key!r} that vaegrid never makes")
     cfg = _parsed(key, text)
-    if isinstance(cfg, NotInstalled):
-        raw = json.dumps(json.loads(text), sort_keys=True)  # the key is this JSON's hash
+    if isinstance(cfg, NotInstalled):  # kept aside if its key is its JSON's hash
+        raw = json.dumps(json.loads(text), sort_keys=True)
         if hashlib.sha256(raw.encode()).hexdigest()[:12] == key:
             return str(cfg)
-        cfg = _NotItsKey()
-    if isinstance(cfg, _NotItsKey):
+    if isinstance(cfg, NotInstalled | _NotItsKey):
         raise InputError(f"{path}: trial {key}: stored config does not hash to its key (edited?)")
     if isinstance(cfg, Exception):  # anything a hand-edited JSON can raise
         raise InputError(f"{path}: trial {key}: stored config is not valid ({cfg})")
