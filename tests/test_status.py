@@ -197,3 +197,39 @@ def test_a_run_that_was_ended_never_ends_its_trial_that_another_run_holds(
     assert store.finish_run(cfg.key, current, TrialResult(Status.INTERRUPTED, []), None) == (
         Status.INTERRUPTED
     )
+
+
+def _status_values(tree: ast.AST) -> set[tuple[str, int]]:
+    """(enclosing function, line) of each status put into a statement: a dict's
+    ``"status"`` key or a ``status=`` keyword ("<module>" outside any function)."""
+    hits = {
+        node.lineno
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Dict)
+            and any(isinstance(k, ast.Constant) and k.value == "status" for k in node.keys))
+        or (isinstance(node, ast.Call) and any(k.arg == "status" for k in node.keywords))
+    }  # fmt: skip
+    functions = [n for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)]
+    out = set()
+    for line in hits:
+        inside = [f for f in functions if f.lineno <= line <= (f.end_lineno or f.lineno)]
+        innermost = max(inside, key=lambda f: f.lineno).name if inside else "<module>"
+        out.add((innermost, line))
+    return out
+
+
+def test_a_status_goes_into_a_statement_only_through_the_table_of_moves() -> None:
+    """Core statements write a trial's or a run's status with the values ``moved`` and
+    ``ended`` give, after the same check as ``move`` and ``end_run``: no other code of the
+    database layer puts a status into a statement, but a new trial's row (pending), a new
+    run's (running) and Optuna's "status" attribute of a failed trial."""
+    found = set()
+    for path in sorted((PACKAGE / "db").glob("*.py")):
+        found |= {(path.name, fn) for fn, _ in _status_values(ast.parse(path.read_text()))}
+    assert found == {
+        ("trials.py", "moved"),
+        ("trials.py", "ended"),
+        ("trials.py", "begin_run"),  # a new run: running
+        ("sync.py", "_sync"),  # a new trial: pending
+        ("ledger.py", "finish_optuna"),  # a user attribute of the Optuna trial
+    }, found

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
@@ -57,6 +57,7 @@ def _stored(value: float, nan: str) -> tuple[float | None, str]:
 # Optuna's studies table, as much of it as the lock on a study's row needs (models.py)
 _STUDIES = table("studies", column("study_id"), column("study_name"))
 _TRIALS = table("trials", column("trial_id"), column("state"))
+_STEPS = table("trial_intermediate_values", column("trial_id"), column("step"))
 # Optuna's rows as its storage writes them (optuna/storages/_rdb/storage.py): an enum as its
 # name, a literal from vaegrid's own few (PostgreSQL casts a literal to the column's enum
 # type, not a bound string); upserts as its set_* methods upsert.
@@ -184,9 +185,9 @@ class LedgerMixin(StoreBase):
         return made
 
     @staticmethod
-    def optuna_epoch(s: Session, trial_id: int, epoch: int, value: float) -> None:
-        """An epoch's validation elbo as Optuna's intermediate value, in the caller's
-        transaction (the epoch's own: one commit an epoch, not vaegrid's and then Optuna's),
+    def optuna_epochs(s: Session, trial_id: int, values: Mapping[int, float]) -> None:
+        """Epochs' validation elbo as Optuna's intermediate values, in the caller's
+        transaction (an epoch's own: one commit an epoch, not vaegrid's and then Optuna's),
         which holds the trial's ``vg_trial`` row and has seen it not ended: its Optuna
         trial is running then (it is finished with the trial's end, in that end's
         transaction), so a replayed epoch after the end never writes here.
@@ -194,15 +195,21 @@ class LedgerMixin(StoreBase):
         Written as Optuna's ``set_trial_intermediate_value`` writes it
         (``trial_intermediate_values``: one row per (trial_id, step), a non-finite value
         as its type with no value), only if absent (a replayed epoch keeps what was
-        committed, as vaegrid's rows do).
+        committed, as vaegrid's rows do): one statement per type of value.
         """
-        stored, kind = _stored(value, "NAN")
-        s.execute(text(_INTERMEDIATE_INSERT.format(kind=kind)),
-                  [{"id": trial_id, "step": epoch, "value": stored}])  # fmt: skip
+        by_kind: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        for epoch, value in values.items():
+            stored, kind = _stored(value, "NAN")
+            by_kind[kind].append({"id": trial_id, "step": epoch, "value": stored})
+        for kind, rows in by_kind.items():
+            s.execute(text(_INTERMEDIATE_INSERT.format(kind=kind)), rows)
 
     @staticmethod
-    def finish_optuna(s: Session, key: str, status: Status, cause: str | None) -> None:
-        """Finish the trial's Optuna trial as vaegrid's tables say it ended, in the
+    def finish_optuna(
+        s: Session, key: str, status: Status, cause: str | None, trial_id: int | None
+    ) -> None:
+        """Finish the trial's Optuna trial (``trial_id``, its row's ``optuna_trial_id``:
+        None if it never had one) as vaegrid's tables say it ended, in the
         caller's transaction (the end's own), as Optuna's API would: the validation elbo
         of every epoch as an intermediate value (a kill's gap filled), the last as the
         value of a completed trial (``val_nll`` beside it) or of a stopped one (pruned, as
@@ -210,8 +217,6 @@ class LedgerMixin(StoreBase):
         as user attributes (failed), the state and the time it completed. A trial paused
         at a rung, or whose Optuna trial is finished already, is left as it is.
         """
-        row = s.get(TrialRow, key)
-        trial_id = row.optuna_trial_id if row is not None else None
         if status not in FINAL or trial_id is None:  # paused at a rung: its trial runs on
             return
         state = s.execute(
@@ -219,15 +224,20 @@ class LedgerMixin(StoreBase):
         ).scalar()
         if state != TrialState.RUNNING.name:
             return
-        val = {e.epoch: e.elbo for e in s.scalars(
-            select(EpochRow).where(EpochRow.key == key, EpochRow.split == "val"))}  # fmt: skip
-        at = s.scalars(
-            select(NllRow).where(NllRow.key == key).order_by(NllRow.epoch.desc())
+        epochs = select(EpochRow.epoch, EpochRow.elbo).where(
+            EpochRow.key == key, EpochRow.split == "val"
+        )
+        val: dict[int, float] = {epoch: elbo for epoch, elbo in s.execute(epochs)}
+        at = s.execute(
+            select(NllRow.epoch, NllRow.nll)
+            .where(NllRow.key == key)
+            .order_by(NllRow.epoch.desc())
+            .limit(1)
         ).first()
         nll = at.nll if at is not None and val and at.epoch == max(val) else None
-        if status in (COMPLETED, STOPPED):
-            for epoch in sorted(val):  # the ones already there are kept
-                LedgerMixin.optuna_epoch(s, trial_id, epoch, val[epoch])
+        if status in (COMPLETED, STOPPED):  # a gap (a kill's, an older vaegrid's) filled
+            there = set(s.scalars(select(_STEPS.c.step).where(_STEPS.c.trial_id == trial_id)))
+            LedgerMixin.optuna_epochs(s, trial_id, {e: v for e, v in val.items() if e not in there})
         attrs: dict[str, Any] = {}
         value = val[max(val)] if val and status in (COMPLETED, STOPPED) else None
         if status == COMPLETED:
@@ -262,4 +272,6 @@ class LedgerMixin(StoreBase):
                     row.optuna_trial_id = unfinished[-1]._trial_id  # created, never recorded
                 elif final and current is not None and not current.state.is_finished():
                     # recorded, never finished (by a version that wrote the end in two steps)
-                    self.finish_optuna(s, row.key, Status(row.status), row.cause)
+                    self.finish_optuna(
+                        s, row.key, Status(row.status), row.cause, row.optuna_trial_id
+                    )

@@ -1,6 +1,7 @@
 """A trial's life in the database: its moves, its runs, its epochs, its test result.
 
-:func:`move` is the only code in vaegrid that changes a trial's status (a new trial's row
+:func:`moved` is the only code in vaegrid that decides a trial's new status (:func:`move`
+sets it on a row the ORM read, ``finish_run`` writes it with an UPDATE; a new trial's row
 is inserted pending by sync.py), and it refuses any move that ``status.TRANSITIONS`` does
 not hold, checked on the row read under a lock (``_row``: two sessions ending one trial
 at once take turns, and the second sees the first's status). Each method writes
@@ -17,13 +18,12 @@ import time
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any, cast
 
-from sqlalchemy import Table, case, select, update
+from sqlalchemy import Table, bindparam, case, insert, select, text, update
 from sqlalchemy.orm import Session
 
 from vaegrid.db.engine import insert_if_absent
 from vaegrid.db.ledger import LedgerMixin
 from vaegrid.db.schema import (
-    EpochRow,
     NllRow,
     ProvenanceRow,
     RunRow,
@@ -48,6 +48,27 @@ from vaegrid.study.core import Study, TrialConfig
 if TYPE_CHECKING:  # the driver imports this module and never loads torch
     from vaegrid.train.records import EpochRecord, TrialResult
 
+_TRIAL = cast(Table, TrialRow.__table__)
+_RUN = cast(Table, RunRow.__table__)
+_PROVENANCE = cast(Table, ProvenanceRow.__table__)
+# An epoch's two rows in one statement, and the trial moved on to it in another: each made
+# once (a statement built per call costs more CPU than the database spends running it).
+_EPOCH_INSERT = text(
+    "INSERT INTO vg_epoch (key, epoch, split, elbo, recon, kl, seconds) VALUES "
+    "(:key, :epoch, 'train', :te, :tr, :tk, :seconds), (:key, :epoch, 'val', :ve, :vr, :vk, "
+    ":seconds) ON CONFLICT DO NOTHING"
+)
+_NEWER = _TRIAL.c.epochs_done < bindparam("e")
+_EPOCH_DONE = (  # the row locked, moved on (never back: a replayed epoch), its status read
+    update(_TRIAL)
+    .where(_TRIAL.c.key == bindparam("k"))
+    .values(
+        epochs_done=case((_NEWER, bindparam("e")), else_=_TRIAL.c.epochs_done),
+        seconds=case((_NEWER, _TRIAL.c.seconds + bindparam("s")), else_=_TRIAL.c.seconds),
+    )
+    .returning(_TRIAL.c.status)
+)
+
 
 def move(
     row: TrialRow,
@@ -55,29 +76,51 @@ def move(
     cause: str | None = None,
     diverged_epoch: int | None = None,
 ) -> None:
-    """Set a trial's status, its cause and diverged epoch with it: the only writer.
+    """Set a trial's status, its cause and diverged epoch with it: the only writer (of a
+    row read by the ORM; :func:`moved` gives the same values to an UPDATE).
 
     Raises:
         IllegalTransition: ``row``'s status cannot become ``new``.
     """
-    check_transition(row.key, Status(row.status), new)
-    row.status, row.cause, row.diverged_epoch = new.value, cause, diverged_epoch
+    to = moved(row.key, Status(row.status), new, cause, diverged_epoch)
+    row.status, row.cause, row.diverged_epoch = to["status"], to["cause"], to["diverged_epoch"]
+
+
+def moved(
+    key: str, old: Status, new: Status, cause: str | None = None, diverged_epoch: int | None = None
+) -> dict[str, Any]:
+    """What a trial's row becomes when its status ``old`` becomes ``new``.
+
+    Raises:
+        IllegalTransition: ``old`` cannot become ``new``.
+    """
+    check_transition(key, old, new)
+    return {"status": new.value, "cause": cause, "diverged_epoch": diverged_epoch}
 
 
 def end_run(run: RunRow, status: Status, error: str | None = None) -> None:
-    """End a run: the only writer of a run's status after it opens. A run opens running
-    and ends once, as its trial may end a run (``TRANSITIONS[RUNNING]``); a run that ended
-    already (a new driver's sync interrupted it) keeps that end."""
-    if run.status != RUNNING.value:
-        return
-    check_transition(f"{run.key} (run {run.id})", RUNNING, status)
-    run.status, run.ended, run.error = status.value, time.time(), error
+    """End a run: the only writer of a run's status after it opens (of a row read by the
+    ORM; :func:`ended` gives the same values to an UPDATE)."""
+    to = ended(f"{run.key} (run {run.id})", Status(run.status), status, error)
+    if to:
+        run.status, run.ended, run.error = to["status"], to["ended"], to["error"]
+
+
+def ended(run: str, old: Status, status: Status, error: str | None = None) -> dict[str, Any]:
+    """What a run's row becomes when it ends ``status``. A run opens running and ends once,
+    as its trial may end a run (``TRANSITIONS[RUNNING]``); a run that ended already (a new
+    driver's sync interrupted it) keeps that end: nothing changes."""
+    if old != RUNNING:
+        return {}
+    check_transition(run, RUNNING, status)
+    return {"status": status.value, "ended": time.time(), "error": error}
 
 
 def close_runs(s: Session, key: str, status: Status, error: str | None = None) -> None:
-    """End the runs of ``key`` still open (their worker died, or the driver ended them)."""
-    for run in s.scalars(select(RunRow).where(RunRow.key == key, RunRow.status == RUNNING)):
-        end_run(run, status, error)
+    """End the runs of ``key`` still open (their worker died, or the driver ended them): one
+    statement, each as :func:`ended` ends a run."""
+    s.execute(update(_RUN).where(_RUN.c.key == key, _RUN.c.status == RUNNING.value)
+              .values(ended(f"{key} (its open runs)", RUNNING, status, error)))  # fmt: skip
 
 
 class TrialsMixin(LedgerMixin):
@@ -127,7 +170,7 @@ class TrialsMixin(LedgerMixin):
                 return
             move(row, FAILED, cause)
             close_runs(s, key, FAILED, error)
-            self.finish_optuna(s, key, FAILED, cause)
+            self.finish_optuna(s, key, FAILED, cause, row.optuna_trial_id)
 
     def mark(self, keys: Sequence[str], status: Status, cause: str | None = None) -> None:
         """Running trials become ``status`` (interrupted, or failed after too many worker
@@ -137,7 +180,7 @@ class TrialsMixin(LedgerMixin):
                 row = s.get(TrialRow, key, with_for_update=True)
                 if row is not None and row.status == RUNNING:
                     move(row, status, cause)
-                    self.finish_optuna(s, key, status, cause)
+                    self.finish_optuna(s, key, status, cause, row.optuna_trial_id)
                 close_runs(s, key, status, cause)
 
     def give_up(self, key: str, cause: str) -> Status:
@@ -148,7 +191,7 @@ class TrialsMixin(LedgerMixin):
             if FAILED in _moves(row):
                 move(row, FAILED, cause)
                 close_runs(s, key, FAILED, cause)
-                self.finish_optuna(s, key, FAILED, cause)
+                self.finish_optuna(s, key, FAILED, cause, row.optuna_trial_id)
             return Status(row.status)
 
     def interrupt_running(self) -> None:
@@ -171,7 +214,7 @@ class TrialsMixin(LedgerMixin):
                     continue
                 move(row, STOPPED, causes.get(key))
                 s.merge(StopRow(key=key, rung=rung))
-                self.finish_optuna(s, key, STOPPED, causes.get(key))
+                self.finish_optuna(s, key, STOPPED, causes.get(key), row.optuna_trial_id)
 
     def reopen(self, keys: Sequence[str]) -> None:
         """Stopped trials go on (a grown grid re-decided their rung): paused at their last
@@ -197,23 +240,24 @@ class TrialsMixin(LedgerMixin):
     ) -> int | None:
         """Open a run of ``key`` with its provenance; None if the trial is not running (its
         end was committed but the driver did not learn it: nothing to run)."""
-        with self.session() as s:
-            trial = self._row(s, key)
-            if trial.status != RUNNING:
+        with self.session() as s:  # Core statements, as finish_run's
+            now = s.execute(select(_TRIAL.c.status).where(_TRIAL.c.key == key).with_for_update())
+            if now.scalar_one() != RUNNING:
                 return None
             # Runs of this trial still open belong to a worker that died: this one holds the
             # trial's lock (or lease) now, so they are over.
             close_runs(s, key, INTERRUPTED)
-            run = RunRow(key=key, device=device, worker=worker, started=time.time())
-            run.status = RUNNING.value
-            s.add(run)
-            s.flush()
-            s.add(
-                ProvenanceRow(
-                    run_id=run.id, device_kind=kind, host=host, versions=json.dumps(versions)
+            opened = insert(_RUN).values(
+                key=key, device=device, worker=worker, started=time.time(), status=RUNNING.value
+            )
+            run_id: int = s.execute(opened.returning(_RUN.c.id)).scalar_one()
+            versions_json = json.dumps(versions)
+            s.execute(
+                insert(_PROVENANCE).values(
+                    run_id=run_id, device_kind=kind, host=host, versions=versions_json
                 )
             )
-            return run.id
+            return run_id
 
     def record_epoch(
         self, key: str, optuna_trial_id: int, record: EpochRecord, kind: str | None = None
@@ -224,25 +268,16 @@ class TrialsMixin(LedgerMixin):
         The first epoch also binds the trial to ``kind``, the kind of device it runs on.
         """
         with self.session() as s:
-            rows = [
-                {"key": key, "epoch": record.epoch, "split": split, "elbo": m.elbo,
-                 "recon": m.recon, "kl": m.kl, "seconds": record.seconds}
-                for split, m in (("train", record.train), ("val", record.val))
-            ]  # fmt: skip
-            insert_if_absent(s, EpochRow, rows)  # a replayed epoch keeps what was committed
-            t = TrialRow.__table__.c  # one statement: the row locked, moved on, its status read
-            newer = t.epochs_done < record.epoch
-            status = s.execute(
-                update(cast(Table, TrialRow.__table__))
-                .where(t.key == key)
-                .values(epochs_done=case((newer, record.epoch), else_=t.epochs_done),
-                        seconds=case((newer, t.seconds + record.seconds), else_=t.seconds))
-                .returning(t.status)
-            ).scalar_one()  # fmt: skip
+            train, val = record.train, record.val  # a replayed epoch keeps what was committed
+            s.execute(_EPOCH_INSERT, {"key": key, "epoch": record.epoch, "seconds": record.seconds,
+                                      "te": train.elbo, "tr": train.recon, "tk": train.kl,
+                                      "ve": val.elbo, "vr": val.recon, "vk": val.kl})  # fmt: skip
+            status = s.execute(_EPOCH_DONE, {"k": key, "e": record.epoch, "s": record.seconds})
+            status = status.scalar_one()
             if kind is not None:
                 insert_if_absent(s, TrialDeviceRow, [{"key": key, "device_kind": kind}])
-            if Status(status) not in FINAL:  # its Optuna trial runs (ledger.optuna_epoch)
-                self.optuna_epoch(s, optuna_trial_id, record.epoch, record.val.elbo)
+            if Status(status) not in FINAL:  # its Optuna trial runs (ledger.optuna_epochs)
+                self.optuna_epochs(s, optuna_trial_id, {record.epoch: record.val.elbo})
 
     def finish_run(
         self,
@@ -259,29 +294,34 @@ class TrialsMixin(LedgerMixin):
             cause = _cause(error)
         else:
             status, cause, epoch = Status(result.status), result.cause, result.diverged_epoch
-        # One transaction: vaegrid's tables and Optuna's trial end together.
+        # One transaction: vaegrid's tables and Optuna's trial end together. Core
+        # statements, not the ORM's objects: this is every trial's end (half the CPU).
+        t, r = _TRIAL.c, _RUN.c
         with self.session() as s:
-            row = self._row(s, key)
-            run = s.get(RunRow, run_id)
-            assert run is not None
+            now = s.execute(select(t.status, t.optuna_trial_id).where(t.key == key)
+                            .with_for_update()).one()  # fmt: skip
+            ran = Status(s.execute(select(r.status).where(r.id == run_id)).scalar_one())
             # A trial's end is written once, and only by its open run: a run that was ended
             # already (a new driver's sync) belongs to a worker that no longer holds the
             # trial, which another run may be running now.
-            if row.status == RUNNING and run.status == RUNNING:
-                move(row, status, cause, epoch)
+            if now.status == RUNNING and ran == RUNNING:
+                s.execute(update(_TRIAL).where(t.key == key)
+                          .values(moved(key, RUNNING, status, cause, epoch)))  # fmt: skip
             else:
-                status = Status(row.status)
-            end_run(run, status, error)
-            run.max_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-            prov = s.get(ProvenanceRow, run_id)
-            if prov is not None:
-                prov.peak_device_mb = peak_device_mb
+                status = Status(now.status)
+            rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+            end = ended(f"{key} (run {run_id})", ran, status, error) | {"max_rss_mb": rss}
+            s.execute(update(_RUN).where(r.id == run_id).values(end))
+            if peak_device_mb is not None:  # a CUDA run's (its provenance row: begin_run's)
+                s.execute(update(_PROVENANCE).where(_PROVENANCE.c.run_id == run_id)
+                          .values(peak_device_mb=peak_device_mb))  # fmt: skip
             if result is not None and result.nll is not None:  # with the status that needs it
                 n = result.nll
                 row_ = {"key": key, "epoch": n.epoch, "nll": n.nll, "samples": n.samples,
                         "seconds": n.seconds}  # fmt: skip
                 insert_if_absent(s, NllRow, [row_])
-            self.finish_optuna(s, key, status, cause)  # a final status's: its Optuna trial too
+            # a final status's: its Optuna trial too
+            self.finish_optuna(s, key, status, cause, now.optuna_trial_id)
         return status
 
     @staticmethod
