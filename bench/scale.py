@@ -48,6 +48,16 @@ THREADS = 25  # slots of one worker process (a node's GPUs), --threads
 # Past this many worker processes, their kept connections (engine.POOL_KEPT and Optuna's
 # one, each) would fill PostgreSQL's 100: PgBouncer in transaction mode goes in front.
 DIRECT_PROCESSES_MAX = 20
+# The simulated nodes' Dask workers, idle, with Dask's defaults: 40 of them took 1.44 of this
+# machine's 2 cores (its statistical profiler every 10 ms, the event loop's tick every 20 ms,
+# the system monitor every 0.5 s), 0.24 with these. On a cluster each worker spends that on
+# its own node; here it would be taken from the driver and the database being measured.
+# ``--dask-defaults`` keeps Dask's own (the same env vars reach the workers it starts).
+QUIET_WORKERS = {
+    "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
+    "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
+    "DASK_DISTRIBUTED__ADMIN__SYSTEM_MONITOR__INTERVAL": "5s",
+}
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -150,7 +160,9 @@ def _reset_statements(url: str) -> None:
 
 
 def run(slots: int, trial_seconds: float, epochs: int, waves: int, threads: int,
-        direct: bool = False, count: bool = False) -> str:  # fmt: skip
+        direct: bool = False, count: bool = False, dask_defaults: bool = False) -> str:  # fmt: skip
+    if not dask_defaults:
+        os.environ.update(QUIET_WORKERS)
     with tempfile.TemporaryDirectory(prefix="vaegrid-scale-") as folder:
         return _run(Path(folder), slots, trial_seconds, epochs, waves, threads, direct, count)
 
@@ -214,7 +226,9 @@ def _run(
         if count:
             print(statements(url, max(1, found["runs"])), file=sys.stderr)
     through = "PgBouncer (transaction mode) to PostgreSQL" if bounced else "PostgreSQL"
-    print(f"  {processes} worker processes of {per} slots, through {through}", file=sys.stderr)
+    quiet = all(os.environ.get(k) == v for k, v in QUIET_WORKERS.items())
+    print(f"  {processes} worker processes of {per} slots, through {through}; Dask workers "
+          f"{'quiet (QUIET_WORKERS)' if quiet else 'with Dask defaults'}", file=sys.stderr)  # fmt: skip
     print(f"  driver: exit {code}, {wall:.1f} s wall; last words: "
           f"{said.getvalue().strip().splitlines()[-2:]}", file=sys.stderr)  # fmt: skip
     print(
@@ -250,6 +264,9 @@ def main() -> None:
         action="store_true",
         help="count what the database is asked (pg_stat_statements)",
     )
+    parser.add_argument("--dask-defaults", action="store_true",
+                        help="the simulated workers with Dask's default profiler, tick and "
+                             "system monitor (see QUIET_WORKERS)")  # fmt: skip
     parser.add_argument("--threads", type=int, default=THREADS,
                         help=f"slots per worker process (default {THREADS})")  # fmt: skip
     args = parser.parse_args()
@@ -266,6 +283,7 @@ def main() -> None:
         args.threads,
         args.direct,
         args.statements,
+        args.dask_defaults,
     )
     print(line, flush=True)
 
