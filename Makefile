@@ -66,9 +66,11 @@ bench: $(STAMP)
 	$(BIN)/python bench/bench_trial.py
 	$(BIN)/python bench/bench_nll.py
 
-# Load test of the study database (SQLite, PostgreSQL 15) and the driver's overhead per trial.
+# Load test of the study database (SQLite, PostgreSQL 15) and the driver's overhead per trial;
+# then each of a worker's store calls alone (client CPU, wall, statements).
 bench-store: $(STAMP)
 	$(BIN)/python bench/load_store.py
+	$(BIN)/python bench/store_ops.py
 
 # One driver and one PostgreSQL (PgBouncer in front past 20 worker processes) against N
 # simulated slots on Dask: occupancy, hand-overs/s, epoch rows/s, commit p99, driver CPU a

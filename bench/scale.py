@@ -52,7 +52,8 @@ DIRECT_PROCESSES_MAX = 20
 # machine's 2 cores (its statistical profiler every 10 ms, the event loop's tick every 20 ms,
 # the system monitor every 0.5 s), 0.24 with these. On a cluster each worker spends that on
 # its own node; here it would be taken from the driver and the database being measured.
-# ``--dask-defaults`` keeps Dask's own (the same env vars reach the workers it starts).
+# Given to the workers' processes only (the scheduler and the driver keep Dask's defaults);
+# ``--dask-defaults`` gives them Dask's too.
 QUIET_WORKERS = {
     "DASK_DISTRIBUTED__WORKER__PROFILE__ENABLED": "False",
     "DASK_DISTRIBUTED__ADMIN__TICK__INTERVAL": "1s",
@@ -161,10 +162,9 @@ def _reset_statements(url: str) -> None:
 
 def run(slots: int, trial_seconds: float, epochs: int, waves: int, threads: int,
         direct: bool = False, count: bool = False, dask_defaults: bool = False) -> str:  # fmt: skip
-    if not dask_defaults:
-        os.environ.update(QUIET_WORKERS)
     with tempfile.TemporaryDirectory(prefix="vaegrid-scale-") as folder:
-        return _run(Path(folder), slots, trial_seconds, epochs, waves, threads, direct, count)
+        return _run(Path(folder), slots, trial_seconds, epochs, waves, threads, direct, count,
+                    quiet=not dask_defaults)  # fmt: skip
 
 
 def _run(
@@ -176,6 +176,7 @@ def _run(
     per: int,
     direct: bool,
     count: bool = False,
+    quiet: bool = True,
 ) -> str:
     import simworker
 
@@ -203,9 +204,16 @@ def _run(
             _reset_statements(url)
         storage = stack.enter_context(pgbouncer(url)) if bounced else url
         cluster = stack.enter_context(dask_cluster())
-        for i in range(processes):
-            threads = min(per, slots - i * per)
-            cluster.add_worker(f"vaegrid={threads}", nthreads=threads)
+        kept = dict(os.environ)
+        if quiet:  # the workers' settings only: the scheduler and the driver keep Dask's
+            os.environ.update(QUIET_WORKERS)
+        try:
+            for i in range(processes):
+                threads = min(per, slots - i * per)
+                cluster.add_worker(f"vaegrid={threads}", nthreads=threads)
+        finally:
+            os.environ.clear()
+            os.environ.update(kept)
         cluster.wait_for(processes, timeout=120)
         executor = DaskExecutor(cluster.address)
         pool = executor.pool()
@@ -226,9 +234,9 @@ def _run(
         if count:
             print(statements(url, max(1, found["runs"])), file=sys.stderr)
     through = "PgBouncer (transaction mode) to PostgreSQL" if bounced else "PostgreSQL"
-    quiet = all(os.environ.get(k) == v for k, v in QUIET_WORKERS.items())
+    dask = "quiet (QUIET_WORKERS)" if quiet else "with Dask defaults"
     print(f"  {processes} worker processes of {per} slots, through {through}; Dask workers "
-          f"{'quiet (QUIET_WORKERS)' if quiet else 'with Dask defaults'}", file=sys.stderr)  # fmt: skip
+          f"{dask}", file=sys.stderr)  # fmt: skip
     print(f"  driver: exit {code}, {wall:.1f} s wall; last words: "
           f"{said.getvalue().strip().splitlines()[-2:]}", file=sys.stderr)  # fmt: skip
     print(
