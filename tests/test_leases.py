@@ -12,9 +12,10 @@ from typing import Any
 from vaegrid.db.store import Store
 from vaegrid.run import leases, worker
 from vaegrid.run.leases import LEASE_S, Hold, Keeper
+from vaegrid.status import COMPLETED, RUNNING
 from vaegrid.study.core import expand
 from vaegrid.study.load import load_study
-from vaegrid.train.records import EpochRecord, Metrics
+from vaegrid.train.records import EpochRecord, Metrics, TrialResult
 
 
 class FakeStore:
@@ -214,3 +215,64 @@ def test_a_recorder_binds_the_device_with_its_runs_first_epoch_only() -> None:
     for epoch in (1, 2, 3):
         record(_record(epoch, 1.0, 100.0))
     assert kinds == ["cpu-a", None, None]
+
+
+def test_a_trials_end_writes_only_the_optuna_values_it_lacks(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A trial's end fills a gap in its Optuna trial's intermediate values (a kill's, an
+    older vaegrid's) from its epochs, once each, and keeps the values already there."""
+    from sqlalchemy import text
+
+    study = load_study(write_study(epochs=3))
+    store = Store(tmp_path / "study.db")
+    store.sync_study(study, expand(study), 1)
+    cfg = expand(study)[0]
+    try:
+        trial_id = store.start_trials(study, [cfg])[cfg.key]
+        run = store.begin_run(cfg.key, "cpu", 1, "cpu-a", "here", {})
+        history = [_record(e, 1.0, 150.0 - e) for e in (1, 2, 3)]
+        record = worker._recorder(store, cfg.key, trial_id, "cpu-a")
+        for r in history:
+            record(r)
+        with store.session() as s:  # step 2 lost; step 3 as Optuna kept it, not as vg_epoch
+            s.execute(text(f"DELETE FROM trial_intermediate_values WHERE trial_id = {trial_id} "
+                           "AND step = 2"))  # fmt: skip
+            s.execute(text(f"UPDATE trial_intermediate_values SET intermediate_value = -1 "
+                           f"WHERE trial_id = {trial_id} AND step = 3"))  # fmt: skip
+        assert run is not None
+        assert store.finish_run(cfg.key, run, TrialResult(COMPLETED, history), None) == COMPLETED
+        with store.session() as s:
+            steps = s.execute(text("SELECT step, intermediate_value FROM "
+                                   f"trial_intermediate_values WHERE trial_id = {trial_id} "
+                                   "ORDER BY step")).all()  # fmt: skip
+        assert [tuple(r) for r in steps] == [(1, 150.0), (2, 149.0), (3, -1.0)]
+    finally:
+        store.close()
+
+
+def test_a_run_whose_stored_status_no_vaegrid_writes_is_ended_already(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    """A run's status is compared as stored: a value vaegrid never writes (an edited row)
+    is not running, so the late worker's end leaves the trial and the run as they are."""
+    from sqlalchemy import text
+
+    study = load_study(write_study())
+    store = Store(tmp_path / "study.db")
+    store.sync_study(study, expand(study), 1)
+    cfg = expand(study)[0]
+    try:
+        store.start_trials(study, [cfg])
+        run = store.begin_run(cfg.key, "cpu", 1, "cpu-a", "here", {})
+        assert run is not None
+        with store.session() as s:
+            s.execute(text(f"UPDATE vg_run SET status = 'bogus' WHERE id = {run}"))
+        result = TrialResult(COMPLETED, [_record(1, 1.0, 150.0)])
+        assert store.finish_run(cfg.key, run, result, None) == RUNNING
+        with store.session() as s:
+            assert s.execute(text("SELECT status FROM vg_run")).scalars().all() == ["bogus"]
+            assert s.execute(text("SELECT status FROM vg_trial WHERE key = :k"),
+                             {"k": cfg.key}).scalar_one() == RUNNING  # fmt: skip
+    finally:
+        store.close()

@@ -1,4 +1,5 @@
-"""Storage by URL, leases and the driver's heartbeat, without servers (fast)."""
+"""Storage by URL, leases and the driver's heartbeat, without servers (fast), and the
+leases on a PostgreSQL the slow test starts, where workers claim for real."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ from pathlib import Path
 
 import pytest
 from conftest import run_inline
+from servers import have_postgres, postgres
 
 from vaegrid.cli import main
 from vaegrid.db import engine as storage
@@ -88,23 +90,80 @@ def _store(write_study: Callable[..., Path], tmp_path: Path) -> tuple[Store, str
     return store, expand(study)[0].key
 
 
+def _leases(store: Store, other: Store, key: str) -> None:
+    """A lease held, renewed and taken over only once it lapses (``other``: a second
+    worker's store, or the same)."""
+    assert store.claim(key, "a", ttl=0.5)
+    assert not other.claim(key, "b", ttl=0.5)  # a's lease is live
+    assert store.claim(key, "a", ttl=0.5)  # renewed by its holder
+    time.sleep(0.6)
+    assert other.claim(key, "b", ttl=30)  # a died: its lease lapsed
+    assert not store.claim(key, "a", ttl=30)  # and a, back, does not get it again
+    store.release(key, "a")  # releasing what one does not hold changes nothing
+    assert not store.claim(key, "c", ttl=30)
+    other.release(key, "b")
+    assert store.claim(key, "c", ttl=30)
+
+
+def _raced(stores: list[Store], keys: list[str]) -> list[set[str]]:
+    """Each store claims every key at once, in its own thread and order; what each won."""
+    won: list[set[str]] = [set() for _ in stores]
+    start = threading.Barrier(len(stores))
+
+    def claim(i: int) -> None:
+        start.wait()
+        for key in keys if i % 2 == 0 else reversed(keys):
+            if stores[i].claim(key, f"w{i}", ttl=30):
+                won[i].add(key)
+
+    threads = [threading.Thread(target=claim, args=(i,)) for i in range(len(stores))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return won
+
+
 def test_a_lease_is_held_renewed_and_taken_over_only_once_it_lapses(
     write_study: Callable[..., Path], tmp_path: Path
 ) -> None:
     store, key = _store(write_study, tmp_path)
     try:
-        assert store.claim(key, "a", ttl=0.5)
-        assert not store.claim(key, "b", ttl=0.5)  # a's lease is live
-        assert store.claim(key, "a", ttl=0.5)  # renewed by its holder
-        time.sleep(0.6)
-        assert store.claim(key, "b", ttl=30)  # a died: its lease lapsed
-        assert not store.claim(key, "a", ttl=30)  # and a, back, does not get it again
-        store.release(key, "a")  # releasing what one does not hold changes nothing
-        assert not store.claim(key, "c", ttl=30)
-        store.release(key, "b")
-        assert store.claim(key, "c", ttl=30)
+        _leases(store, store, key)
+        keys = [f"{i:012x}" for i in range(30)]
+        for k in keys[:15]:  # lapsed: each taken over by one claimant of two
+            assert store.claim(k, "dead", ttl=-1.0)
+        other = Store(tmp_path / "study.db")  # a second worker
+        try:
+            first, second = _raced([store, other], keys)
+        finally:
+            other.close()
+        assert first.isdisjoint(second) and first | second == set(keys)
     finally:
         store.close()
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not have_postgres(), reason="needs PostgreSQL 15 (initdb, pg_ctl)")
+def test_on_postgresql_a_lease_has_one_holder_and_is_taken_over_only_once_it_lapses(
+    write_study: Callable[..., Path], tmp_path: Path
+) -> None:
+    """Where workers claim for real: two workers' stores on one server, as on SQLite, and
+    two claiming 30 keys at once (15 of them lapsed) win each key once between them."""
+    study = load_study(write_study())
+    with postgres() as url:
+        stores = [Store(Database.for_study(StudyLayout(tmp_path), url)) for _ in range(2)]
+        try:
+            stores[0].sync_study(study, expand(study), 1)
+            _leases(stores[0], stores[1], expand(study)[0].key)
+            keys = [f"{i:012x}" for i in range(30)]
+            for k in keys[:15]:
+                assert stores[0].claim(k, "dead", ttl=-1.0)
+            first, second = _raced(stores, keys)
+            assert first.isdisjoint(second) and first | second == set(keys)
+        finally:
+            for store in stores:
+                store.close()
 
 
 def test_the_driver_heartbeat_says_who_lives_and_ends_with_it(

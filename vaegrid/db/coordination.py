@@ -21,7 +21,9 @@ from vaegrid.db.session import StoreBase
 _CLAIMS = cast(Table, ClaimRow.__table__)
 # A lease taken (its row made) or renewed by its holder or taken over once it lapsed, in one
 # statement: a row counted only then (an upsert whose WHERE fails changes none, both
-# dialects). The ORM's update and a second statement cost more CPU than the claim.
+# dialects). The ORM's update and a second statement cost more CPU than the claim. On
+# PostgreSQL a claim that fails still locks the holder's row until it commits (at once):
+# the holder's renewal may wait that long.
 _CLAIM = text(
     "INSERT INTO vg_claim (key, owner, expires) VALUES (:key, :owner, :expires) "
     "ON CONFLICT (key) DO UPDATE SET owner = excluded.owner, expires = excluded.expires "

@@ -101,15 +101,16 @@ def moved(
 def end_run(run: RunRow, status: Status, error: str | None = None) -> None:
     """End a run: the only writer of a run's status after it opens (of a row read by the
     ORM; :func:`ended` gives the same values to an UPDATE)."""
-    to = ended(f"{run.key} (run {run.id})", Status(run.status), status, error)
+    to = ended(f"{run.key} (run {run.id})", run.status, status, error)
     if to:
         run.status, run.ended, run.error = to["status"], to["ended"], to["error"]
 
 
-def ended(run: str, old: Status, status: Status, error: str | None = None) -> dict[str, Any]:
+def ended(run: str, old: str, status: Status, error: str | None = None) -> dict[str, Any]:
     """What a run's row becomes when it ends ``status``. A run opens running and ends once,
     as its trial may end a run (``TRANSITIONS[RUNNING]``); a run that ended already (a new
-    driver's sync interrupted it) keeps that end: nothing changes."""
+    driver's sync interrupted it) keeps that end: nothing changes (``old``, its stored
+    status, is compared as stored: a value no vaegrid writes is an end too)."""
     if old != RUNNING:
         return {}
     check_transition(run, RUNNING, status)
@@ -300,7 +301,7 @@ class TrialsMixin(LedgerMixin):
         with self.session() as s:
             now = s.execute(select(t.status, t.optuna_trial_id).where(t.key == key)
                             .with_for_update()).one()  # fmt: skip
-            ran = Status(s.execute(select(r.status).where(r.id == run_id)).scalar_one())
+            ran = s.execute(select(r.status).where(r.id == run_id)).scalar_one()
             # A trial's end is written once, and only by its open run: a run that was ended
             # already (a new driver's sync) belongs to a worker that no longer holds the
             # trial, which another run may be running now.
