@@ -124,21 +124,26 @@ def _raced(stores: list[Store], keys: list[str]) -> list[set[str]]:
     return won
 
 
+def _one_winner_each(stores: list[Store]) -> None:
+    """Two workers claim 30 keys at once, 15 of them lapsed: each key is won once."""
+    keys = [f"{i:012x}" for i in range(30)]
+    for k in keys[:15]:
+        assert stores[0].claim(k, "dead", ttl=-1.0)
+    first, second = _raced(stores, keys)
+    assert first.isdisjoint(second) and first | second == set(keys)
+
+
 def test_a_lease_is_held_renewed_and_taken_over_only_once_it_lapses(
     write_study: Callable[..., Path], tmp_path: Path
 ) -> None:
     store, key = _store(write_study, tmp_path)
     try:
         _leases(store, store, key)
-        keys = [f"{i:012x}" for i in range(30)]
-        for k in keys[:15]:  # lapsed: each taken over by one claimant of two
-            assert store.claim(k, "dead", ttl=-1.0)
         other = Store(tmp_path / "study.db")  # a second worker
         try:
-            first, second = _raced([store, other], keys)
+            _one_winner_each([store, other])
         finally:
             other.close()
-        assert first.isdisjoint(second) and first | second == set(keys)
     finally:
         store.close()
 
@@ -156,11 +161,7 @@ def test_on_postgresql_a_lease_has_one_holder_and_is_taken_over_only_once_it_lap
         try:
             stores[0].sync_study(study, expand(study), 1)
             _leases(stores[0], stores[1], expand(study)[0].key)
-            keys = [f"{i:012x}" for i in range(30)]
-            for k in keys[:15]:
-                assert stores[0].claim(k, "dead", ttl=-1.0)
-            first, second = _raced(stores, keys)
-            assert first.isdisjoint(second) and first | second == set(keys)
+            _one_winner_each(stores)
         finally:
             for store in stores:
                 store.close()

@@ -273,8 +273,8 @@ class TrialsMixin(LedgerMixin):
             s.execute(_EPOCH_INSERT, {"key": key, "epoch": record.epoch, "seconds": record.seconds,
                                       "te": train.elbo, "tr": train.recon, "tk": train.kl,
                                       "ve": val.elbo, "vr": val.recon, "vk": val.kl})  # fmt: skip
-            status = s.execute(_EPOCH_DONE, {"k": key, "e": record.epoch, "s": record.seconds})
-            status = status.scalar_one()
+            done = {"k": key, "e": record.epoch, "s": record.seconds}
+            status = s.execute(_EPOCH_DONE, done).scalar_one()
             if kind is not None:
                 insert_if_absent(s, TrialDeviceRow, [{"key": key, "device_kind": kind}])
             if Status(status) not in FINAL:  # its Optuna trial runs (ledger.optuna_epochs)
